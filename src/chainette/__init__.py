@@ -1,0 +1,77 @@
+"""Chainette: typed, reproducible LLM pipelines.
+
+Define Pydantic models, ``Step`` (one LLM call bound to an output schema), ``apply`` (a Python
+function), ``Branch`` (parallel work, optionally joined back), and run a ``Chain``: every run
+writes ``graph.json``, per-step outputs, a flattened view, failures and metadata.
+"""
+
+from ._errors import (
+    ApplyError,
+    ChainDefinitionError,
+    ChainetteError,
+    EngineConfigError,
+    EngineError,
+    IncompatibleStepsError,
+    InputError,
+    InvalidInputError,
+    MissingDependencyError,
+    OutputValidationError,
+    RecordError,
+    RenderError,
+    RunFolderError,
+    TemplateError,
+    UnknownEngineError,
+)
+from .engines.base import ChatRequest, Completion, Engine, SamplingParams
+from .engines.fake import FakeEngine
+from .engines.registry import (
+    EngineConfig,
+    get_engine_config,
+    list_engines,
+    load_engines,
+    register_engine,
+    unregister_engine,
+)
+from .graph.chain import Chain
+from .graph.checks import CheckReport
+from .graph.nodes import Apply, Branch, Step, apply
+from .runtime.result import RunResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Apply",
+    "ApplyError",
+    "Branch",
+    "Chain",
+    "ChainDefinitionError",
+    "ChainetteError",
+    "ChatRequest",
+    "CheckReport",
+    "Completion",
+    "Engine",
+    "EngineConfig",
+    "EngineConfigError",
+    "EngineError",
+    "FakeEngine",
+    "IncompatibleStepsError",
+    "InputError",
+    "InvalidInputError",
+    "MissingDependencyError",
+    "OutputValidationError",
+    "RecordError",
+    "RenderError",
+    "RunFolderError",
+    "RunResult",
+    "SamplingParams",
+    "Step",
+    "TemplateError",
+    "UnknownEngineError",
+    "__version__",
+    "apply",
+    "get_engine_config",
+    "list_engines",
+    "load_engines",
+    "register_engine",
+    "unregister_engine",
+]

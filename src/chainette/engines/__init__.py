@@ -1,0 +1,1 @@
+"""Where prompts *go*: the engine contract, back-ends by name, lifecycle."""

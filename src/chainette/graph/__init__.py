@@ -1,0 +1,1 @@
+"""What a pipeline *is*: nodes, chains, templates and static checks."""

@@ -1,0 +1,196 @@
+"""Static checks of a chain, run before any request is sent (and by ``chainette inspect``).
+
+Errors: a template reads a name or field that will not exist, a node's declared input cannot be
+built from what reaches it, a step names an unregistered engine. Warnings: what cannot be
+checked (an ``apply`` without types) or is probably a mistake (a field shadowing a step id).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel
+
+from .._errors import ChainDefinitionError, IncompatibleStepsError, TemplateError, UnknownEngineError
+from ..engines.registry import get_engine_config, unknown_engine_message
+from .nodes import Apply, Branch, Node, Step
+from .templates import Reference
+
+if TYPE_CHECKING:
+    from .chain import Chain
+
+__all__ = ["CheckReport", "Issue", "check_chain"]
+
+Scope = dict[str, "type[BaseModel] | None"]
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One finding of the checker."""
+
+    level: Literal["error", "warning"]
+    node_id: str
+    message: str
+    error_type: type[ChainDefinitionError] = ChainDefinitionError
+
+
+@dataclass
+class CheckReport:
+    """Everything the checker found. ``raise_for_errors()`` turns errors into one exception."""
+
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.level == "error"]
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [i for i in self.issues if i.level == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def raise_for_errors(self) -> None:
+        """Raise the first error's type with every error listed in the message."""
+        errors = self.errors
+        if not errors:
+            return
+        if len(errors) == 1:
+            raise errors[0].error_type(errors[0].message)
+        listing = "\n".join(f"  - {e.message}" for e in errors)
+        kinds = {e.error_type for e in errors}
+        cls = kinds.pop() if len(kinds) == 1 else ChainDefinitionError
+        raise cls(f"The chain has {len(errors)} problems:\n{listing}")
+
+
+def check_chain(chain: Chain, *, check_engines: bool = True) -> CheckReport:
+    """Check ``chain`` statically; see the module docstring for what is checked."""
+    checker = _Checker(chain, check_engines)
+    checker.walk(chain.items, {"input": chain.input_model}, chain.input_model, prev=None)
+    return checker.report
+
+
+class _Checker:
+    def __init__(self, chain: Chain, check_engines: bool) -> None:
+        self.report = CheckReport()
+        self.check_engines = check_engines
+        self.placement: dict[str, str] = {}
+        """Ids not yet in scope → where they run (for a precise error message)."""
+        for item in chain.items:
+            if not isinstance(item, list):
+                self.placement[item.id] = "later in the chain"
+                continue
+            for branch in item:
+                suffix = "" if branch.join_alias else ", which is not joined"
+                for node in branch.steps:
+                    self.placement[node.id] = f"inside branch {branch.name!r}{suffix}"
+
+    def add(self, level: Literal["error", "warning"], node: Node, message: str,
+            error_type: type[ChainDefinitionError] = ChainDefinitionError) -> None:
+        self.report.issues.append(Issue(level, node.id, message, error_type))
+
+    def walk(self, items: list[Node | list[Branch]], scope: Scope, current: type[BaseModel] | None,
+             prev: Node | None) -> tuple[Scope, type[BaseModel] | None]:
+        for item in items:
+            if isinstance(item, list):
+                for branch in item:
+                    branch_scope, out = self.walk(list(branch.steps), dict(scope), current, prev)
+                    if branch.join_alias is not None:
+                        for node in branch.steps:
+                            scope[node.id] = branch_scope.get(node.id)
+                        scope[branch.join_alias] = out
+                        self.placement.pop(branch.join_alias, None)
+                        for node in branch.steps:
+                            self.placement.pop(node.id, None)
+                continue
+            node = item
+            if isinstance(node, Step):
+                self.check_step(node, scope, current, prev)
+            elif isinstance(node, Apply):
+                self.check_apply(node, current, prev)
+            scope[node.id] = node.output_model
+            current = node.output_model
+            prev = node
+            self.placement.pop(node.id, None)
+        return scope, current
+
+    def check_step(self, step: Step, scope: Scope, current: type[BaseModel] | None, prev: Node | None) -> None:
+        if self.check_engines:
+            try:
+                get_engine_config(step.engine_name)
+            except UnknownEngineError:
+                self.add("error", step, unknown_engine_message(step.engine_name, f"Step {step.id!r}"),
+                         UnknownEngineError)
+        self.check_input(step, step.input_model, current, prev)
+        fields = step.input_model.model_fields
+        for name in fields:
+            if name in scope:
+                self.add("warning", step, f"Step {step.id!r}: input field {name!r} of "
+                         f"{step.input_model.__name__} shadows the earlier output {name!r} in templates; "
+                         f"{{{{ {name} }}}} reads the field.")
+        for which, template in (("system_prompt", step.system_template), ("user_prompt", step.user_template)):
+            for ref in template.references:
+                self.check_reference(step, which, ref, scope)
+
+    def check_reference(self, step: Step, which: str, ref: Reference, scope: Scope) -> None:
+        model = step.input_model
+        where = f"Step {step.id!r} {which} line {ref.lineno} uses {{{{ {ref} }}}}"
+        if ref.name in model.model_fields:
+            annotation = model.model_fields[ref.name].annotation
+            if ref.attr and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                self.check_attr(step, where, ref, annotation)
+            return
+        if ref.name in scope:
+            target = scope[ref.name]
+            if ref.attr and target is not None:
+                self.check_attr(step, where, ref, target)
+            return
+        if ref.name in self.placement:
+            self.add("error", step, f"{where}, but {ref.name!r} runs {self.placement[ref.name]}. "
+                     "Only earlier steps and joined branch aliases can be referenced.", TemplateError)
+            return
+        known = [*model.model_fields, *scope]
+        close = difflib.get_close_matches(ref.name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        self.add("error", step, (
+            f"{where}; {model.__name__} has no field {ref.name!r} and no earlier step or alias has that "
+            f"name (fields: {', '.join(model.model_fields) or 'none'}; earlier outputs: {', '.join(scope)})."
+            f"{hint}"), TemplateError)
+
+    def check_attr(self, step: Step, where: str, ref: Reference, model: type[BaseModel]) -> None:
+        if ref.attr in model.model_fields:
+            return
+        close = difflib.get_close_matches(ref.attr or "", list(model.model_fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        self.add("error", step, f"{where}; {model.__name__} has no field {ref.attr!r}{hint}. "
+                 f"Its fields: {', '.join(model.model_fields)}.", TemplateError)
+
+    def check_apply(self, node: Apply, current: type[BaseModel] | None, prev: Node | None) -> None:
+        if node.input_model is None and node.output_model is None:
+            self.add("warning", node, f"apply {node.id!r} declares no input or output model; add type hints "
+                     "(def f(x: In) -> Out) or input_model=/output_model= so the chain can be checked.")
+        elif node.input_model is not None:
+            self.check_input(node, node.input_model, current, prev)
+
+    def check_input(self, node: Node, wanted: type[BaseModel], current: type[BaseModel] | None,
+                    prev: Node | None) -> None:
+        if current is None:
+            if prev is not None:
+                self.add("warning", node, f"{node.kind} {node.id!r}: the output type of {prev.id!r} is unknown, "
+                         f"so its fit to {wanted.__name__} is checked per record at run time.")
+            return
+        if current is wanted or issubclass(current, wanted):
+            return
+        have = current.model_fields
+        missing = [n for n, f in wanted.model_fields.items() if f.is_required() and n not in have]
+        if missing:
+            source = f"{prev.id!r} outputs" if prev is not None else "the chain input is"
+            self.add("error", node, (
+                f"{node.kind} {node.id!r} needs {wanted.__name__} but {source} {current.__name__}, which lacks "
+                f"required field(s) {', '.join(repr(m) for m in missing)} (it has: {', '.join(have)}). "
+                "Change the input model, or add an apply(...) step that converts between them."),
+                IncompatibleStepsError)

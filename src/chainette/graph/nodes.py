@@ -1,0 +1,295 @@
+"""The nodes a chain is made of: ``Step`` (one LLM call), ``Apply`` (a Python function) and
+``Branch`` (a named sequence run on a copy of each record, optionally joined back).
+
+Nodes only describe work; ``chainette.runtime`` decides how it runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar, get_args, get_origin
+
+import jinja2
+from pydantic import BaseModel
+
+from .._errors import ChainDefinitionError, TemplateError
+from ..engines.base import SamplingParams
+from .templates import Template
+
+__all__ = ["Apply", "Branch", "Node", "Step", "apply"]
+
+RESERVED_IDS = frozenset({"input"})
+_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+DEFAULT_SCHEMA_INSTRUCTION = (
+    "Reply with a single JSON object and nothing else. It must validate against this JSON schema:\n{schema}"
+)
+
+
+def _check_id(node_id: str, what: str) -> str:
+    if not _ID_RE.match(node_id):
+        raise ChainDefinitionError(
+            f"{what} id {node_id!r} is not a valid identifier; templates reference it as "
+            "{{ id.field }}, so use letters, digits and underscores (e.g. 'qa_step')."
+        )
+    if node_id in RESERVED_IDS:
+        raise ChainDefinitionError(
+            f"{what} id {node_id!r} is reserved: {{{{ input.field }}}} reads the chain's input record."
+        )
+    return node_id
+
+
+class Node:
+    """Common shape of every node: an id, a display name and optional declared models."""
+
+    kind: str = "node"
+    id: str
+    name: str
+    input_model: type[BaseModel] | None
+    output_model: type[BaseModel] | None
+    write: bool
+
+    def describe(self) -> dict[str, Any]:
+        """What ``graph.json`` records about this node."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "name": self.name,
+            "input_model": _model_name(self.input_model),
+            "output_model": _model_name(self.output_model),
+            "input_schema": self.input_model.model_json_schema() if self.input_model else None,
+            "output_schema": self.output_model.model_json_schema() if self.output_model else None,
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r})"
+
+
+class Step(Node):
+    """One LLM call per record, with output bound to ``output_model`` by guided JSON decoding.
+
+    Args:
+        id: Unique identifier; later templates read this step's output as ``{{ id.field }}``.
+        input_model: Pydantic model the incoming record is validated into.
+        output_model: Pydantic model the LLM must produce (the JSON schema constrains decoding).
+        engine_name: Name of a registered engine.
+        name: Display name (defaults to ``id``).
+        sampling: Sampling parameters (greedy by default).
+        system_prompt: Jinja2 template for the system message.
+        user_prompt: Jinja2 template for the user message. ``{{ field }}`` reads the input record,
+            ``{{ step_id.field }}`` / ``{{ alias.field }}`` earlier outputs of the same record,
+            ``{{ input.field }}`` the chain's original input.
+        output_format_instruction: Text appended to the system prompt describing the schema;
+            ``None`` uses a default built from the schema (``{schema}`` is replaced), ``""`` adds none.
+        max_reasks: How many times invalid or truncated output is re-asked, with the
+            validation error fed back, before the record goes to the run's failures.
+        write: Write this step's outputs to ``<run>/<id>/`` (default True).
+
+    Example:
+        >>> from pydantic import BaseModel
+        >>> class Q(BaseModel):
+        ...     text: str
+        >>> class A(BaseModel):
+        ...     answer: str
+        >>> step = Step(id="qa", input_model=Q, output_model=A, engine_name="local",
+        ...             user_prompt="Question: {{ text }}")
+    """
+
+    kind = "step"
+
+    def __init__(
+        self,
+        id: str,
+        input_model: type[BaseModel],
+        output_model: type[BaseModel],
+        engine_name: str,
+        *,
+        name: str | None = None,
+        sampling: SamplingParams | None = None,
+        system_prompt: str = "",
+        user_prompt: str,
+        output_format_instruction: str | None = None,
+        max_reasks: int = 2,
+        write: bool = True,
+        emoji: str | None = None,
+    ) -> None:
+        self.id = _check_id(id, "Step")
+        self.name = name or id
+        for label, model in (("input_model", input_model), ("output_model", output_model)):
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                raise ChainDefinitionError(f"Step {id!r}: {label} must be a pydantic BaseModel class, got {model!r}.")
+        if max_reasks < 0:
+            raise ChainDefinitionError(f"Step {id!r}: max_reasks must be >= 0, got {max_reasks}.")
+        self.input_model = input_model
+        self.output_model = output_model
+        self.engine_name = engine_name
+        self.sampling = sampling or SamplingParams()
+        self.max_reasks = max_reasks
+        self.write = write
+        self.emoji = emoji
+        self.json_schema: dict[str, Any] = output_model.model_json_schema()
+        instruction = DEFAULT_SCHEMA_INSTRUCTION if output_format_instruction is None else output_format_instruction
+        schema_text = _compact_json(self.json_schema)
+        self.schema_instruction = instruction.replace("{schema}", schema_text) if instruction else ""
+        self.system_template = self._compile("system_prompt", system_prompt)
+        self.user_template = self._compile("user_prompt", user_prompt)
+
+    def _compile(self, which: str, source: str) -> Template:
+        try:
+            return Template(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(
+                f"Step {self.id!r} {which} line {exc.lineno}: template syntax error: {exc.message}. "
+                "Fix the Jinja2 syntax ({{ name }} for values, {% ... %} for logic)."
+            ) from exc
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "engine": self.engine_name,
+            "sampling": self.sampling.model_dump(mode="json"),
+            "system_prompt": self.system_template.source,
+            "user_prompt": self.user_template.source,
+            "max_reasks": self.max_reasks,
+        }
+
+
+class Apply(Node):
+    """A Python function applied to each record, in order. Use :func:`apply` to build one.
+
+    The function receives the record's current value (a model instance, or a dict when nothing
+    declared a model) and returns one value, a list of values (fan-out: each becomes its own
+    record with id ``<parent>.<k>``; an empty list filters the record out) or ``None`` (filter).
+    Filtered records are counted in ``metadata.json``; they are not failures.
+    """
+
+    kind = "apply"
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        id: str | None = None,
+        name: str | None = None,
+        input_model: type[BaseModel] | None = None,
+        output_model: type[BaseModel] | None = None,
+        write: bool = False,
+    ) -> None:
+        if not callable(fn):
+            raise ChainDefinitionError(f"apply() needs a callable, got {fn!r}.")
+        fn_name = getattr(fn, "__name__", type(fn).__name__)
+        self.fn = fn
+        self.id = _check_id(id or re.sub(r"\W", "_", fn_name), "apply")
+        self.name = name or fn_name
+        hinted_in, hinted_out = _models_from_hints(fn)
+        self.input_model = input_model or hinted_in
+        self.output_model = output_model or hinted_out
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+        )
+        self.write = write
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "function": f"{getattr(self.fn, '__module__', '?')}.{self.name}"}
+
+
+def apply(
+    fn: Callable[..., Any],
+    *,
+    id: str | None = None,
+    name: str | None = None,
+    input_model: type[BaseModel] | None = None,
+    output_model: type[BaseModel] | None = None,
+    write: bool = False,
+) -> Apply:
+    """Wrap a Python function (sync or async) as a chain node.
+
+    Input and output models are read from the function's type hints when not given.
+
+    Example:
+        >>> from pydantic import BaseModel
+        >>> class Text(BaseModel):
+        ...     text: str
+        >>> def shout(t: Text) -> Text:
+        ...     return Text(text=t.text.upper())
+        >>> node = apply(shout)
+        >>> node.id, node.output_model is Text
+        ('shout', True)
+    """
+    return Apply(fn, id=id, name=name, input_model=input_model, output_model=output_model, write=write)
+
+
+class Branch(Node):
+    """A named sequence of nodes run on a copy of each record, in parallel with its siblings.
+
+    Put branches in an inner list of a chain: ``Chain(steps=[a, [Branch(...), Branch(...)], b])``.
+    An unjoined branch is a side output: its steps write their own folders and failures, and the
+    main line goes on with the record as it was. ``Branch(...).join("alias")`` merges the
+    branch's final output back into the record under ``alias`` (and its steps' outputs under
+    their ids), so later templates can read ``{{ alias.field }}``; the record then continues
+    only when every joined branch produced exactly one output for it.
+    """
+
+    kind = "branch"
+
+    def __init__(self, name: str, steps: list[Node], *, join_alias: str | None = None) -> None:
+        self.id = _check_id(name, "Branch")
+        self.name = name
+        if not steps:
+            raise ChainDefinitionError(f"Branch {name!r} has no steps.")
+        for node in steps:
+            if not isinstance(node, (Step, Apply)):
+                raise ChainDefinitionError(
+                    f"Branch {name!r}: only Step and apply(...) nodes may appear inside a branch, got {node!r}."
+                )
+        self.steps = list(steps)
+        self.join_alias = _check_id(join_alias, "join alias") if join_alias is not None else None
+        self.input_model = self.steps[0].input_model
+        self.output_model = self.steps[-1].output_model
+        self.write = False
+
+    def join(self, alias: str) -> Branch:
+        """A copy of this branch whose final output merges back into the record under ``alias``."""
+        return Branch(self.name, self.steps, join_alias=alias)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "join_alias": self.join_alias, "steps": [s.id for s in self.steps]}
+
+
+def _model_name(model: type[BaseModel] | None) -> str | None:
+    return None if model is None else f"{model.__module__}.{model.__qualname__}"
+
+
+def _compact_json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+_M = TypeVar("_M")
+
+
+def _models_from_hints(fn: Callable[..., Any]) -> tuple[type[BaseModel] | None, type[BaseModel] | None]:
+    """Input/output models from ``def f(x: In) -> Out | list[Out] | None`` hints, when present."""
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)  # noqa: B004
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # unresolved forward references: hints are optional, fall back to none
+        return None, None
+    params = [p for p in inspect.signature(target).parameters.values() if p.name != "self"]
+    first = hints.get(params[0].name) if params else None
+    return _as_model(first), _as_model(hints.get("return"))
+
+
+def _as_model(hint: Any) -> type[BaseModel] | None:
+    if isinstance(hint, type) and issubclass(hint, BaseModel):
+        return hint
+    origin = get_origin(hint)
+    if origin is None:
+        return None
+    candidates = [a for a in get_args(hint) if a is not type(None)]
+    models = {m for m in (_as_model(a) for a in candidates) if m is not None}
+    return models.pop() if len(models) == 1 else None

@@ -1,0 +1,79 @@
+"""Jinja2 prompt templates: strict rendering and static reference extraction.
+
+Undefined names are errors, never empty strings. ``references()`` lists every top-level name a
+template reads and the attribute it reads on it (``{{ qa.answer }}`` → ``("qa", "answer")``), so
+the chain can be checked before any request is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+from jinja2 import meta, nodes
+
+__all__ = ["Reference", "Template"]
+
+_ENV = jinja2.Environment(
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,
+    keep_trailing_newline=True,
+    trim_blocks=False,
+)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One name a template reads, and the attribute it reads on that name (if any)."""
+
+    name: str
+    attr: str | None
+    lineno: int
+
+    def __str__(self) -> str:
+        return f"{self.name}.{self.attr}" if self.attr else self.name
+
+
+class Template:
+    """A compiled prompt template.
+
+    Raises:
+        jinja2.TemplateSyntaxError: When the source does not parse (the caller wraps it).
+    """
+
+    __slots__ = ("_compiled", "references", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        ast = _ENV.parse(source)
+        self._compiled = _ENV.from_string(ast)
+        self.references = _references(ast)
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        """Render with ``context``; an undefined name raises ``jinja2.UndefinedError``."""
+        return self._compiled.render(context)
+
+
+def _references(ast: nodes.Template) -> tuple[Reference, ...]:
+    undeclared = meta.find_undeclared_variables(ast)
+    seen: dict[tuple[str, str | None], Reference] = {}
+    attr_parents: set[int] = set()
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+        target = node.node
+        if not (isinstance(target, nodes.Name) and target.ctx == "load" and target.name in undeclared):
+            continue
+        attr: str | None
+        if isinstance(node, nodes.Getattr):
+            attr = node.attr
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            attr = node.arg.value
+        else:
+            continue
+        attr_parents.add(id(target))
+        seen.setdefault((target.name, attr), Reference(target.name, attr, node.lineno))
+    for name_node in ast.find_all(nodes.Name):
+        if name_node.ctx == "load" and name_node.name in undeclared and id(name_node) not in attr_parents:
+            seen.setdefault((name_node.name, None), Reference(name_node.name, None, name_node.lineno))
+    return tuple(seen.values())

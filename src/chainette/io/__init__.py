@@ -1,0 +1,1 @@
+"""What is *kept*: input reading and the run folder."""

@@ -1,0 +1,133 @@
+"""Reading a chain's inputs as a stream of chunks, with stable ids and line numbers.
+
+Inputs are a JSONL path or an (async) iterable of models / dicts. A line that is not valid JSON
+becomes an :class:`InputItem` carrying the error (the runtime writes it to ``failures.jsonl``),
+or raises :class:`InputError` at once in strict mode. Memory stays at one chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+from pydantic import BaseModel
+
+from .._errors import InputError
+
+__all__ = ["InputItem", "iter_input_chunks", "record_id"]
+
+
+@dataclass(slots=True)
+class InputItem:
+    """One input record: its position, value (or why it could not be read) and stable id."""
+
+    index: int
+    id: str
+    value: Any
+    where: str
+    """Human pointer for messages: ``inputs.jsonl line 17`` or ``input #17``."""
+    error: str | None = None
+
+
+def record_id(index: int, content: bytes) -> str:
+    """Stable id from position and content: the same input file gives the same ids."""
+    return hashlib.blake2b(b"%d:%s" % (index, content), digest_size=8).hexdigest()
+
+
+def _canonical(value: Any) -> bytes:
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str)
+
+
+async def iter_input_chunks(inputs: Any, batch_size: int, *, strict: bool = False) -> AsyncIterator[list[InputItem]]:
+    """Yield lists of at most ``batch_size`` input items."""
+    if isinstance(inputs, (str, Path)):
+        async for chunk in _jsonl_chunks(Path(inputs), batch_size, strict):
+            yield chunk
+        return
+    if isinstance(inputs, (dict, BaseModel)):
+        raise InputError("inputs must be a JSONL path or an iterable of records; wrap a single record in a list.")
+    if isinstance(inputs, AsyncIterable):
+        chunk: list[InputItem] = []
+        index = 0
+        async for value in inputs:
+            chunk.append(_item(index, value))
+            index += 1
+            if len(chunk) >= batch_size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+        return
+    if isinstance(inputs, Iterable):
+        chunk = []
+        for index, value in enumerate(inputs):
+            chunk.append(_item(index, value))
+            if len(chunk) >= batch_size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+        return
+    raise InputError(f"inputs must be a JSONL path or an iterable of models/dicts, got {type(inputs).__name__}.")
+
+
+def _item(index: int, value: Any) -> InputItem:
+    where = f"input #{index}"
+    if not isinstance(value, (dict, BaseModel)):
+        return InputItem(index, record_id(index, repr(value).encode()), None, where,
+                         f"{where}: expected a dict or a pydantic model, got {type(value).__name__}.")
+    return InputItem(index, record_id(index, _canonical(value)), value, where)
+
+
+async def _jsonl_chunks(path: Path, batch_size: int, strict: bool) -> AsyncIterator[list[InputItem]]:
+    if not path.is_file():
+        raise InputError(f"Input file {str(path)!r} does not exist (or is not a file).")
+    handle = await anyio.to_thread.run_sync(path.open, "rb")
+    state = {"lineno": 0, "index": 0}
+    try:
+        while True:
+            chunk = await anyio.to_thread.run_sync(_read_chunk, handle, path.name, batch_size, strict, state)
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        handle.close()
+
+
+def _read_chunk(handle: Any, name: str, batch_size: int, strict: bool, state: dict[str, int]) -> list[InputItem]:
+    chunk: list[InputItem] = []
+    while len(chunk) < batch_size:
+        line = handle.readline()
+        if not line:
+            break
+        state["lineno"] += 1
+        content = line.strip()
+        if not content:
+            continue
+        index = state["index"]
+        state["index"] += 1
+        where = f"{name} line {state['lineno']}"
+        rid = record_id(index, content)
+        try:
+            value = orjson.loads(content)
+        except orjson.JSONDecodeError as exc:
+            message = f"{where}: not valid JSON ({exc}). Fix or remove the line, then run again."
+            if strict:
+                raise InputError(message) from None
+            chunk.append(InputItem(index, rid, None, where, message))
+            continue
+        if not isinstance(value, dict):
+            message = f"{where}: expected a JSON object, got {type(value).__name__}. Each line must be one object."
+            if strict:
+                raise InputError(message)
+            chunk.append(InputItem(index, rid, None, where, message))
+            continue
+        chunk.append(InputItem(index, rid, value, where))
+    return chunk

@@ -1,0 +1,125 @@
+"""The run folder: ``graph.json``, ``<node_id>/``, ``flattened/``, ``failures.jsonl``, ``metadata.json``.
+
+Rows are buffered on the event loop and written by a worker thread whenever enough are
+pending, so memory stays bounded and the loop never blocks on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .._errors import RunFolderError
+from .sinks import FORMATS, Sink, make_sink
+
+__all__ = ["RunWriter"]
+
+FLUSH_ROWS = 4096
+
+
+class RunWriter:
+    """Writes one run folder.
+
+    Args:
+        path: The run folder. Must not exist or be empty, unless ``overwrite``.
+        fmt: ``jsonl`` (default), ``csv`` or ``parquet`` for step outputs and the flattened view.
+        max_lines_per_file: Rows per file part before rolling to the next.
+        overwrite: Delete an existing non-empty folder first.
+    """
+
+    def __init__(self, path: Path, *, fmt: str = "jsonl", max_lines_per_file: int = 100_000,
+                 overwrite: bool = False) -> None:
+        if fmt not in FORMATS:
+            raise RunFolderError(f"Unknown output format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
+        self.path = path
+        self.fmt = fmt
+        self.max_lines = max_lines_per_file
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            if not overwrite:
+                raise RunFolderError(
+                    f"Output folder {str(path)!r} already exists and is not empty. Choose another folder, "
+                    "or pass overwrite=True (CLI: --overwrite) to replace it."
+                )
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunFolderError(f"Cannot create output folder {str(path)!r}: {exc}") from exc
+        self._sinks: dict[str, Sink] = {}
+        self._pending: dict[str, list[dict[str, Any]]] = {}
+        self._pending_rows = 0
+        self._lock = anyio.Lock()
+        self.failures = 0
+        self.flattened = 0
+
+    # -- rows (called on the event loop) --------------------------------------------------
+
+    def add(self, key: str, row: dict[str, Any]) -> None:
+        """Queue a row for ``<key>/`` (a node id, ``flattened`` or ``failures``)."""
+        self._pending.setdefault(key, []).append(row)
+        self._pending_rows += 1
+
+    def add_failure(self, row: dict[str, Any]) -> None:
+        self.failures += 1
+        self.add("failures", row)
+
+    def add_flattened(self, row: dict[str, Any]) -> None:
+        self.flattened += 1
+        self.add("flattened", row)
+
+    def open_folder(self, key: str) -> None:
+        """Create ``<key>/`` now, so a node that outputs nothing still has its folder."""
+        self._sink(key)
+
+    async def maybe_flush(self) -> None:
+        if self._pending_rows >= FLUSH_ROWS:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write every pending row (in a worker thread)."""
+        async with self._lock:
+            if not self._pending_rows:
+                return
+            taken, self._pending, self._pending_rows = self._pending, {}, 0
+            jobs = [(self._sink(key), rows) for key, rows in taken.items()]
+            await anyio.to_thread.run_sync(_write_all, jobs)
+
+    # -- whole-file artefacts -----------------------------------------------------------
+
+    def write_json(self, name: str, data: Any) -> None:
+        """Write ``name`` atomically (temp file + rename), so a crash never leaves half a file."""
+        target = self.path / name
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, target)
+
+    async def close(self) -> None:
+        """Flush and close every file (safe to call once, even after an error)."""
+        with anyio.CancelScope(shield=True):
+            await self.flush()
+            await anyio.to_thread.run_sync(lambda: [s.close() for s in self._sinks.values()])
+
+    def _sink(self, key: str) -> Sink:
+        sink = self._sinks.get(key)
+        if sink is None:
+            if key == "failures":
+                sink = make_sink("jsonl", self.path, None, name=lambda part: "failures.jsonl")
+            else:
+                folder = self.path / key
+                folder.mkdir(parents=True, exist_ok=True)
+                sink = make_sink(self.fmt, folder, self.max_lines)
+            self._sinks[key] = sink
+        return sink
+
+
+def _write_all(jobs: list[tuple[Sink, list[dict[str, Any]]]]) -> None:
+    for sink, rows in jobs:
+        sink.write_rows(rows)

@@ -1,0 +1,1 @@
+"""How a pipeline *runs*: the async executor and the per-node runners."""

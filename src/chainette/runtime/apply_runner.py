@@ -1,0 +1,123 @@
+"""Running an ``apply`` node over a chunk of records, in order.
+
+Sync functions run on a worker thread, one hop per chunk (so a slow function never blocks the
+event loop and the hop costs nothing per record); async functions are awaited in order.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, ValidationError
+
+from .._errors import ApplyError
+from ..graph.nodes import Apply
+from .context import RunContext
+from .records import Record, coerce, describe_validation, dump
+
+__all__ = ["run_apply"]
+
+
+class _Raised:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+async def run_apply(node: Apply, chunk: list[Record], ctx: RunContext) -> list[Record]:
+    stats = ctx.node(node.id)
+    stats.records_in += len(chunk)
+    inputs: list[Any] = []
+    ready: list[Record] = []
+    for record in chunk:
+        value = _coerce(node, record, node.input_model, record.value, "input")
+        if isinstance(value, ApplyError):
+            ctx.fail(record, value)
+        else:
+            inputs.append(value)
+            ready.append(record)
+    if node.is_async:
+        results: list[Any] = []
+        for value in inputs:
+            try:
+                results.append(await node.fn(value))
+            except Exception as exc:
+                results.append(_Raised(exc))
+    else:
+        results = await anyio.to_thread.run_sync(_call_all, node.fn, inputs)
+    out: list[Record] = []
+    for record, result in zip(ready, results, strict=True):
+        out.extend(_outputs(node, record, result, ctx))
+    stats.records_out += len(out)
+    ctx.progress(node.id)
+    return out
+
+
+def _call_all(fn: Any, inputs: Sequence[Any]) -> list[Any]:
+    results: list[Any] = []
+    for value in inputs:
+        try:
+            results.append(fn(value))
+        except Exception as exc:
+            results.append(_Raised(exc))
+    return results
+
+
+def _outputs(node: Apply, record: Record, result: Any, ctx: RunContext) -> list[Record]:
+    if isinstance(result, _Raised):
+        exc = result.exc
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""
+        ctx.fail(record, ApplyError(
+            f"apply {node.id!r} raised {type(exc).__name__}: {exc}{where}",
+            node_id=node.id, record_id=record.id))
+        return []
+    if result is None:
+        ctx.node(node.id).filtered += 1
+        return []
+    if isinstance(result, (list, tuple)):
+        if not result:
+            ctx.node(node.id).filtered += 1
+            return []
+        children = []
+        for k, item in enumerate(result):
+            value = _coerce(node, record, node.output_model, item, "output")
+            if isinstance(value, ApplyError):
+                ctx.fail(record, value)
+                continue
+            child = record.child(k, node.id, value)
+            _write(node, child, ctx)
+            children.append(child)
+        return children
+    value = _coerce(node, record, node.output_model, result, "output")
+    if isinstance(value, ApplyError):
+        ctx.fail(record, value)
+        return []
+    record.advance(node.id, value)
+    _write(node, record, ctx)
+    return [record]
+
+
+def _write(node: Apply, record: Record, ctx: RunContext) -> None:
+    if node.write:
+        ctx.writer.add(node.id, {"_id": record.id, **_as_row(record.value)})
+
+
+def _as_row(value: Any) -> dict[str, Any]:
+    dumped = dump(value)
+    return dumped if isinstance(dumped, dict) else {"value": dumped}
+
+
+def _coerce(node: Apply, record: Record, model: type[BaseModel] | None, value: Any, what: str) -> Any:
+    """``value`` as an instance of ``model`` (when declared), or an ApplyError saying why not."""
+    try:
+        return coerce(model, value)
+    except ValidationError as exc:
+        return ApplyError(
+            f"apply {node.id!r}: {what} does not fit {model.__name__ if model else '?'} "
+            f"({describe_validation(exc)}).",
+            node_id=node.id, record_id=record.id)

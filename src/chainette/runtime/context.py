@@ -1,0 +1,91 @@
+"""What node runners share during one run: the writer, the engine broker, counters, events."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from .._errors import RecordError
+from ..engines.base import Engine
+from ..engines.broker import EngineBroker
+from ..io.writer import RunWriter
+from .records import Record, dump
+
+__all__ = ["EventHandler", "NodeStats", "RunContext"]
+
+EventHandler = Callable[[str, dict[str, Any]], None]
+"""``handler(kind, data)``; kinds: run_started, node_progress, engine_started, engine_released,
+record_failed, run_finished."""
+
+
+@dataclass
+class NodeStats:
+    """Per-node counters, written to ``metadata.json``."""
+
+    records_in: int = 0
+    records_out: int = 0
+    failed: int = 0
+    filtered: int = 0
+    requests: int = 0
+    reasks: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RunContext:
+    writer: RunWriter
+    broker: EngineBroker
+    on_event: EventHandler
+    stats: dict[str, NodeStats] = field(default_factory=dict)
+    failed_origins: set[str] | None = None
+    """Inside a branch group: origins of records that failed there (so a join does not re-report)."""
+    _limiters: dict[str, anyio.CapacityLimiter] = field(default_factory=dict)
+
+    def node(self, node_id: str) -> NodeStats:
+        stats = self.stats.get(node_id)
+        if stats is None:
+            stats = self.stats[node_id] = NodeStats()
+        return stats
+
+    def for_branch(self) -> RunContext:
+        """A view for one branch group: same writer, broker and counters, own failure set."""
+        return RunContext(self.writer, self.broker, self.on_event, self.stats, set(), self._limiters)
+
+    async def engine(self, name: str) -> tuple[Engine, anyio.CapacityLimiter]:
+        """The started engine and the limiter that caps calls in flight to it (shared by all steps)."""
+        engine = await self.broker.get(name)
+        limiter = self._limiters.get(name)
+        if limiter is None:
+            limiter = self._limiters[name] = anyio.CapacityLimiter(max(1, engine.max_concurrency))
+        return engine, limiter
+
+    def fail(self, record: Record, error: RecordError) -> None:
+        """Write ``record`` to failures.jsonl with the reason; it goes no further."""
+        self.node(error.node_id).failed += 1
+        if self.failed_origins is not None and record.origin is not None:
+            self.failed_origins.add(record.origin)
+        row = {
+            "_id": record.id,
+            "_index": record.index,
+            "node": error.node_id,
+            "error_type": error.kind,
+            "message": error.message,
+            "attempts": error.attempts,
+            "raw": error.raw,
+            "input": dump(record.value),
+        }
+        if error.details:
+            row["details"] = error.details
+        self.writer.add_failure(row)
+        self.on_event("record_failed", {"node": error.node_id, "record": record.id, "message": error.message})
+
+    def progress(self, node_id: str) -> None:
+        stats = self.node(node_id)
+        self.on_event("node_progress", {"node": node_id, "done": stats.records_in, "failed": stats.failed})

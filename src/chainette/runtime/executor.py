@@ -1,0 +1,262 @@
+"""Driving records through a chain: source → one stage per item → sink, on anyio.
+
+Every stage is a task (or a few) joined to the next by a bounded memory stream of chunks, so
+memory does not grow with the number of rows and a slow stage slows its producers
+(backpressure). Engines start lazily and are released as soon as the last stage that needs
+them has finished. The run folder is written as records complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import re
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from importlib import metadata as _importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from pydantic import ValidationError
+
+from .._errors import InputError, InvalidInputError
+from ..engines.broker import EngineBroker
+from ..graph.chain import Chain
+from ..graph.nodes import Branch, Node, Step
+from ..io.inputs import InputItem, iter_input_chunks
+from ..io.writer import RunWriter
+from .context import EventHandler, RunContext
+from .dispatch import run_item
+from .records import Record, coerce, describe_validation, dump
+from .result import RunResult
+
+__all__ = ["RunOptions", "run_chain"]
+
+Chunk = list[Record]
+
+
+@dataclass
+class RunOptions:
+    """Options of ``Chain.run`` / ``Chain.arun``."""
+
+    overwrite: bool = False
+    """Replace an existing, non-empty output folder."""
+    fmt: str = "jsonl"
+    """Output format of step folders and ``flattened/``: jsonl, csv or parquet."""
+    max_lines_per_file: int = 100_000
+    """Rows per file part before rolling to the next (``000.jsonl``, ``001.jsonl``, ...)."""
+    strict_inputs: bool = False
+    """Raise on the first unreadable input record instead of writing it to failures."""
+    workers: int = 4
+    """Chunks in flight per LLM stage (Python stages use one, which keeps input order)."""
+    buffer: int = 4
+    """Chunks buffered between two stages (backpressure bound)."""
+    progress: bool = False
+    """Show a live progress display on stderr."""
+    on_event: EventHandler | None = field(default=None, repr=False)
+    """Callback receiving structured run events (see ``RunContext``)."""
+
+
+async def run_chain(chain: Chain, inputs: Any, output_dir: str | Path | None = None, **options: Any) -> RunResult:
+    """Run ``chain`` over ``inputs`` and write the run folder. See :meth:`Chain.arun`."""
+    try:
+        opts = RunOptions(**options)
+    except TypeError as exc:
+        known = ", ".join(RunOptions.__dataclass_fields__)
+        raise TypeError(f"{exc}. Known run options: {known}.") from None
+    chain.check().raise_for_errors()
+    if isinstance(inputs, (str, Path)) and not Path(inputs).is_file():
+        raise InputError(f"Input file {str(inputs)!r} does not exist (or is not a file).")
+
+    run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    path = Path(output_dir) if output_dir is not None else Path("runs") / f"{_slug(chain.name)}-{run_id}"
+    writer = RunWriter(path, fmt=opts.fmt, max_lines_per_file=opts.max_lines_per_file, overwrite=opts.overwrite)
+    handlers = [h for h in (opts.on_event, _progress_handler(chain, opts)) if h is not None]
+
+    def emit(kind: str, data: dict[str, Any]) -> None:
+        for handler in handlers:
+            handler(kind, data)
+
+    users = Counter(n.engine_name for n in chain.iter_nodes() if isinstance(n, Step))
+    broker = EngineBroker(users, on_event=emit)
+    ctx = RunContext(writer, broker, emit)
+    started = time.time()
+    meta: dict[str, Any] = {
+        "run_id": run_id,
+        "chain": chain.name,
+        "status": "running",
+        "started_at": _iso(started),
+        "output_dir": str(path),
+        "versions": _versions(),
+        "config": {k: v for k, v in asdict(opts).items() if k not in ("on_event",)} | {"batch_size": chain.batch_size},
+    }
+    writer.write_json("graph.json", _graph(chain))
+    writer.write_json("metadata.json", meta)
+    (path / "failures.jsonl").touch()
+    for node in chain.iter_nodes():
+        if node.write:
+            writer.open_folder(node.id)
+    counts = {"records_in": 0}
+    emit("run_started", {"chain": chain.name, "run_id": run_id, "output_dir": str(path),
+                         "nodes": [n.id for n in chain.iter_nodes()]})
+    try:
+        async with anyio.create_task_group() as tg:
+            send, receive = anyio.create_memory_object_stream[Chunk](opts.buffer)
+            tg.start_soon(_source, chain, inputs, opts, ctx, send, counts)
+            for item in chain.items:
+                next_send, next_receive = anyio.create_memory_object_stream[Chunk](opts.buffer)
+                tg.start_soon(_stage, item, ctx, receive, next_send, _workers(item, opts))
+                receive = next_receive
+            tg.start_soon(_sink, ctx, receive)
+        meta["status"] = "completed"
+    except BaseException as exc:
+        meta["status"] = "interrupted" if isinstance(exc, (KeyboardInterrupt, anyio.get_cancelled_exc_class())) \
+            else "failed"
+        meta["error"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        await broker.aclose()
+        await writer.close()
+        finished = time.time()
+        meta.update(_summary(ctx, counts, writer, broker))
+        meta["finished_at"] = _iso(finished)
+        meta["duration_s"] = round(finished - started, 3)
+        writer.write_json("metadata.json", meta)
+        emit("run_finished", {"status": meta["status"], "output_dir": str(path), "counts": meta["counts"]})
+    return RunResult(path=path, run_id=run_id, metadata=meta, fmt=opts.fmt)
+
+
+async def _source(chain: Chain, inputs: Any, opts: RunOptions, ctx: RunContext,
+                  send: MemoryObjectSendStream[Chunk], counts: dict[str, int]) -> None:
+    model = chain.input_model
+    async with send:
+        async for items in iter_input_chunks(inputs, chain.batch_size, strict=opts.strict_inputs):
+            counts["records_in"] += len(items)
+            records = [r for r in (_to_record(item, model, opts, ctx) for item in items) if r is not None]
+            if records:
+                await send.send(records)
+
+
+def _to_record(item: InputItem, model: Any, opts: RunOptions, ctx: RunContext) -> Record | None:
+    if item.error is None:
+        try:
+            value = coerce(model, item.value)
+            return Record(item.id, item.index, value, {"input": value})
+        except ValidationError as exc:
+            item.error = (f"{item.where}: does not fit the chain's input model {model.__name__} "
+                          f"({describe_validation(exc)}). Fix the record or the input model.")
+            if opts.strict_inputs:
+                raise InputError(item.error) from exc
+    record = Record(item.id, item.index, item.value, {})
+    ctx.fail(record, InvalidInputError(item.error or "", node_id="input", record_id=item.id))
+    return None
+
+
+async def _stage(item: Node | list[Branch], ctx: RunContext, receive: MemoryObjectReceiveStream[Chunk],
+                 send: MemoryObjectSendStream[Chunk], workers: int) -> None:
+    async def worker(receive: MemoryObjectReceiveStream[Chunk], send: MemoryObjectSendStream[Chunk]) -> None:
+        async with receive, send:
+            async for chunk in receive:
+                out = await run_item(item, chunk, ctx)
+                if out:
+                    await send.send(out)
+                await ctx.writer.maybe_flush()
+
+    async with send, receive, anyio.create_task_group() as tg:
+        for _ in range(workers):
+            tg.start_soon(worker, receive.clone(), send.clone())
+    nodes = [n for b in item for n in b.steps] if isinstance(item, list) else [item]
+    for node in nodes:
+        if isinstance(node, Step):
+            await ctx.broker.node_done(node.engine_name)
+
+
+async def _sink(ctx: RunContext, receive: MemoryObjectReceiveStream[Chunk]) -> None:
+    async with receive:
+        async for chunk in receive:
+            for record in chunk:
+                ctx.writer.add_flattened(flatten(record))
+            await ctx.writer.maybe_flush()
+
+
+def flatten(record: Record) -> dict[str, Any]:
+    """One row merging the record's history: ``{"_id", "_index", "<key>.<field>": value, ...}``."""
+    row: dict[str, Any] = {"_id": record.id, "_index": record.index}
+    for key, value in record.history.items():
+        dumped = dump(value)
+        if isinstance(dumped, dict):
+            for name, v in dumped.items():
+                row[f"{key}.{name}"] = v
+        else:
+            row[key] = dumped
+    return row
+
+
+def _workers(item: Node | list[Branch], opts: RunOptions) -> int:
+    nodes = [n for b in item for n in b.steps] if isinstance(item, list) else [item]
+    return max(1, opts.workers) if any(isinstance(n, Step) for n in nodes) else 1
+
+
+def _graph(chain: Chain) -> dict[str, Any]:
+    from ..engines.registry import get_engine_config
+
+    graph = chain.describe()
+    graph["engines"] = {
+        name: {"backend": c.backend, "model": c.model, "options": c.public_options()}
+        for name in chain.engine_names()
+        for c in [get_engine_config(name)]
+    }
+    return graph
+
+
+def _summary(ctx: RunContext, counts: dict[str, int], writer: RunWriter, broker: EngineBroker) -> dict[str, Any]:
+    nodes = {k: v.as_dict() for k, v in ctx.stats.items()}
+    tokens = {
+        k: {"prompt": v.prompt_tokens, "completion": v.completion_tokens}
+        for k, v in ctx.stats.items() if v.requests
+    }
+    return {
+        "counts": {
+            "records_in": counts["records_in"],
+            "records_out": writer.flattened,
+            "failures": writer.failures,
+            "filtered": sum(v.filtered for v in ctx.stats.values()),
+        },
+        "nodes": nodes,
+        "tokens": {
+            "prompt": sum(t["prompt"] for t in tokens.values()),
+            "completion": sum(t["completion"] for t in tokens.values()),
+            "by_step": tokens,
+        },
+        "engines": broker.described,
+    }
+
+
+def _progress_handler(chain: Chain, opts: RunOptions) -> EventHandler | None:
+    if not opts.progress:
+        return None
+    from ..cli.progress import ProgressDisplay
+
+    return ProgressDisplay(chain)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("chainette", "pydantic", "anyio", "jinja2", "llama-cpp-python"):
+        try:
+            out[dist] = _importlib_metadata.version(dist)
+        except _importlib_metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _iso(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(ts, tz=_dt.timezone.utc).isoformat()
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "chain"

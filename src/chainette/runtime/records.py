@@ -1,0 +1,87 @@
+"""The unit that flows through a chain: one record, its current value and its history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+__all__ = ["Record", "coerce", "describe_validation", "dump", "fields_of"]
+
+
+class Record:
+    """One record in flight.
+
+    Attributes:
+        id: Stable id: derived from the input's position and content, so the same input file
+            gives the same ids on every run. Fan-out children get ``<parent id>.<k>``.
+        index: 0-based position of the originating input record (line number - 1 for JSONL).
+        value: The current value (output of the last node): a model instance, or a dict.
+        history: Outputs of earlier nodes by id (and joined branches by alias); ``"input"`` is
+            the chain's input record. Templates read it as ``{{ step_id.field }}``.
+        origin: Inside a branch, the id the record had when it entered the branch group.
+    """
+
+    __slots__ = ("history", "id", "index", "origin", "value")
+
+    def __init__(self, id: str, index: int, value: Any, history: dict[str, Any], origin: str | None = None):
+        self.id = id
+        self.index = index
+        self.value = value
+        self.history = history
+        self.origin = origin
+
+    def advance(self, node_id: str, value: Any) -> Record:
+        """Record ``value`` as ``node_id``'s output and make it current (mutates; returns self)."""
+        self.history[node_id] = value
+        self.value = value
+        return self
+
+    def child(self, k: int, node_id: str, value: Any) -> Record:
+        """The ``k``-th fan-out output of this record at ``node_id``."""
+        history = dict(self.history)
+        history[node_id] = value
+        return Record(f"{self.id}.{k}", self.index, value, history, self.origin)
+
+    def fork(self) -> Record:
+        """A copy for a branch: same id, own history, remembers where it came from."""
+        return Record(self.id, self.index, self.value, dict(self.history), origin=self.id)
+
+    def __repr__(self) -> str:
+        return f"Record(id={self.id!r}, index={self.index})"
+
+
+def dump(value: Any) -> Any:
+    """JSON-ready form of a value (models are dumped in JSON mode)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return value
+
+
+def fields_of(value: Any) -> dict[str, Any]:
+    """Top-level fields of a value for template rendering (models stay models for attribute access)."""
+    if isinstance(value, BaseModel):
+        return dict(value)
+    if isinstance(value, dict):
+        return value
+    return {"value": value}
+
+
+def coerce(model: type[BaseModel] | None, value: Any) -> Any:
+    """``value`` as an instance of ``model`` (unchanged when no model or already one).
+
+    Raises:
+        pydantic.ValidationError: When the value does not fit.
+    """
+    if model is None or isinstance(value, model):
+        return value
+    return model.model_validate(value, from_attributes=True)
+
+
+def describe_validation(exc: ValidationError, limit: int = 5) -> str:
+    """``field 'a.b': message; ...`` for the first ``limit`` errors."""
+    parts = [
+        f"field '{'.'.join(str(p) for p in e['loc']) or '(root)'}': {e['msg']}" for e in exc.errors()[:limit]
+    ]
+    more = len(exc.errors()) - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
