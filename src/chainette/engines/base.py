@@ -87,7 +87,10 @@ class Engine(ABC):
 
     @abstractmethod
     async def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
-        """Answer each request, in order. Raise to fail the whole batch.
+        """Answer each request, in order.
+
+        A request that failed on its own gets ``Completion(text=<reason>, finish_reason="error")``;
+        raising fails every request of the batch. Either way the records go to failures.
 
         Blocking work must run off the event loop (``anyio.to_thread.run_sync``).
         """

@@ -34,7 +34,7 @@ class FakeEngine(Engine):
     Args:
         model: Ignored; kept so the fake accepts any engine definition.
         responder: Optional ``fn(request) -> str | dict | Completion`` to script answers.
-            An exception it raises fails that request like a real engine error would.
+            An exception it raises fails that request (``finish_reason="error"``), not the batch.
         latency: Seconds to sleep per request (to exercise concurrency).
         max_concurrency: How many ``generate`` calls may run at once.
         max_batch_size: How many requests one ``generate`` call takes.
@@ -82,7 +82,10 @@ class FakeEngine(Engine):
     def _answer(self, request: ChatRequest) -> Completion:
         prompt_tokens = sum(len(m["content"].split()) for m in request.messages)
         if self.responder is not None:
-            answer = self.responder(request)
+            try:
+                answer = self.responder(request)
+            except Exception as exc:  # one scripted failure fails one request, like a real server
+                return Completion(text=f"{type(exc).__name__}: {exc}", finish_reason="error")
             if isinstance(answer, Completion):
                 return answer
             text = answer if isinstance(answer, str) else json.dumps(answer)

@@ -94,16 +94,15 @@ class _Checker:
         self.report.issues.append(Issue(level, node.id, message, error_type))
 
     def walk(self, items: list[Node | list[Branch]], scope: Scope, current: type[BaseModel] | None,
-             prev: Node | None) -> tuple[Scope, type[BaseModel] | None]:
+             prev: Node | None, *, in_branch: bool = False) -> tuple[Scope, type[BaseModel] | None]:
         for item in items:
             if isinstance(item, list):
                 for branch in item:
-                    branch_scope, out = self.walk(list(branch.steps), dict(scope), current, prev)
+                    branch_scope, out = self.walk(list(branch.steps), dict(scope), current, prev, in_branch=True)
                     if branch.join_alias is not None:
                         for node in branch.steps:
                             scope[node.id] = branch_scope.get(node.id)
                         scope[branch.join_alias] = out
-                        self.placement.pop(branch.join_alias, None)
                         for node in branch.steps:
                             self.placement.pop(node.id, None)
                 continue
@@ -115,7 +114,8 @@ class _Checker:
             scope[node.id] = node.output_model
             current = node.output_model
             prev = node
-            self.placement.pop(node.id, None)
+            if not in_branch:
+                self.placement.pop(node.id, None)
         return scope, current
 
     def check_step(self, step: Step, scope: Scope, current: type[BaseModel] | None, prev: Node | None) -> None:

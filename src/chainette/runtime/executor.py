@@ -97,6 +97,7 @@ async def run_chain(chain: Chain, inputs: Any, output_dir: str | Path | None = N
     writer.write_json("graph.json", _graph(chain))
     writer.write_json("metadata.json", meta)
     (path / "failures.jsonl").touch()
+    writer.open_folder("flattened")
     for node in chain.iter_nodes():
         if node.write:
             writer.open_folder(node.id)
@@ -104,14 +105,17 @@ async def run_chain(chain: Chain, inputs: Any, output_dir: str | Path | None = N
     emit("run_started", {"chain": chain.name, "run_id": run_id, "output_dir": str(path),
                          "nodes": [n.id for n in chain.iter_nodes()]})
     try:
-        async with anyio.create_task_group() as tg:
-            send, receive = anyio.create_memory_object_stream[Chunk](opts.buffer)
-            tg.start_soon(_source, chain, inputs, opts, ctx, send, counts)
-            for item in chain.items:
-                next_send, next_receive = anyio.create_memory_object_stream[Chunk](opts.buffer)
-                tg.start_soon(_stage, item, ctx, receive, next_send, _workers(item, opts))
-                receive = next_receive
-            tg.start_soon(_sink, ctx, receive)
+        try:
+            async with anyio.create_task_group() as tg:
+                send, receive = anyio.create_memory_object_stream[Chunk](opts.buffer)
+                tg.start_soon(_source, chain, inputs, opts, ctx, send, counts)
+                for item in chain.items:
+                    next_send, next_receive = anyio.create_memory_object_stream[Chunk](opts.buffer)
+                    tg.start_soon(_stage, item, ctx, receive, next_send, _workers(item, opts))
+                    receive = next_receive
+                tg.start_soon(_sink, ctx, receive)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
         meta["status"] = "completed"
     except BaseException as exc:
         meta["status"] = "interrupted" if isinstance(exc, (KeyboardInterrupt, anyio.get_cancelled_exc_class())) \
@@ -194,6 +198,20 @@ def flatten(record: Record) -> dict[str, Any]:
         else:
             row[key] = dumped
     return row
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that stopped the run (the others are cancellations it caused)."""
+    cancelled = anyio.get_cancelled_exc_class()
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(reversed(exc.exceptions))
+        elif not isinstance(exc, cancelled):
+            leaves.append(exc)
+    return leaves[0] if leaves else group
 
 
 def _workers(item: Node | list[Branch], opts: RunOptions) -> int:

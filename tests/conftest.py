@@ -1,0 +1,34 @@
+"""Shared fixtures: a clean engine registry per test, a run folder, a recording back-end."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chainette.engines import registry
+from tests.helpers import RecordingEngine
+
+
+@pytest.fixture(autouse=True)
+def clean_registry() -> Iterator[None]:
+    """Each test sees only the engines it registers."""
+    saved = dict(registry._REGISTRY)
+    registry._REGISTRY.clear()
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"
+
+
+@pytest.fixture
+def recording_backend(monkeypatch: pytest.MonkeyPatch) -> type[RecordingEngine]:
+    """Registers backend ``recording`` (by name, like any back-end) and resets its instance list."""
+    monkeypatch.setitem(registry.BACKENDS, "recording", "tests.helpers:RecordingEngine")
+    RecordingEngine.instances = []
+    return RecordingEngine

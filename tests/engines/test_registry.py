@@ -1,0 +1,87 @@
+"""Engines by name: register_engine, engines.yml with errors that name the field, lazy back-ends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from chainette import (
+    EngineConfigError,
+    MissingDependencyError,
+    UnknownEngineError,
+    get_engine_config,
+    list_engines,
+    load_engines,
+    register_engine,
+)
+from chainette.engines import registry
+
+
+def test_register_and_lookup() -> None:
+    register_engine("local", backend="fake", latency=0.0)
+    config = get_engine_config("local")
+    assert config.backend == "fake" and config.options == {"latency": 0.0}
+    assert [c.name for c in list_engines()] == ["local"]
+
+
+def test_unknown_engine_names_the_registered_ones() -> None:
+    register_engine("llama3", backend="fake")
+    with pytest.raises(UnknownEngineError, match=r"'llama4'.*did you mean 'llama3'.*Registered engines: 'llama3'"):
+        get_engine_config("llama4")
+
+
+def test_unknown_backend_is_rejected_with_the_known_ones() -> None:
+    with pytest.raises(EngineConfigError, match=r"engine 'x': field 'backend': .*known backends: fake, llama_cpp"):
+        register_engine("x", backend="vllm-typo")
+
+
+def test_yaml_engines_are_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "engines.yml"
+    path.write_text(
+        "engines:\n"
+        "  - name: small\n    backend: llama_cpp\n    n_ctx: 2048\n    lazy: true\n"
+        "  - name: test\n    backend: fake\n"
+    )
+    configs = load_engines(path)
+    assert [c.name for c in configs] == ["small", "test"]
+    assert get_engine_config("small").options == {"n_ctx": 2048}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("engines:\n  - backend: fake\n", r"engines\[0\]: field 'name': Field required"),
+        ("engines:\n  - name: a\n    backend: nope\n", r"engine 'a': field 'backend'"),
+        ("engines:\n  - name: a\n    lazy: [1]\n", r"engine 'a': field 'lazy'"),
+        ("engines: {name: a}\n", r"expected a top-level 'engines:' list"),
+        ("engines:\n  - name: [unclosed\n", r"not valid YAML"),
+    ],
+)
+def test_yaml_errors_name_the_field(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "engines.yml"
+    path.write_text(text)
+    with pytest.raises(EngineConfigError, match=message):
+        load_engines(path)
+
+
+def test_bad_backend_option_names_engine(tmp_path: Path) -> None:
+    config = register_engine("f", backend="fake", temperature_typo=1)
+    with pytest.raises(EngineConfigError, match=r"engine 'f' \(fake\).*temperature_typo"):
+        registry.create_engine(config)
+
+
+def test_missing_backend_dependency_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(registry.BACKENDS, "llama_cpp", "chainette_missing_module:Nope")
+    config = register_engine("x", backend="llama_cpp")
+    with pytest.raises(MissingDependencyError, match=r"pip install 'chainette\[llama\]'"):
+        registry.create_engine(config)
+
+
+def test_llama_model_path_that_does_not_exist_is_explained() -> None:
+    from chainette.engines.llama_cpp import LlamaCppEngine
+
+    engine = LlamaCppEngine(model="/nowhere/model.gguf")
+    with pytest.raises(EngineConfigError, match=r"model file '/nowhere/model.gguf' does not exist"):
+        anyio.run(engine.start)

@@ -1,0 +1,125 @@
+"""Mistakes in the chain definition are caught before any request is sent."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel
+
+from chainette import (
+    Branch,
+    Chain,
+    ChainDefinitionError,
+    IncompatibleStepsError,
+    Step,
+    TemplateError,
+    UnknownEngineError,
+    apply,
+    register_engine,
+)
+from tests.helpers import Answer, Question, Summary, Translation
+
+
+@pytest.fixture(autouse=True)
+def fake_engine() -> None:
+    register_engine("fake", backend="fake")
+
+
+def qa_step(prompt: str = "Q: {{ text }}", **kw: object) -> Step:
+    return Step(id="qa", input_model=Question, output_model=Answer, engine_name="fake", user_prompt=prompt, **kw)
+
+
+def test_valid_chain_has_no_issues() -> None:
+    translate = Step(id="tr", input_model=Answer, output_model=Translation, engine_name="fake",
+                     user_prompt="Translate: {{ answer }} (question was {{ input.text }})")
+    agg = Step(id="agg", input_model=Answer, output_model=Summary, engine_name="fake",
+               user_prompt="{{ fr.translated }} {{ tr.translated }} {{ qa.confidence }}")
+    chain = Chain("ok", [qa_step(), [Branch("fr", [translate]).join("fr")], agg])
+    report = chain.check()
+    assert report.issues == []
+
+
+def test_missing_field_names_step_field_and_suggestion() -> None:
+    chain = Chain("c", [qa_step("Q: {{ txt }}")])
+    with pytest.raises(TemplateError) as exc:
+        chain.check().raise_for_errors()
+    message = str(exc.value)
+    assert "Step 'qa'" in message and "'txt'" in message and "Did you mean 'text'?" in message
+
+
+def test_missing_attribute_of_earlier_step() -> None:
+    second = Step(id="two", input_model=Answer, output_model=Summary, engine_name="fake",
+                  user_prompt="{{ qa.answr }}")
+    report = Chain("c", [qa_step(), second]).check()
+    assert len(report.errors) == 1
+    assert "Answer has no field 'answr'" in report.errors[0].message
+    assert "did you mean 'answer'" in report.errors[0].message
+
+
+def test_reference_to_unjoined_branch_step_is_explained() -> None:
+    tr = Step(id="tr", input_model=Answer, output_model=Translation, engine_name="fake", user_prompt="{{ answer }}")
+    agg = Step(id="agg", input_model=Answer, output_model=Summary, engine_name="fake",
+               user_prompt="{{ tr.translated }}")
+    report = Chain("c", [qa_step(), [Branch("fr", [tr])], agg]).check()
+    assert [e.node_id for e in report.errors] == ["agg"]
+    assert "inside branch 'fr', which is not joined" in report.errors[0].message
+
+
+def test_reference_to_later_step_is_explained() -> None:
+    first = qa_step("{{ agg.summary }}")
+    agg = Step(id="agg", input_model=Answer, output_model=Summary, engine_name="fake", user_prompt="x")
+    report = Chain("c", [first, agg]).check()
+    assert "runs later in the chain" in report.errors[0].message
+
+
+def test_incompatible_models_are_reported_before_running() -> None:
+    class Other(BaseModel):
+        something: int
+
+    wrong = Step(id="wrong", input_model=Other, output_model=Summary, engine_name="fake", user_prompt="x")
+    with pytest.raises(IncompatibleStepsError) as exc:
+        Chain("c", [qa_step(), wrong]).check().raise_for_errors()
+    assert "'qa' outputs Answer" in str(exc.value) and "'something'" in str(exc.value)
+
+
+def test_unknown_engine_lists_known_ones() -> None:
+    step = Step(id="qa", input_model=Question, output_model=Answer, engine_name="fak", user_prompt="{{ text }}")
+    with pytest.raises(UnknownEngineError) as exc:
+        Chain("c", [step]).check().raise_for_errors()
+    assert "'fak'" in str(exc.value) and "'fake'" in str(exc.value) and "did you mean" in str(exc.value)
+
+
+def test_untyped_apply_is_a_warning_not_an_error() -> None:
+    report = Chain("c", [apply(lambda x: x, id="anything")]).check()
+    assert report.ok
+    assert "declares no input or output model" in report.warnings[0].message
+
+
+def test_apply_models_come_from_type_hints() -> None:
+    def to_summary(a: Answer) -> list[Summary]:
+        return [Summary(summary=a.answer)]
+
+    node = apply(to_summary)
+    assert node.input_model is Answer and node.output_model is Summary
+
+
+def test_template_syntax_error_names_step_and_line() -> None:
+    with pytest.raises(TemplateError, match=r"Step 'qa' user_prompt line 2: template syntax error"):
+        qa_step("line one\n{{ text ")
+
+
+def test_duplicate_ids_are_rejected() -> None:
+    with pytest.raises(ChainDefinitionError, match="used more than once: qa"):
+        Chain("c", [qa_step(), qa_step()])
+
+
+def test_reserved_and_invalid_ids_are_rejected() -> None:
+    with pytest.raises(ChainDefinitionError, match="reserved"):
+        Step(id="input", input_model=Question, output_model=Answer, engine_name="fake", user_prompt="x")
+    with pytest.raises(ChainDefinitionError, match="not a valid identifier"):
+        Step(id="my-step", input_model=Question, output_model=Answer, engine_name="fake", user_prompt="x")
+
+
+def test_several_errors_are_listed_together() -> None:
+    step = Step(id="qa", input_model=Question, output_model=Answer, engine_name="nope", user_prompt="{{ oops }}")
+    with pytest.raises(ChainDefinitionError, match="2 problems"):
+        Chain("c", [step]).check().raise_for_errors()

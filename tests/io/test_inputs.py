@@ -1,0 +1,68 @@
+"""Inputs: JSONL paths and iterables; bad lines are named by line number."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chainette import Chain, InputError, apply
+from tests.helpers import Question, read_jsonl
+
+
+def upper(q: Question) -> Question:
+    return Question(text=q.text.upper())
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_jsonl_path_input(tmp_path: Path) -> None:
+    src = write_lines(tmp_path / "in.jsonl", ['{"text": "a"}', "", '{"text": "b"}'])
+    result = Chain("c", [apply(upper)]).run(src, output_dir=tmp_path / "run")
+    assert [r["upper.text"] for r in result.flattened()] == ["A", "B"]
+    assert result.counts["records_in"] == 2  # blank lines are not records
+
+
+def test_malformed_line_goes_to_failures_with_line_number(tmp_path: Path) -> None:
+    src = write_lines(tmp_path / "in.jsonl", ['{"text": "a"}', '{"text": ', '{"text": "c"}', "[1, 2]"])
+    result = Chain("c", [apply(upper)]).run(src, output_dir=tmp_path / "run")
+    failures = read_jsonl(tmp_path / "run" / "failures.jsonl")
+    assert [f["message"].split(":")[0] for f in failures] == ["in.jsonl line 2", "in.jsonl line 4"]
+    assert "not valid JSON" in failures[0]["message"] and "Fix or remove the line" in failures[0]["message"]
+    assert "expected a JSON object" in failures[1]["message"]
+    assert [r["upper.text"] for r in result.flattened()] == ["A", "C"]
+
+
+def test_strict_inputs_raise_on_the_first_bad_line(tmp_path: Path) -> None:
+    src = write_lines(tmp_path / "in.jsonl", ['{"text": "a"}', "{oops"])
+    with pytest.raises(InputError, match=r"in.jsonl line 2: not valid JSON"):
+        Chain("c", [apply(upper)]).run(src, output_dir=tmp_path / "run", strict_inputs=True)
+
+
+def test_record_not_fitting_input_model_names_the_field(tmp_path: Path) -> None:
+    src = write_lines(tmp_path / "in.jsonl", ['{"txt": "a"}'])
+    result = Chain("c", [apply(upper)]).run(src, output_dir=tmp_path / "run")
+    [failure] = list(result.failures())
+    assert failure["node"] == "input" and failure["error_type"] == "invalid_input"
+    assert "in.jsonl line 1" in failure["message"] and "field 'text': Field required" in failure["message"]
+
+
+def test_missing_input_file_is_an_error_before_anything_is_written(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        Chain("c", [apply(upper)]).run(tmp_path / "nope.jsonl", output_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_generators_and_async_iterables(tmp_path: Path) -> None:
+    async def agen():  # type: ignore[no-untyped-def]
+        for t in ("x", "y"):
+            yield {"text": t}
+
+    gen = (Question(text=t) for t in ("p", "q"))
+    a = Chain("c", [apply(upper)]).run(gen, output_dir=tmp_path / "a")
+    b = Chain("c", [apply(upper)]).run(agen(), output_dir=tmp_path / "b")
+    assert [r["upper.text"] for r in a.flattened()] == ["P", "Q"]
+    assert [r["upper.text"] for r in b.flattened()] == ["X", "Y"]

@@ -1,0 +1,57 @@
+"""The public namespace is curated: this test fails when it changes by accident."""
+
+import chainette
+
+EXPECTED = [
+    "Apply",
+    "ApplyError",
+    "Branch",
+    "Chain",
+    "ChainDefinitionError",
+    "ChainetteError",
+    "ChatRequest",
+    "CheckReport",
+    "Completion",
+    "Engine",
+    "EngineConfig",
+    "EngineConfigError",
+    "EngineError",
+    "FakeEngine",
+    "IncompatibleStepsError",
+    "InputError",
+    "InvalidInputError",
+    "MissingDependencyError",
+    "OutputValidationError",
+    "RecordError",
+    "RenderError",
+    "RunFolderError",
+    "RunResult",
+    "SamplingParams",
+    "Step",
+    "TemplateError",
+    "UnknownEngineError",
+    "__version__",
+    "apply",
+    "get_engine_config",
+    "list_engines",
+    "load_engines",
+    "register_engine",
+    "unregister_engine",
+]
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(chainette.__all__) == EXPECTED
+
+
+def test_every_exported_name_exists() -> None:
+    missing = [name for name in chainette.__all__ if not hasattr(chainette, name)]
+    assert missing == []
+
+
+def test_errors_form_one_tree() -> None:
+    errors = [getattr(chainette, n) for n in chainette.__all__ if n.endswith("Error")]
+    assert all(issubclass(e, chainette.ChainetteError) for e in errors)
+    assert issubclass(chainette.TemplateError, chainette.ChainDefinitionError)
+    assert issubclass(chainette.OutputValidationError, chainette.RecordError)
+    assert issubclass(chainette.MissingDependencyError, ImportError)
