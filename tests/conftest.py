@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.helpers import RecordingEngine
 
 from chainette.engines import registry
-from tests.helpers import RecordingEngine
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
@@ -33,12 +33,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
 
 
-
-
 class RecordingEngine(FakeEngine):
     """A fake back-end that remembers its instances and accepts any option (e.g. an api_key)."""
 
-    instances: list[RecordingEngine] = []
+    instances: ClassVar[list[RecordingEngine]] = []
 
     def __init__(self, model: str | None = None, *, api_key: str | None = None, **options: Any) -> None:
         super().__init__(model, **options)

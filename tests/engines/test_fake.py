@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 import anyio
@@ -15,7 +15,7 @@ from chainette import ChatRequest, FakeEngine
 from chainette.engines.fake import example_for_schema
 
 
-class Color(str, Enum):
+class Color(StrEnum):
     red = "red"
     blue = "blue"
 
@@ -44,7 +44,9 @@ def test_examples_validate(seed: int) -> None:
 
 def test_answers_are_deterministic_and_counted() -> None:
     engine = FakeEngine()
-    request = ChatRequest(messages=({"role": "user", "content": "hi"},), json_schema=Inner.model_json_schema())
+    request = ChatRequest(
+        messages=({"role": "user", "content": "hi"},), json_schema=Inner.model_json_schema()
+    )
 
     async def main() -> tuple[str, str]:
         first, second = await engine.generate([request, request])

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, Field, field_validator
+from tests.helpers import Answer, Question, Summary, Translation, read_jsonl
 
 from chainette import Branch, Chain, SamplingParams, Step, apply, register_engine
-from tests.helpers import Answer, Question, Summary, Translation, read_jsonl
 
 pytestmark = pytest.mark.llama
 
@@ -22,31 +22,52 @@ def local_engine() -> None:
 
 
 def qa_step(**kw: object) -> Step:
-    return Step(id="qa", input_model=Question, output_model=Answer, engine_name="local",
-                system_prompt="Answer the question briefly.", user_prompt="Question: {{ text }}",
-                sampling=SamplingParams(temperature=0, max_tokens=96), **kw)
+    return Step(
+        id="qa",
+        input_model=Question,
+        output_model=Answer,
+        engine_name="local",
+        system_prompt="Answer the question briefly.",
+        user_prompt="Question: {{ text }}",
+        sampling=SamplingParams(temperature=0, max_tokens=96),
+        **kw,
+    )
 
 
 def test_multi_step_chain_with_join_produces_valid_outputs(run_dir: Path) -> None:
     def translate(lang: str) -> Step:
-        return Step(id=f"to_{lang}", input_model=Answer, output_model=Translation, engine_name="local",
-                    system_prompt=f"Translate the text into {lang}.", user_prompt="{{ answer }}",
-                    sampling=SamplingParams(max_tokens=96))
+        return Step(
+            id=f"to_{lang}",
+            input_model=Answer,
+            output_model=Translation,
+            engine_name="local",
+            system_prompt=f"Translate the text into {lang}.",
+            user_prompt="{{ answer }}",
+            sampling=SamplingParams(max_tokens=96),
+        )
 
-    summary = Step(id="summary", input_model=Answer, output_model=Summary, engine_name="local",
-                   user_prompt="Q: {{ input.text }}\nA: {{ qa.answer }}\nFrench: {{ fr.translated }}\n"
-                               "Spanish: {{ es.translated }}\nWrite a one-line summary.",
-                   sampling=SamplingParams(max_tokens=128))
+    summary = Step(
+        id="summary",
+        input_model=Answer,
+        output_model=Summary,
+        engine_name="local",
+        user_prompt="Q: {{ input.text }}\nA: {{ qa.answer }}\nFrench: {{ fr.translated }}\n"
+        "Spanish: {{ es.translated }}\nWrite a one-line summary.",
+        sampling=SamplingParams(max_tokens=128),
+    )
 
     def mark(s: Summary) -> Summary:
         return Summary(summary=s.summary.strip()[:120] or "(empty)")
 
-    chain = Chain("qa-translate", [
-        qa_step(),
-        [Branch("fr", [translate("French")]).join("fr"), Branch("es", [translate("Spanish")]).join("es")],
-        summary,
-        apply(mark),
-    ])
+    chain = Chain(
+        "qa-translate",
+        [
+            qa_step(),
+            [Branch("fr", [translate("French")]).join("fr"), Branch("es", [translate("Spanish")]).join("es")],
+            summary,
+            apply(mark),
+        ],
+    )
     result = chain.run([Question(text=q) for q in QUESTIONS], output_dir=run_dir)
 
     assert result.counts["records_in"] == 3
@@ -65,8 +86,15 @@ def test_multi_step_chain_with_join_produces_valid_outputs(run_dir: Path) -> Non
 
 
 def test_tiny_max_tokens_is_reasked_then_lands_in_failures(run_dir: Path) -> None:
-    step = Step(id="qa", input_model=Question, output_model=Answer, engine_name="local",
-                user_prompt="{{ text }}", sampling=SamplingParams(max_tokens=4), max_reasks=1)
+    step = Step(
+        id="qa",
+        input_model=Question,
+        output_model=Answer,
+        engine_name="local",
+        user_prompt="{{ text }}",
+        sampling=SamplingParams(max_tokens=4),
+        max_reasks=1,
+    )
     result = Chain("tiny", [step]).run([Question(text=QUESTIONS[0])], output_dir=run_dir)
     [failure] = list(result.failures())
     assert failure["error_type"] == "invalid_output" and failure["attempts"] == 2
@@ -83,8 +111,15 @@ def test_output_the_model_cannot_satisfy_is_reasked_with_the_error(run_dir: Path
         def never(cls, value: str) -> str:
             raise ValueError("the answer must be written in Klingon")
 
-    step = Step(id="qa", input_model=Question, output_model=Impossible, engine_name="local",
-                user_prompt="{{ text }}", sampling=SamplingParams(max_tokens=64), max_reasks=2)
+    step = Step(
+        id="qa",
+        input_model=Question,
+        output_model=Impossible,
+        engine_name="local",
+        user_prompt="{{ text }}",
+        sampling=SamplingParams(max_tokens=64),
+        max_reasks=2,
+    )
     result = Chain("impossible", [step]).run([Question(text=q) for q in QUESTIONS[:2]], output_dir=run_dir)
     failures = list(result.failures())
     assert len(failures) == 2 and result.counts["records_out"] == 0
@@ -104,7 +139,8 @@ def test_greedy_runs_are_reproducible(tmp_path: Path) -> None:
 
 def test_engine_is_released_at_the_end_of_the_run(run_dir: Path) -> None:
     events: list[str] = []
-    Chain("lifecycle", [qa_step()]).run([Question(text=QUESTIONS[0])], output_dir=run_dir,
-                                        on_event=lambda kind, data: events.append(kind))
+    Chain("lifecycle", [qa_step()]).run(
+        [Question(text=QUESTIONS[0])], output_dir=run_dir, on_event=lambda kind, data: events.append(kind)
+    )
     assert events.count("engine_started") == 1 and events.count("engine_released") == 1
     assert events.index("engine_released") < events.index("run_finished")

@@ -28,12 +28,16 @@ def test_register_and_lookup() -> None:
 
 def test_unknown_engine_names_the_registered_ones() -> None:
     register_engine("llama3", backend="fake")
-    with pytest.raises(UnknownEngineError, match=r"'llama4'.*did you mean 'llama3'.*Registered engines: 'llama3'"):
+    with pytest.raises(
+        UnknownEngineError, match=r"'llama4'.*did you mean 'llama3'.*Registered engines: 'llama3'"
+    ):
         get_engine_config("llama4")
 
 
 def test_unknown_backend_is_rejected_with_the_known_ones() -> None:
-    with pytest.raises(EngineConfigError, match=r"engine 'x': field 'backend': .*known backends: fake, llama_cpp"):
+    with pytest.raises(
+        EngineConfigError, match=r"engine 'x': field 'backend': .*known backends: fake, llama_cpp"
+    ):
         register_engine("x", backend="vllm-typo")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from pydantic import BaseModel
+from tests.helpers import Answer, Question, Summary, Translation
 
 from chainette import (
     Branch,
@@ -16,7 +17,6 @@ from chainette import (
     apply,
     register_engine,
 )
-from tests.helpers import Answer, Question, Summary, Translation
 
 
 @pytest.fixture(autouse=True)
@@ -25,14 +25,26 @@ def fake_engine() -> None:
 
 
 def qa_step(prompt: str = "Q: {{ text }}", **kw: object) -> Step:
-    return Step(id="qa", input_model=Question, output_model=Answer, engine_name="fake", user_prompt=prompt, **kw)
+    return Step(
+        id="qa", input_model=Question, output_model=Answer, engine_name="fake", user_prompt=prompt, **kw
+    )
 
 
 def test_valid_chain_has_no_issues() -> None:
-    translate = Step(id="tr", input_model=Answer, output_model=Translation, engine_name="fake",
-                     user_prompt="Translate: {{ answer }} (question was {{ input.text }})")
-    agg = Step(id="agg", input_model=Answer, output_model=Summary, engine_name="fake",
-               user_prompt="{{ fr.translated }} {{ tr.translated }} {{ qa.confidence }}")
+    translate = Step(
+        id="tr",
+        input_model=Answer,
+        output_model=Translation,
+        engine_name="fake",
+        user_prompt="Translate: {{ answer }} (question was {{ input.text }})",
+    )
+    agg = Step(
+        id="agg",
+        input_model=Answer,
+        output_model=Summary,
+        engine_name="fake",
+        user_prompt="{{ fr.translated }} {{ tr.translated }} {{ qa.confidence }}",
+    )
     chain = Chain("ok", [qa_step(), [Branch("fr", [translate]).join("fr")], agg])
     report = chain.check()
     assert report.issues == []
@@ -47,8 +59,9 @@ def test_missing_field_names_step_field_and_suggestion() -> None:
 
 
 def test_missing_attribute_of_earlier_step() -> None:
-    second = Step(id="two", input_model=Answer, output_model=Summary, engine_name="fake",
-                  user_prompt="{{ qa.answr }}")
+    second = Step(
+        id="two", input_model=Answer, output_model=Summary, engine_name="fake", user_prompt="{{ qa.answr }}"
+    )
     report = Chain("c", [qa_step(), second]).check()
     assert len(report.errors) == 1
     assert "Answer has no field 'answr'" in report.errors[0].message
@@ -56,9 +69,16 @@ def test_missing_attribute_of_earlier_step() -> None:
 
 
 def test_reference_to_unjoined_branch_step_is_explained() -> None:
-    tr = Step(id="tr", input_model=Answer, output_model=Translation, engine_name="fake", user_prompt="{{ answer }}")
-    agg = Step(id="agg", input_model=Answer, output_model=Summary, engine_name="fake",
-               user_prompt="{{ tr.translated }}")
+    tr = Step(
+        id="tr", input_model=Answer, output_model=Translation, engine_name="fake", user_prompt="{{ answer }}"
+    )
+    agg = Step(
+        id="agg",
+        input_model=Answer,
+        output_model=Summary,
+        engine_name="fake",
+        user_prompt="{{ tr.translated }}",
+    )
     report = Chain("c", [qa_step(), [Branch("fr", [tr])], agg]).check()
     assert [e.node_id for e in report.errors] == ["agg"]
     assert "inside branch 'fr', which is not joined" in report.errors[0].message
@@ -82,7 +102,9 @@ def test_incompatible_models_are_reported_before_running() -> None:
 
 
 def test_unknown_engine_lists_known_ones() -> None:
-    step = Step(id="qa", input_model=Question, output_model=Answer, engine_name="fak", user_prompt="{{ text }}")
+    step = Step(
+        id="qa", input_model=Question, output_model=Answer, engine_name="fak", user_prompt="{{ text }}"
+    )
     with pytest.raises(UnknownEngineError) as exc:
         Chain("c", [step]).check().raise_for_errors()
     assert "'fak'" in str(exc.value) and "'fake'" in str(exc.value) and "did you mean" in str(exc.value)
@@ -120,6 +142,8 @@ def test_reserved_and_invalid_ids_are_rejected() -> None:
 
 
 def test_several_errors_are_listed_together() -> None:
-    step = Step(id="qa", input_model=Question, output_model=Answer, engine_name="nope", user_prompt="{{ oops }}")
+    step = Step(
+        id="qa", input_model=Question, output_model=Answer, engine_name="nope", user_prompt="{{ oops }}"
+    )
     with pytest.raises(ChainDefinitionError, match="2 problems"):
         Chain("c", [step]).check().raise_for_errors()

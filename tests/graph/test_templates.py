@@ -10,7 +10,9 @@ def refs(source: str) -> set[str]:
 
 def test_references_include_names_and_attributes() -> None:
     assert refs("Q: {{ text }} / {{ qa.answer }} / {{ fr['translated'] }}") == {
-        "text", "qa.answer", "fr.translated"
+        "text",
+        "qa.answer",
+        "fr.translated",
     }
 
 
@@ -26,5 +28,7 @@ def test_undefined_name_is_an_error_not_an_empty_string() -> None:
 def test_render_reads_model_attributes() -> None:
     from tests.helpers import Answer
 
-    out = Template("{{ qa.answer }} ({{ qa.confidence }})").render({"qa": Answer(answer="Paris", confidence=0.9)})
+    out = Template("{{ qa.answer }} ({{ qa.confidence }})").render(
+        {"qa": Answer(answer="Paris", confidence=0.9)}
+    )
     assert out == "Paris (0.9)"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.helpers import Question, read_jsonl
 
 from chainette import Chain, InputError, apply
-from tests.helpers import Question, read_jsonl
 
 
 def upper(q: Question) -> Question:

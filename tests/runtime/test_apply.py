@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 from pydantic import BaseModel
+from tests.helpers import Answer, Question, Summary, read_jsonl
 
 from chainette import Branch, Chain, Step, apply, register_engine
-from tests.helpers import Answer, Question, Summary, read_jsonl
 
 
 class Num(BaseModel):
@@ -23,7 +24,9 @@ def test_python_steps_run_in_order_per_record(run_dir: Path) -> None:
     def add_one(n: Num) -> Num:
         return Num(x=n.x + 1)
 
-    result = Chain("c", [apply(double), apply(add_one)]).run([Num(x=i) for i in range(200)], output_dir=run_dir)
+    result = Chain("c", [apply(double), apply(add_one)]).run(
+        [Num(x=i) for i in range(200)], output_dir=run_dir
+    )
     rows = list(result.flattened())
     assert [r["add_one.x"] for r in rows] == [i * 2 + 1 for i in range(200)]  # one worker keeps input order
     assert [r["double.x"] for r in rows] == [i * 2 for i in range(200)]
@@ -52,7 +55,7 @@ def test_filter_by_returning_none(run_dir: Path) -> None:
 
 def test_async_functions_are_awaited(run_dir: Path) -> None:
     async def slow_double(n: Num) -> Num:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return Num(x=n.x * 2)
 
     result = Chain("c", [apply(slow_double)]).run([Num(x=i) for i in range(5)], output_dir=run_dir)
@@ -74,7 +77,8 @@ def test_exception_fails_only_that_record_with_location(run_dir: Path) -> None:
 
 def test_output_that_does_not_fit_declared_model_fails(run_dir: Path) -> None:
     result = Chain("c", [apply(lambda n: {"y": 1}, id="bad", input_model=Num, output_model=Num)]).run(
-        [Num(x=1)], output_dir=run_dir)
+        [Num(x=1)], output_dir=run_dir
+    )
     [failure] = list(result.failures())
     assert "output does not fit Num" in failure["message"] and "field 'x'" in failure["message"]
 
@@ -82,7 +86,9 @@ def test_output_that_does_not_fit_declared_model_fails(run_dir: Path) -> None:
 def test_dict_outputs_are_validated_into_declared_model(run_dir: Path) -> None:
     register_engine("fake", backend="fake")
     to_q = apply(lambda n: {"text": f"n={n.x}"}, id="to_q", input_model=Num, output_model=Question)
-    qa = Step(id="qa", input_model=Question, output_model=Answer, engine_name="fake", user_prompt="{{ text }}")
+    qa = Step(
+        id="qa", input_model=Question, output_model=Answer, engine_name="fake", user_prompt="{{ text }}"
+    )
     result = Chain("c", [to_q, qa]).run([Num(x=7)], output_dir=run_dir)
     assert [r["to_q.text"] for r in result.flattened()] == ["n=7"]
 
@@ -94,11 +100,15 @@ def test_write_true_gives_apply_its_own_folder(run_dir: Path) -> None:
 
 def test_fan_out_inside_a_joined_branch_is_a_failure_not_a_silent_drop(run_dir: Path) -> None:
     register_engine("fake", backend="fake")
-    qa = Step(id="qa", input_model=Question, output_model=Answer, engine_name="fake", user_prompt="{{ text }}")
+    qa = Step(
+        id="qa", input_model=Question, output_model=Answer, engine_name="fake", user_prompt="{{ text }}"
+    )
 
     def twice(a: Answer) -> list[Summary]:
         return [Summary(summary="a"), Summary(summary="b")]
 
-    result = Chain("c", [qa, [Branch("b", [apply(twice)]).join("both")]]).run([Question(text="q")], output_dir=run_dir)
+    result = Chain("c", [qa, [Branch("b", [apply(twice)]).join("both")]]).run(
+        [Question(text="q")], output_dir=run_dir
+    )
     [failure] = list(result.failures())
     assert failure["node"] == "both" and "produced 2 outputs" in failure["message"]

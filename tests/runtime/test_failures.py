@@ -6,13 +6,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-from chainette import Branch, Chain, ChatRequest, Completion, Step, register_engine
 from tests.helpers import Answer, Question, Summary, Translation, read_jsonl
+
+from chainette import Branch, Chain, ChatRequest, Completion, Step, register_engine
 
 
 def qa(max_reasks: int = 2) -> Step:
-    return Step(id="qa", input_model=Question, output_model=Answer, engine_name="fake",
-                user_prompt="Q: {{ text }}", max_reasks=max_reasks)
+    return Step(
+        id="qa",
+        input_model=Question,
+        output_model=Answer,
+        engine_name="fake",
+        user_prompt="Q: {{ text }}",
+        max_reasks=max_reasks,
+    )
 
 
 def echo_answer(request: ChatRequest) -> Any:
@@ -86,7 +93,9 @@ def test_engine_error_is_recorded_with_its_cause(run_dir: Path) -> None:
     register_engine("fake", backend="fake", responder=echo_answer)
     Chain("c", [qa()]).run([Question(text="boom"), Question(text="fine")], output_dir=run_dir)
     [failure] = read_jsonl(run_dir / "failures.jsonl")
-    assert failure["error_type"] == "engine_error" and "ConnectionError: server went away" in failure["message"]
+    assert (
+        failure["error_type"] == "engine_error" and "ConnectionError: server went away" in failure["message"]
+    )
     assert [r["qa.answer"] for r in read_jsonl(run_dir / "flattened")] == ["A:fine"]
 
 
@@ -98,8 +107,13 @@ def test_runtime_template_error_fails_only_that_record(run_dir: Path) -> None:
         extra: Question | None = None
 
     register_engine("fake", backend="fake")
-    step = Step(id="qa", input_model=Maybe, output_model=Answer, engine_name="fake",
-                user_prompt="{{ text }} / {{ extra.text }}")
+    step = Step(
+        id="qa",
+        input_model=Maybe,
+        output_model=Answer,
+        engine_name="fake",
+        user_prompt="{{ text }} / {{ extra.text }}",
+    )
     Chain("c", [step]).run([Maybe(text="a"), Maybe(text="b", extra=Question(text="x"))], output_dir=run_dir)
     [failure] = read_jsonl(run_dir / "failures.jsonl")
     assert failure["error_type"] == "render_error" and failure["input"]["text"] == "a"
@@ -117,10 +131,22 @@ def test_failure_inside_joined_branch_fails_the_record_once(run_dir: Path) -> No
         return {"translated": "t", "summary": "s"}
 
     register_engine("fake", backend="fake", responder=responder)
-    tr = Step(id="tr", input_model=Answer, output_model=Translation, engine_name="fake",
-              user_prompt="FR: {{ answer }}", max_reasks=0)
+    tr = Step(
+        id="tr",
+        input_model=Answer,
+        output_model=Translation,
+        engine_name="fake",
+        user_prompt="FR: {{ answer }}",
+        max_reasks=0,
+    )
     side = Step(id="side", input_model=Answer, output_model=Summary, engine_name="fake", user_prompt="side")
-    agg = Step(id="agg", input_model=Answer, output_model=Summary, engine_name="fake", user_prompt="{{ fr.translated }}")
+    agg = Step(
+        id="agg",
+        input_model=Answer,
+        output_model=Summary,
+        engine_name="fake",
+        user_prompt="{{ fr.translated }}",
+    )
     chain = Chain("c", [qa(), [Branch("fr", [tr]).join("fr"), Branch("side", [side])], agg])
     result = chain.run([Question(text="poison"), Question(text="fine")], output_dir=run_dir)
 

@@ -6,19 +6,46 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.helpers import Answer, Question, Summary, Translation, read_jsonl
 
 from chainette import Branch, Chain, RunFolderError, Step, apply, register_engine
-from tests.helpers import Answer, Question, Summary, Translation, read_jsonl
 
 
 def build_chain() -> Chain:
-    qa = Step(id="qa", input_model=Question, output_model=Answer, engine_name="fake", user_prompt="Q: {{ text }}")
-    fr = Branch("fr", [Step(id="tr_fr", input_model=Answer, output_model=Translation, engine_name="fake",
-                             user_prompt="FR: {{ answer }}")]).join("fr")
-    es = Branch("es", [Step(id="tr_es", input_model=Answer, output_model=Translation, engine_name="fake",
-                             user_prompt="ES: {{ answer }}")]).join("es")
-    agg = Step(id="agg", input_model=Answer, output_model=Summary, engine_name="fake",
-               user_prompt="{{ fr.translated }} | {{ es.translated }} | {{ input.text }}")
+    qa = Step(
+        id="qa", input_model=Question, output_model=Answer, engine_name="fake", user_prompt="Q: {{ text }}"
+    )
+    fr = Branch(
+        "fr",
+        [
+            Step(
+                id="tr_fr",
+                input_model=Answer,
+                output_model=Translation,
+                engine_name="fake",
+                user_prompt="FR: {{ answer }}",
+            )
+        ],
+    ).join("fr")
+    es = Branch(
+        "es",
+        [
+            Step(
+                id="tr_es",
+                input_model=Answer,
+                output_model=Translation,
+                engine_name="fake",
+                user_prompt="ES: {{ answer }}",
+            )
+        ],
+    ).join("es")
+    agg = Step(
+        id="agg",
+        input_model=Answer,
+        output_model=Summary,
+        engine_name="fake",
+        user_prompt="{{ fr.translated }} | {{ es.translated }} | {{ input.text }}",
+    )
     return Chain("Translate & Summarise", [qa, [fr, es], agg])
 
 
@@ -29,7 +56,9 @@ def test_run_writes_every_artefact(run_dir: Path, recording_backend: type) -> No
     assert result.counts == {"records_in": 7, "records_out": 7, "failures": 0, "filtered": 0}
     graph = json.loads((run_dir / "graph.json").read_text())
     assert [n["id"] for n in graph["nodes"]] == ["qa", "tr_fr", "tr_es", "agg"]
-    assert {"from": "qa", "to": "tr_fr"} in graph["edges"] and {"from": "tr_es", "to": "agg"} in graph["edges"]
+    assert {"from": "qa", "to": "tr_fr"} in graph["edges"] and {"from": "tr_es", "to": "agg"} in graph[
+        "edges"
+    ]
     qa_node = graph["nodes"][0]
     assert qa_node["output_schema"]["properties"]["answer"]["maxLength"] == 80
     assert graph["engines"]["fake"]["backend"] == "recording"
@@ -38,7 +67,14 @@ def test_run_writes_every_artefact(run_dir: Path, recording_backend: type) -> No
         assert len(rows) == 7 and all("_id" in r for r in rows)
     flat = read_jsonl(run_dir / "flattened")
     assert len(flat) == 7
-    assert {"input.text", "qa.answer", "fr.translated", "es.translated", "tr_fr.translated", "agg.summary"} <= set(flat[0])
+    assert {
+        "input.text",
+        "qa.answer",
+        "fr.translated",
+        "es.translated",
+        "tr_fr.translated",
+        "agg.summary",
+    } <= set(flat[0])
     assert read_jsonl(run_dir / "failures.jsonl") == []
     meta = json.loads((run_dir / "metadata.json").read_text())
     assert meta["status"] == "completed" and meta["counts"]["records_out"] == 7
@@ -111,13 +147,25 @@ def test_other_output_formats(run_dir: Path, fmt: str) -> None:
 def test_engine_starts_lazily_and_is_released(run_dir: Path, recording_backend: type) -> None:
     events: list[str] = []
     register_engine("fake", backend="recording")
-    chain = Chain("lazy", [apply(lambda q: None, id="drop_all", input_model=Question),
-                           Step(id="qa", input_model=Question, output_model=Answer, engine_name="fake",
-                                user_prompt="{{ text }}")])
+    chain = Chain(
+        "lazy",
+        [
+            apply(lambda q: None, id="drop_all", input_model=Question),
+            Step(
+                id="qa",
+                input_model=Question,
+                output_model=Answer,
+                engine_name="fake",
+                user_prompt="{{ text }}",
+            ),
+        ],
+    )
     chain.run([Question(text="q")], output_dir=run_dir)
     assert recording_backend.instances == []  # no record reached the step: the engine never started
 
-    build_chain().run([Question(text="q")], output_dir=run_dir, overwrite=True, on_event=lambda k, d: events.append(k))
+    build_chain().run(
+        [Question(text="q")], output_dir=run_dir, overwrite=True, on_event=lambda k, d: events.append(k)
+    )
     [engine] = recording_backend.instances  # one engine shared by four steps, branches included
     assert engine.started and engine.closed and engine.calls == 4
     assert events.index("engine_started") < events.index("engine_released") < events.index("run_finished")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._errors import EngineConfigError, MissingDependencyError
 from .base import ChatRequest, Completion, Engine
@@ -83,8 +84,8 @@ class LlamaCppEngine(Engine):
         self.max_concurrency = instances
         self.model_path: Path | None = None
         self._pool: list[Any] = []
-        self._free: anyio.abc.ObjectSendStream[Any] | None = None
-        self._borrow: anyio.abc.ObjectReceiveStream[Any] | None = None
+        self._free: MemoryObjectSendStream[Any] | None = None
+        self._borrow: MemoryObjectReceiveStream[Any] | None = None
         self._grammars: dict[str, Any] = {}
 
     def _resolve_model(self) -> Path:
@@ -138,7 +139,7 @@ class LlamaCppEngine(Engine):
 
     def grammar(self, schema: dict[str, Any]) -> Any:
         """The GBNF grammar for ``schema`` (cached per schema)."""
-        from llama_cpp import LlamaGrammar
+        from llama_cpp.llama_grammar import LlamaGrammar
 
         key = json.dumps(schema, sort_keys=True)
         grammar = self._grammars.get(key)
@@ -180,7 +181,10 @@ class LlamaCppEngine(Engine):
         gc.collect()
 
     def describe(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"backend": self.backend, "model": str(self.model_path or self.model or "smollm2")}
+        info: dict[str, Any] = {
+            "backend": self.backend,
+            "model": str(self.model_path or self.model or "smollm2"),
+        }
         if self.model_path is not None and self.model_path.exists():
             info["model_file"] = self.model_path.name
             info["model_bytes"] = self.model_path.stat().st_size

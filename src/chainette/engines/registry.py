@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,9 @@ class EngineConfig(BaseModel):
 _REGISTRY: dict[str, EngineConfig] = {}
 
 
-def register_engine(name: str, backend: str = "llama_cpp", model: str | None = None, **options: Any) -> EngineConfig:
+def register_engine(
+    name: str, backend: str = "llama_cpp", model: str | None = None, **options: Any
+) -> EngineConfig:
     """Register an engine under ``name`` so steps can use it via ``engine_name``.
 
     Registering the same name again replaces the earlier definition. Nothing is loaded here:
@@ -186,14 +189,16 @@ def _load_backend_class(backend: str) -> type[Engine]:
     except ImportError as exc:
         extra = _EXTRAS.get(backend)
         hint = f" Install it with: pip install 'chainette[{extra}]'" if extra else ""
-        raise MissingDependencyError(f"Backend {backend!r} needs a package that is not installed ({exc}).{hint}") from exc
+        raise MissingDependencyError(
+            f"Backend {backend!r} needs a package that is not installed ({exc}).{hint}"
+        ) from exc
     cls: type[Engine] = getattr(module, class_name)
     return cls
 
 
 def create_engine(config: EngineConfig) -> Engine:
     """Instantiate (but do not start) the engine described by ``config``."""
-    cls = _load_backend_class(config.backend)
+    cls: Callable[..., Engine] = _load_backend_class(config.backend)
     try:
         return cls(model=config.model, **config.options)
     except TypeError as exc:

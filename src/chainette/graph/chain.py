@@ -40,8 +40,9 @@ class Chain:
         >>> result = chain.run([N(x=1)], output_dir=None, quiet=True)  # doctest: +SKIP
     """
 
-    def __init__(self, name: str, steps: list[Node | list[Branch]], *, batch_size: int = 64,
-                 emoji: str | None = None) -> None:
+    def __init__(
+        self, name: str, steps: list[Node | list[Branch]], *, batch_size: int = 64, emoji: str | None = None
+    ) -> None:
         if not steps:
             raise ChainDefinitionError(f"Chain {name!r} has no steps.")
         if batch_size < 1:
@@ -118,7 +119,9 @@ class Chain:
                 for branch in item:
                     last = previous
                     for node in branch.steps:
-                        nodes.append({**node.describe(), "branch": branch.name, "join_alias": branch.join_alias})
+                        nodes.append(
+                            {**node.describe(), "branch": branch.name, "join_alias": branch.join_alias}
+                        )
                         edges.extend({"from": p, "to": node.id} for p in last)
                         last = [node.id]
                     if branch.join_alias:
@@ -173,4 +176,3 @@ class Chain:
 
     def __repr__(self) -> str:
         return f"Chain(name={self.name!r}, nodes={[n.id for n in self.iter_nodes()]})"
-

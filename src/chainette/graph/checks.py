@@ -89,16 +89,30 @@ class _Checker:
                 for node in branch.steps:
                     self.placement[node.id] = f"inside branch {branch.name!r}{suffix}"
 
-    def add(self, level: Literal["error", "warning"], node: Node, message: str,
-            error_type: type[ChainDefinitionError] = ChainDefinitionError) -> None:
+    def add(
+        self,
+        level: Literal["error", "warning"],
+        node: Node,
+        message: str,
+        error_type: type[ChainDefinitionError] = ChainDefinitionError,
+    ) -> None:
         self.report.issues.append(Issue(level, node.id, message, error_type))
 
-    def walk(self, items: list[Node | list[Branch]], scope: Scope, current: type[BaseModel] | None,
-             prev: Node | None, *, in_branch: bool = False) -> tuple[Scope, type[BaseModel] | None]:
+    def walk(
+        self,
+        items: list[Node | list[Branch]],
+        scope: Scope,
+        current: type[BaseModel] | None,
+        prev: Node | None,
+        *,
+        in_branch: bool = False,
+    ) -> tuple[Scope, type[BaseModel] | None]:
         for item in items:
             if isinstance(item, list):
                 for branch in item:
-                    branch_scope, out = self.walk(list(branch.steps), dict(scope), current, prev, in_branch=True)
+                    branch_scope, out = self.walk(
+                        list(branch.steps), dict(scope), current, prev, in_branch=True
+                    )
                     if branch.join_alias is not None:
                         for node in branch.steps:
                             scope[node.id] = branch_scope.get(node.id)
@@ -118,20 +132,30 @@ class _Checker:
                 self.placement.pop(node.id, None)
         return scope, current
 
-    def check_step(self, step: Step, scope: Scope, current: type[BaseModel] | None, prev: Node | None) -> None:
+    def check_step(
+        self, step: Step, scope: Scope, current: type[BaseModel] | None, prev: Node | None
+    ) -> None:
         if self.check_engines:
             try:
                 get_engine_config(step.engine_name)
             except UnknownEngineError:
-                self.add("error", step, unknown_engine_message(step.engine_name, f"Step {step.id!r}"),
-                         UnknownEngineError)
+                self.add(
+                    "error",
+                    step,
+                    unknown_engine_message(step.engine_name, f"Step {step.id!r}"),
+                    UnknownEngineError,
+                )
         self.check_input(step, step.input_model, current, prev)
         fields = step.input_model.model_fields
         for name in fields:
             if name in scope:
-                self.add("warning", step, f"Step {step.id!r}: input field {name!r} of "
-                         f"{step.input_model.__name__} shadows the earlier output {name!r} in templates; "
-                         f"{{{{ {name} }}}} reads the field.")
+                self.add(
+                    "warning",
+                    step,
+                    f"Step {step.id!r}: input field {name!r} of "
+                    f"{step.input_model.__name__} shadows the earlier output {name!r} in templates; "
+                    f"{{{{ {name} }}}} reads the field.",
+                )
         for which, template in (("system_prompt", step.system_template), ("user_prompt", step.user_template)):
             for ref in template.references:
                 self.check_reference(step, which, ref, scope)
@@ -150,38 +174,63 @@ class _Checker:
                 self.check_attr(step, where, ref, target)
             return
         if ref.name in self.placement:
-            self.add("error", step, f"{where}, but {ref.name!r} runs {self.placement[ref.name]}. "
-                     "Only earlier steps and joined branch aliases can be referenced.", TemplateError)
+            self.add(
+                "error",
+                step,
+                f"{where}, but {ref.name!r} runs {self.placement[ref.name]}. "
+                "Only earlier steps and joined branch aliases can be referenced.",
+                TemplateError,
+            )
             return
         known = [*model.model_fields, *scope]
         close = difflib.get_close_matches(ref.name, known, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        self.add("error", step, (
-            f"{where}; {model.__name__} has no field {ref.name!r} and no earlier step or alias has that "
-            f"name (fields: {', '.join(model.model_fields) or 'none'}; earlier outputs: {', '.join(scope)})."
-            f"{hint}"), TemplateError)
+        self.add(
+            "error",
+            step,
+            (
+                f"{where}; {model.__name__} has no field {ref.name!r} and no earlier step or alias has that "
+                f"name (fields: {', '.join(model.model_fields) or 'none'}; earlier outputs: {', '.join(scope)})."
+                f"{hint}"
+            ),
+            TemplateError,
+        )
 
     def check_attr(self, step: Step, where: str, ref: Reference, model: type[BaseModel]) -> None:
         if ref.attr in model.model_fields:
             return
         close = difflib.get_close_matches(ref.attr or "", list(model.model_fields), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        self.add("error", step, f"{where}; {model.__name__} has no field {ref.attr!r}{hint}. "
-                 f"Its fields: {', '.join(model.model_fields)}.", TemplateError)
+        self.add(
+            "error",
+            step,
+            f"{where}; {model.__name__} has no field {ref.attr!r}{hint}. "
+            f"Its fields: {', '.join(model.model_fields)}.",
+            TemplateError,
+        )
 
     def check_apply(self, node: Apply, current: type[BaseModel] | None, prev: Node | None) -> None:
         if node.input_model is None and node.output_model is None:
-            self.add("warning", node, f"apply {node.id!r} declares no input or output model; add type hints "
-                     "(def f(x: In) -> Out) or input_model=/output_model= so the chain can be checked.")
+            self.add(
+                "warning",
+                node,
+                f"apply {node.id!r} declares no input or output model; add type hints "
+                "(def f(x: In) -> Out) or input_model=/output_model= so the chain can be checked.",
+            )
         elif node.input_model is not None:
             self.check_input(node, node.input_model, current, prev)
 
-    def check_input(self, node: Node, wanted: type[BaseModel], current: type[BaseModel] | None,
-                    prev: Node | None) -> None:
+    def check_input(
+        self, node: Node, wanted: type[BaseModel], current: type[BaseModel] | None, prev: Node | None
+    ) -> None:
         if current is None:
             if prev is not None:
-                self.add("warning", node, f"{node.kind} {node.id!r}: the output type of {prev.id!r} is unknown, "
-                         f"so its fit to {wanted.__name__} is checked per record at run time.")
+                self.add(
+                    "warning",
+                    node,
+                    f"{node.kind} {node.id!r}: the output type of {prev.id!r} is unknown, "
+                    f"so its fit to {wanted.__name__} is checked per record at run time.",
+                )
             return
         if current is wanted or issubclass(current, wanted):
             return
@@ -189,8 +238,13 @@ class _Checker:
         missing = [n for n, f in wanted.model_fields.items() if f.is_required() and n not in have]
         if missing:
             source = f"{prev.id!r} outputs" if prev is not None else "the chain input is"
-            self.add("error", node, (
-                f"{node.kind} {node.id!r} needs {wanted.__name__} but {source} {current.__name__}, which lacks "
-                f"required field(s) {', '.join(repr(m) for m in missing)} (it has: {', '.join(have)}). "
-                "Change the input model, or add an apply(...) step that converts between them."),
-                IncompatibleStepsError)
+            self.add(
+                "error",
+                node,
+                (
+                    f"{node.kind} {node.id!r} needs {wanted.__name__} but {source} {current.__name__}, which lacks "
+                    f"required field(s) {', '.join(repr(m) for m in missing)} (it has: {', '.join(have)}). "
+                    "Change the input model, or add an apply(...) step that converts between them."
+                ),
+                IncompatibleStepsError,
+            )

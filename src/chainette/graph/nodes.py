@@ -99,6 +99,8 @@ class Step(Node):
     """
 
     kind = "step"
+    input_model: type[BaseModel]
+    output_model: type[BaseModel]
 
     def __init__(
         self,
@@ -120,7 +122,9 @@ class Step(Node):
         self.name = name or id
         for label, model in (("input_model", input_model), ("output_model", output_model)):
             if not (isinstance(model, type) and issubclass(model, BaseModel)):
-                raise ChainDefinitionError(f"Step {id!r}: {label} must be a pydantic BaseModel class, got {model!r}.")
+                raise ChainDefinitionError(
+                    f"Step {id!r}: {label} must be a pydantic BaseModel class, got {model!r}."
+                )
         if max_reasks < 0:
             raise ChainDefinitionError(f"Step {id!r}: max_reasks must be >= 0, got {max_reasks}.")
         self.input_model = input_model
@@ -131,7 +135,9 @@ class Step(Node):
         self.write = write
         self.emoji = emoji
         self.json_schema: dict[str, Any] = output_model.model_json_schema()
-        instruction = DEFAULT_SCHEMA_INSTRUCTION if output_format_instruction is None else output_format_instruction
+        instruction = (
+            DEFAULT_SCHEMA_INSTRUCTION if output_format_instruction is None else output_format_instruction
+        )
         schema_text = _compact_json(self.json_schema)
         self.schema_instruction = instruction.replace("{schema}", schema_text) if instruction else ""
         self.system_template = self._compile("system_prompt", system_prompt)

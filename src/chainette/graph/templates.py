@@ -61,6 +61,7 @@ def _references(ast: nodes.Template) -> tuple[Reference, ...]:
     seen: dict[tuple[str, str | None], Reference] = {}
     attr_parents: set[int] = set()
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+        assert isinstance(node, (nodes.Getattr, nodes.Getitem))
         target = node.node
         if not (isinstance(target, nodes.Name) and target.ctx == "load" and target.name in undeclared):
             continue

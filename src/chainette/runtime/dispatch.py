@@ -72,11 +72,18 @@ async def run_group(branches: list[Branch], chunk: list[Record], ctx: RunContext
             failed_inside = views[branch.name].failed_origins or set()
             if record.id in failed_inside:
                 break  # already in failures.jsonl, with the step and reason
-            got = "no output (an apply filtered it out)" if not outputs else f"{len(outputs)} outputs (fan-out)"
-            ctx.fail(record, RecordError(
-                f"Branch {branch.name!r} joined as {branch.join_alias!r} produced {got} for this record; "
-                "a joined branch must produce exactly one output per record.",
-                node_id=branch.join_alias or branch.name, record_id=record.id))
+            got = (
+                "no output (an apply filtered it out)" if not outputs else f"{len(outputs)} outputs (fan-out)"
+            )
+            ctx.fail(
+                record,
+                RecordError(
+                    f"Branch {branch.name!r} joined as {branch.join_alias!r} produced {got} for this record; "
+                    "a joined branch must produce exactly one output per record.",
+                    node_id=branch.join_alias or branch.name,
+                    record_id=record.id,
+                ),
+            )
             break
         if not ok:
             continue

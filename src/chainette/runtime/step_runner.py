@@ -86,7 +86,10 @@ def render_messages(step: Step, record: Record) -> list[Message]:
     except ValidationError as exc:
         raise RenderError(
             f"Step {step.id!r}: the record does not fit its input model {step.input_model.__name__} "
-            f"({describe_validation(exc)}).", node_id=step.id, record_id=record.id) from exc
+            f"({describe_validation(exc)}).",
+            node_id=step.id,
+            record_id=record.id,
+        ) from exc
     variables: dict[str, Any] = dict(record.history)
     variables.update(fields_of(value))
     try:
@@ -96,10 +99,15 @@ def render_messages(step: Step, record: Record) -> list[Message]:
         raise RenderError(
             f"Step {step.id!r}: template failed on record {record.id}: {exc.message}. "
             "A referenced value is missing or None for this record; guard it with {% if ... %}.",
-            node_id=step.id, record_id=record.id) from exc
+            node_id=step.id,
+            record_id=record.id,
+        ) from exc
     except Exception as exc:  # jinja filters can raise anything; keep it on this record
-        raise RenderError(f"Step {step.id!r}: template failed on record {record.id}: "
-                          f"{type(exc).__name__}: {exc}", node_id=step.id, record_id=record.id) from exc
+        raise RenderError(
+            f"Step {step.id!r}: template failed on record {record.id}: {type(exc).__name__}: {exc}",
+            node_id=step.id,
+            record_id=record.id,
+        ) from exc
     if step.schema_instruction:
         system = f"{system}\n\n{step.schema_instruction}" if system else step.schema_instruction
     messages: list[Message] = []
@@ -109,12 +117,22 @@ def render_messages(step: Step, record: Record) -> list[Message]:
     return messages
 
 
-async def _call(step: Step, engine: Engine, limiter: anyio.CapacityLimiter, batch: list[_Job],
-                retry: list[_Job], ctx: RunContext) -> None:
+async def _call(
+    step: Step,
+    engine: Engine,
+    limiter: anyio.CapacityLimiter,
+    batch: list[_Job],
+    retry: list[_Job],
+    ctx: RunContext,
+) -> None:
     stats = ctx.node(step.id)
     requests = [
-        ChatRequest(messages=tuple(j.messages), json_schema=step.json_schema, sampling=step.sampling,
-                    tag=f"{step.id}/{j.record.id}")
+        ChatRequest(
+            messages=tuple(j.messages),
+            json_schema=step.json_schema,
+            sampling=step.sampling,
+            tag=f"{step.id}/{j.record.id}",
+        )
         for j in batch
     ]
     for job in batch:
@@ -129,7 +147,10 @@ async def _call(step: Step, engine: Engine, limiter: anyio.CapacityLimiter, batc
         for job in batch:
             error = EngineError(
                 f"Step {step.id!r}: engine {step.engine_name!r} failed: {type(exc).__name__}: {exc}",
-                node_id=step.id, record_id=job.record.id, attempts=job.attempts)
+                node_id=step.id,
+                record_id=job.record.id,
+                attempts=job.attempts,
+            )
             error.__cause__ = exc
             ctx.fail(job.record, error)
         return
@@ -151,8 +172,12 @@ def _judge(step: Step, job: _Job, completion: Completion) -> RecordError | None:
     """Accept the completion into ``job`` (None), or say why not and prepare the re-ask."""
     job.raw = completion.text
     if completion.finish_reason == "error":
-        return EngineError(f"Step {step.id!r}: engine reported an error: {completion.text}",
-                           node_id=step.id, record_id=job.record.id, attempts=job.attempts)
+        return EngineError(
+            f"Step {step.id!r}: engine reported an error: {completion.text}",
+            node_id=step.id,
+            record_id=job.record.id,
+            attempts=job.attempts,
+        )
     if completion.finish_reason == "length":
         problem = f"cut off at max_tokens={step.sampling.max_tokens} (finish_reason='length')"
         reask = REASK_TRUNCATED.format(max_tokens=step.sampling.max_tokens)
@@ -164,12 +189,19 @@ def _judge(step: Step, job: _Job, completion: Completion) -> RecordError | None:
             return None
         reask = REASK_INVALID.format(error=problem)
     job.errors.append(problem)
-    job.messages = [*job.messages, {"role": "assistant", "content": completion.text},
-                    {"role": "user", "content": reask}]
+    job.messages = [
+        *job.messages,
+        {"role": "assistant", "content": completion.text},
+        {"role": "user", "content": reask},
+    ]
     return OutputValidationError(
         f"Step {step.id!r}: output invalid after {job.attempts} attempt(s): {problem}",
-        node_id=step.id, record_id=job.record.id, raw=completion.text, attempts=job.attempts,
-        details={"errors": list(job.errors)})
+        node_id=step.id,
+        record_id=job.record.id,
+        raw=completion.text,
+        attempts=job.attempts,
+        details={"errors": list(job.errors)},
+    )
 
 
 def parse_output(model: type[BaseModel], text: str) -> tuple[BaseModel | None, str]:
