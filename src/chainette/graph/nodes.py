@@ -7,27 +7,24 @@ Nodes only describe work; ``chainette.runtime`` decides how it runs.
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import typing
 from collections.abc import Callable
-from typing import Any, TypeVar, get_args, get_origin
+from typing import Any, get_args, get_origin
 
 import jinja2
 from pydantic import BaseModel
 
 from .._errors import ChainDefinitionError, TemplateError
 from ..engines.base import SamplingParams
+from .schema_prompt import schema_instruction
 from .templates import Template
 
 __all__ = ["Apply", "Branch", "Node", "Step", "apply"]
 
 RESERVED_IDS = frozenset({"input"})
 _ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-DEFAULT_SCHEMA_INSTRUCTION = (
-    "Reply with a single JSON object and nothing else. It must validate against this JSON schema:\n{schema}"
-)
-
 
 def _check_id(node_id: str, what: str) -> str:
     if not _ID_RE.match(node_id):
@@ -83,7 +80,9 @@ class Step(Node):
             ``{{ step_id.field }}`` / ``{{ alias.field }}`` earlier outputs of the same record,
             ``{{ input.field }}`` the chain's original input.
         output_format_instruction: Text appended to the system prompt describing the schema;
-            ``None`` uses a default built from the schema (``{schema}`` is replaced), ``""`` adds none.
+            ``None`` lists the output fields with their types, limits and descriptions (write
+            ``Field(description=...)`` to guide the model); in your own text ``{schema}`` is
+            replaced by the JSON schema; ``""`` adds nothing.
         max_reasks: How many times invalid or truncated output is re-asked, with the
             validation error fed back, before the record goes to the run's failures.
         write: Write this step's outputs to ``<run>/<id>/`` (default True).
@@ -135,11 +134,11 @@ class Step(Node):
         self.write = write
         self.emoji = emoji
         self.json_schema: dict[str, Any] = output_model.model_json_schema()
-        instruction = (
-            DEFAULT_SCHEMA_INSTRUCTION if output_format_instruction is None else output_format_instruction
-        )
-        schema_text = _compact_json(self.json_schema)
-        self.schema_instruction = instruction.replace("{schema}", schema_text) if instruction else ""
+        if output_format_instruction is None:
+            self.schema_instruction = schema_instruction(self.json_schema)
+        else:
+            schema_text = json.dumps(self.json_schema, separators=(",", ":"), ensure_ascii=False)
+            self.schema_instruction = output_format_instruction.replace("{schema}", schema_text)
         self.system_template = self._compile("system_prompt", system_prompt)
         self.user_template = self._compile("user_prompt", user_prompt)
 
@@ -268,14 +267,6 @@ class Branch(Node):
 def _model_name(model: type[BaseModel] | None) -> str | None:
     return None if model is None else f"{model.__module__}.{model.__qualname__}"
 
-
-def _compact_json(value: Any) -> str:
-    import json
-
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-_M = TypeVar("_M")
 
 
 def _models_from_hints(fn: Callable[..., Any]) -> tuple[type[BaseModel] | None, type[BaseModel] | None]:

@@ -1,0 +1,52 @@
+"""The default schema instruction lists fields, types, limits and descriptions."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from chainette import Step
+from chainette.graph.schema_prompt import schema_instruction
+from tests.helpers import Question
+
+
+class Mood(StrEnum):
+    happy = "happy"
+    sad = "sad"
+
+
+class Flat(BaseModel):
+    answer: str = Field(max_length=100, description="A short answer")
+    confidence: float = Field(ge=0, le=1)
+    mood: Mood
+    tags: list[str] = []
+
+
+class Nested(BaseModel):
+    inner: Flat
+
+
+def test_flat_models_get_a_readable_field_list() -> None:
+    text = schema_instruction(Flat.model_json_schema())
+    assert text.splitlines() == [
+        "Reply with only a JSON object with these fields:",
+        "- answer (string, at most 100 characters): A short answer",
+        "- confidence (number, >= 0, <= 1)",
+        '- mood (one of "happy", "sad")',
+        "- tags (list of string, optional)",
+    ]
+
+
+def test_nested_models_also_get_the_json_schema() -> None:
+    text = schema_instruction(Nested.model_json_schema())
+    assert "- inner (object)" in text and 'JSON schema: {"$defs"' in text
+
+
+def test_step_instruction_can_be_replaced_or_disabled() -> None:
+    def step(**kw: object) -> Step:
+        return Step(id="s", input_model=Question, output_model=Flat, engine_name="e", user_prompt="x", **kw)
+
+    assert step().schema_instruction.startswith("Reply with only a JSON object")
+    assert step(output_format_instruction="").schema_instruction == ""
+    assert step(output_format_instruction="Schema: {schema}").schema_instruction.startswith('Schema: {"$defs"')
