@@ -1,0 +1,331 @@
+"""The ``chainette`` command: run, inspect and draw chains, list engines.
+
+Output discipline: what a command produces goes to stdout (for ``run``, only the run folder, as
+the last line, so ``out=$(chainette run ...)`` works); progress, summaries and errors go to
+stderr. Exit codes: 0 done, 1 a ChainetteError (message only, no traceback), 2 bad usage,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
+
+from .. import __version__
+from .._errors import ChainetteError, InputError
+from ..engines.registry import BACKENDS, list_engines, load_engines
+from ..graph.chain import Chain
+from ..graph.checks import CheckReport
+from ..graph.nodes import Node, Step
+from .loading import count_jsonl_records, import_target, load_chain, split_target
+from .progress import JsonEventLog, ProgressDisplay, print_run_summary
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="chainette",
+    help="Typed, reproducible LLM pipelines: run a chain over a JSONL file, check it, draw it.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,  # locals may hold API keys
+)
+
+TargetArg = Annotated[
+    str, typer.Argument(help="The chain: [bold]path/to/file.py:chain[/] or [bold]package.module:chain[/].")
+]
+EnginesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--engines",
+        "-e",
+        help="engines.yml to register (after the chain module is imported, so it replaces same-named engines).",
+    ),
+]
+
+
+class OutputFormat(StrEnum):
+    jsonl = "jsonl"
+    csv = "csv"
+    parquet = "parquet"
+
+
+class DagFormat(StrEnum):
+    tree = "tree"
+    mermaid = "mermaid"
+    json = "json"
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def _errors(err: Console, run_folder: dict[str, Any] | None = None) -> Iterator[None]:
+    """ChainetteError → red message and exit 1; Ctrl-C → exit 130. Other errors are bugs: traceback."""
+    where = ""
+    try:
+        yield
+    except ChainetteError as exc:
+        if run_folder and run_folder.get("output_dir"):
+            where = (
+                f"\nWhat was written before the error is in {run_folder['output_dir']} (see metadata.json)."
+            )
+        err.print(f"[bold red]Error:[/] [red]{escape(str(exc))}[/]{escape(where)}", soft_wrap=True)
+        for note in getattr(exc, "__notes__", ()):
+            err.print(f"[dim]{escape(note)}[/]", soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        if run_folder and run_folder.get("output_dir"):
+            where = f" Partial results are in {run_folder['output_dir']} (metadata.json status: interrupted)."
+        err.print(f"[yellow]Interrupted.[/]{escape(where)}", soft_wrap=True)
+        raise typer.Exit(130) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"chainette {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Typed, reproducible LLM pipelines. Every command has --help."""
+
+
+@app.command()
+def run(
+    target: TargetArg,
+    inputs: Path = typer.Option(
+        ..., "--inputs", "-i", help="JSONL file: one input record (JSON object) per line."
+    ),
+    output_dir: Path | None = typer.Option(
+        None, "--output-dir", "-o", help="Run folder to write [dim]\\[default: runs/<chain>-<run id>][/]."
+    ),
+    engines: EnginesOpt = None,
+    fmt: OutputFormat = typer.Option(
+        OutputFormat.jsonl, "--format", help="Format of step outputs and flattened/."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing, non-empty run folder."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Stop at the first unreadable input line (else: failures)."
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="Records moved between nodes together (overrides chain.batch_size)."
+    ),
+    workers: int = typer.Option(4, "--workers", min=1, help="Chunks in flight per LLM stage."),
+    max_lines_per_file: int = typer.Option(
+        100_000, "--max-lines-per-file", min=1, help="Rows per output file part."
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress, no summary; errors and failure counts only."
+    ),
+    json_logs: bool = typer.Option(
+        False, "--json-logs", help="One JSON line per run event on stderr, no live display."
+    ),
+) -> None:
+    """Run a chain over a JSONL file and write a run folder.
+
+    Progress is shown on stderr; the run folder is printed on stdout as the [bold]last line[/].
+    Records that fail are written to [bold]failures.jsonl[/] and do not stop the run (exit 0).
+
+    [dim]Example:[/]  chainette run examples/quickstart.py:chain -i examples/quickstart.jsonl -o runs/quickstart
+    """
+    err = _stderr()
+    started: dict[str, Any] = {}
+    display: ProgressDisplay | None = None
+    with _errors(err, started):
+        chain = load_chain(target)
+        if engines is not None:
+            load_engines(engines)
+        if batch_size is not None:
+            chain.batch_size = batch_size
+        if not inputs.is_file():
+            raise InputError(
+                f"Input file {str(inputs)!r} does not exist (or is not a file; looked in {Path.cwd()}). "
+                "Pass a JSONL file with -i, one JSON object per line."
+            )
+        handlers: list[Any] = [lambda kind, data: started.update(data) if kind == "run_started" else None]
+        if json_logs:
+            handlers.append(JsonEventLog())
+        elif not quiet:
+            display = ProgressDisplay(chain, total=count_jsonl_records(inputs), console=err, summary=False)
+            handlers.append(display)
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            for handler in handlers:
+                handler(kind, data)
+
+        try:
+            result = chain.run(
+                inputs,
+                output_dir,
+                overwrite=overwrite,
+                fmt=fmt.value,
+                strict_inputs=strict,
+                workers=workers,
+                max_lines_per_file=max_lines_per_file,
+                on_event=on_event,
+            )
+        finally:
+            if display is not None:
+                display.stop()
+    meta = result.metadata
+    if json_logs:
+        summary = {key: meta.get(key) for key in ("counts", "tokens", "duration_s")}
+        JsonEventLog()("summary", {**summary, "output_dir": str(result.path)})
+    else:
+        print_run_summary(err, meta, result.path, brief=quiet)
+    typer.echo(str(result.path))
+
+
+@app.command()
+def inspect(target: TargetArg, engines: EnginesOpt = None) -> None:
+    """Check a chain without sending any request: templates, model fit, engines.
+
+    Prints the graph, then errors and warnings. Exits 1 when there are errors.
+
+    [dim]Example:[/]  chainette inspect examples/quickstart.py:chain --engines engines.yml
+    """
+    err = _stderr()
+    with _errors(err):
+        chain = load_chain(target)
+        if engines is not None:
+            load_engines(engines)
+        report = chain.check()
+    out = Console(highlight=False)
+    out.print(_tree(chain, report))
+    for title, issues, style, mark in (
+        ("Errors", report.errors, "red", "✗"),
+        ("Warnings", report.warnings, "yellow", "!"),
+    ):
+        if issues:
+            out.print(f"\n[bold {style}]{title} ({len(issues)})[/]")
+            for issue in issues:
+                out.print(f"  [{style}]{mark}[/] {escape(issue.message)}", soft_wrap=True)
+    if report.errors:
+        out.print(f"\n[red]✗ {len(report.errors)} error(s): fix them before running.[/]")
+        raise typer.Exit(1)
+    out.print("\n[green]✓ No errors: the chain can run.[/]")
+
+
+@app.command("inspect-dag")
+def inspect_dag(
+    target: TargetArg,
+    fmt: DagFormat = typer.Option(
+        DagFormat.tree,
+        "--format",
+        "-f",
+        help="tree (readable), mermaid (for docs), json (graph.json's shape).",
+    ),
+) -> None:
+    """Print a chain's graph only (no checks, no engines needed).
+
+    [dim]Example:[/]  chainette inspect-dag examples/quickstart.py:chain --format mermaid
+    """
+    with _errors(_stderr()):
+        chain = load_chain(target)
+    if fmt is DagFormat.mermaid:
+        typer.echo(chain.to_mermaid())
+    elif fmt is DagFormat.json:
+        typer.echo(json.dumps(chain.describe(), indent=2, ensure_ascii=False))
+    else:
+        Console(highlight=False).print(_tree(chain, None))
+
+
+def _tree(chain: Chain, report: CheckReport | None) -> Tree:
+    tree = Tree(f"[bold]{escape(chain.name)}[/] [dim](batch size {chain.batch_size})[/]")
+    model = chain.input_model
+    tree.add(f"[dim]input[/] {model.__name__ if model else '?'}")
+    for item in chain.items:
+        if not isinstance(item, list):
+            tree.add(_label(item, report))
+            continue
+        group = tree.add("[magenta]parallel[/]")
+        for branch in item:
+            joined = (
+                f"joined as [bold]{escape(branch.join_alias)}[/]"
+                if branch.join_alias
+                else "[dim]not joined (side output)[/]"
+            )
+            sub = group.add(f"[magenta]branch[/] [bold]{escape(branch.name)}[/] → {joined}")
+            for node in branch.steps:
+                sub.add(_label(node, report))
+    return tree
+
+
+def _label(node: Node, report: CheckReport | None) -> str:
+    def name(model: Any) -> str:
+        return model.__name__ if model is not None else "?"
+
+    text = f"[bold]{escape(node.id)}[/] [cyan]{node.kind}[/] {name(node.input_model)} → {name(node.output_model)}"
+    if node.name != node.id:
+        text += f" [dim]({escape(node.name)})[/]"
+    if isinstance(node, Step):
+        text += f"  [dim]engine[/] {escape(node.engine_name)}"
+    if report is not None:
+        errors = sum(1 for i in report.errors if i.node_id == node.id)
+        warnings = sum(1 for i in report.warnings if i.node_id == node.id)
+        text += f"  [red]✗ {errors} error(s)[/]" if errors else ""
+        text += f"  [yellow]! {warnings} warning(s)[/]" if warnings else ""
+    return text
+
+
+@app.command()
+def engines(
+    engines_file: EnginesOpt = None,
+    chain_target: str | None = typer.Option(
+        None, "--chain", "-c", help="Import this chain's module first (it usually registers engines)."
+    ),
+) -> None:
+    """List registered engines (name, backend, model, options) and available back-ends.
+
+    [dim]Example:[/]  chainette engines --engines engines.yml --chain examples/quickstart.py:chain
+    """
+    chain: Chain | None = None
+    with _errors(_stderr()):
+        if chain_target is not None:
+            source, attr = split_target(chain_target)
+            chain = load_chain(chain_target) if attr else None
+            if chain is None:
+                import_target(source)
+        if engines_file is not None:
+            load_engines(engines_file)
+    users: dict[str, list[str]] = {}
+    for node in chain.iter_nodes() if chain else ():
+        if isinstance(node, Step):
+            users.setdefault(node.engine_name, []).append(node.id)
+    table = Table(title="Engines", title_justify="left")
+    for column in ("name", "backend", "model", "options", *(["used by"] if chain else [])):
+        table.add_column(column)
+    registered = list_engines()
+    for config in registered:
+        options = ", ".join(f"{k}={v!r}" for k, v in config.public_options().items())
+        row = [config.name, config.backend, config.model or "(default)", options]
+        table.add_row(*map(escape, row), *([escape(", ".join(users.get(config.name, [])))] if chain else []))
+    for missing in sorted(set(users) - {c.name for c in registered}):
+        table.add_row(
+            f"[red]{escape(missing)}[/]", "[red]not registered[/]", "", "", escape(", ".join(users[missing]))
+        )
+    out = Console(highlight=False)
+    if table.row_count:
+        out.print(table)
+    else:
+        out.print(
+            "No engines registered. Use register_engine(...) in the chain module, or --engines engines.yml."
+        )
+    out.print(f"Back-ends: {', '.join(sorted(BACKENDS))}")

@@ -1,0 +1,215 @@
+"""Live progress of a run on stderr: one bar per node, driven by run events.
+
+:class:`ProgressDisplay` is an event handler (``handler(kind, data)``), so it plugs into
+``Chain.run(progress=True)`` or ``on_event=``. Each event is one dict lookup and at most one
+``Progress.update``; rich redraws on its own timer, so thousands of events per second are
+cheap. When stderr is not a terminal, rich prints the final state once instead of animating.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from ..graph.chain import Chain
+
+__all__ = ["JsonEventLog", "ProgressDisplay", "print_run_summary"]
+
+_SHOWN_FAILURES = 3
+"""How many record failures are printed in full before only the counts go on."""
+
+
+class _CountColumn(ProgressColumn):
+    """``done/total``, or ``done`` while the total is unknown or was outgrown (fan-out)."""
+
+    def render(self, task: Task) -> Text:
+        done = int(task.completed)
+        open_ended = task.total is None or task.fields.get("grown", False)
+        text = f"{done:,}" if open_ended else f"{done:,}/{int(task.total or 0):,}"
+        return Text(text, style="progress.download")
+
+
+class _FailedColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        failed = task.fields.get("failed", 0)
+        return Text(f"{failed:,} failed", style="bold red") if failed else Text("")
+
+
+class ProgressDisplay:
+    """A live view of a run: a bar per node with records done, total and failures.
+
+    Args:
+        chain: The chain being run; its nodes get a bar each, in definition order.
+        total: Number of input records, when known (each bar then shows ``done/total``).
+        console: Where to draw (default: a console on stderr).
+        summary: Print a one-line outcome when the run finishes.
+
+    Example:
+        >>> display = ProgressDisplay(chain, total=1000)          # doctest: +SKIP
+        >>> chain.run("inputs.jsonl", "runs/x", on_event=display)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        chain: Chain | None = None,
+        *,
+        total: int | None = None,
+        console: Console | None = None,
+        summary: bool = True,
+    ) -> None:
+        self.console = console or Console(stderr=True)
+        self.total = total
+        self.summary = summary
+        self.node_ids = [n.id for n in chain.iter_nodes()] if chain is not None else []
+        self.failures_shown = 0
+        self._progress: Progress | None = None
+        self._tasks: dict[str, TaskID] = {}
+        self._width = max((len(n) for n in self.node_ids), default=0)
+        self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
+            "run_started": self._on_run_started,
+            "node_progress": self._on_node_progress,
+            "engine_started": self._on_engine_started,
+            "record_failed": self._on_record_failed,
+            "run_finished": self._on_run_finished,
+        }
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        handler = self._handlers.get(kind)
+        if handler is not None:
+            handler(data)
+
+    @property
+    def active(self) -> bool:
+        """Whether the live display is currently drawn."""
+        return self._progress is not None
+
+    def start(self, node_ids: list[str] | None = None) -> None:
+        """Start drawing (done on ``run_started``; calling it twice is harmless)."""
+        if self._progress is not None:
+            return
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=30),
+            _CountColumn(),
+            _FailedColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            redirect_stdout=False,  # the chain's own prints stay on stdout
+            refresh_per_second=8,
+        )
+        self._tasks = {}
+        if node_ids:
+            self.node_ids = list(node_ids)
+            self._width = max(len(n) for n in self.node_ids)
+        for node_id in self.node_ids:
+            self._task(node_id)
+        self._progress.start()
+
+    def stop(self) -> None:
+        """Stop drawing, leaving the final state on screen (safe to call at any time)."""
+        progress, self._progress = self._progress, None
+        if progress is not None:
+            progress.stop()
+
+    def _task(self, node_id: str) -> TaskID:
+        task = self._tasks.get(node_id)
+        if task is None:
+            assert self._progress is not None
+            label = f"[bold]{escape(node_id.ljust(self._width))}[/]"
+            task = self._tasks[node_id] = self._progress.add_task(label, total=self.total, failed=0)
+        return task
+
+    def _on_run_started(self, data: dict[str, Any]) -> None:
+        self.console.print(
+            f"[bold]Running[/] {escape(str(data.get('chain', '')))} [dim]→ {escape(str(data.get('output_dir', '')))}[/]",
+            soft_wrap=True,
+        )
+        self.start(list(data.get("nodes") or []))
+
+    def _on_node_progress(self, data: dict[str, Any]) -> None:
+        if self._progress is None:
+            return
+        done = data.get("done", 0)
+        task = self._task(data["node"])
+        if self.total is not None and done > self.total:
+            # Fan-out produced more records than came in: show the count alone, not 130%.
+            self._progress.update(task, total=done, completed=done, failed=data.get("failed", 0), grown=True)
+        else:
+            self._progress.update(task, completed=done, failed=data.get("failed", 0))
+
+    def _on_engine_started(self, data: dict[str, Any]) -> None:
+        self.console.print(
+            f"[dim]engine {escape(str(data.get('engine')))} started in {data.get('seconds', 0):.1f}s[/]"
+        )
+
+    def _on_record_failed(self, data: dict[str, Any]) -> None:
+        node = str(data.get("node", ""))
+        if self.failures_shown < _SHOWN_FAILURES:
+            self.failures_shown += 1
+            message = escape(str(data.get("message", "")))
+            self.console.print(f"[red]✗ {escape(node)}[/]: {message}", soft_wrap=True)
+            if self.failures_shown == _SHOWN_FAILURES:
+                self.console.print("[dim]  further failures are counted, not shown (see failures.jsonl)[/]")
+
+    def _on_run_finished(self, data: dict[str, Any]) -> None:
+        self.stop()
+        if not self.summary:
+            return
+        counts = data.get("counts") or {}
+        status = data.get("status", "?")
+        style = "green" if status == "completed" else "red"
+        self.console.print(
+            f"[{style}]{escape(str(status))}[/]: {counts.get('records_in', 0):,} in, "
+            f"{counts.get('records_out', 0):,} out, {counts.get('failures', 0):,} failed, "
+            f"{counts.get('filtered', 0):,} filtered → {escape(str(data.get('output_dir', '')))}",
+            soft_wrap=True,
+        )
+
+
+class JsonEventLog:
+    """Writes each run event as one JSON line on stderr: ``{"ts": ..., "event": kind, **data}``.
+
+    Example:
+        >>> chain.run("inputs.jsonl", "runs/x", on_event=JsonEventLog())  # doctest: +SKIP
+        {"ts":1718000000.123,"event":"run_started","chain":"qa",...}
+    """
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        line = orjson.dumps({"ts": round(time.time(), 3), "event": kind, **data}, default=str)
+        sys.stderr.write(line.decode() + "\n")
+
+
+def print_run_summary(console: Console, meta: dict[str, Any], path: Path, *, brief: bool = False) -> None:
+    """Counts, tokens and duration of a finished run (``metadata.json``); ``brief``: failures only."""
+    counts = meta["counts"]
+    failed = counts.get("failures", 0)
+    if not brief:
+        mark = "[yellow]![/]" if failed else "[green]✓[/]"
+        console.print(
+            f"{mark} Done in {_duration(meta.get('duration_s') or 0.0)}: {counts['records_in']:,} records in, "
+            f"{counts['records_out']:,} out, {failed:,} failed, {counts.get('filtered', 0):,} filtered",
+            soft_wrap=True,
+        )
+        tokens = meta.get("tokens") or {}
+        if tokens.get("by_step"):
+            console.print(f"  tokens: {tokens['prompt']:,} prompt + {tokens['completion']:,} completion")
+    if failed:
+        where = escape(str(path / "failures.jsonl"))
+        console.print(f"  [red]{failed:,} record(s) failed[/]; reasons in {where}", soft_wrap=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"

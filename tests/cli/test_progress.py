@@ -1,0 +1,168 @@
+"""The live progress display and the JSON event log, fed real and synthetic run events."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+from rich.console import Console
+
+from chainette import Chain, Step, apply, register_engine
+from chainette.cli.progress import JsonEventLog, ProgressDisplay, print_run_summary
+
+
+class Question(BaseModel):
+    text: str
+
+
+class Answer(BaseModel):
+    answer: str
+
+
+def keep(answer: Answer) -> Answer:
+    return answer
+
+
+def make_chain() -> Chain:
+    register_engine("fake", backend="fake")
+    qa = Step(
+        id="qa", input_model=Question, output_model=Answer, engine_name="fake", user_prompt="{{ text }}"
+    )
+    return Chain(name="progress demo", steps=[qa, apply(keep)], batch_size=4)
+
+
+def file_console() -> tuple[Console, io.StringIO]:
+    buffer = io.StringIO()
+    return Console(file=buffer, force_terminal=False, width=120), buffer
+
+
+def feed(display: ProgressDisplay, *, total_events: int, failures: int = 0) -> None:
+    display(
+        "run_started",
+        {"chain": "progress demo", "run_id": "x", "output_dir": "runs/x", "nodes": ["qa", "keep"]},
+    )
+    for done in range(1, total_events + 1):
+        display("node_progress", {"node": "qa", "done": done, "failed": min(done, failures)})
+    for i in range(failures):
+        display("record_failed", {"node": "qa", "record": f"r{i}", "message": f"bad output number {i}"})
+    display("node_progress", {"node": "keep", "done": total_events - failures, "failed": 0})
+    counts = {
+        "records_in": total_events,
+        "records_out": total_events - failures,
+        "failures": failures,
+        "filtered": 0,
+    }
+    display("run_finished", {"status": "completed", "output_dir": "runs/x", "counts": counts})
+
+
+def test_bars_show_done_total_and_failures() -> None:
+    console, buffer = file_console()
+    display = ProgressDisplay(make_chain(), total=10, console=console)
+
+    feed(display, total_events=10, failures=2)
+
+    out = buffer.getvalue()
+    qa_line = next(line for line in out.splitlines() if line.startswith("qa "))
+    assert "10/10" in qa_line and "2 failed" in qa_line
+    keep_line = next(line for line in out.splitlines() if line.startswith("keep "))
+    assert "8/10" in keep_line and "failed" not in keep_line
+    assert "✗ qa: bad output number 0" in out
+    assert "completed: 10 in, 8 out, 2 failed, 0 filtered → runs/x" in out
+    assert not display.active
+
+
+def test_without_a_terminal_the_final_state_is_printed_once_not_per_event() -> None:
+    console, buffer = file_console()
+    display = ProgressDisplay(make_chain(), total=5000, console=console)
+
+    feed(display, total_events=5000)
+
+    assert sum(1 for line in buffer.getvalue().splitlines() if line.startswith("qa ")) == 1
+
+
+def test_only_the_first_failures_are_printed_in_full() -> None:
+    console, buffer = file_console()
+    display = ProgressDisplay(make_chain(), total=20, console=console)
+
+    feed(display, total_events=20, failures=10)
+
+    out = buffer.getvalue()
+    assert out.count("bad output number") == 3
+    assert "further failures are counted" in out
+
+
+def test_fan_out_beyond_the_input_total_shows_the_count_alone() -> None:
+    console, buffer = file_console()
+    display = ProgressDisplay(make_chain(), total=3, console=console, summary=False)
+
+    display("run_started", {"chain": "c", "output_dir": "o", "nodes": ["qa", "keep"]})
+    display("node_progress", {"node": "keep", "done": 7, "failed": 0})
+    display("run_finished", {"status": "completed", "output_dir": "o", "counts": {}})
+
+    keep_line = next(line for line in buffer.getvalue().splitlines() if line.startswith("keep "))
+    assert " 7 " in keep_line and "7/" not in keep_line and "/3" not in keep_line
+
+
+def test_unknown_total_shows_counts_and_stop_is_safe_twice() -> None:
+    console, buffer = file_console()
+    display = ProgressDisplay(make_chain(), console=console, summary=False)
+
+    feed(display, total_events=4)
+    display.stop()
+
+    qa_line = next(line for line in buffer.getvalue().splitlines() if line.startswith("qa "))
+    assert " 4 " in qa_line and "/" not in qa_line
+
+
+def test_chain_run_with_progress_uses_the_display(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    chain = make_chain()
+
+    chain.run([Question(text=f"q{i}") for i in range(6)], output_dir=tmp_path / "run", progress=True)
+
+    err = capsys.readouterr().err
+    assert "Running progress demo" in err
+    assert any(line.startswith("qa ") and "6" in line for line in err.splitlines())
+    assert "completed: 6 in, 6 out, 0 failed" in err
+
+
+def test_json_event_log_writes_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    log = JsonEventLog()
+
+    log("node_progress", {"node": "qa", "done": 3, "failed": 0})
+    log("run_finished", {"status": "completed", "output_dir": Path("runs/x"), "counts": {"records_in": 3}})
+
+    lines = capsys.readouterr().err.splitlines()
+    first, second = (json.loads(line) for line in lines)
+    assert first["event"] == "node_progress" and first["done"] == 3 and isinstance(first["ts"], float)
+    assert second["output_dir"] == "runs/x"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"), [(0.42, "0.4s"), (59.9, "59.9s"), (245, "4m05s"), (3725, "1h02m")]
+)
+def test_summary_shows_counts_tokens_duration_and_failures(seconds: float, shown: str) -> None:
+    console, buffer = file_console()
+    meta = {
+        "counts": {"records_in": 1200, "records_out": 1190, "failures": 10, "filtered": 0},
+        "tokens": {"prompt": 51234, "completion": 800, "by_step": {"qa": {}}},
+        "duration_s": seconds,
+    }
+
+    print_run_summary(console, meta, Path("runs/x"))
+
+    out = buffer.getvalue()
+    assert f"Done in {shown}: 1,200 records in, 1,190 out, 10 failed, 0 filtered" in out
+    assert "tokens: 51,234 prompt + 800 completion" in out
+    assert "10 record(s) failed; reasons in runs/x/failures.jsonl" in out
+
+
+def test_brief_summary_only_mentions_failures() -> None:
+    console, buffer = file_console()
+    meta = {"counts": {"records_in": 3, "records_out": 3, "failures": 0, "filtered": 0}, "duration_s": 1.0}
+
+    print_run_summary(console, meta, Path("runs/x"), brief=True)
+
+    assert buffer.getvalue() == ""
