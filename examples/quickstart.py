@@ -31,7 +31,7 @@ class Report(BaseModel):
 
 
 answer = Step(
-    id="answer",
+    id="qa",
     input_model=Question,
     output_model=Answer,
     engine_name="local",
@@ -60,7 +60,7 @@ summary = Step(
     engine_name="local",
     sampling=SamplingParams(temperature=0, max_tokens=128),
     user_prompt=(
-        "Question: {{ input.text }}\nAnswer: {{ answer }}\n"
+        "Question: {{ input.text }}\nAnswer: {{ qa.answer }}\n"
         "French: {{ fr.translated }}\nSpanish: {{ es.translated }}\n"
         "Summarise this exchange in one sentence."
     ),

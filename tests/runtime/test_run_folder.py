@@ -169,3 +169,18 @@ def test_engine_starts_lazily_and_is_released(run_dir: Path, recording_backend: 
     [engine] = recording_backend.instances  # one engine shared by four steps, branches included
     assert engine.started and engine.closed and engine.calls == 4
     assert events.index("engine_started") < events.index("engine_released") < events.index("run_finished")
+
+
+def test_progress_events_count_finished_records(run_dir: Path) -> None:
+    def responder(request):  # type: ignore[no-untyped-def]
+        text = request.messages[-1]["content"]
+        return "not json" if text.endswith("bad") else {"answer": "a", "confidence": 1}
+
+    register_engine("fake", backend="fake", responder=responder, max_batch_size=1)
+    events: list[dict] = []
+    qa = Step(id="qa", input_model=Question, output_model=Answer, engine_name="fake",
+              user_prompt="Q: {{ text }}", max_reasks=0)
+    Chain("c", [qa]).run([Question(text=t) for t in ("ok", "bad", "ok", "ok")], output_dir=run_dir,
+                         on_event=lambda kind, data: events.append(data) if kind == "node_progress" else None)
+    done = [e["done"] for e in events]
+    assert done == sorted(done) and done[-1] == 4 and events[-1]["failed"] == 1

@@ -37,7 +37,7 @@ class Chain:
         >>> def inc(n: N) -> N:
         ...     return N(x=n.x + 1)
         >>> chain = Chain(name="demo", steps=[apply(inc)])
-        >>> result = chain.run([N(x=1)], output_dir=None, quiet=True)  # doctest: +SKIP
+        >>> result = chain.run([N(x=1)], output_dir="runs/demo")  # doctest: +SKIP
     """
 
     def __init__(
@@ -158,7 +158,7 @@ class Chain:
             inputs: A JSONL path, or an (async) iterable of models or dicts.
             output_dir: The run folder (default ``runs/<chain>-<run id>``).
             **options: See :class:`chainette.runtime.executor.RunOptions` (``overwrite``,
-                ``fmt``, ``quiet``, ``strict_inputs``, ``max_lines_per_file``, ``on_event``).
+                ``fmt``, ``strict_inputs``, ``max_lines_per_file``, ``workers``, ``progress``, ``on_event``).
         """
         from ..runtime.executor import run_chain
 

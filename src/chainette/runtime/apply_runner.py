@@ -31,6 +31,7 @@ class _Raised:
 async def run_apply(node: Apply, chunk: list[Record], ctx: RunContext) -> list[Record]:
     stats = ctx.node(node.id)
     stats.records_in += len(chunk)
+    failed_before = stats.failed
     inputs: list[Any] = []
     ready: list[Record] = []
     for record in chunk:
@@ -53,6 +54,7 @@ async def run_apply(node: Apply, chunk: list[Record], ctx: RunContext) -> list[R
     for record, result in zip(ready, results, strict=True):
         out.extend(_outputs(node, record, result, ctx))
     stats.records_out += len(out)
+    stats.done += len(chunk) - (stats.failed - failed_before)
     ctx.progress(node.id)
     return out
 

@@ -26,6 +26,8 @@ class NodeStats:
     """Per-node counters, written to ``metadata.json``."""
 
     records_in: int = 0
+    done: int = 0
+    """Input records finished here: passed on, failed or filtered (what progress bars show)."""
     records_out: int = 0
     failed: int = 0
     filtered: int = 0
@@ -68,7 +70,9 @@ class RunContext:
 
     def fail(self, record: Record, error: RecordError) -> None:
         """Write ``record`` to failures.jsonl with the reason; it goes no further."""
-        self.node(error.node_id).failed += 1
+        stats = self.node(error.node_id)
+        stats.failed += 1
+        stats.done += 1
         if self.failed_origins is not None and record.origin is not None:
             self.failed_origins.add(record.origin)
         row = {
@@ -88,4 +92,4 @@ class RunContext:
 
     def progress(self, node_id: str) -> None:
         stats = self.node(node_id)
-        self.on_event("node_progress", {"node": node_id, "done": stats.records_in, "failed": stats.failed})
+        self.on_event("node_progress", {"node": node_id, "done": stats.done, "failed": stats.failed})

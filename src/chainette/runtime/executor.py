@@ -75,7 +75,7 @@ async def run_chain(chain: Chain, inputs: Any, output_dir: str | Path | None = N
     run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     path = Path(output_dir) if output_dir is not None else Path("runs") / f"{_slug(chain.name)}-{run_id}"
     writer = RunWriter(path, fmt=opts.fmt, max_lines_per_file=opts.max_lines_per_file, overwrite=opts.overwrite)
-    handlers = [h for h in (opts.on_event, _progress_handler(chain, opts)) if h is not None]
+    handlers = [h for h in (opts.on_event, _progress_handler(chain, opts, inputs)) if h is not None]
 
     def emit(kind: str, data: dict[str, Any]) -> None:
         for handler in handlers:
@@ -254,12 +254,14 @@ def _summary(ctx: RunContext, counts: dict[str, int], writer: RunWriter, broker:
     }
 
 
-def _progress_handler(chain: Chain, opts: RunOptions) -> EventHandler | None:
+def _progress_handler(chain: Chain, opts: RunOptions, inputs: Any) -> EventHandler | None:
     if not opts.progress:
         return None
     from ..cli.progress import ProgressDisplay
 
-    return ProgressDisplay(chain)
+    total = len(inputs) if hasattr(inputs, "__len__") and not isinstance(inputs, (str, Path)) else None
+    display: EventHandler = ProgressDisplay(chain, total=total)
+    return display
 
 
 def _versions() -> dict[str, str]:

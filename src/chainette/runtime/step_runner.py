@@ -159,6 +159,7 @@ async def _call(
         stats.completion_tokens += completion.completion_tokens
         outcome = _judge(step, job, completion)
         if outcome is None:
+            stats.done += 1
             continue
         if job.attempts <= step.max_reasks:
             stats.reasks += 1
