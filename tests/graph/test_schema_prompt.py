@@ -5,10 +5,10 @@ from __future__ import annotations
 from enum import StrEnum
 
 from pydantic import BaseModel, Field
+from tests.helpers import Question
 
 from chainette import Step
 from chainette.graph.schema_prompt import schema_instruction
-from tests.helpers import Question
 
 
 class Mood(StrEnum):
@@ -49,4 +49,6 @@ def test_step_instruction_can_be_replaced_or_disabled() -> None:
 
     assert step().schema_instruction.startswith("Reply with only a JSON object")
     assert step(output_format_instruction="").schema_instruction == ""
-    assert step(output_format_instruction="Schema: {schema}").schema_instruction.startswith('Schema: {"$defs"')
+    assert step(output_format_instruction="Schema: {schema}").schema_instruction.startswith(
+        'Schema: {"$defs"'
+    )

@@ -119,12 +119,12 @@ def test_ids_are_stable_across_runs(tmp_path: Path) -> None:
 
 def test_existing_output_folder_is_refused_unless_overwrite(run_dir: Path) -> None:
     register_engine("fake", backend="fake")
-    run_dir.mkdir()
-    (run_dir / "keep.txt").write_text("x")
+    build_chain().run([Question(text="q")], output_dir=run_dir)
+    (run_dir / "stale.txt").write_text("from the earlier run")
     with pytest.raises(RunFolderError, match="already exists"):
         build_chain().run([Question(text="q")], output_dir=run_dir)
     build_chain().run([Question(text="q")], output_dir=run_dir, overwrite=True)
-    assert not (run_dir / "keep.txt").exists()
+    assert not (run_dir / "stale.txt").exists() and (run_dir / "metadata.json").exists()
 
 
 def test_files_roll_every_max_lines(run_dir: Path) -> None:
@@ -178,9 +178,28 @@ def test_progress_events_count_finished_records(run_dir: Path) -> None:
 
     register_engine("fake", backend="fake", responder=responder, max_batch_size=1)
     events: list[dict] = []
-    qa = Step(id="qa", input_model=Question, output_model=Answer, engine_name="fake",
-              user_prompt="Q: {{ text }}", max_reasks=0)
-    Chain("c", [qa]).run([Question(text=t) for t in ("ok", "bad", "ok", "ok")], output_dir=run_dir,
-                         on_event=lambda kind, data: events.append(data) if kind == "node_progress" else None)
+    qa = Step(
+        id="qa",
+        input_model=Question,
+        output_model=Answer,
+        engine_name="fake",
+        user_prompt="Q: {{ text }}",
+        max_reasks=0,
+    )
+    Chain("c", [qa]).run(
+        [Question(text=t) for t in ("ok", "bad", "ok", "ok")],
+        output_dir=run_dir,
+        on_event=lambda kind, data: events.append(data) if kind == "node_progress" else None,
+    )
     done = [e["done"] for e in events]
     assert done == sorted(done) and done[-1] == 4 and events[-1]["failed"] == 1
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    register_engine("fake", backend="fake")
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("years of work")
+    with pytest.raises(RunFolderError, match="does not look like a Chainette run folder"):
+        build_chain().run([Question(text="q")], output_dir=precious, overwrite=True)
+    assert (precious / "chapter1.tex").read_text() == "years of work"

@@ -26,6 +26,7 @@ __all__ = ["Apply", "Branch", "Node", "Step", "apply"]
 RESERVED_IDS = frozenset({"input"})
 _ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+
 def _check_id(node_id: str, what: str) -> str:
     if not _ID_RE.match(node_id):
         raise ChainDefinitionError(
@@ -266,7 +267,6 @@ class Branch(Node):
 
 def _model_name(model: type[BaseModel] | None) -> str | None:
     return None if model is None else f"{model.__module__}.{model.__qualname__}"
-
 
 
 def _models_from_hints(fn: Callable[..., Any]) -> tuple[type[BaseModel] | None, type[BaseModel] | None]:

@@ -45,14 +45,18 @@ def _canonical(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str)
 
 
-async def iter_input_chunks(inputs: Any, batch_size: int, *, strict: bool = False) -> AsyncIterator[list[InputItem]]:
+async def iter_input_chunks(
+    inputs: Any, batch_size: int, *, strict: bool = False
+) -> AsyncIterator[list[InputItem]]:
     """Yield lists of at most ``batch_size`` input items."""
     if isinstance(inputs, (str, Path)):
-        async for chunk in _jsonl_chunks(Path(inputs), batch_size, strict):
-            yield chunk
+        async for lines in _jsonl_chunks(Path(inputs), batch_size, strict):
+            yield lines
         return
     if isinstance(inputs, (dict, BaseModel)):
-        raise InputError("inputs must be a JSONL path or an iterable of records; wrap a single record in a list.")
+        raise InputError(
+            "inputs must be a JSONL path or an iterable of records; wrap a single record in a list."
+        )
     if isinstance(inputs, AsyncIterable):
         chunk: list[InputItem] = []
         index = 0
@@ -75,19 +79,26 @@ async def iter_input_chunks(inputs: Any, batch_size: int, *, strict: bool = Fals
         if chunk:
             yield chunk
         return
-    raise InputError(f"inputs must be a JSONL path or an iterable of models/dicts, got {type(inputs).__name__}.")
+    raise InputError(
+        f"inputs must be a JSONL path or an iterable of models/dicts, got {type(inputs).__name__}."
+    )
 
 
 def _item(index: int, value: Any) -> InputItem:
     where = f"input #{index}"
     if not isinstance(value, (dict, BaseModel)):
-        return InputItem(index, record_id(index, repr(value).encode()), None, where,
-                         f"{where}: expected a dict or a pydantic model, got {type(value).__name__}.")
+        return InputItem(
+            index,
+            record_id(index, repr(value).encode()),
+            None,
+            where,
+            f"{where}: expected a dict or a pydantic model, got {type(value).__name__}.",
+        )
     return InputItem(index, record_id(index, _canonical(value)), value, where)
 
 
 async def _jsonl_chunks(path: Path, batch_size: int, strict: bool) -> AsyncIterator[list[InputItem]]:
-    if not path.is_file():
+    if not await anyio.Path(path).is_file():
         raise InputError(f"Input file {str(path)!r} does not exist (or is not a file).")
     handle = await anyio.to_thread.run_sync(path.open, "rb")
     state = {"lineno": 0, "index": 0}
@@ -101,7 +112,9 @@ async def _jsonl_chunks(path: Path, batch_size: int, strict: bool) -> AsyncItera
         handle.close()
 
 
-def _read_chunk(handle: Any, name: str, batch_size: int, strict: bool, state: dict[str, int]) -> list[InputItem]:
+def _read_chunk(
+    handle: Any, name: str, batch_size: int, strict: bool, state: dict[str, int]
+) -> list[InputItem]:
     chunk: list[InputItem] = []
     while len(chunk) < batch_size:
         line = handle.readline()
@@ -124,7 +137,9 @@ def _read_chunk(handle: Any, name: str, batch_size: int, strict: bool, state: di
             chunk.append(InputItem(index, rid, None, where, message))
             continue
         if not isinstance(value, dict):
-            message = f"{where}: expected a JSON object, got {type(value).__name__}. Each line must be one object."
+            message = (
+                f"{where}: expected a JSON object, got {type(value).__name__}. Each line must be one object."
+            )
             if strict:
                 raise InputError(message)
             chunk.append(InputItem(index, rid, None, where, message))

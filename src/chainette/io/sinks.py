@@ -58,7 +58,7 @@ class Sink:
         """Write a prefix of ``rows`` to the current part; return how many were written."""
         raise NotImplementedError(type(self).__name__)
 
-    def _close_part(self) -> None:  # noqa: B027 - formats with footers override it
+    def _close_part(self) -> None:
         pass
 
     def close(self) -> None:
@@ -141,7 +141,9 @@ class ParquetSink(Sink):
 FORMATS: dict[str, type[Sink]] = {"jsonl": JsonlSink, "csv": CsvSink, "parquet": ParquetSink}
 
 
-def make_sink(fmt: str, folder: Path, max_lines: int | None, name: Callable[[int], str] | None = None) -> Sink:
+def make_sink(
+    fmt: str, folder: Path, max_lines: int | None, name: Callable[[int], str] | None = None
+) -> Sink:
     try:
         cls = FORMATS[fmt]
     except KeyError:

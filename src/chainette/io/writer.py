@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from .sinks import FORMATS, Sink, make_sink
 __all__ = ["RunWriter"]
 
 FLUSH_ROWS = 4096
+FLUSH_SECONDS = 1.0
 
 
 class RunWriter:
@@ -29,11 +31,13 @@ class RunWriter:
         path: The run folder. Must not exist or be empty, unless ``overwrite``.
         fmt: ``jsonl`` (default), ``csv`` or ``parquet`` for step outputs and the flattened view.
         max_lines_per_file: Rows per file part before rolling to the next.
-        overwrite: Delete an existing non-empty folder first.
+        overwrite: Replace an existing run folder (one holding metadata.json or graph.json);
+            any other non-empty folder is refused, so a typo cannot delete your files.
     """
 
-    def __init__(self, path: Path, *, fmt: str = "jsonl", max_lines_per_file: int = 100_000,
-                 overwrite: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, fmt: str = "jsonl", max_lines_per_file: int = 100_000, overwrite: bool = False
+    ) -> None:
         if fmt not in FORMATS:
             raise RunFolderError(f"Unknown output format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
         self.path = path
@@ -45,10 +49,12 @@ class RunWriter:
                     f"Output folder {str(path)!r} already exists and is not empty. Choose another folder, "
                     "or pass overwrite=True (CLI: --overwrite) to replace it."
                 )
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+            if not (path / "metadata.json").is_file() and not (path / "graph.json").is_file():
+                raise RunFolderError(
+                    f"Refusing to overwrite {str(path)!r}: it is not empty and does not look like a Chainette "
+                    "run folder (no metadata.json or graph.json). Choose an empty or new folder."
+                )
+            shutil.rmtree(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -57,6 +63,7 @@ class RunWriter:
         self._pending: dict[str, list[dict[str, Any]]] = {}
         self._pending_rows = 0
         self._lock = anyio.Lock()
+        self._last_flush = time.monotonic()
         self.failures = 0
         self.flattened = 0
 
@@ -80,7 +87,10 @@ class RunWriter:
         self._sink(key)
 
     async def maybe_flush(self) -> None:
-        if self._pending_rows >= FLUSH_ROWS:
+        """Flush when enough rows are pending, or the oldest has waited ``FLUSH_SECONDS``."""
+        if self._pending_rows >= FLUSH_ROWS or (
+            self._pending_rows and time.monotonic() - self._last_flush >= FLUSH_SECONDS
+        ):
             await self.flush()
 
     async def flush(self) -> None:
@@ -89,6 +99,7 @@ class RunWriter:
             if not self._pending_rows:
                 return
             taken, self._pending, self._pending_rows = self._pending, {}, 0
+            self._last_flush = time.monotonic()
             jobs = [(self._sink(key), rows) for key, rows in taken.items()]
             await anyio.to_thread.run_sync(_write_all, jobs)
 
@@ -105,7 +116,7 @@ class RunWriter:
         """Flush and close every file (safe to call once, even after an error)."""
         with anyio.CancelScope(shield=True):
             await self.flush()
-            await anyio.to_thread.run_sync(lambda: [s.close() for s in self._sinks.values()])
+            await anyio.to_thread.run_sync(_close_all, list(self._sinks.values()))
 
     def _sink(self, key: str) -> Sink:
         sink = self._sinks.get(key)
@@ -118,6 +129,11 @@ class RunWriter:
                 sink = make_sink(self.fmt, folder, self.max_lines)
             self._sinks[key] = sink
         return sink
+
+
+def _close_all(sinks: list[Sink]) -> None:
+    for sink in sinks:
+        sink.close()
 
 
 def _write_all(jobs: list[tuple[Sink, list[dict[str, Any]]]]) -> None:

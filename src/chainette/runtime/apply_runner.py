@@ -74,9 +74,14 @@ def _outputs(node: Apply, record: Record, result: Any, ctx: RunContext) -> list[
         exc = result.exc
         tb = traceback.extract_tb(exc.__traceback__)
         where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""
-        ctx.fail(record, ApplyError(
-            f"apply {node.id!r} raised {type(exc).__name__}: {exc}{where}",
-            node_id=node.id, record_id=record.id))
+        ctx.fail(
+            record,
+            ApplyError(
+                f"apply {node.id!r} raised {type(exc).__name__}: {exc}{where}",
+                node_id=node.id,
+                record_id=record.id,
+            ),
+        )
         return []
     if result is None:
         ctx.node(node.id).filtered += 1
@@ -122,4 +127,6 @@ def _coerce(node: Apply, record: Record, model: type[BaseModel] | None, value: A
         return ApplyError(
             f"apply {node.id!r}: {what} does not fit {model.__name__ if model else '?'} "
             f"({describe_validation(exc)}).",
-            node_id=node.id, record_id=record.id)
+            node_id=node.id,
+            record_id=record.id,
+        )

@@ -61,7 +61,9 @@ class RunOptions:
     """Callback receiving structured run events (see ``RunContext``)."""
 
 
-async def run_chain(chain: Chain, inputs: Any, output_dir: str | Path | None = None, **options: Any) -> RunResult:
+async def run_chain(
+    chain: Chain, inputs: Any, output_dir: str | Path | None = None, **options: Any
+) -> RunResult:
     """Run ``chain`` over ``inputs`` and write the run folder. See :meth:`Chain.arun`."""
     try:
         opts = RunOptions(**options)
@@ -69,12 +71,14 @@ async def run_chain(chain: Chain, inputs: Any, output_dir: str | Path | None = N
         known = ", ".join(RunOptions.__dataclass_fields__)
         raise TypeError(f"{exc}. Known run options: {known}.") from None
     chain.check().raise_for_errors()
-    if isinstance(inputs, (str, Path)) and not Path(inputs).is_file():
+    if isinstance(inputs, (str, Path)) and not await anyio.Path(inputs).is_file():
         raise InputError(f"Input file {str(inputs)!r} does not exist (or is not a file).")
 
     run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     path = Path(output_dir) if output_dir is not None else Path("runs") / f"{_slug(chain.name)}-{run_id}"
-    writer = RunWriter(path, fmt=opts.fmt, max_lines_per_file=opts.max_lines_per_file, overwrite=opts.overwrite)
+    writer = RunWriter(
+        path, fmt=opts.fmt, max_lines_per_file=opts.max_lines_per_file, overwrite=opts.overwrite
+    )
     handlers = [h for h in (opts.on_event, _progress_handler(chain, opts, inputs)) if h is not None]
 
     def emit(kind: str, data: dict[str, Any]) -> None:
@@ -92,7 +96,8 @@ async def run_chain(chain: Chain, inputs: Any, output_dir: str | Path | None = N
         "started_at": _iso(started),
         "output_dir": str(path),
         "versions": _versions(),
-        "config": {k: v for k, v in asdict(opts).items() if k not in ("on_event",)} | {"batch_size": chain.batch_size},
+        "config": {k: v for k, v in asdict(opts).items() if k not in ("on_event",)}
+        | {"batch_size": chain.batch_size},
     }
     writer.write_json("graph.json", _graph(chain))
     writer.write_json("metadata.json", meta)
@@ -102,8 +107,15 @@ async def run_chain(chain: Chain, inputs: Any, output_dir: str | Path | None = N
         if node.write:
             writer.open_folder(node.id)
     counts = {"records_in": 0}
-    emit("run_started", {"chain": chain.name, "run_id": run_id, "output_dir": str(path),
-                         "nodes": [n.id for n in chain.iter_nodes()]})
+    emit(
+        "run_started",
+        {
+            "chain": chain.name,
+            "run_id": run_id,
+            "output_dir": str(path),
+            "nodes": [n.id for n in chain.iter_nodes()],
+        },
+    )
     try:
         try:
             async with anyio.create_task_group() as tg:
@@ -118,8 +130,11 @@ async def run_chain(chain: Chain, inputs: Any, output_dir: str | Path | None = N
             raise _first_error(group) from None
         meta["status"] = "completed"
     except BaseException as exc:
-        meta["status"] = "interrupted" if isinstance(exc, (KeyboardInterrupt, anyio.get_cancelled_exc_class())) \
+        meta["status"] = (
+            "interrupted"
+            if isinstance(exc, (KeyboardInterrupt, anyio.get_cancelled_exc_class()))
             else "failed"
+        )
         meta["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
@@ -134,8 +149,14 @@ async def run_chain(chain: Chain, inputs: Any, output_dir: str | Path | None = N
     return RunResult(path=path, run_id=run_id, metadata=meta, fmt=opts.fmt)
 
 
-async def _source(chain: Chain, inputs: Any, opts: RunOptions, ctx: RunContext,
-                  send: MemoryObjectSendStream[Chunk], counts: dict[str, int]) -> None:
+async def _source(
+    chain: Chain,
+    inputs: Any,
+    opts: RunOptions,
+    ctx: RunContext,
+    send: MemoryObjectSendStream[Chunk],
+    counts: dict[str, int],
+) -> None:
     model = chain.input_model
     async with send:
         async for items in iter_input_chunks(inputs, chain.batch_size, strict=opts.strict_inputs):
@@ -151,8 +172,10 @@ def _to_record(item: InputItem, model: Any, opts: RunOptions, ctx: RunContext) -
             value = coerce(model, item.value)
             return Record(item.id, item.index, value, {"input": value})
         except ValidationError as exc:
-            item.error = (f"{item.where}: does not fit the chain's input model {model.__name__} "
-                          f"({describe_validation(exc)}). Fix the record or the input model.")
+            item.error = (
+                f"{item.where}: does not fit the chain's input model {model.__name__} "
+                f"({describe_validation(exc)}). Fix the record or the input model."
+            )
             if opts.strict_inputs:
                 raise InputError(item.error) from exc
     record = Record(item.id, item.index, item.value, {})
@@ -160,8 +183,13 @@ def _to_record(item: InputItem, model: Any, opts: RunOptions, ctx: RunContext) -
     return None
 
 
-async def _stage(item: Node | list[Branch], ctx: RunContext, receive: MemoryObjectReceiveStream[Chunk],
-                 send: MemoryObjectSendStream[Chunk], workers: int) -> None:
+async def _stage(
+    item: Node | list[Branch],
+    ctx: RunContext,
+    receive: MemoryObjectReceiveStream[Chunk],
+    send: MemoryObjectSendStream[Chunk],
+    workers: int,
+) -> None:
     async def worker(receive: MemoryObjectReceiveStream[Chunk], send: MemoryObjectSendStream[Chunk]) -> None:
         async with receive, send:
             async for chunk in receive:
@@ -231,11 +259,14 @@ def _graph(chain: Chain) -> dict[str, Any]:
     return graph
 
 
-def _summary(ctx: RunContext, counts: dict[str, int], writer: RunWriter, broker: EngineBroker) -> dict[str, Any]:
+def _summary(
+    ctx: RunContext, counts: dict[str, int], writer: RunWriter, broker: EngineBroker
+) -> dict[str, Any]:
     nodes = {k: v.as_dict() for k, v in ctx.stats.items()}
     tokens = {
         k: {"prompt": v.prompt_tokens, "completion": v.completion_tokens}
-        for k, v in ctx.stats.items() if v.requests
+        for k, v in ctx.stats.items()
+        if v.requests
     }
     return {
         "counts": {
@@ -275,7 +306,7 @@ def _versions() -> dict[str, str]:
 
 
 def _iso(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(ts, tz=_dt.timezone.utc).isoformat()
+    return _dt.datetime.fromtimestamp(ts, tz=_dt.UTC).isoformat()
 
 
 def _slug(name: str) -> str:
