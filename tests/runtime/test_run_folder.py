@@ -203,3 +203,21 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path: Path) -> N
     with pytest.raises(RunFolderError, match="does not look like a Chainette run folder"):
         build_chain().run([Question(text="q")], output_dir=precious, overwrite=True)
     assert (precious / "chapter1.tex").read_text() == "years of work"
+
+
+def test_engine_is_released_when_no_pending_step_needs_it(run_dir: Path) -> None:
+    register_engine("first", backend="fake")
+    register_engine("second", backend="fake", latency=0.01)
+    events: list[tuple[str, str]] = []
+    a = Step(id="a", input_model=Question, output_model=Answer, engine_name="first", user_prompt="{{ text }}")
+    b = Step(id="b", input_model=Answer, output_model=Summary, engine_name="second", user_prompt="{{ answer }}")
+    Chain("two engines", [a, b], batch_size=2).run(
+        [Question(text=f"q{i}") for i in range(10)],
+        output_dir=run_dir,
+        on_event=lambda kind, data: events.append((kind, data.get("engine") or data.get("node", ""))),
+    )
+    released_first = events.index(("engine_released", "first"))
+    last_progress_b = max(i for i, e in enumerate(events) if e == ("node_progress", "b"))
+    # 'first' is released once step a has finished, while step b is still working on 'second'
+    assert released_first < last_progress_b < events.index(("engine_released", "second"))
+    assert events.count(("engine_started", "first")) == 1 and events.count(("engine_started", "second")) == 1
