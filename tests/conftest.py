@@ -21,6 +21,14 @@ def clean_registry() -> Iterator[None]:
     registry._REGISTRY.update(saved)
 
 
+@pytest.fixture(autouse=True)
+def ledger_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own request ledger (``$CHAINETTE_LEDGER``), so no test sees another's answers."""
+    path = tmp_path / "ledger.sqlite"
+    monkeypatch.setenv("CHAINETTE_LEDGER", str(path))
+    return path
+
+
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"

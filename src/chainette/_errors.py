@@ -12,6 +12,7 @@ run is going on are attached to the record they hit and written to the run's
     │   └── EngineConfigError       an engine definition (YAML or register_engine) is invalid
     ├── InputError                  an input record cannot be read (malformed JSONL line, bad fields)
     ├── RunFolderError              the output folder cannot be used (exists, not writable)
+    ├── LedgerError                 the request ledger (SQLite cache) cannot be opened or written
     ├── MissingDependencyError      an optional back-end is not installed (also an ImportError)
     └── RecordError                 one record failed at one node while running
         ├── InvalidInputError       the record could not be read or does not fit the first node
@@ -36,6 +37,7 @@ __all__ = [
     "IncompatibleStepsError",
     "InputError",
     "InvalidInputError",
+    "LedgerError",
     "MissingDependencyError",
     "OutputValidationError",
     "RecordError",
@@ -76,6 +78,10 @@ class InputError(ChainetteError):
 
 class RunFolderError(ChainetteError):
     """The output folder cannot be used for this run."""
+
+
+class LedgerError(ChainetteError):
+    """The request ledger (the SQLite cache of completed requests) cannot be opened or written."""
 
 
 class MissingDependencyError(ChainetteError, ImportError):

@@ -38,7 +38,7 @@ def test_source_cannot_run_ahead_of_a_slow_stage(run_dir: Path) -> None:
 
 
 def test_unknown_run_option_lists_the_known_ones(run_dir: Path) -> None:
-    with pytest.raises(TypeError, match="Known run options: overwrite, fmt"):
+    with pytest.raises(TypeError, match="Known run options: overwrite, resume"):
         Chain("c", [apply(lambda n: n, id="same")]).run([], output_dir=run_dir, overwrit=True)
 
 

@@ -11,7 +11,7 @@ import json
 import re
 import typing
 from collections.abc import Callable
-from typing import Any, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import jinja2
 from pydantic import BaseModel
@@ -24,6 +24,8 @@ from .templates import Template
 __all__ = ["Apply", "Branch", "Node", "Step", "apply"]
 
 RESERVED_IDS = frozenset({"input"})
+FAILURE_BEHAVIOURS = ("retry", "stay", "emit")
+OnFailure = Literal["retry", "stay", "emit"]
 _ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -87,6 +89,14 @@ class Step(Node):
         max_reasks: How many times invalid or truncated output is re-asked, with the
             validation error fed back, before the record goes to the run's failures.
         write: Write this step's outputs to ``<run>/<id>/`` (default True).
+        samples: Answers per record. With ``samples=n > 1`` each record becomes ``n`` records
+            ``<id>.0`` … ``<id>.<n-1>``; sample ``k`` uses seed ``seed + k`` and its own ledger
+            key, so with temperature > 0 the samples differ, and reruns reuse them.
+        on_failure: What happens to a record that still fails here after the re-asks (it is
+            written to ``failures.jsonl`` in every case): ``"retry"`` (default) tries it again on
+            the next run into the same ledger; ``"stay"`` remembers the failure in the ledger,
+            so reruns report it without sending anything; ``"emit"`` also passes the record on,
+            with ``{"_error": reason}`` as this step's output (its value stays the step's input).
 
     Example:
         >>> from pydantic import BaseModel
@@ -116,6 +126,8 @@ class Step(Node):
         output_format_instruction: str | None = None,
         max_reasks: int = 2,
         write: bool = True,
+        samples: int = 1,
+        on_failure: OnFailure = "retry",
         emoji: str | None = None,
     ) -> None:
         self.id = _check_id(id, "Step")
@@ -127,6 +139,15 @@ class Step(Node):
                 )
         if max_reasks < 0:
             raise ChainDefinitionError(f"Step {id!r}: max_reasks must be >= 0, got {max_reasks}.")
+        if samples < 1:
+            raise ChainDefinitionError(f"Step {id!r}: samples must be >= 1, got {samples}.")
+        if on_failure not in FAILURE_BEHAVIOURS:
+            raise ChainDefinitionError(
+                f"Step {id!r}: on_failure must be one of {', '.join(map(repr, FAILURE_BEHAVIOURS))}, "
+                f"got {on_failure!r}."
+            )
+        self.samples = samples
+        self.on_failure: OnFailure = on_failure
         self.input_model = input_model
         self.output_model = output_model
         self.engine_name = engine_name
@@ -160,6 +181,8 @@ class Step(Node):
             "system_prompt": self.system_template.source,
             "user_prompt": self.user_template.source,
             "max_reasks": self.max_reasks,
+            "samples": self.samples,
+            "on_failure": self.on_failure,
         }
 
 

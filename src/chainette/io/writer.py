@@ -33,26 +33,51 @@ class RunWriter:
         max_lines_per_file: Rows per file part before rolling to the next.
         overwrite: Replace an existing run folder (one holding metadata.json or graph.json);
             any other non-empty folder is refused, so a typo cannot delete your files.
+        resume: Rewrite an existing run folder of the chain ``chain_name`` (the runtime replays
+            the run, answering completed requests from the ledger). Its old ``metadata.json``
+            is kept in :attr:`previous`.
     """
 
     def __init__(
-        self, path: Path, *, fmt: str = "jsonl", max_lines_per_file: int = 100_000, overwrite: bool = False
+        self,
+        path: Path,
+        *,
+        fmt: str = "jsonl",
+        max_lines_per_file: int = 100_000,
+        overwrite: bool = False,
+        resume: bool = False,
+        chain_name: str | None = None,
     ) -> None:
         if fmt not in FORMATS:
             raise RunFolderError(f"Unknown output format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
         self.path = path
         self.fmt = fmt
         self.max_lines = max_lines_per_file
+        self.previous: dict[str, Any] | None = None
+        """The replaced run's metadata.json (when resuming or overwriting a run folder)."""
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            if not overwrite:
+            if not (overwrite or resume):
                 raise RunFolderError(
-                    f"Output folder {str(path)!r} already exists and is not empty. Choose another folder, "
-                    "or pass overwrite=True (CLI: --overwrite) to replace it."
+                    f"Output folder {str(path)!r} already exists and is not empty. Pass resume=True "
+                    "(CLI: --resume) to continue that run (completed requests come from the ledger), "
+                    "overwrite=True (--overwrite) to replace it, or choose another folder."
                 )
             if not (path / "metadata.json").is_file() and not (path / "graph.json").is_file():
                 raise RunFolderError(
-                    f"Refusing to overwrite {str(path)!r}: it is not empty and does not look like a Chainette "
+                    f"Refusing to replace {str(path)!r}: it is not empty and does not look like a Chainette "
                     "run folder (no metadata.json or graph.json). Choose an empty or new folder."
+                )
+            self.previous = _read_json(path / "metadata.json") or _read_json(path / "graph.json") or {}
+            previous_chain = self.previous.get("chain", self.previous.get("name"))
+            if (
+                resume
+                and not overwrite
+                and chain_name is not None
+                and previous_chain not in (None, chain_name)
+            ):
+                raise RunFolderError(
+                    f"Cannot resume {str(path)!r}: it holds a run of chain {previous_chain!r}, not "
+                    f"{chain_name!r}. Choose another folder, or pass overwrite=True (--overwrite) to replace it."
                 )
             shutil.rmtree(path)
         try:
@@ -129,6 +154,15 @@ class RunWriter:
                 sink = make_sink(self.fmt, folder, self.max_lines)
             self._sinks[key] = sink
         return sink
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A whole-file artefact, or None when missing or unreadable (a crash can leave either)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _close_all(sinks: list[Sink]) -> None:

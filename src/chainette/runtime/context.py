@@ -11,8 +11,11 @@ import anyio
 from .._errors import RecordError
 from ..engines.base import Engine
 from ..engines.broker import EngineBroker
+from ..engines.registry import get_engine_config
 from ..io.writer import RunWriter
+from ..ledger.keys import engine_identity
 from .records import Record, dump
+from .requests import RequestCache
 
 __all__ = ["EventHandler", "NodeStats", "RunContext"]
 
@@ -32,9 +35,17 @@ class NodeStats:
     failed: int = 0
     filtered: int = 0
     requests: int = 0
+    """Requests sent to the engine."""
+    cache_hits: int = 0
+    """Answers read from the ledger instead of sent."""
+    deduped: int = 0
+    """Answers shared with an identical request of the same run."""
     reasks: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    saved_prompt_tokens: int = 0
+    """Tokens of answers that came from the ledger or a duplicate (not paid again)."""
+    saved_completion_tokens: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -45,10 +56,12 @@ class RunContext:
     writer: RunWriter
     broker: EngineBroker
     on_event: EventHandler
+    cache: RequestCache = field(default_factory=lambda: RequestCache(None, "off"))
     stats: dict[str, NodeStats] = field(default_factory=dict)
     failed_origins: set[str] | None = None
     """Inside a branch group: origins of records that failed there (so a join does not re-report)."""
     _limiters: dict[str, anyio.CapacityLimiter] = field(default_factory=dict)
+    _identities: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def node(self, node_id: str) -> NodeStats:
         stats = self.stats.get(node_id)
@@ -58,7 +71,23 @@ class RunContext:
 
     def for_branch(self) -> RunContext:
         """A view for one branch group: same writer, broker and counters, own failure set."""
-        return RunContext(self.writer, self.broker, self.on_event, self.stats, set(), self._limiters)
+        return RunContext(
+            self.writer,
+            self.broker,
+            self.on_event,
+            self.cache,
+            self.stats,
+            set(),
+            self._limiters,
+            self._identities,
+        )
+
+    def identity(self, engine_name: str) -> dict[str, Any]:
+        """What identifies the answers of engine ``engine_name`` in ledger keys (no engine started)."""
+        identity = self._identities.get(engine_name)
+        if identity is None:
+            identity = self._identities[engine_name] = engine_identity(get_engine_config(engine_name))
+        return identity
 
     async def engine(self, name: str) -> tuple[Engine, anyio.CapacityLimiter]:
         """The started engine and the limiter that caps calls in flight to it (shared by all steps)."""
@@ -68,12 +97,12 @@ class RunContext:
             limiter = self._limiters[name] = anyio.CapacityLimiter(max(1, engine.max_concurrency))
         return engine, limiter
 
-    def fail(self, record: Record, error: RecordError) -> None:
-        """Write ``record`` to failures.jsonl with the reason; it goes no further."""
+    def fail(self, record: Record, error: RecordError, *, emitted: bool = False) -> None:
+        """Write ``record`` to failures.jsonl with the reason; it goes no further unless ``emitted``."""
         stats = self.node(error.node_id)
         stats.failed += 1
         stats.done += 1
-        if self.failed_origins is not None and record.origin is not None:
+        if self.failed_origins is not None and record.origin is not None and not emitted:
             self.failed_origins.add(record.origin)
         row = {
             "_id": record.id,
@@ -87,6 +116,8 @@ class RunContext:
         }
         if error.details:
             row["details"] = error.details
+        if emitted:
+            row["emitted"] = True
         self.writer.add_failure(row)
         self.on_event("record_failed", {"node": error.node_id, "record": record.id, "message": error.message})
 

@@ -29,9 +29,11 @@ from ..graph.chain import Chain
 from ..graph.nodes import Branch, Node, Step
 from ..io.inputs import InputItem, iter_input_chunks
 from ..io.writer import RunWriter
+from .accounting import cache_summary, cost_summary
 from .context import EventHandler, RunContext
 from .dispatch import run_item
 from .records import Record, coerce, describe_validation, dump
+from .requests import CacheMode, RequestCache
 from .result import RunResult
 
 __all__ = ["RunOptions", "run_chain"]
@@ -45,6 +47,14 @@ class RunOptions:
 
     overwrite: bool = False
     """Replace an existing, non-empty output folder."""
+    resume: bool = False
+    """Continue a run folder of this chain (interrupted, crashed or finished): the run is replayed,
+    every request the ledger holds is answered from it, only what is missing is sent, and the
+    folder is rewritten to what an uninterrupted run gives."""
+    ledger: str | Path | None = None
+    """The request ledger (SQLite). Default ``$CHAINETTE_LEDGER`` or ``.chainette/ledger.sqlite``."""
+    cache: CacheMode = "use"
+    """``use`` the ledger, ``refresh`` it (send again, overwrite), or ``off``."""
     fmt: str = "jsonl"
     """Output format of step folders and ``flattened/``: jsonl, csv or parquet."""
     max_lines_per_file: int = 100_000
@@ -71,14 +81,26 @@ async def run_chain(
         known = ", ".join(RunOptions.__dataclass_fields__)
         raise TypeError(f"{exc}. Known run options: {known}.") from None
     chain.check().raise_for_errors()
+    if opts.cache not in ("use", "refresh", "off"):
+        raise ValueError(f"cache must be 'use', 'refresh' or 'off', got {opts.cache!r}.")
     if isinstance(inputs, (str, Path)) and not await anyio.Path(inputs).is_file():
         raise InputError(f"Input file {str(inputs)!r} does not exist (or is not a file).")
 
     run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     path = Path(output_dir) if output_dir is not None else Path("runs") / f"{_slug(chain.name)}-{run_id}"
-    writer = RunWriter(
-        path, fmt=opts.fmt, max_lines_per_file=opts.max_lines_per_file, overwrite=opts.overwrite
-    )
+    cache = RequestCache.open(opts.ledger, opts.cache)
+    try:
+        writer = RunWriter(
+            path,
+            fmt=opts.fmt,
+            max_lines_per_file=opts.max_lines_per_file,
+            overwrite=opts.overwrite,
+            resume=opts.resume,
+            chain_name=chain.name,
+        )
+    except BaseException:
+        cache.close()
+        raise
     handlers = [h for h in (opts.on_event, _progress_handler(chain, opts, inputs)) if h is not None]
 
     def emit(kind: str, data: dict[str, Any]) -> None:
@@ -87,7 +109,7 @@ async def run_chain(
 
     users = Counter(n.engine_name for n in chain.iter_nodes() if isinstance(n, Step))
     broker = EngineBroker(users, on_event=emit)
-    ctx = RunContext(writer, broker, emit)
+    ctx = RunContext(writer, broker, emit, cache)
     started = time.time()
     meta: dict[str, Any] = {
         "run_id": run_id,
@@ -99,6 +121,8 @@ async def run_chain(
         "config": {k: v for k, v in asdict(opts).items() if k not in ("on_event",)}
         | {"batch_size": chain.batch_size},
     }
+    if writer.previous is not None:
+        meta["resumed_from"] = {k: writer.previous.get(k) for k in ("run_id", "status", "started_at")}
     writer.write_json("graph.json", _graph(chain))
     writer.write_json("metadata.json", meta)
     (path / "failures.jsonl").touch()
@@ -140,8 +164,11 @@ async def run_chain(
     finally:
         await broker.aclose()
         await writer.close()
+        cache.close()
         finished = time.time()
         meta.update(_summary(ctx, counts, writer, broker))
+        meta["cache"] = cache_summary(ctx)
+        meta["cost"] = cost_summary(chain, ctx)
         meta["finished_at"] = _iso(finished)
         meta["duration_s"] = round(finished - started, 3)
         writer.write_json("metadata.json", meta)

@@ -43,6 +43,10 @@ class Record:
         history[node_id] = value
         return Record(f"{self.id}.{k}", self.index, value, history, self.origin)
 
+    def sample(self, k: int) -> Record:
+        """The ``k``-th sample of this record at a step with ``samples > 1`` (id ``<id>.<k>``)."""
+        return Record(f"{self.id}.{k}", self.index, self.value, dict(self.history), self.origin)
+
     def fork(self) -> Record:
         """A copy for a branch: same id, own history, remembers where it came from."""
         return Record(self.id, self.index, self.value, dict(self.history), origin=self.id)

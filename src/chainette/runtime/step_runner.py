@@ -1,10 +1,14 @@
-"""Running an LLM ``Step`` over a chunk: render, call the engine, validate, re-ask, record.
+"""Running an LLM ``Step`` over a chunk: render, ask the ledger, call the engine, validate, re-ask.
 
-Requests go to the engine in batches of ``engine.max_batch_size``, with at most
-``engine.max_concurrency`` batches in flight per engine across the whole run. A reply that is
-not valid JSON for the output model, or was cut off at ``max_tokens``, is re-asked with the
-error fed back (``Step.max_reasks`` times); engine errors are not re-asked here. A record that
-runs out of attempts goes to ``failures.jsonl`` with the raw text and the reason.
+Each attempt is keyed (``ledger.keys.request_key``). What the ledger holds is answered from it;
+of identical requests in flight only one is sent. The rest go to the engine, started lazily on
+the first miss, in batches of ``engine.max_batch_size`` with at most ``engine.max_concurrency``
+batches in flight per engine across the whole run; answers are committed to the ledger as they
+arrive. A reply that is not valid JSON for the output model, or was cut off at ``max_tokens``,
+is re-asked with the error fed back (``Step.max_reasks`` times); engine errors are not re-asked
+here. A record that runs out of attempts goes to ``failures.jsonl`` with the raw text and the
+reason, and then, per ``Step.on_failure``: ``retry`` (tried again on the next run), ``stay``
+(remembered in the ledger: reruns report it without sending) or ``emit`` (also passed on).
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from pydantic import BaseModel, ValidationError
 from .._errors import EngineError, OutputValidationError, RecordError, RenderError
 from ..engines.base import ChatRequest, Completion, Engine, Message
 from ..graph.nodes import Step
+from ..ledger.keys import request_key
+from ..ledger.store import StoredFailure
 from .context import RunContext
 from .records import Record, coerce, describe_validation, fields_of
+from .requests import InFlight
 
 __all__ = ["parse_output", "render_messages", "run_step"]
 
@@ -33,16 +40,33 @@ REASK_TRUNCATED = (
     "Reply again with a shorter JSON object that matches the schema."
 )
 
+_KINDS: dict[str, type[RecordError]] = {
+    cls.kind: cls for cls in (OutputValidationError, EngineError, RenderError, RecordError)
+}
+"""A failure remembered in the ledger is raised again as the same kind of error."""
+
 
 @dataclass
 class _Job:
     record: Record
     messages: list[Message]
+    sample: int = 0
     attempts: int = 0
+    first_key: str = ""
+    """Ledger key of the first attempt: where a final failure is remembered (``on_failure="stay"``)."""
     raw: str | None = None
     errors: list[str] = field(default_factory=list)
     output: BaseModel | None = None
     reasoning: str | None = None
+    failure: RecordError | None = None
+
+
+@dataclass
+class _Round:
+    """What one pass over the pending jobs decided."""
+
+    retry: list[_Job] = field(default_factory=list)
+    stays: list[tuple[str, StoredFailure]] = field(default_factory=list)
 
 
 async def run_step(step: Step, chunk: list[Record], ctx: RunContext) -> list[Record]:
@@ -51,32 +75,184 @@ async def run_step(step: Step, chunk: list[Record], ctx: RunContext) -> list[Rec
     jobs: list[_Job] = []
     for record in chunk:
         try:
-            jobs.append(_Job(record, render_messages(step, record)))
+            messages = render_messages(step, record)
         except RenderError as exc:
             ctx.fail(record, exc)
-    engine, limiter = await ctx.engine(step.engine_name) if jobs else (None, None)
+            continue
+        if step.samples == 1:
+            jobs.append(_Job(record, messages))
+        else:
+            jobs.extend(_Job(record.sample(k), messages, sample=k) for k in range(step.samples))
     pending = jobs
-    while pending and engine is not None and limiter is not None:
-        retry: list[_Job] = []
-        size = max(1, engine.max_batch_size)
-        async with anyio.create_task_group() as tg:
-            for start in range(0, len(pending), size):
-                tg.start_soon(_call, step, engine, limiter, pending[start : start + size], retry, ctx)
-        pending = retry
+    first = True
+    while pending:
+        decided = await _attempt(step, pending, ctx, first)
+        if decided.stays:
+            await ctx.cache.store_failures(decided.stays)
+        pending, first = decided.retry, False
+    if ctx.cache.mode == "refresh" and step.on_failure == "stay":
+        await ctx.cache.forget_failures([j.first_key for j in jobs if j.output is not None])
     out: list[Record] = []
     for job in jobs:
-        if job.output is None:
-            continue
-        record = job.record.advance(step.id, job.output)
-        if step.write:
+        if job.output is not None:
+            record = job.record.advance(step.id, job.output)
             row = {"_id": record.id, **job.output.model_dump(mode="json")}
             if job.reasoning:
                 row["_reasoning"] = job.reasoning
+        elif job.failure is not None and step.on_failure == "emit":
+            # passed on marked as failed: the value stays the step's input, the step's slot holds the reason
+            record = job.record
+            record.history[step.id] = {"_error": job.failure.message}
+            row = {"_id": record.id, "_error": job.failure.message}
+        else:
+            continue
+        if step.write:
             ctx.writer.add(step.id, row)
         out.append(record)
     stats.records_out += len(out)
     ctx.progress(step.id)
     return out
+
+
+async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool) -> _Round:
+    """One attempt for every pending job: ledger first, then one send per distinct request."""
+    stats = ctx.node(step.id)
+    identity = ctx.identity(step.engine_name)
+    requests = [_request(step, job) for job in pending]
+    keys = [request_key(identity, r, j.sample) for r, j in zip(requests, pending, strict=True)]
+    if first:
+        for job, key in zip(pending, keys, strict=True):
+            job.first_key = key
+    stay_keys = keys if first and step.on_failure == "stay" else []
+    hits, stayed = await ctx.cache.lookup(keys, stay_keys)
+    decided = _Round()
+    owned: list[tuple[_Job, ChatRequest, str]] = []
+    waiting: list[tuple[_Job, InFlight]] = []
+    for job, request, key in zip(pending, requests, keys, strict=True):
+        if job.first_key in stayed and first:
+            kept = stayed[job.first_key]
+            error = _KINDS.get(kept.error_type, RecordError)(
+                kept.message, node_id=step.id, record_id=job.record.id, raw=kept.raw, attempts=kept.attempts
+            )
+            error.details = {"from_ledger": True}
+            _give_up(step, job, error, ctx, decided, remember=False)
+        elif key in hits:
+            stats.cache_hits += 1
+            _settle(step, job, hits[key], ctx, decided, sent=False)
+        else:
+            slot, mine = ctx.cache.claim(key)
+            if mine:
+                owned.append((job, request, key))
+            else:
+                waiting.append((job, slot))
+    if owned:
+        await _send(step, owned, ctx, decided)
+    for job, slot in waiting:
+        await slot.done.wait()
+        assert slot.completion is not None
+        stats.deduped += 1
+        _settle(step, job, slot.completion, ctx, decided, sent=False)
+    ctx.progress(step.id)
+    return decided
+
+
+def _request(step: Step, job: _Job) -> ChatRequest:
+    sampling = step.sampling
+    if job.sample and sampling.seed is not None:
+        sampling = sampling.model_copy(update={"seed": sampling.seed + job.sample})
+    return ChatRequest(
+        messages=tuple(job.messages),
+        json_schema=step.json_schema,
+        sampling=sampling,
+        tag=f"{step.id}/{job.record.id}",
+    )
+
+
+async def _send(
+    step: Step, owned: list[tuple[_Job, ChatRequest, str]], ctx: RunContext, decided: _Round
+) -> None:
+    """Send the requests this step owns in engine-sized batches; resolve every claimed key."""
+    try:
+        engine, limiter = await ctx.engine(step.engine_name)
+        size = max(1, engine.max_batch_size)
+        async with anyio.create_task_group() as tg:
+            for start in range(0, len(owned), size):
+                tg.start_soon(_call, step, engine, limiter, owned[start : start + size], ctx, decided)
+    finally:  # an engine that failed to start, or a cancelled send, must not leave duplicates waiting
+        for _, _, key in owned:
+            ctx.cache.resolve(key, Completion(text="request not sent", finish_reason="error"))
+
+
+async def _call(
+    step: Step,
+    engine: Engine,
+    limiter: anyio.CapacityLimiter,
+    batch: list[tuple[_Job, ChatRequest, str]],
+    ctx: RunContext,
+    decided: _Round,
+) -> None:
+    stats = ctx.node(step.id)
+    stats.requests += len(batch)
+    try:
+        async with limiter:
+            completions = await engine.generate([request for _, request, _ in batch])
+        if len(completions) != len(batch):
+            raise RuntimeError(f"engine returned {len(completions)} completions for {len(batch)} requests")
+    except Exception as exc:
+        reason = Completion(text=f"{type(exc).__name__}: {exc}", finish_reason="error")
+        for job, _, key in batch:
+            ctx.cache.resolve(key, reason)
+            job.attempts += 1
+            error = EngineError(
+                f"Step {step.id!r}: engine {step.engine_name!r} failed: {type(exc).__name__}: {exc}",
+                node_id=step.id,
+                record_id=job.record.id,
+                attempts=job.attempts,
+            )
+            error.__cause__ = exc
+            _give_up(step, job, error, ctx, decided)
+        return
+    await ctx.cache.store(
+        [(key, step.engine_name, step.id, c) for (_, _, key), c in zip(batch, completions, strict=True)]
+    )
+    for (job, _, key), completion in zip(batch, completions, strict=True):
+        ctx.cache.resolve(key, completion)
+        _settle(step, job, completion, ctx, decided, sent=True)
+    ctx.progress(step.id)
+
+
+def _settle(
+    step: Step, job: _Job, completion: Completion, ctx: RunContext, decided: _Round, *, sent: bool
+) -> None:
+    """Count the answer, accept it or plan the re-ask, or give up on the record."""
+    stats = ctx.node(step.id)
+    if sent:
+        stats.prompt_tokens += completion.prompt_tokens
+        stats.completion_tokens += completion.completion_tokens
+    else:
+        stats.saved_prompt_tokens += completion.prompt_tokens
+        stats.saved_completion_tokens += completion.completion_tokens
+    job.attempts += 1
+    outcome = _judge(step, job, completion)
+    if outcome is None:
+        stats.done += 1
+    elif job.attempts <= step.max_reasks and not isinstance(outcome, EngineError):
+        stats.reasks += 1
+        decided.retry.append(job)
+    else:
+        _give_up(step, job, outcome, ctx, decided)
+
+
+def _give_up(
+    step: Step, job: _Job, error: RecordError, ctx: RunContext, decided: _Round, *, remember: bool = True
+) -> None:
+    """The record fails here for good: to failures.jsonl, remembered or passed on per ``on_failure``."""
+    job.failure = error
+    ctx.fail(job.record, error, emitted=step.on_failure == "emit")
+    if step.on_failure == "stay" and remember and job.first_key:
+        decided.stays.append(
+            (job.first_key, StoredFailure(step.id, error.kind, error.message, error.raw, error.attempts))
+        )
 
 
 def render_messages(step: Step, record: Record) -> list[Message]:
@@ -115,58 +291,6 @@ def render_messages(step: Step, record: Record) -> list[Message]:
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": user})
     return messages
-
-
-async def _call(
-    step: Step,
-    engine: Engine,
-    limiter: anyio.CapacityLimiter,
-    batch: list[_Job],
-    retry: list[_Job],
-    ctx: RunContext,
-) -> None:
-    stats = ctx.node(step.id)
-    requests = [
-        ChatRequest(
-            messages=tuple(j.messages),
-            json_schema=step.json_schema,
-            sampling=step.sampling,
-            tag=f"{step.id}/{j.record.id}",
-        )
-        for j in batch
-    ]
-    for job in batch:
-        job.attempts += 1
-    stats.requests += len(batch)
-    try:
-        async with limiter:
-            completions = await engine.generate(requests)
-        if len(completions) != len(batch):
-            raise RuntimeError(f"engine returned {len(completions)} completions for {len(batch)} requests")
-    except Exception as exc:
-        for job in batch:
-            error = EngineError(
-                f"Step {step.id!r}: engine {step.engine_name!r} failed: {type(exc).__name__}: {exc}",
-                node_id=step.id,
-                record_id=job.record.id,
-                attempts=job.attempts,
-            )
-            error.__cause__ = exc
-            ctx.fail(job.record, error)
-        return
-    for job, completion in zip(batch, completions, strict=True):
-        stats.prompt_tokens += completion.prompt_tokens
-        stats.completion_tokens += completion.completion_tokens
-        outcome = _judge(step, job, completion)
-        if outcome is None:
-            stats.done += 1
-            continue
-        if job.attempts <= step.max_reasks:
-            stats.reasks += 1
-            retry.append(job)
-        else:
-            ctx.fail(job.record, outcome)
-    ctx.progress(step.id)
 
 
 def _judge(step: Step, job: _Job, completion: Completion) -> RecordError | None:

@@ -1,0 +1,1 @@
+"""What is kept between runs: the request ledger (SQLite), its keys, and token prices."""

@@ -1,0 +1,246 @@
+"""The request ledger: a SQLite file of every completed request, keyed by what changes the answer.
+
+One file serves every run of a project (default ``.chainette/ledger.sqlite`` under the current
+folder, or ``$CHAINETTE_LEDGER``). It runs in WAL mode, so readers never wait for the writer
+and several processes can share it; each ``put`` commits at once, so a run killed with
+SIGKILL loses at most the request that was completing at that instant.
+
+Two tables: ``completions`` (the engine's answer to a request) and ``failures`` (records that
+failed for good at a step with ``on_failure="stay"``, so reruns do not retry them).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._errors import LedgerError
+from ..engines.base import Completion
+
+__all__ = ["DEFAULT_LEDGER", "Ledger", "LedgerInfo", "StoredFailure", "default_ledger_path"]
+
+DEFAULT_LEDGER = Path(".chainette") / "ledger.sqlite"
+"""Where the ledger lives when nothing else is said: relative to the current folder."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS completions (
+    key TEXT PRIMARY KEY,
+    engine TEXT NOT NULL,
+    step TEXT NOT NULL,
+    text TEXT NOT NULL,
+    finish_reason TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    reasoning TEXT,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS failures (
+    key TEXT PRIMARY KEY,
+    step TEXT NOT NULL,
+    error_type TEXT NOT NULL,
+    message TEXT NOT NULL,
+    raw TEXT,
+    attempts INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+_CHUNK = 500
+"""Keys per ``SELECT ... IN (...)``: well under SQLite's bound-parameter limit."""
+
+
+def default_ledger_path() -> Path:
+    """``$CHAINETTE_LEDGER`` when set, else ``.chainette/ledger.sqlite`` in the current folder."""
+    env = os.environ.get("CHAINETTE_LEDGER")
+    return Path(env) if env else DEFAULT_LEDGER
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFailure:
+    """A record's final failure at a step (``on_failure="stay"``)."""
+
+    step: str
+    error_type: str
+    message: str
+    raw: str | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerInfo:
+    """What ``chainette cache info`` shows."""
+
+    path: Path
+    bytes: int
+    completions: int
+    failures: int
+    by_step: dict[str, dict[str, int]]
+    """``{step: {"completions", "prompt_tokens", "completion_tokens"}}``."""
+
+
+class Ledger:
+    """A SQLite ledger file. Thread-safe; blocking: call it from a worker thread in async code.
+
+    Example:
+        >>> ledger = Ledger(tmp_path / "ledger.sqlite")        # doctest: +SKIP
+        >>> ledger.put([("k1", "local", "qa", Completion(text="{}"))])  # doctest: +SKIP
+        >>> ledger.get(["k1"])["k1"].text                       # doctest: +SKIP
+        '{}'
+    """
+
+    def __init__(self, path: str | Path, *, timeout: float = 60.0) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, timeout=timeout, check_same_thread=False, isolation_level=None
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: survives a process kill
+            self._db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(
+                f"Cannot open the request ledger {str(self.path)!r}: {exc}. Pass another path "
+                "(ledger=... / --ledger PATH) or run without the cache (cache='off' / --no-cache)."
+            ) from exc
+        self._lock = threading.Lock()
+
+    # -- completions ------------------------------------------------------------------------
+
+    def get(self, keys: Sequence[str]) -> dict[str, Completion]:
+        """The stored completions among ``keys``."""
+        found: dict[str, Completion] = {}
+        for rows in self._select(
+            "SELECT key, text, finish_reason, prompt_tokens, completion_tokens, reasoning "
+            "FROM completions WHERE key IN ({})",
+            keys,
+        ):
+            for key, text, finish, prompt, completion, reasoning in rows:
+                found[key] = Completion(
+                    text=text,
+                    finish_reason=finish,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    reasoning=reasoning,
+                )
+        return found
+
+    def put(self, entries: Iterable[tuple[str, str, str, Completion]], *, replace: bool = False) -> None:
+        """Store ``(key, engine, step, completion)`` entries in one transaction (committed on return).
+
+        An existing entry is kept unless ``replace`` (a refreshing run).
+        """
+        now = time.time()
+        rows = [
+            (
+                key,
+                engine,
+                step,
+                c.text,
+                c.finish_reason,
+                c.prompt_tokens,
+                c.completion_tokens,
+                c.reasoning,
+                now,
+            )
+            for key, engine, step, c in entries
+        ]
+        if rows:
+            verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+            self._write(f"{verb} INTO completions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    # -- final failures -----------------------------------------------------------------------
+
+    def get_failures(self, keys: Sequence[str]) -> dict[str, StoredFailure]:
+        """The final failures stored under ``keys`` (first-attempt request keys)."""
+        found: dict[str, StoredFailure] = {}
+        for rows in self._select(
+            "SELECT key, step, error_type, message, raw, attempts FROM failures WHERE key IN ({})", keys
+        ):
+            for key, step, error_type, message, raw, attempts in rows:
+                found[key] = StoredFailure(step, error_type, message, raw, attempts)
+        return found
+
+    def put_failures(self, entries: Iterable[tuple[str, StoredFailure]]) -> None:
+        now = time.time()
+        rows = [(k, f.step, f.error_type, f.message, f.raw, f.attempts, now) for k, f in entries]
+        if rows:
+            self._write("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def forget_failures(self, keys: Sequence[str]) -> None:
+        """Drop stored failures (a refreshing run retries them)."""
+        if keys:
+            self._write("DELETE FROM failures WHERE key = ?", [(k,) for k in keys])
+
+    # -- housekeeping ---------------------------------------------------------------------------
+
+    def info(self) -> LedgerInfo:
+        with self._lock:
+            completions = self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+            failures = self._db.execute("SELECT COUNT(*) FROM failures").fetchone()[0]
+            by_step = {
+                step: {"completions": n, "prompt_tokens": p or 0, "completion_tokens": c or 0}
+                for step, n, p, c in self._db.execute(
+                    "SELECT step, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens) "
+                    "FROM completions GROUP BY step ORDER BY step"
+                )
+            }
+        size = sum(p.stat().st_size for p in self._files() if p.exists())
+        return LedgerInfo(self.path, size, completions, failures, by_step)
+
+    def clear(self) -> int:
+        """Delete every entry; returns how many completions there were."""
+        with self._lock:
+            count: int = self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM completions")
+            self._db.execute("DELETE FROM failures")
+            self._db.execute("COMMIT")
+            self._db.execute("VACUUM")
+        return count
+
+    def check(self) -> str:
+        """SQLite's integrity check: ``"ok"`` when the file is sound."""
+        with self._lock:
+            result: str = self._db.execute("PRAGMA integrity_check").fetchone()[0]
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _files(self) -> list[Path]:
+        return [self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")]
+
+    def _select(self, sql: str, keys: Sequence[str]) -> list[list[Any]]:
+        parts = [keys[start : start + _CHUNK] for start in range(0, len(keys), _CHUNK)]
+        try:
+            with self._lock:
+                return [self._db.execute(sql.format(",".join("?" * len(p))), p).fetchall() for p in parts]
+        except sqlite3.Error as exc:
+            raise LedgerError(f"Cannot read the request ledger {str(self.path)!r}: {exc}") from exc
+
+    def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany(sql, rows)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise LedgerError(f"Cannot write to the request ledger {str(self.path)!r}: {exc}") from exc
