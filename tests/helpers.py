@@ -49,3 +49,13 @@ class ExplodingEngine(FakeEngine):
 
     async def generate(self, requests: Any) -> Any:
         raise TimeoutError("no answer within 30 s")
+
+
+class CountingEngine(FakeEngine):
+    """A fake back-end that logs the step of every request any instance receives."""
+
+    sent: ClassVar[list[str]] = []
+
+    async def generate(self, requests: Any) -> Any:
+        CountingEngine.sent.extend(r.tag.split("/")[0] for r in requests)
+        return await super().generate(requests)

@@ -20,6 +20,8 @@ EXPECTED = [
     "IncompatibleStepsError",
     "InputError",
     "InvalidInputError",
+    "Ledger",
+    "LedgerError",
     "MissingDependencyError",
     "OutputValidationError",
     "RecordError",
@@ -36,6 +38,7 @@ EXPECTED = [
     "list_engines",
     "load_engines",
     "register_engine",
+    "set_price",
     "unregister_engine",
 ]
 

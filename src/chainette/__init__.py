@@ -14,6 +14,7 @@ from ._errors import (
     IncompatibleStepsError,
     InputError,
     InvalidInputError,
+    LedgerError,
     MissingDependencyError,
     OutputValidationError,
     RecordError,
@@ -35,6 +36,8 @@ from .engines.registry import (
 from .graph.chain import Chain
 from .graph.checks import CheckReport
 from .graph.nodes import Apply, Branch, Step, apply
+from .ledger.costs import set_price
+from .ledger.store import Ledger
 from .runtime.result import RunResult
 
 __version__ = "0.1.0"
@@ -57,6 +60,8 @@ __all__ = [
     "IncompatibleStepsError",
     "InputError",
     "InvalidInputError",
+    "Ledger",
+    "LedgerError",
     "MissingDependencyError",
     "OutputValidationError",
     "RecordError",
@@ -73,5 +78,6 @@ __all__ = [
     "list_engines",
     "load_engines",
     "register_engine",
+    "set_price",
     "unregister_engine",
 ]

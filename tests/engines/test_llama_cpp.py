@@ -131,8 +131,10 @@ def test_output_the_model_cannot_satisfy_is_reasked_with_the_error(run_dir: Path
 
 def test_greedy_runs_are_reproducible(tmp_path: Path) -> None:
     chain = Chain("repro", [qa_step()])
-    a = chain.run([Question(text=q) for q in QUESTIONS[:2]], output_dir=tmp_path / "a")
-    b = chain.run([Question(text=q) for q in QUESTIONS[:2]], output_dir=tmp_path / "b")
+    # cache off: both runs really decode (the ledger would answer the second one)
+    a = chain.run([Question(text=q) for q in QUESTIONS[:2]], output_dir=tmp_path / "a", cache="off")
+    b = chain.run([Question(text=q) for q in QUESTIONS[:2]], output_dir=tmp_path / "b", cache="off")
+    assert a.metadata["cache"]["sent"] == b.metadata["cache"]["sent"] == 2
     assert read_jsonl(a.path / "qa") == read_jsonl(b.path / "qa")
     assert len(read_jsonl(a.path / "qa")) == 2
 

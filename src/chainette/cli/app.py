@@ -27,6 +27,7 @@ from ..engines.registry import BACKENDS, list_engines, load_engines
 from ..graph.chain import Chain
 from ..graph.checks import CheckReport
 from ..graph.nodes import Node, Step
+from .cache import cache_app
 from .loading import count_jsonl_records, import_target, load_chain, split_target
 from .progress import JsonEventLog, ProgressDisplay, print_run_summary
 
@@ -40,6 +41,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,  # locals may hold API keys
 )
+
+app.add_typer(cache_app, name="cache")
 
 TargetArg = Annotated[
     str, typer.Argument(help="The chain: [bold]path/to/file.py:chain[/] or [bold]package.module:chain[/].")
@@ -121,6 +124,21 @@ def run(
         OutputFormat.jsonl, "--format", help="Format of step outputs and flattened/."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing, non-empty run folder."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue this run folder (after a crash, Ctrl-C or a change to the chain): requests in the "
+        "ledger are not sent again, and the folder ends as an uninterrupted run's.",
+    ),
+    ledger: Path | None = typer.Option(
+        None,
+        "--ledger",
+        help="Request ledger (SQLite) [dim]\\[default: $CHAINETTE_LEDGER or .chainette/ledger.sqlite][/].",
+    ),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the ledger."),
+    refresh_cache: bool = typer.Option(
+        False, "--refresh-cache", help="Send every request again and overwrite what the ledger holds."
+    ),
     strict: bool = typer.Option(
         False, "--strict", help="Stop at the first unreadable input line (else: failures)."
     ),
@@ -149,6 +167,8 @@ def run(
     started: dict[str, Any] = {}
     display: ProgressDisplay | None = None
     with _errors(err, started):
+        if no_cache and refresh_cache:
+            raise typer.BadParameter("--no-cache and --refresh-cache exclude each other.")
         chain = load_chain(target)
         if engines is not None:
             load_engines(engines)
@@ -175,6 +195,9 @@ def run(
                 inputs,
                 output_dir,
                 overwrite=overwrite,
+                resume=resume,
+                ledger=ledger,
+                cache="off" if no_cache else "refresh" if refresh_cache else "use",
                 fmt=fmt.value,
                 strict_inputs=strict,
                 workers=workers,
@@ -186,7 +209,7 @@ def run(
                 display.stop()
     meta = result.metadata
     if json_logs:
-        summary = {key: meta.get(key) for key in ("counts", "tokens", "duration_s")}
+        summary = {key: meta.get(key) for key in ("counts", "tokens", "cache", "cost", "duration_s")}
         JsonEventLog()("summary", {**summary, "output_dir": str(result.path)})
     else:
         print_run_summary(err, meta, result.path, brief=quiet)
