@@ -19,7 +19,7 @@ from tests.helpers import read_jsonl
 
 pytestmark = pytest.mark.llama
 
-CHAIN_FILE = '''
+CHAIN_FILE = """
 import sys
 from pydantic import BaseModel, Field
 from chainette import Chain, SamplingParams, Step, register_engine
@@ -44,7 +44,7 @@ def inputs():
 
 if __name__ == "__main__":
     build().run(inputs(), sys.argv[1], ledger=sys.argv[2], resume=True)
-'''
+"""
 
 
 def load(path: Path) -> ModuleType:
