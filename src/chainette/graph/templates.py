@@ -13,6 +13,7 @@ from typing import Any
 
 import jinja2
 from jinja2 import meta, nodes
+from jinja2.runtime import new_context
 
 __all__ = ["Reference", "Template"]
 
@@ -43,17 +44,32 @@ class Template:
         jinja2.TemplateSyntaxError: When the source does not parse (the caller wraps it).
     """
 
-    __slots__ = ("_compiled", "references", "source")
+    __slots__ = ("_compiled", "_constant", "_globals", "references", "source")
 
     def __init__(self, source: str) -> None:
         self.source = source
         ast = _ENV.parse(source)
         self._compiled = _ENV.from_string(ast)
         self.references = _references(ast)
+        # Text without Jinja syntax renders to itself; no need to run the template per record.
+        self._constant = source if not any(tag in source for tag in ("{{", "{%", "{#")) else None
+        # Jinja merges its globals (a ChainMap) into every context, which costs more than the
+        # render itself for short prompts: merge them into a plain dict once instead.
+        self._globals = dict(self._compiled.globals)
 
     def render(self, context: Mapping[str, Any]) -> str:
         """Render with ``context``; an undefined name raises ``jinja2.UndefinedError``."""
-        return self._compiled.render(context)
+        if self._constant is not None:
+            return self._constant
+        compiled = self._compiled
+        ctx = new_context(
+            _ENV, compiled.name, compiled.blocks, {**self._globals, **context}, True, self._globals
+        )
+        try:
+            return _ENV.concat(compiled.root_render_func(ctx))
+        except Exception:
+            _ENV.handle_exception()  # re-raises with the template's line numbers, as Template.render does
+            raise
 
 
 def _references(ast: nodes.Template) -> tuple[Reference, ...]:

@@ -10,12 +10,13 @@ An option the ledger does not know counts as output-affecting: the safe side is 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any
 
 import orjson
 
-from ..engines.base import ChatRequest
+from ..engines.base import ChatRequest, SamplingParams
 from ..engines.registry import EngineConfig
 
 __all__ = ["THROUGHPUT_OPTIONS", "engine_identity", "request_key"]
@@ -82,11 +83,17 @@ def request_key(identity: dict[str, Any], request: ChatRequest, sample: int = 0)
         "engine": identity,
         "messages": request.messages,
         "schema": request.json_schema,
-        "sampling": request.sampling.model_dump(),
+        "sampling": _sampling(request.sampling),
         "sample": sample,
     }
     blob = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=_stable)
     return hashlib.blake2b(blob, digest_size=20).hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def _sampling(sampling: SamplingParams) -> dict[str, Any]:
+    """A step's sampling parameters are one frozen object shared by all its requests: dump it once."""
+    return sampling.model_dump()
 
 
 def _stable(value: Any) -> Any:

@@ -122,7 +122,7 @@ class Ledger:
             keys,
         ):
             for key, text, finish, prompt, completion, reasoning in rows:
-                found[key] = Completion(
+                found[key] = Completion.model_construct(  # written by put(): already valid
                     text=text,
                     finish_reason=finish,
                     prompt_tokens=prompt,

@@ -65,7 +65,8 @@ def dump(value: Any) -> Any:
 def fields_of(value: Any) -> dict[str, Any]:
     """Top-level fields of a value for template rendering (models stay models for attribute access)."""
     if isinstance(value, BaseModel):
-        return dict(value)
+        extra = value.__pydantic_extra__
+        return {**value.__dict__, **extra} if extra else value.__dict__
     if isinstance(value, dict):
         return value
     return {"value": value}

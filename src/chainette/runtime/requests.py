@@ -57,15 +57,16 @@ class RequestCache:
     async def lookup(
         self, keys: Sequence[str], first_keys: Sequence[str] = ()
     ) -> tuple[dict[str, Completion], dict[str, StoredFailure]]:
-        """Stored completions among ``keys`` and stored final failures among ``first_keys``."""
+        """Stored completions among ``keys`` and stored final failures among ``first_keys``.
+
+        Read on the event loop, on purpose: an indexed read of a chunk's keys takes about 0.5 ms
+        (64 keys, 200k-row ledger), while a worker-thread hop costs up to the 5 ms GIL switch
+        interval whenever the loop is busy, which made cached reruns 3x slower.
+        """
         if self.ledger is None or self.mode != "use" or not (keys or first_keys):
             return {}, {}
-        ledger = self.ledger
-
-        def read() -> tuple[dict[str, Completion], dict[str, StoredFailure]]:
-            return ledger.get(keys), (ledger.get_failures(first_keys) if first_keys else {})
-
-        return await anyio.to_thread.run_sync(read)
+        found = self.ledger.get(keys)
+        return found, (self.ledger.get_failures(first_keys) if first_keys else {})
 
     def claim(self, key: str) -> tuple[InFlight, bool]:
         """The in-flight slot for ``key`` and whether the caller owns it (must send and resolve it)."""

@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 import jinja2
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from .._errors import EngineError, OutputValidationError, RecordError, RenderError
@@ -160,7 +161,7 @@ def _request(step: Step, job: _Job) -> ChatRequest:
     sampling = step.sampling
     if job.sample and sampling.seed is not None:
         sampling = sampling.model_copy(update={"seed": sampling.seed + job.sample})
-    return ChatRequest(
+    return ChatRequest.model_construct(  # built from validated parts: skip re-validation per record
         messages=tuple(job.messages),
         json_schema=step.json_schema,
         sampling=sampling,
@@ -340,9 +341,12 @@ def parse_output(model: type[BaseModel], text: str) -> tuple[BaseModel | None, s
         body = body.split("\n", 1)[1] if "\n" in body else ""
         body = body.rsplit("```", 1)[0]
     try:
-        data = json.loads(body, strict=False)
-    except json.JSONDecodeError as exc:
-        return None, f"not valid JSON ({exc.msg} at character {exc.pos})"
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:  # the slower parser accepts raw control characters inside strings, as small models write them
+            data = json.loads(body, strict=False)
+        except json.JSONDecodeError as exc:
+            return None, f"not valid JSON ({exc.msg} at character {exc.pos})"
     try:
         return model.model_validate(data), ""
     except ValidationError as exc:
