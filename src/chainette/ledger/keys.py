@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
-from ..engines.base import ChatRequest, SamplingParams
+from ..engines.base import ChatRequest, Message, SamplingParams
 from ..engines.registry import EngineConfig
 
-__all__ = ["THROUGHPUT_OPTIONS", "engine_identity", "request_key"]
+__all__ = ["THROUGHPUT_OPTIONS", "engine_identity", "key_of", "key_prefix", "request_key"]
 
 KEY_VERSION = 1
+_SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 """Bumped when the key layout changes, so old entries are simply never hit again."""
 
 THROUGHPUT_OPTIONS = frozenset(
@@ -78,16 +80,24 @@ def request_key(identity: dict[str, Any], request: ChatRequest, sample: int = 0)
         >>> request_key(ident, r) == request_key(ident, r, sample=0) != request_key(ident, r, sample=1)
         True
     """
-    payload = {
-        "v": KEY_VERSION,
-        "engine": identity,
-        "messages": request.messages,
-        "schema": request.json_schema,
-        "sampling": _sampling(request.sampling),
-        "sample": sample,
-    }
-    blob = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=_stable)
-    return hashlib.blake2b(blob, digest_size=20).hexdigest()
+    return key_of(key_prefix(identity, request.json_schema, request.sampling), request.messages, sample)
+
+
+def key_prefix(identity: dict[str, Any], json_schema: dict[str, Any] | None, sampling: SamplingParams) -> Any:
+    """The hash state of what a step's requests share (engine, schema, sampling): computed once
+    per step and copied per request, so a long schema is not serialised for every record."""
+    shared = {"v": KEY_VERSION, "engine": identity, "schema": json_schema, "sampling": _sampling(sampling)}
+    state = hashlib.blake2b(digest_size=20)
+    state.update(orjson.dumps(shared, option=_SORTED, default=_stable))
+    return state
+
+
+def key_of(prefix: Any, messages: Sequence[Message], sample: int = 0) -> str:
+    """The key of one request: the step's :func:`key_prefix`, its messages and its sample index."""
+    state = prefix.copy()
+    state.update(orjson.dumps(messages, option=_SORTED))
+    state.update(b"#%d" % sample)
+    return str(state.hexdigest())
 
 
 @functools.lru_cache(maxsize=256)

@@ -17,7 +17,7 @@ from typing import Literal
 import anyio
 
 from ..engines.base import Completion
-from ..ledger.store import Ledger, StoredFailure
+from ..ledger.store import Ledger, StoredAnswer, StoredFailure
 
 __all__ = ["CacheMode", "InFlight", "RequestCache"]
 
@@ -56,8 +56,8 @@ class RequestCache:
 
     async def lookup(
         self, keys: Sequence[str], first_keys: Sequence[str] = ()
-    ) -> tuple[dict[str, Completion], dict[str, StoredFailure]]:
-        """Stored completions among ``keys`` and stored final failures among ``first_keys``.
+    ) -> tuple[dict[str, StoredAnswer], dict[str, StoredFailure]]:
+        """Stored answers among ``keys`` and stored final failures among ``first_keys``.
 
         Read on the event loop, on purpose: an indexed read of a chunk's keys takes about 0.5 ms
         (64 keys, 200k-row ledger), while a worker-thread hop costs up to the 5 ms GIL switch
@@ -65,7 +65,7 @@ class RequestCache:
         """
         if self.ledger is None or self.mode != "use" or not (keys or first_keys):
             return {}, {}
-        found = self.ledger.get(keys)
+        found = self.ledger.get_answers(keys)
         return found, (self.ledger.get_failures(first_keys) if first_keys else {})
 
     def claim(self, key: str) -> tuple[InFlight, bool]:

@@ -23,10 +23,10 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from .._errors import EngineError, OutputValidationError, RecordError, RenderError
-from ..engines.base import ChatRequest, Completion, Engine, Message
+from ..engines.base import ChatRequest, Completion, Engine, Message, SamplingParams
 from ..graph.nodes import Step
-from ..ledger.keys import request_key
-from ..ledger.store import StoredFailure
+from ..ledger.keys import key_of, key_prefix
+from ..ledger.store import StoredAnswer, StoredFailure
 from .context import RunContext
 from .records import Record, coerce, describe_validation, fields_of
 from .requests import InFlight
@@ -119,8 +119,14 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
     """One attempt for every pending job: ledger first, then one send per distinct request."""
     stats = ctx.node(step.id)
     identity = ctx.identity(step.engine_name)
-    requests = [_request(step, job) for job in pending]
-    keys = [request_key(identity, r, j.sample) for r, j in zip(requests, pending, strict=True)]
+    samplings = [_sampling(step, job) for job in pending]
+    prefixes: dict[int, Any] = {}
+    keys: list[str] = []
+    for job, sampling in zip(pending, samplings, strict=True):
+        prefix = prefixes.get(job.sample)
+        if prefix is None:
+            prefix = prefixes[job.sample] = key_prefix(identity, step.json_schema, sampling)
+        keys.append(key_of(prefix, job.messages, job.sample))
     if first:
         for job, key in zip(pending, keys, strict=True):
             job.first_key = key
@@ -129,7 +135,7 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
     decided = _Round()
     owned: list[tuple[_Job, ChatRequest, str]] = []
     waiting: list[tuple[_Job, InFlight]] = []
-    for job, request, key in zip(pending, requests, keys, strict=True):
+    for job, sampling, key in zip(pending, samplings, keys, strict=True):
         if job.first_key in stayed and first:
             kept = stayed[job.first_key]
             error = _KINDS.get(kept.error_type, RecordError)(
@@ -143,7 +149,7 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
         else:
             slot, mine = ctx.cache.claim(key)
             if mine:
-                owned.append((job, request, key))
+                owned.append((job, _request(step, job, sampling), key))
             else:
                 waiting.append((job, slot))
     if owned:
@@ -157,10 +163,15 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
     return decided
 
 
-def _request(step: Step, job: _Job) -> ChatRequest:
+def _sampling(step: Step, job: _Job) -> SamplingParams:
+    """Sample ``k`` of a record samples with seed ``seed + k``, so samples differ at temperature > 0."""
     sampling = step.sampling
     if job.sample and sampling.seed is not None:
         sampling = sampling.model_copy(update={"seed": sampling.seed + job.sample})
+    return sampling
+
+
+def _request(step: Step, job: _Job, sampling: SamplingParams) -> ChatRequest:
     return ChatRequest.model_construct(  # built from validated parts: skip re-validation per record
         messages=tuple(job.messages),
         json_schema=step.json_schema,
@@ -223,7 +234,13 @@ async def _call(
 
 
 def _settle(
-    step: Step, job: _Job, completion: Completion, ctx: RunContext, decided: _Round, *, sent: bool
+    step: Step,
+    job: _Job,
+    completion: Completion | StoredAnswer,
+    ctx: RunContext,
+    decided: _Round,
+    *,
+    sent: bool,
 ) -> None:
     """Count the answer, accept it or plan the re-ask, or give up on the record."""
     stats = ctx.node(step.id)
@@ -294,7 +311,7 @@ def render_messages(step: Step, record: Record) -> list[Message]:
     return messages
 
 
-def _judge(step: Step, job: _Job, completion: Completion) -> RecordError | None:
+def _judge(step: Step, job: _Job, completion: Completion | StoredAnswer) -> RecordError | None:
     """Accept the completion into ``job`` (None), or say why not and prepare the re-ask."""
     job.raw = completion.text
     if completion.finish_reason == "error":
