@@ -62,6 +62,8 @@ class RunContext:
     """Inside a branch group: origins of records that failed there (so a join does not re-report)."""
     _limiters: dict[str, anyio.CapacityLimiter] = field(default_factory=dict)
     _identities: dict[str, dict[str, Any]] = field(default_factory=dict)
+    threaded: set[str] = field(default_factory=set)
+    """Sync ``apply`` nodes found too slow for the event loop: they run on worker threads."""
 
     def node(self, node_id: str) -> NodeStats:
         stats = self.stats.get(node_id)
@@ -80,6 +82,7 @@ class RunContext:
             set(),
             self._limiters,
             self._identities,
+            self.threaded,
         )
 
     def identity(self, engine_name: str) -> dict[str, Any]:

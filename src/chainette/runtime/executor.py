@@ -88,7 +88,8 @@ async def run_chain(
 
     run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     path = Path(output_dir) if output_dir is not None else Path("runs") / f"{_slug(chain.name)}-{run_id}"
-    cache = RequestCache.open(opts.ledger, opts.cache)
+    has_steps = any(isinstance(n, Step) for n in chain.iter_nodes())
+    cache = RequestCache.open(opts.ledger, opts.cache if has_steps else "off")  # no LLM step: no ledger
     try:
         writer = RunWriter(
             path,
@@ -248,8 +249,9 @@ def flatten(record: Record) -> dict[str, Any]:
     for key, value in record.history.items():
         dumped = dump(value)
         if isinstance(dumped, dict):
+            prefix = key + "."
             for name, v in dumped.items():
-                row[f"{key}.{name}"] = v
+                row[prefix + name] = v
         else:
             row[key] = dumped
     return row

@@ -58,7 +58,8 @@ class Record:
 def dump(value: Any) -> Any:
     """JSON-ready form of a value (models are dumped in JSON mode)."""
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        # model_dump(mode="json") without its Python-level wrapper: flatten calls this per node per row
+        return value.__pydantic_serializer__.to_python(value, mode="json")
     return value
 
 
