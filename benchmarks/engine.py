@@ -1,0 +1,324 @@
+"""Engine overhead: a one-step chain on the embedded llama.cpp back-end against direct llama-cpp-python calls.
+
+Both sides send the same N chat requests to the same GGUF (default: the bundled SmolLM2-135M)
+with the same messages (system prompt + the step's schema instruction, user prompt), the same
+GBNF grammar (built from the output model's JSON schema exactly as the engine builds it), the
+same threads and the same greedy sampling, one request at a time. Model load time is EXCLUDED
+on both sides: the direct side starts its clock after ``Llama(...)`` returns, the chain side at
+its ``engine_started`` event (emitted once the model is loaded). The chain's clock stops when
+``Chain.run`` returns, so it includes rendering, validation, writing the run folder and closing
+the engine.
+
+Each run happens in a fresh subprocess. That matters: llama-cpp-python's CPU build uses OpenMP,
+whose thread team belongs to the calling thread and outlives the call. Once one live thread has
+run llama.cpp (say the main thread, for the direct side), a second thread doing the same (the
+chain's worker thread) makes libgomp see more threads than CPUs and stop spin-waiting, and
+decoding runs about 2x slower on 2 cores. In one process this benchmark would mostly measure that.
+
+Goal: chain requests/s >= 0.95 x direct requests/s, with identical outputs.
+
+    python benchmarks/engine.py             # 20 prompts
+    python benchmarks/engine.py --n 5 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from chainette import Chain, SamplingParams, Step, register_engine
+from chainette.engines.llama_cpp import default_model_path
+
+RATIO_GOAL = 0.95
+SYSTEM_PROMPT = "Answer the question briefly."
+QUESTIONS = [
+    "What is the capital of France?",
+    "What colour is the sky on a clear day?",
+    "How many legs does a spider have?",
+    "Who wrote Romeo and Juliet?",
+    "What is the boiling point of water in Celsius?",
+    "Which planet is known as the red planet?",
+    "What is the largest ocean on Earth?",
+    "In which year did the Second World War end?",
+    "What gas do plants absorb from the air?",
+    "What is the chemical symbol for gold?",
+    "Which continent is Egypt in?",
+    "How many days are in a leap year?",
+    "What is the tallest mountain in the world?",
+    "Who painted the Mona Lisa?",
+    "What is the freezing point of water in Fahrenheit?",
+    "Which language is spoken in Brazil?",
+    "What is the square root of 81?",
+    "What is the longest river in Africa?",
+    "Which animal is known as the king of the jungle?",
+    "What is the main ingredient of guacamole?",
+]
+
+
+class Question(BaseModel):
+    text: str
+
+
+class Answer(BaseModel):
+    # Fields in alphabetical order: the engine's grammar orders keys alphabetically (see the report).
+    answer: str = Field(max_length=60)
+    category: Literal["science", "geography", "history", "culture", "other"]
+
+
+def questions(n: int) -> list[str]:
+    return [
+        QUESTIONS[i % len(QUESTIONS)] + (f" (#{i // len(QUESTIONS) + 1})" if i >= len(QUESTIONS) else "")
+        for i in range(n)
+    ]
+
+
+def make_step(max_tokens: int) -> Step:
+    return Step(
+        id="qa",
+        input_model=Question,
+        output_model=Answer,
+        engine_name="bench",
+        system_prompt=SYSTEM_PROMPT,
+        user_prompt="Question: {{ text }}",
+        sampling=SamplingParams(temperature=0, max_tokens=max_tokens, seed=0),
+    )
+
+
+def direct_messages(step: Step, text: str) -> list[dict[str, str]]:
+    """What the chain sends, written out by hand (checked against the chain's renderer below)."""
+    return [
+        {"role": "system", "content": f"{SYSTEM_PROMPT}\n\n{step.schema_instruction}"},
+        {"role": "user", "content": f"Question: {text}"},
+    ]
+
+
+def run_direct(step: Step, texts: list[str], model: Path, threads: int, n_ctx: int) -> dict[str, Any]:
+    from llama_cpp import Llama
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    load_started = time.perf_counter()
+    llm = Llama(model_path=str(model), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+    load_s = time.perf_counter() - load_started
+    # The engine builds its grammar from the schema dumped with sorted keys; so does this side.
+    grammar = LlamaGrammar.from_json_schema(json.dumps(step.json_schema, sort_keys=True), verbose=False)
+    sampling = step.sampling
+    outputs: list[dict[str, Any] | None] = []
+    tokens = 0
+    started = time.perf_counter()
+    for text in texts:
+        result: Any = llm.create_chat_completion(
+            messages=direct_messages(step, text),  # type: ignore[arg-type]
+            grammar=grammar,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed,
+            stop=None,
+        )
+        choice = result["choices"][0]
+        tokens += result["usage"]["completion_tokens"]
+        try:
+            answer = Answer.model_validate(json.loads(choice["message"]["content"] or "", strict=False))
+            outputs.append(answer.model_dump(mode="json") if choice["finish_reason"] != "length" else None)
+        except ValueError:
+            outputs.append(None)
+    seconds = time.perf_counter() - started
+    llm.close()
+    return {
+        "seconds": seconds,
+        "load_s": load_s,
+        "outputs": outputs,
+        "tokens": tokens,
+        "requests": len(texts),
+    }
+
+
+def run_chain(step: Step, texts: list[str], workdir: Path) -> dict[str, Any]:
+    chain = Chain(name="engine-bench", steps=[step])
+    marks: dict[str, float] = {}
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "engine_started":
+            marks["loaded"] = time.perf_counter()
+            marks["load_s"] = data["seconds"]
+        elif kind == "node_progress":
+            marks["last_progress"] = time.perf_counter()
+        elif kind == "engine_released":
+            marks["released"] = time.perf_counter()
+
+    out = workdir / "chain-run"
+    shutil.rmtree(out, ignore_errors=True)
+    result = chain.run([Question(text=t) for t in texts], output_dir=out, on_event=on_event)
+    seconds = time.perf_counter() - marks["loaded"]
+    by_index: dict[int, dict[str, Any]] = {}
+    for row in result.flattened():
+        by_index[row["_index"]] = {k.removeprefix("qa."): v for k, v in row.items() if k.startswith("qa.")}
+    stats = result.metadata["nodes"]["qa"]
+    return {
+        "seconds": seconds,
+        "load_s": marks["load_s"],
+        "outputs": [by_index.get(i) for i in range(len(texts))],
+        "tokens": stats["completion_tokens"],
+        "requests": stats["requests"],
+        "failures": result.counts["failures"],
+        "close_s": marks["released"] - marks["last_progress"],
+    }
+
+
+def check_rendering(step: Step, texts: list[str]) -> bool:
+    from chainette.runtime.records import Record
+    from chainette.runtime.step_runner import render_messages
+
+    for i, text in enumerate(texts):
+        value = Question(text=text)
+        if render_messages(step, Record(str(i), i, value, {"input": value})) != direct_messages(step, text):
+            return False
+    return True
+
+
+def child(args: argparse.Namespace) -> None:
+    model = Path(args.model) if args.model else default_model_path()
+    register_engine("bench", backend="llama_cpp", model=str(model), n_ctx=args.n_ctx, n_threads=args.threads)
+    step, texts = make_step(args.max_tokens), questions(args.n)
+    if args.child == "direct":
+        run = run_direct(step, texts, model, args.threads, args.n_ctx)
+    else:
+        with tempfile.TemporaryDirectory(prefix="chainette-engine-") as workdir:
+            run = run_chain(step, texts, Path(workdir))
+    print(json.dumps(run))
+
+
+def in_process(side: str, args: argparse.Namespace) -> dict[str, Any]:
+    model = Path(args.model) if args.model else default_model_path()
+    step, texts = make_step(args.max_tokens), questions(args.n)
+    if side == "direct":
+        run = run_direct(step, texts, model, args.threads, args.n_ctx)
+    else:
+        with tempfile.TemporaryDirectory(prefix="chainette-engine-") as workdir:
+            run = run_chain(step, texts, Path(workdir))
+    report(side, run, args.n)
+    return run
+
+
+def report(side: str, run: dict[str, Any], n: int) -> None:
+    print(
+        f"  {side:<6} {run['seconds']:7.2f} s  {n / run['seconds']:6.3f} req/s  "
+        f"{run['tokens']:5d} completion tokens  {run['requests']} requests  "
+        f"(model load {run['load_s']:.2f} s, excluded"
+        + (f"; engine close {run['close_s']:.2f} s, included)" if "close_s" in run else ")"),
+        flush=True,
+    )
+
+
+def spawn(side: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        side,
+        "--n",
+        str(args.n),
+        "--max-tokens",
+        str(args.max_tokens),
+        "--threads",
+        str(args.threads),
+        "--n-ctx",
+        str(args.n_ctx),
+    ]
+    if args.model:
+        cmd += ["--model", args.model]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"{side} run failed with exit code {proc.returncode}")
+    run: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    report(side, run, args.n)
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=20, help="Prompts per side (default 20)")
+    parser.add_argument("--max-tokens", type=int, default=96, help="max_tokens per request (default 96)")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="llama.cpp threads (both sides)"
+    )
+    parser.add_argument("--n-ctx", type=int, default=2048)
+    parser.add_argument("--model", help="GGUF path (default: the bundled SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="Runs per side, alternating; medians are reported"
+    )
+    parser.add_argument(
+        "--same-process",
+        action="store_true",
+        help="Run both sides in this process, direct first (shows the OpenMP slowdown described above)",
+    )
+    parser.add_argument("--child", choices=["direct", "chain"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    total_started = time.perf_counter()
+    model = Path(args.model) if args.model else default_model_path()
+    register_engine("bench", backend="llama_cpp", model=str(model), n_ctx=args.n_ctx, n_threads=args.threads)
+    step = make_step(args.max_tokens)
+    texts = questions(args.n)
+    print(
+        f"chainette engine benchmark: {args.n} prompts, model {model.name}, {args.threads} threads, "
+        f"n_ctx {args.n_ctx}, max_tokens {args.max_tokens}, greedy; model load excluded on both sides; "
+        + ("both sides in this process" if args.same_process else "each run in a fresh process")
+    )
+    rendering_ok = check_rendering(step, texts)
+    print(f"  messages identical to the chain's render_messages: {'yes' if rendering_ok else 'NO'}")
+
+    runs: dict[str, list[dict[str, Any]]] = {"direct": [], "chain": []}
+    for k in range(args.repeat):
+        # alternate which side goes first, so neither always gets the warmer machine
+        for side in ("direct", "chain") if k % 2 == 0 else ("chain", "direct"):
+            runs[side].append(spawn(side, args) if not args.same_process else in_process(side, args))
+    directs, chains = runs["direct"], runs["chain"]
+
+    direct_s = statistics.median(r["seconds"] for r in directs)
+    chain_s = statistics.median(r["seconds"] for r in chains)
+    ratio = direct_s / chain_s  # = (n / chain_s) / (n / direct_s)
+    reference = directs[0]["outputs"]
+    mismatched = [
+        i for run in chains + directs[1:] for i, o in enumerate(run["outputs"]) if o != reference[i]
+    ]
+    invalid = sum(o is None for o in reference)
+    print()
+    print(f"{'side':<8}{'seconds':>9}{'req/s':>9}")
+    print(f"{'direct':<8}{direct_s:>9.2f}{args.n / direct_s:>9.3f}")
+    print(f"{'chain':<8}{chain_s:>9.2f}{args.n / chain_s:>9.3f}")
+    print(f"chain / direct throughput = {ratio:.3f} (medians of {args.repeat} run(s) per side)")
+    print()
+    print(
+        f"GOAL {'MET' if ratio >= RATIO_GOAL else 'MISSED'}: chain/direct = {ratio:.3f} (goal >= {RATIO_GOAL})"
+    )
+    extra = sum(r["requests"] - args.n for r in chains)
+    same = not mismatched and rendering_ok and not extra and not any(r["failures"] for r in chains)
+    print(
+        f"{'OUTPUTS MATCH' if same else 'OUTPUTS DIFFER'}: {args.n - len(set(mismatched))}/{args.n} prompts "
+        f"identical across every run; direct outputs not valid Answer: {invalid}; chain re-asks: {extra}; "
+        f"chain failures: {sum(r['failures'] for r in chains)}"
+    )
+    if reference:
+        print(f"sample output: {texts[0]!r} -> {json.dumps(reference[0])}")
+    print(f"\ntotal benchmark time: {time.perf_counter() - total_started:.1f} s")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
