@@ -6,6 +6,7 @@ from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import pytest
 from pydantic import BaseModel
 from tests.helpers import Answer, Question, Summary, read_jsonl
 
@@ -112,3 +113,38 @@ def test_fan_out_inside_a_joined_branch_is_a_failure_not_a_silent_drop(run_dir: 
     )
     [failure] = list(result.failures())
     assert failure["node"] == "both" and "produced 2 outputs" in failure["message"]
+
+
+def test_cheap_functions_run_on_the_loop_and_slow_ones_move_to_threads(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    from chainette.runtime import apply_runner
+
+    threads: dict[str, list[bool]] = {"cheap": [], "slow": []}
+    main = threading.get_ident()
+
+    def cheap(n: Num) -> Num:
+        threads["cheap"].append(threading.get_ident() == main)
+        return n
+
+    def slow(n: Num) -> Num:
+        threads["slow"].append(threading.get_ident() == main)
+        time.sleep(0.004)
+        return n
+
+    monkeypatch.setattr(apply_runner, "INLINE_BUDGET_S", 0.002)  # a 2-record chunk of `slow` takes >= 8 ms
+    result = Chain("c", [apply(cheap), apply(slow)], batch_size=2).run(
+        [Num(x=i) for i in range(8)], output_dir=run_dir
+    )
+    assert result.counts["records_out"] == 8
+    # `slow` ran its first chunk on the loop, found it over budget, and used worker threads after that
+    assert threads["slow"][:2] == [True, True] and not any(threads["slow"][2:])
+    monkeypatch.setattr(apply_runner, "INLINE_BUDGET_S", 10.0)
+    threads["cheap"].clear()
+    Chain("c", [apply(cheap)], batch_size=2).run(
+        [Num(x=i) for i in range(8)], output_dir=run_dir, overwrite=True
+    )
+    assert threads["cheap"] == [True] * 8  # under budget: never leaves the loop
