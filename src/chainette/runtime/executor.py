@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from .._errors import InputError, InvalidInputError
 from ..engines.broker import EngineBroker
 from ..graph.chain import Chain
-from ..graph.nodes import Branch, Node, Step
+from ..graph.nodes import Apply, Branch, Node, Step
 from ..io.inputs import InputItem, iter_input_chunks
 from ..io.writer import RunWriter
 from .accounting import cache_summary, cost_summary
@@ -39,6 +39,7 @@ from .result import RunResult
 __all__ = ["RunOptions", "run_chain"]
 
 Chunk = list[Record]
+Item = Node | list[Branch]
 
 
 @dataclass
@@ -146,11 +147,15 @@ async def run_chain(
             async with anyio.create_task_group() as tg:
                 send, receive = anyio.create_memory_object_stream[Chunk](opts.buffer)
                 tg.start_soon(_source, chain, inputs, opts, ctx, send, counts)
-                for item in chain.items:
-                    next_send, next_receive = anyio.create_memory_object_stream[Chunk](opts.buffer)
-                    tg.start_soon(_stage, item, ctx, receive, next_send, _workers(item, opts))
-                    receive = next_receive
-                tg.start_soon(_sink, ctx, receive)
+                stages = _stages(chain)
+                for k, items in enumerate(stages):
+                    last = k == len(stages) - 1
+                    next_send, next_receive = (
+                        (None, None) if last else anyio.create_memory_object_stream[Chunk](opts.buffer)
+                    )
+                    tg.start_soon(_stage, items, ctx, receive, next_send, _workers(items, opts))
+                    if next_receive is not None:
+                        receive = next_receive
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
         meta["status"] = "completed"
@@ -212,35 +217,70 @@ def _to_record(item: InputItem, model: Any, opts: RunOptions, ctx: RunContext) -
 
 
 async def _stage(
-    item: Node | list[Branch],
+    items: list[Item],
     ctx: RunContext,
     receive: MemoryObjectReceiveStream[Chunk],
-    send: MemoryObjectSendStream[Chunk],
+    send: MemoryObjectSendStream[Chunk] | None,
     workers: int,
 ) -> None:
-    async def worker(receive: MemoryObjectReceiveStream[Chunk], send: MemoryObjectSendStream[Chunk]) -> None:
-        async with receive, send:
-            async for chunk in receive:
-                out = await run_item(item, chunk, ctx)
-                if out:
-                    await send.send(out)
-                await ctx.writer.maybe_flush()
+    """Run ``items`` in order over each chunk; pass the outputs on, or (last stage) write them."""
 
-    async with send, receive, anyio.create_task_group() as tg:
-        for _ in range(workers):
-            tg.start_soon(worker, receive.clone(), send.clone())
-    nodes = [n for b in item for n in b.steps] if isinstance(item, list) else [item]
-    for node in nodes:
+    async def worker(
+        receive: MemoryObjectReceiveStream[Chunk], send: MemoryObjectSendStream[Chunk] | None
+    ) -> None:
+        try:
+            async for chunk in receive:
+                for item in items:
+                    chunk = await run_item(item, chunk, ctx)
+                    if not chunk:
+                        break
+                if send is None:
+                    for record in chunk:
+                        ctx.writer.add_flattened(flatten(record))
+                elif chunk:
+                    await send.send(chunk)
+                await ctx.writer.maybe_flush()
+        finally:  # closing our clones tells the next stage when every worker is done
+            receive.close()
+            if send is not None:
+                send.close()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(workers):
+                tg.start_soon(worker, receive.clone(), send.clone() if send is not None else None)
+    finally:
+        receive.close()
+        if send is not None:
+            send.close()
+    for node in _nodes(items):
         if isinstance(node, Step):
             await ctx.broker.node_done(node.engine_name)
 
 
-async def _sink(ctx: RunContext, receive: MemoryObjectReceiveStream[Chunk]) -> None:
-    async with receive:
-        async for chunk in receive:
-            for record in chunk:
-                ctx.writer.add_flattened(flatten(record))
-            await ctx.writer.maybe_flush()
+def _stages(chain: Chain) -> list[list[Item]]:
+    """Chain items grouped into stages: consecutive sync ``apply`` nodes share one stage (one task,
+    no stream between them: they are CPU-bound on the loop, so separate stages would only add
+    hand-offs); every other item is a stage of its own."""
+    stages: list[list[Item]] = []
+    for item in chain.items:
+        if _fusable(item) and stages and all(_fusable(i) for i in stages[-1]):
+            stages[-1].append(item)
+        else:
+            stages.append([item])
+    return stages
+
+
+def _fusable(item: Item) -> bool:
+    return isinstance(item, Apply) and not item.is_async
+
+
+def _nodes(items: list[Item]) -> list[Node]:
+    return [
+        n
+        for item in items
+        for n in ([n for b in item for n in b.steps] if isinstance(item, list) else [item])
+    ]
 
 
 def flatten(record: Record) -> dict[str, Any]:
@@ -271,9 +311,8 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return leaves[0] if leaves else group
 
 
-def _workers(item: Node | list[Branch], opts: RunOptions) -> int:
-    nodes = [n for b in item for n in b.steps] if isinstance(item, list) else [item]
-    return max(1, opts.workers) if any(isinstance(n, Step) for n in nodes) else 1
+def _workers(items: list[Item], opts: RunOptions) -> int:
+    return max(1, opts.workers) if any(isinstance(n, Step) for n in _nodes(items)) else 1
 
 
 def _graph(chain: Chain) -> dict[str, Any]:
