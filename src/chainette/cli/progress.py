@@ -208,7 +208,7 @@ def print_run_summary(console: Console, meta: dict[str, Any], path: Path, *, bri
             saved = cache.get("saved_tokens") or {}
             cost = meta.get("cost") or {}
             dollars = ""
-            if cost.get("usd") is not None:
+            if cost.get("usd") is not None and (cost["usd"] or cost.get("saved_usd")):  # local engines: no $0
                 dollars = f"; cost ${cost['usd']:,.4f}, saved ${cost.get('saved_usd') or 0:,.4f}"
             console.print(
                 f"  requests: {cache.get('sent', 0):,} sent, {cache.get('hits', 0):,} from the ledger, "
