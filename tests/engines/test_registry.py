@@ -71,7 +71,9 @@ def test_yaml_errors_name_the_field(tmp_path: Path, text: str, message: str) -> 
 
 
 def test_bad_backend_option_is_named_when_registered() -> None:
-    with pytest.raises(EngineConfigError, match=r"engine 'f': unknown option 'temperature_typo' for backend 'fake'"):
+    with pytest.raises(
+        EngineConfigError, match=r"engine 'f': unknown option 'temperature_typo' for backend 'fake'"
+    ):
         register_engine("f", backend="fake", temperature_typo=1)
 
 
@@ -92,12 +94,16 @@ def test_a_key_passed_as_an_option_is_refused_with_the_fix(option: str) -> None:
 
 
 def test_api_key_env_names_a_variable_and_is_shown() -> None:
-    config = register_engine("remote", backend="openai", model="m", base_url="http://x/v1", api_key_env="MY_KEY")
+    config = register_engine(
+        "remote", backend="openai", model="m", base_url="http://x/v1", api_key_env="MY_KEY"
+    )
     assert config.public_options()["api_key_env"] == "MY_KEY"
 
 
 def test_bad_option_value_is_explained_at_creation() -> None:
-    config = register_engine("remote", backend="openai", model="m", base_url="http://x/v1", dialect="jsonschema")
+    config = register_engine(
+        "remote", backend="openai", model="m", base_url="http://x/v1", dialect="jsonschema"
+    )
     with pytest.raises(EngineConfigError, match=r"dialect 'jsonschema' is not one of auto, json_schema"):
         registry.create_engine(config)
 

@@ -210,7 +210,9 @@ def test_engine_is_released_when_no_pending_step_needs_it(run_dir: Path) -> None
     register_engine("second", backend="fake", latency=0.01)
     events: list[tuple[str, str]] = []
     a = Step(id="a", input_model=Question, output_model=Answer, engine_name="first", user_prompt="{{ text }}")
-    b = Step(id="b", input_model=Answer, output_model=Summary, engine_name="second", user_prompt="{{ answer }}")
+    b = Step(
+        id="b", input_model=Answer, output_model=Summary, engine_name="second", user_prompt="{{ answer }}"
+    )
     Chain("two engines", [a, b], batch_size=2).run(
         [Question(text=f"q{i}") for i in range(10)],
         output_dir=run_dir,

@@ -209,6 +209,8 @@ class EngineBroker:
     async def _release(self, name: str, reason: str = "done") -> None:
         engine = self._engines.pop(name, None)
         if engine is not None:
+            if name in self.described:  # what the engine learned while running (e.g. the dialect that worked)
+                self.described[name] = {**self.described[name], **engine.describe()}
             with anyio.CancelScope(shield=True):
                 await engine.close()
             self._on_event("engine_released", {"engine": name, "reason": reason})

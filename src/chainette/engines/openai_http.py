@@ -291,6 +291,7 @@ class OpenAIEngine(Engine):
             "max_concurrency": self.max_concurrency,
             "rpm": self.rpm,
             "tpm": self.tpm,
+            **{f"http_{k}": v for k, v in self.stats.items()},
         }
 
 
