@@ -68,6 +68,7 @@ class EngineBroker:
         self._last_used: dict[str, float] = {}
         self._changed = anyio.Condition()
         self._locks: dict[str, anyio.Lock] = {}
+        self._exclusive_start = anyio.Lock()
         self._switching = 0  # tasks waiting to start an exclusive engine: new calls to the running one wait
         self._on_event = on_event or (lambda kind, data: None)
         self._idle_timeout = math.inf if idle_timeout is None else idle_timeout
@@ -167,26 +168,32 @@ class EngineBroker:
                     return engine
             config = get_engine_config(name)
             engine = self._factory(config)
-            if engine.exclusive:
-                await self._make_room(name)
             started = time.perf_counter()
-            try:
-                await engine.start()
-            except BaseException:
-                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    await engine.close()  # free what a half-done start took; the start error is the news
-                raise
-            async with self._changed:
-                self._engines[name] = engine
-                self._in_flight[name] += 1
-                self._last_used[name] = self._clock()
-                self._timeouts[name] = float(config.options.get("idle_timeout", self._idle_timeout))
-                self.described[name] = {**engine.describe(), "options": config.public_options()}
-                self._changed.notify_all()
+            # Exclusive engines start one at a time, after the others have been released.
+            async with self._exclusive_start if engine.exclusive else contextlib.nullcontext():
+                if engine.exclusive:
+                    await self._make_room(name)
+                await self._start(engine)
+                async with self._changed:
+                    self._engines[name] = engine
+                    self._in_flight[name] += 1
+                    self._last_used[name] = self._clock()
+                    self._timeouts[name] = float(config.options.get("idle_timeout", self._idle_timeout))
+                    self.described[name] = {**engine.describe(), "options": config.public_options()}
+                    self._changed.notify_all()
             self._on_event(
                 "engine_started", {"engine": name, "seconds": round(time.perf_counter() - started, 3)}
             )
             return engine
+
+    @staticmethod
+    async def _start(engine: Engine) -> None:
+        try:
+            await engine.start()
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await engine.close()  # free what a half-done start took; the start error is the news
+            raise
 
     async def _make_room(self, name: str) -> None:
         """Release every other running exclusive engine, once its calls in flight have finished."""
@@ -218,7 +225,7 @@ class EngineBroker:
     async def _evict_loop(self) -> None:
         while True:
             timeouts = [self._timeouts[n] for n in self._engines] or [self._idle_timeout]
-            await anyio.sleep(min(max(0.05, min(timeouts) / 4), 30.0))
+            await anyio.sleep(min(max(0.01, min(timeouts) / 4), 1.0))
             await self.evict_idle()
 
 
