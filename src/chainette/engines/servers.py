@@ -250,7 +250,7 @@ def warmup(config: EngineConfig, *, port: int | None = None, timeout: float | No
         port=port,
         base_url=f"http://127.0.0.1:{port}/v1",
         model=config.name,
-        cmdline=_cmdline(pid) or cmd,
+        cmdline=_exec_cmdline(pid) or cmd,
         started_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         log=str(log),
         client=dict(spec.client),
@@ -289,6 +289,18 @@ def _spawn(cmd: list[str], log: Path) -> int:
             raise EngineError(f"Cannot start {cmd[0]!r}: not found on PATH. Is it installed?") from exc
     finally:
         os.close(fd)
+
+
+def _exec_cmdline(pid: int, wait: float = 10.0) -> list[str] | None:
+    """The command line of the freshly spawned ``pid`` once it has exec'd (the one kill will check)."""
+    ours = _cmdline(os.getpid())
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        cmdline = _cmdline(pid)
+        if cmdline is not None and cmdline != ours:
+            return cmdline
+        time.sleep(0.01)
+    return None
 
 
 def _tail(log: Path, lines: int = 15) -> str:
