@@ -256,16 +256,21 @@ def warmup(config: EngineConfig, *, port: int | None = None, timeout: float | No
         client=dict(spec.client),
     )
     deadline = time.monotonic() + (timeout or spec.startup_timeout)
-    while not _ready(record.base_url):
-        if not is_running(record):
-            raise EngineError(f"Server {config.name!r} exited during startup: {_tail(log)}\nFull log: {log}")
-        if time.monotonic() > deadline:
-            _stop(record)
-            raise EngineError(
-                f"Server {config.name!r} did not answer on {record.base_url} within "
-                f"{timeout or spec.startup_timeout:g} s; stopped it. Its log: {log}"
-            )
-        time.sleep(0.25)
+    try:
+        while not _ready(record.base_url):
+            if not is_running(record):
+                raise EngineError(
+                    f"Server {config.name!r} exited during startup: {_tail(log)}\nFull log: {log}"
+                )
+            if time.monotonic() > deadline:
+                raise EngineError(
+                    f"Server {config.name!r} did not answer on {record.base_url} within "
+                    f"{timeout or spec.startup_timeout:g} s; stopped it. Its log: {log}"
+                )
+            time.sleep(0.25)
+    except BaseException:  # failed or interrupted: the process we just spawned must not outlive us
+        _stop(record, grace=5.0, spawned=True)
+        raise
     records = _read_state()
     records[config.name] = record
     _write_state(records)
@@ -329,16 +334,24 @@ def kill_server(name: str, *, grace: float = 10.0) -> Literal["stopped", "stale"
     return outcome
 
 
-def _stop(record: ServerRecord, *, grace: float = 10.0) -> None:
-    """SIGTERM the recorded process group, SIGKILL after ``grace`` seconds; only while it is still ours."""
+def _stop(record: ServerRecord, *, grace: float = 10.0, spawned: bool = False) -> None:
+    """SIGTERM the recorded process group, SIGKILL after ``grace`` seconds; only while it is still ours.
+
+    ``spawned``: we started this PID moments ago in this process, so it is ours even if its
+    command line could not be read yet.
+    """
+
+    def ours() -> bool:
+        return _cmdline(record.pid) is not None if spawned else is_running(record)
+
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        if not is_running(record):
+        if not ours():
             break
         _signal(record.pid, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             _reap(record.pid)
-            if not is_running(record):
+            if not ours():
                 break
             time.sleep(0.1)
     _reap(record.pid)
