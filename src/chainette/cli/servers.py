@@ -112,6 +112,10 @@ def running_servers_table() -> Table | None:
 
 
 def print_running_servers(out: Console) -> None:
-    table = running_servers_table()
+    try:
+        table = running_servers_table()
+    except EngineConfigError as exc:  # an unreadable state file should not hide the engines listing
+        _stderr().print(f"[yellow]![/] {escape(str(exc))}", soft_wrap=True)
+        return
     if table is not None:
         out.print(table)
