@@ -29,6 +29,14 @@ def ledger_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def server_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test has its own record of warmed-up servers (never the developer's ./.chainette)."""
+    folder = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("CHAINETTE_STATE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"

@@ -59,3 +59,66 @@ class CountingEngine(FakeEngine):
     async def generate(self, requests: Any) -> Any:
         CountingEngine.sent.extend(r.tag.split("/")[0] for r in requests)
         return await super().generate(requests)
+
+
+def join_chain(engine: str, *, max_tokens: int = 96) -> Any:
+    """qa → [fr, es] joined → summary: a multi-step chain with a join, on one engine."""
+    from chainette import Branch, Chain, SamplingParams, Step
+
+    sampling = SamplingParams(temperature=0, max_tokens=max_tokens)
+
+    def translate(lang: str) -> Any:
+        return Branch(
+            lang,
+            [
+                Step(
+                    id=f"to_{lang}",
+                    input_model=Answer,
+                    output_model=Translation,
+                    engine_name=engine,
+                    system_prompt=f"Translate the text into {lang}.",
+                    user_prompt="{{ answer }}",
+                    sampling=sampling,
+                )
+            ],
+        ).join(lang)
+
+    qa = Step(
+        id="qa",
+        input_model=Question,
+        output_model=Answer,
+        engine_name=engine,
+        system_prompt="Answer the question briefly.",
+        user_prompt="Question: {{ text }}",
+        sampling=sampling,
+    )
+    summary = Step(
+        id="summary",
+        input_model=Answer,
+        output_model=Summary,
+        engine_name=engine,
+        user_prompt="Q: {{ input.text }}\nA: {{ qa.answer }}\nFrench: {{ french.translated }}\n"
+        "Spanish: {{ spanish.translated }}\nWrite a one-line summary.",
+        sampling=sampling,
+    )
+    return Chain("http join", [qa, [translate("french"), translate("spanish")], summary])
+
+
+def assert_every_record_accounted_for(
+    run_dir: Path, n: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each input is in flattened/ or failures.jsonl exactly once; the counts in metadata.json agree."""
+    flat = read_jsonl(run_dir / "flattened")
+    failures = read_jsonl(run_dir / "failures.jsonl")
+    ids = [r["_id"] for r in flat] + [r["_id"] for r in failures]
+    assert len(ids) == len(set(ids)) == n, "a record was lost or duplicated"
+    counts = json.loads((run_dir / "metadata.json").read_text())["counts"]
+    assert counts["records_in"] == n == counts["records_out"] + counts["failures"]
+    assert all(f["message"] for f in failures)
+    return flat, failures
+
+
+def assert_secret_nowhere(folder: Path, secret: str) -> None:
+    """No file under ``folder`` contains ``secret``."""
+    leaks = [p for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaks == [], f"the secret leaked into {leaks}"

@@ -254,14 +254,17 @@ def test_inspect_dag_json_is_the_described_graph(tmp_path: Path) -> None:
     assert [n["id"] for n in graph["nodes"]] == ["qa", "to_fr", "tidy"]
 
 
-def test_engines_lists_an_engine_from_a_yaml_file_without_secrets(tmp_path: Path) -> None:
+def test_engines_lists_an_engine_from_a_yaml_file_without_secrets(
+    tmp_path: Path, recording_backend: object
+) -> None:
+    # `recording` takes any option, so a key passed as an option gets this far and must be masked.
     engines = tmp_path / "engines.yml"
     engines.write_text(
         textwrap.dedent(
             """\
             engines:
               - name: yaml_engine
-                backend: fake
+                backend: recording
                 model: tiny-model
                 latency: 0.5
                 api_key: sk-very-secret
@@ -273,9 +276,9 @@ def test_engines_lists_an_engine_from_a_yaml_file_without_secrets(tmp_path: Path
 
     assert result.exit_code == 0, result.output
     row = next(line for line in result.stdout.splitlines() if "yaml_engine" in line)
-    assert "fake" in row and "tiny-model" in row and "latency=0.5" in row and "'***'" in row
+    assert "recording" in row and "tiny-model" in row and "latency=0.5" in row and "'***'" in row
     assert "sk-very-secret" not in result.stdout
-    assert "Back-ends: fake, llama_cpp" in result.stdout
+    assert "Back-ends: fake, llama_cpp, openai, recording, vllm" in result.stdout
 
 
 def test_engines_with_a_chain_shows_which_steps_use_them(tmp_path: Path) -> None:

@@ -70,9 +70,47 @@ def test_yaml_errors_name_the_field(tmp_path: Path, text: str, message: str) -> 
         load_engines(path)
 
 
-def test_bad_backend_option_names_engine(tmp_path: Path) -> None:
-    config = register_engine("f", backend="fake", temperature_typo=1)
-    with pytest.raises(EngineConfigError, match=r"engine 'f' \(fake\).*temperature_typo"):
+def test_bad_backend_option_is_named_when_registered() -> None:
+    with pytest.raises(
+        EngineConfigError, match=r"engine 'f': unknown option 'temperature_typo' for backend 'fake'"
+    ):
+        register_engine("f", backend="fake", temperature_typo=1)
+
+
+def test_unknown_yaml_option_names_file_engine_and_suggests(tmp_path: Path) -> None:
+    path = tmp_path / "engines.yml"
+    path.write_text("engines:\n  - name: a\n    backend: llama_cpp\n    n_ctxx: 2048\n")
+    with pytest.raises(
+        EngineConfigError,
+        match=r"engines.yml: engine 'a': unknown option 'n_ctxx' for backend 'llama_cpp' \(did you mean 'n_ctx'\?\)",
+    ):
+        load_engines(path)
+
+
+@pytest.mark.parametrize("option", ["api_key", "openai_api_key", "token"])
+def test_a_key_passed_as_an_option_is_refused_with_the_fix(option: str) -> None:
+    with pytest.raises(EngineConfigError, match=rf"option '{option}' looks like a secret.*api_key_env"):
+        register_engine("remote", backend="openai", model="m", base_url="http://x/v1", **{option: "sk-1"})
+
+
+def test_api_key_env_names_a_variable_and_is_shown() -> None:
+    config = register_engine(
+        "remote", backend="openai", model="m", base_url="http://x/v1", api_key_env="MY_KEY"
+    )
+    assert config.public_options()["api_key_env"] == "MY_KEY"
+
+
+def test_bad_option_value_is_explained_at_creation() -> None:
+    config = register_engine(
+        "remote", backend="openai", model="m", base_url="http://x/v1", dialect="jsonschema"
+    )
+    with pytest.raises(EngineConfigError, match=r"dialect 'jsonschema' is not one of auto, json_schema"):
+        registry.create_engine(config)
+
+
+def test_served_engine_without_a_running_server_says_to_warm_it_up() -> None:
+    config = register_engine("small", backend="openai", model="m", serve={"kind": "llama_cpp"})
+    with pytest.raises(EngineConfigError, match=r"chainette warmup -f engines.yml -e small"):
         registry.create_engine(config)
 
 

@@ -35,7 +35,7 @@ __all__ = ["app"]
 
 app = typer.Typer(
     name="chainette",
-    help="Typed, reproducible LLM pipelines: run a chain over a JSONL file, check it, draw it.",
+    help="Typed, reproducible LLM pipelines: run a chain over a JSONL file, check it, draw it, serve engines.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
@@ -315,7 +315,7 @@ def engines(
         None, "--chain", "-c", help="Import this chain's module first (it usually registers engines)."
     ),
 ) -> None:
-    """List registered engines (name, backend, model, options) and available back-ends.
+    """List registered engines (name, backend, model, options), back-ends and servers started by warmup.
 
     [dim]Example:[/]  chainette engines --engines engines.yml --chain examples/quickstart.py:chain
     """
@@ -352,3 +352,6 @@ def engines(
             "No engines registered. Use register_engine(...) in the chain module, or --engines engines.yml."
         )
     out.print(f"Back-ends: {', '.join(sorted(BACKENDS))}")
+    from .servers import print_running_servers
+
+    print_running_servers(out)

@@ -76,11 +76,14 @@ class Engine(ABC):
     Attributes:
         max_batch_size: How many requests one ``generate`` call should receive.
         max_concurrency: How many ``generate`` calls the runtime may keep in flight.
+        exclusive: The engine holds a scarce device (a GPU): the broker never runs two
+            exclusive engines at once, and releases one before starting another.
     """
 
     backend: ClassVar[str] = ""
     max_batch_size: int = 1
     max_concurrency: int = 1
+    exclusive: bool = False
 
     async def start(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Load the model / open connections. Called once, on first use."""

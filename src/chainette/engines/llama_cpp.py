@@ -82,6 +82,7 @@ class LlamaCppEngine(Engine):
         self.chat_format = chat_format
         self.verbose = verbose
         self.max_concurrency = instances
+        self.exclusive = n_gpu_layers != 0  # layers on a GPU: do not load next to another GPU engine
         self.model_path: Path | None = None
         self._pool: list[Any] = []
         self._free: MemoryObjectSendStream[Any] | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,25 @@ __all__ = [
 
 BACKENDS: dict[str, str] = {
     "llama_cpp": "chainette.engines.llama_cpp:LlamaCppEngine",
+    "openai": "chainette.engines.openai_http:OpenAIEngine",
+    "vllm": "chainette.engines.vllm:VLLMEngine",
     "fake": "chainette.engines.fake:FakeEngine",
 }
 """Back-end name → ``"module:Class"``. Modules are imported lazily."""
 
-_EXTRAS: dict[str, str] = {"llama_cpp": "llama"}
+_EXTRAS: dict[str, str] = {"llama_cpp": "llama", "openai": "http", "vllm": "vllm"}
 """Back-end name → the pip extra that installs its dependencies."""
 
+LIFECYCLE_OPTIONS = frozenset({"idle_timeout", "serve"})
+"""Options read by the broker and ``chainette warmup``, not passed to the back-end class."""
+
 _SECRET_HINTS = ("key", "token", "secret", "password", "authorization")
+
+
+def looks_secret(option: str) -> bool:
+    """Does an option name suggest a credential? (``api_key_env`` names a variable: not a secret.)"""
+    name = option.lower()
+    return any(h in name for h in _SECRET_HINTS) and not name.endswith("_env")
 
 
 class EngineConfig(BaseModel):
@@ -71,9 +83,12 @@ class EngineConfig(BaseModel):
 
     def public_options(self) -> dict[str, Any]:
         """Options safe to write into run artefacts: anything that looks like a secret is hidden."""
-        return {
-            k: ("***" if any(h in k.lower() for h in _SECRET_HINTS) else v) for k, v in self.options.items()
-        }
+        return {k: ("***" if looks_secret(k) else v) for k, v in self.options.items()}
+
+    @property
+    def backend_options(self) -> dict[str, Any]:
+        """The options passed to the back-end class (without broker / warmup options)."""
+        return {k: v for k, v in self.options.items() if k not in LIFECYCLE_OPTIONS}
 
 
 _REGISTRY: dict[str, EngineConfig] = {}
@@ -97,6 +112,7 @@ def register_engine(
         config = EngineConfig(name=name, backend=backend, model=model, lazy=lazy, options=options)
     except ValidationError as exc:
         raise EngineConfigError(_describe_validation(exc, f"engine {name!r}")) from exc
+    check_options(config, f"engine {name!r}")
     _REGISTRY[name] = config
     return config
 
@@ -107,7 +123,16 @@ def unregister_engine(name: str) -> None:
 
 
 def get_engine_config(name: str) -> EngineConfig:
-    """Return the registered engine ``name`` or raise :class:`UnknownEngineError` naming the known ones."""
+    """Return the engine ``name`` or raise :class:`UnknownEngineError` naming the known ones.
+
+    A server started by ``chainette warmup`` under this name, and still running, wins over the
+    registered definition: the engine then talks to that server over HTTP.
+    """
+    from .servers import running_engine_config  # servers imports this module
+
+    served = running_engine_config(name)
+    if served is not None:
+        return served
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -164,9 +189,11 @@ def load_engines(path: str | Path, *, register: bool = True) -> list[EngineConfi
         if "name" in fields:
             where = f"{path}: engine {fields['name']!r}"
         try:
-            configs.append(EngineConfig(**fields, options={**entry, **extra_options}))
+            config = EngineConfig(**fields, options={**entry, **extra_options})
         except ValidationError as exc:
             raise EngineConfigError(_describe_validation(exc, where)) from exc
+        check_options(config, where)
+        configs.append(config)
     if register:
         for config in configs:
             _REGISTRY[config.name] = config
@@ -179,6 +206,37 @@ def _describe_validation(exc: ValidationError, where: str) -> str:
         field = ".".join(str(p) for p in err["loc"]) or "(root)"
         parts.append(f"field '{field}': {err['msg']}")
     return f"{where}: " + "; ".join(parts)
+
+
+def check_options(config: EngineConfig, where: str) -> None:
+    """Reject options the back-end does not take, naming the option (with a did-you-mean).
+
+    The back-end module is imported to read its signature; when its optional dependency is
+    missing the check is skipped here and the missing package is reported at start.
+    """
+    try:
+        cls = _load_backend_class(config.backend)
+    except MissingDependencyError:
+        return
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = sorted(k for k in params if k not in ("self", "model"))
+    for option in config.backend_options:
+        if option in params and option != "self":
+            continue
+        if looks_secret(option):
+            raise EngineConfigError(
+                f"{where}: option {option!r} looks like a secret. Engine definitions are written to "
+                "graph.json and metadata.json, so keys do not belong there: put the key in an environment "
+                "variable and pass its name, e.g. api_key_env: OPENAI_API_KEY."
+            )
+        close = difflib.get_close_matches(option, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise EngineConfigError(
+            f"{where}: unknown option {option!r} for backend {config.backend!r}{hint}. "
+            f"Known options: {', '.join(known + sorted(LIFECYCLE_OPTIONS))}."
+        )
 
 
 def _load_backend_class(backend: str) -> type[Engine]:
@@ -198,8 +256,13 @@ def _load_backend_class(backend: str) -> type[Engine]:
 
 def create_engine(config: EngineConfig) -> Engine:
     """Instantiate (but do not start) the engine described by ``config``."""
+    if config.backend == "openai" and "serve" in config.options and "base_url" not in config.options:
+        raise EngineConfigError(
+            f"engine {config.name!r} is served locally (it has a 'serve:' section and no base_url), but no "
+            f"server of that name is running. Start it first: chainette warmup -f engines.yml -e {config.name}"
+        )
     cls: Callable[..., Engine] = _load_backend_class(config.backend)
     try:
-        return cls(model=config.model, **config.options)
+        return cls(model=config.model, **config.backend_options)
     except TypeError as exc:
         raise EngineConfigError(f"engine {config.name!r} ({config.backend}): {exc}") from exc

@@ -144,7 +144,8 @@ async def run_chain(
     )
     try:
         try:
-            async with anyio.create_task_group() as tg:
+            # entering the broker runs its idle-eviction timer for the length of the run
+            async with broker, anyio.create_task_group() as tg:
                 send, receive = anyio.create_memory_object_stream[Chunk](opts.buffer)
                 tg.start_soon(_source, chain, inputs, opts, ctx, send, counts)
                 stages = _stages(chain)

@@ -1,0 +1,336 @@
+"""Any server that speaks the OpenAI chat-completions API: vLLM, llama.cpp, Ollama, SGLang, hosted APIs.
+
+One HTTP request per chat request, at most ``max_concurrency`` in flight, paced by optional
+``rpm`` / ``tpm`` budgets. Transport failures (429, 5xx, timeouts, dropped connections) are
+retried here with exponential backoff and jitter, honouring ``Retry-After``; that loop is
+separate from the runtime's schema re-asks. A request that still fails gets
+``Completion(finish_reason="error")`` naming the status and attempts, so only its record fails.
+
+Structured output is sent in the server's dialect (``dialect=``):
+
+============================  ===============================================================
+``json_schema``               ``response_format={"type": "json_schema", ...}`` (OpenAI, llama-server, vLLM, SGLang, Ollama /v1)
+``json_object``               ``response_format={"type": "json_object", "schema": ...}`` (llama-cpp-python's server)
+``structured_outputs``        ``structured_outputs={"json": ...}`` (vLLM >= 0.12)
+``guided_json``               ``guided_json=...`` (older vLLM)
+``ollama``                    Ollama's native ``/api/chat`` with ``format=<schema>``
+``none``                      no constraint: the prompt's schema instruction and validation only
+``auto`` (default)            ``json_schema``, then ``json_object``, then ``none``: the first the server accepts is kept
+============================  ===============================================================
+
+The API key is read from the environment variable named by ``api_key_env`` when the engine
+starts; it is never stored in options, ``describe()``, errors or logs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import httpx
+import orjson
+
+from .._errors import EngineConfigError, EngineError
+from .base import ChatRequest, Completion, Engine
+from .limits import RateLimits, backoff_delay, estimate_tokens, parse_retry_after
+
+__all__ = ["DIALECTS", "OpenAIEngine"]
+
+DIALECTS = ("auto", "json_schema", "json_object", "structured_outputs", "guided_json", "ollama", "none")
+_AUTO_ORDER = ("json_schema", "json_object", "none")
+_RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+_DIALECT_STATUS = frozenset({400, 404, 422, 500, 501})
+_DIALECT_WORDS = ("response_format", "json_schema", "json_object", "structured_output", "guided", "schema")
+
+
+class OpenAIEngine(Engine):
+    """An OpenAI-compatible chat-completions server over HTTP.
+
+    Args:
+        model: The model name sent with every request.
+        base_url: The API root, e.g. ``http://127.0.0.1:8000/v1``.
+        api_key_env: Name of the environment variable holding the API key (sent as a bearer token).
+        dialect: How to ask for structured output; see the module docstring.
+        max_concurrency: Requests in flight at once.
+        rpm: Requests per minute (``None``: no limit).
+        tpm: Tokens per minute, prompt + completion (``None``: no limit).
+        timeout: Seconds to wait for one answer before retrying.
+        max_retries: Retries after the first attempt for 429, 5xx, timeouts and dropped connections.
+        backoff_base: First backoff ceiling in seconds, doubled each retry (full jitter).
+        backoff_max: Largest backoff ceiling in seconds.
+        extra_body: Extra fields merged into every request body (e.g. ``{"top_k": 20}``).
+
+    Example:
+        >>> register_engine("vllm", backend="openai", model="Qwen/Qwen2.5-7B-Instruct",
+        ...                 base_url="http://gpu-box:8000/v1", dialect="structured_outputs")  # doctest: +SKIP
+    """
+
+    backend: ClassVar[str] = "openai"
+    max_batch_size = 1
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        base_url: str,
+        api_key_env: str | None = None,
+        dialect: str = "auto",
+        max_concurrency: int = 16,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        extra_body: dict[str, Any] | None = None,
+    ) -> None:
+        if not model:
+            raise EngineConfigError("openai: 'model' is required (the model name the server expects).")
+        if dialect not in DIALECTS:
+            raise EngineConfigError(f"openai: dialect {dialect!r} is not one of {', '.join(DIALECTS)}.")
+        if max_concurrency < 1 or max_retries < 0 or timeout <= 0:
+            raise EngineConfigError(
+                "openai: max_concurrency >= 1, max_retries >= 0 and timeout > 0 are required."
+            )
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.api_key_env = api_key_env
+        self.dialect = dialect
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.extra_body = dict(extra_body or {})
+        self.limits = RateLimits(rpm, tpm)
+        self.rpm, self.tpm = rpm, tpm
+        self.stats: dict[str, int] = {"requests": 0, "retries": 0, "errors": 0}
+        """HTTP attempts, retries and requests given up, for ``describe()``."""
+        self._auto = 0  # index into _AUTO_ORDER while the dialect is not settled
+        self._settled = dialect != "auto"
+        self._secret: str | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._slots = anyio.CapacityLimiter(max_concurrency)
+        self._rng = random.Random()
+
+    async def start(self) -> None:
+        headers = {"content-type": "application/json"}
+        if self.api_key_env:
+            secret = os.environ.get(self.api_key_env)
+            if not secret:
+                raise EngineConfigError(
+                    f"openai: the environment variable {self.api_key_env} (api_key_env) is not set or empty. "
+                    f"Export it before running: export {self.api_key_env}=..."
+                )
+            self._secret = secret
+            headers["authorization"] = f"Bearer {secret}"
+        self._client = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+            limits=httpx.Limits(
+                max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
+            ),
+        )
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        self._secret = None
+
+    @property
+    def current_dialect(self) -> str:
+        """The dialect in use (in ``auto`` mode: the one being tried or the one that worked)."""
+        return _AUTO_ORDER[self._auto] if self.dialect == "auto" else self.dialect
+
+    async def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
+        if self._client is None:
+            raise EngineError("openai: generate() called before start() (or after close()).")
+        out: list[Completion] = [Completion(text="", finish_reason="error")] * len(requests)
+
+        async def one(i: int, request: ChatRequest) -> None:
+            async with self._slots:
+                out[i] = await self._complete(request)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for i, request in enumerate(requests):
+                    tg.start_soon(one, i, request)
+        except Exception as exc:  # a bug or an unexpected library error: fail the batch, keep the cause
+            raise EngineError(self._scrub(f"openai: {type(exc).__name__}: {exc}")) from exc
+        return out
+
+    async def _complete(self, request: ChatRequest) -> Completion:
+        estimate = estimate_tokens(
+            sum(len(m["content"]) for m in request.messages), request.sampling.max_tokens
+        )
+        attempt = 0
+        while True:
+            dialect = self.current_dialect
+            await self.limits.acquire(estimate)
+            attempt += 1
+            self.stats["requests"] += 1
+            problem, wait = await self._attempt(request, dialect, estimate, attempt)
+            if isinstance(problem, Completion):
+                return problem
+            if problem is _NEXT_DIALECT:
+                attempt -= 1  # trying another dialect is not a transport retry
+                continue
+            if wait is None or attempt > self.max_retries:
+                self.stats["errors"] += 1
+                tries = f"after {attempt} attempt(s)" if wait is not None else "(not retried)"
+                return Completion(text=self._scrub(f"{problem} {tries}"), finish_reason="error")
+            self.stats["retries"] += 1
+            await anyio.sleep(wait)
+
+    async def _attempt(
+        self, request: ChatRequest, dialect: str, estimate: float, attempt: int
+    ) -> tuple[Any, float | None]:
+        """One HTTP exchange: ``(Completion, None)``, ``(reason, seconds to wait or None if final)``."""
+        assert self._client is not None
+        url, body = self._request(request, dialect)
+        backoff = backoff_delay(attempt, base=self.backoff_base, cap=self.backoff_max, rng=self._rng)
+        try:
+            response = await self._client.post(url, content=orjson.dumps(body))
+        except httpx.TimeoutException as exc:
+            return f"timed out after {self.timeout:g} s ({type(exc).__name__})", backoff
+        except httpx.TransportError as exc:
+            return f"connection failed ({type(exc).__name__}: {exc})", backoff
+        status = response.status_code
+        if status == 200:
+            self._settle_dialect(dialect)
+            try:
+                completion = _parse_ollama(response) if dialect == "ollama" else _parse(response)
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                return f"unreadable answer from the server ({type(exc).__name__}: {exc})", backoff
+            self.limits.settle(estimate, completion.prompt_tokens + completion.completion_tokens)
+            return completion, None
+        detail = _error_text(response)
+        if self._dialect_refused(dialect, status, detail):
+            return _NEXT_DIALECT, None
+        problem = f"HTTP {status} from {self.public_url}: {detail}"
+        if status in (429, 503):
+            retry_after = parse_retry_after(response.headers)
+            if retry_after is not None:
+                self.limits.cool_down(retry_after)
+                return problem, 0.0  # the cool-down holds every request, this one included
+        if status in _RETRY_STATUS or status >= 500:
+            return problem, backoff
+        return problem, None  # other 4xx: the request itself is wrong, retrying will not help
+
+    def _settle_dialect(self, dialect: str) -> None:
+        if not self._settled and dialect == self.current_dialect:
+            self._settled = True
+
+    def _dialect_refused(self, dialect: str, status: int, detail: str) -> bool:
+        """In auto mode, does this error say the server does not understand the structured-output field?"""
+        if self._settled or status not in _DIALECT_STATUS or dialect == "none":
+            return False
+        if not any(word in detail.lower() for word in _DIALECT_WORDS):
+            return False
+        if dialect == self.current_dialect:  # several requests may fail at once: advance only once
+            self._auto += 1
+        return True
+
+    def _request(self, request: ChatRequest, dialect: str) -> tuple[str, dict[str, Any]]:
+        sampling = request.sampling
+        schema = request.json_schema
+        if dialect == "ollama":
+            options: dict[str, Any] = {"temperature": sampling.temperature, "top_p": sampling.top_p}
+            options.update(num_predict=sampling.max_tokens, seed=sampling.seed)
+            if sampling.stop:
+                options["stop"] = list(sampling.stop)
+            body: dict[str, Any] = {"model": self.model, "messages": list(request.messages), "stream": False}
+            body["options"] = options
+            if schema is not None:
+                body["format"] = schema
+            return f"{self.base_url.removesuffix('/v1')}/api/chat", {**body, **self.extra_body}
+        body = {
+            "model": self.model,
+            "messages": list(request.messages),
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens,
+        }
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        if schema is not None:
+            if dialect == "json_schema":
+                spec = {"name": str(schema.get("title") or "output"), "schema": schema, "strict": False}
+                body["response_format"] = {"type": "json_schema", "json_schema": spec}
+            elif dialect == "json_object":
+                body["response_format"] = {"type": "json_object", "schema": schema}
+            elif dialect == "structured_outputs":
+                body["structured_outputs"] = {"json": schema}
+            elif dialect == "guided_json":
+                body["guided_json"] = schema
+        return f"{self.base_url}/chat/completions", {**body, **self.extra_body}
+
+    @property
+    def public_url(self) -> str:
+        """``base_url`` without user info or query string (either could hold a credential)."""
+        parts = urlsplit(self.base_url)
+        host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "model": self.model,
+            "base_url": self.public_url,
+            "dialect": self.current_dialect if self._settled or self.dialect != "auto" else "auto",
+            "max_concurrency": self.max_concurrency,
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            **{f"http_{k}": v for k, v in self.stats.items()},
+        }
+
+
+_NEXT_DIALECT = object()
+
+
+def _parse(response: httpx.Response) -> Completion:
+    data = orjson.loads(response.content)
+    choice = data["choices"][0]
+    message = choice.get("message") or {}
+    usage = data.get("usage") or {}
+    return Completion(
+        text=message.get("content") or "",
+        finish_reason=choice.get("finish_reason") or "stop",
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        reasoning=message.get("reasoning_content") or message.get("reasoning") or None,
+    )
+
+
+def _parse_ollama(response: httpx.Response) -> Completion:
+    data = orjson.loads(response.content)
+    message = data["message"]
+    return Completion(
+        text=message.get("content") or "",
+        finish_reason=data.get("done_reason") or "stop",
+        prompt_tokens=int(data.get("prompt_eval_count") or 0),
+        completion_tokens=int(data.get("eval_count") or 0),
+        reasoning=message.get("thinking") or None,
+    )
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The server's error message, short."""
+    try:
+        data = orjson.loads(response.content)
+        error = data.get("error", data) if isinstance(data, dict) else data
+        text = error.get("message", error) if isinstance(error, dict) else error
+    except orjson.JSONDecodeError:
+        text = response.text
+    text = " ".join(str(text).split())
+    return text[:300] + ("..." if len(text) > 300 else "")

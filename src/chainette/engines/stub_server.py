@@ -1,0 +1,297 @@
+"""A small OpenAI-compatible HTTP server on 127.0.0.1, for tests and benchmarks (ships like the fake engine).
+
+It answers ``POST /v1/chat/completions`` with schema-valid JSON at once (from the request's
+structured-output field, as :class:`~chainette.engines.fake.FakeEngine` does), or forwards the
+request to a real ``upstream`` server, and injects faults at configurable rates: 429 with
+``Retry-After``, 500, answers slower than the client's timeout, and dropped connections. Faults
+are drawn from a seeded RNG, so a run is repeatable for a given request order.
+
+Example:
+    >>> with StubServer(faults=Faults(rate_500=0.2)) as server:   # doctest: +SKIP
+    ...     register_engine("stub", backend="openai", model="m", base_url=server.base_url)
+
+Also a command: ``python -m chainette.engines.stub_server --port 8000 [--upstream URL]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .fake import example_for_schema
+
+__all__ = ["Faults", "StubServer"]
+
+
+@dataclass
+class Faults:
+    """Rates (0..1) of each injected fault per chat request; the rest is answered normally."""
+
+    rate_429: float = 0.0
+    rate_500: float = 0.0
+    rate_slow: float = 0.0
+    rate_drop: float = 0.0
+    retry_after: str = "1"
+    """``Retry-After`` header value sent with 429."""
+    slow_seconds: float = 5.0
+    """How long a slow answer takes (set it above the client's timeout)."""
+    seed: int = 0
+
+
+class StubServer:
+    """Serve on ``127.0.0.1:port`` (0 = a free port) from a background thread.
+
+    Args:
+        upstream: Base URL (``http://host:port/v1``) of a real server to forward to; ``None``
+            answers instantly with schema-valid JSON.
+        faults: What to inject.
+        api_key: When set, requests without ``Authorization: Bearer <api_key>`` get 401.
+        reject: Structured-output dialects to refuse with 400 (``json_schema``, ``json_object``, ...),
+            to exercise dialect detection.
+        reasoning: A ``reasoning_content`` to add to every stub answer.
+    """
+
+    def __init__(
+        self,
+        *,
+        upstream: str | None = None,
+        faults: Faults | None = None,
+        api_key: str | None = None,
+        reject: Sequence[str] = (),
+        reasoning: str | None = None,
+        port: int = 0,
+    ) -> None:
+        self.upstream = upstream.rstrip("/") if upstream else None
+        self.faults = faults or Faults()
+        self.api_key = api_key
+        self.reject = set(reject)
+        self.reasoning = reasoning
+        self.port = port
+        self.stats: Counter[str] = Counter()
+        """Requests seen and faults injected, by kind (``requests``, ``429``, ``500``, ``slow``, ``drop``, ``ok``)."""
+        self.dialects: Counter[str] = Counter()
+        """Structured-output dialect of each chat request received."""
+        self._rng = random.Random(self.faults.seed)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._client: Any = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> StubServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> str:
+        """Start serving; returns the base URL."""
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+
+        def serve() -> None:
+            assert self._loop is not None
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(self._open())
+            ready.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(self._shutdown())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=serve, name="chainette-stub-server", daemon=True)
+        self._thread.start()
+        ready.wait()
+        return self.base_url
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop = self._thread = None
+
+    async def serve_forever(self) -> None:
+        """Serve in the current event loop until cancelled (the command-line entry point)."""
+        await self._open()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self._shutdown()
+
+    async def _open(self) -> None:
+        if self.upstream:
+            import httpx
+
+            self._client = httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=64))
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            while True:
+                request = await _read_request(reader)
+                if request is None:
+                    break
+                method, path, headers, body = request
+                reply = await self._handle(method, path, headers, body)
+                if reply is None:  # dropped connection
+                    writer.transport.abort()
+                    break
+                writer.write(reply)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            self._tasks.discard(task)
+
+    async def _handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes | None:
+        if method == "GET" and path.rstrip("/").endswith(("/models", "/health")):
+            return _response(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
+        if method != "POST" or not path.endswith("/chat/completions"):
+            return _response(404, {"error": {"message": f"no route {method} {path}"}})
+        self.stats["requests"] += 1
+        if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
+            self.stats["unauthorized"] += 1
+            return _response(401, {"error": {"message": "invalid or missing API key"}})
+        fault = self._draw()
+        if fault:
+            self.stats[fault] += 1
+        if fault == "429":
+            return _response(
+                429, {"error": {"message": "rate limited"}}, {"Retry-After": self.faults.retry_after}
+            )
+        if fault == "500":
+            return _response(500, {"error": {"message": "injected fault"}})
+        if fault == "drop":
+            return None
+        if fault == "slow":
+            await asyncio.sleep(self.faults.slow_seconds)
+        payload = json.loads(body or b"{}")
+        dialect, schema = _structured(payload)
+        self.dialects[dialect] += 1
+        if dialect in self.reject:
+            return _response(400, {"error": {"message": f"unsupported structured output field: {dialect}"}})
+        if self._client is not None:
+            upstream = await self._client.post(
+                f"{self.upstream}/chat/completions",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
+            self.stats["ok"] += upstream.status_code == 200
+            return _raw(upstream.status_code, upstream.content)
+        self.stats["ok"] += 1
+        return _response(200, self._answer(payload, schema))
+
+    def _draw(self) -> str:
+        f = self.faults
+        r = self._rng.random()
+        for kind, rate in (
+            ("429", f.rate_429),
+            ("500", f.rate_500),
+            ("slow", f.rate_slow),
+            ("drop", f.rate_drop),
+        ):
+            if r < rate:
+                return kind
+            r -= rate
+        return ""
+
+    def _answer(self, payload: dict[str, Any], schema: dict[str, Any] | None) -> dict[str, Any]:
+        digest = hashlib.sha256(json.dumps(payload.get("messages"), sort_keys=True).encode()).digest()
+        content = json.dumps(example_for_schema(schema, random.Random(digest))) if schema else "ok"
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if self.reasoning is not None:
+            message["reasoning_content"] = self.reasoning
+        prompt = sum(len(str(m.get("content", ""))) for m in payload.get("messages", [])) // 4
+        return {
+            "id": "chatcmpl-stub",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": payload.get("model", "stub"),
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": len(content) // 4, "total_tokens": 0},
+        }
+
+
+def _structured(payload: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """Which dialect a request used, and its schema."""
+    fmt = payload.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        return "json_schema", (fmt.get("json_schema") or {}).get("schema")
+    if fmt.get("type") == "json_object":
+        return "json_object", fmt.get("schema")
+    if isinstance(payload.get("structured_outputs"), dict):
+        return "structured_outputs", payload["structured_outputs"].get("json")
+    if "guided_json" in payload:
+        return "guided_json", payload["guided_json"]
+    return "none", None
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes] | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            key, _, value = line.partition(":")
+            headers[key.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    body = await reader.readexactly(length) if length else b""
+    return method, path, headers, body
+
+
+def _response(status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> bytes:
+    return _raw(status, json.dumps(payload).encode(), headers)
+
+
+def _raw(status: int, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    lines = [f"HTTP/1.1 {status} X", "content-type: application/json", f"content-length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--upstream", default=None)
+    args = parser.parse_args(argv)
+    server = StubServer(upstream=args.upstream, port=args.port)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(server.serve_forever())
+
+
+if __name__ == "__main__":
+    main()

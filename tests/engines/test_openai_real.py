@@ -1,0 +1,77 @@
+"""The ``openai`` back-end against a real llama-cpp-python server with SmolLM2-135M (on the CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tests.helpers import (
+    Answer,
+    Question,
+    Summary,
+    Translation,
+    assert_every_record_accounted_for,
+    assert_secret_nowhere,
+    join_chain,
+    read_jsonl,
+)
+
+from chainette import register_engine
+from chainette.engines.stub_server import Faults, StubServer
+
+pytestmark = pytest.mark.llama
+
+SECRET = "sk-real-server-7d3e91"
+QUESTIONS = ["What is the capital of France?", "What colour is the sky?", "How many legs does a spider have?"]
+
+
+def test_chain_with_join_runs_end_to_end_on_a_real_server(run_dir: Path, llama_server: str) -> None:
+    register_engine("remote", backend="openai", model="smollm2", base_url=llama_server, max_concurrency=2)
+    result = join_chain("remote", max_tokens=64).run(
+        [Question(text=q) for q in QUESTIONS], output_dir=run_dir
+    )
+
+    flat, failures = assert_every_record_accounted_for(run_dir, 3)
+    assert failures == [], failures
+    for row in flat:  # every output validates against its step's model
+        Answer(answer=row["qa.answer"], confidence=row["qa.confidence"])
+        Translation(translated=row["french.translated"])
+        Translation(translated=row["spanish.translated"])
+        Summary(summary=row["summary.summary"])
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    assert meta["engines"]["remote"]["dialect"] == "json_object"  # auto: the server refuses json_schema
+    assert meta["tokens"]["by_step"]["qa"]["completion"] > 0
+    assert result.counts["records_out"] == 3
+
+
+def test_faults_in_front_of_a_real_server_lose_nothing(
+    run_dir: Path, llama_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REAL_TEST_KEY", SECRET)
+    faults = Faults(
+        rate_429=0.1, rate_500=0.1, rate_slow=0.05, rate_drop=0.1, retry_after="1", slow_seconds=6, seed=3
+    )
+    with StubServer(upstream=llama_server, faults=faults, api_key=SECRET) as proxy:
+        register_engine(
+            "remote",
+            backend="openai",
+            model="smollm2",
+            base_url=proxy.base_url,
+            api_key_env="REAL_TEST_KEY",
+            dialect="json_object",
+            max_concurrency=2,
+            timeout=5,
+            max_retries=3,
+            backoff_base=0.1,
+        )
+        join_chain("remote", max_tokens=64).run([Question(text=q) for q in QUESTIONS * 2], output_dir=run_dir)
+
+    flat, failures = assert_every_record_accounted_for(run_dir, 6)
+    assert sum(proxy.stats[k] for k in ("429", "500", "slow", "drop")) > 0
+    assert proxy.stats["ok"] > 0 and flat
+    for failure in failures:
+        assert failure["message"]
+    qa_ids = [r["_id"] for r in read_jsonl(run_dir / "qa")]
+    assert len(qa_ids) == len(set(qa_ids))
+    assert_secret_nowhere(run_dir, SECRET)
