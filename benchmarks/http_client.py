@@ -1,6 +1,6 @@
 """Chainette's ``openai`` back-end against a hand-written asyncio loop, same server, same concurrency.
 
-    .venv/bin/python benchmarks/http.py [--requests 2000] [--concurrency 32] [--rounds 3]
+    .venv/bin/python benchmarks/http_client.py [--requests 2000] [--concurrency 32] [--rounds 3]
 
 Starts Chainette's stub OpenAI-compatible server (schema-valid JSON, instantly) in a separate
 process on 127.0.0.1, so what is measured is the client side: HTTP, JSON, validation and, for
@@ -13,20 +13,16 @@ validated into the output model, as any real loop must.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# This file is named http.py: keep its folder off sys.path so that `import http` is the standard library's.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import asyncio
 import json
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -81,7 +77,8 @@ def chainette_run(base_url: str, questions: list[Question], concurrency: int) ->
     chain = Chain("bench", [step], batch_size=max(64, concurrency))
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        result = chain.run(questions, output_dir=Path(tmp) / "run")
+        # cache off: every round must really send its requests (the ledger would answer repeats)
+        result = chain.run(questions, output_dir=Path(tmp) / "run", cache="off")
         elapsed = time.perf_counter() - started
     assert result.counts["records_out"] == len(questions), result.counts
     return len(questions) / elapsed
