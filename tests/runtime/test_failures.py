@@ -168,3 +168,32 @@ def test_engine_raising_fails_the_batch_with_cause(run_dir: Path, monkeypatch) -
     assert result.counts["failures"] == 3 and result.counts["records_out"] == 0
     assert all("TimeoutError: no answer within 30 s" in f["message"] for f in failures)
     assert all(f["error_type"] == "engine_error" and f["attempts"] == 1 for f in failures)
+
+
+def test_a_record_failing_in_two_joined_branches_is_one_failure(run_dir: Path) -> None:
+    def translator(request: ChatRequest) -> Any:
+        text = next(m["content"] for m in request.messages if m["role"] == "user")
+        if "A:zap" in text:
+            raise ConnectionError("server went away")
+        return {"translated": text[:40]}
+
+    register_engine("fake", backend="fake", responder=echo_answer)
+    register_engine("tr", backend="fake", responder=translator)
+
+    def branch(lang: str) -> Branch:
+        step = Step(
+            id=f"to_{lang}",
+            input_model=Answer,
+            output_model=Translation,
+            engine_name="tr",
+            user_prompt="{{ answer }}",
+        )
+        return Branch(lang, [step]).join(lang)
+
+    texts = ["ok1", "zap", "ok2"]
+    result = Chain("c", [qa(), [branch("fr"), branch("es")]]).run([Question(text=t) for t in texts], run_dir)
+    failures = read_jsonl(run_dir / "failures.jsonl")
+    assert [f["input"]["answer"] for f in failures] == ["A:zap"]  # failed in both branches, written once
+    assert result.counts == {"records_in": 3, "records_out": 2, "failures": 1, "filtered": 0}
+    nodes = result.metadata["nodes"]
+    assert nodes["to_fr"]["failed"] == nodes["to_es"]["failed"] == 1  # each node still counts its failure

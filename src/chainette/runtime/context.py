@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -60,6 +60,8 @@ class RunContext:
     stats: dict[str, NodeStats] = field(default_factory=dict)
     failed_origins: set[str] | None = None
     """Inside a branch group: origins of records that failed there (so a join does not re-report)."""
+    group_failed: set[str] | None = None
+    """Inside a branch group: ids already written to failures by any branch of the group."""
     _limiters: dict[str, anyio.CapacityLimiter] = field(default_factory=dict)
     _identities: dict[str, dict[str, Any]] = field(default_factory=dict)
     threaded: set[str] = field(default_factory=set)
@@ -71,19 +73,13 @@ class RunContext:
             stats = self.stats[node_id] = NodeStats()
         return stats
 
-    def for_branch(self) -> RunContext:
-        """A view for one branch group: same writer, broker and counters, own failure set."""
-        return RunContext(
-            self.writer,
-            self.broker,
-            self.on_event,
-            self.cache,
-            self.stats,
-            set(),
-            self._limiters,
-            self._identities,
-            self.threaded,
-        )
+    def for_branch(self, group_failed: set[str]) -> RunContext:
+        """A view for one branch of a group: same writer, broker and counters, own failure set.
+
+        ``group_failed`` is shared by the group's branches: a record that fails in two branches
+        is written to failures.jsonl once (the first failure), so it is never there twice.
+        """
+        return replace(self, failed_origins=set(), group_failed=group_failed)
 
     def identity(self, engine_name: str) -> dict[str, Any]:
         """What identifies the answers of engine ``engine_name`` in ledger keys (no engine started)."""
@@ -107,6 +103,10 @@ class RunContext:
         stats.done += 1
         if self.failed_origins is not None and record.origin is not None and not emitted:
             self.failed_origins.add(record.origin)
+            if self.group_failed is not None:
+                if record.id in self.group_failed:
+                    return  # already in failures.jsonl from a sibling branch (counted above for this node)
+                self.group_failed.add(record.id)
         row = {
             "_id": record.id,
             "_index": record.index,

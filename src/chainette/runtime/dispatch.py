@@ -37,9 +37,10 @@ async def run_item(item: Node | list[Branch], chunk: list[Record], ctx: RunConte
 async def run_group(branches: list[Branch], chunk: list[Record], ctx: RunContext) -> list[Record]:
     results: dict[str, list[Record]] = {}
     views: dict[str, RunContext] = {}
+    group_failed: set[str] = set()
 
     async def run_branch(branch: Branch) -> None:
-        view = views[branch.name] = ctx.for_branch()
+        view = views[branch.name] = ctx.for_branch(group_failed)
         records = [r.fork() for r in chunk]
         for node in branch.steps:
             if not records:
