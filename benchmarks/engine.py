@@ -15,6 +15,11 @@ run llama.cpp (say the main thread, for the direct side), a second thread doing 
 chain's worker thread) makes libgomp see more threads than CPUs and stop spin-waiting, and
 decoding runs about 2x slower on 2 cores. In one process this benchmark would mostly measure that.
 
+The direct side is plain ``llama_cpp.Llama.create_chat_completion`` with ``grammar=``, which masks
+the whole vocabulary with the grammar at every token. The engine's default ``fast_grammar=True``
+checks the best token first and masks only when the grammar rejects it: the same greedy output
+(checked below, prompt by prompt), less work. ``--no-fast-grammar`` measures the engine without it.
+
 Goal: chain requests/s >= 0.95 x direct requests/s, with identical outputs.
 
     python benchmarks/engine.py             # 20 prompts
@@ -190,7 +195,14 @@ def check_rendering(step: Step, texts: list[str]) -> bool:
 
 def child(args: argparse.Namespace) -> None:
     model = Path(args.model) if args.model else default_model_path()
-    register_engine("bench", backend="llama_cpp", model=str(model), n_ctx=args.n_ctx, n_threads=args.threads)
+    register_engine(
+        "bench",
+        backend="llama_cpp",
+        model=str(model),
+        n_ctx=args.n_ctx,
+        n_threads=args.threads,
+        fast_grammar=not args.no_fast_grammar,
+    )
     step, texts = make_step(args.max_tokens), questions(args.n)
     if args.child == "direct":
         run = run_direct(step, texts, model, args.threads, args.n_ctx)
@@ -239,6 +251,8 @@ def spawn(side: str, args: argparse.Namespace) -> dict[str, Any]:
     ]
     if args.model:
         cmd += ["--model", args.model]
+    if args.no_fast_grammar:
+        cmd.append("--no-fast-grammar")
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
@@ -265,6 +279,11 @@ def main() -> None:
         action="store_true",
         help="Run both sides in this process, direct first (shows the OpenMP slowdown described above)",
     )
+    parser.add_argument(
+        "--no-fast-grammar",
+        action="store_true",
+        help="Engine with fast_grammar=False: llama-cpp-python's own grammar sampling on both sides",
+    )
     parser.add_argument("--child", choices=["direct", "chain"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -273,7 +292,14 @@ def main() -> None:
 
     total_started = time.perf_counter()
     model = Path(args.model) if args.model else default_model_path()
-    register_engine("bench", backend="llama_cpp", model=str(model), n_ctx=args.n_ctx, n_threads=args.threads)
+    register_engine(
+        "bench",
+        backend="llama_cpp",
+        model=str(model),
+        n_ctx=args.n_ctx,
+        n_threads=args.threads,
+        fast_grammar=not args.no_fast_grammar,
+    )
     step = make_step(args.max_tokens)
     texts = questions(args.n)
     print(

@@ -146,3 +146,14 @@ def test_engine_is_released_at_the_end_of_the_run(run_dir: Path) -> None:
     )
     assert events.count("engine_started") == 1 and events.count("engine_released") == 1
     assert events.index("engine_released") < events.index("run_finished")
+
+
+def test_fast_grammar_gives_the_same_greedy_outputs(tmp_path: Path) -> None:
+    questions = [Question(text=q) for q in [*QUESTIONS, "Name a large animal.", "What is 2 + 2?"]]
+    outputs = {}
+    for fast in (True, False):
+        register_engine("local", backend="llama_cpp", n_ctx=2048, fast_grammar=fast)
+        result = Chain("fast", [qa_step()]).run(questions, output_dir=tmp_path / str(fast), cache="off")
+        assert result.metadata["engines"]["local"]["fast_grammar"] is fast
+        outputs[fast] = sorted(read_jsonl(result.path / "qa"), key=lambda r: r["_id"])
+    assert len(outputs[True]) == len(questions) and outputs[True] == outputs[False]

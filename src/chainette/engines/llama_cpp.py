@@ -55,6 +55,9 @@ class LlamaCppEngine(Engine):
         instances: Model copies serving requests in parallel.
         n_gpu_layers: Layers to offload to a GPU when llama.cpp was built with one.
         chat_format: Override the chat template (default: the one inside the GGUF).
+        fast_grammar: Greedy decoding checks the best token against the grammar before masking
+            the whole vocabulary (same output, 2-3x faster on small models); ``False`` uses
+            llama-cpp-python's sampler as is.
         verbose: Let llama.cpp log to stderr.
     """
 
@@ -70,6 +73,7 @@ class LlamaCppEngine(Engine):
         instances: int = 1,
         n_gpu_layers: int = 0,
         chat_format: str | None = None,
+        fast_grammar: bool = True,
         verbose: bool = False,
     ) -> None:
         if instances < 1:
@@ -80,6 +84,7 @@ class LlamaCppEngine(Engine):
         self.n_threads = n_threads or max(1, (os.cpu_count() or 1) // instances)
         self.n_gpu_layers = n_gpu_layers
         self.chat_format = chat_format
+        self.fast_grammar = fast_grammar
         self.verbose = verbose
         self.max_concurrency = instances
         self.exclusive = n_gpu_layers != 0  # layers on a GPU: do not load next to another GPU engine
@@ -108,9 +113,14 @@ class LlamaCppEngine(Engine):
                 f"The llama_cpp backend needs llama-cpp-python ({exc}). Install it with: pip install 'chainette[llama]'"
             ) from exc
         self.model_path = self._resolve_model()
+        llama_class: Any = llama_cpp.Llama
+        if self.fast_grammar:
+            from .llama_grammar import GrammarFirstLlama
+
+            llama_class = GrammarFirstLlama
 
         def load() -> Any:
-            return llama_cpp.Llama(
+            return llama_class(
                 model_path=str(self.model_path),
                 n_ctx=self.n_ctx,
                 n_threads=self.n_threads,
@@ -192,5 +202,10 @@ class LlamaCppEngine(Engine):
         if self._pool:
             meta = getattr(self._pool[0], "metadata", {}) or {}
             info["model_name"] = meta.get("general.name")
-        info.update(n_ctx=self.n_ctx, n_threads=self.n_threads, instances=self.instances)
+        info.update(
+            n_ctx=self.n_ctx,
+            n_threads=self.n_threads,
+            instances=self.instances,
+            fast_grammar=self.fast_grammar,
+        )
         return info

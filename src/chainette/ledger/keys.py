@@ -49,6 +49,7 @@ THROUGHPUT_OPTIONS = frozenset(
         "idle_timeout",
         "latency",
         "verbose",
+        "fast_grammar",
         "lazy",
         # hardware placement
         "n_gpu_layers",
