@@ -193,8 +193,7 @@ def check_rendering(step: Step, texts: list[str]) -> bool:
     return True
 
 
-def child(args: argparse.Namespace) -> None:
-    model = Path(args.model) if args.model else default_model_path()
+def register_bench_engine(model: Path, args: argparse.Namespace) -> None:
     register_engine(
         "bench",
         backend="llama_cpp",
@@ -203,6 +202,11 @@ def child(args: argparse.Namespace) -> None:
         n_threads=args.threads,
         fast_grammar=not args.no_fast_grammar,
     )
+
+
+def child(args: argparse.Namespace) -> None:
+    model = Path(args.model) if args.model else default_model_path()
+    register_bench_engine(model, args)
     step, texts = make_step(args.max_tokens), questions(args.n)
     if args.child == "direct":
         run = run_direct(step, texts, model, args.threads, args.n_ctx)
@@ -292,14 +296,7 @@ def main() -> None:
 
     total_started = time.perf_counter()
     model = Path(args.model) if args.model else default_model_path()
-    register_engine(
-        "bench",
-        backend="llama_cpp",
-        model=str(model),
-        n_ctx=args.n_ctx,
-        n_threads=args.threads,
-        fast_grammar=not args.no_fast_grammar,
-    )
+    register_bench_engine(model, args)
     step = make_step(args.max_tokens)
     texts = questions(args.n)
     print(
