@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from tests.cli.test_cli import QUESTIONS, invoke, write_chain, write_inputs
 
 
@@ -53,3 +54,19 @@ def test_no_cache_and_refresh_cache(tmp_path: Path, ledger_path: Path) -> None:
     )
     assert both.exit_code == 2 and "exclude each other" in both.output
     assert "No ledger at" in invoke("cache", "info", "--ledger", tmp_path / "none.sqlite").output
+
+
+def test_the_summary_shows_cost_and_savings_for_priced_engines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chainette.ledger import costs
+
+    monkeypatch.setitem(
+        costs.PRICES, "fake", costs.Price(prompt=1_000_000.0, completion=0.0)
+    )  # $1 a prompt token
+    chain, inputs = write_chain(tmp_path), write_inputs(tmp_path, QUESTIONS)
+    first = invoke("run", f"{chain}:chain", "-i", inputs, "-o", tmp_path / "a")
+    spent = meta(tmp_path / "a")["cost"]["usd"]
+    assert spent > 0 and f"cost ${spent:,.4f}, saved $0.0000" in first.output
+    again = invoke("run", f"{chain}:chain", "-i", inputs, "-o", tmp_path / "b")
+    assert f"cost $0.0000, saved ${spent:,.4f}" in again.output  # the rerun came from the ledger
