@@ -74,6 +74,21 @@ def test_bars_show_done_total_and_failures() -> None:
     assert not display.active
 
 
+def test_bars_show_answers_from_the_ledger(tmp_path: Path) -> None:
+    chain = make_chain()
+    questions = [Question(text=f"q{i % 3}") for i in range(6)]  # 3 distinct prompts, each twice
+    console, buffer = file_console()
+    chain.run(questions, tmp_path / "a", on_event=ProgressDisplay(chain, total=6, console=console))
+    qa_line = next(line for line in buffer.getvalue().splitlines() if line.startswith("qa "))
+    assert "6/6" in qa_line and "3 cached" in qa_line  # the duplicates
+    console, buffer = file_console()
+    chain.run(questions, tmp_path / "b", on_event=ProgressDisplay(chain, total=6, console=console))
+    qa_line = next(line for line in buffer.getvalue().splitlines() if line.startswith("qa "))
+    assert "6 cached" in qa_line  # the rerun: everything from the ledger
+    keep_line = next(line for line in buffer.getvalue().splitlines() if line.startswith("keep "))
+    assert "cached" not in keep_line
+
+
 def test_without_a_terminal_the_final_state_is_printed_once_not_per_event() -> None:
     console, buffer = file_console()
     display = ProgressDisplay(make_chain(), total=5000, console=console)

@@ -45,6 +45,14 @@ class _FailedColumn(ProgressColumn):
         return Text(f"{failed:,} failed", style="bold red") if failed else Text("")
 
 
+class _CachedColumn(ProgressColumn):
+    """How many of a step's answers came from the ledger or a duplicate in flight."""
+
+    def render(self, task: Task) -> Text:
+        cached = task.fields.get("cached", 0)
+        return Text(f"{cached:,} cached", style="dim cyan") if cached else Text("")
+
+
 class ProgressDisplay:
     """A live view of a run: a bar per node with records done, total and failures.
 
@@ -102,6 +110,7 @@ class ProgressDisplay:
             BarColumn(bar_width=30),
             _CountColumn(),
             _FailedColumn(),
+            _CachedColumn(),
             TimeElapsedColumn(),
             console=self.console,
             redirect_stdout=False,  # the chain's own prints stay on stdout
@@ -126,7 +135,7 @@ class ProgressDisplay:
         if task is None:
             assert self._progress is not None
             label = f"[bold]{escape(node_id.ljust(self._width))}[/]"
-            task = self._tasks[node_id] = self._progress.add_task(label, total=self.total, failed=0)
+            task = self._tasks[node_id] = self._progress.add_task(label, total=self.total, failed=0, cached=0)
         return task
 
     def _on_run_started(self, data: dict[str, Any]) -> None:
@@ -143,9 +152,18 @@ class ProgressDisplay:
         task = self._task(data["node"])
         if self.total is not None and done > self.total:
             # Fan-out produced more records than came in: show the count alone, not 130%.
-            self._progress.update(task, total=done, completed=done, failed=data.get("failed", 0), grown=True)
+            self._progress.update(
+                task,
+                total=done,
+                completed=done,
+                failed=data.get("failed", 0),
+                cached=data.get("cached", 0),
+                grown=True,
+            )
         else:
-            self._progress.update(task, completed=done, failed=data.get("failed", 0))
+            self._progress.update(
+                task, completed=done, failed=data.get("failed", 0), cached=data.get("cached", 0)
+            )
 
     def _on_engine_started(self, data: dict[str, Any]) -> None:
         self.console.print(

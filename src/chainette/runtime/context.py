@@ -126,4 +126,12 @@ class RunContext:
 
     def progress(self, node_id: str) -> None:
         stats = self.node(node_id)
-        self.on_event("node_progress", {"node": node_id, "done": stats.done, "failed": stats.failed})
+        self.on_event(
+            "node_progress",
+            {
+                "node": node_id,
+                "done": stats.done,
+                "failed": stats.failed,
+                "cached": stats.cache_hits + stats.deduped,
+            },
+        )

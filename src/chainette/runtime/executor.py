@@ -14,7 +14,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import metadata as _importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -120,7 +120,8 @@ async def run_chain(
         "started_at": _iso(started),
         "output_dir": str(path),
         "versions": _versions(),
-        "config": {k: v for k, v in asdict(opts).items() if k not in ("on_event",)}
+        # not asdict(): it deep-copies every field, and an event handler can hold a console or a lock
+        "config": {f.name: getattr(opts, f.name) for f in fields(opts) if f.name != "on_event"}
         | {"batch_size": chain.batch_size},
     }
     if writer.previous is not None:
