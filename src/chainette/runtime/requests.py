@@ -17,7 +17,7 @@ from typing import Literal
 import anyio
 
 from ..engines.base import Completion
-from ..ledger.store import Ledger, StoredAnswer, StoredFailure
+from ..ledger.store import Ledger, StoredAnswer, StoredFailure, default_ledger_path
 
 __all__ = ["CacheMode", "InFlight", "RequestCache"]
 
@@ -44,8 +44,7 @@ class RequestCache:
 
     @classmethod
     def open(cls, path: str | Path | None, mode: CacheMode) -> RequestCache:
-        from ..ledger.store import default_ledger_path
-
+        """The run's view of the ledger at ``path`` (default :func:`default_ledger_path`)."""
         if mode == "off":
             return cls(None, "off")
         return cls(Ledger(path if path is not None else default_ledger_path()), mode)
