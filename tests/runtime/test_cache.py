@@ -241,3 +241,16 @@ def test_cost_per_step_and_engine_with_saved_tokens(tmp_path: Path) -> None:
     )
     unknown = Chain("c", [step]).run(questions(1), tmp_path / "c")
     assert unknown.metadata["cost"]["usd"] is None  # unknown price: no made-up number
+
+
+def test_bad_cache_samples_and_on_failure_values_are_refused_before_any_request(tmp_path: Path) -> None:
+    from chainette import ChainDefinitionError
+
+    register_engine("eng", backend="counting")
+    with pytest.raises(ValueError, match="cache must be one of 'use', 'refresh', 'off', got 'maybe'"):
+        Chain("c", [qa()]).run(questions(1), tmp_path / "a", cache="maybe")
+    with pytest.raises(ChainDefinitionError, match="on_failure must be one of 'retry', 'stay', 'emit'"):
+        qa(on_failure="ignore")
+    with pytest.raises(ChainDefinitionError, match="samples must be >= 1"):
+        qa(samples=0)
+    assert CountingEngine.sent == [] and not (tmp_path / "a").exists()

@@ -24,8 +24,8 @@ from .templates import Template
 __all__ = ["Apply", "Branch", "Node", "Step", "apply"]
 
 RESERVED_IDS = frozenset({"input"})
-FAILURE_BEHAVIOURS = ("retry", "stay", "emit")
 OnFailure = Literal["retry", "stay", "emit"]
+FAILURE_BEHAVIOURS: tuple[str, ...] = get_args(OnFailure)
 _ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 

@@ -86,7 +86,7 @@ def request_key(identity: dict[str, Any], request: ChatRequest, sample: int = 0)
 
 def key_prefix(identity: dict[str, Any], json_schema: dict[str, Any] | None, sampling: SamplingParams) -> Any:
     """The hash state of what a step's requests share (engine, schema, sampling): computed once
-    per step and copied per request, so a long schema is not serialised for every record."""
+    per chunk and copied per request, so a long schema is not serialised for every record."""
     shared = {"v": KEY_VERSION, "engine": identity, "schema": json_schema, "sampling": _sampling(sampling)}
     state = hashlib.blake2b(digest_size=20)
     state.update(orjson.dumps(shared, option=_SORTED, default=_stable))

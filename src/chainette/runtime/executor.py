@@ -1,6 +1,7 @@
-"""Driving records through a chain: source → one stage per item → sink, on anyio.
+"""Driving records through a chain: source → stages (the last one writes the rows), on anyio.
 
-Every stage is a task (or a few) joined to the next by a bounded memory stream of chunks, so
+A stage is one chain item, or several consecutive sync ``apply`` nodes. Every stage is a task
+(or a few) joined to the next by a bounded memory stream of chunks, so
 memory does not grow with the number of rows and a slow stage slows its producers
 (backpressure). Engines start lazily and are released as soon as the last stage that needs
 them has finished. The run folder is written as records complete.
@@ -17,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field, fields
 from importlib import metadata as _importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -82,15 +83,17 @@ async def run_chain(
         known = ", ".join(RunOptions.__dataclass_fields__)
         raise TypeError(f"{exc}. Known run options: {known}.") from None
     chain.check().raise_for_errors()
-    if opts.cache not in ("use", "refresh", "off"):
-        raise ValueError(f"cache must be 'use', 'refresh' or 'off', got {opts.cache!r}.")
+    if opts.cache not in get_args(CacheMode):
+        raise ValueError(
+            f"cache must be one of {', '.join(map(repr, get_args(CacheMode)))}, got {opts.cache!r}."
+        )
     if isinstance(inputs, (str, Path)) and not await anyio.Path(inputs).is_file():
         raise InputError(f"Input file {str(inputs)!r} does not exist (or is not a file).")
 
     run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     path = Path(output_dir) if output_dir is not None else Path("runs") / f"{_slug(chain.name)}-{run_id}"
-    has_steps = any(isinstance(n, Step) for n in chain.iter_nodes())
-    cache = RequestCache.open(opts.ledger, opts.cache if has_steps else "off")  # no LLM step: no ledger
+    users = Counter(n.engine_name for n in chain.iter_nodes() if isinstance(n, Step))
+    cache = RequestCache.open(opts.ledger, opts.cache if users else "off")  # no LLM step: no ledger
     try:
         writer = RunWriter(
             path,
@@ -109,7 +112,6 @@ async def run_chain(
         for handler in handlers:
             handler(kind, data)
 
-    users = Counter(n.engine_name for n in chain.iter_nodes() if isinstance(n, Step))
     broker = EngineBroker(users, on_event=emit)
     ctx = RunContext(writer, broker, emit, cache)
     started = time.time()

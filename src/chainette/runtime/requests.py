@@ -1,7 +1,7 @@
 """Between the step runner and the engines: the ledger, and one send per distinct request.
 
-``RequestCache.lookup`` answers what the ledger already holds (one worker-thread hop per
-chunk); ``RequestCache.claim`` makes sure that of several identical requests in flight at once
+``RequestCache.lookup`` answers what the ledger already holds (one indexed read per chunk, on
+the loop); ``RequestCache.claim`` makes sure that of several identical requests in flight at once
 (duplicate prompts in one run, across chunks and branches) only one reaches the engine, the
 others wait for its answer; ``RequestCache.store`` commits answers as soon as they arrive, so a
 crash loses nothing already paid for. Error answers are never stored: a rerun sends them again.
