@@ -147,3 +147,30 @@ def test_several_errors_are_listed_together() -> None:
     )
     with pytest.raises(ChainDefinitionError, match="2 problems"):
         Chain("c", [step]).check().raise_for_errors()
+
+
+def test_a_step_id_shadowed_by_an_input_field_is_caught() -> None:
+    """``{{ text.text }}`` where ``text`` is both a step and a str field of the input: the field wins
+    in templates, so the reference would fail on every record; the check says so up front."""
+    text = Step(
+        id="text", input_model=Question, output_model=Question, engine_name="fake", user_prompt="{{ text }}"
+    )
+    reads = Step(
+        id="reads",
+        input_model=Question,
+        output_model=Answer,
+        engine_name="fake",
+        user_prompt="Earlier: {{ text.text }}",
+    )
+    report = Chain("shadow", [text, reads]).check()
+    errors = [i for i in report.issues if i.level == "error"]
+    assert len(errors) == 1 and errors[0].node_id == "reads"
+    assert "input field Question.text (str)" in errors[0].message
+    assert "shadows the earlier output 'text'" in errors[0].message
+    with pytest.raises(TemplateError, match=r"text\.text"):
+        report.raise_for_errors()
+
+
+def test_attributes_of_str_fields_that_exist_are_allowed() -> None:
+    assert qa_step("{{ text.upper() }}").id == "qa"
+    assert Chain("ok", [qa_step("{{ text.upper() }}")]).check().issues == []

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from types import UnionType
+from typing import TYPE_CHECKING, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -65,6 +66,17 @@ class CheckReport:
         kinds = {e.error_type for e in errors}
         cls = kinds.pop() if len(kinds) == 1 else ChainDefinitionError
         raise cls(f"The chain has {len(errors)} problems:\n{listing}")
+
+
+_SCALARS: tuple[object, ...] = (str, int, float, bool, bytes)
+
+
+def _unwrap_optional(annotation: object) -> object:
+    """``X | None`` → ``X`` (a template reads the attribute of X, or fails on None per record)."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
 
 
 def check_chain(chain: Chain, *, check_engines: bool = True) -> CheckReport:
@@ -164,9 +176,24 @@ class _Checker:
         model = step.input_model
         where = f"Step {step.id!r} {which} line {ref.lineno} uses {{{{ {ref} }}}}"
         if ref.name in model.model_fields:
-            annotation = model.model_fields[ref.name].annotation
+            annotation = _unwrap_optional(model.model_fields[ref.name].annotation)
             if ref.attr and isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 self.check_attr(step, where, ref, annotation)
+            elif ref.attr and annotation in _SCALARS and not hasattr(annotation, ref.attr):
+                shadowed = (
+                    f" The input field shadows the earlier output {ref.name!r} (the field wins in templates): "
+                    "rename the step or the field."
+                    if ref.name in scope
+                    else ""
+                )
+                assert isinstance(annotation, type)
+                self.add(
+                    "error",
+                    step,
+                    f"{where}, but {ref.name!r} is the input field {model.__name__}.{ref.name} "
+                    f"({annotation.__name__}), which has no attribute {ref.attr!r}.{shadowed}",
+                    TemplateError,
+                )
             return
         if ref.name in scope:
             target = scope[ref.name]
