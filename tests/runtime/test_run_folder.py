@@ -123,8 +123,11 @@ def test_existing_output_folder_is_refused_unless_overwrite(run_dir: Path) -> No
     (run_dir / "stale.txt").write_text("from the earlier run")
     with pytest.raises(RunFolderError, match="already exists"):
         build_chain().run([Question(text="q")], output_dir=run_dir)
+    with pytest.raises(RunFolderError, match=r"entries that no Chainette run wrote: stale\.txt"):
+        build_chain().run([Question(text="q")], output_dir=run_dir, overwrite=True)  # not ours to delete
+    (run_dir / "stale.txt").unlink()
     build_chain().run([Question(text="q")], output_dir=run_dir, overwrite=True)
-    assert not (run_dir / "stale.txt").exists() and (run_dir / "metadata.json").exists()
+    assert (run_dir / "metadata.json").exists()
 
 
 def test_files_roll_every_max_lines(run_dir: Path) -> None:
@@ -200,7 +203,7 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path: Path) -> N
     precious = tmp_path / "thesis"
     precious.mkdir()
     (precious / "chapter1.tex").write_text("years of work")
-    with pytest.raises(RunFolderError, match="does not look like a Chainette run folder"):
+    with pytest.raises(RunFolderError, match="has no Chainette run marker"):
         build_chain().run([Question(text="q")], output_dir=precious, overwrite=True)
     assert (precious / "chapter1.tex").read_text() == "years of work"
 

@@ -18,12 +18,12 @@ from pydantic import BaseModel
 
 from .._errors import ChainDefinitionError, TemplateError
 from ..engines.base import SamplingParams
+from ..io.layout import RESERVED_NAMES, is_reserved
 from .schema_prompt import schema_instruction
 from .templates import Template
 
 __all__ = ["Apply", "Branch", "Node", "Step", "apply"]
 
-RESERVED_IDS = frozenset({"input"})
 OnFailure = Literal["retry", "stay", "emit"]
 FAILURE_BEHAVIOURS: tuple[str, ...] = get_args(OnFailure)
 _ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -35,9 +35,15 @@ def _check_id(node_id: str, what: str) -> str:
             f"{what} id {node_id!r} is not a valid identifier; templates reference it as "
             "{{ id.field }}, so use letters, digits and underscores (e.g. 'qa_step')."
         )
-    if node_id in RESERVED_IDS:
+    if node_id.lower() == "input":
         raise ChainDefinitionError(
             f"{what} id {node_id!r} is reserved: {{{{ input.field }}}} reads the chain's input record."
+        )
+    if is_reserved(node_id):
+        raise ChainDefinitionError(
+            f"{what} id {node_id!r} is reserved: the run folder uses that name for its own files "
+            f"(reserved: {', '.join(sorted(RESERVED_NAMES))}, in any case). Choose another id, "
+            f"e.g. {node_id + '_step'!r}."
         )
     return node_id
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,11 @@ from typing import Any
 import anyio
 
 from .._errors import RunFolderError
+from .layout import LOCK, Ownership, clear_run_folder, inspect_folder, write_marker
+from .lock import FolderLock
 from .sinks import FORMATS, Sink, make_sink
 
-__all__ = ["RunWriter"]
+__all__ = ["RunWriter", "fs_error"]
 
 FLUSH_ROWS = 4096
 FLUSH_SECONDS = 1.0
@@ -31,11 +32,17 @@ class RunWriter:
         path: The run folder. Must not exist or be empty, unless ``overwrite``.
         fmt: ``jsonl`` (default), ``csv`` or ``parquet`` for step outputs and the flattened view.
         max_lines_per_file: Rows per file part before rolling to the next.
-        overwrite: Replace an existing run folder (one holding metadata.json or graph.json);
-            any other non-empty folder is refused, so a typo cannot delete your files.
+        overwrite: Replace an existing run folder. Only a folder Chainette provably wrote is
+            replaced (its marker, and nothing the marker does not account for: see
+            ``io/layout.py``); any other non-empty folder is refused untouched.
         resume: Rewrite an existing run folder of the chain ``chain_name`` (the runtime replays
             the run, answering completed requests from the ledger). Its old ``metadata.json``
             is kept in :attr:`previous`.
+        chain_name: The chain's name, kept in the folder's marker.
+        run_id: This run's id, kept in the folder's marker.
+
+    The folder is locked from here until :meth:`release`: a second writer is refused, naming
+    the process that holds it; the OS drops the lock when the holder dies.
     """
 
     def __init__(
@@ -47,43 +54,19 @@ class RunWriter:
         overwrite: bool = False,
         resume: bool = False,
         chain_name: str | None = None,
+        run_id: str = "",
     ) -> None:
         if fmt not in FORMATS:
             raise RunFolderError(f"Unknown output format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
         self.path = path
         self.fmt = fmt
         self.max_lines = max_lines_per_file
+        self.run_id = run_id
+        self.chain_name = chain_name or ""
         self.previous: dict[str, Any] | None = None
         """The replaced run's metadata.json (when resuming or overwriting a run folder)."""
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            if not (overwrite or resume):
-                raise RunFolderError(
-                    f"Output folder {str(path)!r} already exists and is not empty. Pass resume=True "
-                    "(CLI: --resume) to continue that run (completed requests come from the ledger), "
-                    "overwrite=True (--overwrite) to replace it, or choose another folder."
-                )
-            if not (path / "metadata.json").is_file() and not (path / "graph.json").is_file():
-                raise RunFolderError(
-                    f"Refusing to replace {str(path)!r}: it is not empty and does not look like a Chainette "
-                    "run folder (no metadata.json or graph.json). Choose an empty or new folder."
-                )
-            self.previous = _read_json(path / "metadata.json") or _read_json(path / "graph.json") or {}
-            previous_chain = self.previous.get("chain", self.previous.get("name"))
-            if (
-                resume
-                and not overwrite
-                and chain_name is not None
-                and previous_chain not in (None, chain_name)
-            ):
-                raise RunFolderError(
-                    f"Cannot resume {str(path)!r}: it holds a run of chain {previous_chain!r}, not "
-                    f"{chain_name!r}. Choose another folder, or pass overwrite=True (--overwrite) to replace it."
-                )
-            shutil.rmtree(path)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RunFolderError(f"Cannot create output folder {str(path)!r}: {exc}") from exc
+        self._folders: list[str] = []
+        self._lock_file = self._take_folder(overwrite=overwrite, resume=resume)
         self._sinks: dict[str, Sink] = {}
         self._pending: dict[str, list[dict[str, Any]]] = {}
         self._pending_rows = 0
@@ -91,6 +74,66 @@ class RunWriter:
         self._last_flush = time.monotonic()
         self.failures = 0
         self.flattened = 0
+
+    def _take_folder(self, *, overwrite: bool, resume: bool) -> FolderLock:
+        """Create or reclaim the run folder and lock it; refuse anything not provably ours."""
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise RunFolderError(
+                f"Output path {str(path)!r} is a file, not a folder. Choose a folder path for the run."
+            )
+        try:
+            taken = path.is_dir() and any(path.iterdir())
+        except OSError as exc:
+            raise fs_error(exc, f"read the output folder {str(path)!r}") from exc
+        if taken:
+            if not (overwrite or resume):
+                raise RunFolderError(
+                    f"Output folder {str(path)!r} already exists and is not empty. Pass resume=True "
+                    "(CLI: --resume) to continue that run (completed requests come from the ledger), "
+                    "overwrite=True (--overwrite) to replace it, or choose another folder."
+                )
+            self._check_owned(path, resume=resume, overwrite=overwrite)  # read-only: before any write
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise fs_error(exc, f"create the output folder {str(path)!r}") from exc
+        lock = FolderLock.acquire(path / LOCK, folder=path)
+        try:
+            if taken:  # again under the lock: the folder may have changed since the first look
+                clear_run_folder(path, self._check_owned(path, resume=resume, overwrite=overwrite))
+            write_marker(path, self.run_id, self.chain_name, self._folders)
+        except BaseException as exc:
+            lock.release()
+            if isinstance(exc, OSError):
+                raise fs_error(exc, f"replace the run in {str(path)!r}") from exc
+            raise
+        return lock
+
+    def _check_owned(self, path: Path, *, resume: bool, overwrite: bool) -> Ownership:
+        try:
+            ownership = inspect_folder(path)
+        except OSError as exc:
+            raise fs_error(exc, f"read the output folder {str(path)!r}") from exc
+        if not ownership.owned:
+            raise RunFolderError(
+                f"Refusing to replace {str(path)!r}: {ownership.reason}. Chainette only replaces a run "
+                "folder it wrote itself, holding nothing else. Choose a new or empty folder, or move "
+                "those files away yourself."
+            )
+        self.previous = ownership.previous or {}
+        assert ownership.marker is not None
+        previous_chain = self.previous.get("chain", ownership.marker.get("chain"))
+        if resume and not overwrite and self.chain_name and previous_chain not in (None, self.chain_name):
+            raise RunFolderError(
+                f"Cannot resume {str(path)!r}: it holds a run of chain {previous_chain!r}, not "
+                f"{self.chain_name!r}. Choose another folder, or pass overwrite=True (--overwrite) to replace it."
+            )
+        return ownership
+
+    def release(self) -> None:
+        """Let go of the folder's lock (at the very end of the run, after metadata.json)."""
+        self._lock_file.release()
 
     # -- rows (called on the event loop) --------------------------------------------------
 
@@ -150,19 +193,25 @@ class RunWriter:
                 sink = make_sink("jsonl", self.path, None, name=lambda part: "failures.jsonl")
             else:
                 folder = self.path / key
+                if key not in self._folders:  # recorded before it exists: a crash leaves nothing unaccounted
+                    self._folders.append(key)
+                    write_marker(self.path, self.run_id, self.chain_name, self._folders)
                 folder.mkdir(parents=True, exist_ok=True)
                 sink = make_sink(self.fmt, folder, self.max_lines)
             self._sinks[key] = sink
         return sink
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """A whole-file artefact, or None when missing or unreadable (a crash can leave either)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+def fs_error(exc: OSError, doing: str) -> RunFolderError:
+    """A file-system error at the start or end of a run, said plainly (no traceback)."""
+    what = exc.strerror or type(exc).__name__
+    where = f" ({exc.filename})" if exc.filename else ""
+    hint = (
+        " Check the folder's permissions, or choose another folder."
+        if isinstance(exc, PermissionError)
+        else " Check the disk and the path, or choose another folder."
+    )
+    return RunFolderError(f"Cannot {doing}: {what}{where}.{hint}")
 
 
 def _close_all(sinks: list[Sink]) -> None:

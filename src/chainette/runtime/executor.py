@@ -29,13 +29,14 @@ from ..engines.broker import EngineBroker
 from ..graph.chain import Chain
 from ..graph.nodes import Apply, Branch, Node, Step
 from ..io.inputs import InputItem, iter_input_chunks
-from ..io.writer import RunWriter
+from ..io.writer import RunWriter, fs_error
 from .accounting import cache_summary, cost_summary
 from .context import EventHandler, RunContext
 from .dispatch import run_item
 from .records import Record, coerce, describe_validation, dump
 from .requests import CacheMode, RequestCache
 from .result import RunResult
+from .step_runner import iter_step
 
 __all__ = ["RunOptions", "run_chain"]
 
@@ -102,10 +103,29 @@ async def run_chain(
             overwrite=opts.overwrite,
             resume=opts.resume,
             chain_name=chain.name,
+            run_id=run_id,
         )
     except BaseException:
         cache.close()
         raise
+    try:
+        return await _run_in_folder(chain, inputs, opts, writer, cache, users, run_id)
+    finally:
+        cache.close()
+        writer.release()
+
+
+async def _run_in_folder(
+    chain: Chain,
+    inputs: Any,
+    opts: RunOptions,
+    writer: RunWriter,
+    cache: RequestCache,
+    users: Counter[str],
+    run_id: str,
+) -> RunResult:
+    """The run proper, in the locked ``writer.path``."""
+    path = writer.path
     handlers = [h for h in (opts.on_event, _progress_handler(chain, opts, inputs)) if h is not None]
 
     def emit(kind: str, data: dict[str, Any]) -> None:
@@ -128,13 +148,16 @@ async def run_chain(
     }
     if writer.previous is not None:
         meta["resumed_from"] = {k: writer.previous.get(k) for k in ("run_id", "status", "started_at")}
-    writer.write_json("graph.json", _graph(chain))
-    writer.write_json("metadata.json", meta)
-    (path / "failures.jsonl").touch()
-    writer.open_folder("flattened")
-    for node in chain.iter_nodes():
-        if node.write:
-            writer.open_folder(node.id)
+    try:
+        writer.write_json("graph.json", _graph(chain))
+        writer.write_json("metadata.json", meta)
+        (path / "failures.jsonl").touch()
+        writer.open_folder("flattened")
+        for node in chain.iter_nodes():
+            if node.write:
+                writer.open_folder(node.id)
+    except OSError as exc:
+        raise fs_error(exc, f"write the run folder {str(path)!r}") from exc
     counts = {"records_in": 0}
     emit(
         "run_started",
@@ -173,16 +196,27 @@ async def run_chain(
         raise
     finally:
         await broker.aclose()
-        await writer.close()
-        cache.close()
+        write_error: OSError | None = None
+        try:
+            await writer.close()
+        except OSError as exc:
+            write_error = exc
         finished = time.time()
         meta.update(_summary(ctx, counts, writer, broker))
         meta["cache"] = cache_summary(ctx)
         meta["cost"] = cost_summary(chain, ctx)
         meta["finished_at"] = _iso(finished)
         meta["duration_s"] = round(finished - started, 3)
-        writer.write_json("metadata.json", meta)
+        ran_through = meta["status"] == "completed"
+        if write_error is not None:
+            meta["status"], meta["error"] = "failed", f"the run's files could not be written: {write_error}"
+        try:
+            writer.write_json("metadata.json", meta)
+        except OSError as exc:
+            write_error = write_error or exc
         emit("run_finished", {"status": meta["status"], "output_dir": str(path), "counts": meta["counts"]})
+        if write_error is not None and ran_through:  # otherwise the error that stopped the run goes on
+            raise fs_error(write_error, f"write the run folder {str(path)!r}") from write_error
     return RunResult(path=path, run_id=run_id, metadata=meta, fmt=opts.fmt)
 
 
@@ -229,21 +263,30 @@ async def _stage(
 ) -> None:
     """Run ``items`` in order over each chunk; pass the outputs on, or (last stage) write them."""
 
+    async def push(chunk: Chunk, start: int, send: MemoryObjectSendStream[Chunk] | None) -> None:
+        """Run ``items[start:]`` over ``chunk`` and hand the result on (or write it)."""
+        for i in range(start, len(items)):
+            if not chunk:
+                break
+            item = items[i]
+            if isinstance(item, Step) and item.samples > 1:  # many outputs per record: one pass at a time
+                async for part in iter_step(item, chunk, ctx):
+                    await push(part, i + 1, send)
+                return
+            chunk = await run_item(item, chunk, ctx)
+        if send is None:
+            for record in chunk:
+                ctx.writer.add_flattened(flatten(record))
+        elif chunk:
+            await send.send(chunk)
+        await ctx.writer.maybe_flush()
+
     async def worker(
         receive: MemoryObjectReceiveStream[Chunk], send: MemoryObjectSendStream[Chunk] | None
     ) -> None:
         try:
             async for chunk in receive:
-                for item in items:
-                    chunk = await run_item(item, chunk, ctx)
-                    if not chunk:
-                        break
-                if send is None:
-                    for record in chunk:
-                        ctx.writer.add_flattened(flatten(record))
-                elif chunk:
-                    await send.send(chunk)
-                await ctx.writer.maybe_flush()
+                await push(chunk, 0, send)
         finally:  # closing our clones tells the next stage when every worker is done
             receive.close()
             if send is not None:

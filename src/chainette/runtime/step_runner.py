@@ -14,6 +14,7 @@ reason, and then, per ``Step.on_failure``: ``retry`` (tried again on the next ru
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ from .context import RunContext
 from .records import Record, coerce, describe_validation, fields_of
 from .requests import InFlight
 
-__all__ = ["parse_output", "render_messages", "run_step"]
+__all__ = ["iter_step", "parse_output", "render_messages", "run_step"]
 
 REASK_INVALID = (
     "Your reply was not valid: {error}. Reply again with only a JSON object that matches the schema."
@@ -70,20 +71,55 @@ class _Round:
     stays: list[tuple[str, StoredFailure]] = field(default_factory=list)
 
 
+SAMPLES_PER_PASS = 256
+"""With ``samples > 1``, samples are made and sent this many at a time (or one chunk's worth,
+when that is more), and each pass goes downstream before the next is made: memory stays flat in
+the sample count, and a cancel (Ctrl-C) is seen between passes."""
+
+
 async def run_step(step: Step, chunk: list[Record], ctx: RunContext) -> list[Record]:
+    """Run ``step`` over ``chunk``; the records that go on (samples included, all at once)."""
+    out: list[Record] = []
+    async for part in iter_step(step, chunk, ctx):
+        out.extend(part)
+    return out
+
+
+async def iter_step(step: Step, chunk: list[Record], ctx: RunContext) -> AsyncIterator[list[Record]]:
+    """Run ``step`` over ``chunk``, yielding the records that go on one pass at a time.
+
+    Without samples there is one pass. With ``samples=n`` the ``n`` samples of each record are
+    made lazily, ``max(len(chunk), SAMPLES_PER_PASS)`` per pass.
+    """
     stats = ctx.node(step.id)
     stats.records_in += len(chunk)
-    jobs: list[_Job] = []
+    rendered: list[tuple[Record, list[Message]]] = []
     for record in chunk:
         try:
-            messages = render_messages(step, record)
+            rendered.append((record, render_messages(step, record)))
         except RenderError as exc:
             ctx.fail(record, exc)
-            continue
-        if step.samples == 1:
-            jobs.append(_Job(record, messages))
+    if step.samples == 1:
+        if rendered:
+            yield await _run_jobs(step, [_Job(record, messages) for record, messages in rendered], ctx)
         else:
-            jobs.extend(_Job(record.sample(k), messages, sample=k) for k in range(step.samples))
+            ctx.progress(step.id)
+        return
+    size = max(len(chunk), SAMPLES_PER_PASS)
+    jobs: list[_Job] = []
+    for record, messages in rendered:
+        for k in range(step.samples):
+            jobs.append(_Job(record.sample(k), messages, sample=k))
+            if len(jobs) >= size:
+                yield await _run_jobs(step, jobs, ctx)
+                jobs = []
+    if jobs or not rendered:
+        yield await _run_jobs(step, jobs, ctx)
+
+
+async def _run_jobs(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Record]:
+    """Every attempt for ``jobs`` (ledger, engine, re-asks); the records that go on."""
+    stats = ctx.node(step.id)
     pending = jobs
     first = True
     while pending:
