@@ -157,3 +157,55 @@ def test_fast_grammar_gives_the_same_greedy_outputs(tmp_path: Path) -> None:
         assert result.metadata["engines"]["local"]["fast_grammar"] is fast
         outputs[fast] = sorted(read_jsonl(result.path / "qa"), key=lambda r: r["_id"])
     assert len(outputs[True]) == len(questions) and outputs[True] == outputs[False]
+
+
+LONG_SCHEMA = {
+    "type": "object",
+    "properties": {"numbers": {"type": "array", "items": {"type": "integer"}, "minItems": 300}},
+    "required": ["numbers"],
+}
+
+
+@pytest.mark.parametrize("fast_grammar", [True, False])
+def test_a_cancelled_decode_stops_at_the_next_token(fast_grammar: bool) -> None:
+    """Ctrl-C (or a cancelled request) must not wait for hundreds of tokens to be decoded; the
+    model is left in a state that answers the next request exactly as a fresh one would."""
+    import time
+
+    import anyio
+
+    from chainette.engines.base import ChatRequest
+    from chainette.engines.llama_cpp import LlamaCppEngine
+
+    def request(text: str, schema: dict[str, object] | None, max_tokens: int) -> ChatRequest:
+        return ChatRequest(
+            messages=({"role": "user", "content": text},),
+            json_schema=schema,
+            sampling=SamplingParams(temperature=0, max_tokens=max_tokens),
+        )
+
+    short = request("What is the capital of France?", Answer.model_json_schema(), 48)
+
+    async def main() -> tuple[float, float, str, str]:
+        engine = LlamaCppEngine(n_ctx=2048, fast_grammar=fast_grammar)
+        await engine.start()
+        try:
+            started = time.monotonic()
+            first = (await engine.generate([short]))[0]
+            per_token = (time.monotonic() - started) / max(1, first.completion_tokens)
+            started = time.monotonic()
+            with anyio.move_on_after(0.5):
+                await engine.generate([request("List 300 numbers.", LONG_SCHEMA, 1500)])
+            stopped_after = time.monotonic() - started
+            after = (await engine.generate([short]))[0].text
+        finally:
+            await engine.close()
+        # minItems=300 integers with separators is at least 600 tokens when nothing stops it
+        return stopped_after, 600 * per_token, first.text, after
+
+    stopped_after, full_s, before, after = anyio.run(main)
+    assert stopped_after < 1.0, (
+        f"cancelled at 0.5 s, returned after {stopped_after:.2f} s (full decode ~{full_s:.1f} s)"
+    )
+    assert full_s > 3 * stopped_after  # the decode really was long: the cancel cut it short
+    assert after == before

@@ -19,11 +19,13 @@ import gc
 import importlib.util
 import json
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import anyio
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._errors import EngineConfigError, MissingDependencyError
@@ -107,17 +109,13 @@ class LlamaCppEngine(Engine):
 
     async def start(self) -> None:
         try:
-            import llama_cpp
+            from .llama_grammar import GrammarFirstLlama, StoppableLlama
         except ImportError as exc:
             raise MissingDependencyError(
                 f"The llama_cpp backend needs llama-cpp-python ({exc}). Install it with: pip install 'chainette[llama]'"
             ) from exc
         self.model_path = self._resolve_model()
-        llama_class: Any = llama_cpp.Llama
-        if self.fast_grammar:
-            from .llama_grammar import GrammarFirstLlama
-
-            llama_class = GrammarFirstLlama
+        llama_class: Any = GrammarFirstLlama if self.fast_grammar else StoppableLlama
 
         def load() -> Any:
             return llama_class(
@@ -143,10 +141,34 @@ class LlamaCppEngine(Engine):
         for request in requests:
             llm = await self._borrow.receive()
             try:
-                out.append(await anyio.to_thread.run_sync(self._complete, llm, request))
+                out.append(await self._complete_stoppable(llm, request))
             finally:
                 self._free.send_nowait(llm)
         return out
+
+    async def _complete_stoppable(self, llm: Any, request: ChatRequest) -> Completion:
+        """Decode in a worker thread; if this task is cancelled, the decode stops at the next token
+        (the model is only handed back once the thread has let go of it)."""
+        stop = threading.Event()
+
+        async def stop_when_cancelled() -> None:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                stop.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_when_cancelled)
+            llm.stop = stop
+            try:
+                completion = await anyio.to_thread.run_sync(self._complete, llm, request)
+            finally:
+                llm.stop = None
+            tg.cancel_scope.cancel()
+        if completion is None:  # stopped: the cancellation that stopped it is raised here
+            await anyio.lowlevel.checkpoint()
+            raise RuntimeError("llama.cpp decode stopped without a cancellation")
+        return completion
 
     def grammar(self, schema: dict[str, Any]) -> Any:
         """The GBNF grammar for ``schema`` (cached per schema)."""
@@ -158,17 +180,15 @@ class LlamaCppEngine(Engine):
             grammar = self._grammars[key] = LlamaGrammar.from_json_schema(key, verbose=self.verbose)
         return grammar
 
-    def _complete(self, llm: Any, request: ChatRequest) -> Completion:
+    def _complete(self, llm: Any, request: ChatRequest) -> Completion | None:
+        """One request, in a worker thread; None when the decode was stopped."""
+        from .llama_grammar import DecodeStopped
+
         sampling = request.sampling
-        result = llm.create_chat_completion(
-            messages=[dict(m) for m in request.messages],
-            grammar=self.grammar(request.json_schema) if request.json_schema is not None else None,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,
-            seed=sampling.seed,
-            stop=list(sampling.stop) if sampling.stop else None,
-        )
+        try:
+            result = self._create(llm, request, sampling)
+        except DecodeStopped:
+            return None
         choice = result["choices"][0]
         usage = result.get("usage") or {}
         return Completion(
@@ -176,6 +196,17 @@ class LlamaCppEngine(Engine):
             finish_reason=choice.get("finish_reason") or "stop",
             prompt_tokens=usage.get("prompt_tokens", 0),
             completion_tokens=usage.get("completion_tokens", 0),
+        )
+
+    def _create(self, llm: Any, request: ChatRequest, sampling: Any) -> Any:
+        return llm.create_chat_completion(
+            messages=[dict(m) for m in request.messages],
+            grammar=self.grammar(request.json_schema) if request.json_schema is not None else None,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed,
+            stop=list(sampling.stop) if sampling.stop else None,
         )
 
     async def close(self) -> None:

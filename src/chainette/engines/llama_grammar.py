@@ -7,6 +7,10 @@ not, the grammar masks the whole vocabulary as before and greedy takes the best 
 token. The output is identical (the best allowed token is the same either way); only the
 work differs. Sampling at temperature > 0 keeps llama-cpp-python's own sampler.
 
+``StoppableLlama`` (the base of both) stops a decode at the next token when its ``stop`` event
+is set, so a cancelled request (Ctrl-C, a cancelled trace) frees the model at once instead of
+decoding up to ``max_tokens``.
+
 Everything here is imported only when the ``llama_cpp`` back-end starts.
 """
 
@@ -14,13 +18,14 @@ from __future__ import annotations
 
 import ctypes
 import math
+import threading
 from typing import Any
 
 import llama_cpp
 import numpy as np
 from llama_cpp._internals import LlamaSampler
 
-__all__ = ["GrammarFirstLlama"]
+__all__ = ["DecodeStopped", "GrammarFirstLlama", "StoppableLlama"]
 
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
@@ -78,7 +83,23 @@ class _GrammarFirst:
             self.grammar = None
 
 
-class GrammarFirstLlama(llama_cpp.Llama):
+class DecodeStopped(Exception):
+    """Raised inside a decode whose ``stop`` event was set (caught by the engine)."""
+
+
+class StoppableLlama(llama_cpp.Llama):
+    """``llama_cpp.Llama`` that checks ``self.stop`` before evaluating each batch of tokens."""
+
+    stop: threading.Event | None = None
+
+    def eval(self, tokens: Any) -> None:
+        # checked before the decode, so the model's token count stays consistent for the next request
+        if self.stop is not None and self.stop.is_set():
+            raise DecodeStopped
+        super().eval(tokens)
+
+
+class GrammarFirstLlama(StoppableLlama):
     """``llama_cpp.Llama`` whose greedy, grammar-constrained sampling checks the best token first."""
 
     def _init_sampler(self, **kwargs: Any) -> Any:  # type: ignore[override]  # always called with keywords
