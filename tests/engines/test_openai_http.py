@@ -177,5 +177,11 @@ def test_ollama_native_request_and_answer() -> None:
 
 
 def test_describe_hides_credentials_in_the_url() -> None:
-    engine = OpenAIEngine("m", base_url="https://user:pw@api.example.com:8443/v1?key=abc")
-    assert engine.describe()["base_url"] == "https://api.example.com:8443/v1"
+    engine = OpenAIEngine("m", base_url="https://user:pw@api.example.com:8443/v1?api-version=1&key=abc")
+    assert engine.describe()["base_url"] == "https://user:***@api.example.com:8443/v1?api-version=1&key=***"
+
+
+def test_a_query_string_in_base_url_stays_after_the_path() -> None:
+    engine = OpenAIEngine("m", base_url="https://h/openai/v1/?api-version=1&key=abc")
+    url, _ = engine._request(ChatRequest(messages=({"role": "user", "content": "hi"},)), "none")
+    assert url == "https://h/openai/v1/chat/completions?api-version=1&key=abc"

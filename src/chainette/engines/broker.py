@@ -34,6 +34,7 @@ from anyio.abc import TaskGroup
 
 from .base import ChatRequest, Completion, Engine
 from .registry import EngineConfig, create_engine, get_engine_config
+from .secrets import scrub
 
 __all__ = ["DEFAULT_IDLE_TIMEOUT", "EngineBroker", "EngineHandle"]
 
@@ -75,7 +76,8 @@ class EngineBroker:
         self._clock = clock
         self._tg: TaskGroup | None = None
         self.described: dict[str, dict[str, Any]] = {}
-        """What each started engine said about itself (for metadata.json)."""
+        """What each started engine said about itself, and its options, scrubbed of credentials (for
+        metadata.json)."""
 
     async def __aenter__(self) -> EngineBroker:
         self._tg = anyio.create_task_group()
@@ -179,7 +181,7 @@ class EngineBroker:
                     self._in_flight[name] += 1
                     self._last_used[name] = self._clock()
                     self._timeouts[name] = float(config.options.get("idle_timeout", self._idle_timeout))
-                    self.described[name] = {**engine.describe(), "options": config.public_options()}
+                    self.described[name] = {**scrub(engine.describe()), "options": config.public_options()}
                     self._changed.notify_all()
             self._on_event(
                 "engine_started", {"engine": name, "seconds": round(time.perf_counter() - started, 3)}
@@ -217,7 +219,7 @@ class EngineBroker:
         engine = self._engines.pop(name, None)
         if engine is not None:
             if name in self.described:  # what the engine learned while running (e.g. the dialect that worked)
-                self.described[name] = {**self.described[name], **engine.describe()}
+                self.described[name] = {**self.described[name], **scrub(engine.describe())}
             with anyio.CancelScope(shield=True):
                 await engine.close()
             self._on_event("engine_released", {"engine": name, "reason": reason})

@@ -19,7 +19,10 @@ Structured output is sent in the server's dialect (``dialect=``):
 ============================  ===============================================================
 
 The API key is read from the environment variable named by ``api_key_env`` when the engine
-starts; it is never stored in options, ``describe()``, errors or logs.
+starts; it is never stored in options, ``describe()``, errors or logs. Credentials written into
+``base_url`` (``https://user:password@host/v1?api-key=...``) are sent as written (the user part as
+HTTP Basic auth, the query string with every request) and shown masked everywhere else
+(:mod:`chainette.engines.secrets`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import os
 import random
 from collections.abc import Sequence
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import httpx
@@ -37,6 +39,7 @@ import orjson
 from .._errors import EngineConfigError, EngineError
 from .base import ChatRequest, Completion, Engine
 from .limits import RateLimits, backoff_delay, estimate_tokens, parse_retry_after
+from .secrets import remember_secrets, scrub_text
 
 __all__ = ["DIALECTS", "OpenAIEngine"]
 
@@ -97,7 +100,10 @@ class OpenAIEngine(Engine):
                 "openai: max_concurrency >= 1, max_retries >= 0 and timeout > 0 are required."
             )
         self.model = model
-        self.base_url = base_url.rstrip("/")
+        root, _, query = base_url.partition("?")
+        self._root = root.rstrip("/")
+        self._query = f"?{query}" if query else ""
+        self.base_url = self._root + self._query
         self.api_key_env = api_key_env
         self.dialect = dialect
         self.max_concurrency = max_concurrency
@@ -127,6 +133,7 @@ class OpenAIEngine(Engine):
                     f"Export it before running: export {self.api_key_env}=..."
                 )
             self._secret = secret
+            remember_secrets({"api_key": secret})
             headers["authorization"] = f"Bearer {secret}"
         self._client = httpx.AsyncClient(
             headers=headers,
@@ -199,7 +206,7 @@ class OpenAIEngine(Engine):
         except httpx.TimeoutException as exc:
             return f"timed out after {self.timeout:g} s ({type(exc).__name__})", backoff
         except httpx.TransportError as exc:
-            return f"connection failed ({type(exc).__name__}: {exc})", backoff
+            return f"connection failed ({type(exc).__name__}: {exc}) to {self.public_url}", backoff
         status = response.status_code
         if status == 200:
             self._settle_dialect(dialect)
@@ -248,7 +255,7 @@ class OpenAIEngine(Engine):
             body["options"] = options
             if schema is not None:
                 body["format"] = schema
-            return f"{self.base_url.removesuffix('/v1')}/api/chat", {**body, **self.extra_body}
+            return f"{self._root.removesuffix('/v1')}/api/chat{self._query}", {**body, **self.extra_body}
         body = {
             "model": self.model,
             "messages": list(request.messages),
@@ -270,17 +277,16 @@ class OpenAIEngine(Engine):
                 body["structured_outputs"] = {"json": schema}
             elif dialect == "guided_json":
                 body["guided_json"] = schema
-        return f"{self.base_url}/chat/completions", {**body, **self.extra_body}
+        return f"{self._root}/chat/completions{self._query}", {**body, **self.extra_body}
 
     @property
     def public_url(self) -> str:
-        """``base_url`` without user info or query string (either could hold a credential)."""
-        parts = urlsplit(self.base_url)
-        host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+        """``base_url`` as it may be shown: password and secret query parameters masked."""
+        return scrub_text(self.base_url)
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        text = text.replace(self._secret, "***") if self._secret else text
+        return scrub_text(text)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -23,7 +23,7 @@ import json
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +81,8 @@ class StubServer:
         """Requests seen and faults injected, by kind (``requests``, ``429``, ``500``, ``slow``, ``drop``, ``ok``)."""
         self.dialects: Counter[str] = Counter()
         """Structured-output dialect of each chat request received."""
+        self.received: deque[tuple[str, dict[str, str], dict[str, Any]]] = deque(maxlen=100)
+        """The last chat requests received (at most 100): request target (path and query), headers, body."""
         self._rng = random.Random(self.faults.seed)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -174,11 +176,14 @@ class StubServer:
             self._tasks.discard(task)
 
     async def _handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes | None:
-        if method == "GET" and path.rstrip("/").endswith(("/models", "/health")):
+        route = path.partition("?")[0]
+        if method == "GET" and route.rstrip("/").endswith(("/models", "/health")):
             return _response(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
-        if method != "POST" or not path.endswith("/chat/completions"):
-            return _response(404, {"error": {"message": f"no route {method} {path}"}})
+        if method != "POST" or not route.endswith("/chat/completions"):
+            return _response(404, {"error": {"message": f"no route {method} {route}"}})
         self.stats["requests"] += 1
+        with contextlib.suppress(ValueError):
+            self.received.append((path, headers, json.loads(body or b"{}")))
         if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
             self.stats["unauthorized"] += 1
             return _response(401, {"error": {"message": "invalid or missing API key"}})

@@ -12,6 +12,7 @@ from .._errors import RecordError
 from ..engines.base import Engine
 from ..engines.broker import EngineBroker
 from ..engines.registry import get_engine_config
+from ..engines.secrets import scrub_exception, scrub_strings, scrub_text
 from ..io.writer import RunWriter
 from ..ledger.keys import engine_identity
 from .records import Record, dump
@@ -97,7 +98,14 @@ class RunContext:
         return engine, limiter
 
     def fail(self, record: Record, error: RecordError, *, emitted: bool = False) -> None:
-        """Write ``record`` to failures.jsonl with the reason; it goes no further unless ``emitted``."""
+        """Write ``record`` to failures.jsonl with the reason; it goes no further unless ``emitted``.
+
+        The error's message, raw text and details are scrubbed of credentials first (in place, so
+        what is remembered in the ledger or raised later is scrubbed too).
+        """
+        scrub_exception(error)
+        error.raw = scrub_text(error.raw) if error.raw else error.raw
+        error.details = scrub_strings(error.details)
         stats = self.node(error.node_id)
         stats.failed += 1
         stats.done += 1

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from .._errors import InputError, InvalidInputError
 from ..engines.broker import EngineBroker
+from ..engines.secrets import scrub_exception, scrub_strings, scrub_text
 from ..graph.chain import Chain
 from ..graph.nodes import Apply, Branch, Node, Step
 from ..io.inputs import InputItem, iter_input_chunks
@@ -129,7 +130,7 @@ async def run_chain(
     if writer.previous is not None:
         meta["resumed_from"] = {k: writer.previous.get(k) for k in ("run_id", "status", "started_at")}
     writer.write_json("graph.json", _graph(chain))
-    writer.write_json("metadata.json", meta)
+    writer.write_json("metadata.json", scrub_strings(meta))
     (path / "failures.jsonl").touch()
     writer.open_folder("flattened")
     for node in chain.iter_nodes():
@@ -169,7 +170,8 @@ async def run_chain(
             if isinstance(exc, (KeyboardInterrupt, anyio.get_cancelled_exc_class()))
             else "failed"
         )
-        meta["error"] = f"{type(exc).__name__}: {exc}"
+        scrub_exception(exc)  # what propagates (and is printed) names no credential either
+        meta["error"] = scrub_text(f"{type(exc).__name__}: {exc}")
         raise
     finally:
         await broker.aclose()
@@ -181,6 +183,7 @@ async def run_chain(
         meta["cost"] = cost_summary(chain, ctx)
         meta["finished_at"] = _iso(finished)
         meta["duration_s"] = round(finished - started, 3)
+        meta = scrub_strings(meta)
         writer.write_json("metadata.json", meta)
         emit("run_finished", {"status": meta["status"], "output_dir": str(path), "counts": meta["counts"]})
     return RunResult(path=path, run_id=run_id, metadata=meta, fmt=opts.fmt)
@@ -320,6 +323,7 @@ def _workers(items: list[Item], opts: RunOptions) -> int:
 
 
 def _graph(chain: Chain) -> dict[str, Any]:
+    """``graph.json``: the chain's graph and its engines, with credentials masked."""
     from ..engines.registry import get_engine_config
 
     graph = chain.describe()
@@ -328,7 +332,8 @@ def _graph(chain: Chain) -> dict[str, Any]:
         for name in chain.engine_names()
         for c in [get_engine_config(name)]
     }
-    return graph
+    scrubbed: dict[str, Any] = scrub_strings(graph)
+    return scrubbed
 
 
 def _summary(
