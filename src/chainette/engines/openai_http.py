@@ -5,6 +5,8 @@ One HTTP request per chat request, at most ``max_concurrency`` in flight, paced 
 retried here with exponential backoff and jitter, honouring ``Retry-After``; that loop is
 separate from the runtime's schema re-asks. A request that still fails gets
 ``Completion(finish_reason="error")`` naming the status and attempts, so only its record fails.
+A 401 or 403 is different: the credentials are wrong for every request, so the engine stops
+(``fatal_error``) and answers every later request with that reason, without sending it.
 
 Structured output is sent in the server's dialect (``dialect=``):
 
@@ -46,6 +48,7 @@ __all__ = ["DIALECTS", "OpenAIEngine"]
 DIALECTS = ("auto", "json_schema", "json_object", "structured_outputs", "guided_json", "ollama", "none")
 _AUTO_ORDER = ("json_schema", "json_object", "none")
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+_AUTH_STATUS = frozenset({401, 403})
 _DIALECT_STATUS = frozenset({400, 404, 422, 500, 501})
 _DIALECT_WORDS = ("response_format", "json_schema", "json_object", "structured_output", "guided", "schema")
 
@@ -179,6 +182,8 @@ class OpenAIEngine(Engine):
         while True:
             dialect = self.current_dialect
             await self.limits.acquire(estimate)
+            if self.fatal_error is not None:  # the credentials were refused: sending again cannot help
+                return Completion(text=self.fatal_error, finish_reason="error", attempts=attempt)
             attempt += 1
             self.stats["requests"] += 1
             problem, wait = await self._attempt(request, dialect, estimate, attempt)
@@ -190,7 +195,8 @@ class OpenAIEngine(Engine):
             if wait is None or attempt > self.max_retries:
                 self.stats["errors"] += 1
                 tries = f"after {attempt} attempt(s)" if wait is not None else "(not retried)"
-                return Completion(text=self._scrub(f"{problem} {tries}"), finish_reason="error")
+                text = self._scrub(f"{problem} {tries}")
+                return Completion(text=text, finish_reason="error", attempts=attempt)
             self.stats["retries"] += 1
             await anyio.sleep(wait)
 
@@ -215,8 +221,13 @@ class OpenAIEngine(Engine):
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 return f"unreadable answer from the server ({type(exc).__name__}: {exc})", backoff
             self.limits.settle(estimate, completion.prompt_tokens + completion.completion_tokens)
+            completion.attempts = attempt
             return completion, None
         detail = _error_text(response)
+        if status in _AUTH_STATUS:
+            self._stop(status, detail)
+            assert self.fatal_error is not None
+            return Completion(text=self.fatal_error, finish_reason="error", attempts=attempt), None
         if self._dialect_refused(dialect, status, detail):
             return _NEXT_DIALECT, None
         problem = f"HTTP {status} from {self.public_url}: {detail}"
@@ -228,6 +239,22 @@ class OpenAIEngine(Engine):
         if status in _RETRY_STATUS or status >= 500:
             return problem, backoff
         return problem, None  # other 4xx: the request itself is wrong, retrying will not help
+
+    def _stop(self, status: int, detail: str) -> None:
+        """The server refused the credentials: say why once, and send nothing more."""
+        if self.fatal_error is not None:
+            return
+        self.stats["errors"] += 1
+        if self.api_key_env:
+            hint = f"check the API key in ${self.api_key_env} (api_key_env)"
+        elif "@" in self._root.partition("://")[2].partition("/")[0]:
+            hint = "check the user and password in base_url"
+        else:
+            hint = "no API key was sent: put it in an environment variable and pass its name as api_key_env"
+        self.fatal_error = self._scrub(
+            f"authentication failed (HTTP {status}) for engine {self.name or self.model!r}: {hint}. "
+            f"The server ({self.public_url}) said: {detail}. Nothing more is sent to this engine in this run."
+        )
 
     def _settle_dialect(self, dialect: str) -> None:
         if not self._settled and dialect == self.current_dialect:

@@ -261,6 +261,8 @@ def create_engine(config: EngineConfig) -> Engine:
         )
     cls: Callable[..., Engine] = _load_backend_class(config.backend)
     try:
-        return cls(model=config.model, **config.backend_options)
+        engine = cls(model=config.model, **config.backend_options)
     except TypeError as exc:
         raise EngineConfigError(f"engine {config.name!r} ({config.backend}): {exc}") from exc
+    engine.name = config.name
+    return engine

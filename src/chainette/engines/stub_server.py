@@ -55,7 +55,8 @@ class StubServer:
         upstream: Base URL (``http://host:port/v1``) of a real server to forward to; ``None``
             answers instantly with schema-valid JSON.
         faults: What to inject.
-        api_key: When set, requests without ``Authorization: Bearer <api_key>`` get 401.
+        api_key: When set, requests without ``Authorization: Bearer <api_key>`` get 401
+            (``unauthorized_status``: 403 for servers that answer so).
         reject: Structured-output dialects to refuse with 400 (``json_schema``, ``json_object``, ...),
             to exercise dialect detection.
         reasoning: A ``reasoning_content`` to add to every stub answer.
@@ -70,10 +71,12 @@ class StubServer:
         reject: Sequence[str] = (),
         reasoning: str | None = None,
         port: int = 0,
+        unauthorized_status: int = 401,
     ) -> None:
         self.upstream = upstream.rstrip("/") if upstream else None
         self.faults = faults or Faults()
         self.api_key = api_key
+        self.unauthorized_status = unauthorized_status
         self.reject = set(reject)
         self.reasoning = reasoning
         self.port = port
@@ -186,7 +189,7 @@ class StubServer:
             self.received.append((path, headers, json.loads(body or b"{}")))
         if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
             self.stats["unauthorized"] += 1
-            return _response(401, {"error": {"message": "invalid or missing API key"}})
+            return _response(self.unauthorized_status, {"error": {"message": "invalid or missing API key"}})
         fault = self._draw()
         if fault:
             self.stats[fault] += 1

@@ -22,7 +22,7 @@ __all__ = ["EventHandler", "NodeStats", "RunContext"]
 
 EventHandler = Callable[[str, dict[str, Any]], None]
 """``handler(kind, data)``; kinds: run_started, node_progress, engine_started, engine_released,
-record_failed, run_finished."""
+engine_failed (once per engine that stopped, with ``message``), record_failed, run_finished."""
 
 
 @dataclass
