@@ -66,3 +66,19 @@ def test_generators_and_async_iterables(tmp_path: Path) -> None:
     b = Chain("c", [apply(upper)]).run(agen(), output_dir=tmp_path / "b")
     assert [r["upper.text"] for r in a.flattened()] == ["P", "Q"]
     assert [r["upper.text"] for r in b.flattened()] == ["X", "Y"]
+
+
+def test_a_line_that_is_not_utf8_is_named_with_the_byte_and_the_fix(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"text": "a"}\n{"text": "caf\xe9"}\n{"text": "c"}\n')
+    result = Chain("c", [apply(upper)]).run(src, output_dir=tmp_path / "run")
+    [failure] = list(result.failures())
+    assert failure["message"].startswith(
+        "in.jsonl line 2: not valid UTF-8 (byte 0xe9 at byte 14 of the line)"
+    ), failure["message"]
+    assert (
+        "surrogates" not in failure["message"] and "iconv -f latin1 -t utf-8 in.jsonl" in failure["message"]
+    )
+    assert [r["upper.text"] for r in result.flattened()] == ["A", "C"]
+    with pytest.raises(InputError, match=r"in.jsonl line 2: not valid UTF-8"):
+        Chain("c", [apply(upper)]).run(src, output_dir=tmp_path / "strict", strict_inputs=True)

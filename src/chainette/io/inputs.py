@@ -165,7 +165,10 @@ def _read_chunk(
         try:
             value = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
-            message = f"{where}: not valid JSON ({exc}). Fix or remove the line, then run again."
+            message = (
+                _not_utf8(line, where, name)
+                or f"{where}: not valid JSON ({exc}). Fix or remove the line, then run again."
+            )
             if strict:
                 raise InputError(message) from None
             chunk.append(InputItem(index, rid, None, where, message))
@@ -180,3 +183,17 @@ def _read_chunk(
             continue
         chunk.append(InputItem(index, rid, value, where))
     return chunk
+
+
+def _not_utf8(line: bytes, where: str, name: str) -> str | None:
+    """The message for a line that is not UTF-8 (naming the first bad byte), or None if it is."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        byte = line[exc.start]
+        return (
+            f"{where}: not valid UTF-8 (byte 0x{byte:02x} at byte {exc.start + 1} of the line). JSONL input "
+            f"must be UTF-8: convert the file (if it is Latin-1: iconv -f latin1 -t utf-8 {name} > utf8-{name}) "
+            "or fix the line, then run again."
+        )
+    return None
