@@ -48,6 +48,11 @@ class RunWriter:
         resume: bool = False,
         chain_name: str | None = None,
     ) -> None:
+        if path.exists() and not path.is_dir():
+            raise RunFolderError(
+                f"{str(path)!r} is a file, not a folder: a run writes a folder of files. Pass a folder "
+                "path (new or empty; -o / output_dir), e.g. the file's name without its extension."
+            )
         if fmt not in FORMATS:
             raise RunFolderError(f"Unknown output format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
         self.path = path
