@@ -26,14 +26,21 @@ __all__ = ["Apply", "Branch", "Node", "Step", "apply"]
 RESERVED_IDS = frozenset({"input"})
 OnFailure = Literal["retry", "stay", "emit"]
 FAILURE_BEHAVIOURS: tuple[str, ...] = get_args(OnFailure)
-_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ID_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 
 
 def _check_id(node_id: str, what: str) -> str:
-    if not _ID_RE.match(node_id):
+    if not _ID_RE.fullmatch(node_id):
+        bad = sorted({c for c in node_id if c not in _ID_CHARS}, key=node_id.index)
+        if bad:
+            problem = f"{', '.join(repr(c) for c in bad)} {'is' if len(bad) == 1 else 'are'} not allowed"
+        else:
+            problem = "it is empty" if not node_id else "it starts with a digit"
         raise ChainDefinitionError(
-            f"{what} id {node_id!r} is not a valid identifier; templates reference it as "
-            "{{ id.field }}, so use letters, digits and underscores (e.g. 'qa_step')."
+            f"{what} id {node_id!r} is not a valid identifier ({problem}). Templates reference it as "
+            "{{ id.field }}, so an id may hold only ASCII letters (a-z, A-Z), digits (0-9) and "
+            "underscores (_), not starting with a digit (e.g. 'qa_step', 'etape_1')."
         )
     if node_id in RESERVED_IDS:
         raise ChainDefinitionError(
