@@ -218,8 +218,8 @@ def _to_record(item: InputItem, model: Any, opts: RunOptions, ctx: RunContext) -
             )
             if opts.strict_inputs:
                 raise InputError(item.error) from exc
-    record = Record(item.id, item.index, item.value, {})
-    ctx.fail(record, InvalidInputError(item.error or "", node_id="input", record_id=item.id))
+    record = Record(item.id, item.index, item.value, {})  # ``input``: the parsed value, when there is one
+    ctx.fail(record, InvalidInputError(item.error or "", node_id="input", record_id=item.id, raw=item.raw))
     return None
 
 
