@@ -52,7 +52,12 @@ class _Job:
     record: Record
     messages: list[Message]
     sample: int = 0
+    asks: int = 0
+    """Answers judged so far: the re-ask budget (``Step.max_reasks``) counts these."""
     attempts: int = 0
+    """Requests made for this record here, as failures.jsonl reports them: each answer's sends
+    (``Completion.attempts``: transport retries included, 0 if never sent), 1 for an answer from
+    the ledger or an identical request, 1 for a call that raised."""
     first_key: str = ""
     """Ledger key of the first attempt: where a final failure is remembered (``on_failure="stay"``)."""
     raw: str | None = None
@@ -250,11 +255,12 @@ def _settle(
     else:
         stats.saved_prompt_tokens += completion.prompt_tokens
         stats.saved_completion_tokens += completion.completion_tokens
-    job.attempts += 1
+    job.asks += 1
+    job.attempts += getattr(completion, "attempts", 1)  # a stored answer: one attempt
     outcome = _judge(step, job, completion)
     if outcome is None:
         stats.done += 1
-    elif job.attempts <= step.max_reasks and not isinstance(outcome, EngineError):
+    elif job.asks <= step.max_reasks and not isinstance(outcome, EngineError):
         stats.reasks += 1
         decided.retry.append(job)
     else:
@@ -315,8 +321,12 @@ def _judge(step: Step, job: _Job, completion: Completion | StoredAnswer) -> Reco
     """Accept the completion into ``job`` (None), or say why not and prepare the re-ask."""
     job.raw = completion.text
     if completion.finish_reason == "error":
+        sent = getattr(completion, "attempts", 1)
+        earlier = (
+            f" ({job.attempts} attempt(s) for this record, re-asks included)" if sent < job.attempts else ""
+        )
         return EngineError(
-            f"Step {step.id!r}: engine reported an error: {completion.text}",
+            f"Step {step.id!r}: engine reported an error: {completion.text}{earlier}",
             node_id=step.id,
             record_id=job.record.id,
             attempts=job.attempts,
