@@ -36,7 +36,12 @@ class NodeStats:
     failed: int = 0
     filtered: int = 0
     requests: int = 0
-    """Requests sent to the engine."""
+    """Requests the engine answered: a reply, or an error after sending (a transport retry is
+    not a new request; the HTTP engine counts those in ``http_requests``). Not counted: a request
+    cancelled before its answer came back (an interrupted run: the server may still have
+    received it), one answered without being sent (``Completion.attempts == 0``, e.g. after an
+    authentication failure), and a batch whose engine call raised. This is ``cache.sent`` and
+    what ``cost`` is computed from."""
     cache_hits: int = 0
     """Answers read from the ledger instead of sent."""
     deduped: int = 0

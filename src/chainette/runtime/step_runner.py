@@ -197,7 +197,7 @@ async def _send(
                 tg.start_soon(_call, step, engine, limiter, owned[start : start + size], ctx, decided)
     finally:  # an engine that failed to start, or a cancelled send, must not leave duplicates waiting
         for _, _, key in owned:
-            ctx.cache.resolve(key, Completion(text="request not sent", finish_reason="error"))
+            ctx.cache.resolve(key, Completion(text="request not sent", finish_reason="error", attempts=0))
 
 
 async def _call(
@@ -209,10 +209,10 @@ async def _call(
     decided: _Round,
 ) -> None:
     stats = ctx.node(step.id)
-    stats.requests += len(batch)
     try:
         async with limiter:
             completions = await engine.generate([request for _, request, _ in batch])
+        stats.requests += sum(1 for c in completions if c.attempts > 0)  # answered (see NodeStats)
         if len(completions) != len(batch):
             raise RuntimeError(f"engine returned {len(completions)} completions for {len(batch)} requests")
     except Exception as exc:
