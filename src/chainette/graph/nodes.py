@@ -100,10 +100,13 @@ class Step(Node):
             ``<id>.0`` … ``<id>.<n-1>``; sample ``k`` uses seed ``seed + k`` and its own ledger
             key, so with temperature > 0 the samples differ, and reruns reuse them.
         on_failure: What happens to a record that still fails here after the re-asks (it is
-            written to ``failures.jsonl`` in every case): ``"retry"`` (default) tries it again on
-            the next run into the same ledger; ``"stay"`` remembers the failure in the ledger,
-            so reruns report it without sending anything; ``"emit"`` also passes the record on,
-            with ``{"_error": reason}`` as this step's output (its value stays the step's input).
+            written to ``failures.jsonl`` in every case): ``"retry"`` (default) remembers nothing,
+            so the next run into the same ledger re-sends requests that ended in an engine error,
+            while invalid answers replay from the ledger and fail the same way (for a fresh try:
+            ``cache="refresh"``, change the step, or raise ``max_reasks``); ``"stay"`` remembers
+            the failure in the ledger, so reruns report it without sending anything; ``"emit"``
+            also passes the record on, with ``{"_error": reason}`` as this step's output (its
+            value stays the step's input).
 
     Example:
         >>> from pydantic import BaseModel

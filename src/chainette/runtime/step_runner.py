@@ -7,7 +7,8 @@ batches in flight per engine across the whole run; answers are committed to the 
 arrive. A reply that is not valid JSON for the output model, or was cut off at ``max_tokens``,
 is re-asked with the error fed back (``Step.max_reasks`` times); engine errors are not re-asked
 here. A record that runs out of attempts goes to ``failures.jsonl`` with the raw text and the
-reason, and then, per ``Step.on_failure``: ``retry`` (tried again on the next run), ``stay``
+reason, and then, per ``Step.on_failure``: ``retry`` (nothing remembered: a rerun re-sends engine
+errors, while stored invalid answers replay and fail the same way), ``stay``
 (remembered in the ledger: reruns report it without sending) or ``emit`` (also passed on).
 """
 
