@@ -95,7 +95,8 @@ class RecordError(ChainetteError):
         node_id: The id of the node (step or apply) where the record failed.
         record_id: The record's stable id.
         raw: The raw model output, when there was one.
-        attempts: How many times the node tried this record.
+        attempts: How many times the node tried this record: requests made for it, re-asks and
+            an engine's transport retries included (what the message counts).
         details: Free-form extra context (rendered prompt, HTTP status, ...).
     """
 

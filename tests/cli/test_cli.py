@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from chainette import Chain, __version__
 from chainette.cli import app
+from chainette.engines.stub_server import StubServer
 
 CHAIN_MODULE = """
 from pydantic import BaseModel
@@ -404,3 +405,26 @@ def test_ctrl_c_exits_130_and_says_where_the_partial_run_is(
 
     assert result.exit_code == 130
     assert f"Interrupted. Partial results are in {tmp_path / 'run'}" in result.stderr
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_an_engine_refusing_the_key_is_reported_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quiet: bool
+) -> None:
+    monkeypatch.setenv("WRONG_KEY", "sk-wrong-0000")
+    chain_file = write_chain(tmp_path, engine="remote")
+    inputs = write_inputs(tmp_path, [json.dumps({"text": f"question {i}"}) for i in range(20)])
+    with StubServer(api_key="sk-right") as stub:
+        engines = tmp_path / "engines.yml"
+        engines.write_text(
+            "engines:\n  - name: remote\n    backend: openai\n    model: m\n"
+            f"    base_url: {stub.base_url}\n    api_key_env: WRONG_KEY\n    max_concurrency: 1\n"
+        )
+        args = ["run", chain_file, "-i", inputs, "-o", tmp_path / "run", "--engines", engines]
+        result = invoke(*args, *(["--quiet"] if quiet else []))
+
+    assert result.exit_code == 0, result.stderr
+    assert stub.stats["requests"] == 1
+    reason = "authentication failed (HTTP 401) for engine 'remote': check the API key in $WRONG_KEY"
+    assert result.stderr.count(reason) == 1, result.stderr
+    assert "20 record(s) failed" in result.stderr

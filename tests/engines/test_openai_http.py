@@ -96,18 +96,38 @@ def test_named_dialect_is_sent_as_is(stub: StubServer, dialect: str) -> None:
         assert all(len(json.loads(t.removeprefix("stop:"))["answer"]) <= 20 for t in texts)
 
 
-def test_client_errors_are_not_retried_and_never_show_the_key(
-    run_dir: Path, stub: StubServer, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("status", "concurrency"), [(401, 1), (403, 1), (401, 8)])
+def test_an_authentication_failure_stops_the_engine_with_one_clear_error(
+    run_dir: Path, stub: StubServer, monkeypatch: pytest.MonkeyPatch, status: int, concurrency: int
 ) -> None:
     monkeypatch.setenv("WRONG_KEY", "sk-wrong-0000")
-    register_engine("remote", backend="openai", model="m", base_url=stub.base_url, api_key_env="WRONG_KEY")
-    result = join_chain("remote").run(questions(2), output_dir=run_dir)
+    stub.unauthorized_status = status
+    register_engine(
+        "remote",
+        backend="openai",
+        model="m",
+        base_url=stub.base_url,
+        api_key_env="WRONG_KEY",
+        max_concurrency=concurrency,
+    )
+    events: list[tuple[str, dict[str, object]]] = []
+    result = join_chain("remote").run(
+        questions(40), output_dir=run_dir, on_event=lambda kind, data: events.append((kind, data))
+    )
 
-    assert result.counts["failures"] == 2
+    # nothing is sent after the first refusal: only the requests already in flight reached the server
+    assert 1 <= stub.stats["requests"] <= concurrency
+    # every record fails once, with the reason and what to do
+    assert result.counts["failures"] == 40
     failures = read_jsonl(run_dir / "failures.jsonl")
-    assert all(f["error_type"] == "engine_error" for f in failures)
-    assert all("HTTP 401" in f["message"] and "(not retried)" in f["message"] for f in failures)
-    assert stub.stats["requests"] == sum(f["attempts"] for f in failures)  # one HTTP request per engine call
+    assert len({f["_id"] for f in failures}) == 40 and all(f["node"] == "qa" for f in failures)
+    reason = f"authentication failed (HTTP {status}) for engine 'remote': check the API key in $WRONG_KEY"
+    assert all(f["error_type"] == "engine_error" and reason in f["message"] for f in failures)
+    # ... and the run says it once: one event, one entry in metadata.json
+    stopped = [data for kind, data in events if kind == "engine_failed"]
+    assert len(stopped) == 1 and reason in str(stopped[0]["message"])
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    assert reason in meta["engines"]["remote"]["error"]
     assert_secret_nowhere(run_dir, "sk-wrong-0000")
 
 
@@ -177,5 +197,11 @@ def test_ollama_native_request_and_answer() -> None:
 
 
 def test_describe_hides_credentials_in_the_url() -> None:
-    engine = OpenAIEngine("m", base_url="https://user:pw@api.example.com:8443/v1?key=abc")
-    assert engine.describe()["base_url"] == "https://api.example.com:8443/v1"
+    engine = OpenAIEngine("m", base_url="https://user:pw@api.example.com:8443/v1?api-version=1&key=abc")
+    assert engine.describe()["base_url"] == "https://user:***@api.example.com:8443/v1?api-version=1&key=***"
+
+
+def test_a_query_string_in_base_url_stays_after_the_path() -> None:
+    engine = OpenAIEngine("m", base_url="https://h/openai/v1/?api-version=1&key=abc")
+    url, _ = engine._request(ChatRequest(messages=({"role": "user", "content": "hi"},)), "none")
+    assert url == "https://h/openai/v1/chat/completions?api-version=1&key=abc"

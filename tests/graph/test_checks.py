@@ -174,3 +174,12 @@ def test_a_step_id_shadowed_by_an_input_field_is_caught() -> None:
 def test_attributes_of_str_fields_that_exist_are_allowed() -> None:
     assert qa_step("{{ text.upper() }}").id == "qa"
     assert Chain("ok", [qa_step("{{ text.upper() }}")]).check().issues == []
+
+
+@pytest.mark.parametrize(("node_id", "shown"), [("étape", "'é'"), ("qa step", "' '"), ("qa\n", "'\\n'")])
+def test_an_id_with_other_characters_says_exactly_which_are_allowed(node_id: str, shown: str) -> None:
+    with pytest.raises(ChainDefinitionError) as info:
+        Step(id=node_id, input_model=Question, output_model=Answer, engine_name="fake", user_prompt="x")
+    message = str(info.value)
+    assert "ASCII letters (a-z, A-Z), digits (0-9) and underscores (_), not starting with a digit" in message
+    assert f"{shown} is not allowed" in message, message

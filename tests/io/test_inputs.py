@@ -66,3 +66,38 @@ def test_generators_and_async_iterables(tmp_path: Path) -> None:
     b = Chain("c", [apply(upper)]).run(agen(), output_dir=tmp_path / "b")
     assert [r["upper.text"] for r in a.flattened()] == ["P", "Q"]
     assert [r["upper.text"] for r in b.flattened()] == ["X", "Y"]
+
+
+def test_a_line_that_is_not_utf8_is_named_with_the_byte_and_the_fix(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"text": "a"}\n{"text": "caf\xe9"}\n{"text": "c"}\n')
+    result = Chain("c", [apply(upper)]).run(src, output_dir=tmp_path / "run")
+    [failure] = list(result.failures())
+    assert failure["message"].startswith(
+        "in.jsonl line 2: not valid UTF-8 (byte 0xe9 at byte 14 of the line)"
+    ), failure["message"]
+    assert (
+        "surrogates" not in failure["message"] and "iconv -f latin1 -t utf-8 in.jsonl" in failure["message"]
+    )
+    assert [r["upper.text"] for r in result.flattened()] == ["A", "C"]
+    with pytest.raises(InputError, match=r"in.jsonl line 2: not valid UTF-8"):
+        Chain("c", [apply(upper)]).run(src, output_dir=tmp_path / "strict", strict_inputs=True)
+
+
+def test_a_bad_line_is_kept_in_raw_and_a_parsed_one_in_input(tmp_path: Path) -> None:
+    long_line = '{"text": "' + "x" * 20_000  # cut off: not valid JSON, and too long to keep whole
+    src = tmp_path / "in.jsonl"
+    lines = ['{"text": ', "[1, 2]", '{"txt": "a"}', long_line, '{"text": "ok"}']
+    src.write_bytes("\n".join(lines).encode() + b"\n" + b'{"text": "caf\xe9"}\n')
+    result = Chain("c", [apply(upper)]).run(src, output_dir=tmp_path / "run")
+    failures = {f["message"].split(":")[0]: f for f in result.failures()}
+
+    assert failures["in.jsonl line 1"]["raw"] == '{"text": ' and failures["in.jsonl line 1"]["input"] is None
+    assert failures["in.jsonl line 2"]["raw"] == "[1, 2]" and failures["in.jsonl line 2"]["input"] == [1, 2]
+    assert failures["in.jsonl line 3"]["raw"] == '{"txt": "a"}'
+    assert failures["in.jsonl line 3"]["input"] == {"txt": "a"}  # valid JSON that does not fit the model
+    raw = failures["in.jsonl line 4"]["raw"]
+    assert raw.startswith(long_line[:10_000]) and len(raw) < 10_100
+    assert raw.endswith("... [cut: the line has 20,010 characters; the first 10,000 are kept]")
+    assert failures["in.jsonl line 6"]["raw"] == '{"text": "caf\\xe9"}'  # the bad byte, shown
+    assert [r["upper.text"] for r in result.flattened()] == ["OK"]

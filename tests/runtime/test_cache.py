@@ -192,6 +192,20 @@ def test_failures_retry_or_stay_on_the_next_run(tmp_path: Path, behaviour: str) 
         assert all(f["details"] == {"from_ledger": True} for f in failures.values())
 
 
+def test_an_invalid_answer_gets_a_fresh_try_with_more_reasks_or_a_refresh(tmp_path: Path) -> None:
+    """What the README promises for on_failure="retry": the replay fails the same way, these do not."""
+    register_engine("eng", backend="counting", responder=flaky)
+    Chain("c", [qa(max_reasks=1)]).run(questions(3)[2:], tmp_path / "first")  # question 2: 2 invalid answers
+    CountingEngine.sent = []
+    Chain("c", [qa(max_reasks=1)]).run(questions(3)[2:], tmp_path / "replay")
+    assert CountingEngine.sent == []  # replayed from the ledger: nothing sent, same failure
+    Chain("c", [qa(max_reasks=2)]).run(questions(3)[2:], tmp_path / "more")
+    assert CountingEngine.sent == ["qa"]  # the 2 stored answers replay, the third ask is sent
+    CountingEngine.sent = []
+    Chain("c", [qa(max_reasks=1)]).run(questions(3)[2:], tmp_path / "fresh", cache="refresh")
+    assert CountingEngine.sent == ["qa", "qa"]
+
+
 def test_emit_passes_failed_records_on_marked(tmp_path: Path) -> None:
     register_engine("eng", backend="counting", responder=flaky)
     seen: list[Any] = []

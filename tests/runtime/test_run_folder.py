@@ -226,3 +226,14 @@ def test_engine_is_released_when_no_pending_step_needs_it(run_dir: Path) -> None
     # 'first' is released once step a has finished, while step b is still working on 'second'
     assert released_first < last_progress_b < events.index(("engine_released", "second"))
     assert events.count(("engine_started", "first")) == 1 and events.count(("engine_started", "second")) == 1
+
+
+def test_an_output_path_that_is_a_file_is_named_as_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "results.jsonl"
+    target.write_text("keep me\n")
+    register_engine("fake", backend="fake")
+    for options in ({}, {"overwrite": True}, {"resume": True}):
+        with pytest.raises(RunFolderError, match=r"results.jsonl' is a file, not a folder") as info:
+            build_chain().run([Question(text="q")], output_dir=target, **options)
+        assert "not empty" not in str(info.value)
+    assert target.read_text() == "keep me\n"

@@ -24,6 +24,7 @@ from rich.tree import Tree
 from .. import __version__
 from .._errors import ChainetteError, InputError
 from ..engines.registry import BACKENDS, list_engines, load_engines
+from ..engines.secrets import scrub_text
 from ..graph.chain import Chain
 from ..graph.checks import CheckReport
 from ..graph.nodes import Node, Step
@@ -84,9 +85,11 @@ def _errors(err: Console, run_folder: dict[str, Any] | None = None) -> Iterator[
             where = (
                 f"\nWhat was written before the error is in {run_folder['output_dir']} (see metadata.json)."
             )
-        err.print(f"[bold red]Error:[/] [red]{escape(str(exc))}[/]{escape(where)}", soft_wrap=True)
+        err.print(
+            f"[bold red]Error:[/] [red]{escape(scrub_text(str(exc)))}[/]{escape(where)}", soft_wrap=True
+        )
         for note in getattr(exc, "__notes__", ()):
-            err.print(f"[dim]{escape(note)}[/]", soft_wrap=True)
+            err.print(f"[dim]{escape(scrub_text(note))}[/]", soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         if run_folder and run_folder.get("output_dir"):

@@ -80,6 +80,8 @@ class ProgressDisplay:
         self.summary = summary
         self.node_ids = [n.id for n in chain.iter_nodes()] if chain is not None else []
         self.failures_shown = 0
+        self.engine_errors: list[str] = []
+        """Why engines stopped (``engine_failed``): shown once, not again with each record."""
         self._progress: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
         self._width = max((len(n) for n in self.node_ids), default=0)
@@ -87,6 +89,7 @@ class ProgressDisplay:
             "run_started": self._on_run_started,
             "node_progress": self._on_node_progress,
             "engine_started": self._on_engine_started,
+            "engine_failed": self._on_engine_failed,
             "record_failed": self._on_record_failed,
             "run_finished": self._on_run_finished,
         }
@@ -170,12 +173,22 @@ class ProgressDisplay:
             f"[dim]engine {escape(str(data.get('engine')))} started in {data.get('seconds', 0):.1f}s[/]"
         )
 
+    def _on_engine_failed(self, data: dict[str, Any]) -> None:
+        message = str(data.get("message", ""))
+        self.engine_errors.append(message)
+        self.console.print(
+            f"[bold red]✗ engine {escape(str(data.get('engine')))} stopped[/]: {escape(message)}",
+            soft_wrap=True,
+        )
+
     def _on_record_failed(self, data: dict[str, Any]) -> None:
         node = str(data.get("node", ""))
+        message = str(data.get("message", ""))
+        if any(reason in message for reason in self.engine_errors):
+            return  # the engine's failure was shown once; its records are counted in the bars
         if self.failures_shown < _SHOWN_FAILURES:
             self.failures_shown += 1
-            message = escape(str(data.get("message", "")))
-            self.console.print(f"[red]✗ {escape(node)}[/]: {message}", soft_wrap=True)
+            self.console.print(f"[red]✗ {escape(node)}[/]: {escape(message)}", soft_wrap=True)
             if self.failures_shown == _SHOWN_FAILURES:
                 self.console.print("[dim]  further failures are counted, not shown (see failures.jsonl)[/]")
 
@@ -208,9 +221,18 @@ class JsonEventLog:
 
 
 def print_run_summary(console: Console, meta: dict[str, Any], path: Path, *, brief: bool = False) -> None:
-    """Counts, tokens and duration of a finished run (``metadata.json``); ``brief``: failures only."""
+    """Counts, tokens and duration of a finished run (``metadata.json``); ``brief``: failures only.
+
+    ``brief`` also names the engines that stopped (the live display, when shown, already did).
+    """
     counts = meta["counts"]
     failed = counts.get("failures", 0)
+    if brief:
+        for name, engine in (meta.get("engines") or {}).items():
+            if engine.get("error"):
+                console.print(
+                    f"[bold red]✗ engine {escape(name)} stopped[/]: {escape(engine['error'])}", soft_wrap=True
+                )
     if not brief:
         mark = "[yellow]![/]" if failed else "[green]✓[/]"
         console.print(

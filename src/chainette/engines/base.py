@@ -64,6 +64,10 @@ class Completion(BaseModel):
     completion_tokens: int = 0
     reasoning: str | None = None
     """Reasoning text the server returned separately from the answer, kept as ``_reasoning``."""
+    attempts: int = 1
+    """How many times the engine sent this request, transport retries included; 0 when it
+    answered without sending (an error: e.g. the engine had stopped after an authentication
+    failure). Not stored in the ledger."""
 
 
 class Engine(ABC):
@@ -78,12 +82,18 @@ class Engine(ABC):
         max_concurrency: How many ``generate`` calls the runtime may keep in flight.
         exclusive: The engine holds a scarce device (a GPU): the broker never runs two
             exclusive engines at once, and releases one before starting another.
+        name: The name it was registered under (set by ``create_engine``), for messages.
+        fatal_error: Set by the engine when no further request can succeed in this run (the
+            server refused the credentials): the reason, said once. From then on the engine
+            answers every request with it, without sending, and the runtime stops calling it.
     """
 
     backend: ClassVar[str] = ""
     max_batch_size: int = 1
     max_concurrency: int = 1
     exclusive: bool = False
+    name: str = ""
+    fatal_error: str | None = None
 
     async def start(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Load the model / open connections. Called once, on first use."""

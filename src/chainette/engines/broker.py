@@ -12,6 +12,9 @@ Two more rules:
   broker is entered as an async context manager (``async with broker: ...``).
 - **Exclusive engines** (``Engine.exclusive``, e.g. vLLM on a GPU) are never running together:
   before one starts, the others are released, after their calls in flight have finished.
+- **Stopped engines.** An engine that sets ``fatal_error`` (the server refused its credentials)
+  is reported once (an ``engine_failed`` event, ``error`` in its description) and not called
+  again in this run, even after a restart: every later request is answered with the reason.
 
 :meth:`EngineBroker.get` returns a handle that counts calls in flight (so eviction and
 exclusive switches never close an engine under a running ``generate``) and that restarts the
@@ -34,6 +37,7 @@ from anyio.abc import TaskGroup
 
 from .base import ChatRequest, Completion, Engine
 from .registry import EngineConfig, create_engine, get_engine_config
+from .secrets import scrub, scrub_text
 
 __all__ = ["DEFAULT_IDLE_TIMEOUT", "EngineBroker", "EngineHandle"]
 
@@ -47,7 +51,7 @@ class EngineBroker:
     Args:
         users: How many nodes use each engine name.
         factory: Builds an engine from its config (tests inject their own).
-        on_event: ``handler(kind, data)`` for ``engine_started`` / ``engine_released``.
+        on_event: ``handler(kind, data)`` for ``engine_started`` / ``engine_released`` / ``engine_failed``.
         idle_timeout: Default idle eviction delay in seconds (``None`` or ``inf``: never).
     """
 
@@ -74,8 +78,12 @@ class EngineBroker:
         self._idle_timeout = math.inf if idle_timeout is None else idle_timeout
         self._clock = clock
         self._tg: TaskGroup | None = None
+        self.failed: dict[str, str] = {}
+        """Engines stopped for good in this run (``Engine.fatal_error``), with the reason."""
+        self._stopped: dict[str, Engine] = {}
         self.described: dict[str, dict[str, Any]] = {}
-        """What each started engine said about itself (for metadata.json)."""
+        """What each started engine said about itself, and its options, scrubbed of credentials (for
+        metadata.json)."""
 
     async def __aenter__(self) -> EngineBroker:
         self._tg = anyio.create_task_group()
@@ -94,6 +102,9 @@ class EngineBroker:
 
     async def get(self, name: str) -> EngineHandle:
         """A handle on engine ``name``, started on first call. Its ``generate`` counts as in flight."""
+        stopped = self._stopped.get(name)
+        if stopped is not None:  # never started again: its handle answers with the reason
+            return EngineHandle(self, name, stopped)
         async with self.lease(name) as engine:
             return EngineHandle(self, name, engine)
 
@@ -149,6 +160,16 @@ class EngineBroker:
             for n in self._engines
         )
 
+    def stopped(self, name: str, engine: Engine) -> None:
+        """Note that ``engine`` (named ``name``) can serve nothing more, if it says so; reported once."""
+        if engine.fatal_error is None or name in self.failed:
+            return
+        reason = scrub_text(engine.fatal_error)
+        self.failed[name] = reason
+        self._stopped[name] = engine
+        self.described.setdefault(name, {})["error"] = reason
+        self._on_event("engine_failed", {"engine": name, "message": reason})
+
     @property
     def running(self) -> list[str]:
         """Names of the engines started and not yet released."""
@@ -179,7 +200,7 @@ class EngineBroker:
                     self._in_flight[name] += 1
                     self._last_used[name] = self._clock()
                     self._timeouts[name] = float(config.options.get("idle_timeout", self._idle_timeout))
-                    self.described[name] = {**engine.describe(), "options": config.public_options()}
+                    self.described[name] = {**scrub(engine.describe()), "options": config.public_options()}
                     self._changed.notify_all()
             self._on_event(
                 "engine_started", {"engine": name, "seconds": round(time.perf_counter() - started, 3)}
@@ -217,7 +238,7 @@ class EngineBroker:
         engine = self._engines.pop(name, None)
         if engine is not None:
             if name in self.described:  # what the engine learned while running (e.g. the dialect that worked)
-                self.described[name] = {**self.described[name], **engine.describe()}
+                self.described[name] = {**self.described[name], **scrub(engine.describe())}
             with anyio.CancelScope(shield=True):
                 await engine.close()
             self._on_event("engine_released", {"engine": name, "reason": reason})
@@ -247,8 +268,13 @@ class EngineHandle(Engine):
         self.exclusive = engine.exclusive
 
     async def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
+        reason = self._broker.failed.get(self.name)
+        if reason is not None:  # stopped earlier in this run: answer without starting or sending
+            return [Completion(text=reason, finish_reason="error", attempts=0) for _ in requests]
         async with self._broker.lease(self.name) as engine:
-            return await engine.generate(requests)
+            completions = await engine.generate(requests)
+            self._broker.stopped(self.name, engine)
+            return completions
 
     def describe(self) -> dict[str, Any]:
         return self.engine.describe()

@@ -5,6 +5,8 @@ One HTTP request per chat request, at most ``max_concurrency`` in flight, paced 
 retried here with exponential backoff and jitter, honouring ``Retry-After``; that loop is
 separate from the runtime's schema re-asks. A request that still fails gets
 ``Completion(finish_reason="error")`` naming the status and attempts, so only its record fails.
+A 401 or 403 is different: the credentials are wrong for every request, so the engine stops
+(``fatal_error``) and answers every later request with that reason, without sending it.
 
 Structured output is sent in the server's dialect (``dialect=``):
 
@@ -19,7 +21,10 @@ Structured output is sent in the server's dialect (``dialect=``):
 ============================  ===============================================================
 
 The API key is read from the environment variable named by ``api_key_env`` when the engine
-starts; it is never stored in options, ``describe()``, errors or logs.
+starts; it is never stored in options, ``describe()``, errors or logs. Credentials written into
+``base_url`` (``https://user:password@host/v1?api-key=...``) are sent as written (the user part as
+HTTP Basic auth, the query string with every request) and shown masked everywhere else
+(:mod:`chainette.engines.secrets`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ import os
 import random
 from collections.abc import Sequence
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import httpx
@@ -37,12 +41,14 @@ import orjson
 from .._errors import EngineConfigError, EngineError
 from .base import ChatRequest, Completion, Engine
 from .limits import RateLimits, backoff_delay, estimate_tokens, parse_retry_after
+from .secrets import remember_secrets, scrub_text
 
 __all__ = ["DIALECTS", "OpenAIEngine"]
 
 DIALECTS = ("auto", "json_schema", "json_object", "structured_outputs", "guided_json", "ollama", "none")
 _AUTO_ORDER = ("json_schema", "json_object", "none")
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+_AUTH_STATUS = frozenset({401, 403})
 _DIALECT_STATUS = frozenset({400, 404, 422, 500, 501})
 _DIALECT_WORDS = ("response_format", "json_schema", "json_object", "structured_output", "guided", "schema")
 
@@ -97,7 +103,10 @@ class OpenAIEngine(Engine):
                 "openai: max_concurrency >= 1, max_retries >= 0 and timeout > 0 are required."
             )
         self.model = model
-        self.base_url = base_url.rstrip("/")
+        root, _, query = base_url.partition("?")
+        self._root = root.rstrip("/")
+        self._query = f"?{query}" if query else ""
+        self.base_url = self._root + self._query
         self.api_key_env = api_key_env
         self.dialect = dialect
         self.max_concurrency = max_concurrency
@@ -127,6 +136,7 @@ class OpenAIEngine(Engine):
                     f"Export it before running: export {self.api_key_env}=..."
                 )
             self._secret = secret
+            remember_secrets({"api_key": secret})
             headers["authorization"] = f"Bearer {secret}"
         self._client = httpx.AsyncClient(
             headers=headers,
@@ -172,6 +182,8 @@ class OpenAIEngine(Engine):
         while True:
             dialect = self.current_dialect
             await self.limits.acquire(estimate)
+            if self.fatal_error is not None:  # the credentials were refused: sending again cannot help
+                return Completion(text=self.fatal_error, finish_reason="error", attempts=attempt)
             attempt += 1
             self.stats["requests"] += 1
             problem, wait = await self._attempt(request, dialect, estimate, attempt)
@@ -183,7 +195,8 @@ class OpenAIEngine(Engine):
             if wait is None or attempt > self.max_retries:
                 self.stats["errors"] += 1
                 tries = f"after {attempt} attempt(s)" if wait is not None else "(not retried)"
-                return Completion(text=self._scrub(f"{problem} {tries}"), finish_reason="error")
+                text = self._scrub(f"{problem} {tries}")
+                return Completion(text=text, finish_reason="error", attempts=attempt)
             self.stats["retries"] += 1
             await anyio.sleep(wait)
 
@@ -199,7 +212,7 @@ class OpenAIEngine(Engine):
         except httpx.TimeoutException as exc:
             return f"timed out after {self.timeout:g} s ({type(exc).__name__})", backoff
         except httpx.TransportError as exc:
-            return f"connection failed ({type(exc).__name__}: {exc})", backoff
+            return f"connection failed ({type(exc).__name__}: {exc}) to {self.public_url}", backoff
         status = response.status_code
         if status == 200:
             self._settle_dialect(dialect)
@@ -208,8 +221,13 @@ class OpenAIEngine(Engine):
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 return f"unreadable answer from the server ({type(exc).__name__}: {exc})", backoff
             self.limits.settle(estimate, completion.prompt_tokens + completion.completion_tokens)
+            completion.attempts = attempt
             return completion, None
         detail = _error_text(response)
+        if status in _AUTH_STATUS:
+            self._stop(status, detail)
+            assert self.fatal_error is not None
+            return Completion(text=self.fatal_error, finish_reason="error", attempts=attempt), None
         if self._dialect_refused(dialect, status, detail):
             return _NEXT_DIALECT, None
         problem = f"HTTP {status} from {self.public_url}: {detail}"
@@ -221,6 +239,22 @@ class OpenAIEngine(Engine):
         if status in _RETRY_STATUS or status >= 500:
             return problem, backoff
         return problem, None  # other 4xx: the request itself is wrong, retrying will not help
+
+    def _stop(self, status: int, detail: str) -> None:
+        """The server refused the credentials: say why once, and send nothing more."""
+        if self.fatal_error is not None:
+            return
+        self.stats["errors"] += 1
+        if self.api_key_env:
+            hint = f"check the API key in ${self.api_key_env} (api_key_env)"
+        elif "@" in self._root.partition("://")[2].partition("/")[0]:
+            hint = "check the user and password in base_url"
+        else:
+            hint = "no API key was sent: put it in an environment variable and pass its name as api_key_env"
+        self.fatal_error = self._scrub(
+            f"authentication failed (HTTP {status}) for engine {self.name or self.model!r}: {hint}. "
+            f"The server ({self.public_url}) said: {detail}. Nothing more is sent to this engine in this run."
+        )
 
     def _settle_dialect(self, dialect: str) -> None:
         if not self._settled and dialect == self.current_dialect:
@@ -248,7 +282,7 @@ class OpenAIEngine(Engine):
             body["options"] = options
             if schema is not None:
                 body["format"] = schema
-            return f"{self.base_url.removesuffix('/v1')}/api/chat", {**body, **self.extra_body}
+            return f"{self._root.removesuffix('/v1')}/api/chat{self._query}", {**body, **self.extra_body}
         body = {
             "model": self.model,
             "messages": list(request.messages),
@@ -270,17 +304,16 @@ class OpenAIEngine(Engine):
                 body["structured_outputs"] = {"json": schema}
             elif dialect == "guided_json":
                 body["guided_json"] = schema
-        return f"{self.base_url}/chat/completions", {**body, **self.extra_body}
+        return f"{self._root}/chat/completions{self._query}", {**body, **self.extra_body}
 
     @property
     def public_url(self) -> str:
-        """``base_url`` without user info or query string (either could hold a credential)."""
-        parts = urlsplit(self.base_url)
-        host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+        """``base_url`` as it may be shown: password and secret query parameters masked."""
+        return scrub_text(self.base_url)
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        text = text.replace(self._secret, "***") if self._secret else text
+        return scrub_text(text)
 
     def describe(self) -> dict[str, Any]:
         return {

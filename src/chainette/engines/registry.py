@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .._errors import EngineConfigError, MissingDependencyError, UnknownEngineError
 from .base import Engine
+from .secrets import looks_secret, remember_secrets, scrub
 
 __all__ = [
     "BACKENDS",
@@ -43,14 +44,6 @@ _EXTRAS: dict[str, str] = {"llama_cpp": "llama", "openai": "http", "vllm": "vllm
 
 LIFECYCLE_OPTIONS = frozenset({"idle_timeout", "serve"})
 """Options read by the broker and ``chainette warmup``, not passed to the back-end class."""
-
-_SECRET_HINTS = ("key", "token", "secret", "password", "authorization")
-
-
-def looks_secret(option: str) -> bool:
-    """Does an option name suggest a credential? (``api_key_env`` names a variable: not a secret.)"""
-    name = option.lower()
-    return any(h in name for h in _SECRET_HINTS) and not name.endswith("_env")
 
 
 class EngineConfig(BaseModel):
@@ -81,9 +74,14 @@ class EngineConfig(BaseModel):
             raise ValueError(f"unknown backend {value!r}; known backends: {', '.join(sorted(BACKENDS))}")
         return value
 
+    def model_post_init(self, context: Any, /) -> None:
+        remember_secrets(self.options)  # so error texts that repeat them are scrubbed too
+
     def public_options(self) -> dict[str, Any]:
-        """Options safe to write into run artefacts: anything that looks like a secret is hidden."""
-        return {k: ("***" if looks_secret(k) else v) for k, v in self.options.items()}
+        """Options safe to write into run artefacts, logs and listings (:func:`.secrets.scrub`):
+        secret-looking keys hidden at any depth, URL passwords and secret query parameters masked."""
+        options: dict[str, Any] = scrub(self.options)
+        return options
 
     @property
     def backend_options(self) -> dict[str, Any]:
@@ -263,6 +261,8 @@ def create_engine(config: EngineConfig) -> Engine:
         )
     cls: Callable[..., Engine] = _load_backend_class(config.backend)
     try:
-        return cls(model=config.model, **config.backend_options)
+        engine = cls(model=config.model, **config.backend_options)
     except TypeError as exc:
         raise EngineConfigError(f"engine {config.name!r} ({config.backend}): {exc}") from exc
+    engine.name = config.name
+    return engine

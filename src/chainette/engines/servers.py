@@ -15,7 +15,8 @@ OpenAI-compatible server on this machine::
 
 ``warmup`` starts the server detached (own session, output to a log file), waits until
 ``/v1/models`` answers, and records ``{name, pid, port, base_url, cmdline, ...}`` in
-``servers.json`` under the state folder (``./.chainette``, or ``$CHAINETTE_STATE_DIR``). While
+``servers.json`` under the state folder (``./.chainette``, or ``$CHAINETTE_STATE_DIR``), with
+credentials masked (``--api-key ***`` in the command line, secret ``client`` options). While
 that process is alive, :func:`running_engine_config` makes the engine of that name an ``openai``
 engine pointing at it, so ``chainette run`` and ``Chain.run`` use the server. ``kill`` signals
 only recorded PIDs whose live command line still equals the recorded one (a reused PID is
@@ -41,7 +42,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .._errors import EngineConfigError, EngineError
-from .registry import EngineConfig, _describe_validation
+from .registry import _REGISTRY, EngineConfig, _describe_validation
+from .secrets import MASK, scrub, scrub_argv
 
 __all__ = [
     "STATE_ENV",
@@ -118,8 +120,20 @@ def _write_state(records: dict[str, ServerRecord]) -> None:
     path = state_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({k: r.model_dump() for k, r in records.items()}, indent=2), encoding="utf-8")
+    kept = {k: _public(r).model_dump() for k, r in records.items()}
+    tmp.write_text(json.dumps(kept, indent=2), encoding="utf-8")
     tmp.replace(path)
+
+
+def _public(record: ServerRecord) -> ServerRecord:
+    """The record as written to ``servers.json``: credentials masked (:mod:`.secrets`)."""
+    return record.model_copy(
+        update={
+            "cmdline": scrub_argv(record.cmdline),
+            "client": scrub(record.client),
+            "base_url": scrub(record.base_url),
+        }
+    )
 
 
 def _cmdline(pid: int) -> list[str] | None:
@@ -138,8 +152,10 @@ def _cmdline(pid: int) -> list[str] | None:
 
 
 def is_running(record: ServerRecord) -> bool:
-    """Is the recorded process alive and still the one we started (same command line)?"""
-    return _cmdline(record.pid) == record.cmdline
+    """Is the recorded process alive and still the one we started (same command line, compared as
+    recorded: with credentials masked)?"""
+    live = _cmdline(record.pid)
+    return live is not None and (live == record.cmdline or scrub_argv(live) == record.cmdline)
 
 
 def list_servers(*, alive_only: bool = True) -> list[ServerRecord]:
@@ -157,10 +173,26 @@ def running_engine_config(name: str) -> EngineConfig | None:
         return None
     options = {
         "dialect": _KIND_DIALECT.get(record.kind, "auto"),
-        **record.client,
+        **_client_options(name, record),
         "base_url": record.base_url,
     }
     return EngineConfig(name=name, backend="openai", model=record.model, options=options)
+
+
+def _client_options(name: str, record: ServerRecord) -> dict[str, Any]:
+    """The client options of the server ``name``: as recorded, unless a credential was masked in
+    ``servers.json``; then from the engine's registered definition, which holds the real value."""
+    if MASK not in json.dumps(record.client):
+        return dict(record.client)
+    registered = _REGISTRY.get(name)
+    serve = registered.options.get("serve") if registered is not None else None
+    if isinstance(serve, dict) and isinstance(serve.get("client"), dict):
+        return dict(serve["client"])
+    raise EngineConfigError(
+        f"The server {name!r} started by chainette warmup needs client options holding a credential, which "
+        "servers.json does not keep. Register the engine definition in this process too (--engines "
+        "engines.yml, or register_engine(...)), or pass the key by name (client: {api_key_env: VAR})."
+    )
 
 
 def serve_spec(config: EngineConfig, where: str = "") -> ServeSpec:

@@ -23,7 +23,7 @@ import json
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +55,8 @@ class StubServer:
         upstream: Base URL (``http://host:port/v1``) of a real server to forward to; ``None``
             answers instantly with schema-valid JSON.
         faults: What to inject.
-        api_key: When set, requests without ``Authorization: Bearer <api_key>`` get 401.
+        api_key: When set, requests without ``Authorization: Bearer <api_key>`` get 401
+            (``unauthorized_status``: 403 for servers that answer so).
         reject: Structured-output dialects to refuse with 400 (``json_schema``, ``json_object``, ...),
             to exercise dialect detection.
         reasoning: A ``reasoning_content`` to add to every stub answer.
@@ -70,10 +71,12 @@ class StubServer:
         reject: Sequence[str] = (),
         reasoning: str | None = None,
         port: int = 0,
+        unauthorized_status: int = 401,
     ) -> None:
         self.upstream = upstream.rstrip("/") if upstream else None
         self.faults = faults or Faults()
         self.api_key = api_key
+        self.unauthorized_status = unauthorized_status
         self.reject = set(reject)
         self.reasoning = reasoning
         self.port = port
@@ -81,6 +84,8 @@ class StubServer:
         """Requests seen and faults injected, by kind (``requests``, ``429``, ``500``, ``slow``, ``drop``, ``ok``)."""
         self.dialects: Counter[str] = Counter()
         """Structured-output dialect of each chat request received."""
+        self.received: deque[tuple[str, dict[str, str], dict[str, Any]]] = deque(maxlen=100)
+        """The last chat requests received (at most 100): request target (path and query), headers, body."""
         self._rng = random.Random(self.faults.seed)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -174,14 +179,17 @@ class StubServer:
             self._tasks.discard(task)
 
     async def _handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes | None:
-        if method == "GET" and path.rstrip("/").endswith(("/models", "/health")):
+        route = path.partition("?")[0]
+        if method == "GET" and route.rstrip("/").endswith(("/models", "/health")):
             return _response(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
-        if method != "POST" or not path.endswith("/chat/completions"):
-            return _response(404, {"error": {"message": f"no route {method} {path}"}})
+        if method != "POST" or not route.endswith("/chat/completions"):
+            return _response(404, {"error": {"message": f"no route {method} {route}"}})
         self.stats["requests"] += 1
+        with contextlib.suppress(ValueError):
+            self.received.append((path, headers, json.loads(body or b"{}")))
         if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
             self.stats["unauthorized"] += 1
-            return _response(401, {"error": {"message": "invalid or missing API key"}})
+            return _response(self.unauthorized_status, {"error": {"message": "invalid or missing API key"}})
         fault = self._draw()
         if fault:
             self.stats[fault] += 1

@@ -26,14 +26,21 @@ __all__ = ["Apply", "Branch", "Node", "Step", "apply"]
 
 OnFailure = Literal["retry", "stay", "emit"]
 FAILURE_BEHAVIOURS: tuple[str, ...] = get_args(OnFailure)
-_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ID_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 
 
 def _check_id(node_id: str, what: str) -> str:
-    if not _ID_RE.match(node_id):
+    if not _ID_RE.fullmatch(node_id):
+        bad = sorted({c for c in node_id if c not in _ID_CHARS}, key=node_id.index)
+        if bad:
+            problem = f"{', '.join(repr(c) for c in bad)} {'is' if len(bad) == 1 else 'are'} not allowed"
+        else:
+            problem = "it is empty" if not node_id else "it starts with a digit"
         raise ChainDefinitionError(
-            f"{what} id {node_id!r} is not a valid identifier; templates reference it as "
-            "{{ id.field }}, so use letters, digits and underscores (e.g. 'qa_step')."
+            f"{what} id {node_id!r} is not a valid identifier ({problem}). Templates reference it as "
+            "{{ id.field }}, so an id may hold only ASCII letters (a-z, A-Z), digits (0-9) and "
+            "underscores (_), not starting with a digit (e.g. 'qa_step', 'etape_1')."
         )
     if node_id.lower() == "input":
         raise ChainDefinitionError(
@@ -99,10 +106,13 @@ class Step(Node):
             ``<id>.0`` … ``<id>.<n-1>``; sample ``k`` uses seed ``seed + k`` and its own ledger
             key, so with temperature > 0 the samples differ, and reruns reuse them.
         on_failure: What happens to a record that still fails here after the re-asks (it is
-            written to ``failures.jsonl`` in every case): ``"retry"`` (default) tries it again on
-            the next run into the same ledger; ``"stay"`` remembers the failure in the ledger,
-            so reruns report it without sending anything; ``"emit"`` also passes the record on,
-            with ``{"_error": reason}`` as this step's output (its value stays the step's input).
+            written to ``failures.jsonl`` in every case): ``"retry"`` (default) remembers nothing,
+            so the next run into the same ledger re-sends requests that ended in an engine error,
+            while invalid answers replay from the ledger and fail the same way (for a fresh try:
+            ``cache="refresh"``, change the step, or raise ``max_reasks``); ``"stay"`` remembers
+            the failure in the ledger, so reruns report it without sending anything; ``"emit"``
+            also passes the record on, with ``{"_error": reason}`` as this step's output (its
+            value stays the step's input).
 
     Example:
         >>> from pydantic import BaseModel

@@ -1,8 +1,8 @@
 """Reading a chain's inputs as a stream of chunks, with stable ids and line numbers.
 
 Inputs are a JSONL path or an (async) iterable of models / dicts. A line that is not valid JSON
-becomes an :class:`InputItem` carrying the error (the runtime writes it to ``failures.jsonl``),
-or raises :class:`InputError` at once in strict mode. A JSONL file is read a few chunks per
+becomes an :class:`InputItem` carrying the error and the line (the runtime writes both to
+``failures.jsonl``), or raises :class:`InputError` at once in strict mode. A JSONL file is read a few chunks per
 worker-thread hop (at most ``READ_AHEAD_LINES`` lines / ``READ_AHEAD_BYTES``, or one chunk), so
 memory stays bounded.
 """
@@ -21,13 +21,16 @@ from pydantic import BaseModel
 
 from .._errors import InputError
 
-__all__ = ["InputItem", "iter_input_chunks", "record_id"]
+__all__ = ["RAW_LIMIT", "InputItem", "iter_input_chunks", "record_id"]
 
 READ_AHEAD_LINES = 1024
 READ_AHEAD_BYTES = 1 << 20
 """A worker-thread hop reads at least one chunk, and more while under both limits: a hop costs
 about 0.1 ms on a 2-core machine, which small chunks would otherwise pay every few lines. Chunks
 are still yielded one at a time, so what the chain sees does not change."""
+RAW_LIMIT = 10_000
+"""Characters of a failed input line kept in ``failures.jsonl`` (``raw``); a longer line is cut,
+and says so."""
 
 
 @dataclass(slots=True)
@@ -40,6 +43,20 @@ class InputItem:
     where: str
     """Human pointer for messages: ``inputs.jsonl line 17`` or ``input #17``."""
     error: str | None = None
+    source: bytes | None = None
+    """What was read: the JSONL line, or the ``repr`` of an iterable's value that is not a record.
+    Only decoded (by :attr:`raw`) when the record fails."""
+
+    @property
+    def raw(self) -> str | None:
+        """The input as text for ``failures.jsonl``: invalid UTF-8 bytes shown as ``\\xe9``, cut
+        at :data:`RAW_LIMIT` characters with a note saying so."""
+        if self.source is None:
+            return None
+        text = self.source.rstrip(b"\r\n").decode("utf-8", errors="backslashreplace")
+        if len(text) <= RAW_LIMIT:
+            return text
+        return f"{text[:RAW_LIMIT]}... [cut: the line has {len(text):,} characters; the first {RAW_LIMIT:,} are kept]"
 
 
 def record_id(index: int, content: bytes) -> str:
@@ -95,12 +112,14 @@ async def iter_input_chunks(
 def _item(index: int, value: Any) -> InputItem:
     where = f"input #{index}"
     if not isinstance(value, (dict, BaseModel)):
+        shown = repr(value).encode()
         return InputItem(
             index,
-            record_id(index, repr(value).encode()),
+            record_id(index, shown),
             None,
             where,
             f"{where}: expected a dict or a pydantic model, got {type(value).__name__}.",
+            shown,
         )
     return InputItem(index, record_id(index, _canonical(value)), value, where)
 
@@ -165,10 +184,13 @@ def _read_chunk(
         try:
             value = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
-            message = f"{where}: not valid JSON ({exc}). Fix or remove the line, then run again."
+            message = (
+                _not_utf8(line, where, name)
+                or f"{where}: not valid JSON ({exc}). Fix or remove the line, then run again."
+            )
             if strict:
                 raise InputError(message) from None
-            chunk.append(InputItem(index, rid, None, where, message))
+            chunk.append(InputItem(index, rid, None, where, message, line))
             continue
         if not isinstance(value, dict):
             message = (
@@ -176,7 +198,21 @@ def _read_chunk(
             )
             if strict:
                 raise InputError(message)
-            chunk.append(InputItem(index, rid, None, where, message))
+            chunk.append(InputItem(index, rid, value, where, message, line))
             continue
-        chunk.append(InputItem(index, rid, value, where))
+        chunk.append(InputItem(index, rid, value, where, source=line))
     return chunk
+
+
+def _not_utf8(line: bytes, where: str, name: str) -> str | None:
+    """The message for a line that is not UTF-8 (naming the first bad byte), or None if it is."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        byte = line[exc.start]
+        return (
+            f"{where}: not valid UTF-8 (byte 0x{byte:02x} at byte {exc.start + 1} of the line). JSONL input "
+            f"must be UTF-8: convert the file (if it is Latin-1: iconv -f latin1 -t utf-8 {name} > utf8-{name}) "
+            "or fix the line, then run again."
+        )
+    return None

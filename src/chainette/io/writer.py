@@ -56,6 +56,11 @@ class RunWriter:
         chain_name: str | None = None,
         run_id: str = "",
     ) -> None:
+        if path.exists() and not path.is_dir():
+            raise RunFolderError(
+                f"{str(path)!r} is a file, not a folder: a run writes a folder of files. Pass a folder "
+                "path (new or empty; -o / output_dir), e.g. the file's name without its extension."
+            )
         if fmt not in FORMATS:
             raise RunFolderError(f"Unknown output format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
         self.path = path
@@ -78,10 +83,6 @@ class RunWriter:
     def _take_folder(self, *, overwrite: bool, resume: bool) -> FolderLock:
         """Create or reclaim the run folder and lock it; refuse anything not provably ours."""
         path = self.path
-        if path.exists() and not path.is_dir():
-            raise RunFolderError(
-                f"Output path {str(path)!r} is a file, not a folder. Choose a folder path for the run."
-            )
         try:
             taken = path.is_dir() and any(path.iterdir())
         except OSError as exc:

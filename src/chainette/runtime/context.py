@@ -12,6 +12,7 @@ from .._errors import RecordError
 from ..engines.base import Engine
 from ..engines.broker import EngineBroker
 from ..engines.registry import get_engine_config
+from ..engines.secrets import scrub_exception, scrub_strings, scrub_text
 from ..io.writer import RunWriter
 from ..ledger.keys import engine_identity
 from .records import Record, dump
@@ -21,7 +22,7 @@ __all__ = ["EventHandler", "NodeStats", "RunContext"]
 
 EventHandler = Callable[[str, dict[str, Any]], None]
 """``handler(kind, data)``; kinds: run_started, node_progress, engine_started, engine_released,
-record_failed, run_finished."""
+engine_failed (once per engine that stopped, with ``message``), record_failed, run_finished."""
 
 
 @dataclass
@@ -35,7 +36,12 @@ class NodeStats:
     failed: int = 0
     filtered: int = 0
     requests: int = 0
-    """Requests sent to the engine."""
+    """Requests the engine answered: a reply, or an error after sending (a transport retry is
+    not a new request; the HTTP engine counts those in ``http_requests``). Not counted: a request
+    cancelled before its answer came back (an interrupted run: the server may still have
+    received it), one answered without being sent (``Completion.attempts == 0``, e.g. after an
+    authentication failure), and a batch whose engine call raised. This is ``cache.sent`` and
+    what ``cost`` is computed from."""
     cache_hits: int = 0
     """Answers read from the ledger instead of sent."""
     deduped: int = 0
@@ -97,7 +103,14 @@ class RunContext:
         return engine, limiter
 
     def fail(self, record: Record, error: RecordError, *, emitted: bool = False) -> None:
-        """Write ``record`` to failures.jsonl with the reason; it goes no further unless ``emitted``."""
+        """Write ``record`` to failures.jsonl with the reason; it goes no further unless ``emitted``.
+
+        The error's message, raw text and details are scrubbed of credentials first (in place, so
+        what is remembered in the ledger or raised later is scrubbed too).
+        """
+        scrub_exception(error)
+        error.raw = scrub_text(error.raw) if error.raw else error.raw
+        error.details = scrub_strings(error.details)
         stats = self.node(error.node_id)
         stats.failed += 1
         stats.done += 1

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from .._errors import InputError, InvalidInputError
 from ..engines.broker import EngineBroker
+from ..engines.secrets import scrub_exception, scrub_strings, scrub_text
 from ..graph.chain import Chain
 from ..graph.nodes import Apply, Branch, Node, Step
 from ..io.inputs import InputItem, iter_input_chunks
@@ -150,7 +151,7 @@ async def _run_in_folder(
         meta["resumed_from"] = {k: writer.previous.get(k) for k in ("run_id", "status", "started_at")}
     try:
         writer.write_json("graph.json", _graph(chain))
-        writer.write_json("metadata.json", meta)
+        writer.write_json("metadata.json", scrub_strings(meta))
         (path / "failures.jsonl").touch()
         writer.open_folder("flattened")
         for node in chain.iter_nodes():
@@ -192,7 +193,8 @@ async def _run_in_folder(
             if isinstance(exc, (KeyboardInterrupt, anyio.get_cancelled_exc_class()))
             else "failed"
         )
-        meta["error"] = f"{type(exc).__name__}: {exc}"
+        scrub_exception(exc)  # what propagates (and is printed) names no credential either
+        meta["error"] = scrub_text(f"{type(exc).__name__}: {exc}")
         raise
     finally:
         await broker.aclose()
@@ -210,6 +212,7 @@ async def _run_in_folder(
         ran_through = meta["status"] == "completed"
         if write_error is not None:
             meta["status"], meta["error"] = "failed", f"the run's files could not be written: {write_error}"
+        meta = scrub_strings(meta)
         try:
             writer.write_json("metadata.json", meta)
         except OSError as exc:
@@ -249,8 +252,8 @@ def _to_record(item: InputItem, model: Any, opts: RunOptions, ctx: RunContext) -
             )
             if opts.strict_inputs:
                 raise InputError(item.error) from exc
-    record = Record(item.id, item.index, item.value, {})
-    ctx.fail(record, InvalidInputError(item.error or "", node_id="input", record_id=item.id))
+    record = Record(item.id, item.index, item.value, {})  # ``input``: the parsed value, when there is one
+    ctx.fail(record, InvalidInputError(item.error or "", node_id="input", record_id=item.id, raw=item.raw))
     return None
 
 
@@ -363,6 +366,7 @@ def _workers(items: list[Item], opts: RunOptions) -> int:
 
 
 def _graph(chain: Chain) -> dict[str, Any]:
+    """``graph.json``: the chain's graph and its engines, with credentials masked."""
     from ..engines.registry import get_engine_config
 
     graph = chain.describe()
@@ -371,7 +375,8 @@ def _graph(chain: Chain) -> dict[str, Any]:
         for name in chain.engine_names()
         for c in [get_engine_config(name)]
     }
-    return graph
+    scrubbed: dict[str, Any] = scrub_strings(graph)
+    return scrubbed
 
 
 def _summary(

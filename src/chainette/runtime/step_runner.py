@@ -7,7 +7,8 @@ batches in flight per engine across the whole run; answers are committed to the 
 arrive. A reply that is not valid JSON for the output model, or was cut off at ``max_tokens``,
 is re-asked with the error fed back (``Step.max_reasks`` times); engine errors are not re-asked
 here. A record that runs out of attempts goes to ``failures.jsonl`` with the raw text and the
-reason, and then, per ``Step.on_failure``: ``retry`` (tried again on the next run), ``stay``
+reason, and then, per ``Step.on_failure``: ``retry`` (nothing remembered: a rerun re-sends engine
+errors, while stored invalid answers replay and fail the same way), ``stay``
 (remembered in the ledger: reruns report it without sending) or ``emit`` (also passed on).
 """
 
@@ -53,7 +54,12 @@ class _Job:
     record: Record
     messages: list[Message]
     sample: int = 0
+    asks: int = 0
+    """Answers judged so far: the re-ask budget (``Step.max_reasks``) counts these."""
     attempts: int = 0
+    """Requests made for this record here, as failures.jsonl reports them: each answer's sends
+    (``Completion.attempts``: transport retries included, 0 if never sent), 1 for an answer from
+    the ledger or an identical request, 1 for a call that raised."""
     first_key: str = ""
     """Ledger key of the first attempt: where a final failure is remembered (``on_failure="stay"``)."""
     raw: str | None = None
@@ -228,7 +234,7 @@ async def _send(
                 tg.start_soon(_call, step, engine, limiter, owned[start : start + size], ctx, decided)
     finally:  # an engine that failed to start, or a cancelled send, must not leave duplicates waiting
         for _, _, key in owned:
-            ctx.cache.resolve(key, Completion(text="request not sent", finish_reason="error"))
+            ctx.cache.resolve(key, Completion(text="request not sent", finish_reason="error", attempts=0))
 
 
 async def _call(
@@ -240,10 +246,10 @@ async def _call(
     decided: _Round,
 ) -> None:
     stats = ctx.node(step.id)
-    stats.requests += len(batch)
     try:
         async with limiter:
             completions = await engine.generate([request for _, request, _ in batch])
+        stats.requests += sum(1 for c in completions if c.attempts > 0)  # answered (see NodeStats)
         if len(completions) != len(batch):
             raise RuntimeError(f"engine returned {len(completions)} completions for {len(batch)} requests")
     except Exception as exc:
@@ -286,11 +292,12 @@ def _settle(
     else:
         stats.saved_prompt_tokens += completion.prompt_tokens
         stats.saved_completion_tokens += completion.completion_tokens
-    job.attempts += 1
+    job.asks += 1
+    job.attempts += getattr(completion, "attempts", 1)  # a stored answer: one attempt
     outcome = _judge(step, job, completion)
     if outcome is None:
         stats.done += 1
-    elif job.attempts <= step.max_reasks and not isinstance(outcome, EngineError):
+    elif job.asks <= step.max_reasks and not isinstance(outcome, EngineError):
         stats.reasks += 1
         decided.retry.append(job)
     else:
@@ -351,8 +358,12 @@ def _judge(step: Step, job: _Job, completion: Completion | StoredAnswer) -> Reco
     """Accept the completion into ``job`` (None), or say why not and prepare the re-ask."""
     job.raw = completion.text
     if completion.finish_reason == "error":
+        sent = getattr(completion, "attempts", 1)
+        earlier = (
+            f" ({job.attempts} attempt(s) for this record, re-asks included)" if sent < job.attempts else ""
+        )
         return EngineError(
-            f"Step {step.id!r}: engine reported an error: {completion.text}",
+            f"Step {step.id!r}: engine reported an error: {completion.text}{earlier}",
             node_id=step.id,
             record_id=job.record.id,
             attempts=job.attempts,
