@@ -69,9 +69,16 @@ def test_faults_in_front_of_a_real_server_lose_nothing(
 
     flat, failures = assert_every_record_accounted_for(run_dir, 6)
     assert sum(proxy.stats[k] for k in ("429", "500", "slow", "drop")) > 0
-    assert proxy.stats["ok"] > 0 and flat
+    # A fault fails a record only once its retries are spent (1 + max_retries attempts); the small
+    # model may also miss the schema after its re-asks. Nothing else may fail a record.
     for failure in failures:
-        assert failure["message"]
+        if failure["error_type"] == "engine_error":
+            assert "after 4 attempt(s)" in failure["message"], failure
+        else:
+            assert failure["error_type"] == "invalid_output", failure
+    engine = json.loads((run_dir / "metadata.json").read_text())["engines"]["remote"]
+    assert engine["http_retries"] > 0, engine  # the faults were retried, not given up at once
+    assert proxy.stats["ok"] > 0 and flat
     qa_ids = [r["_id"] for r in read_jsonl(run_dir / "qa")]
     assert len(qa_ids) == len(set(qa_ids))
     assert_secret_nowhere(run_dir, SECRET)
