@@ -67,6 +67,7 @@ def alive(pid: int) -> bool:
     return servers._cmdline(pid) is not None
 
 
+@pytest.mark.timeout(240)  # 6-79 s measured on a busy 2-core machine
 def test_warmup_run_kill_end_to_end(tmp_path: Path, bystander: subprocess.Popen[bytes]) -> None:
     (tmp_path / "engines.yml").write_text(ENGINES)
     (tmp_path / "chain.py").write_text(CHAIN)

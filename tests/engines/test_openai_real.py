@@ -26,6 +26,7 @@ SECRET = "sk-real-server-7d3e91"
 QUESTIONS = ["What is the capital of France?", "What colour is the sky?", "How many legs does a spider have?"]
 
 
+@pytest.mark.timeout(180)  # 23-43 s measured on a busy 2-core machine
 def test_chain_with_join_runs_end_to_end_on_a_real_server(run_dir: Path, llama_server: str) -> None:
     register_engine("remote", backend="openai", model="smollm2", base_url=llama_server, max_concurrency=2)
     result = join_chain("remote", max_tokens=64).run(
@@ -45,6 +46,7 @@ def test_chain_with_join_runs_end_to_end_on_a_real_server(run_dir: Path, llama_s
     assert result.counts["records_out"] == 3
 
 
+@pytest.mark.timeout(180)  # 16-45 s measured on a busy 2-core machine
 def test_faults_in_front_of_a_real_server_lose_nothing(
     run_dir: Path, llama_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
