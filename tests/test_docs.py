@@ -11,6 +11,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.mark.llama
+@pytest.mark.timeout(150)  # 2-45 s measured on a busy 2-core machine
 def test_readme_quick_start_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
     code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[0]
     monkeypatch.chdir(tmp_path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -68,6 +67,7 @@ def alive(pid: int) -> bool:
     return servers._cmdline(pid) is not None
 
 
+@pytest.mark.timeout(240)  # 6-79 s measured on a busy 2-core machine
 def test_warmup_run_kill_end_to_end(tmp_path: Path, bystander: subprocess.Popen[bytes]) -> None:
     (tmp_path / "engines.yml").write_text(ENGINES)
     (tmp_path / "chain.py").write_text(CHAIN)
@@ -147,9 +147,24 @@ def test_warmup_failure_names_the_log_and_leaves_nothing_running(tmp_path: Path)
 
 
 def test_state_folder_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    record = servers.ServerRecord(
+        name="env",
+        kind="llama_cpp",
+        pid=1,
+        port=1,
+        base_url="http://127.0.0.1:1/v1",
+        model="m",
+        cmdline=["nothing"],
+        started_at="2026-01-01T00:00:00+00:00",
+        log="/dev/null",
+    )
     monkeypatch.setenv("CHAINETTE_STATE_DIR", str(tmp_path / "state"))
     assert servers.state_file() == tmp_path / "state" / "servers.json"
+    servers.state_file().parent.mkdir()
+    servers.state_file().write_text(json.dumps({"env": record.model_dump()}))
+    assert servers.list_servers(alive_only=False) == [record]
     monkeypatch.delenv("CHAINETTE_STATE_DIR")
     monkeypatch.chdir(tmp_path)
     assert servers.state_file() == tmp_path / ".chainette" / "servers.json"
-    assert os.environ.get("CHAINETTE_STATE_DIR") is None
+    # read where the environment says at each call: the record under the old folder is not seen now
+    assert servers.list_servers(alive_only=False) == []

@@ -24,7 +24,8 @@ def anyio_backend() -> str:
 
 
 class Tracked(FakeEngine):
-    """Records what is loaded at any moment, and can hold a generate() call open."""
+    """Records what is loaded at any moment, and can hold a generate() call open (``entered`` is
+    set once a call is in ``generate()``)."""
 
     loaded: ClassVar[list[str]] = []
     peak_exclusive: ClassVar[int] = 0
@@ -33,6 +34,7 @@ class Tracked(FakeEngine):
     def __init__(self, name: str, exclusive: bool, gate: anyio.Event | None = None) -> None:
         super().__init__()
         self.name, self.exclusive, self.gate = name, exclusive, gate
+        self.entered = anyio.Event()
 
     async def start(self) -> None:
         Tracked.loaded.append(self.name)
@@ -45,6 +47,7 @@ class Tracked(FakeEngine):
         Tracked.log.append(f"close {self.name}")
 
     async def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
+        self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
         Tracked.log.append(f"done {self.name}")
@@ -111,7 +114,8 @@ async def test_an_engine_with_a_call_in_flight_is_never_evicted(tracked: type[Tr
     handle = await broker.get("a")
     async with anyio.create_task_group() as tg:
         tg.start_soon(handle.generate, [REQUEST])
-        await anyio.sleep(0.01)
+        with anyio.fail_after(10):
+            await handle.engine.entered.wait()  # type: ignore[attr-defined]
         clock.now += 100
         assert await broker.evict_idle() == []
         gate.set()
@@ -132,12 +136,21 @@ async def test_per_engine_idle_timeout_option(tracked: type[Tracked]) -> None:
 
 
 async def test_background_eviction_while_entered(tracked: type[Tracked]) -> None:
-    register_engine("a", backend="fake", idle_timeout=0.05)
-    async with EngineBroker(Counter({"a": 1}), factory=factory()) as broker:
-        await broker.get("a")
+    register_engine("a", backend="fake")
+    released = anyio.Event()
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "engine_released":
+            released.set()
+
+    # the broker's own timeout: the evictor's first sleep is sized by it (an engine's option
+    # only counts once the engine has started)
+    broker = EngineBroker(Counter({"a": 1}), factory=factory(), idle_timeout=0.05, on_event=on_event)
+    async with broker:
+        await broker.get("a")  # nothing else uses it: only the background task can evict it
         with anyio.fail_after(10):
-            while broker.running:  # noqa: ASYNC110 - polling the background evictor
-                await anyio.sleep(0.02)
+            await released.wait()
+        assert broker.running == []
     assert tracked.log == ["start a", "close a"]
 
 
@@ -151,7 +164,9 @@ async def test_exclusive_engines_are_never_loaded_together(tracked: type[Tracked
     async with anyio.create_task_group() as tg:
         tg.start_soon(gpu1.generate, [REQUEST])  # in flight on gpu1
         tg.start_soon(broker.get, "gpu2")  # must wait for gpu1's call, then release gpu1
-        await anyio.sleep(0.05)
+        with anyio.fail_after(10):
+            await gpu1.engine.entered.wait()  # type: ignore[attr-defined]
+            await anyio.wait_all_tasks_blocked()  # gpu2's start is as far as it can get
         assert tracked.loaded == ["gpu1", "cpu"]
         gate.set()
     assert tracked.log == ["start gpu1", "start cpu", "done gpu1", "close gpu1", "start gpu2"]

@@ -34,6 +34,7 @@ def qa_step(**kw: object) -> Step:
     )
 
 
+@pytest.mark.timeout(120)  # 12-30 s measured on a busy 2-core machine
 def test_multi_step_chain_with_join_produces_valid_outputs(run_dir: Path) -> None:
     def translate(lang: str) -> Step:
         return Step(
@@ -102,6 +103,7 @@ def test_tiny_max_tokens_is_reasked_then_lands_in_failures(run_dir: Path) -> Non
     assert result.metadata["nodes"]["qa"]["requests"] == 2
 
 
+@pytest.mark.timeout(90)  # 6-22 s measured on a busy 2-core machine
 def test_output_the_model_cannot_satisfy_is_reasked_with_the_error(run_dir: Path) -> None:
     class Impossible(BaseModel):
         answer: str = Field(max_length=40)
@@ -129,6 +131,7 @@ def test_output_the_model_cannot_satisfy_is_reasked_with_the_error(run_dir: Path
     assert result.metadata["nodes"]["qa"]["reasks"] == 4
 
 
+@pytest.mark.timeout(90)  # 3.5-16 s measured on a busy 2-core machine
 def test_greedy_runs_are_reproducible(tmp_path: Path) -> None:
     chain = Chain("repro", [qa_step()])
     # cache off: both runs really decode (the ledger would answer the second one)
@@ -139,6 +142,7 @@ def test_greedy_runs_are_reproducible(tmp_path: Path) -> None:
     assert len(read_jsonl(a.path / "qa")) == 2
 
 
+@pytest.mark.timeout(90)  # 2.5-18 s measured on a busy 2-core machine
 def test_engine_is_released_at_the_end_of_the_run(run_dir: Path) -> None:
     events: list[str] = []
     Chain("lifecycle", [qa_step()]).run(
@@ -148,6 +152,7 @@ def test_engine_is_released_at_the_end_of_the_run(run_dir: Path) -> None:
     assert events.index("engine_released") < events.index("run_finished")
 
 
+@pytest.mark.timeout(300)  # 13-84 s measured on a busy 2-core machine
 def test_fast_grammar_gives_the_same_greedy_outputs(tmp_path: Path) -> None:
     questions = [Question(text=q) for q in [*QUESTIONS, "Name a large animal.", "What is 2 + 2?"]]
     outputs = {}

@@ -26,6 +26,7 @@ SECRET = "sk-real-server-7d3e91"
 QUESTIONS = ["What is the capital of France?", "What colour is the sky?", "How many legs does a spider have?"]
 
 
+@pytest.mark.timeout(180)  # 23-43 s measured on a busy 2-core machine
 def test_chain_with_join_runs_end_to_end_on_a_real_server(run_dir: Path, llama_server: str) -> None:
     register_engine("remote", backend="openai", model="smollm2", base_url=llama_server, max_concurrency=2)
     result = join_chain("remote", max_tokens=64).run(
@@ -45,6 +46,7 @@ def test_chain_with_join_runs_end_to_end_on_a_real_server(run_dir: Path, llama_s
     assert result.counts["records_out"] == 3
 
 
+@pytest.mark.timeout(180)  # 16-45 s measured on a busy 2-core machine
 def test_faults_in_front_of_a_real_server_lose_nothing(
     run_dir: Path, llama_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -69,9 +71,16 @@ def test_faults_in_front_of_a_real_server_lose_nothing(
 
     flat, failures = assert_every_record_accounted_for(run_dir, 6)
     assert sum(proxy.stats[k] for k in ("429", "500", "slow", "drop")) > 0
-    assert proxy.stats["ok"] > 0 and flat
+    # A fault fails a record only once its retries are spent (1 + max_retries attempts); the small
+    # model may also miss the schema after its re-asks. Nothing else may fail a record.
     for failure in failures:
-        assert failure["message"]
+        if failure["error_type"] == "engine_error":
+            assert "after 4 attempt(s)" in failure["message"], failure
+        else:
+            assert failure["error_type"] == "invalid_output", failure
+    engine = json.loads((run_dir / "metadata.json").read_text())["engines"]["remote"]
+    assert engine["http_retries"] > 0, engine  # the faults were retried, not given up at once
+    assert proxy.stats["ok"] > 0 and flat
     qa_ids = [r["_id"] for r in read_jsonl(run_dir / "qa")]
     assert len(qa_ids) == len(set(qa_ids))
     assert_secret_nowhere(run_dir, SECRET)

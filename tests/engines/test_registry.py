@@ -121,6 +121,7 @@ def test_missing_backend_dependency_names_the_extra(monkeypatch: pytest.MonkeyPa
         registry.create_engine(config)
 
 
+@pytest.mark.llama  # start() imports llama_cpp before it looks at the path
 def test_llama_model_path_that_does_not_exist_is_explained() -> None:
     from chainette.engines.llama_cpp import LlamaCppEngine
 

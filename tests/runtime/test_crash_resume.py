@@ -72,6 +72,7 @@ def by_id(path: Path) -> dict[str, dict[str, Any]]:
     return {r["_id"]: r for r in rows}
 
 
+@pytest.mark.timeout(420)  # 12-136 s measured on a busy 2-core machine
 def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
     chain_file = tmp_path / "crash_chain.py"
     chain_file.write_text(CHAIN_FILE)
