@@ -27,7 +27,7 @@ from ..engines.registry import BACKENDS, list_engines, load_engines
 from ..engines.secrets import scrub_text
 from ..graph.chain import Chain
 from ..graph.checks import CheckReport
-from ..graph.nodes import Node, Step
+from ..graph.nodes import Branch, Node
 from .cache import cache_app
 from .loading import count_jsonl_records, import_target, load_chain, split_target
 from .progress import JsonEventLog, ProgressDisplay, print_run_summary
@@ -278,20 +278,26 @@ def _tree(chain: Chain, report: CheckReport | None) -> Tree:
     model = chain.input_model
     tree.add(f"[dim]input[/] {model.__name__ if model else '?'}")
     for item in chain.items:
-        if not isinstance(item, list):
-            tree.add(_label(item, report))
-            continue
-        group = tree.add("[magenta]parallel[/]")
-        for branch in item:
-            joined = (
-                f"joined as [bold]{escape(branch.join_alias)}[/]"
-                if branch.join_alias
-                else "[dim]not joined (side output)[/]"
-            )
-            sub = group.add(f"[magenta]branch[/] [bold]{escape(branch.name)}[/] → {joined}")
-            for node in branch.steps:
-                sub.add(_label(node, report))
+        _add(tree, item, report)
     return tree
+
+
+def _add(tree: Tree, node: Node, report: CheckReport | None) -> None:
+    """``node`` under ``tree``: a leaf as one line, a container as a sub-tree of its children."""
+    if not node.children():
+        tree.add(_label(node, report))
+        return
+    if isinstance(node, Branch):
+        joined = (
+            f"joined as [bold]{escape(node.join_alias)}[/]"
+            if node.join_alias
+            else "[dim]not joined (side output)[/]"
+        )
+        sub = tree.add(f"[magenta]branch[/] [bold]{escape(node.name)}[/] → {joined}")
+    else:
+        sub = tree.add(f"[magenta]{escape(node.kind)}[/]")
+    for child in node.children():
+        _add(sub, child, report)
 
 
 def _label(node: Node, report: CheckReport | None) -> str:
@@ -301,7 +307,7 @@ def _label(node: Node, report: CheckReport | None) -> str:
     text = f"[bold]{escape(node.id)}[/] [cyan]{node.kind}[/] {name(node.input_model)} → {name(node.output_model)}"
     if node.name != node.id:
         text += f" [dim]({escape(node.name)})[/]"
-    if isinstance(node, Step):
+    if node.engine_name is not None:
         text += f"  [dim]engine[/] {escape(node.engine_name)}"
     if report is not None:
         errors = sum(1 for i in report.errors if i.node_id == node.id)
@@ -333,7 +339,7 @@ def engines(
             load_engines(engines_file)
     users: dict[str, list[str]] = {}
     for node in chain.iter_nodes() if chain else ():
-        if isinstance(node, Step):
+        if node.engine_name is not None:
             users.setdefault(node.engine_name, []).append(node.id)
     table = Table(title="Engines", title_justify="left")
     for column in ("name", "backend", "model", "options", *(["used by"] if chain else [])):

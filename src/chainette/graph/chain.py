@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from .._errors import ChainDefinitionError
 from .checks import CheckReport, check_chain
-from .nodes import Apply, Branch, Node, Step
+from .nodes import Branch, Node, as_node
 
 if TYPE_CHECKING:
     from ..runtime.result import RunResult
@@ -41,7 +41,12 @@ class Chain:
     """
 
     def __init__(
-        self, name: str, steps: list[Node | list[Branch]], *, batch_size: int = 64, emoji: str | None = None
+        self,
+        name: str,
+        steps: Sequence[Node | list[Branch]],
+        *,
+        batch_size: int = 64,
+        emoji: str | None = None,
     ) -> None:
         if not steps:
             raise ChainDefinitionError(f"Chain {name!r} has no steps.")
@@ -50,27 +55,12 @@ class Chain:
         self.name = name
         self.emoji = emoji
         self.batch_size = batch_size
-        self.items: list[Node | list[Branch]] = []
-        for i, item in enumerate(steps):
-            if isinstance(item, list):
-                if not item or not all(isinstance(b, Branch) for b in item):
-                    raise ChainDefinitionError(
-                        f"Chain {name!r} steps[{i}]: an inner list must hold Branch objects, got {item!r}."
-                    )
-                self.items.append(list(item))
-            elif isinstance(item, (Step, Apply)):
-                self.items.append(item)
-            elif isinstance(item, Branch):
-                self.items.append([item])
-            else:
-                raise ChainDefinitionError(
-                    f"Chain {name!r} steps[{i}]: expected a Step, apply(...), or a list of Branch, got {item!r}."
-                )
+        self.items: list[Node] = [as_node(item, f"Chain {name!r} steps[{i}]") for i, item in enumerate(steps)]
         self._check_unique_names()
 
     def _check_unique_names(self) -> None:
         counts = Counter(n.id for n in self.iter_nodes())
-        counts.update(b.join_alias for b in self.iter_branches() if b.join_alias)
+        counts.update(b.join_alias for b in self.iter_branches() if b.join_alias and not b.alias_is_last_step)
         dupes = sorted(k for k, v in counts.items() if v > 1)
         if dupes:
             raise ChainDefinitionError(
@@ -84,25 +74,25 @@ class Chain:
     @property
     def input_model(self) -> type[BaseModel] | None:
         """The model each input record is validated into (the first node's input model)."""
-        first = self.items[0]
-        node = first[0] if isinstance(first, list) else first
-        return node.input_model
+        return self.items[0].input_model
 
-    def iter_nodes(self) -> Iterator[Step | Apply]:
-        """Every Step and Apply, branches included, in definition order."""
+    def walk(self) -> Iterator[Node]:
+        """Every node, containers included, depth first in definition order."""
         for item in self.items:
-            for node in (n for b in item for n in b.steps) if isinstance(item, list) else (item,):
-                assert isinstance(node, (Step, Apply))
-                yield node
+            yield from item.walk()
+
+    def iter_nodes(self) -> Iterator[Node]:
+        """Every node that does work (steps, applies, ...; not containers), branches included,
+        in definition order."""
+        for item in self.items:
+            yield from item.leaves()
 
     def iter_branches(self) -> Iterator[Branch]:
-        for item in self.items:
-            if isinstance(item, list):
-                yield from item
+        return (n for n in self.walk() if isinstance(n, Branch))
 
     def engine_names(self) -> list[str]:
         """Engines the chain's steps use, in first-use order."""
-        return list(dict.fromkeys(n.engine_name for n in self.iter_nodes() if isinstance(n, Step)))
+        return list(dict.fromkeys(n.engine_name for n in self.iter_nodes() if n.engine_name is not None))
 
     def check(self, *, check_engines: bool = True) -> CheckReport:
         """Static checks (templates, model compatibility, engines). Sends no request."""
@@ -110,28 +100,11 @@ class Chain:
 
     def describe(self) -> dict[str, Any]:
         """The graph as data: what ``graph.json`` holds (without engine details)."""
-        nodes: list[dict[str, Any]] = []
-        edges: list[dict[str, str]] = []
+        out: dict[str, list[dict[str, Any]]] = {"nodes": [], "edges": []}
         previous = ["input"]
         for item in self.items:
-            if isinstance(item, list):
-                ends = []
-                for branch in item:
-                    last = previous
-                    for node in branch.steps:
-                        nodes.append(
-                            {**node.describe(), "branch": branch.name, "join_alias": branch.join_alias}
-                        )
-                        edges.extend({"from": p, "to": node.id} for p in last)
-                        last = [node.id]
-                    if branch.join_alias:
-                        ends.extend(last)
-                previous = previous + ends if ends else previous
-                continue
-            nodes.append(item.describe())
-            edges.extend({"from": p, "to": item.id} for p in previous)
-            previous = [item.id]
-        return {"name": self.name, "batch_size": self.batch_size, "nodes": nodes, "edges": edges}
+            previous = item.layout(previous, out)
+        return {"name": self.name, "batch_size": self.batch_size, **out}
 
     def run(self, inputs: Any, output_dir: str | Path | None = None, **options: Any) -> RunResult:
         """Run the chain to completion (blocking). See :meth:`arun` for the arguments."""

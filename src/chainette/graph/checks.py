@@ -10,19 +10,19 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from types import UnionType
-from typing import TYPE_CHECKING, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
 from .._errors import ChainDefinitionError, IncompatibleStepsError, TemplateError, UnknownEngineError
 from ..engines.registry import get_engine_config, unknown_engine_message
-from .nodes import Apply, Branch, Node, Step
+from .nodes import Apply, Node, Step
 from .templates import Reference
 
 if TYPE_CHECKING:
     from .chain import Chain
 
-__all__ = ["CheckReport", "Issue", "check_chain"]
+__all__ = ["CheckReport", "Checker", "Issue", "Scope", "check_chain"]
 
 Scope = dict[str, "type[BaseModel] | None"]
 
@@ -81,25 +81,33 @@ def _unwrap_optional(annotation: object) -> object:
 
 def check_chain(chain: Chain, *, check_engines: bool = True) -> CheckReport:
     """Check ``chain`` statically; see the module docstring for what is checked."""
-    checker = _Checker(chain, check_engines)
+    checker = Checker(chain, check_engines)
     checker.walk(chain.items, {"input": chain.input_model}, chain.input_model, prev=None)
     return checker.report
 
 
-class _Checker:
+class Checker:
+    """Walks the chain, letting each node check itself (:meth:`Node.check`); holds the report and
+    the shared checks node kinds use (inputs, template references, engines)."""
+
     def __init__(self, chain: Chain, check_engines: bool) -> None:
         self.report = CheckReport()
         self.check_engines = check_engines
         self.placement: dict[str, str] = {}
         """Ids not yet in scope → where they run (for a precise error message)."""
         for item in chain.items:
-            if not isinstance(item, list):
-                self.placement[item.id] = "later in the chain"
-                continue
-            for branch in item:
+            self._place(item, None)
+
+    def _place(self, node: Node, branch: Any) -> None:
+        if not node.children():
+            if branch is None:
+                self.placement[node.id] = "later in the chain"
+            else:
                 suffix = "" if branch.join_alias else ", which is not joined"
-                for node in branch.steps:
-                    self.placement[node.id] = f"inside branch {branch.name!r}{suffix}"
+                self.placement[node.id] = f"inside branch {branch.name!r}{suffix}"
+            return
+        for child in node.children():
+            self._place(child, node if node.kind == "branch" else branch)
 
     def add(
         self,
@@ -112,37 +120,20 @@ class _Checker:
 
     def walk(
         self,
-        items: list[Node | list[Branch]],
+        items: list[Node],
         scope: Scope,
         current: type[BaseModel] | None,
         prev: Node | None,
         *,
         in_branch: bool = False,
-    ) -> tuple[Scope, type[BaseModel] | None]:
-        for item in items:
-            if isinstance(item, list):
-                for branch in item:
-                    branch_scope, out = self.walk(
-                        list(branch.steps), dict(scope), current, prev, in_branch=True
-                    )
-                    if branch.join_alias is not None:
-                        for node in branch.steps:
-                            scope[node.id] = branch_scope.get(node.id)
-                        scope[branch.join_alias] = out
-                        for node in branch.steps:
-                            self.placement.pop(node.id, None)
-                continue
-            node = item
-            if isinstance(node, Step):
-                self.check_step(node, scope, current, prev)
-            elif isinstance(node, Apply):
-                self.check_apply(node, current, prev)
-            scope[node.id] = node.output_model
-            current = node.output_model
-            prev = node
-            if not in_branch:
+    ) -> type[BaseModel] | None:
+        """Check ``items`` in order; returns the model of the value that comes out of the last."""
+        for node in items:
+            current = node.check(self, scope, current, prev)
+            prev = prev if node.passes_through else node
+            if not in_branch and not node.children():  # containers release what they make visible
                 self.placement.pop(node.id, None)
-        return scope, current
+        return current
 
     def check_step(
         self, step: Step, scope: Scope, current: type[BaseModel] | None, prev: Node | None
@@ -248,8 +239,11 @@ class _Checker:
             self.check_input(node, node.input_model, current, prev)
 
     def check_input(
-        self, node: Node, wanted: type[BaseModel], current: type[BaseModel] | None, prev: Node | None
+        self, node: Node, wanted: type[BaseModel] | None, current: type[BaseModel] | None, prev: Node | None
     ) -> None:
+        """Can ``wanted`` (the node's declared input) be built from ``current`` (what reaches it)?"""
+        if wanted is None:
+            return
         if current is None:
             if prev is not None:
                 self.add(

@@ -1,7 +1,10 @@
-"""The nodes a chain is made of: ``Step`` (one LLM call), ``Apply`` (a Python function) and
-``Branch`` (a named sequence run on a copy of each record, optionally joined back).
+"""The nodes a chain is made of: ``Step`` (one LLM call), ``Apply`` (a Python function),
+``Branch`` (a named sequence run on a copy of each record, optionally joined back) and
+``Parallel`` (sibling branches; an inner list in a chain is one).
 
-Nodes only describe work; ``chainette.runtime`` decides how it runs.
+Nodes only describe work; ``chainette.runtime`` decides how it runs. Every kind follows one
+contract (:class:`Node`): it names its children, checks itself (with the helpers of
+``graph.checks``) and describes itself for ``graph.json``; the runtime finds its runner by kind.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ import inspect
 import json
 import re
 import typing
-from collections.abc import Callable
-from typing import Any, Literal, get_args, get_origin
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 import jinja2
 from pydantic import BaseModel
@@ -22,7 +25,10 @@ from ..io.layout import RESERVED_NAMES, is_reserved
 from .schema_prompt import schema_instruction
 from .templates import Template
 
-__all__ = ["Apply", "Branch", "Node", "Step", "apply"]
+if TYPE_CHECKING:
+    from .checks import Checker, Scope
+
+__all__ = ["Apply", "Branch", "Node", "Parallel", "Step", "apply"]
 
 OnFailure = Literal["retry", "stay", "emit"]
 FAILURE_BEHAVIOURS: tuple[str, ...] = get_args(OnFailure)
@@ -56,14 +62,65 @@ def _check_id(node_id: str, what: str) -> str:
 
 
 class Node:
-    """Common shape of every node: an id, a display name and optional declared models."""
+    """The contract every node kind follows.
+
+    A node has an id, a display name and optional declared models. Containers (branches,
+    groups, ...) list what they hold in :meth:`children`; the rest of the library walks the
+    graph through that and never needs to know the kind:
+
+    - :meth:`check` checks the node against what reaches it (``graph.checks`` calls it);
+    - :meth:`layout` adds the node to ``graph.json``'s nodes and edges;
+    - the runtime runs it with the runner registered for its class (or nearest base class).
+    """
 
     kind: str = "node"
     id: str
     name: str
     input_model: type[BaseModel] | None
     output_model: type[BaseModel] | None
-    write: bool
+    write: bool = False
+    """Write this node's outputs to ``<run>/<id>/``."""
+    engine_name: str | None = None
+    """The engine this node sends requests to (None: it sends none)."""
+    fusable: bool = False
+    """Cheap synchronous work: consecutive fusable nodes share one runtime stage."""
+    passes_through: bool = False
+    """The value after this node is the value before it (outputs go to the history only)."""
+
+    def children(self) -> Sequence[Node]:
+        """The nodes this one contains (none for a leaf)."""
+        return ()
+
+    def walk(self) -> Iterator[Node]:
+        """This node and everything inside it, depth first, in definition order."""
+        yield self
+        for child in self.children():
+            yield from child.walk()
+
+    def leaves(self) -> Iterator[Node]:
+        """The nodes that do the work (no children): what has stats, folders and requests."""
+        return (n for n in self.walk() if not n.children())
+
+    @property
+    def streams(self) -> bool:
+        """Produces many outputs per input record, handed on in passes rather than all at once."""
+        return False
+
+    def check(
+        self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
+    ) -> type[BaseModel] | None:
+        """Check this node; ``scope`` holds the outputs templates can read so far (updated in
+        place with what this node adds). Returns the model of the value that goes on."""
+        checker.check_input(self, self.input_model, current, prev)
+        scope[self.id] = self.output_model
+        return self.output_model
+
+    def layout(self, previous: list[str], out: dict[str, list[dict[str, Any]]]) -> list[str]:
+        """Add this node to ``out["nodes"]`` / ``out["edges"]`` after ``previous``; return the ids
+        the next node hangs from."""
+        out["nodes"].append(self.describe())
+        out["edges"].extend({"from": p, "to": self.id} for p in previous)
+        return [self.id]
 
     def describe(self) -> dict[str, Any]:
         """What ``graph.json`` records about this node."""
@@ -127,6 +184,7 @@ class Step(Node):
     kind = "step"
     input_model: type[BaseModel]
     output_model: type[BaseModel]
+    engine_name: str
 
     def __init__(
         self,
@@ -189,6 +247,17 @@ class Step(Node):
                 "Fix the Jinja2 syntax ({{ name }} for values, {% ... %} for logic)."
             ) from exc
 
+    @property
+    def streams(self) -> bool:
+        return self.samples > 1
+
+    def check(
+        self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
+    ) -> type[BaseModel] | None:
+        checker.check_step(self, scope, current, prev)
+        scope[self.id] = self.output_model
+        return self.output_model
+
     def describe(self) -> dict[str, Any]:
         return {
             **super().describe(),
@@ -236,6 +305,14 @@ class Apply(Node):
             getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
         )
         self.write = write
+        self.fusable = not self.is_async
+
+    def check(
+        self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
+    ) -> type[BaseModel] | None:
+        checker.check_apply(self, current, prev)
+        scope[self.id] = self.output_model
+        return self.output_model
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "function": f"{getattr(self.fn, '__module__', '?')}.{self.name}"}
@@ -275,22 +352,23 @@ class Branch(Node):
     main line goes on with the record as it was. ``Branch(...).join("alias")`` merges the
     branch's final output back into the record under ``alias`` (and its steps' outputs under
     their ids), so later templates can read ``{{ alias.field }}``; the record then continues
-    only when every joined branch produced exactly one output for it.
+    only when every joined branch produced exactly one output for it. The alias may be the id
+    of the branch's last step (``Branch("fr", [Step(id="fr", ...)]).join("fr")``): both name the
+    same output. A branch may hold any node, inner lists of branches included (nesting).
     """
 
     kind = "branch"
 
-    def __init__(self, name: str, steps: list[Node], *, join_alias: str | None = None) -> None:
+    def __init__(
+        self, name: str, steps: Sequence[Node | list[Branch]], *, join_alias: str | None = None
+    ) -> None:
         self.id = _check_id(name, "Branch")
         self.name = name
         if not steps:
             raise ChainDefinitionError(f"Branch {name!r} has no steps.")
-        for node in steps:
-            if not isinstance(node, (Step, Apply)):
-                raise ChainDefinitionError(
-                    f"Branch {name!r}: only Step and apply(...) nodes may appear inside a branch, got {node!r}."
-                )
-        self.steps = list(steps)
+        self.steps: list[Node] = [
+            as_node(node, f"Branch {name!r} steps[{i}]") for i, node in enumerate(steps)
+        ]
         self.join_alias = _check_id(join_alias, "join alias") if join_alias is not None else None
         self.input_model = self.steps[0].input_model
         self.output_model = self.steps[-1].output_model
@@ -300,8 +378,109 @@ class Branch(Node):
         """A copy of this branch whose final output merges back into the record under ``alias``."""
         return Branch(self.name, self.steps, join_alias=alias)
 
+    @property
+    def alias_is_last_step(self) -> bool:
+        """The alias is the id of the branch's last step: one name for one output."""
+        return self.join_alias is not None and self.join_alias == self.steps[-1].id
+
+    def children(self) -> Sequence[Node]:
+        return self.steps
+
+    def check(
+        self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
+    ) -> type[BaseModel] | None:
+        """Checks the branch's nodes in a scope of its own; a joined branch then adds its nodes'
+        outputs and its alias to ``scope``."""
+        inner = dict(scope)
+        out = checker.walk(self.steps, inner, current, prev, in_branch=True)
+        if self.join_alias is not None:
+            for node in self.walk():
+                if node is not self and node.id in inner:
+                    scope[node.id] = inner[node.id]
+            scope[self.join_alias] = out
+        return out
+
+    def layout(self, previous: list[str], out: dict[str, list[dict[str, Any]]]) -> list[str]:
+        start = len(out["nodes"])
+        last = previous
+        for node in self.steps:
+            last = node.layout(last, out)
+        for entry in out["nodes"][start:]:
+            if "branch" not in entry:  # the innermost branch names a node's place
+                entry.update({"branch": self.name, "join_alias": self.join_alias})
+            entry.setdefault("parent", self.name)
+        return last
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "join_alias": self.join_alias, "steps": [s.id for s in self.steps]}
+
+
+class Parallel(Node):
+    """Sibling branches run concurrently on copies of each record; joined ones merge back.
+
+    ``Chain(steps=[a, [b1, b2], c])``: the inner list becomes ``Parallel([b1, b2])``. The record
+    goes on as it came in, plus each joined branch's output under its alias.
+    """
+
+    kind = "parallel"
+    passes_through = True
+
+    def __init__(self, branches: Sequence[Branch], *, where: str = "Parallel") -> None:
+        if not branches or not all(isinstance(b, Branch) for b in branches):
+            raise ChainDefinitionError(
+                f"{where}: an inner list must hold Branch objects, got {list(branches)!r}."
+            )
+        self.branches = list(branches)
+        names = [b.name for b in self.branches]
+        if len(set(names)) < len(names):
+            raise ChainDefinitionError(f"{where}: branch names must be unique, got {', '.join(names)}.")
+        self.id = "parallel(" + ",".join(names) + ")"  # never a template name or a folder
+        self.name = " | ".join(names)
+        self.input_model = self.branches[0].input_model
+        self.output_model = None
+
+    def children(self) -> Sequence[Node]:
+        return self.branches
+
+    @property
+    def joined(self) -> list[Branch]:
+        return [b for b in self.branches if b.join_alias is not None]
+
+    def check(
+        self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
+    ) -> type[BaseModel] | None:
+        entry = dict(scope)
+        for branch in self.branches:  # siblings run side by side: none reads another's outputs
+            view = dict(entry)
+            branch.check(checker, view, current, prev)
+            scope.update((k, v) for k, v in view.items() if k not in entry)
+        for branch in self.joined:
+            for node in branch.walk():
+                checker.placement.pop(node.id, None)
+        return current  # the record goes on with the value it came in with
+
+    def layout(self, previous: list[str], out: dict[str, list[dict[str, Any]]]) -> list[str]:
+        ends: list[str] = []
+        for branch in self.branches:
+            last = branch.layout(previous, out)
+            if branch.join_alias:
+                ends.extend(last)
+        return previous + ends if ends else previous
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "branches": [b.name for b in self.branches]}
+
+
+def as_node(item: Any, where: str) -> Node:
+    """A chain or branch item as a node: a node as is, a list of branches (or one branch) as a
+    :class:`Parallel` group."""
+    if isinstance(item, list):
+        return Parallel(item, where=where)
+    if isinstance(item, Branch):
+        return Parallel([item], where=where)
+    if isinstance(item, Node):
+        return item
+    raise ChainDefinitionError(f"{where}: expected a Step, apply(...), or a list of Branch, got {item!r}.")
 
 
 def _model_name(model: type[BaseModel] | None) -> str | None:

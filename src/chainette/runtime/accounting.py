@@ -7,7 +7,6 @@ from typing import Any
 
 from ..engines.registry import get_engine_config
 from ..graph.chain import Chain
-from ..graph.nodes import Step
 from ..ledger.costs import cost_usd, price_for
 from .context import RunContext
 
@@ -35,7 +34,7 @@ def cost_summary(chain: Chain, ctx: RunContext) -> dict[str, Any]:
     by_step: dict[str, dict[str, Any]] = {}
     by_engine: dict[str, dict[str, Any]] = {}
     for node in chain.iter_nodes():
-        if not isinstance(node, Step) or node.id not in ctx.stats:
+        if node.engine_name is None or node.id not in ctx.stats:
             continue
         s = ctx.stats[node.id]
         config = get_engine_config(node.engine_name)

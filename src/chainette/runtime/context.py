@@ -68,6 +68,8 @@ class RunContext:
     """Inside a branch group: origins of records that failed there (so a join does not re-report)."""
     group_failed: set[str] | None = None
     """Inside a branch group: ids already written to failures by any branch of the group."""
+    outer_failed: tuple[set[str], ...] = ()
+    """Inside nested groups: the ``failed_origins`` of the enclosing branches (told too)."""
     _limiters: dict[str, anyio.CapacityLimiter] = field(default_factory=dict)
     _identities: dict[str, dict[str, Any]] = field(default_factory=dict)
     threaded: set[str] = field(default_factory=set)
@@ -85,7 +87,10 @@ class RunContext:
         ``group_failed`` is shared by the group's branches: a record that fails in two branches
         is written to failures.jsonl once (the first failure), so it is never there twice.
         """
-        return replace(self, failed_origins=set(), group_failed=group_failed)
+        outer = (
+            self.outer_failed if self.failed_origins is None else (*self.outer_failed, self.failed_origins)
+        )
+        return replace(self, failed_origins=set(), group_failed=group_failed, outer_failed=outer)
 
     def identity(self, engine_name: str) -> dict[str, Any]:
         """What identifies the answers of engine ``engine_name`` in ledger keys (no engine started)."""
@@ -116,6 +121,8 @@ class RunContext:
         stats.done += 1
         if self.failed_origins is not None and record.origin is not None and not emitted:
             self.failed_origins.add(record.origin)
+            for outer in self.outer_failed:
+                outer.add(record.origin)
             if self.group_failed is not None:
                 if record.id in self.group_failed:
                     return  # already in failures.jsonl from a sibling branch (counted above for this node)

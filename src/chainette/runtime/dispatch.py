@@ -1,58 +1,106 @@
-"""One function per kind of chain item: ``run_item(item, chunk, ctx) -> outputs``.
+"""Which runner runs which node kind: ``run_node(node, chunk, ctx) -> outputs``.
 
-A branch group runs each branch over copies of the chunk concurrently, then joins: a record
+Every node kind has one runner, registered here by class (:func:`register_runner`); a subclass
+of a registered kind (``class MyStep(Step)``) uses its base's runner. A kind that streams
+(``node.streams``, e.g. a step with ``samples > 1``) also registers a ``stream`` function that
+yields its outputs in passes. :func:`missing_runners` lists the nodes of a chain no runner
+handles, so a run refuses them before any request.
+
+A parallel group runs each branch over copies of the chunk concurrently, then joins: a record
 continues when every joined branch produced exactly one output for it, carrying that output
-under the join alias and the branch's step outputs under their ids.
+under the join alias and everything the branch added to the history (its nodes' outputs by id,
+inner aliases). A record a joined branch
+filtered out is dropped (it is counted as filtered where it was filtered, not as a failure).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
 from .._errors import RecordError
-from ..graph.nodes import Apply, Branch, Node, Step
+from ..graph.nodes import Apply, Branch, Node, Parallel, Step
 from .apply_runner import run_apply
 from .context import RunContext
 from .records import Record
-from .step_runner import run_step
+from .step_runner import iter_step, run_step
 
-__all__ = ["run_item"]
+__all__ = ["Runner", "missing_runners", "register_runner", "run_node", "runner_for"]
 
-_RUNNERS: dict[type[Node], Callable[[Any, list[Record], RunContext], Awaitable[list[Record]]]] = {
-    Step: run_step,
-    Apply: run_apply,
-}
+RunFn = Callable[[Any, list[Record], RunContext], Awaitable[list[Record]]]
+StreamFn = Callable[[Any, list[Record], RunContext], AsyncIterator[list[Record]]]
 
 
-async def run_item(item: Node | list[Branch], chunk: list[Record], ctx: RunContext) -> list[Record]:
-    """Run one chain item (a node or a branch group) over ``chunk``."""
-    if isinstance(item, list):
-        return await run_group(item, chunk, ctx)
-    return await _RUNNERS[type(item)](item, chunk, ctx)
+@dataclass(frozen=True)
+class Runner:
+    """How a node kind runs: ``run`` returns the records that go on (a failed record is handed to
+    ``ctx.fail``, a filtered one counted: none is dropped silently); ``stream``, for kinds whose
+    ``streams`` is true, yields them in passes."""
+
+    run: RunFn
+    stream: StreamFn | None = None
 
 
-async def run_group(branches: list[Branch], chunk: list[Record], ctx: RunContext) -> list[Record]:
+_RUNNERS: dict[type[Node], Runner] = {}
+
+
+def register_runner(kind: type[Node], run: RunFn, stream: StreamFn | None = None) -> None:
+    """Run nodes of class ``kind`` (and its subclasses, unless they register their own) with ``run``."""
+    _RUNNERS[kind] = Runner(run, stream)
+
+
+def runner_for(node: Node) -> Runner:
+    for cls in type(node).__mro__:
+        runner = _RUNNERS.get(cls)
+        if runner is not None:
+            return runner
+    raise KeyError(type(node).__name__)
+
+
+def missing_runners(nodes: Iterable[Node]) -> list[str]:
+    """Messages for the nodes no runner handles."""
+    out = []
+    for node in nodes:
+        if not any(cls in _RUNNERS for cls in type(node).__mro__):
+            known = ", ".join(sorted(k.__name__ for k in _RUNNERS))
+            out.append(
+                f"{node.kind} {node.id!r}: nothing runs nodes of class {type(node).__name__} (runners exist for "
+                f"{known} and their subclasses). Subclass one of those, or register a runner with "
+                "chainette.runtime.dispatch.register_runner."
+            )
+    return out
+
+
+async def run_node(node: Node, chunk: list[Record], ctx: RunContext) -> list[Record]:
+    """Run ``node`` over ``chunk`` (all passes of a streaming node gathered)."""
+    return await runner_for(node).run(node, chunk, ctx)
+
+
+async def run_sequence(nodes: list[Node], chunk: list[Record], ctx: RunContext) -> list[Record]:
+    for node in nodes:
+        if not chunk:
+            break
+        chunk = await run_node(node, chunk, ctx)
+    return chunk
+
+
+async def run_parallel(group: Parallel, chunk: list[Record], ctx: RunContext) -> list[Record]:
     results: dict[str, list[Record]] = {}
     views: dict[str, RunContext] = {}
-    group_failed: set[str] = set()
+    group_failed = ctx.group_failed if ctx.group_failed is not None else set()  # one set per record id
 
-    async def run_branch(branch: Branch) -> None:
-        view = views[branch.name] = ctx.for_branch(group_failed)
-        records = [r.fork() for r in chunk]
-        for node in branch.steps:
-            if not records:
-                break
-            records = await _RUNNERS[type(node)](node, records, view)
-        results[branch.name] = records
+    async def one_branch(name: str, nodes: list[Node]) -> None:
+        view = views[name] = ctx.for_branch(group_failed)
+        results[name] = await run_sequence(nodes, [r.fork() for r in chunk], view)
 
     async with anyio.create_task_group() as tg:
-        for branch in branches:
-            tg.start_soon(run_branch, branch)
+        for branch in group.branches:
+            tg.start_soon(one_branch, branch.name, branch.steps)
 
-    joined = [b for b in branches if b.join_alias is not None]
+    joined = group.joined
     if not joined:
         return chunk
     by_origin: dict[str, dict[str, list[Record]]] = {}
@@ -71,16 +119,13 @@ async def run_group(branches: list[Branch], chunk: list[Record], ctx: RunContext
                 continue
             ok = False
             failed_inside = views[branch.name].failed_origins or set()
-            if record.id in failed_inside:
-                break  # already in failures.jsonl, with the step and reason
-            got = (
-                "no output (an apply filtered it out)" if not outputs else f"{len(outputs)} outputs (fan-out)"
-            )
+            if record.id in failed_inside or not outputs:
+                break  # already in failures.jsonl (with the node and reason), or counted as filtered
             ctx.fail(
                 record,
                 RecordError(
-                    f"Branch {branch.name!r} joined as {branch.join_alias!r} produced {got} for this record; "
-                    "a joined branch must produce exactly one output per record.",
+                    f"Branch {branch.name!r} joined as {branch.join_alias!r} produced {len(outputs)} outputs "
+                    "(fan-out) for this record; a joined branch must produce exactly one output per record.",
                     node_id=branch.join_alias or branch.name,
                     record_id=record.id,
                 ),
@@ -90,10 +135,21 @@ async def run_group(branches: list[Branch], chunk: list[Record], ctx: RunContext
             continue
         for branch in joined:
             result = by_origin[branch.name][record.id][0]
-            for node in branch.steps:
-                if node.id in result.history:
-                    record.history[node.id] = result.history[node.id]
+            record.history.update(result.history)  # its nodes' outputs, inner aliases included
             assert branch.join_alias is not None
             record.history[branch.join_alias] = result.value
         out.append(record)
     return out
+
+
+register_runner(Step, run_step, iter_step)
+register_runner(Apply, run_apply)
+
+
+async def run_branch(branch: Branch, chunk: list[Record], ctx: RunContext) -> list[Record]:
+    """A branch on its own is its nodes in sequence (in a group, :func:`run_parallel` forks first)."""
+    return await run_sequence(branch.steps, chunk, ctx)
+
+
+register_runner(Branch, run_branch)
+register_runner(Parallel, run_parallel)

@@ -24,25 +24,23 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pydantic import ValidationError
 
-from .._errors import InputError, InvalidInputError
+from .._errors import ChainDefinitionError, InputError, InvalidInputError
 from ..engines.broker import EngineBroker
 from ..engines.secrets import scrub_exception, scrub_strings, scrub_text
 from ..graph.chain import Chain
-from ..graph.nodes import Apply, Branch, Node, Step
+from ..graph.nodes import Node
 from ..io.inputs import InputItem, iter_input_chunks
 from ..io.writer import RunWriter, fs_error
 from .accounting import cache_summary, cost_summary
 from .context import EventHandler, RunContext
-from .dispatch import run_item
+from .dispatch import missing_runners, runner_for
 from .records import Record, coerce, describe_validation, dump
 from .requests import CacheMode, RequestCache
 from .result import RunResult
-from .step_runner import iter_step
 
 __all__ = ["RunOptions", "run_chain"]
 
 Chunk = list[Record]
-Item = Node | list[Branch]
 
 
 @dataclass
@@ -85,6 +83,9 @@ async def run_chain(
         known = ", ".join(RunOptions.__dataclass_fields__)
         raise TypeError(f"{exc}. Known run options: {known}.") from None
     chain.check().raise_for_errors()
+    unrunnable = missing_runners(chain.walk())
+    if unrunnable:
+        raise ChainDefinitionError("\n".join(unrunnable))
     if opts.cache not in get_args(CacheMode):
         raise ValueError(
             f"cache must be one of {', '.join(map(repr, get_args(CacheMode)))}, got {opts.cache!r}."
@@ -94,7 +95,7 @@ async def run_chain(
 
     run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     path = Path(output_dir) if output_dir is not None else Path("runs") / f"{_slug(chain.name)}-{run_id}"
-    users = Counter(n.engine_name for n in chain.iter_nodes() if isinstance(n, Step))
+    users = Counter(n.engine_name for n in chain.iter_nodes() if n.engine_name is not None)
     cache = RequestCache.open(opts.ledger, opts.cache if users else "off")  # no LLM step: no ledger
     try:
         writer = RunWriter(
@@ -258,7 +259,7 @@ def _to_record(item: InputItem, model: Any, opts: RunOptions, ctx: RunContext) -
 
 
 async def _stage(
-    items: list[Item],
+    items: list[Node],
     ctx: RunContext,
     receive: MemoryObjectReceiveStream[Chunk],
     send: MemoryObjectSendStream[Chunk] | None,
@@ -272,11 +273,12 @@ async def _stage(
             if not chunk:
                 break
             item = items[i]
-            if isinstance(item, Step) and item.samples > 1:  # many outputs per record: one pass at a time
-                async for part in iter_step(item, chunk, ctx):
+            runner = runner_for(item)
+            if item.streams and runner.stream is not None:  # many outputs per record: a pass at a time
+                async for part in runner.stream(item, chunk, ctx):
                     await push(part, i + 1, send)
                 return
-            chunk = await run_item(item, chunk, ctx)
+            chunk = await runner.run(item, chunk, ctx)
         if send is None:
             for record in chunk:
                 ctx.writer.add_flattened(flatten(record))
@@ -304,15 +306,15 @@ async def _stage(
         if send is not None:
             send.close()
     for node in _nodes(items):
-        if isinstance(node, Step):
+        if node.engine_name is not None:
             await ctx.broker.node_done(node.engine_name)
 
 
-def _stages(chain: Chain) -> list[list[Item]]:
+def _stages(chain: Chain) -> list[list[Node]]:
     """Chain items grouped into stages: consecutive sync ``apply`` nodes share one stage (one task,
     no stream between them: they are CPU-bound on the loop, so separate stages would only add
     hand-offs); every other item is a stage of its own."""
-    stages: list[list[Item]] = []
+    stages: list[list[Node]] = []
     for item in chain.items:
         if _fusable(item) and stages and all(_fusable(i) for i in stages[-1]):
             stages[-1].append(item)
@@ -321,16 +323,12 @@ def _stages(chain: Chain) -> list[list[Item]]:
     return stages
 
 
-def _fusable(item: Item) -> bool:
-    return isinstance(item, Apply) and not item.is_async
+def _fusable(item: Node) -> bool:
+    return item.fusable
 
 
-def _nodes(items: list[Item]) -> list[Node]:
-    return [
-        n
-        for item in items
-        for n in ([n for b in item for n in b.steps] if isinstance(item, list) else [item])
-    ]
+def _nodes(items: list[Node]) -> list[Node]:
+    return [n for item in items for n in item.leaves()]
 
 
 def flatten(record: Record) -> dict[str, Any]:
@@ -361,8 +359,8 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return leaves[0] if leaves else group
 
 
-def _workers(items: list[Item], opts: RunOptions) -> int:
-    return max(1, opts.workers) if any(isinstance(n, Step) for n in _nodes(items)) else 1
+def _workers(items: list[Node], opts: RunOptions) -> int:
+    return max(1, opts.workers) if any(n.engine_name is not None for n in _nodes(items)) else 1
 
 
 def _graph(chain: Chain) -> dict[str, Any]:
