@@ -33,11 +33,11 @@ from .engines.registry import (
     register_engine,
     unregister_engine,
 )
-from .graph.chain import Chain
 from .graph.checks import CheckReport
 from .graph.nodes import Apply, Branch, Step, apply
 from .ledger.costs import set_price
 from .ledger.store import Ledger
+from .pipeline import Chain
 from .runtime.result import RunResult
 
 __version__ = "0.1.0"

@@ -394,11 +394,11 @@ def test_ctrl_c_exits_130_and_says_where_the_partial_run_is(
     chain_file = write_chain(tmp_path)
     inputs = write_inputs(tmp_path, QUESTIONS)
 
-    def interrupted_run(self: Chain, inputs: object, output_dir: object, **options: Any) -> None:
-        options["on_event"]("run_started", {"chain": self.name, "output_dir": str(output_dir), "nodes": []})
+    def interrupted_run(chain: Chain, inputs: object, output_dir: object, **options: Any) -> None:
+        options["on_event"]("run_started", {"chain": chain.name, "output_dir": str(output_dir), "nodes": []})
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Chain, "run", interrupted_run)
+    monkeypatch.setattr(sys.modules["chainette.cli.app"], "_run_blocking", interrupted_run)
 
     result = invoke("run", f"{chain_file}:chain", "-i", inputs, "-o", tmp_path / "run")
 

@@ -15,6 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -25,9 +26,11 @@ from .. import __version__
 from .._errors import ChainetteError, InputError
 from ..engines.registry import BACKENDS, list_engines, load_engines
 from ..engines.secrets import scrub_text
-from ..graph.chain import Chain
+from ..graph.chain import ChainGraph
 from ..graph.checks import CheckReport
 from ..graph.nodes import Branch, Node
+from ..runtime.executor import run_chain
+from ..runtime.result import RunResult
 from .cache import cache_app
 from .loading import count_jsonl_records, import_target, load_chain, split_target
 from .progress import JsonEventLog, ProgressDisplay, print_run_summary
@@ -194,7 +197,8 @@ def run(
                 handler(kind, data)
 
         try:
-            result = chain.run(
+            result = _run_blocking(
+                chain,
                 inputs,
                 output_dir,
                 overwrite=overwrite,
@@ -273,7 +277,14 @@ def inspect_dag(
         Console(highlight=False).print(_tree(chain, None))
 
 
-def _tree(chain: Chain, report: CheckReport | None) -> Tree:
+def _run_blocking(chain: ChainGraph, inputs: Path, output_dir: Path | None, **options: Any) -> RunResult:
+    async def main() -> RunResult:
+        return await run_chain(chain, inputs, output_dir, **options)
+
+    return anyio.run(main)
+
+
+def _tree(chain: ChainGraph, report: CheckReport | None) -> Tree:
     tree = Tree(f"[bold]{escape(chain.name)}[/] [dim](batch size {chain.batch_size})[/]")
     model = chain.input_model
     tree.add(f"[dim]input[/] {model.__name__ if model else '?'}")
@@ -328,7 +339,7 @@ def engines(
 
     [dim]Example:[/]  chainette engines --engines engines.yml --chain examples/quickstart.py:chain
     """
-    chain: Chain | None = None
+    chain: ChainGraph | None = None
     with _errors(_stderr()):
         if chain_target is not None:
             source, attr = split_target(chain_target)

@@ -21,7 +21,7 @@ from types import ModuleType
 from typing import NoReturn
 
 from .._errors import ChainetteError
-from ..graph.chain import Chain
+from ..graph.chain import ChainGraph
 
 __all__ = ["TargetError", "count_jsonl_records", "import_target", "load_chain", "split_target"]
 
@@ -59,14 +59,14 @@ def import_target(source: str) -> ModuleType:
     return _import_module(source)
 
 
-def load_chain(target: str) -> Chain:
+def load_chain(target: str) -> ChainGraph:
     """The :class:`Chain` named by ``target``.
 
     Without ``:name``, a module that defines exactly one Chain gives that one.
     """
     source, attr = split_target(target)
     module = import_target(source)
-    chains = {name: value for name, value in vars(module).items() if isinstance(value, Chain)}
+    chains = {name: value for name, value in vars(module).items() if isinstance(value, ChainGraph)}
     listing = ", ".join(sorted(chains)) or "none"
     if attr is None:
         if len(chains) == 1:
@@ -84,7 +84,7 @@ def load_chain(target: str) -> Chain:
                 f"{source} has no attribute {attr!r}. Chain objects it defines at module level: {listing}.{hint}"
             )
         obj = getattr(obj, part)
-    if not isinstance(obj, Chain):
+    if not isinstance(obj, ChainGraph):
         raise TargetError(
             f"{source}:{attr} is a {type(obj).__name__}, not a chainette Chain. "
             f"Chain objects in {source}: {listing}."

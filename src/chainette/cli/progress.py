@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, Tex
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from ..graph.chain import Chain
+    from ..graph.chain import ChainGraph
 
 __all__ = ["JsonEventLog", "ProgressDisplay", "print_run_summary"]
 
@@ -69,7 +69,7 @@ class ProgressDisplay:
 
     def __init__(
         self,
-        chain: Chain | None = None,
+        chain: ChainGraph | None = None,
         *,
         total: int | None = None,
         console: Console | None = None,

@@ -1,11 +1,14 @@
-"""``Chain``: an ordered list of nodes, where an inner list holds parallel branches."""
+"""``ChainGraph``: what a chain is (its nodes in order; an inner list holds parallel branches).
+
+Running it is not this layer's business: :class:`chainette.Chain` (``chainette/pipeline.py``)
+is a ``ChainGraph`` that can also ``run``; the runtime and the CLI take any ``ChainGraph``.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -13,14 +16,11 @@ from .._errors import ChainDefinitionError
 from .checks import CheckReport, check_chain
 from .nodes import Branch, Node, as_node
 
-if TYPE_CHECKING:
-    from ..runtime.result import RunResult
-
-__all__ = ["Chain"]
+__all__ = ["ChainGraph"]
 
 
-class Chain:
-    """A typed LLM pipeline.
+class ChainGraph:
+    """A typed LLM pipeline, as a graph (use :class:`chainette.Chain` to run one).
 
     Args:
         name: Human-readable name (recorded in ``graph.json`` and ``metadata.json``).
@@ -37,7 +37,6 @@ class Chain:
         >>> def inc(n: N) -> N:
         ...     return N(x=n.x + 1)
         >>> chain = Chain(name="demo", steps=[apply(inc)])
-        >>> result = chain.run([N(x=1)], output_dir="runs/demo")  # doctest: +SKIP
     """
 
     def __init__(
@@ -106,37 +105,6 @@ class Chain:
             previous = item.layout(previous, out)
         return {"name": self.name, "batch_size": self.batch_size, **out}
 
-    def run(self, inputs: Any, output_dir: str | Path | None = None, **options: Any) -> RunResult:
-        """Run the chain to completion (blocking). See :meth:`arun` for the arguments."""
-        import anyio
-
-        from ..runtime.executor import run_chain
-
-        async def _main() -> RunResult:
-            return await run_chain(self, inputs, output_dir, **options)
-
-        try:
-            return anyio.run(_main)
-        except RuntimeError as exc:
-            if "already running" in str(exc):
-                raise RuntimeError(
-                    "Chain.run() was called inside a running event loop; use `await chain.arun(...)` there."
-                ) from exc
-            raise
-
-    async def arun(self, inputs: Any, output_dir: str | Path | None = None, **options: Any) -> RunResult:
-        """Run the chain to completion.
-
-        Args:
-            inputs: A JSONL path, or an (async) iterable of models or dicts.
-            output_dir: The run folder (default ``runs/<chain>-<run id>``).
-            **options: See :class:`chainette.runtime.executor.RunOptions` (``overwrite``,
-                ``fmt``, ``strict_inputs``, ``max_lines_per_file``, ``workers``, ``progress``, ``on_event``).
-        """
-        from ..runtime.executor import run_chain
-
-        return await run_chain(self, inputs, output_dir, **options)
-
     def to_mermaid(self) -> str:
         """The chain as a Mermaid flowchart."""
         lines = ["flowchart LR", "  input([input])"]
@@ -148,4 +116,4 @@ class Chain:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"Chain(name={self.name!r}, nodes={[n.id for n in self.iter_nodes()]})"
+        return f"{type(self).__name__}(name={self.name!r}, nodes={[n.id for n in self.iter_nodes()]})"

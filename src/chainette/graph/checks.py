@@ -20,7 +20,7 @@ from .nodes import Apply, Node, Step
 from .templates import Reference
 
 if TYPE_CHECKING:
-    from .chain import Chain
+    from .chain import ChainGraph
 
 __all__ = ["CheckReport", "Checker", "Issue", "Scope", "check_chain"]
 
@@ -79,7 +79,7 @@ def _unwrap_optional(annotation: object) -> object:
     return annotation
 
 
-def check_chain(chain: Chain, *, check_engines: bool = True) -> CheckReport:
+def check_chain(chain: ChainGraph, *, check_engines: bool = True) -> CheckReport:
     """Check ``chain`` statically; see the module docstring for what is checked."""
     checker = Checker(chain, check_engines)
     checker.walk(chain.items, {"input": chain.input_model}, chain.input_model, prev=None)
@@ -90,7 +90,7 @@ class Checker:
     """Walks the chain, letting each node check itself (:meth:`Node.check`); holds the report and
     the shared checks node kinds use (inputs, template references, engines)."""
 
-    def __init__(self, chain: Chain, check_engines: bool) -> None:
+    def __init__(self, chain: ChainGraph, check_engines: bool) -> None:
         self.report = CheckReport()
         self.check_engines = check_engines
         self.placement: dict[str, str] = {}

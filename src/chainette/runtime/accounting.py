@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..engines.registry import get_engine_config
-from ..graph.chain import Chain
+from ..graph.chain import ChainGraph
 from ..ledger.costs import cost_usd, price_for
 from .context import RunContext
 
@@ -29,7 +29,7 @@ def cache_summary(ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def cost_summary(chain: Chain, ctx: RunContext) -> dict[str, Any]:
+def cost_summary(chain: ChainGraph, ctx: RunContext) -> dict[str, Any]:
     """Tokens and dollars per step and per engine; ``usd`` is None where no price is known."""
     by_step: dict[str, dict[str, Any]] = {}
     by_engine: dict[str, dict[str, Any]] = {}

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from .._errors import ChainDefinitionError, InputError, InvalidInputError
 from ..engines.broker import EngineBroker
 from ..engines.secrets import scrub_exception, scrub_strings, scrub_text
-from ..graph.chain import Chain
+from ..graph.chain import ChainGraph
 from ..graph.nodes import Node
 from ..io.inputs import InputItem, iter_input_chunks
 from ..io.writer import RunWriter, fs_error
@@ -67,14 +67,12 @@ class RunOptions:
     """Chunks in flight per LLM stage (Python stages use one, which keeps input order)."""
     buffer: int = 4
     """Chunks buffered between two stages (backpressure bound)."""
-    progress: bool = False
-    """Show a live progress display on stderr."""
     on_event: EventHandler | None = field(default=None, repr=False)
     """Callback receiving structured run events (see ``RunContext``)."""
 
 
 async def run_chain(
-    chain: Chain, inputs: Any, output_dir: str | Path | None = None, **options: Any
+    chain: ChainGraph, inputs: Any, output_dir: str | Path | None = None, **options: Any
 ) -> RunResult:
     """Run ``chain`` over ``inputs`` and write the run folder. See :meth:`Chain.arun`."""
     try:
@@ -118,7 +116,7 @@ async def run_chain(
 
 
 async def _run_in_folder(
-    chain: Chain,
+    chain: ChainGraph,
     inputs: Any,
     opts: RunOptions,
     writer: RunWriter,
@@ -128,7 +126,7 @@ async def _run_in_folder(
 ) -> RunResult:
     """The run proper, in the locked ``writer.path``."""
     path = writer.path
-    handlers = [h for h in (opts.on_event, _progress_handler(chain, opts, inputs)) if h is not None]
+    handlers = [h for h in (opts.on_event,) if h is not None]
 
     def emit(kind: str, data: dict[str, Any]) -> None:
         for handler in handlers:
@@ -225,7 +223,7 @@ async def _run_in_folder(
 
 
 async def _source(
-    chain: Chain,
+    chain: ChainGraph,
     inputs: Any,
     opts: RunOptions,
     ctx: RunContext,
@@ -310,7 +308,7 @@ async def _stage(
             await ctx.broker.node_done(node.engine_name)
 
 
-def _stages(chain: Chain) -> list[list[Node]]:
+def _stages(chain: ChainGraph) -> list[list[Node]]:
     """Chain items grouped into stages: consecutive sync ``apply`` nodes share one stage (one task,
     no stream between them: they are CPU-bound on the loop, so separate stages would only add
     hand-offs); every other item is a stage of its own."""
@@ -363,7 +361,7 @@ def _workers(items: list[Node], opts: RunOptions) -> int:
     return max(1, opts.workers) if any(n.engine_name is not None for n in _nodes(items)) else 1
 
 
-def _graph(chain: Chain) -> dict[str, Any]:
+def _graph(chain: ChainGraph) -> dict[str, Any]:
     """``graph.json``: the chain's graph and its engines, with credentials masked."""
     from ..engines.registry import get_engine_config
 
@@ -401,16 +399,6 @@ def _summary(
         },
         "engines": broker.described,
     }
-
-
-def _progress_handler(chain: Chain, opts: RunOptions, inputs: Any) -> EventHandler | None:
-    if not opts.progress:
-        return None
-    from ..cli.progress import ProgressDisplay
-
-    total = len(inputs) if hasattr(inputs, "__len__") and not isinstance(inputs, (str, Path)) else None
-    display: EventHandler = ProgressDisplay(chain, total=total)
-    return display
 
 
 def _versions() -> dict[str, str]:
