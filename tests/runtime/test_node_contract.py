@@ -127,10 +127,10 @@ def test_branches_nest_and_joined_outputs_reach_the_history(run_dir: Path) -> No
     assert [r["d.total"] for r in rows] == [2, 3]  # after the group the record's value is a's
 
 
-def test_a_nested_branch_is_described_with_its_parents() -> None:
+def test_a_nested_branch_is_described_with_its_innermost_branch() -> None:
     graph = _dag().describe()
-    place = {n["id"]: (n.get("branch"), n.get("parent")) for n in graph["nodes"]}
-    assert place["c2"] == ("c_inner", "c_inner") and place["b"] == ("left", "left")
+    place = {n["id"]: (n.get("branch"), n.get("join_alias")) for n in graph["nodes"]}
+    assert place["c2"] == ("c_inner", "c_plus") and place["c"] == ("right", "c_out")
     assert place["a"] == (None, None)
     edges = {(e["from"], e["to"]) for e in graph["edges"]}
     assert {("input", "a"), ("a", "b"), ("a", "c"), ("c", "c2"), ("b", "d"), ("c", "d"), ("a", "d")} <= edges

@@ -70,6 +70,7 @@ class OutputFormat(StrEnum):
 class DagFormat(StrEnum):
     tree = "tree"
     mermaid = "mermaid"
+    dot = "dot"
     json = "json"
 
 
@@ -260,17 +261,19 @@ def inspect_dag(
         DagFormat.tree,
         "--format",
         "-f",
-        help="tree (readable), mermaid (for docs), json (graph.json's shape).",
+        help="tree (readable), mermaid (for docs), dot (Graphviz: pipe into [bold]dot -Tsvg[/]), json (graph.json's shape).",
     ),
 ) -> None:
     """Print a chain's graph only (no checks, no engines needed).
 
-    [dim]Example:[/]  chainette inspect-dag examples/quickstart.py:chain --format mermaid
+    [dim]Example:[/]  chainette inspect-dag examples/quickstart.py:chain --format dot | dot -Tsvg > chain.svg
     """
     with _errors(_stderr()):
         chain = load_chain(target)
     if fmt is DagFormat.mermaid:
         typer.echo(chain.to_mermaid())
+    elif fmt is DagFormat.dot:
+        typer.echo(chain.to_dot())
     elif fmt is DagFormat.json:
         typer.echo(json.dumps(chain.describe(), indent=2, ensure_ascii=False))
     else:

@@ -106,14 +106,16 @@ class ChainGraph:
         return {"name": self.name, "batch_size": self.batch_size, **out}
 
     def to_mermaid(self) -> str:
-        """The chain as a Mermaid flowchart."""
-        lines = ["flowchart LR", "  input([input])"]
-        graph = self.describe()
-        for node in graph["nodes"]:
-            shape = f'["{node["name"]}"]' if node["kind"] == "step" else f'[/"{node["name"]}"/]'
-            lines.append(f"  {node['id']}{shape}")
-        lines.extend(f"  {e['from']} --> {e['to']}" for e in graph["edges"])
-        return "\n".join(lines)
+        """The chain as a Mermaid flowchart (see :func:`chainette.graph.diagrams.to_mermaid`)."""
+        from .diagrams import to_mermaid
+
+        return to_mermaid(self.describe())
+
+    def to_dot(self) -> str:
+        """The chain as a Graphviz digraph (see :func:`chainette.graph.diagrams.to_dot`)."""
+        from .diagrams import to_dot
+
+        return to_dot(self.describe())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, nodes={[n.id for n in self.iter_nodes()]})"

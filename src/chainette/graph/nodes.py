@@ -408,7 +408,6 @@ class Branch(Node):
         for entry in out["nodes"][start:]:
             if "branch" not in entry:  # the innermost branch names a node's place
                 entry.update({"branch": self.name, "join_alias": self.join_alias})
-            entry.setdefault("parent", self.name)
         return last
 
     def describe(self) -> dict[str, Any]:
