@@ -25,6 +25,7 @@ EXPECTED = [
     "MissingDependencyError",
     "OutputValidationError",
     "RecordError",
+    "RecordView",
     "RenderError",
     "RunFolderError",
     "RunResult",

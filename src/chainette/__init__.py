@@ -35,6 +35,7 @@ from .engines.registry import (
 )
 from .graph.checks import CheckReport
 from .graph.nodes import Apply, Branch, Step, apply
+from .graph.view import RecordView
 from .ledger.costs import set_price
 from .ledger.store import Ledger
 from .pipeline import Chain
@@ -65,6 +66,7 @@ __all__ = [
     "MissingDependencyError",
     "OutputValidationError",
     "RecordError",
+    "RecordView",
     "RenderError",
     "RunFolderError",
     "RunResult",

@@ -24,6 +24,7 @@ from ..engines.base import SamplingParams
 from ..io.layout import RESERVED_NAMES, is_reserved
 from .schema_prompt import schema_instruction
 from .templates import Template
+from .view import RecordView
 
 if TYPE_CHECKING:
     from .checks import Checker, Scope
@@ -275,7 +276,8 @@ class Apply(Node):
     """A Python function applied to each record, in order. Use :func:`apply` to build one.
 
     The function receives the record's current value (a model instance, or a dict when nothing
-    declared a model) and returns one value, a list of values (fan-out: each becomes its own
+    declared a model), and, if it takes a second parameter, a :class:`RecordView` of the record
+    (earlier outputs by id / alias, the chain's input, the record's id), and returns one value, a list of values (fan-out: each becomes its own
     record with id ``<parent>.<k>``; an empty list filters the record out) or ``None`` (filter).
     Filtered records are counted in ``metadata.json``; they are not failures.
     """
@@ -299,6 +301,8 @@ class Apply(Node):
         self.id = _check_id(id or re.sub(r"\W", "_", fn_name), "apply")
         self.name = name or fn_name
         hinted_in, hinted_out = _models_from_hints(fn)
+        self.wants_record = _wants_record(fn)
+        """The function takes a second parameter: it is passed a :class:`RecordView`."""
         self.input_model = input_model or hinted_in
         self.output_model = output_model or hinted_out
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
@@ -480,6 +484,22 @@ def as_node(item: Any, where: str) -> Node:
     if isinstance(item, Node):
         return item
     raise ChainDefinitionError(f"{where}: expected a Step, apply(...), or a list of Branch, got {item!r}.")
+
+
+def _wants_record(fn: Callable[..., Any]) -> bool:
+    """``def f(value, record)``: a second positional parameter without a default (or annotated
+    ``RecordView``) receives the record's context."""
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)  # noqa: B004
+    try:
+        params = [p for p in inspect.signature(target).parameters.values() if p.name != "self"]
+    except (TypeError, ValueError):  # builtins without a signature: one argument
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 2:
+        return False
+    second = positional[1]
+    hinted = second.annotation in (RecordView, "RecordView")
+    return hinted or second.default is inspect.Parameter.empty
 
 
 def _model_name(model: type[BaseModel] | None) -> str | None:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from .._errors import ApplyError
 from ..graph.nodes import Apply
+from ..graph.view import RecordView
 from .context import RunContext
 from .records import Record, coerce, describe_validation, dump
 
@@ -53,18 +54,19 @@ async def run_apply(node: Apply, chunk: list[Record], ctx: RunContext) -> list[R
                 continue
         inputs.append(value)
         ready.append(record)
+    views = [RecordView(r.id, r.index, r.history) for r in ready] if node.wants_record else None
     if node.is_async:
         results: list[Any] = []
-        for value in inputs:
+        for k, value in enumerate(inputs):
             try:
-                results.append(await node.fn(value))
+                results.append(await (node.fn(value, views[k]) if views is not None else node.fn(value)))
             except Exception as exc:
                 results.append(_Raised(exc))
     elif node.id in ctx.threaded:
-        results = await anyio.to_thread.run_sync(_call_all, node.fn, inputs)
+        results = await anyio.to_thread.run_sync(_call_all, node.fn, inputs, views)
     else:
         started = time.perf_counter()
-        results = _call_all(node.fn, inputs)
+        results = _call_all(node.fn, inputs, views)
         if time.perf_counter() - started > INLINE_BUDGET_S:
             ctx.threaded.add(node.id)
     out: list[Record] = []
@@ -86,8 +88,15 @@ def _model_or_none(model: Any) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def _call_all(fn: Any, inputs: Sequence[Any]) -> list[Any]:
+def _call_all(fn: Any, inputs: Sequence[Any], views: Sequence[RecordView] | None = None) -> list[Any]:
     results: list[Any] = []
+    if views is not None:
+        for value, view in zip(inputs, views, strict=True):
+            try:
+                results.append(fn(value, view))
+            except Exception as exc:
+                results.append(_Raised(exc))
+        return results
     for value in inputs:
         try:
             results.append(fn(value))

@@ -1,0 +1,119 @@
+"""Python nodes see the record: ``def f(value, record)`` reads earlier outputs, aliases and input."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio.lowlevel
+import pytest
+from pydantic import BaseModel
+from tests.helpers import Answer, Question
+
+from chainette import Branch, Chain, RecordView, Step, apply, register_engine
+
+
+class Num(BaseModel):
+    x: int
+
+
+class Graded(BaseModel):
+    question: str
+    left: int
+    right: int
+    answer_length: int
+
+
+@pytest.fixture(autouse=True)
+def fake_engine() -> None:
+    register_engine("fake", backend="fake")
+
+
+def to_num(a: Answer) -> Num:
+    return Num(x=len(a.answer))
+
+
+def test_a_python_node_after_a_join_reads_both_branches_the_step_and_the_input(run_dir: Path) -> None:
+    qa = Step(
+        id="qa", input_model=Question, output_model=Answer, engine_name="fake", user_prompt="{{ text }}"
+    )
+
+    def double(n: Num) -> Num:
+        return Num(x=n.x * 2)
+
+    def triple(n: Num) -> Num:
+        return Num(x=n.x * 3)
+
+    def grade(value: Num, record: RecordView) -> Graded:
+        return Graded(
+            question=record.input.text,
+            left=record["l"].x,
+            right=record["r"].x,
+            answer_length=len(record["qa"].answer),
+        )
+
+    chain = Chain(
+        "assess",
+        [
+            qa,
+            apply(to_num),
+            [Branch("left", [apply(double)]).join("l"), Branch("right", [apply(triple)]).join("r")],
+            apply(grade),
+        ],
+    )
+    result = chain.run([Question(text=f"q{i}") for i in range(5)], output_dir=run_dir)
+    rows = list(result.flattened())
+    assert len(rows) == 5 and result.counts["failures"] == 0
+    for i, row in enumerate(rows):
+        n = len(row["qa.answer"])
+        assert (row["grade.question"], row["grade.left"], row["grade.right"]) == (f"q{i}", 2 * n, 3 * n)
+        assert row["grade.answer_length"] == n
+
+
+def test_one_argument_functions_and_optional_second_parameters_get_only_the_value(run_dir: Path) -> None:
+    def plain(n: Num) -> Num:
+        return Num(x=n.x + 1)
+
+    def optional(n: Num, step: int = 10) -> Num:
+        return Num(x=n.x + step)
+
+    def hinted(n: Num, record: RecordView) -> Num:
+        return Num(x=n.x + record.index)
+
+    assert (apply(plain).wants_record, apply(optional).wants_record, apply(hinted).wants_record) == (
+        False,
+        False,
+        True,
+    )
+    rows = list(
+        Chain("c", [apply(plain), apply(optional), apply(hinted)])
+        .run([Num(x=0)] * 3, output_dir=run_dir)
+        .flattened()
+    )
+    assert [r["hinted.x"] for r in rows] == [11, 12, 13]
+
+
+def test_async_and_threaded_functions_get_the_record_too(run_dir: Path) -> None:
+    async def with_id(n: Num, record: RecordView) -> Num:
+        await anyio.lowlevel.checkpoint()
+        return Num(x=n.x + len(record.id))
+
+    def slow(n: Num, record: RecordView) -> Num:  # > 5 ms per chunk: moves to a worker thread
+        time.sleep(0.002)
+        return Num(x=record["with_id"].x - len(record.id) + record.input.x)
+
+    result = Chain("c", [apply(with_id), apply(slow)], batch_size=8).run(
+        [Num(x=i) for i in range(24)], output_dir=run_dir
+    )
+    assert [r["slow.x"] for r in result.flattened()] == [2 * i for i in range(24)]
+
+
+def test_reading_a_name_the_record_lacks_fails_that_record_naming_what_it_has(run_dir: Path) -> None:
+    def reads_missing(n: Num, record: RecordView) -> Num:
+        return record["nope"] if n.x == 1 else n
+
+    result = Chain("c", [apply(reads_missing)]).run([Num(x=0), Num(x=1)], output_dir=run_dir)
+    [failure] = list(result.failures())
+    assert failure["_index"] == 1 and failure["node"] == "reads_missing"
+    assert "'nope': no earlier output of this record has that name (it has: input)" in failure["message"]
+    assert [r["_index"] for r in result.flattened()] == [0]
