@@ -27,6 +27,7 @@ EXPECTED = [
     "RecordError",
     "RecordView",
     "RenderError",
+    "Router",
     "RunFolderError",
     "RunResult",
     "SamplingParams",

@@ -35,6 +35,7 @@ from .engines.registry import (
 )
 from .graph.checks import CheckReport
 from .graph.nodes import Apply, Branch, Step, apply
+from .graph.router import Router
 from .graph.view import RecordView
 from .ledger.costs import set_price
 from .ledger.store import Ledger
@@ -68,6 +69,7 @@ __all__ = [
     "RecordError",
     "RecordView",
     "RenderError",
+    "Router",
     "RunFolderError",
     "RunResult",
     "SamplingParams",

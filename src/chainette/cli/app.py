@@ -301,7 +301,7 @@ def _add(tree: Tree, node: Node, report: CheckReport | None) -> None:
     if not node.children():
         tree.add(_label(node, report))
         return
-    if isinstance(node, Branch):
+    if isinstance(node, Branch) and node.kind == "branch":
         joined = (
             f"joined as [bold]{escape(node.join_alias)}[/]"
             if node.join_alias
@@ -309,7 +309,8 @@ def _add(tree: Tree, node: Node, report: CheckReport | None) -> None:
         )
         sub = tree.add(f"[magenta]branch[/] [bold]{escape(node.name)}[/] → {joined}")
     else:
-        sub = tree.add(f"[magenta]{escape(node.kind)}[/]")
+        title = "" if node.kind == "parallel" else f" [bold]{escape(node.name)}[/]"
+        sub = tree.add(f"[magenta]{escape(node.kind)}[/]{title}")
     for child in node.children():
         _add(sub, child, report)
 

@@ -58,8 +58,7 @@ class ChainGraph:
         self._check_unique_names()
 
     def _check_unique_names(self) -> None:
-        counts = Counter(n.id for n in self.iter_nodes())
-        counts.update(b.join_alias for b in self.iter_branches() if b.join_alias and not b.alias_is_last_step)
+        counts = Counter(name for n in self.walk() for name in n.defines())
         dupes = sorted(k for k, v in counts.items() if v > 1)
         if dupes:
             raise ChainDefinitionError(
@@ -87,7 +86,7 @@ class ChainGraph:
             yield from item.leaves()
 
     def iter_branches(self) -> Iterator[Branch]:
-        return (n for n in self.walk() if isinstance(n, Branch))
+        return (n for n in self.walk() if isinstance(n, Branch) and n.kind == "branch")
 
     def engine_names(self) -> list[str]:
         """Engines the chain's steps use, in first-use order."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from types import UnionType
-from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -98,16 +98,12 @@ class Checker:
         for item in chain.items:
             self._place(item, None)
 
-    def _place(self, node: Node, branch: Any) -> None:
+    def _place(self, node: Node, where: str | None) -> None:
         if not node.children():
-            if branch is None:
-                self.placement[node.id] = "later in the chain"
-            else:
-                suffix = "" if branch.join_alias else ", which is not joined"
-                self.placement[node.id] = f"inside branch {branch.name!r}{suffix}"
+            self.placement[node.id] = where or "later in the chain"
             return
         for child in node.children():
-            self._place(child, node if node.kind == "branch" else branch)
+            self._place(child, node.placement() or where)
 
     def add(
         self,

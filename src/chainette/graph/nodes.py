@@ -92,6 +92,15 @@ class Node:
         """The nodes this one contains (none for a leaf)."""
         return ()
 
+    def defines(self) -> list[str]:
+        """The names this node adds to a record's history (what templates read); unique per chain."""
+        return [] if self.children() else [self.id]
+
+    def placement(self) -> str | None:
+        """For a container: where its nodes run, as error messages say it ("inside branch 'fr'");
+        None when its nodes' outputs are visible after it like any earlier node's."""
+        return None
+
     def walk(self) -> Iterator[Node]:
         """This node and everything inside it, depth first, in definition order."""
         yield self
@@ -389,6 +398,12 @@ class Branch(Node):
 
     def children(self) -> Sequence[Node]:
         return self.steps
+
+    def defines(self) -> list[str]:
+        return [self.join_alias] if self.join_alias and not self.alias_is_last_step else []
+
+    def placement(self) -> str | None:
+        return f"inside branch {self.name!r}" + ("" if self.join_alias else ", which is not joined")
 
     def check(
         self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None

@@ -23,9 +23,11 @@ import anyio
 
 from .._errors import RecordError
 from ..graph.nodes import Apply, Branch, Node, Parallel, Step
+from ..graph.router import Router
 from .apply_runner import run_apply
 from .context import RunContext
 from .records import Record
+from .router_runner import run_router
 from .step_runner import iter_step, run_step
 
 __all__ = ["Runner", "missing_runners", "register_runner", "run_node", "runner_for"]
@@ -153,3 +155,4 @@ async def run_branch(branch: Branch, chunk: list[Record], ctx: RunContext) -> li
 
 register_runner(Branch, run_branch)
 register_runner(Parallel, run_parallel)
+register_runner(Router, run_router)

@@ -1,0 +1,190 @@
+"""``Router``: each record takes one of several named routes (PenguiFlow's ``predicate_router`` /
+``union_router``, BatchFactory's ``If``), and the main line goes on with that route's output.
+
+A route is chosen by a function of the record (``by=fn``; it may also take a :class:`RecordView`),
+by a field of the current value (``by="kind"``, e.g. a ``Literal`` discriminator), or, when the
+routes are keyed by model classes, by the variant the value is (``isinstance``). A record that
+matches no route goes to ``default``, or is filtered, or fails with the reason
+(``on_no_match``); never lost. With ``fan_out=True`` ``by`` may name several routes: the record
+takes each, as ``<id>.<route>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from pydantic import BaseModel
+
+from .._errors import ChainDefinitionError
+from .nodes import Branch, Node, _check_id, _wants_record
+
+if TYPE_CHECKING:
+    from .checks import Checker, Scope
+
+__all__ = ["Route", "Router"]
+
+NoMatch = Literal["fail", "filter"]
+RouteKey = str | type[BaseModel]
+
+
+class Route(Branch):
+    """One way through a :class:`Router`: a named sequence of nodes. ``model`` is the variant
+    that selects it when the routes are keyed by model classes."""
+
+    kind = "route"
+
+    def __init__(self, name: str, steps: Sequence[Any], *, router: str, model: type[BaseModel] | None = None):
+        super().__init__(name, steps)
+        self.router = router
+        self.model = model
+
+    def placement(self) -> str | None:
+        return (
+            f"inside route {self.name!r} of router {self.router!r} (only the records routed there have it; "
+            f"read the router's output as {{{{ {self.router}.field }}}})"
+        )
+
+
+class Router(Node):
+    """Send each record down one of several routes; the route's output goes on as ``<id>``.
+
+    Args:
+        id: The router's id: later templates read the chosen route's output as ``{{ id.field }}``.
+        routes: Route name (or model class) → a node or a list of nodes.
+        by: ``fn(value) -> name`` (or ``fn(value, record)``; a list of names with ``fan_out``;
+            ``None`` for no match), or the name of a field of the value holding the route name.
+            Leave it out when the routes are keyed by model classes: the value's class decides.
+        default: The route for a record that matches none.
+        on_no_match: Without a default: ``"fail"`` (the record goes to failures.jsonl with the
+            reason; default) or ``"filter"`` (dropped and counted as filtered).
+        fan_out: ``by`` may return several routes; the record takes each, with id ``<id>.<route>``.
+
+    Example:
+        >>> from pydantic import BaseModel
+        >>> from chainette import Router, apply
+        >>> class Ticket(BaseModel):
+        ...     text: str
+        ...     urgent: bool
+        >>> def page(t: Ticket) -> Ticket:
+        ...     return t
+        >>> def queue(t: Ticket) -> Ticket:
+        ...     return t
+        >>> triage = Router("triage", {"page": apply(page), "queue": apply(queue)},
+        ...                 by=lambda t: "page" if t.urgent else "queue")
+        >>> [r.name for r in triage.routes]
+        ['page', 'queue']
+    """
+
+    kind = "router"
+
+    def __init__(
+        self,
+        id: str,
+        routes: Mapping[RouteKey, Node | Sequence[Any]],
+        *,
+        by: Callable[..., Any] | str | None = None,
+        default: RouteKey | None = None,
+        on_no_match: NoMatch = "fail",
+        fan_out: bool = False,
+        name: str | None = None,
+    ) -> None:
+        self.id = _check_id(id, "Router")
+        self.name = name or id
+        if not routes:
+            raise ChainDefinitionError(f"Router {id!r} has no routes.")
+        self.routes: list[Route] = []
+        for key, nodes in routes.items():
+            model = key if isinstance(key, type) and issubclass(key, BaseModel) else None
+            route_name = model.__name__ if model is not None else key
+            if not isinstance(route_name, str):
+                raise ChainDefinitionError(
+                    f"Router {id!r}: a route is keyed by a name or a pydantic model class, got {key!r}."
+                )
+            steps = list(nodes) if isinstance(nodes, (list, tuple)) else [nodes]
+            self.routes.append(Route(route_name, steps, router=id, model=model))
+        by_class = [r.model is not None for r in self.routes]
+        if by is None and not all(by_class):
+            raise ChainDefinitionError(
+                f"Router {id!r}: say how a route is chosen: by=fn(value) -> route name, by='field' (a field "
+                "of the value holding the route name), or key every route by a model class."
+            )
+        if on_no_match not in get_args(NoMatch):
+            raise ChainDefinitionError(
+                f"Router {id!r}: on_no_match must be 'fail' or 'filter', got {on_no_match!r}."
+            )
+        self.by = by
+        self.by_wants_record = callable(by) and _wants_record(by)
+        self.default = None if default is None else self._name_of(default)
+        self.on_no_match: NoMatch = on_no_match
+        self.fan_out = fan_out
+        inputs = {r.input_model for r in self.routes if r.model is None}
+        self.input_model = inputs.pop() if len(inputs) == 1 and not any(by_class) else None
+        outputs = {r.output_model for r in self.routes}
+        self.output_model = outputs.pop() if len(outputs) == 1 else None
+
+    def _name_of(self, key: RouteKey) -> str:
+        name = key.__name__ if isinstance(key, type) else key
+        if name not in self.route_names:
+            raise ChainDefinitionError(
+                f"Router {self.id!r}: default {name!r} is not one of its routes ({', '.join(self.route_names)})."
+            )
+        return name
+
+    @property
+    def route_names(self) -> list[str]:
+        return [r.name for r in self.routes]
+
+    def children(self) -> Sequence[Node]:
+        return self.routes
+
+    def defines(self) -> list[str]:
+        return [self.id]
+
+    def check(
+        self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
+    ) -> type[BaseModel] | None:
+        outputs: list[type[BaseModel] | None] = []
+        for route in self.routes:
+            view = dict(scope)  # a route's outputs exist only for the records it took
+            outputs.append(checker.walk(route.steps, view, route.model or current, prev, in_branch=True))
+        models = {o for o in outputs if o is not None}
+        if len(models) > 1:
+            names = ", ".join(sorted(m.__name__ for m in models))
+            checker.add(
+                "warning",
+                self,
+                f"Router {self.id!r}: its routes end in different models ({names}); "
+                f"{{{{ {self.id}.field }}}} is checked per record at run time.",
+            )
+        out = models.pop() if len(models) == 1 and None not in outputs else None
+        scope[self.id] = out
+        checker.placement.pop(self.id, None)
+        return out
+
+    def layout(self, previous: list[str], out: dict[str, list[dict[str, Any]]]) -> list[str]:
+        out["nodes"].append(self.describe())
+        out["edges"].extend({"from": p, "to": self.id} for p in previous)
+        ends: list[str] = []
+        for route in self.routes:
+            start = len(out["edges"])
+            ends.extend(route.layout([self.id], out))
+            for edge in out["edges"][start:]:
+                if edge["from"] == self.id:
+                    edge["label"] = route.name
+        return ends
+
+    def describe(self) -> dict[str, Any]:
+        by = (
+            self.by
+            if isinstance(self.by, str) or self.by is None
+            else getattr(self.by, "__name__", "function")
+        )
+        return {
+            **super().describe(),
+            "routes": {r.name: [n.id for n in r.steps] for r in self.routes},
+            "by": by,
+            "default": self.default,
+            "on_no_match": self.on_no_match,
+            "fan_out": self.fan_out,
+        }

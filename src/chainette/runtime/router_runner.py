@@ -1,0 +1,126 @@
+"""Running a :class:`~chainette.graph.router.Router`: choose each record's route(s), run every
+route over its records concurrently, and hand the outputs on in input order, each under the
+router's id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from .._errors import RecordError
+from ..graph.router import Router
+from ..graph.view import RecordView
+from .context import RunContext
+from .records import Record
+
+__all__ = ["run_router"]
+
+
+async def run_router(node: Router, chunk: list[Record], ctx: RunContext) -> list[Record]:
+    from .dispatch import run_sequence  # here, not at the top: dispatch imports this module to register it
+
+    stats = ctx.node(node.id)
+    stats.records_in += len(chunk)
+    groups: dict[str, list[Record]] = {name: [] for name in node.route_names}
+    position = {id(r): k for k, r in enumerate(chunk)}
+    order: dict[str, int] = {}
+    for record in chunk:
+        names = _choose(node, record, ctx)
+        if names is None:
+            continue
+        for name in names:
+            copy = record if len(names) == 1 else _copy(record, f"{record.id}.{name}")
+            order[copy.id] = position[id(record)]
+            groups[name].append(copy)
+
+    done: dict[str, list[Record]] = {}
+
+    async def run_route(name: str, nodes: list[Any]) -> None:
+        done[name] = await run_sequence(nodes, groups[name], ctx) if groups[name] else []
+
+    async with anyio.create_task_group() as tg:
+        for route in node.routes:
+            tg.start_soon(run_route, route.name, route.steps)
+
+    out = [r for route in node.routes for r in done[route.name]]
+    out.sort(key=lambda r: _position(order, r.id))  # input order (stable: route order within a record)
+    for record in out:
+        record.advance(node.id, record.value)
+    stats.records_out += len(out)
+    stats.done += len(chunk)
+    ctx.progress(node.id)
+    return out
+
+
+def _choose(node: Router, record: Record, ctx: RunContext) -> list[str] | None:
+    """The routes ``record`` takes, or None when it failed or was filtered (handled here)."""
+    try:
+        chosen = _chosen(node, record)
+    except Exception as exc:
+        ctx.fail(
+            record,
+            RecordError(
+                f"Router {node.id!r}: choosing the route raised {type(exc).__name__}: {exc}",
+                node_id=node.id,
+                record_id=record.id,
+            ),
+        )
+        return None
+    names = [chosen] if isinstance(chosen, str) else list(chosen or [])
+    unknown = [n for n in names if n not in node.route_names]
+    if unknown or (len(names) > 1 and not node.fan_out):
+        problem = (
+            f"named {', '.join(map(repr, unknown))}, which is not a route"
+            if unknown
+            else f"named {len(names)} routes ({', '.join(names)}) without fan_out=True"
+        )
+        ctx.fail(
+            record,
+            RecordError(
+                f"Router {node.id!r}: the choice {problem}; routes: {', '.join(node.route_names)}.",
+                node_id=node.id,
+                record_id=record.id,
+            ),
+        )
+        return None
+    if names:
+        return names
+    if node.default is not None:
+        return [node.default]
+    if node.on_no_match == "filter":
+        ctx.node(node.id).filtered += 1
+        return None
+    ctx.fail(
+        record,
+        RecordError(
+            f"Router {node.id!r}: no route matches this record (routes: {', '.join(node.route_names)}). "
+            "Give the router a default= route, or on_no_match='filter' to drop such records.",
+            node_id=node.id,
+            record_id=record.id,
+        ),
+    )
+    return None
+
+
+def _chosen(node: Router, record: Record) -> Any:
+    value = record.value
+    if node.by is None:
+        return [r.name for r in node.routes if r.model is not None and isinstance(value, r.model)][:1]
+    if isinstance(node.by, str):
+        field = value.get(node.by) if isinstance(value, dict) else getattr(value, node.by)
+        return None if field is None else str(field)
+    if node.by_wants_record:
+        return node.by(value, RecordView(record.id, record.index, record.history))
+    return node.by(value)
+
+
+def _position(order: dict[str, int], record_id: str) -> int:
+    """Where the record (or the routed record it was fanned out from, ``<id>.<k>``) was in the chunk."""
+    while record_id not in order and "." in record_id:
+        record_id = record_id.rsplit(".", 1)[0]
+    return order.get(record_id, len(order))
+
+
+def _copy(record: Record, new_id: str) -> Record:
+    return Record(new_id, record.index, record.value, dict(record.history), record.origin)
