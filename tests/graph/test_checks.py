@@ -95,10 +95,27 @@ def test_incompatible_models_are_reported_before_running() -> None:
     class Other(BaseModel):
         something: int
 
-    wrong = Step(id="wrong", input_model=Other, output_model=Summary, engine_name="fake", user_prompt="x")
+    wrong = Step(
+        id="wrong", input_model=Other, output_model=Summary, engine_name="fake", user_prompt="{{ something }}"
+    )
     with pytest.raises(IncompatibleStepsError) as exc:
         Chain("c", [qa_step(), wrong]).check().raise_for_errors()
     assert "'qa' outputs Answer" in str(exc.value) and "'something'" in str(exc.value)
+
+
+def test_a_step_whose_templates_read_no_input_field_need_not_fit_its_input_model() -> None:
+    """The seed README's join example: ``agg`` declares ``input_model=Translation`` and reads only
+    ``{{ fr.translated }}`` / ``{{ es.translated }}``: a warning, not an error."""
+
+    class Other(BaseModel):
+        something: int
+
+    reads_earlier = Step(
+        id="agg", input_model=Other, output_model=Summary, engine_name="fake", user_prompt="{{ qa.answer }}"
+    )
+    report = Chain("c", [qa_step(), reads_earlier]).check()
+    assert report.errors == []
+    assert "its templates read no field of its input" in report.warnings[-1].message
 
 
 def test_unknown_engine_lists_known_ones() -> None:

@@ -199,3 +199,32 @@ def test_sibling_branches_cannot_read_each_others_outputs() -> None:
     report = Chain("c", [[Branch("a", [fr]).join("fr_out"), Branch("b", [reads_fr]).join("es_out")]]).check()
     assert [e.node_id for e in report.errors] == ["es"]
     assert "'fr' runs inside branch 'a'" in report.errors[0].message
+
+
+def test_the_seed_readme_join_example_runs_as_written(run_dir: Path) -> None:
+    """``[[fr_branch, es_branch], agg]`` with ``agg = Step(input_model=Translation, ...)`` reading
+    only the aliases: the record (a Question) is not validated into Translation."""
+
+    def translate(lang: str) -> Step:
+        return Step(
+            id=f"translate_{lang}",
+            input_model=Question,
+            output_model=Translation,
+            engine_name="fake",
+            user_prompt=f"Translate to {lang}: {{{{ text }}}}",
+        )
+
+    fr_branch = Branch(name="fr", steps=[translate("fr")]).join("fr")
+    es_branch = Branch(name="es", steps=[translate("es")]).join("es")
+    agg = Step(
+        id="agg",
+        input_model=Translation,
+        output_model=Answer,
+        engine_name="fake",
+        system_prompt="Summarise both translations.",
+        user_prompt="FR: {{fr.translated}}\nES: {{es.translated}}",
+    )
+    chain = Chain(name="Translate & Summarise", steps=[[fr_branch, es_branch], agg])
+    result = chain.run([Question(text="Hello"), Question(text="Bye")], output_dir=run_dir)
+    assert result.counts == {"records_in": 2, "records_out": 2, "failures": 0, "filtered": 0}
+    assert all(isinstance(r["agg.answer"], str) and r["fr.translated"] for r in result.flattened())

@@ -144,7 +144,7 @@ class Checker:
                     unknown_engine_message(step.engine_name, f"Step {step.id!r}"),
                     UnknownEngineError,
                 )
-        self.check_input(step, step.input_model, current, prev)
+        self.check_input(step, step.input_model, current, prev, reads=step.reads_input_fields)
         fields = step.input_model.model_fields
         for name in fields:
             if name in scope:
@@ -235,7 +235,13 @@ class Checker:
             self.check_input(node, node.input_model, current, prev)
 
     def check_input(
-        self, node: Node, wanted: type[BaseModel] | None, current: type[BaseModel] | None, prev: Node | None
+        self,
+        node: Node,
+        wanted: type[BaseModel] | None,
+        current: type[BaseModel] | None,
+        prev: Node | None,
+        *,
+        reads: bool = True,
     ) -> None:
         """Can ``wanted`` (the node's declared input) be built from ``current`` (what reaches it)?"""
         if wanted is None:
@@ -253,7 +259,16 @@ class Checker:
             return
         have = current.model_fields
         missing = [n for n, f in wanted.model_fields.items() if f.is_required() and n not in have]
-        if missing:
+        if missing and not reads:
+            source = f"{prev.id!r} outputs" if prev is not None else "the chain input is"
+            self.add(
+                "warning",
+                node,
+                f"{node.kind} {node.id!r} declares input {wanted.__name__} but {source} {current.__name__}; "
+                "its templates read no field of its input (only earlier outputs), so the record is not "
+                "validated into it.",
+            )
+        elif missing:
             source = f"{prev.id!r} outputs" if prev is not None else "the chain input is"
             self.add(
                 "error",

@@ -261,6 +261,15 @@ class Step(Node):
     def streams(self) -> bool:
         return self.samples > 1
 
+    @property
+    def reads_input_fields(self) -> bool:
+        """The templates read a field of the step's own input (``{{ field }}``); if not, the record
+        need not fit ``input_model`` (e.g. a step after a join reading only ``{{ alias.field }}``)."""
+        fields = self.input_model.model_fields
+        return any(
+            ref.name in fields for t in (self.system_template, self.user_template) for ref in t.references
+        )
+
     def check(
         self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
     ) -> type[BaseModel] | None:

@@ -318,9 +318,12 @@ def _give_up(
 
 def render_messages(step: Step, record: Record) -> list[Message]:
     """The chat messages for ``record``: rendered system prompt + schema instruction, user prompt."""
+    value: Any
     try:
         value = coerce(step.input_model, record.value)
     except ValidationError as exc:
+        if not step.reads_input_fields:  # the templates read earlier outputs only: nothing to fit
+            return _messages(step, record, dict(record.history))
         raise RenderError(
             f"Step {step.id!r}: the record does not fit its input model {step.input_model.__name__} "
             f"({describe_validation(exc)}).",
@@ -329,6 +332,10 @@ def render_messages(step: Step, record: Record) -> list[Message]:
         ) from exc
     variables: dict[str, Any] = dict(record.history)
     variables.update(fields_of(value))
+    return _messages(step, record, variables)
+
+
+def _messages(step: Step, record: Record, variables: dict[str, Any]) -> list[Message]:
     try:
         system = step.system_template.render(variables)
         user = step.user_template.render(variables)
