@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -17,6 +20,8 @@ from chainette import (
     register_engine,
 )
 from chainette.engines import registry
+
+SRC = str(Path(registry.__file__).parents[2])
 
 
 def test_register_and_lookup() -> None:
@@ -128,3 +133,13 @@ def test_llama_model_path_that_does_not_exist_is_explained() -> None:
     engine = LlamaCppEngine(model="/nowhere/model.gguf")
     with pytest.raises(EngineConfigError, match=r"model file '/nowhere/model.gguf' does not exist"):
         anyio.run(engine.start)
+
+
+def test_registry_does_not_import_the_servers_module() -> None:
+    """registry → server_state ← servers: the dependency points one way (no import cycle)."""
+    code = (
+        "import sys, chainette.engines.registry as r; r.register_engine('x', backend='fake'); "
+        "r.get_engine_config('x'); "
+        "assert 'chainette.engines.servers' not in sys.modules, 'registry imported servers'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": SRC})

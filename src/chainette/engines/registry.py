@@ -2,6 +2,10 @@
 
 A back-end is data: a name mapped to ``"module:Class"``, imported only when an engine of that
 kind is first started. Adding a back-end is one line in :data:`BACKENDS`.
+
+:func:`get_engine_config` also consults ``servers.json`` (:mod:`.server_state`): a name with a
+server that ``chainette warmup`` started, still running, resolves to an ``openai`` engine
+pointing at it. This module never imports :mod:`.servers` (which imports it).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .._errors import EngineConfigError, MissingDependencyError, UnknownEngineError
+from . import server_state
 from .base import Engine
 from .secrets import looks_secret, remember_secrets, scrub
 
@@ -28,6 +33,7 @@ __all__ = [
     "list_engines",
     "load_engines",
     "register_engine",
+    "running_engine_config",
     "unregister_engine",
 ]
 
@@ -126,8 +132,6 @@ def get_engine_config(name: str) -> EngineConfig:
     A server started by ``chainette warmup`` under this name, and still running, wins over the
     registered definition: the engine then talks to that server over HTTP.
     """
-    from .servers import running_engine_config  # servers imports this module
-
     served = running_engine_config(name)
     if served is not None:
         return served
@@ -135,6 +139,17 @@ def get_engine_config(name: str) -> EngineConfig:
         return _REGISTRY[name]
     except KeyError:
         raise UnknownEngineError(unknown_engine_message(name)) from None
+
+
+def running_engine_config(name: str) -> EngineConfig | None:
+    """An ``openai`` engine definition for the server ``chainette warmup`` started as ``name``, if it
+    is still running (else ``None``)."""
+    record = server_state.running_server(name)
+    if record is None:
+        return None
+    registered = _REGISTRY.get(name)
+    options = server_state.client_engine_options(record, registered.options if registered else None)
+    return EngineConfig(name=name, backend="openai", model=record.model, options=options)
 
 
 def unknown_engine_message(name: str, where: str = "") -> str:
