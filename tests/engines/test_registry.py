@@ -19,7 +19,8 @@ from chainette import (
     load_engines,
     register_engine,
 )
-from chainette.engines import registry
+from chainette.engines import registry, server_state
+from chainette.engines.registry import is_registered
 
 SRC = str(Path(registry.__file__).parents[2])
 
@@ -133,6 +134,44 @@ def test_llama_model_path_that_does_not_exist_is_explained() -> None:
     engine = LlamaCppEngine(model="/nowhere/model.gguf")
     with pytest.raises(EngineConfigError, match=r"model file '/nowhere/model.gguf' does not exist"):
         anyio.run(engine.start)
+
+
+def _record_of_this_process(name: str) -> server_state.ServerRecord:
+    """A servers.json record that counts as running: it names this very process."""
+    cmdline = server_state.process_cmdline(os.getpid())
+    assert cmdline is not None
+    return server_state.ServerRecord(
+        name=name,
+        kind="llama_cpp",
+        pid=os.getpid(),
+        port=9,
+        base_url="http://127.0.0.1:9/v1",
+        model=name,
+        cmdline=cmdline,
+        started_at="2026-01-01T00:00:00+00:00",
+        log="/dev/null",
+    )
+
+
+def test_is_registered_answers_from_this_process_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running server named in ./.chainette/servers.json makes get_engine_config resolve the name,
+    but not is_registered: the static answer does not depend on the working folder."""
+    monkeypatch.delenv(server_state.STATE_ENV)
+    monkeypatch.chdir(tmp_path)
+    server_state.write_state({"served": _record_of_this_process("served")})
+    assert server_state.state_file() == tmp_path / ".chainette" / "servers.json"
+    register_engine("local", backend="fake")
+
+    assert get_engine_config("served").backend == "openai"  # the file is there and live...
+    assert not is_registered("served")  # ...and is_registered does not look at it
+    assert is_registered("local") and not is_registered("other")
+
+    server_state.state_file().write_text("{not json")  # unreadable: only a file read would notice
+    with pytest.raises(EngineConfigError, match="unreadable server state"):
+        get_engine_config("local")
+    assert is_registered("local") and not is_registered("served")
 
 
 def test_registry_does_not_import_the_servers_module() -> None:

@@ -5,7 +5,8 @@ kind is first started. Adding a back-end is one line in :data:`BACKENDS`.
 
 :func:`get_engine_config` also consults ``servers.json`` (:mod:`.server_state`): a name with a
 server that ``chainette warmup`` started, still running, resolves to an ``openai`` engine
-pointing at it. This module never imports :mod:`.servers` (which imports it).
+pointing at it. :func:`is_registered` reads no file, for checks that must not depend on the
+working folder. This module never imports :mod:`.servers` (which imports it).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "EngineConfig",
     "create_engine",
     "get_engine_config",
+    "is_registered",
     "list_engines",
     "load_engines",
     "register_engine",
@@ -139,6 +141,20 @@ def get_engine_config(name: str) -> EngineConfig:
         return _REGISTRY[name]
     except KeyError:
         raise UnknownEngineError(unknown_engine_message(name)) from None
+
+
+def is_registered(name: str) -> bool:
+    """Is ``name`` registered in this process (``register_engine``, ``load_engines``)?
+
+    Reads no file: a server started by ``chainette warmup`` does not count, so the answer does
+    not depend on the working folder (static checks use this).
+
+    Example:
+        >>> _ = register_engine("demo-known", backend="fake")
+        >>> is_registered("demo-known"), is_registered("demo-unknown")
+        (True, False)
+    """
+    return name in _REGISTRY
 
 
 def running_engine_config(name: str) -> EngineConfig | None:
