@@ -25,6 +25,7 @@ from .._errors import EngineConfigError, MissingDependencyError, UnknownEngineEr
 from . import server_state
 from .base import Engine
 from .secrets import looks_secret, remember_secrets, scrub
+from .seed_compat import VLLM_ONLY_OPTIONS, vllm_options
 
 __all__ = [
     "BACKENDS",
@@ -47,6 +48,9 @@ BACKENDS: dict[str, str] = {
 }
 """Back-end name → ``"module:Class"``. Modules are imported lazily."""
 
+DEFAULT_BACKEND = "llama_cpp"
+"""The back-end of a definition that names none and uses no option only vLLM takes."""
+
 _EXTRAS: dict[str, str] = {"llama_cpp": "llama", "openai": "http", "vllm": "vllm"}
 """Back-end name → the pip extra that installs its dependencies."""
 
@@ -66,7 +70,7 @@ class EngineConfig(BaseModel):
 
     name: str = Field(min_length=1)
     """The name steps use in ``engine_name``."""
-    backend: str = "llama_cpp"
+    backend: str = DEFAULT_BACKEND
     """One of :data:`BACKENDS`."""
     model: str | None = None
     """Model identity for the back-end (a GGUF path for ``llama_cpp``; ``None`` = default model)."""
@@ -101,12 +105,14 @@ _REGISTRY: dict[str, EngineConfig] = {}
 
 
 def register_engine(
-    name: str, backend: str = "llama_cpp", model: str | None = None, **options: Any
+    name: str, backend: str | None = None, model: str | None = None, **options: Any
 ) -> EngineConfig:
     """Register an engine under ``name`` so steps can use it via ``engine_name``.
 
     Registering the same name again replaces the earlier definition. Nothing is loaded here:
-    the engine starts when the first step that needs it runs.
+    the engine starts when the first step that needs it runs. Without ``backend``, options that
+    only vLLM takes (``dtype``, ``gpu_memory_utilization``...) mean ``vllm``, else ``llama_cpp``
+    (:mod:`.seed_compat`).
 
     Example:
         >>> cfg = register_engine("demo-fake", backend="fake")
@@ -114,11 +120,9 @@ def register_engine(
         'fake'
     """
     lazy = bool(options.pop("lazy", True))
-    try:
-        config = EngineConfig(name=name, backend=backend, model=model, lazy=lazy, options=options)
-    except ValidationError as exc:
-        raise EngineConfigError(_describe_validation(exc, f"engine {name!r}")) from exc
-    check_options(config, f"engine {name!r}")
+    config = _make_config(
+        f"engine {name!r}", name=name, backend=backend, model=model, lazy=lazy, options=options
+    )
     _REGISTRY[name] = config
     return config
 
@@ -217,16 +221,32 @@ def load_engines(path: str | Path, *, register: bool = True) -> list[EngineConfi
             raise EngineConfigError(f"{where}.options: expected a mapping.")
         if "name" in fields:
             where = f"{path}: engine {fields['name']!r}"
-        try:
-            config = EngineConfig(**fields, options={**entry, **extra_options})
-        except ValidationError as exc:
-            raise EngineConfigError(_describe_validation(exc, where)) from exc
-        check_options(config, where)
-        configs.append(config)
+        configs.append(_make_config(where, **fields, options={**entry, **extra_options}))
     if register:
         for config in configs:
             _REGISTRY[config.name] = config
     return configs
+
+
+def _make_config(where: str, *, backend: Any = None, options: dict[str, Any], **fields: Any) -> EngineConfig:
+    """A checked :class:`EngineConfig`; without ``backend``, the back-end its options imply."""
+    assumed = ""
+    if backend is None:
+        implied = sorted(VLLM_ONLY_OPTIONS.intersection(options))
+        backend = "vllm" if implied else DEFAULT_BACKEND
+        reason = f" from option {implied[0]!r}" if implied else " (the default)"
+        assumed = (
+            f" No 'backend:' was given, so {backend!r} was assumed{reason}: if this engine is of another "
+            f"kind, add 'backend:' ({', '.join(sorted(BACKENDS))}) and keep only that back-end's options."
+        )
+    if backend == "vllm":
+        options = vllm_options(options, where)
+    try:
+        config = EngineConfig(backend=backend, options=options, **fields)
+    except ValidationError as exc:
+        raise EngineConfigError(_describe_validation(exc, where)) from exc
+    check_options(config, where, assumed=assumed)
+    return config
 
 
 def _describe_validation(exc: ValidationError, where: str) -> str:
@@ -237,8 +257,10 @@ def _describe_validation(exc: ValidationError, where: str) -> str:
     return f"{where}: " + "; ".join(parts)
 
 
-def check_options(config: EngineConfig, where: str) -> None:
+def check_options(config: EngineConfig, where: str, *, assumed: str = "") -> None:
     """Reject options the back-end does not take, naming the option (with a did-you-mean).
+
+    ``assumed`` ends the message when the back-end was inferred rather than named.
 
     The back-end module is imported to read its signature; when its optional dependency is
     missing the check is skipped here and the missing package is reported at start.
@@ -264,7 +286,7 @@ def check_options(config: EngineConfig, where: str) -> None:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise EngineConfigError(
             f"{where}: unknown option {option!r} for backend {config.backend!r}{hint}. "
-            f"Known options: {', '.join(known + sorted(LIFECYCLE_OPTIONS))}."
+            f"Known options: {', '.join(known + sorted(LIFECYCLE_OPTIONS))}.{assumed}"
         )
 
 
