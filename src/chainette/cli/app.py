@@ -40,6 +40,9 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,  # locals may hold API keys
+    # The seed's README spells options with underscores (--output_dir): accept both spellings.
+    context_settings={"token_normalize_func": lambda token: token.replace("_", "-")},
+    epilog="Options may also be written with underscores: --output_dir is --output-dir.",
 )
 
 app.add_typer(cache_app, name="cache")
