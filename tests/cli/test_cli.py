@@ -99,6 +99,27 @@ def test_run_writes_run_folder_and_prints_its_path_last(tmp_path: Path) -> None:
     assert "tokens:" in result.stderr
 
 
+@pytest.mark.parametrize("flag", ["--output_dir", "--output-dir", "-o"])
+def test_run_output_dir_takes_the_seed_spelling_too(tmp_path: Path, flag: str) -> None:
+    """The seed's README: chainette run examples.qa:my_chain -i inputs.json --output_dir results."""
+    chain_file = write_chain(tmp_path)
+    inputs = write_inputs(tmp_path, QUESTIONS)
+    run_dir = tmp_path / "results"
+
+    result = invoke("run", f"{chain_file}:chain", "-i", inputs, flag, run_dir, "--batch_size", "2", "-q")
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(run_dir)
+    metadata = json.loads((run_dir / "metadata.json").read_text())
+    assert metadata["status"] == "completed" and metadata["counts"]["records_out"] == 5
+    assert metadata["config"]["batch_size"] == 2  # --batch_size: every option takes underscores
+
+
+def test_underscore_spelling_still_rejects_unknown_options(tmp_path: Path) -> None:
+    result = invoke("run", f"{write_chain(tmp_path)}:chain", "-i", "x.jsonl", "--output_dirx", "r")
+    assert result.exit_code == 2 and "No such option" in result.stderr
+
+
 def test_run_with_failed_records_exits_0_and_says_where_they_are(tmp_path: Path) -> None:
     chain_file = write_chain(tmp_path)
     inputs = write_inputs(tmp_path, [*QUESTIONS, "{not json", json.dumps({"wrong": 1})])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tests.helpers import Answer, read_jsonl
 
-from chainette.engines import servers
+from chainette.engines import server_state, servers
 
 pytestmark = pytest.mark.llama
 
@@ -64,7 +64,7 @@ def bystander() -> Iterator[subprocess.Popen[bytes]]:
 
 
 def alive(pid: int) -> bool:
-    return servers._cmdline(pid) is not None
+    return server_state.process_cmdline(pid) is not None
 
 
 @pytest.mark.timeout(240)  # 6-79 s measured on a busy 2-core machine

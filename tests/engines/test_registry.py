@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -16,7 +19,10 @@ from chainette import (
     load_engines,
     register_engine,
 )
-from chainette.engines import registry
+from chainette.engines import registry, server_state
+from chainette.engines.registry import is_registered
+
+SRC = str(Path(registry.__file__).parents[2])
 
 
 def test_register_and_lookup() -> None:
@@ -128,3 +134,80 @@ def test_llama_model_path_that_does_not_exist_is_explained() -> None:
     engine = LlamaCppEngine(model="/nowhere/model.gguf")
     with pytest.raises(EngineConfigError, match=r"model file '/nowhere/model.gguf' does not exist"):
         anyio.run(engine.start)
+
+
+def _record_of_this_process(name: str) -> server_state.ServerRecord:
+    """A servers.json record that counts as running: it names this very process."""
+    cmdline = server_state.process_cmdline(os.getpid())
+    assert cmdline is not None
+    return server_state.ServerRecord(
+        name=name,
+        kind="llama_cpp",
+        pid=os.getpid(),
+        port=9,
+        base_url="http://127.0.0.1:9/v1",
+        model=name,
+        cmdline=cmdline,
+        started_at="2026-01-01T00:00:00+00:00",
+        log="/dev/null",
+    )
+
+
+def test_is_registered_answers_from_this_process_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running server named in ./.chainette/servers.json makes get_engine_config resolve the name,
+    but not is_registered: the static answer does not depend on the working folder."""
+    monkeypatch.delenv(server_state.STATE_ENV)
+    monkeypatch.chdir(tmp_path)
+    server_state.write_state({"served": _record_of_this_process("served")})
+    assert server_state.state_file() == tmp_path / ".chainette" / "servers.json"
+    register_engine("local", backend="fake")
+
+    assert get_engine_config("served").backend == "openai"  # the file is there and live...
+    assert not is_registered("served")  # ...and is_registered does not look at it
+    assert is_registered("local") and not is_registered("other")
+
+    server_state.state_file().write_text("{not json")  # unreadable: only a file read would notice
+    with pytest.raises(EngineConfigError, match="unreadable server state"):
+        get_engine_config("local")
+    assert is_registered("local") and not is_registered("served")
+
+
+def test_registry_does_not_import_the_servers_module() -> None:
+    """registry → server_state ← servers: the dependency points one way (no import cycle)."""
+    code = (
+        "import sys, chainette.engines.registry as r; r.register_engine('x', backend='fake'); "
+        "r.get_engine_config('x'); "
+        "assert 'chainette.engines.servers' not in sys.modules, 'registry imported servers'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": SRC})
+
+
+def test_chain_check_reads_no_file_and_a_run_accepts_a_warmed_up_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chain.check() answers the same in any folder (an unreadable servers.json changes nothing);
+    the run's own check also accepts a name a live warmup server answers to."""
+    from pydantic import BaseModel
+
+    from chainette import Chain, Step
+    from chainette.engines.registry import is_available
+
+    class Q(BaseModel):
+        text: str
+
+    monkeypatch.delenv(server_state.STATE_ENV)
+    monkeypatch.chdir(tmp_path)
+    register_engine("local", backend="fake")
+    server_state.write_state({"served": _record_of_this_process("served")})
+
+    def chain(engine: str) -> Chain:
+        return Chain(
+            "c", [Step(id="s", input_model=Q, output_model=Q, engine_name=engine, user_prompt="{{ text }}")]
+        )
+
+    assert chain("local").check().ok and not chain("served").check().ok
+    assert chain("served").check(engine_known=is_available).ok
+    server_state.state_file().write_text("{not json")
+    assert chain("local").check().ok  # no file read: the broken file is not noticed

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from chainette import EngineConfigError, register_engine
-from chainette.engines import servers
+from chainette.engines import server_state, servers
 from chainette.engines.secrets import looks_secret, remember_secrets, scrub, scrub_argv, scrub_text
 
 KEY = "s3cr3tkey-7f1c"
@@ -113,7 +113,7 @@ def test_servers_json_keeps_no_credential_and_still_recognises_its_server(
         log="/dev/null",
         client=client,
     )
-    servers._write_state({"small": record})
+    server_state.write_state({"small": record})
 
     assert KEY.encode() not in servers.state_file().read_bytes()
     (kept,) = servers.list_servers()  # the masked command line still identifies the live process

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from . import servers as _servers  # noqa: F401 - registers warmup / kill on the app
 from .app import app
 
 __all__ = ["app", "main"]

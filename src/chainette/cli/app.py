@@ -9,8 +9,6 @@ stderr. Exit codes: 0 done, 1 a ChainetteError (message only, no traceback), 2 b
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,17 +21,18 @@ from rich.table import Table
 from rich.tree import Tree
 
 from .. import __version__
-from .._errors import ChainetteError, InputError
-from ..engines.registry import BACKENDS, list_engines, load_engines
-from ..engines.secrets import scrub_text
+from .._errors import InputError
+from ..engines.registry import BACKENDS, is_available, list_engines, load_engines
 from ..graph.chain import ChainGraph
 from ..graph.checks import CheckReport
 from ..graph.nodes import Branch, Node
 from ..runtime.executor import run_chain
 from ..runtime.result import RunResult
+from ._common import exit_on_errors, stderr_console
 from .cache import cache_app
 from .loading import count_jsonl_records, import_target, load_chain, split_target
 from .progress import JsonEventLog, ProgressDisplay, print_run_summary
+from .servers import kill, print_running_servers, warmup
 
 __all__ = ["app"]
 
@@ -44,6 +43,9 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,  # locals may hold API keys
+    # The seed's README spells options with underscores (--output_dir): accept both spellings.
+    context_settings={"token_normalize_func": lambda token: token.replace("_", "-")},
+    epilog="Options may also be written with underscores: --output_dir is --output-dir.",
 )
 
 app.add_typer(cache_app, name="cache")
@@ -72,34 +74,6 @@ class DagFormat(StrEnum):
     mermaid = "mermaid"
     dot = "dot"
     json = "json"
-
-
-def _stderr() -> Console:
-    return Console(stderr=True, highlight=False)
-
-
-@contextmanager
-def _errors(err: Console, run_folder: dict[str, Any] | None = None) -> Iterator[None]:
-    """ChainetteError → red message and exit 1; Ctrl-C → exit 130. Other errors are bugs: traceback."""
-    where = ""
-    try:
-        yield
-    except ChainetteError as exc:
-        if run_folder and run_folder.get("output_dir"):
-            where = (
-                f"\nWhat was written before the error is in {run_folder['output_dir']} (see metadata.json)."
-            )
-        err.print(
-            f"[bold red]Error:[/] [red]{escape(scrub_text(str(exc)))}[/]{escape(where)}", soft_wrap=True
-        )
-        for note in getattr(exc, "__notes__", ()):
-            err.print(f"[dim]{escape(scrub_text(note))}[/]", soft_wrap=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        if run_folder and run_folder.get("output_dir"):
-            where = f" Partial results are in {run_folder['output_dir']} (metadata.json status: interrupted)."
-        err.print(f"[yellow]Interrupted.[/]{escape(where)}", soft_wrap=True)
-        raise typer.Exit(130) from None
 
 
 def _version(value: bool) -> None:
@@ -170,10 +144,10 @@ def run(
 
     [dim]Example:[/]  chainette run examples/quickstart.py:chain -i examples/quickstart.jsonl -o runs/quickstart
     """
-    err = _stderr()
+    err = stderr_console()
     started: dict[str, Any] = {}
     display: ProgressDisplay | None = None
-    with _errors(err, started):
+    with exit_on_errors(err, started):
         if no_cache and refresh_cache:
             raise typer.BadParameter("--no-cache and --refresh-cache exclude each other.")
         chain = load_chain(target)
@@ -232,12 +206,12 @@ def inspect(target: TargetArg, engines: EnginesOpt = None) -> None:
 
     [dim]Example:[/]  chainette inspect examples/quickstart.py:chain --engines engines.yml
     """
-    err = _stderr()
-    with _errors(err):
+    err = stderr_console()
+    with exit_on_errors(err):
         chain = load_chain(target)
         if engines is not None:
             load_engines(engines)
-        report = chain.check()
+        report = chain.check(engine_known=is_available)  # what `run` accepts: warmup servers too
     out = Console(highlight=False)
     out.print(_tree(chain, report))
     for title, issues, style, mark in (
@@ -268,7 +242,7 @@ def inspect_dag(
 
     [dim]Example:[/]  chainette inspect-dag examples/quickstart.py:chain --format dot | dot -Tsvg > chain.svg
     """
-    with _errors(_stderr()):
+    with exit_on_errors(stderr_console()):
         chain = load_chain(target)
     if fmt is DagFormat.mermaid:
         typer.echo(chain.to_mermaid())
@@ -344,7 +318,7 @@ def engines(
     [dim]Example:[/]  chainette engines --engines engines.yml --chain examples/quickstart.py:chain
     """
     chain: ChainGraph | None = None
-    with _errors(_stderr()):
+    with exit_on_errors(stderr_console()):
         if chain_target is not None:
             source, attr = split_target(chain_target)
             chain = load_chain(chain_target) if attr else None
@@ -376,6 +350,9 @@ def engines(
             "No engines registered. Use register_engine(...) in the chain module, or --engines engines.yml."
         )
     out.print(f"Back-ends: {', '.join(sorted(BACKENDS))}")
-    from .servers import print_running_servers
-
     print_running_servers(out)
+
+
+# Registered last, so --help lists them after the commands above.
+app.command()(warmup)
+app.command()(kill)

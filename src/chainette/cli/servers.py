@@ -1,6 +1,7 @@
 """``chainette warmup`` / ``chainette kill``: local inference servers that later runs use.
 
 The logic is in :mod:`chainette.engines.servers`; these commands only parse, print and exit.
+:mod:`.app` registers them on the ``chainette`` app (this module does not import it).
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from rich.table import Table
 from .._errors import EngineConfigError
 from ..engines import servers
 from ..engines.registry import load_engines
-from .app import _errors, _stderr, app
+from ._common import exit_on_errors, stderr_console
 
-__all__ = ["running_servers_table"]
+__all__ = ["kill", "print_running_servers", "running_servers_table", "warmup"]
 
 
-@app.command()
 def warmup(
     file: Path = typer.Option(..., "--file", "-f", help="engines.yml holding the engine definitions."),
     engine: list[str] = typer.Option(
@@ -41,8 +41,8 @@ def warmup(
 
     [dim]Example:[/]  chainette warmup -f engines.yml -e small
     """
-    err = _stderr()
-    with _errors(err):
+    err = stderr_console()
+    with exit_on_errors(err):
         configs = {c.name: c for c in load_engines(file, register=False)}
         names = [n for n, c in configs.items() if "serve" in c.options] if all_ else list(engine)
         if not names:
@@ -63,7 +63,6 @@ def warmup(
             typer.echo(record.base_url)
 
 
-@app.command()
 def kill(
     names: list[str] = typer.Argument(None, help="Engines to stop.", show_default=False),
     all_: bool = typer.Option(False, "--all", help="Stop every server that warmup started."),
@@ -72,8 +71,8 @@ def kill(
 
     [dim]Example:[/]  chainette kill small   ·   chainette kill --all
     """
-    err = _stderr()
-    with _errors(err):
+    err = stderr_console()
+    with exit_on_errors(err):
         targets = [r.name for r in servers.list_servers(alive_only=False)] if all_ else list(names or [])
         if not targets:
             if all_:
@@ -115,7 +114,7 @@ def print_running_servers(out: Console) -> None:
     try:
         table = running_servers_table()
     except EngineConfigError as exc:  # an unreadable state file should not hide the engines listing
-        _stderr().print(f"[yellow]![/] {escape(str(exc))}", soft_wrap=True)
+        stderr_console().print(f"[yellow]![/] {escape(str(exc))}", soft_wrap=True)
         return
     if table is not None:
         out.print(table)

@@ -2,6 +2,11 @@
 
 A back-end is data: a name mapped to ``"module:Class"``, imported only when an engine of that
 kind is first started. Adding a back-end is one line in :data:`BACKENDS`.
+
+:func:`get_engine_config` also consults ``servers.json`` (:mod:`.server_state`): a name with a
+server that ``chainette warmup`` started, still running, resolves to an ``openai`` engine
+pointing at it. :func:`is_registered` reads no file, for checks that must not depend on the
+working folder. This module never imports :mod:`.servers` (which imports it).
 """
 
 from __future__ import annotations
@@ -17,17 +22,21 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .._errors import EngineConfigError, MissingDependencyError, UnknownEngineError
+from . import server_state
 from .base import Engine
 from .secrets import looks_secret, remember_secrets, scrub
+from .seed_compat import VLLM_ONLY_OPTIONS, vllm_options
 
 __all__ = [
     "BACKENDS",
     "EngineConfig",
     "create_engine",
     "get_engine_config",
+    "is_registered",
     "list_engines",
     "load_engines",
     "register_engine",
+    "running_engine_config",
     "unregister_engine",
 ]
 
@@ -38,6 +47,9 @@ BACKENDS: dict[str, str] = {
     "fake": "chainette.engines.fake:FakeEngine",
 }
 """Back-end name → ``"module:Class"``. Modules are imported lazily."""
+
+DEFAULT_BACKEND = "llama_cpp"
+"""The back-end of a definition that names none and uses no option only vLLM takes."""
 
 _EXTRAS: dict[str, str] = {"llama_cpp": "llama", "openai": "http", "vllm": "vllm"}
 """Back-end name → the pip extra that installs its dependencies."""
@@ -58,7 +70,7 @@ class EngineConfig(BaseModel):
 
     name: str = Field(min_length=1)
     """The name steps use in ``engine_name``."""
-    backend: str = "llama_cpp"
+    backend: str = DEFAULT_BACKEND
     """One of :data:`BACKENDS`."""
     model: str | None = None
     """Model identity for the back-end (a GGUF path for ``llama_cpp``; ``None`` = default model)."""
@@ -93,12 +105,14 @@ _REGISTRY: dict[str, EngineConfig] = {}
 
 
 def register_engine(
-    name: str, backend: str = "llama_cpp", model: str | None = None, **options: Any
+    name: str, backend: str | None = None, model: str | None = None, **options: Any
 ) -> EngineConfig:
     """Register an engine under ``name`` so steps can use it via ``engine_name``.
 
     Registering the same name again replaces the earlier definition. Nothing is loaded here:
-    the engine starts when the first step that needs it runs.
+    the engine starts when the first step that needs it runs. Without ``backend``, options that
+    only vLLM takes (``dtype``, ``gpu_memory_utilization``...) mean ``vllm``, else ``llama_cpp``
+    (:mod:`.seed_compat`).
 
     Example:
         >>> cfg = register_engine("demo-fake", backend="fake")
@@ -106,11 +120,9 @@ def register_engine(
         'fake'
     """
     lazy = bool(options.pop("lazy", True))
-    try:
-        config = EngineConfig(name=name, backend=backend, model=model, lazy=lazy, options=options)
-    except ValidationError as exc:
-        raise EngineConfigError(_describe_validation(exc, f"engine {name!r}")) from exc
-    check_options(config, f"engine {name!r}")
+    config = _make_config(
+        f"engine {name!r}", name=name, backend=backend, model=model, lazy=lazy, options=options
+    )
     _REGISTRY[name] = config
     return config
 
@@ -126,8 +138,6 @@ def get_engine_config(name: str) -> EngineConfig:
     A server started by ``chainette warmup`` under this name, and still running, wins over the
     registered definition: the engine then talks to that server over HTTP.
     """
-    from .servers import running_engine_config  # servers imports this module
-
     served = running_engine_config(name)
     if served is not None:
         return served
@@ -135,6 +145,41 @@ def get_engine_config(name: str) -> EngineConfig:
         return _REGISTRY[name]
     except KeyError:
         raise UnknownEngineError(unknown_engine_message(name)) from None
+
+
+def is_available(name: str) -> bool:
+    """Registered in this process, or answered by a running ``chainette warmup`` server (reads
+    ``.chainette/servers.json``): the names a run accepts."""
+    try:
+        get_engine_config(name)
+    except UnknownEngineError:
+        return False
+    return True
+
+
+def is_registered(name: str) -> bool:
+    """Is ``name`` registered in this process (``register_engine``, ``load_engines``)?
+
+    Reads no file: a server started by ``chainette warmup`` does not count, so the answer does
+    not depend on the working folder (static checks use this).
+
+    Example:
+        >>> _ = register_engine("demo-known", backend="fake")
+        >>> is_registered("demo-known"), is_registered("demo-unknown")
+        (True, False)
+    """
+    return name in _REGISTRY
+
+
+def running_engine_config(name: str) -> EngineConfig | None:
+    """An ``openai`` engine definition for the server ``chainette warmup`` started as ``name``, if it
+    is still running (else ``None``)."""
+    record = server_state.running_server(name)
+    if record is None:
+        return None
+    registered = _REGISTRY.get(name)
+    options = server_state.client_engine_options(record, registered.options if registered else None)
+    return EngineConfig(name=name, backend="openai", model=record.model, options=options)
 
 
 def unknown_engine_message(name: str, where: str = "") -> str:
@@ -186,16 +231,32 @@ def load_engines(path: str | Path, *, register: bool = True) -> list[EngineConfi
             raise EngineConfigError(f"{where}.options: expected a mapping.")
         if "name" in fields:
             where = f"{path}: engine {fields['name']!r}"
-        try:
-            config = EngineConfig(**fields, options={**entry, **extra_options})
-        except ValidationError as exc:
-            raise EngineConfigError(_describe_validation(exc, where)) from exc
-        check_options(config, where)
-        configs.append(config)
+        configs.append(_make_config(where, **fields, options={**entry, **extra_options}))
     if register:
         for config in configs:
             _REGISTRY[config.name] = config
     return configs
+
+
+def _make_config(where: str, *, backend: Any = None, options: dict[str, Any], **fields: Any) -> EngineConfig:
+    """A checked :class:`EngineConfig`; without ``backend``, the back-end its options imply."""
+    assumed = ""
+    if backend is None:
+        implied = sorted(VLLM_ONLY_OPTIONS.intersection(options))
+        backend = "vllm" if implied else DEFAULT_BACKEND
+        reason = f" from option {implied[0]!r}" if implied else " (the default)"
+        assumed = (
+            f" No 'backend:' was given, so {backend!r} was assumed{reason}: if this engine is of another "
+            f"kind, add 'backend:' ({', '.join(sorted(BACKENDS))}) and keep only that back-end's options."
+        )
+    if backend == "vllm":
+        options = vllm_options(options, where)
+    try:
+        config = EngineConfig(backend=backend, options=options, **fields)
+    except ValidationError as exc:
+        raise EngineConfigError(_describe_validation(exc, where)) from exc
+    check_options(config, where, assumed=assumed)
+    return config
 
 
 def _describe_validation(exc: ValidationError, where: str) -> str:
@@ -206,8 +267,10 @@ def _describe_validation(exc: ValidationError, where: str) -> str:
     return f"{where}: " + "; ".join(parts)
 
 
-def check_options(config: EngineConfig, where: str) -> None:
+def check_options(config: EngineConfig, where: str, *, assumed: str = "") -> None:
     """Reject options the back-end does not take, naming the option (with a did-you-mean).
+
+    ``assumed`` ends the message when the back-end was inferred rather than named.
 
     The back-end module is imported to read its signature; when its optional dependency is
     missing the check is skipped here and the missing package is reported at start.
@@ -233,7 +296,7 @@ def check_options(config: EngineConfig, where: str) -> None:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise EngineConfigError(
             f"{where}: unknown option {option!r} for backend {config.backend!r}{hint}. "
-            f"Known options: {', '.join(known + sorted(LIFECYCLE_OPTIONS))}."
+            f"Known options: {', '.join(known + sorted(LIFECYCLE_OPTIONS))}.{assumed}"
         )
 
 

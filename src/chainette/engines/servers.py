@@ -15,23 +15,22 @@ OpenAI-compatible server on this machine::
 
 ``warmup`` starts the server detached (own session, output to a log file), waits until
 ``/v1/models`` answers, and records ``{name, pid, port, base_url, cmdline, ...}`` in
-``servers.json`` under the state folder (``./.chainette``, or ``$CHAINETTE_STATE_DIR``), with
-credentials masked (``--api-key ***`` in the command line, secret ``client`` options). While
-that process is alive, :func:`running_engine_config` makes the engine of that name an ``openai``
-engine pointing at it, so ``chainette run`` and ``Chain.run`` use the server. ``kill`` signals
-only recorded PIDs whose live command line still equals the recorded one (a reused PID is
-never touched). POSIX only.
+``servers.json`` (:mod:`.server_state`: the state folder, masked credentials, which records
+still run). While that process is alive, :func:`.registry.get_engine_config` makes the engine of
+that name an ``openai`` engine pointing at it (:func:`running_engine_config`), so ``chainette
+run`` and ``Chain.run`` use the server. ``kill`` signals only recorded PIDs whose live command
+line still equals the recorded one (a reused PID is never touched). POSIX only.
+
+This module imports :mod:`.registry`; the registry never imports it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -42,8 +41,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .._errors import EngineConfigError, EngineError
-from .registry import _REGISTRY, EngineConfig, _describe_validation
-from .secrets import MASK, scrub, scrub_argv
+from .registry import EngineConfig, _describe_validation, running_engine_config
+from .server_state import (
+    KIND_DIALECT,
+    STATE_ENV,
+    ServerRecord,
+    is_running,
+    list_servers,
+    process_cmdline,
+    read_state,
+    state_file,
+    write_state,
+)
 
 __all__ = [
     "STATE_ENV",
@@ -57,8 +66,6 @@ __all__ = [
     "warmup",
 ]
 
-STATE_ENV = "CHAINETTE_STATE_DIR"
-_KIND_DIALECT = {"llama_cpp": "json_object", "vllm": "auto"}
 _LLAMA_FLAGS = ("n_ctx", "n_threads", "n_gpu_layers", "chat_format")
 _VLLM_FLAGS = ("dtype", "gpu_memory_utilization", "max_model_len", "tensor_parallel_size")
 
@@ -82,119 +89,6 @@ class ServeSpec(BaseModel):
     """Options of the ``openai`` engine that talks to it (``max_concurrency``, ``timeout``, ``dialect``...)."""
 
 
-class ServerRecord(BaseModel):
-    """One started server, as kept in ``servers.json``."""
-
-    name: str
-    kind: str
-    pid: int
-    port: int
-    base_url: str
-    model: str
-    """The model name the server answers to (the engine's name)."""
-    cmdline: list[str]
-    started_at: str
-    log: str
-    client: dict[str, Any] = Field(default_factory=dict)
-
-
-def state_file() -> Path:
-    folder = os.environ.get(STATE_ENV) or Path.cwd() / ".chainette"
-    return Path(folder) / "servers.json"
-
-
-def _read_state() -> dict[str, ServerRecord]:
-    path = state_file()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return {name: ServerRecord.model_validate(rec) for name, rec in data.items()}
-    except FileNotFoundError:
-        return {}
-    except (ValueError, ValidationError) as exc:
-        raise EngineConfigError(
-            f"{path}: unreadable server state ({exc}). Delete the file if no server runs."
-        ) from exc
-
-
-def _write_state(records: dict[str, ServerRecord]) -> None:
-    path = state_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    kept = {k: _public(r).model_dump() for k, r in records.items()}
-    tmp.write_text(json.dumps(kept, indent=2), encoding="utf-8")
-    tmp.replace(path)
-
-
-def _public(record: ServerRecord) -> ServerRecord:
-    """The record as written to ``servers.json``: credentials masked (:mod:`.secrets`)."""
-    return record.model_copy(
-        update={
-            "cmdline": scrub_argv(record.cmdline),
-            "client": scrub(record.client),
-            "base_url": scrub(record.base_url),
-        }
-    )
-
-
-def _cmdline(pid: int) -> list[str] | None:
-    """The live command line of ``pid``, or None when it is gone (zombies count as gone)."""
-    proc = Path(f"/proc/{pid}")
-    if proc.exists() or sys.platform.startswith("linux"):
-        try:
-            if "\nState:\tZ" in (proc / "status").read_text():
-                return None
-            raw = (proc / "cmdline").read_bytes()
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            return None
-        return raw.decode(errors="replace").split("\0")[:-1] or None
-    out = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True, check=False)
-    return out.stdout.strip().split() or None
-
-
-def is_running(record: ServerRecord) -> bool:
-    """Is the recorded process alive and still the one we started (same command line, compared as
-    recorded: with credentials masked)?"""
-    live = _cmdline(record.pid)
-    return live is not None and (live == record.cmdline or scrub_argv(live) == record.cmdline)
-
-
-def list_servers(*, alive_only: bool = True) -> list[ServerRecord]:
-    """Servers recorded by ``warmup`` (by default only those still running)."""
-    records = _read_state().values()
-    return [r for r in records if not alive_only or is_running(r)]
-
-
-def running_engine_config(name: str) -> EngineConfig | None:
-    """An ``openai`` engine definition for the warmed-up server ``name``, if it is running."""
-    if not state_file().exists():
-        return None
-    record = _read_state().get(name)
-    if record is None or not is_running(record):
-        return None
-    options = {
-        "dialect": _KIND_DIALECT.get(record.kind, "auto"),
-        **_client_options(name, record),
-        "base_url": record.base_url,
-    }
-    return EngineConfig(name=name, backend="openai", model=record.model, options=options)
-
-
-def _client_options(name: str, record: ServerRecord) -> dict[str, Any]:
-    """The client options of the server ``name``: as recorded, unless a credential was masked in
-    ``servers.json``; then from the engine's registered definition, which holds the real value."""
-    if MASK not in json.dumps(record.client):
-        return dict(record.client)
-    registered = _REGISTRY.get(name)
-    serve = registered.options.get("serve") if registered is not None else None
-    if isinstance(serve, dict) and isinstance(serve.get("client"), dict):
-        return dict(serve["client"])
-    raise EngineConfigError(
-        f"The server {name!r} started by chainette warmup needs client options holding a credential, which "
-        "servers.json does not keep. Register the engine definition in this process too (--engines "
-        "engines.yml, or register_engine(...)), or pass the key by name (client: {api_key_env: VAR})."
-    )
-
-
 def serve_spec(config: EngineConfig, where: str = "") -> ServeSpec:
     """The validated ``serve:`` section of ``config`` (errors name the field)."""
     where = where or f"engine {config.name!r}"
@@ -209,7 +103,7 @@ def serve_spec(config: EngineConfig, where: str = "") -> ServeSpec:
     except ValidationError as exc:
         raise EngineConfigError(_describe_validation(exc, f"{where}: serve")) from exc
     if spec.kind is None:
-        if config.backend not in _KIND_DIALECT:
+        if config.backend not in KIND_DIALECT:
             raise EngineConfigError(f"{where}: field 'serve.kind' is required (llama_cpp or vllm).")
         spec.kind = config.backend  # type: ignore[assignment]
     return spec
@@ -265,7 +159,7 @@ def warmup(config: EngineConfig, *, port: int | None = None, timeout: float | No
     Returns the record; an already running server of that name is returned as is.
     """
     spec = serve_spec(config)
-    records = _read_state()
+    records = read_state()
     current = records.get(config.name)
     if current is not None and is_running(current):
         return current
@@ -303,9 +197,9 @@ def warmup(config: EngineConfig, *, port: int | None = None, timeout: float | No
     except BaseException:  # failed or interrupted: the process we just spawned must not outlive us
         _stop(record, grace=5.0, spawned=True)
         raise
-    records = _read_state()
+    records = read_state()
     records[config.name] = record
-    _write_state(records)
+    write_state(records)
     return record
 
 
@@ -330,10 +224,10 @@ def _spawn(cmd: list[str], log: Path) -> int:
 
 def _exec_cmdline(pid: int, wait: float = 10.0) -> list[str] | None:
     """The command line of the freshly spawned ``pid`` once it has exec'd (the one kill will check)."""
-    ours = _cmdline(os.getpid())
+    ours = process_cmdline(os.getpid())
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        cmdline = _cmdline(pid)
+        cmdline = process_cmdline(pid)
         if cmdline is not None and cmdline != ours:
             return cmdline
         time.sleep(0.01)
@@ -353,16 +247,16 @@ def kill_server(name: str, *, grace: float = 10.0) -> Literal["stopped", "stale"
     Returns ``"stopped"``, ``"stale"`` (recorded, but its process is gone or is no longer ours:
     nothing was signalled) or ``"unknown"`` (no such record).
     """
-    records = _read_state()
+    records = read_state()
     record = records.get(name)
     if record is None:
         return "unknown"
     outcome: Literal["stopped", "stale"] = "stopped" if is_running(record) else "stale"
     if outcome == "stopped":
         _stop(record, grace=grace)
-    records = _read_state()
+    records = read_state()
     records.pop(name, None)
-    _write_state(records)
+    write_state(records)
     return outcome
 
 
@@ -374,7 +268,7 @@ def _stop(record: ServerRecord, *, grace: float = 10.0, spawned: bool = False) -
     """
 
     def ours() -> bool:
-        return _cmdline(record.pid) is not None if spawned else is_running(record)
+        return process_cmdline(record.pid) is not None if spawned else is_running(record)
 
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         if not ours():

@@ -7,7 +7,7 @@ is a ``ChainGraph`` that can also ``run``; the runtime and the CLI take any ``Ch
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -92,9 +92,18 @@ class ChainGraph:
         """Engines the chain's steps use, in first-use order."""
         return list(dict.fromkeys(n.engine_name for n in self.iter_nodes() if n.engine_name is not None))
 
-    def check(self, *, check_engines: bool = True) -> CheckReport:
-        """Static checks (templates, model compatibility, engines). Sends no request."""
-        return check_chain(self, check_engines=check_engines)
+    def check(
+        self, *, check_engines: bool = True, engine_known: Callable[[str], bool] | None = None
+    ) -> CheckReport:
+        """Static checks (templates, model compatibility, engines). Sends no request, reads no file.
+
+        Args:
+            check_engines: Check that every step's engine is known.
+            engine_known: Whether an engine name is known; default: registered in this process
+                (``chainette.engines.registry.is_registered``). A run also accepts a name that a
+                running ``chainette warmup`` server answers to.
+        """
+        return check_chain(self, check_engines=check_engines, engine_known=engine_known)
 
     def describe(self) -> dict[str, Any]:
         """The graph as data: what ``graph.json`` holds (without engine details)."""

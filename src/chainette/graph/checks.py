@@ -8,6 +8,7 @@ checked (an ``apply`` without types) or is probably a mistake (a field shadowing
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import UnionType
 from typing import TYPE_CHECKING, Literal, Union, get_args, get_origin
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 
 from .._errors import ChainDefinitionError, IncompatibleStepsError, TemplateError, UnknownEngineError
-from ..engines.registry import get_engine_config, unknown_engine_message
+from ..engines.registry import is_registered, unknown_engine_message
 from .nodes import Apply, Node, Step
 from .templates import Reference
 
@@ -79,9 +80,11 @@ def _unwrap_optional(annotation: object) -> object:
     return annotation
 
 
-def check_chain(chain: ChainGraph, *, check_engines: bool = True) -> CheckReport:
+def check_chain(
+    chain: ChainGraph, *, check_engines: bool = True, engine_known: Callable[[str], bool] | None = None
+) -> CheckReport:
     """Check ``chain`` statically; see the module docstring for what is checked."""
-    checker = Checker(chain, check_engines)
+    checker = Checker(chain, check_engines, engine_known or is_registered)
     checker.walk(chain.items, {"input": chain.input_model}, chain.input_model, prev=None)
     return checker.report
 
@@ -90,9 +93,15 @@ class Checker:
     """Walks the chain, letting each node check itself (:meth:`Node.check`); holds the report and
     the shared checks node kinds use (inputs, template references, engines)."""
 
-    def __init__(self, chain: ChainGraph, check_engines: bool) -> None:
+    def __init__(
+        self,
+        chain: ChainGraph,
+        check_engines: bool = True,
+        engine_known: Callable[[str], bool] = is_registered,
+    ) -> None:
         self.report = CheckReport()
         self.check_engines = check_engines
+        self.engine_known = engine_known
         self.placement: dict[str, str] = {}
         """Ids not yet in scope → where they run (for a precise error message)."""
         for item in chain.items:
@@ -134,16 +143,13 @@ class Checker:
     def check_step(
         self, step: Step, scope: Scope, current: type[BaseModel] | None, prev: Node | None
     ) -> None:
-        if self.check_engines:
-            try:
-                get_engine_config(step.engine_name)
-            except UnknownEngineError:
-                self.add(
-                    "error",
-                    step,
-                    unknown_engine_message(step.engine_name, f"Step {step.id!r}"),
-                    UnknownEngineError,
-                )
+        if self.check_engines and not self.engine_known(step.engine_name):
+            self.add(
+                "error",
+                step,
+                unknown_engine_message(step.engine_name, f"Step {step.id!r}"),
+                UnknownEngineError,
+            )
         self.check_input(step, step.input_model, current, prev, reads=step.reads_input_fields)
         fields = step.input_model.model_fields
         for name in fields:

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from .._errors import ChainDefinitionError, InputError, InvalidInputError
 from ..engines.broker import EngineBroker
+from ..engines.registry import get_engine_config, is_available
 from ..engines.secrets import scrub_exception, scrub_strings, scrub_text
 from ..graph.chain import ChainGraph
 from ..graph.nodes import Node
@@ -80,7 +81,7 @@ async def run_chain(
     except TypeError as exc:
         known = ", ".join(RunOptions.__dataclass_fields__)
         raise TypeError(f"{exc}. Known run options: {known}.") from None
-    chain.check().raise_for_errors()
+    chain.check(engine_known=is_available).raise_for_errors()
     unrunnable = missing_runners(chain.walk())
     if unrunnable:
         raise ChainDefinitionError("\n".join(unrunnable))
@@ -363,8 +364,6 @@ def _workers(items: list[Node], opts: RunOptions) -> int:
 
 def _graph(chain: ChainGraph) -> dict[str, Any]:
     """``graph.json``: the chain's graph and its engines, with credentials masked."""
-    from ..engines.registry import get_engine_config
-
     graph = chain.describe()
     graph["engines"] = {
         name: {"backend": c.backend, "model": c.model, "options": c.public_options()}
