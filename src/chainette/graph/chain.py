@@ -20,24 +20,8 @@ __all__ = ["ChainGraph"]
 
 
 class ChainGraph:
-    """A typed LLM pipeline, as a graph (use :class:`chainette.Chain` to run one).
-
-    Args:
-        name: Human-readable name (recorded in ``graph.json`` and ``metadata.json``).
-        steps: Nodes in order. An inner list is a group of :class:`Branch` objects run in
-            parallel on copies of each record.
-        batch_size: Records moved between nodes together. Larger is faster for Python steps;
-            LLM steps keep ``engine.max_concurrency`` requests in flight regardless.
-
-    Example:
-        >>> from pydantic import BaseModel
-        >>> from chainette import Chain, apply
-        >>> class N(BaseModel):
-        ...     x: int
-        >>> def inc(n: N) -> N:
-        ...     return N(x=n.x + 1)
-        >>> chain = Chain(name="demo", steps=[apply(inc)])
-    """
+    """A typed LLM pipeline, as a graph: what :class:`chainette.Chain` is, without running it
+    (the arguments are documented there)."""
 
     def __init__(
         self,

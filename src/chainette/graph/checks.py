@@ -265,8 +265,8 @@ class Checker:
             return
         have = current.model_fields
         missing = [n for n, f in wanted.model_fields.items() if f.is_required() and n not in have]
+        source = f"{prev.id!r} outputs" if prev is not None else "the chain input is"
         if missing and not reads:
-            source = f"{prev.id!r} outputs" if prev is not None else "the chain input is"
             self.add(
                 "warning",
                 node,
@@ -275,7 +275,6 @@ class Checker:
                 "validated into it.",
             )
         elif missing:
-            source = f"{prev.id!r} outputs" if prev is not None else "the chain input is"
             self.add(
                 "error",
                 node,

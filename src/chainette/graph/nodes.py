@@ -120,10 +120,19 @@ class Node:
         self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
     ) -> type[BaseModel] | None:
         """Check this node; ``scope`` holds the outputs templates can read so far (updated in
-        place with what this node adds). Returns the model of the value that goes on."""
-        checker.check_input(self, self.input_model, current, prev)
+        place with what this node adds). Returns the model of the value that goes on.
+
+        A leaf checks itself (:meth:`check_self`) and adds its output under its id; containers
+        override this."""
+        self.check_self(checker, scope, current, prev)
         scope[self.id] = self.output_model
         return self.output_model
+
+    def check_self(
+        self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
+    ) -> None:
+        """A leaf's own checks (default: its declared input fits what reaches it)."""
+        checker.check_input(self, self.input_model, current, prev)
 
     def layout(self, previous: list[str], out: dict[str, list[dict[str, Any]]]) -> list[str]:
         """Add this node to ``out["nodes"]`` / ``out["edges"]`` after ``previous``; return the ids
@@ -270,12 +279,10 @@ class Step(Node):
             ref.name in fields for t in (self.system_template, self.user_template) for ref in t.references
         )
 
-    def check(
+    def check_self(
         self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
-    ) -> type[BaseModel] | None:
+    ) -> None:
         checker.check_step(self, scope, current, prev)
-        scope[self.id] = self.output_model
-        return self.output_model
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -329,12 +336,10 @@ class Apply(Node):
         self.write = write
         self.fusable = not self.is_async
 
-    def check(
+    def check_self(
         self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
-    ) -> type[BaseModel] | None:
+    ) -> None:
         checker.check_apply(self, current, prev)
-        scope[self.id] = self.output_model
-        return self.output_model
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "function": f"{getattr(self.fn, '__module__', '?')}.{self.name}"}
@@ -510,10 +515,15 @@ def as_node(item: Any, where: str) -> Node:
     raise ChainDefinitionError(f"{where}: expected a Step, apply(...), or a list of Branch, got {item!r}.")
 
 
+def _signature_target(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What to read hints and parameters from: the function, or a callable object's ``__call__``."""
+    return fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)  # noqa: B004
+
+
 def _wants_record(fn: Callable[..., Any]) -> bool:
     """``def f(value, record)``: a second positional parameter without a default (or annotated
     ``RecordView``) receives the record's context."""
-    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)  # noqa: B004
+    target = _signature_target(fn)
     try:
         params = [p for p in inspect.signature(target).parameters.values() if p.name != "self"]
     except (TypeError, ValueError):  # builtins without a signature: one argument
@@ -532,7 +542,7 @@ def _model_name(model: type[BaseModel] | None) -> str | None:
 
 def _models_from_hints(fn: Callable[..., Any]) -> tuple[type[BaseModel] | None, type[BaseModel] | None]:
     """Input/output models from ``def f(x: In) -> Out | list[Out] | None`` hints, when present."""
-    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)  # noqa: B004
+    target = _signature_target(fn)
     try:
         hints = typing.get_type_hints(target)
     except Exception:  # unresolved forward references: hints are optional, fall back to none

@@ -15,7 +15,7 @@ filtered out is dropped (it is counted as filtered where it was filtered, not as
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,19 +54,23 @@ def register_runner(kind: type[Node], run: RunFn, stream: StreamFn | None = None
     _RUNNERS[kind] = Runner(run, stream)
 
 
+def _lookup(node: Node) -> Runner | None:
+    """The runner of the node's class or of its nearest registered base class."""
+    return next((_RUNNERS[cls] for cls in type(node).__mro__ if cls in _RUNNERS), None)
+
+
 def runner_for(node: Node) -> Runner:
-    for cls in type(node).__mro__:
-        runner = _RUNNERS.get(cls)
-        if runner is not None:
-            return runner
-    raise KeyError(type(node).__name__)
+    runner = _lookup(node)
+    if runner is None:
+        raise KeyError(type(node).__name__)
+    return runner
 
 
 def missing_runners(nodes: Iterable[Node]) -> list[str]:
     """Messages for the nodes no runner handles."""
     out = []
     for node in nodes:
-        if not any(cls in _RUNNERS for cls in type(node).__mro__):
+        if _lookup(node) is None:
             known = ", ".join(sorted(k.__name__ for k in _RUNNERS))
             out.append(
                 f"{node.kind} {node.id!r}: nothing runs nodes of class {type(node).__name__} (runners exist for "
@@ -81,7 +85,7 @@ async def run_node(node: Node, chunk: list[Record], ctx: RunContext) -> list[Rec
     return await runner_for(node).run(node, chunk, ctx)
 
 
-async def run_sequence(nodes: list[Node], chunk: list[Record], ctx: RunContext) -> list[Record]:
+async def run_sequence(nodes: Sequence[Node], chunk: list[Record], ctx: RunContext) -> list[Record]:
     for node in nodes:
         if not chunk:
             break
@@ -89,18 +93,27 @@ async def run_sequence(nodes: list[Node], chunk: list[Record], ctx: RunContext) 
     return chunk
 
 
-async def run_parallel(group: Parallel, chunk: list[Record], ctx: RunContext) -> list[Record]:
+async def run_concurrently(
+    jobs: Mapping[str, tuple[Sequence[Node], list[Record], RunContext]],
+) -> dict[str, list[Record]]:
+    """Run each named node sequence over its records, all at once; what comes out, by name."""
     results: dict[str, list[Record]] = {}
-    views: dict[str, RunContext] = {}
-    group_failed = ctx.group_failed if ctx.group_failed is not None else set()  # one set per record id
 
-    async def one_branch(name: str, nodes: list[Node]) -> None:
-        view = views[name] = ctx.for_branch(group_failed)
-        results[name] = await run_sequence(nodes, [r.fork() for r in chunk], view)
+    async def one(name: str, nodes: Sequence[Node], records: list[Record], ctx: RunContext) -> None:
+        results[name] = await run_sequence(nodes, records, ctx)
 
     async with anyio.create_task_group() as tg:
-        for branch in group.branches:
-            tg.start_soon(one_branch, branch.name, branch.steps)
+        for name, (nodes, records, ctx) in jobs.items():
+            tg.start_soon(one, name, nodes, records, ctx)
+    return results
+
+
+async def run_parallel(group: Parallel, chunk: list[Record], ctx: RunContext) -> list[Record]:
+    group_failed = ctx.group_failed if ctx.group_failed is not None else set()  # one set per record id
+    views = {b.name: ctx.for_branch(group_failed) for b in group.branches}
+    results = await run_concurrently(
+        {b.name: (b.steps, [r.fork() for r in chunk], views[b.name]) for b in group.branches}
+    )
 
     joined = group.joined
     if not joined:

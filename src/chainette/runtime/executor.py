@@ -127,11 +127,7 @@ async def _run_in_folder(
 ) -> RunResult:
     """The run proper, in the locked ``writer.path``."""
     path = writer.path
-    handlers = [h for h in (opts.on_event,) if h is not None]
-
-    def emit(kind: str, data: dict[str, Any]) -> None:
-        for handler in handlers:
-            handler(kind, data)
+    emit: EventHandler = opts.on_event or _ignore_event
 
     broker = EngineBroker(users, on_event=emit)
     ctx = RunContext(writer, broker, emit, cache)
@@ -315,15 +311,11 @@ def _stages(chain: ChainGraph) -> list[list[Node]]:
     hand-offs); every other item is a stage of its own."""
     stages: list[list[Node]] = []
     for item in chain.items:
-        if _fusable(item) and stages and all(_fusable(i) for i in stages[-1]):
+        if item.fusable and stages and all(i.fusable for i in stages[-1]):
             stages[-1].append(item)
         else:
             stages.append([item])
     return stages
-
-
-def _fusable(item: Node) -> bool:
-    return item.fusable
 
 
 def _nodes(items: list[Node]) -> list[Node]:
@@ -398,6 +390,10 @@ def _summary(
         },
         "engines": broker.described,
     }
+
+
+def _ignore_event(kind: str, data: dict[str, Any]) -> None:
+    """The event handler of a run nobody listens to."""
 
 
 def _versions() -> dict[str, str]:

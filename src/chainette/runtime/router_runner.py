@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
-
 from .._errors import RecordError
 from ..graph.router import Router
 from ..graph.view import RecordView
@@ -18,31 +16,24 @@ __all__ = ["run_router"]
 
 
 async def run_router(node: Router, chunk: list[Record], ctx: RunContext) -> list[Record]:
-    from .dispatch import run_sequence  # here, not at the top: dispatch imports this module to register it
+    from .dispatch import (
+        run_concurrently,  # here, not at the top: dispatch imports this module to register it
+    )
 
     stats = ctx.node(node.id)
     stats.records_in += len(chunk)
     groups: dict[str, list[Record]] = {name: [] for name in node.route_names}
-    position = {id(r): k for k, r in enumerate(chunk)}
     order: dict[str, int] = {}
-    for record in chunk:
+    for k, record in enumerate(chunk):
         names = _choose(node, record, ctx)
         if names is None:
             continue
         for name in names:
             copy = record if len(names) == 1 else _copy(record, f"{record.id}.{name}")
-            order[copy.id] = position[id(record)]
+            order[copy.id] = k
             groups[name].append(copy)
 
-    done: dict[str, list[Record]] = {}
-
-    async def run_route(name: str, nodes: list[Any]) -> None:
-        done[name] = await run_sequence(nodes, groups[name], ctx) if groups[name] else []
-
-    async with anyio.create_task_group() as tg:
-        for route in node.routes:
-            tg.start_soon(run_route, route.name, route.steps)
-
+    done = await run_concurrently({r.name: (r.steps, groups[r.name], ctx) for r in node.routes})
     out = [r for route in node.routes for r in done[route.name]]
     out.sort(key=lambda r: _position(order, r.id))  # input order (stable: route order within a record)
     for record in out:
