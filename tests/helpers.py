@@ -122,3 +122,12 @@ def assert_secret_nowhere(folder: Path, secret: str) -> None:
     """No file under ``folder`` contains ``secret``."""
     leaks = [p for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert leaks == [], f"the secret leaked into {leaks}"
+
+
+def qa_step(engine: str = "fake", *, prompt: str = "{{ text }}", **options: Any) -> Any:
+    """The usual first step of a test chain: ``qa``, Question → Answer on ``engine``."""
+    from chainette import Step
+
+    return Step(
+        id="qa", input_model=Question, output_model=Answer, engine_name=engine, user_prompt=prompt, **options
+    )

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.helpers import Answer, Question, read_jsonl
+from tests.helpers import Answer, Question, qa_step, read_jsonl
 from typer.testing import CliRunner
 
 from chainette import Branch, Chain, Step, apply, register_engine
@@ -27,15 +27,7 @@ def build_chain() -> Chain:
     register_engine("fake", backend="fake")
     return Chain(
         "safety",
-        [
-            Step(
-                id="qa",
-                input_model=Question,
-                output_model=Answer,
-                engine_name="fake",
-                user_prompt="{{ text }}",
-            )
-        ],
+        [qa_step("fake")],
     )
 
 
@@ -114,11 +106,10 @@ def test_the_issue_repro_through_the_cli_leaves_the_dataset_alone(tmp_path: Path
     chain_file.write_text(
         textwrap.dedent(
             """
-            from tests.helpers import Answer, Question
-            from chainette import Chain, Step, register_engine
+            from tests.helpers import qa_step
+            from chainette import Chain, register_engine
             register_engine("fake", backend="fake")
-            chain = Chain("c", [Step(id="qa", input_model=Question, output_model=Answer,
-                                     engine_name="fake", user_prompt="{{ text }}")])
+            chain = Chain("c", [qa_step("fake")])
             """
         )
     )
@@ -234,15 +225,7 @@ async def two_runs(run_dir: Path) -> None:
     register_engine("slow", backend="fake", latency=0.05)
     chain = Chain(
         "c",
-        [
-            Step(
-                id="qa",
-                input_model=Question,
-                output_model=Answer,
-                engine_name="slow",
-                user_prompt="{{ text }}",
-            )
-        ],
+        [qa_step("slow")],
     )
     started = anyio.Event()
 

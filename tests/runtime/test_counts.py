@@ -7,21 +7,14 @@ import sqlite3
 from pathlib import Path
 
 import anyio
-from tests.helpers import Answer, Question, read_jsonl
+from tests.helpers import Question, qa_step, read_jsonl
 
 from chainette import Chain, Step, register_engine
 from chainette.engines.stub_server import Faults, StubServer
 
 
 def qa(engine: str = "remote", max_reasks: int = 2) -> Step:
-    return Step(
-        id="qa",
-        input_model=Question,
-        output_model=Answer,
-        engine_name=engine,
-        user_prompt="Q: {{ text }}",
-        max_reasks=max_reasks,
-    )
+    return qa_step(engine, prompt="Q: {{ text }}", max_reasks=max_reasks)
 
 
 def test_a_failure_row_counts_the_attempts_its_message_names(run_dir: Path) -> None:

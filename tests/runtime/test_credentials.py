@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import Answer, Question
+from tests.helpers import Answer, Question, qa_step
 from typer.testing import CliRunner
 
 from chainette import Chain, Step, register_engine
@@ -92,9 +92,7 @@ def test_a_connection_error_names_the_server_without_its_credentials(run_dir: Pa
         base_url=f"http://user:{PASSWORD}@127.0.0.1:9/v1?key={QUERY_KEY}",
         max_retries=0,
     )
-    step = Step(
-        id="qa", input_model=Question, output_model=Answer, engine_name="remote", user_prompt="{{ text }}"
-    )
+    step = qa_step("remote")
     Chain("secrets", [step]).run([Question(text="q")], output_dir=run_dir)
     [failure] = [json.loads(line) for line in (run_dir / "failures.jsonl").read_text().splitlines()]
     assert "to http://user:***@127.0.0.1:9/v1?key=*** after 1 attempt(s)" in failure["message"]

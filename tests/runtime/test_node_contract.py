@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from tests.helpers import Answer, CountingEngine, Question, Translation
+from tests.helpers import Answer, CountingEngine, Question, Translation, qa_step
 
 from chainette import Branch, Chain, ChainDefinitionError, Step, apply, register_engine
 from chainette.engines import registry
@@ -59,9 +59,7 @@ def test_a_kind_nothing_runs_is_refused_before_any_request(
         def __init__(self) -> None:
             self.id, self.name, self.input_model, self.output_model = "mystery", "mystery", None, None
 
-    step = Step(
-        id="qa", input_model=Question, output_model=Answer, engine_name="counting", user_prompt="{{ text }}"
-    )
+    step = qa_step("counting")
     with pytest.raises(ChainDefinitionError, match=r"mystery 'mystery': nothing runs nodes of class Mystery"):
         Chain("c", [step, Mystery()]).run([Question(text="hi")], output_dir=run_dir)
     assert CountingEngine.sent == [] and not run_dir.exists()

@@ -8,9 +8,9 @@ from pathlib import Path
 import anyio.lowlevel
 import pytest
 from pydantic import BaseModel
-from tests.helpers import Answer, Question
+from tests.helpers import Answer, Question, qa_step
 
-from chainette import Branch, Chain, RecordView, Step, apply, register_engine
+from chainette import Branch, Chain, RecordView, apply, register_engine
 
 
 class Num(BaseModel):
@@ -34,9 +34,7 @@ def to_num(a: Answer) -> Num:
 
 
 def test_a_python_node_after_a_join_reads_both_branches_the_step_and_the_input(run_dir: Path) -> None:
-    qa = Step(
-        id="qa", input_model=Question, output_model=Answer, engine_name="fake", user_prompt="{{ text }}"
-    )
+    qa = qa_step("fake")
 
     def double(n: Num) -> Num:
         return Num(x=n.x * 2)

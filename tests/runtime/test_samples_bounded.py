@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.helpers import Answer, Question, read_jsonl
+from tests.helpers import Answer, Question, qa_step, read_jsonl
 
-from chainette import Chain, Step, apply, register_engine
+from chainette import Chain, apply, register_engine
 
 CHAIN = """
 import resource, sys
@@ -100,14 +100,7 @@ def test_samples_flow_downstream_in_passes_and_all_arrive(run_dir: Path) -> None
     chain = Chain(
         "c",
         [
-            Step(
-                id="qa",
-                input_model=Question,
-                output_model=Answer,
-                engine_name="fake",
-                user_prompt="{{ text }}",
-                samples=700,
-            ),
+            qa_step("fake", samples=700),
             apply(same, id="after"),
         ],
         batch_size=3,
