@@ -41,6 +41,8 @@ EXPECTED = [
     "load_engines",
     "register_engine",
     "set_price",
+    "shuffle",
+    "take",
     "unregister_engine",
 ]
 

@@ -36,6 +36,7 @@ from .engines.registry import (
 from .graph.checks import CheckReport
 from .graph.nodes import Apply, Branch, Step, apply
 from .graph.router import Router
+from .graph.stream_ops import shuffle, take
 from .graph.view import RecordView
 from .ledger.costs import set_price
 from .ledger.store import Ledger
@@ -83,5 +84,7 @@ __all__ = [
     "load_engines",
     "register_engine",
     "set_price",
+    "shuffle",
+    "take",
     "unregister_engine",
 ]

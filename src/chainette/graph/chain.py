@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from .._errors import ChainDefinitionError
 from .checks import CheckReport, check_chain
-from .nodes import Branch, Node, as_node
+from .nodes import Branch, Node, as_node, spliced
 
 __all__ = ["ChainGraph"]
 
@@ -38,8 +38,16 @@ class ChainGraph:
         self.name = name
         self.emoji = emoji
         self.batch_size = batch_size
-        self.items: list[Node] = [as_node(item, f"Chain {name!r} steps[{i}]") for i, item in enumerate(steps)]
+        self.items: list[Node] = [
+            as_node(item, f"Chain {name!r} steps[{i}]") for i, item in enumerate(spliced(list(steps)))
+        ]
         self._check_unique_names()
+        nested = [n for item in self.items for n in item.walk() if n.whole_stream and n is not item]
+        if nested:
+            raise ChainDefinitionError(
+                f"Chain {self.name!r}: {nested[0].kind} {nested[0].id!r} works on the whole stream of records, "
+                "so it goes at the top level of the chain, not inside a branch, route, loop or map."
+            )
 
     def _check_unique_names(self) -> None:
         counts = Counter(name for n in self.walk() for name in n.defines())

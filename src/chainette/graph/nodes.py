@@ -29,7 +29,7 @@ from .view import RecordView
 if TYPE_CHECKING:
     from .checks import Checker, Scope
 
-__all__ = ["Apply", "Branch", "Node", "Parallel", "Step", "apply"]
+__all__ = ["Apply", "Branch", "Node", "Parallel", "Seq", "Step", "apply"]
 
 OnFailure = Literal["retry", "stay", "emit"]
 FAILURE_BEHAVIOURS: tuple[str, ...] = get_args(OnFailure)
@@ -87,6 +87,9 @@ class Node:
     """Cheap synchronous work: consecutive fusable nodes share one runtime stage."""
     passes_through: bool = False
     """The value after this node is the value before it (outputs go to the history only)."""
+    whole_stream: bool = False
+    """Works on the stream of records, not record by record (``take``, ``shuffle``): allowed at a
+    chain's top level only; its runner has a ``flush`` for the end of the input."""
 
     def children(self) -> Sequence[Node]:
         """The nodes this one contains (none for a leaf)."""
@@ -152,6 +155,14 @@ class Node:
             "input_schema": self.input_model.model_json_schema() if self.input_model else None,
             "output_schema": self.output_model.model_json_schema() if self.output_model else None,
         }
+
+    def __or__(self, other: Node | list[Branch]) -> Seq:
+        """``a | b | c``: the nodes in sequence (BatchFactory's composition); a :class:`Chain` takes
+        the result as its steps: ``Chain("name", a | b | c)``."""
+        return Seq([self, other])
+
+    def __ror__(self, other: Node | list[Branch]) -> Seq:
+        return Seq([other, self])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r})"
@@ -394,7 +405,7 @@ class Branch(Node):
         if not steps:
             raise ChainDefinitionError(f"Branch {name!r} has no steps.")
         self.steps: list[Node] = [
-            as_node(node, f"Branch {name!r} steps[{i}]") for i, node in enumerate(steps)
+            as_node(node, f"Branch {name!r} steps[{i}]") for i, node in enumerate(spliced(list(steps)))
         ]
         self.join_alias = _check_id(join_alias, "join alias") if join_alias is not None else None
         self.input_model = self.steps[0].input_model
@@ -501,6 +512,75 @@ class Parallel(Node):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "branches": [b.name for b in self.branches]}
+
+
+class Seq(Node):
+    """Nodes in sequence, as ``a | b | c`` builds them: the same as listing them in order.
+
+    A chain or branch splices a sequence into its own steps; anywhere else that takes one node
+    (a loop body, a route) it runs its nodes in order on each record. It iterates over its nodes,
+    so ``Chain("name", a | b | c)`` works.
+
+    Example:
+        >>> from chainette import apply
+        >>> def one(x: dict) -> dict:
+        ...     return x
+        >>> def two(x: dict) -> dict:
+        ...     return x
+        >>> [n.id for n in apply(one) | apply(two)]
+        ['one', 'two']
+    """
+
+    kind = "sequence"
+    nodes: list[Node]
+
+    def __init__(self, nodes: Sequence[Any]) -> None:
+        items: list[Node] = []
+        for k, item in enumerate(nodes):
+            node = as_node(item, f"a | b sequence item {k}")
+            items.extend(node.nodes if isinstance(node, Seq) else [node])
+        self.nodes = items
+        self.id = "seq(" + ",".join(n.id for n in items) + ")"  # never a template name or a folder
+        self.name = " | ".join(n.name for n in items)
+        self.input_model = items[0].input_model
+        self.output_model = items[-1].output_model
+
+    def __or__(self, other: Node | list[Branch]) -> Seq:
+        return Seq([*self.nodes, other])
+
+    def __ror__(self, other: Node | list[Branch]) -> Seq:
+        return Seq([other, *self.nodes])
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def children(self) -> Sequence[Node]:
+        return self.nodes
+
+    @property
+    def passes_through(self) -> bool:  # type: ignore[override]
+        return all(n.passes_through for n in self.nodes)
+
+    def check(
+        self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
+    ) -> type[BaseModel] | None:
+        return checker.walk(self.nodes, scope, current, prev, in_branch=True)
+
+    def layout(self, previous: list[str], out: dict[str, list[dict[str, Any]]]) -> list[str]:
+        for node in self.nodes:
+            previous = node.layout(previous, out)
+        return previous
+
+
+def spliced(items: Sequence[Any]) -> list[Any]:
+    """``items`` with every :class:`Seq` among them replaced by its nodes."""
+    out: list[Any] = []
+    for item in items:
+        out.extend(item.nodes if isinstance(item, Seq) else [item])
+    return out
 
 
 def as_node(item: Any, where: str) -> Node:

@@ -74,6 +74,10 @@ class RunContext:
     _identities: dict[str, dict[str, Any]] = field(default_factory=dict)
     threaded: set[str] = field(default_factory=set)
     """Sync ``apply`` nodes found too slow for the event loop: they run on worker threads."""
+    state: dict[str, Any] = field(default_factory=dict)
+    """Per-node state that lives as long as the run (whole-stream nodes: ``take``, ``shuffle``)."""
+    input_stop: list[bool] = field(default_factory=lambda: [False])
+    """``[True]``: read no more input (a ``take`` at the head of the chain has what it needs)."""
 
     def node(self, node_id: str) -> NodeStats:
         stats = self.stats.get(node_id)

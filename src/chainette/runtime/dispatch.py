@@ -22,36 +22,43 @@ from typing import Any
 import anyio
 
 from .._errors import RecordError
-from ..graph.nodes import Apply, Branch, Node, Parallel, Step
+from ..graph.nodes import Apply, Branch, Node, Parallel, Seq, Step
 from ..graph.router import Router
+from ..graph.stream_ops import Shuffle, Take
 from .apply_runner import run_apply
 from .context import RunContext
 from .records import Record
 from .router_runner import run_router
 from .step_runner import iter_step, run_step
+from .stream_runner import flush_shuffle, run_shuffle, run_take
 
 __all__ = ["Runner", "missing_runners", "register_runner", "run_node", "runner_for"]
 
 RunFn = Callable[[Any, list[Record], RunContext], Awaitable[list[Record]]]
 StreamFn = Callable[[Any, list[Record], RunContext], AsyncIterator[list[Record]]]
+FlushFn = Callable[[Any, RunContext], AsyncIterator[list[Record]]]
 
 
 @dataclass(frozen=True)
 class Runner:
     """How a node kind runs: ``run`` returns the records that go on (a failed record is handed to
     ``ctx.fail``, a filtered one counted: none is dropped silently); ``stream``, for kinds whose
-    ``streams`` is true, yields them in passes."""
+    ``streams`` is true, yields them in passes; ``flush``, for whole-stream kinds, yields what
+    they still hold once their input has ended."""
 
     run: RunFn
     stream: StreamFn | None = None
+    flush: FlushFn | None = None
 
 
 _RUNNERS: dict[type[Node], Runner] = {}
 
 
-def register_runner(kind: type[Node], run: RunFn, stream: StreamFn | None = None) -> None:
+def register_runner(
+    kind: type[Node], run: RunFn, stream: StreamFn | None = None, flush: FlushFn | None = None
+) -> None:
     """Run nodes of class ``kind`` (and its subclasses, unless they register their own) with ``run``."""
-    _RUNNERS[kind] = Runner(run, stream)
+    _RUNNERS[kind] = Runner(run, stream, flush)
 
 
 def _lookup(node: Node) -> Runner | None:
@@ -166,6 +173,14 @@ async def run_branch(branch: Branch, chunk: list[Record], ctx: RunContext) -> li
     return await run_sequence(branch.steps, chunk, ctx)
 
 
+async def run_seq(seq: Seq, chunk: list[Record], ctx: RunContext) -> list[Record]:
+    """``a | b | c`` where one node is expected (a chain or branch splices it instead)."""
+    return await run_sequence(seq.nodes, chunk, ctx)
+
+
 register_runner(Branch, run_branch)
+register_runner(Seq, run_seq)
 register_runner(Parallel, run_parallel)
 register_runner(Router, run_router)
+register_runner(Take, run_take)
+register_runner(Shuffle, run_shuffle, flush=flush_shuffle)

@@ -30,6 +30,7 @@ from ..engines.registry import get_engine_config, is_available
 from ..engines.secrets import scrub_exception, scrub_strings, scrub_text
 from ..graph.chain import ChainGraph
 from ..graph.nodes import Node
+from ..graph.stream_ops import Take
 from ..io.inputs import InputItem, iter_input_chunks
 from ..io.writer import RunWriter, fs_error
 from .accounting import cache_summary, cost_summary
@@ -38,6 +39,7 @@ from .dispatch import missing_runners, runner_for
 from .records import Record, coerce, describe_validation, dump
 from .requests import CacheMode, RequestCache
 from .result import RunResult
+from .stream_runner import STOPS_INPUT
 
 __all__ = ["RunOptions", "run_chain"]
 
@@ -131,6 +133,7 @@ async def _run_in_folder(
 
     broker = EngineBroker(users, on_event=emit)
     ctx = RunContext(writer, broker, emit, cache)
+    ctx.state[STOPS_INPUT] = _input_stoppers(chain)
     started = time.time()
     meta: dict[str, Any] = {
         "run_id": run_id,
@@ -230,6 +233,8 @@ async def _source(
     model = chain.input_model
     async with send:
         async for items in iter_input_chunks(inputs, chain.batch_size, strict=opts.strict_inputs):
+            if ctx.input_stop[0]:  # a ``take`` at the head of the chain has all it needs
+                break
             counts["records_in"] += len(items)
             records = [r for r in (_to_record(item, model, opts, ctx) for item in items) if r is not None]
             if records:
@@ -296,6 +301,10 @@ async def _stage(
         async with anyio.create_task_group() as tg:
             for _ in range(workers):
                 tg.start_soon(worker, receive.clone(), send.clone() if send is not None else None)
+        flush = runner_for(items[0]).flush
+        if flush is not None:  # a whole-stream node hands on what it still holds
+            async for part in flush(items[0], ctx):
+                await push(part, 1, send)
     finally:
         receive.close()
         if send is not None:
@@ -316,6 +325,17 @@ def _stages(chain: ChainGraph) -> list[list[Node]]:
         else:
             stages.append([item])
     return stages
+
+
+def _input_stoppers(chain: ChainGraph) -> set[str]:
+    """The ``take`` nodes that may stop the input once satisfied: none before them holds records."""
+    out: set[str] = set()
+    for item in chain.items:
+        if isinstance(item, Take):
+            out.add(item.id)
+        elif item.whole_stream:
+            break
+    return out
 
 
 def _nodes(items: list[Node]) -> list[Node]:
