@@ -127,64 +127,27 @@ async def _run_in_folder(
     users: Counter[str],
     run_id: str,
 ) -> RunResult:
-    """The run proper, in the locked ``writer.path``."""
-    path = writer.path
+    """The run proper, in the locked ``writer.path``: lay out the folder, stream the records
+    through the stages, then record how it ended in ``metadata.json``."""
     emit: EventHandler = opts.on_event or _ignore_event
-
     broker = EngineBroker(users, on_event=emit)
     ctx = RunContext(writer, broker, emit, cache)
     ctx.state[STOPS_INPUT] = _input_stoppers(chain)
     started = time.time()
-    meta: dict[str, Any] = {
-        "run_id": run_id,
-        "chain": chain.name,
-        "status": "running",
-        "started_at": _iso(started),
-        "output_dir": str(path),
-        "versions": _versions(),
-        # not asdict(): it deep-copies every field, and an event handler can hold a console or a lock
-        "config": {f.name: getattr(opts, f.name) for f in fields(opts) if f.name != "on_event"}
-        | {"batch_size": chain.batch_size},
-    }
-    if writer.previous is not None:
-        meta["resumed_from"] = {k: writer.previous.get(k) for k in ("run_id", "status", "started_at")}
-    try:
-        writer.write_json("graph.json", _graph(chain))
-        writer.write_json("metadata.json", scrub_strings(meta))
-        (path / "failures.jsonl").touch()
-        writer.open_folder("flattened")
-        for node in chain.iter_nodes():
-            if node.write:
-                writer.open_folder(node.id)
-    except OSError as exc:
-        raise fs_error(exc, f"write the run folder {str(path)!r}") from exc
+    meta = _initial_metadata(chain, opts, writer, run_id, started)
+    _lay_out(chain, writer, meta)
     counts = {"records_in": 0}
     emit(
         "run_started",
         {
             "chain": chain.name,
             "run_id": run_id,
-            "output_dir": str(path),
+            "output_dir": str(writer.path),
             "nodes": [n.id for n in chain.iter_nodes()],
         },
     )
     try:
-        try:
-            # entering the broker runs its idle-eviction timer for the length of the run
-            async with broker, anyio.create_task_group() as tg:
-                send, receive = anyio.create_memory_object_stream[Chunk](opts.buffer)
-                tg.start_soon(_source, chain, inputs, opts, ctx, send, counts)
-                stages = _stages(chain)
-                for k, items in enumerate(stages):
-                    last = k == len(stages) - 1
-                    next_send, next_receive = (
-                        (None, None) if last else anyio.create_memory_object_stream[Chunk](opts.buffer)
-                    )
-                    tg.start_soon(_stage, items, ctx, receive, next_send, _workers(items, opts))
-                    if next_receive is not None:
-                        receive = next_receive
-        except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+        await _pipeline(chain, inputs, opts, ctx, counts)
         meta["status"] = "completed"
     except BaseException as exc:
         meta["status"] = (
@@ -196,30 +159,97 @@ async def _run_in_folder(
         meta["error"] = scrub_text(f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        await broker.aclose()
-        write_error: OSError | None = None
-        try:
-            await writer.close()
-        except OSError as exc:
-            write_error = exc
-        finished = time.time()
-        meta.update(_summary(ctx, counts, writer, broker))
-        meta["cache"] = cache_summary(ctx)
-        meta["cost"] = cost_summary(chain, ctx)
-        meta["finished_at"] = _iso(finished)
-        meta["duration_s"] = round(finished - started, 3)
-        ran_through = meta["status"] == "completed"
-        if write_error is not None:
-            meta["status"], meta["error"] = "failed", f"the run's files could not be written: {write_error}"
-        meta = scrub_strings(meta)
-        try:
-            writer.write_json("metadata.json", meta)
-        except OSError as exc:
-            write_error = write_error or exc
-        emit("run_finished", {"status": meta["status"], "output_dir": str(path), "counts": meta["counts"]})
-        if write_error is not None and ran_through:  # otherwise the error that stopped the run goes on
-            raise fs_error(write_error, f"write the run folder {str(path)!r}") from write_error
-    return RunResult(path=path, run_id=run_id, metadata=meta, fmt=opts.fmt)
+        meta = await _finish(chain, ctx, counts, meta, started)
+    return RunResult(path=writer.path, run_id=run_id, metadata=meta, fmt=opts.fmt)
+
+
+def _initial_metadata(
+    chain: ChainGraph, opts: RunOptions, writer: RunWriter, run_id: str, started: float
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "run_id": run_id,
+        "chain": chain.name,
+        "status": "running",
+        "started_at": _iso(started),
+        "output_dir": str(writer.path),
+        "versions": _versions(),
+        # not asdict(): it deep-copies every field, and an event handler can hold a console or a lock
+        "config": {f.name: getattr(opts, f.name) for f in fields(opts) if f.name != "on_event"}
+        | {"batch_size": chain.batch_size},
+    }
+    if writer.previous is not None:
+        meta["resumed_from"] = {k: writer.previous.get(k) for k in ("run_id", "status", "started_at")}
+    return meta
+
+
+def _lay_out(chain: ChainGraph, writer: RunWriter, meta: dict[str, Any]) -> None:
+    """``graph.json``, the first ``metadata.json``, ``failures.jsonl`` and the output folders."""
+    try:
+        writer.write_json("graph.json", _graph(chain))
+        writer.write_json("metadata.json", scrub_strings(meta))
+        (writer.path / "failures.jsonl").touch()
+        writer.open_folder("flattened")
+        for node in chain.iter_nodes():
+            if node.write:
+                writer.open_folder(node.id)
+    except OSError as exc:
+        raise fs_error(exc, f"write the run folder {str(writer.path)!r}") from exc
+
+
+async def _pipeline(
+    chain: ChainGraph, inputs: Any, opts: RunOptions, ctx: RunContext, counts: dict[str, int]
+) -> None:
+    """The source and one task group per stage, joined by bounded streams; the first real error
+    (not the cancellations it caused) propagates."""
+    try:
+        # entering the broker runs its idle-eviction timer for the length of the run
+        async with ctx.broker, anyio.create_task_group() as tg:
+            send, receive = anyio.create_memory_object_stream[Chunk](opts.buffer)
+            tg.start_soon(_source, chain, inputs, opts, ctx, send, counts)
+            stages = _stages(chain)
+            for k, items in enumerate(stages):
+                last = k == len(stages) - 1
+                next_send, next_receive = (
+                    (None, None) if last else anyio.create_memory_object_stream[Chunk](opts.buffer)
+                )
+                tg.start_soon(_stage, items, ctx, receive, next_send, _workers(items, opts))
+                if next_receive is not None:
+                    receive = next_receive
+    except BaseExceptionGroup as group:
+        raise _first_error(group) from None
+
+
+async def _finish(
+    chain: ChainGraph, ctx: RunContext, counts: dict[str, int], meta: dict[str, Any], started: float
+) -> dict[str, Any]:
+    """Release the engines, flush the writer and write the final ``metadata.json`` (returned)."""
+    writer, broker = ctx.writer, ctx.broker
+    await broker.aclose()
+    write_error: OSError | None = None
+    try:
+        await writer.close()
+    except OSError as exc:
+        write_error = exc
+    finished = time.time()
+    meta.update(_summary(ctx, counts, writer, broker))
+    meta["cache"] = cache_summary(ctx)
+    meta["cost"] = cost_summary(chain, ctx)
+    meta["finished_at"] = _iso(finished)
+    meta["duration_s"] = round(finished - started, 3)
+    ran_through = meta["status"] == "completed"
+    if write_error is not None:
+        meta["status"], meta["error"] = "failed", f"the run's files could not be written: {write_error}"
+    meta = scrub_strings(meta)
+    try:
+        writer.write_json("metadata.json", meta)
+    except OSError as exc:
+        write_error = write_error or exc
+    ctx.on_event(
+        "run_finished", {"status": meta["status"], "output_dir": str(writer.path), "counts": meta["counts"]}
+    )
+    if write_error is not None and ran_through:  # otherwise the error that stopped the run goes on
+        raise fs_error(write_error, f"write the run folder {str(writer.path)!r}") from write_error
+    return meta
 
 
 async def _source(
