@@ -51,7 +51,10 @@ app = typer.Typer(
 app.add_typer(cache_app, name="cache")
 
 TargetArg = Annotated[
-    str, typer.Argument(help="The chain: [bold]path/to/file.py:chain[/] or [bold]package.module:chain[/].")
+    str,
+    typer.Argument(
+        help="The chain: [bold]path/to/file.py:chain[/], [bold]package.module:chain[/] or [bold]chain.yaml[/]."
+    ),
 ]
 EnginesOpt = Annotated[
     Path | None,

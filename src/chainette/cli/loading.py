@@ -25,7 +25,7 @@ from ..graph.chain import ChainGraph
 
 __all__ = ["TargetError", "count_jsonl_records", "import_target", "load_chain", "split_target"]
 
-TARGET_FORMS = "path/to/file.py:chain_variable or package.module:chain_variable"
+TARGET_FORMS = "path/to/file.py:chain_variable, package.module:chain_variable or path/to/chain.yaml"
 
 _BLANK_LINE = re.compile(rb"^[ \t\r\f\v]*\n", re.M)
 
@@ -64,6 +64,8 @@ def load_chain(target: str) -> ChainGraph:
 
     Without ``:name``, a module that defines exactly one Chain gives that one.
     """
+    if target.endswith((".yaml", ".yml")):
+        return ChainGraph.from_yaml(target)
     source, attr = split_target(target)
     module = import_target(source)
     chains = {name: value for name, value in vars(module).items() if isinstance(value, ChainGraph)}

@@ -31,6 +31,7 @@ __all__ = [
     "BACKENDS",
     "EngineConfig",
     "create_engine",
+    "engines_from",
     "get_engine_config",
     "is_registered",
     "list_engines",
@@ -217,11 +218,17 @@ def load_engines(path: str | Path, *, register: bool = True) -> list[EngineConfi
         raise EngineConfigError(f"{path}: no such engines file.") from None
     except yaml.YAMLError as exc:
         raise EngineConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return engines_from(data, str(path), register=register)
+
+
+def engines_from(data: Any, source: str, *, register: bool = True) -> list[EngineConfig]:
+    """Engine definitions from parsed YAML (``{"engines": [...]}``), as :func:`load_engines`
+    reads them; ``source`` names where they came from in error messages."""
     if not isinstance(data, dict) or not isinstance(data.get("engines"), list):
-        raise EngineConfigError(f"{path}: expected a top-level 'engines:' list of engine definitions.")
+        raise EngineConfigError(f"{source}: expected a top-level 'engines:' list of engine definitions.")
     configs: list[EngineConfig] = []
     for i, entry in enumerate(data["engines"]):
-        where = f"{path}: engines[{i}]"
+        where = f"{source}: engines[{i}]"
         if not isinstance(entry, dict):
             raise EngineConfigError(f"{where}: expected a mapping with at least 'name', got {entry!r}.")
         entry = dict(entry)
@@ -230,7 +237,7 @@ def load_engines(path: str | Path, *, register: bool = True) -> list[EngineConfi
         if not isinstance(extra_options, dict):
             raise EngineConfigError(f"{where}.options: expected a mapping.")
         if "name" in fields:
-            where = f"{path}: engine {fields['name']!r}"
+            where = f"{source}: engine {fields['name']!r}"
         configs.append(_make_config(where, **fields, options={**entry, **extra_options}))
     if register:
         for config in configs:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 from pydantic import BaseModel
 
@@ -60,6 +61,15 @@ class ChainGraph:
         names = Counter(b.name for b in self.iter_branches())
         if any(v > 1 for v in names.values()):
             raise ChainDefinitionError(f"Chain {self.name!r}: branch names must be unique.")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Self:
+        """A chain written in YAML (see :mod:`chainette.graph.yaml_chain` for the format); engines
+        the file defines are registered."""
+        from .yaml_chain import read_chain_yaml
+
+        name, steps, options = read_chain_yaml(path)
+        return cls(name, steps, **options)
 
     @property
     def input_model(self) -> type[BaseModel] | None:

@@ -1,0 +1,344 @@
+"""Chains written in YAML: models and functions named by import path, steps with their prompts.
+
+``chainette run chain.yaml -i in.jsonl`` and :meth:`Chain.from_yaml` read files like::
+
+    name: qa
+    batch_size: 16
+    imports: [models]                 # modules searched for bare names (next to the YAML file)
+    engines:                          # optional: as in engines.yml
+      - {name: local, backend: llama_cpp, n_ctx: 2048}
+    steps:
+      - step:
+          id: qa
+          input_model: Question       # or models:Question / pkg.models.Question / file.py:Question
+          output_model: Answer
+          engine: local
+          sampling: {temperature: 0, max_tokens: 96}
+          user_prompt: "Question: {{ text }}"
+      - parallel:
+          - branch: {name: fr, join: fr, steps: [{step: {...}}]}
+      - apply: {fn: tidy}             # a function, by name or import path
+      - router: {id: triage, by: kind, routes: {a: [...], b: [...]}, default: b}
+      - take: 100
+      - shuffle: {seed: 1, buffer: 1000}
+
+Each entry of ``steps`` is a mapping with one key, the node kind; :data:`KINDS` maps a kind to
+the function building it, so a new node kind adds one entry. Every error names the file and the
+place in it (``steps[2].step.user_prompt``) and says what to write instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .._errors import ChainDefinitionError, ChainetteError
+from ..engines.base import SamplingParams
+from ..engines.registry import engines_from
+from .nodes import Apply, Branch, Node, Parallel, Step
+from .router import Router
+from .stream_ops import Shuffle, Take
+
+__all__ = ["KINDS", "YamlChainError", "read_chain_yaml"]
+
+CHAIN_KEYS = ("name", "batch_size", "emoji", "imports", "engines", "steps")
+
+
+class YamlChainError(ChainDefinitionError):
+    """A YAML chain file cannot be read into a chain; the message names the file and the place."""
+
+
+class _Reader:
+    """Resolves names for one YAML file and builds its nodes."""
+
+    def __init__(self, path: Path, imports: list[str]) -> None:
+        self.path = path
+        self.imports = imports
+        self._modules: dict[str, ModuleType] = {}
+
+    def fail(self, where: str, message: str) -> YamlChainError:
+        return YamlChainError(f"{self.path}: {where}: {message}")
+
+    def module(self, name: str, where: str) -> ModuleType:
+        if name not in self._modules:
+            try:
+                if name.endswith(".py"):
+                    self._modules[name] = _import_file(self.path.parent / name)
+                else:
+                    with _on_sys_path(self.path.parent):
+                        self._modules[name] = importlib.import_module(name)
+            except ChainetteError:
+                raise
+            except Exception as exc:
+                raise self.fail(
+                    where,
+                    f"importing {name!r} failed: {type(exc).__name__}: {exc}. Modules are looked up next "
+                    f"to the YAML file ({self.path.parent}) and on the Python path.",
+                ) from exc
+        return self._modules[name]
+
+    def obj(self, ref: Any, where: str) -> Any:
+        """``module:Name``, ``pkg.module.Name``, ``file.py:Name``, or a bare name in ``imports``."""
+        if not isinstance(ref, str) or not ref:
+            raise self.fail(where, f"expected an import path such as 'models:Answer', got {ref!r}.")
+        if ":" in ref:
+            module_name, _, attr = ref.partition(":")
+            candidates = [(module_name, attr)]
+        elif "." in ref:
+            module_name, _, attr = ref.rpartition(".")
+            candidates = [(module_name, attr)]
+        else:
+            candidates = [(m, ref) for m in self.imports]
+            if not candidates:
+                raise self.fail(
+                    where,
+                    f"{ref!r} is a bare name, but the file lists no 'imports:'. Write 'module:{ref}', or add "
+                    "'imports: [module]' at the top of the file.",
+                )
+        for module_name, attr in candidates:
+            module = self.module(module_name, where)
+            obj: Any = module
+            for part in attr.split("."):
+                obj = getattr(obj, part, None)
+                if obj is None:
+                    break
+            if obj is not None:
+                return obj
+        searched = ", ".join(m for m, _ in candidates)
+        names = [n for m, _ in candidates for n in vars(self.module(m, where)) if not n.startswith("_")]
+        close = difflib.get_close_matches(candidates[0][1], names, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise self.fail(where, f"{candidates[0][1]!r} is not defined in {searched}.{hint}")
+
+    def model(self, ref: Any, where: str) -> type[BaseModel]:
+        obj = self.obj(ref, where)
+        if not (isinstance(obj, type) and issubclass(obj, BaseModel)):
+            raise self.fail(where, f"{ref!r} is {obj!r}, not a pydantic model class.")
+        return obj
+
+    def function(self, ref: Any, where: str) -> Callable[..., Any]:
+        obj = self.obj(ref, where)
+        if not callable(obj):
+            raise self.fail(where, f"{ref!r} is {obj!r}, not a function.")
+        return obj  # type: ignore[no-any-return]
+
+    def nodes(self, items: Any, where: str) -> list[Node | list[Branch]]:
+        """A list of node entries (a single entry is taken as a list of one)."""
+        if isinstance(items, dict):
+            items = [items]
+        if not isinstance(items, list) or not items:
+            raise self.fail(where, "expected a non-empty list of nodes, each a mapping like '- step: {...}'.")
+        return [self.node(item, f"{where}[{k}]") for k, item in enumerate(items)]
+
+    def node(self, item: Any, where: str) -> Node:
+        if not isinstance(item, dict) or len(item) != 1:
+            raise self.fail(
+                where,
+                f"expected a mapping with one key, the node kind ({', '.join(KINDS)}), got {item!r}.",
+            )
+        ((kind, spec),) = item.items()
+        build = KINDS.get(kind)
+        if build is None:
+            close = difflib.get_close_matches(str(kind), list(KINDS), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise self.fail(where, f"unknown node kind {kind!r}; known: {', '.join(KINDS)}.{hint}")
+        try:
+            return build(self, spec, f"{where}.{kind}")
+        except YamlChainError:
+            raise
+        except ChainDefinitionError as exc:
+            raise self.fail(f"{where}.{kind}", str(exc)) from exc
+
+    def fields(
+        self, spec: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...]
+    ) -> dict[str, Any]:
+        """The keys of a node's mapping, checked: every required key there, no unknown key."""
+        if not isinstance(spec, dict):
+            raise self.fail(where, f"expected a mapping with {', '.join(required)}, got {spec!r}.")
+        known = (*required, *optional)
+        for key in spec:  # a misspelt key first: "missing 'user_prompt'" would hide the typo
+            if key not in known:
+                close = difflib.get_close_matches(str(key), list(known), n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise self.fail(where, f"unknown key {key!r}; known: {', '.join(known)}.{hint}")
+        missing = [k for k in required if k not in spec]
+        if missing:
+            raise self.fail(where, f"missing {', '.join(map(repr, missing))}.")
+        return dict(spec)
+
+
+def _step(r: _Reader, spec: Any, where: str) -> Node:
+    keys = (
+        "name",
+        "sampling",
+        "system_prompt",
+        "output_format_instruction",
+        "max_reasks",
+        "write",
+        "samples",
+    )
+    f = r.fields(
+        spec,
+        where,
+        ("id", "input_model", "output_model", "user_prompt"),
+        ("engine", "engine_name", "on_failure", *keys),
+    )
+    engine = f.pop("engine", None) or f.pop("engine_name", None)
+    if engine is None:
+        raise r.fail(
+            where, "missing 'engine' (the name of a registered engine, or one in this file's 'engines:')."
+        )
+    sampling = f.pop("sampling", None)
+    if sampling is not None:
+        try:
+            f["sampling"] = SamplingParams(**sampling)
+        except (TypeError, ValidationError) as exc:
+            raise r.fail(f"{where}.sampling", f"{exc}") from exc
+    return Step(
+        id=f.pop("id"),
+        input_model=r.model(f.pop("input_model"), f"{where}.input_model"),
+        output_model=r.model(f.pop("output_model"), f"{where}.output_model"),
+        engine_name=engine,
+        **f,
+    )
+
+
+def _apply(r: _Reader, spec: Any, where: str) -> Node:
+    if isinstance(spec, str):
+        spec = {"fn": spec}
+    f = r.fields(spec, where, ("fn",), ("id", "name", "input_model", "output_model", "write"))
+    for key in ("input_model", "output_model"):
+        if key in f:
+            f[key] = r.model(f[key], f"{where}.{key}")
+    return Apply(r.function(f.pop("fn"), f"{where}.fn"), **f)
+
+
+def _branch(r: _Reader, spec: Any, where: str) -> Branch:
+    f = r.fields(spec, where, ("name", "steps"), ("join",))
+    branch = Branch(f["name"], r.nodes(f["steps"], f"{where}.steps"))
+    return branch.join(f["join"]) if f.get("join") else branch
+
+
+def _parallel(r: _Reader, spec: Any, where: str) -> Node:
+    if not isinstance(spec, list) or not spec:
+        raise r.fail(where, "expected a list of '- branch: {name, steps, join}' entries.")
+    branches = []
+    for k, item in enumerate(spec):
+        if not (isinstance(item, dict) and set(item) == {"branch"}):
+            raise r.fail(f"{where}[{k}]", f"expected '- branch: {{name, steps, join}}', got {item!r}.")
+        branches.append(_branch(r, item["branch"], f"{where}[{k}].branch"))
+    return Parallel(branches, where=where)
+
+
+def _router(r: _Reader, spec: Any, where: str) -> Node:
+    f = r.fields(spec, where, ("id", "routes"), ("by", "default", "on_no_match", "fan_out", "name"))
+    routes_spec = f.pop("routes")
+    if not isinstance(routes_spec, dict) or not routes_spec:
+        raise r.fail(f"{where}.routes", "expected a mapping of route name (or model import path) to nodes.")
+    routes: dict[Any, Any] = {}
+    for key, nodes in routes_spec.items():
+        route_key: Any = r.model(key, f"{where}.routes") if ":" in str(key) else key
+        routes[route_key] = r.nodes(nodes, f"{where}.routes.{key}")
+    by = f.pop("by", None)
+    if isinstance(by, str) and (":" in by or "." in by):
+        by = r.function(by, f"{where}.by")  # an import path: a function; else the name of a field
+    default = f.pop("default", None)
+    if isinstance(default, str) and ":" in default:
+        default = r.model(default, f"{where}.default")
+    return Router(f.pop("id"), routes, by=by, default=default, **f)
+
+
+def _take(r: _Reader, spec: Any, where: str) -> Node:
+    if isinstance(spec, int):
+        spec = {"n": spec}
+    f = r.fields(spec, where, ("n",), ("id",))
+    return Take(f["n"], id=f.get("id"))
+
+
+def _shuffle(r: _Reader, spec: Any, where: str) -> Node:
+    f = r.fields(spec or {}, where, (), ("seed", "buffer", "id"))
+    return Shuffle(**f)
+
+
+KINDS: dict[str, Callable[[_Reader, Any, str], Node]] = {
+    "step": _step,
+    "apply": _apply,
+    "branch": lambda r, spec, where: Parallel([_branch(r, spec, where)], where=where),
+    "parallel": _parallel,
+    "router": _router,
+    "take": _take,
+    "shuffle": _shuffle,
+}
+"""YAML node kind → ``build(reader, spec, where) -> Node``."""
+
+
+def read_chain_yaml(path: str | Path) -> tuple[str, list[Node | list[Branch]], dict[str, Any]]:
+    """Read a YAML chain file: its name, its nodes and the other chain options (``batch_size``,
+    ``emoji``). Engines it defines are registered. Raises :class:`YamlChainError`."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise YamlChainError(f"{path}: no such chain file.") from None
+    except yaml.YAMLError as exc:
+        raise YamlChainError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or "steps" not in data:
+        raise YamlChainError(
+            f"{path}: expected a mapping with 'steps:' (and optionally {', '.join(CHAIN_KEYS)})."
+        )
+    unknown = [k for k in data if k not in CHAIN_KEYS]
+    if unknown:
+        raise YamlChainError(f"{path}: unknown top-level key {unknown[0]!r}; known: {', '.join(CHAIN_KEYS)}.")
+    imports = data.get("imports") or []
+    if isinstance(imports, str):
+        imports = [imports]
+    if not isinstance(imports, list) or not all(isinstance(m, str) for m in imports):
+        raise YamlChainError(f"{path}: 'imports' must be a list of module names, got {imports!r}.")
+    if data.get("engines"):
+        engines_from({"engines": data["engines"]}, str(path))
+    reader = _Reader(path, imports)
+    nodes = reader.nodes(data["steps"], "steps")
+    options = {k: data[k] for k in ("batch_size", "emoji") if k in data}
+    return str(data.get("name") or path.stem), nodes, options
+
+
+@contextmanager
+def _on_sys_path(folder: Path) -> Iterator[None]:
+    entry = str(folder.resolve())
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if added and entry in sys.path:
+            sys.path.remove(entry)
+
+
+def _import_file(path: Path) -> ModuleType:
+    resolved = path.resolve()
+    name = f"_chainette_yaml_{resolved.stem}_{abs(hash(str(resolved))):x}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{resolved} is not an importable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # pydantic resolves forward references through sys.modules
+    try:
+        with _on_sys_path(resolved.parent):
+            spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module

@@ -1,0 +1,212 @@
+"""Chains written in YAML: the same chain as in Python (same outputs), run by the CLI; every
+mistake in the file names the file, the place in it and what to write."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.helpers import read_jsonl
+from typer.testing import CliRunner
+
+from chainette import Chain
+from chainette.cli import app
+from chainette.graph.yaml_chain import YamlChainError
+
+MODELS = """
+from typing import Literal
+from pydantic import BaseModel
+
+
+class Question(BaseModel):
+    text: str
+
+
+class Answer(BaseModel):
+    answer: str
+
+
+class Label(BaseModel):
+    kind: Literal["short", "long"]
+    text: str
+
+
+def label(q: Question) -> Label:
+    return Label(kind="short" if len(q.text) < 12 else "long", text=q.text)
+
+
+def shout(label: Label) -> Label:
+    return Label(kind=label.kind, text=label.text.upper())
+
+
+def whisper(label: Label) -> Label:
+    return Label(kind=label.kind, text=label.text.lower())
+"""
+
+CHAIN_YAML = """
+name: yaml demo
+batch_size: 4
+imports: [yaml_models]
+engines:
+  - {name: yaml_fake, backend: fake}
+steps:
+  - apply: {fn: label}
+  - router:
+      id: loud
+      by: kind
+      routes:
+        short: [{apply: shout}]
+        long: {apply: {fn: whisper}}
+  - step:
+      id: qa
+      input_model: Question
+      output_model: yaml_models:Answer
+      engine: yaml_fake
+      sampling: {temperature: 0, max_tokens: 32}
+      user_prompt: "Q: {{ input.text }} ({{ loud.text }})"
+  - parallel:
+      - branch:
+          name: again
+          join: again_out
+          steps:
+            - step: {id: qa2, input_model: Answer, output_model: Answer, engine: yaml_fake, user_prompt: "{{ answer }}"}
+  - take: 3
+"""
+
+INPUTS = ["hi", "a longer question", "why?", "what is the time now"]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Path]:
+    (tmp_path / "yaml_models.py").write_text(MODELS)
+    (tmp_path / "chain.yaml").write_text(CHAIN_YAML)
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in INPUTS))
+    yield tmp_path
+    sys.modules.pop("yaml_models", None)
+
+
+def test_yaml_chain_runs_like_the_python_chain(project: Path) -> None:
+    chain = Chain.from_yaml(project / "chain.yaml")
+    assert isinstance(chain, Chain) and chain.name == "yaml demo" and chain.batch_size == 4
+    assert [n.kind for n in chain.items] == ["apply", "router", "step", "parallel", "take"]
+    result = chain.run(project / "in.jsonl", project / "run")
+    rows = read_jsonl(result.path / "flattened")
+    assert [r["loud.text"] for r in rows] == ["HI", "a longer question", "WHY?"]
+    assert all("qa.answer" in r and "again_out.answer" in r for r in rows)
+
+    import yaml_models as m
+
+    from chainette import Branch, Router, SamplingParams, Step, apply
+
+    python_chain = Chain(
+        "yaml demo",
+        [
+            apply(m.label),
+            Router("loud", {"short": [apply(m.shout)], "long": apply(m.whisper)}, by="kind"),
+            Step(
+                id="qa",
+                input_model=m.Question,
+                output_model=m.Answer,
+                engine_name="yaml_fake",
+                sampling=SamplingParams(temperature=0, max_tokens=32),
+                user_prompt="Q: {{ input.text }} ({{ loud.text }})",
+            ),
+            [
+                Branch(
+                    "again",
+                    [
+                        Step(
+                            id="qa2",
+                            input_model=m.Answer,
+                            output_model=m.Answer,
+                            engine_name="yaml_fake",
+                            user_prompt="{{ answer }}",
+                        )
+                    ],
+                ).join("again_out")
+            ],
+        ],
+        batch_size=4,
+    )
+    same = python_chain.run(project / "in.jsonl", project / "py")
+    assert read_jsonl(same.path / "flattened")[:3] == rows
+
+
+def test_cli_runs_and_inspects_a_yaml_chain(project: Path) -> None:
+    runner = CliRunner()
+    out = project / "cli-run"
+    result = runner.invoke(
+        app, ["run", str(project / "chain.yaml"), "-i", str(project / "in.jsonl"), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(read_jsonl(out / "flattened")) == 3
+    shown = runner.invoke(app, ["inspect", str(project / "chain.yaml")])
+    assert shown.exit_code == 0, shown.output
+    assert "qa" in shown.output and "loud" in shown.output
+
+
+def write(project: Path, text: str) -> Path:
+    path = project / "bad.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("steps:\n  - stepp: {}\n", r"steps\[0\]: unknown node kind 'stepp'.*Did you mean 'step'"),
+        (
+            "imports: [yaml_models]\nsteps:\n  - step: {id: qa, input_model: Question, output_model: Answer, user_prompt: x}\n",
+            r"steps\[0\]\.step: missing 'engine'",
+        ),
+        (
+            "imports: [yaml_models]\nsteps:\n  - step: {id: qa, input_model: Question, output_model: Answer, engine: e, user_promt: x}\n",
+            r"steps\[0\]\.step: unknown key 'user_promt'.*Did you mean 'user_prompt'",
+        ),
+        (
+            "imports: [yaml_models]\nsteps:\n  - apply: {fn: label, idd: x}\n",
+            r"steps\[0\]\.apply: unknown key 'idd'.*Did you mean 'id'",
+        ),
+        ("steps:\n  - apply: label\n", r"bare name.*no 'imports:'"),
+        (
+            "imports: [yaml_models]\nsteps:\n  - apply: lable\n",
+            r"steps\[0\]\.apply\.fn: 'lable' is not defined in yaml_models\. Did you mean 'label'",
+        ),
+        ("imports: [no_such_module]\nsteps:\n  - apply: label\n", r"importing 'no_such_module' failed"),
+        (
+            "imports: [yaml_models]\nsteps:\n  - step: {id: qa, input_model: label, output_model: Answer, engine: e, user_prompt: x}\n",
+            r"steps\[0\]\.step\.input_model: 'label' is .*not a pydantic model class",
+        ),
+        ("steps: [\n", r"not valid YAML"),
+        ("name: x\n", r"expected a mapping with 'steps:'"),
+        ("imports: [yaml_models]\nstepz: []\nsteps: [{apply: label}]\n", r"unknown top-level key 'stepz'"),
+        (
+            "imports: [yaml_models]\nsteps:\n  - take: 0\n",
+            r"steps\[0\]\.take: take: n must be an integer >= 1",
+        ),
+    ],
+)
+def test_mistakes_name_the_file_and_the_place(project: Path, text: str, expected: str) -> None:
+    path = write(project, text)
+    with pytest.raises(YamlChainError, match=expected) as info:
+        Chain.from_yaml(path)
+    assert str(path) in str(info.value)
+
+
+def test_the_quickstart_yaml_describes_the_quickstart_chain() -> None:
+    root = Path(__file__).resolve().parents[2]
+    from_yaml = Chain.from_yaml(root / "examples" / "quickstart.yaml")
+    sys.path.insert(0, str(root / "examples"))
+    try:
+        import quickstart
+    finally:
+        sys.path.remove(str(root / "examples"))
+    assert from_yaml.check().ok
+    ours, theirs = from_yaml.describe(), quickstart.chain.describe()
+    strip = [{k: v for k, v in n.items() if k not in ("function",)} for n in ours["nodes"]]
+    assert strip == [{k: v for k, v in n.items() if k not in ("function",)} for n in theirs["nodes"]]
+    assert ours["edges"] == theirs["edges"]
