@@ -181,3 +181,69 @@ def test_brief_summary_only_mentions_failures() -> None:
     print_run_summary(console, meta, Path("runs/x"), brief=True)
 
     assert buffer.getvalue() == ""
+
+
+def nested_chain() -> Chain:
+    from chainette import Branch, Router
+
+    register_engine("fake", backend="fake")
+
+    def shout(a: Answer) -> Answer:
+        return Answer(answer=a.answer.upper())
+
+    def hush(a: Answer) -> Answer:
+        return Answer(answer=a.answer.lower())
+
+    qa = Step(
+        id="qa", input_model=Question, output_model=Answer, engine_name="fake", user_prompt="{{ text }}"
+    )
+    router = Router("tone", {"loud": apply(shout), "quiet": apply(hush)}, by=lambda a: "loud")
+    side = Branch("side", [apply(keep, id="kept")]).join("side_out")
+    return Chain("nested", [qa, router, [side]])
+
+
+def test_display_rows_follow_the_chain_structure(tmp_path: Path) -> None:
+    from chainette.cli.progress import structure
+
+    rows = structure(nested_chain())
+    assert rows == [
+        ("qa", 0, "qa"),
+        ("tone", 0, "router tone"),
+        (None, 1, "route loud"),
+        ("shout", 2, "shout"),
+        (None, 1, "route quiet"),
+        ("hush", 2, "hush"),
+        (None, 0, "branch side"),
+        ("kept", 1, "kept"),
+    ]
+    console, buffer = file_console()
+    chain = nested_chain()
+    chain.run(
+        [Question(text=f"q{k}") for k in range(3)],
+        tmp_path / "run",
+        on_event=ProgressDisplay(chain, total=3, console=console),
+    )
+    lines = [line for line in buffer.getvalue().splitlines() if line.strip()]
+    by_label = {
+        line.split()[0]
+        + (" " + line.split()[1] if line.split()[0] in ("router", "route", "branch") else ""): line
+        for line in lines
+    }
+    assert "3/3" in by_label["qa"] and "3/3" in by_label["router tone"]
+    assert (
+        lines.index(by_label["route loud"])
+        < lines.index(by_label["shout"])
+        < lines.index(by_label["route quiet"])
+    )
+    assert by_label["shout"].startswith("    shout")  # nested two levels: indented
+    assert "3" in by_label["shout"] and "/3" not in by_label["shout"]  # a share of the records: count alone
+    assert "━" not in by_label["route loud"]  # a heading has no bar
+
+
+def test_detail_from_events_is_shown() -> None:
+    console, buffer = file_console()
+    display = ProgressDisplay(nested_chain(), total=2, console=console, summary=False)
+    display("run_started", {"chain": "nested", "run_id": "x", "output_dir": "o", "nodes": []})
+    display("node_progress", {"node": "tone", "done": 2, "failed": 0, "detail": "pass 3 of 5"})
+    display("run_finished", {"status": "completed", "output_dir": "o", "counts": {}})
+    assert "pass 3 of 5" in buffer.getvalue()

@@ -23,7 +23,7 @@ from rich.text import Text
 if TYPE_CHECKING:
     from ..graph.chain import ChainGraph
 
-__all__ = ["JsonEventLog", "ProgressDisplay", "print_run_summary"]
+__all__ = ["JsonEventLog", "ProgressDisplay", "print_run_summary", "structure"]
 
 _SHOWN_FAILURES = 3
 """How many record failures are printed in full before only the counts go on."""
@@ -33,6 +33,8 @@ class _CountColumn(ProgressColumn):
     """``done/total``, or ``done`` while the total is unknown or was outgrown (fan-out)."""
 
     def render(self, task: Task) -> Text:
+        if task.fields.get("heading"):
+            return Text("")
         done = int(task.completed)
         open_ended = task.total is None or task.fields.get("grown", False)
         text = f"{done:,}" if open_ended else f"{done:,}/{int(task.total or 0):,}"
@@ -51,6 +53,47 @@ class _CachedColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         cached = task.fields.get("cached", 0)
         return Text(f"{cached:,} cached", style="dim cyan") if cached else Text("")
+
+
+class _DetailColumn(ProgressColumn):
+    """What a container reports beside its count (a loop's pass, a map's children)."""
+
+    def render(self, task: Task) -> Text:
+        return Text(str(task.fields.get("detail") or ""), style="magenta")
+
+
+class _Bar(BarColumn):
+    """A bar for the nodes of the main line only: a heading (a branch or route) has no count of
+    its own, and a node inside a container sees a share of the records (a route) or more (a
+    loop's passes), so its count stands alone."""
+
+    def render(self, task: Task) -> Any:
+        return Text("") if task.fields.get("heading") or task.fields.get("nested") else super().render(task)
+
+
+class _Elapsed(TimeElapsedColumn):
+    def render(self, task: Task) -> Text:
+        return Text("") if task.fields.get("heading") else super().render(task)
+
+
+def structure(chain: ChainGraph) -> list[tuple[str | None, int, str]]:
+    """The rows of the display: ``(node id or None for a heading, depth, label)`` in definition
+    order, nested under branches, routes, routers, loops and maps. A node with its own stats
+    (:attr:`Node.has_stats`) gets a bar; a branch or route is a heading over its nodes; groups
+    that only hold others (a parallel group, ``a | b``) add no row."""
+    rows: list[tuple[str | None, int, str]] = []
+
+    def visit(nodes: Any, depth: int) -> None:
+        for node in nodes:
+            children = node.children()
+            shown = not children or node.has_stats or node.placement() is not None
+            if shown:
+                label = node.id if not children else f"{node.kind} {node.name}"
+                rows.append((node.id if node.has_stats else None, depth, label))
+            visit(children, depth + 1 if shown else depth)
+
+    visit(chain.items, 0)
+    return rows
 
 
 class ProgressDisplay:
@@ -78,13 +121,15 @@ class ProgressDisplay:
         self.console = console or Console(stderr=True)
         self.total = total
         self.summary = summary
-        self.node_ids = [n.id for n in chain.iter_nodes()] if chain is not None else []
+        self.rows = structure(chain) if chain is not None else []
+        self.node_ids = [key for key, _, _ in self.rows if key is not None]
         self.failures_shown = 0
         self.engine_errors: list[str] = []
         """Why engines stopped (``engine_failed``): shown once, not again with each record."""
         self._progress: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
-        self._width = max((len(n) for n in self.node_ids), default=0)
+        self._width = max((2 * depth + len(label) for _, depth, label in self.rows), default=0)
+        self._depth: dict[str, int] = {key: depth for key, depth, _ in self.rows if key is not None}
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "run_started": self._on_run_started,
             "node_progress": self._on_node_progress,
@@ -110,21 +155,27 @@ class ProgressDisplay:
             return
         self._progress = Progress(
             TextColumn("{task.description}"),
-            BarColumn(bar_width=30),
+            _Bar(bar_width=30),
             _CountColumn(),
+            _DetailColumn(),
             _FailedColumn(),
             _CachedColumn(),
-            TimeElapsedColumn(),
+            _Elapsed(),
             console=self.console,
             redirect_stdout=False,  # the chain's own prints stay on stdout
             refresh_per_second=8,
         )
         self._tasks = {}
-        if node_ids:
-            self.node_ids = list(node_ids)
-            self._width = max(len(n) for n in self.node_ids)
-        for node_id in self.node_ids:
-            self._task(node_id)
+        if node_ids and not self.rows:  # no chain given: one flat row per node the run names
+            self.rows = [(n, 0, n) for n in node_ids]
+            self._width = max(len(n) for n in node_ids)
+            self._depth = dict.fromkeys(node_ids, 0)
+        for key, depth, label in self.rows:
+            if key is None:
+                text = f"[dim]{escape(('  ' * depth + label).ljust(self._width))}[/]"
+                self._progress.add_task(text, total=None, heading=True)
+            else:
+                self._task(key, label, depth)
         self._progress.start()
 
     def stop(self) -> None:
@@ -133,12 +184,18 @@ class ProgressDisplay:
         if progress is not None:
             progress.stop()
 
-    def _task(self, node_id: str) -> TaskID:
+    def _task(self, node_id: str, label: str | None = None, depth: int | None = None) -> TaskID:
         task = self._tasks.get(node_id)
         if task is None:
             assert self._progress is not None
-            label = f"[bold]{escape(node_id.ljust(self._width))}[/]"
-            task = self._tasks[node_id] = self._progress.add_task(label, total=self.total, failed=0, cached=0)
+            depth = self._depth.get(node_id, 0) if depth is None else depth
+            text = f"[bold]{escape(('  ' * depth + (label or node_id)).ljust(self._width))}[/]"
+            # inside a container a node sees a share of the records (a route) or more (a loop):
+            # its count stands alone, without the input total
+            total = self.total if depth == 0 else None
+            task = self._tasks[node_id] = self._progress.add_task(
+                text, total=total, failed=0, cached=0, nested=depth > 0
+            )
         return task
 
     def _on_run_started(self, data: dict[str, Any]) -> None:
@@ -165,7 +222,11 @@ class ProgressDisplay:
             )
         else:
             self._progress.update(
-                task, completed=done, failed=data.get("failed", 0), cached=data.get("cached", 0)
+                task,
+                completed=done,
+                failed=data.get("failed", 0),
+                cached=data.get("cached", 0),
+                detail=data.get("detail"),
             )
 
     def _on_engine_started(self, data: dict[str, Any]) -> None:

@@ -95,6 +95,12 @@ class Node:
         """The nodes this one contains (none for a leaf)."""
         return ()
 
+    @property
+    def has_stats(self) -> bool:
+        """Counts its own records (``metadata.json`` ``nodes``, a progress bar): every leaf, and
+        containers that decide per record (a router, a loop, a map)."""
+        return not self.children()
+
     def defines(self) -> list[str]:
         """The names this node adds to a record's history (what templates read); unique per chain."""
         return [] if self.children() else [self.id]

@@ -138,6 +138,10 @@ class Router(Node):
     def children(self) -> Sequence[Node]:
         return self.routes
 
+    @property
+    def has_stats(self) -> bool:
+        return True
+
     def defines(self) -> list[str]:
         return [self.id]
 
