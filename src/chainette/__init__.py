@@ -34,6 +34,7 @@ from .engines.registry import (
     unregister_engine,
 )
 from .graph.checks import CheckReport
+from .graph.map import Collected, Map
 from .graph.nodes import Apply, Branch, Step, apply
 from .graph.router import Router
 from .graph.stream_ops import shuffle, take
@@ -54,6 +55,7 @@ __all__ = [
     "ChainetteError",
     "ChatRequest",
     "CheckReport",
+    "Collected",
     "Completion",
     "Engine",
     "EngineConfig",
@@ -65,6 +67,7 @@ __all__ = [
     "InvalidInputError",
     "Ledger",
     "LedgerError",
+    "Map",
     "MissingDependencyError",
     "OutputValidationError",
     "RecordError",

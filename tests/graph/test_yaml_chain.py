@@ -210,3 +210,38 @@ def test_the_quickstart_yaml_describes_the_quickstart_chain() -> None:
     strip = [{k: v for k, v in n.items() if k not in ("function",)} for n in ours["nodes"]]
     assert strip == [{k: v for k, v in n.items() if k not in ("function",)} for n in theirs["nodes"]]
     assert ours["edges"] == theirs["edges"]
+
+
+MAP_MODELS = """
+from pydantic import BaseModel
+
+
+class Chapter(BaseModel):
+    title: str
+    paragraphs: list[str]
+
+
+class Para(BaseModel):
+    text: str
+
+
+def upper(p: Para) -> Para:
+    return Para(text=p.text.upper())
+"""
+
+
+def test_a_map_in_yaml_collects_its_items(tmp_path: Path) -> None:
+    (tmp_path / "map_models.py").write_text(MAP_MODELS)
+    (tmp_path / "map.yaml").write_text(
+        "imports: [map_models]\n"
+        "steps:\n"
+        "  - map: {id: parts, over: paragraphs, input_model: Chapter, body: [{apply: upper}], join_k: 2}\n"
+    )
+    try:
+        chain = Chain.from_yaml(tmp_path / "map.yaml")
+        result = chain.run([{"title": "t", "paragraphs": ["a", "b", "c"]}], tmp_path / "run")
+    finally:
+        sys.modules.pop("map_models", None)
+    (row,) = read_jsonl(result.path / "flattened")
+    assert row["parts.items"] == [{"text": "A"}, {"text": "B"}]
+    assert row["parts.skipped"] == 1

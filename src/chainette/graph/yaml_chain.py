@@ -19,6 +19,7 @@
           - branch: {name: fr, join: fr, steps: [{step: {...}}]}
       - apply: {fn: tidy}             # a function, by name or import path
       - router: {id: triage, by: kind, routes: {a: [...], b: [...]}, default: b}
+      - map: {id: parts, over: paragraphs, body: [...], join_k: 3}
       - take: 100
       - shuffle: {seed: 1, buffer: 1000}
 
@@ -45,6 +46,7 @@ from pydantic import BaseModel, ValidationError
 from .._errors import ChainDefinitionError, ChainetteError
 from ..engines.base import SamplingParams
 from ..engines.registry import engines_from
+from .map import Map
 from .nodes import Apply, Branch, Node, Parallel, Step
 from .router import Router
 from .stream_ops import Shuffle, Take
@@ -258,6 +260,17 @@ def _router(r: _Reader, spec: Any, where: str) -> Node:
     return Router(f.pop("id"), routes, by=by, default=default, **f)
 
 
+def _map(r: _Reader, spec: Any, where: str) -> Node:
+    keys = ("item_field", "join_k", "on_child_failure", "child_batch", "concurrency", "input_model", "name")
+    f = r.fields(spec, where, ("id", "over", "body"), keys)
+    over = f.pop("over")
+    if isinstance(over, str) and (":" in over or "." in over):
+        over = r.function(over, f"{where}.over")  # an import path: a function; else a list field
+    if "input_model" in f:
+        f["input_model"] = r.model(f["input_model"], f"{where}.input_model")
+    return Map(f.pop("id"), r.nodes(f.pop("body"), f"{where}.body"), over=over, **f)
+
+
 def _take(r: _Reader, spec: Any, where: str) -> Node:
     if isinstance(spec, int):
         spec = {"n": spec}
@@ -276,6 +289,7 @@ KINDS: dict[str, Callable[[_Reader, Any, str], Node]] = {
     "branch": lambda r, spec, where: Parallel([_branch(r, spec, where)], where=where),
     "parallel": _parallel,
     "router": _router,
+    "map": _map,
     "take": _take,
     "shuffle": _shuffle,
 }

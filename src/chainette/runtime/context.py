@@ -70,6 +70,9 @@ class RunContext:
     """Inside a branch group: ids already written to failures by any branch of the group."""
     outer_failed: tuple[set[str], ...] = ()
     """Inside nested groups: the ``failed_origins`` of the enclosing branches (told too)."""
+    child_failures: dict[str, tuple[str, str]] | None = None
+    """Inside a map's body: failed record id → (node, message), so the map knows which children
+    failed; their rows in failures.jsonl carry ``_parent`` (the id of the record they came from)."""
     _limiters: dict[str, anyio.CapacityLimiter] = field(default_factory=dict)
     _identities: dict[str, dict[str, Any]] = field(default_factory=dict)
     threaded: set[str] = field(default_factory=set)
@@ -95,6 +98,12 @@ class RunContext:
             self.outer_failed if self.failed_origins is None else (*self.outer_failed, self.failed_origins)
         )
         return replace(self, failed_origins=set(), group_failed=group_failed, outer_failed=outer)
+
+    def for_map_body(self) -> RunContext:
+        """A view for a map's children: same writer, broker and counters; failures are collected
+        in :attr:`child_failures`. The body is a world of its own: enclosing branch groups see
+        only what the map does with the parent record."""
+        return replace(self, failed_origins=None, group_failed=None, outer_failed=(), child_failures={})
 
     def identity(self, engine_name: str) -> dict[str, Any]:
         """What identifies the answers of engine ``engine_name`` in ledger keys (no engine started)."""
@@ -123,6 +132,8 @@ class RunContext:
         stats = self.node(error.node_id)
         stats.failed += 1
         stats.done += 1
+        if self.child_failures is not None and not emitted:
+            self.child_failures.setdefault(record.id, (error.node_id, error.message))
         if self.failed_origins is not None and record.origin is not None and not emitted:
             self.failed_origins.add(record.origin)
             for outer in self.outer_failed:
@@ -134,6 +145,7 @@ class RunContext:
         row = {
             "_id": record.id,
             "_index": record.index,
+            **self._parent_of(record),
             "node": error.node_id,
             "error_type": error.kind,
             "message": error.message,
@@ -147,6 +159,10 @@ class RunContext:
             row["emitted"] = True
         self.writer.add_failure(row)
         self.on_event("record_failed", {"node": error.node_id, "record": record.id, "message": error.message})
+
+    def _parent_of(self, record: Record) -> dict[str, str]:
+        """``{"_parent": id}`` for a map's child (``<parent id>/<k>``, or a fan-out of it), else nothing."""
+        return {} if self.child_failures is None else {"_parent": record.id.rsplit("/", 1)[0]}
 
     def progress(self, node_id: str) -> None:
         stats = self.node(node_id)

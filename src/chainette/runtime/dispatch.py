@@ -22,11 +22,13 @@ from typing import Any
 import anyio
 
 from .._errors import RecordError
+from ..graph.map import Map
 from ..graph.nodes import Apply, Branch, Node, Parallel, Seq, Step
 from ..graph.router import Router
 from ..graph.stream_ops import Shuffle, Take
 from .apply_runner import run_apply
 from .context import RunContext
+from .map_runner import run_map
 from .records import Record
 from .router_runner import run_router
 from .step_runner import iter_step, run_step
@@ -184,3 +186,4 @@ register_runner(Parallel, run_parallel)
 register_runner(Router, run_router)
 register_runner(Take, run_take)
 register_runner(Shuffle, run_shuffle, flush=flush_shuffle)
+register_runner(Map, run_map)
