@@ -536,3 +536,31 @@ def test_a_huge_list_and_many_records_run_in_bounded_memory(run_dir: Path) -> No
     assert len(rows) == 2_001 and result.counts["failures"] == 0
     assert [i["words"] for i in rows[0]["items"]] == [k % 7 for k in range(10_000)]
     assert [len(r["items"]) for r in rows[1:]] == [i % 4 for i in range(2_000)]
+
+
+def test_progress_events_count_the_items_collected(tmp_path: Path) -> None:
+    events: list[dict[str, Any]] = []
+
+    def listen(kind: str, data: dict[str, Any]) -> None:
+        if kind == "node_progress" and data["node"] == "m" and "detail" in data:
+            events.append(data)
+
+    from chainette import Map
+
+    chain = Chain("c", [Map("m", apply(_upper_para), over="paragraphs", input_model=_Doc)])
+    chain.run(
+        [_Doc(paragraphs=["a", "b"]), _Doc(paragraphs=["c", "d", "e"])], tmp_path / "run", on_event=listen
+    )
+    assert events[-1]["detail"] == "5 items" and events[-1]["done"] == 2
+
+
+class _Doc(BaseModel):
+    paragraphs: list[str]
+
+
+class _Para(BaseModel):
+    text: str
+
+
+def _upper_para(p: _Para) -> _Para:
+    return _Para(text=p.text.upper())

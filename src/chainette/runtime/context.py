@@ -164,14 +164,16 @@ class RunContext:
         """``{"_parent": id}`` for a map's child (``<parent id>/<k>``, or a fan-out of it), else nothing."""
         return {} if self.child_failures is None else {"_parent": record.id.rsplit("/", 1)[0]}
 
-    def progress(self, node_id: str) -> None:
+    def progress(self, node_id: str, detail: str | None = None) -> None:
+        """Tell listeners how far ``node_id`` is; ``detail`` is shown beside its count (a loop's
+        pass, a map's items)."""
         stats = self.node(node_id)
-        self.on_event(
-            "node_progress",
-            {
-                "node": node_id,
-                "done": stats.done,
-                "failed": stats.failed,
-                "cached": stats.cache_hits + stats.deduped,
-            },
-        )
+        data: dict[str, Any] = {
+            "node": node_id,
+            "done": stats.done,
+            "failed": stats.failed,
+            "cached": stats.cache_hits + stats.deduped,
+        }
+        if detail is not None:
+            data["detail"] = detail
+        self.on_event("node_progress", data)

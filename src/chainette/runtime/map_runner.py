@@ -201,7 +201,9 @@ class _MapRun:
         stats = self.ctx.node(node.id)
         stats.records_out += 1
         stats.done += 1
-        self.ctx.progress(node.id)
+        key = f"map:{node.id}:items"
+        self.ctx.state[key] = self.ctx.state.get(key, 0) + len(parent.items)
+        self.ctx.progress(node.id, detail=f"{self.ctx.state[key]:,} items")
 
     def _fail(self, record: Record, problem: str) -> None:
         error = RecordError(f"Map {self.node.id!r}: {problem}", node_id=self.node.id, record_id=record.id)
