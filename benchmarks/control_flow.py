@@ -43,6 +43,13 @@ driver counts the input lines before its clock starts (it must know how many res
 The hand loop does Chainette's work by hand (same ids, models, functions and rows, which are
 compared with Chainette's) with no framework at all.
 
+Section ``map_collect`` (map / collect). Parents ``{"id", "items": [10 ints]}``; ``Map("m",
+apply(double), over="items")`` spawns one child per item, doubles it, and collects the ten
+results back under ``m``; the hand loop does the same per parent. No PenguiFlow side (the issue
+compares this construct with the hand loop); instead Chainette also runs on a tenth of the
+records, and its peak RSS at N must stay within 1.2x of that (memory flat in the number of
+parents).
+
 Printed: records/s per side, chainette/penguiflow (goal >= 1), chainette/loop, peak RSS per side,
 and a last line of JSON with every figure.
 
@@ -258,6 +265,83 @@ def routing_verify(work: Path, n: int, sides: dict[str, Result], sample_every: i
     return lines
 
 
+# -- section "map_collect": each parent's list spawned into children, one apply each, collected -----
+
+
+class Parent(BaseModel):
+    id: int
+    items: list[int]
+
+
+class Item(BaseModel):
+    value: int
+
+
+def double(item: Item) -> Item:
+    return Item(value=item.value * 2)
+
+
+CHILDREN = 10
+
+
+def map_input(path: Path, n: int) -> None:
+    with path.open("w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"id": i, "items": [i * CHILDREN + k for k in range(CHILDREN)]}) + "\n")
+
+
+def map_loop(src: Path, dest: Path) -> Result:
+    """Chainette's map by hand: same ids, child models, function and flattened rows."""
+    import orjson
+
+    index = children = 0
+    with src.open("rb") as fin, dest.open("wb") as fout:
+        for line in fin:
+            content = line.strip()
+            if not content:
+                continue
+            rid = hashlib.blake2b(b"%d:%s" % (index, content), digest_size=8).hexdigest()
+            parent = Parent.model_validate(orjson.loads(content))
+            items = [double(Item(value=v)).model_dump(mode="json") for v in parent.items]
+            children += len(items)
+            row = {
+                "_id": rid,
+                "_index": index,
+                "input.id": parent.id,
+                "input.items": parent.items,
+                "m.items": items,
+                "m.total": len(items),
+                "m.failed": [],
+                "m.filtered": 0,
+                "m.skipped": 0,
+                "m.errors": {},
+            }
+            fout.write(orjson.dumps(row) + b"\n")
+            index += 1
+    return {"records": index, "children": children}
+
+
+def map_chainette(src: Path, dest: Path, batch_size: int) -> Result:
+    from chainette import Chain, Map, apply
+
+    chain = Chain(
+        "control flow: map",
+        [Map("m", apply(double), over="items", input_model=Parent)],
+        batch_size=batch_size,
+    )
+    result = chain.run(src, output_dir=dest)
+    return {"records": int(result.counts["records_out"]), "failures": int(result.counts["failures"])}
+
+
+def map_verify(work: Path, n: int, sides: dict[str, Result], sample_every: int) -> list[str]:
+    rows, compared, differ = compare_rows(work / "chainette" / "flattened", work / "loop.jsonl", sample_every)
+    ok = rows == n and differ == 0
+    return [
+        f"{'CORRECT' if ok else 'INCORRECT'}: chainette: {rows:,} rows (expected {n:,}), {compared:,} compared "
+        f"with the loop's, {differ} differ"
+    ]
+
+
 # -- sections ----------------------------------------------------------------------------------------
 
 
@@ -269,10 +353,13 @@ class Section:
     make_input: Callable[[Path, int], None]
     loop: Callable[[Path, Path], Result]
     chainette: Callable[[Path, Path, int], Result]
-    penguiflow: Callable[[Path, Path], Result]
+    penguiflow: Callable[[Path, Path], Result] | None
     verify: Callable[[Path, int, dict[str, Result], int], list[str]]
     """``(workdir, n, {side: child result}, sample_every) -> verdict lines`` (CORRECT / INCORRECT);
     the sides wrote ``loop.jsonl``, ``chainette/`` (a run folder) and ``penguiflow.jsonl`` there."""
+    rss_scale: int | None = None
+    """Also run Chainette on ``n / rss_scale`` records and compare peak RSS (memory must not grow
+    with the number of records: goal <= RSS_GOAL)."""
 
 
 SECTIONS: dict[str, Section] = {
@@ -284,9 +371,17 @@ SECTIONS: dict[str, Section] = {
         penguiflow=routing_penguiflow,
         verify=routing_verify,
     ),
-    # "map_collect": the lead adds it here (fan each record out to items, work per item, collect
-    # back per parent; PenguiFlow side: map_concurrent inside a node), with its own functions above.
+    "map_collect": Section(
+        title=f"Map: each parent's list of {CHILDREN} items spawned into children, one apply each, collected",
+        make_input=map_input,
+        loop=map_loop,
+        chainette=map_chainette,
+        penguiflow=None,  # the issue compares map/collect with the hand loop and with itself at 1/10 the size
+        verify=map_verify,
+        rss_scale=10,
+    ),
 }
+RSS_GOAL = 1.2
 
 
 # -- children: one side of one section, in a fresh process ------------------------------------------
@@ -299,6 +394,7 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "penguiflow":
         import penguiflow  # noqa: F401 - imports stay outside the timed region, every side
 
+        assert section.penguiflow is not None
         run = partial(section.penguiflow, src, dest)
     elif args.child == "chainette":
         import chainette.runtime.executor  # noqa: F401
@@ -398,7 +494,7 @@ def run_section(name: str, args: argparse.Namespace, work: Path, peer: Path | No
     src = work / "in.jsonl"
     section.make_input(src, n)
     sides = {"loop": Path(sys.executable), "chainette": Path(sys.executable)}
-    if peer is not None:
+    if peer is not None and section.penguiflow is not None:
         sides["penguiflow"] = peer
     outputs = {
         "loop": work / "loop.jsonl",
@@ -413,7 +509,7 @@ def run_section(name: str, args: argparse.Namespace, work: Path, peer: Path | No
     checks = section.verify(work, n, medians, args.sample_every)
 
     chain, loop = medians["chainette"], medians["loop"]
-    peer_rps = medians["penguiflow"]["records_per_s"] if peer is not None else None
+    peer_rps = medians["penguiflow"]["records_per_s"] if "penguiflow" in medians else None
     table = [("side", "seconds", "records/s", "chainette/side", "peak RSS MiB")]
     for side, m in medians.items():
         ratio = "" if side == "chainette" else f"{chain['records_per_s'] / m['records_per_s']:.2f}"
@@ -432,6 +528,30 @@ def run_section(name: str, args: argparse.Namespace, work: Path, peer: Path | No
             f"{chain['records_per_s']:,.0f} / {peer_rps:,.0f} records/s = {vs_peer:.2f} (goal >= {GOAL})"
         )
     print("\n".join(checks))
+    rss_ratio = None
+    if section.rss_scale:
+        small_n = max(1, n // section.rss_scale)
+        small_src = work / "in-small.jsonl"
+        section.make_input(small_src, small_n)
+        small = median_run(
+            [
+                spawn(
+                    "chainette",
+                    name,
+                    small_src,
+                    work / "chainette-small",
+                    Path(sys.executable),
+                    args.batch_size,
+                )
+                for _ in range(args.repeat)
+            ]
+        )
+        rss_ratio = chain["peak_rss_mib"] / small["peak_rss_mib"]
+        print(
+            f"MEMORY GOAL {'MET' if rss_ratio <= RSS_GOAL else 'MISSED'}: chainette peak RSS at {n:,} records / "
+            f"at {small_n:,} = {chain['peak_rss_mib']:.1f} / {small['peak_rss_mib']:.1f} MiB = {rss_ratio:.2f} "
+            f"(goal <= {RSS_GOAL})"
+        )
     return {
         "records": n,
         "repeat": args.repeat,
@@ -441,6 +561,7 @@ def run_section(name: str, args: argparse.Namespace, work: Path, peer: Path | No
         "chainette_vs_loop": round(vs_loop, 4),
         "chainette_vs_penguiflow": None if vs_peer is None else round(vs_peer, 4),
         "correct": all(line.startswith("CORRECT") for line in checks),
+        "peak_rss_ratio_vs_tenth": None if rss_ratio is None else round(rss_ratio, 3),
     }
 
 
