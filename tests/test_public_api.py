@@ -3,6 +3,7 @@
 import chainette
 
 EXPECTED = [
+    "Agent",
     "Apply",
     "ApplyError",
     "Branch",
@@ -12,6 +13,7 @@ EXPECTED = [
     "ChatRequest",
     "CheckReport",
     "Completion",
+    "Dialogue",
     "Engine",
     "EngineConfig",
     "EngineConfigError",
@@ -33,6 +35,8 @@ EXPECTED = [
     "SamplingParams",
     "Step",
     "TemplateError",
+    "Transcript",
+    "Turn",
     "UnknownEngineError",
     "__version__",
     "apply",

@@ -34,6 +34,7 @@ from .engines.registry import (
     unregister_engine,
 )
 from .graph.checks import CheckReport
+from .graph.dialogue import Agent, Dialogue, Transcript, Turn
 from .graph.nodes import Apply, Branch, Step, apply
 from .graph.router import Router
 from .graph.view import RecordView
@@ -45,6 +46,7 @@ from .runtime.result import RunResult
 __version__ = "0.1.0"
 
 __all__ = [
+    "Agent",
     "Apply",
     "ApplyError",
     "Branch",
@@ -54,6 +56,7 @@ __all__ = [
     "ChatRequest",
     "CheckReport",
     "Completion",
+    "Dialogue",
     "Engine",
     "EngineConfig",
     "EngineConfigError",
@@ -75,6 +78,8 @@ __all__ = [
     "SamplingParams",
     "Step",
     "TemplateError",
+    "Transcript",
+    "Turn",
     "UnknownEngineError",
     "__version__",
     "apply",

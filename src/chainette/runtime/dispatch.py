@@ -22,10 +22,12 @@ from typing import Any
 import anyio
 
 from .._errors import RecordError
+from ..graph.dialogue import Dialogue
 from ..graph.nodes import Apply, Branch, Node, Parallel, Step
 from ..graph.router import Router
 from .apply_runner import run_apply
 from .context import RunContext
+from .dialogue_runner import run_dialogue
 from .records import Record
 from .router_runner import run_router
 from .step_runner import iter_step, run_step
@@ -169,3 +171,4 @@ async def run_branch(branch: Branch, chunk: list[Record], ctx: RunContext) -> li
 register_runner(Branch, run_branch)
 register_runner(Parallel, run_parallel)
 register_runner(Router, run_router)
+register_runner(Dialogue, run_dialogue)
