@@ -50,6 +50,10 @@ class Turn(BaseModel):
         text: What it said: the reply text for a free-text agent, the validated output as
             compact JSON for an agent with an output model (what the other agents read).
         output: The validated output (``model_dump``) of an agent with an output model.
+
+    Example:
+        >>> Turn(speaker="bob", text="Why is the sky blue?")
+        Turn(speaker='bob', text='Why is the sky blue?', output=None)
     """
 
     speaker: str
@@ -67,6 +71,12 @@ class Transcript(BaseModel):
         turns: The turns, in the order spoken.
         stop_reason: ``"turns"`` (the planned number was reached), ``"until"`` (the stop
             condition held) or ``"max_turns"`` (the cap was reached); None while it goes on.
+
+    Example:
+        >>> talk = Transcript(turns=[Turn(speaker="ann", text="Hi."), Turn(speaker="bob", text="Hello!")],
+        ...                   stop_reason="turns")
+        >>> [t.speaker for t in talk.turns], talk.stop_reason
+        (['ann', 'bob'], 'turns')
     """
 
     turns: list[Turn] = Field(default_factory=list)
