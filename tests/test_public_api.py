@@ -3,6 +3,7 @@
 import chainette
 
 EXPECTED = [
+    "Agent",
     "Apply",
     "ApplyError",
     "Branch",
@@ -13,6 +14,7 @@ EXPECTED = [
     "CheckReport",
     "Collected",
     "Completion",
+    "Dialogue",
     "Engine",
     "EngineConfig",
     "EngineConfigError",
@@ -35,6 +37,8 @@ EXPECTED = [
     "SamplingParams",
     "Step",
     "TemplateError",
+    "Transcript",
+    "Turn",
     "UnknownEngineError",
     "__version__",
     "apply",

@@ -34,6 +34,7 @@ from .engines.registry import (
     unregister_engine,
 )
 from .graph.checks import CheckReport
+from .graph.dialogue import Agent, Dialogue, Transcript, Turn
 from .graph.map import Collected, Map
 from .graph.nodes import Apply, Branch, Step, apply
 from .graph.router import Router
@@ -47,6 +48,7 @@ from .runtime.result import RunResult
 __version__ = "0.1.0"
 
 __all__ = [
+    "Agent",
     "Apply",
     "ApplyError",
     "Branch",
@@ -57,6 +59,7 @@ __all__ = [
     "CheckReport",
     "Collected",
     "Completion",
+    "Dialogue",
     "Engine",
     "EngineConfig",
     "EngineConfigError",
@@ -79,6 +82,8 @@ __all__ = [
     "SamplingParams",
     "Step",
     "TemplateError",
+    "Transcript",
+    "Turn",
     "UnknownEngineError",
     "__version__",
     "apply",

@@ -22,12 +22,14 @@ from typing import Any
 import anyio
 
 from .._errors import RecordError
+from ..graph.dialogue import Dialogue
 from ..graph.map import Map
 from ..graph.nodes import Apply, Branch, Node, Parallel, Seq, Step
 from ..graph.router import Router
 from ..graph.stream_ops import Shuffle, Take
 from .apply_runner import run_apply
 from .context import RunContext
+from .dialogue_runner import run_dialogue
 from .map_runner import run_map
 from .records import Record
 from .router_runner import run_router
@@ -187,3 +189,4 @@ register_runner(Router, run_router)
 register_runner(Take, run_take)
 register_runner(Shuffle, run_shuffle, flush=flush_shuffle)
 register_runner(Map, run_map)
+register_runner(Dialogue, run_dialogue)

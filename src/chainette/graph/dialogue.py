@@ -1,0 +1,392 @@
+"""``Dialogue``: several agents talk in turns about each record (BatchFactory's role-play:
+``Character`` + ``Repeat`` + chat history), and the transcript goes on as the dialogue's output.
+
+Agents speak in round-robin order. For agent A's turn the engine gets real chat messages: A's
+system prompt (with the schema instruction, when A has an output model), the opening as the
+first user message, then every earlier turn in order: A's own as ``assistant`` messages, the
+others' as ``user`` messages written ``"<speaker>: <text>"``. Consecutive user messages are
+merged into one (separated by a blank line), so roles always alternate: some chat templates
+(Mistral's, for one) refuse two user messages in a row, and one form for every engine keeps
+ledger keys the same whichever engine answers.
+
+Each agent's turns run as an internal :class:`~chainette.graph.nodes.Step` (id
+``<dialogue>.<agent>``, not written), so every turn is one ledger-keyed request with the step's
+dedup, re-asks and failure handling; those ids carry the agents' request, token and cache
+counters in ``metadata.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Literal
+
+import jinja2
+from pydantic import BaseModel, Field, create_model
+
+from .._errors import ChainDefinitionError, TemplateError, UnknownEngineError
+from ..engines.base import SamplingParams
+from ..engines.registry import unknown_engine_message
+from .nodes import Node, Step, _check_id, _wants_record
+from .templates import Template
+
+if TYPE_CHECKING:
+    from .checks import Checker, Scope
+
+__all__ = ["DEFAULT_MAX_TURNS", "Agent", "AgentStep", "Dialogue", "StopReason", "Transcript", "Turn"]
+
+DEFAULT_MAX_TURNS = 20
+"""The cap on a dialogue that stops by ``until`` and gives neither ``turns`` nor ``max_turns``."""
+
+StopReason = Literal["turns", "until", "max_turns"]
+
+
+class Turn(BaseModel):
+    """One agent speaking once.
+
+    Attributes:
+        speaker: The agent's name.
+        text: What it said: the reply text for a free-text agent, the validated output as
+            compact JSON for an agent with an output model (what the other agents read).
+        output: The validated output (``model_dump``) of an agent with an output model.
+
+    Example:
+        >>> Turn(speaker="bob", text="Why is the sky blue?")
+        Turn(speaker='bob', text='Why is the sky blue?', output=None)
+    """
+
+    speaker: str
+    text: str
+    output: dict[str, Any] | None = None
+
+
+class Transcript(BaseModel):
+    """A dialogue's output: its turns in order, and why it stopped.
+
+    Later templates read it as ``{{ dialogue_id.turns }}`` (e.g.
+    ``{% for t in talk.turns %}{{ t.speaker }}: {{ t.text }}{% endfor %}``).
+
+    Attributes:
+        turns: The turns, in the order spoken.
+        stop_reason: ``"turns"`` (the planned number was reached), ``"until"`` (the stop
+            condition held) or ``"max_turns"`` (the cap was reached); None while it goes on.
+
+    Example:
+        >>> talk = Transcript(turns=[Turn(speaker="ann", text="Hi."), Turn(speaker="bob", text="Hello!")],
+        ...                   stop_reason="turns")
+        >>> [t.speaker for t in talk.turns], talk.stop_reason
+        (['ann', 'bob'], 'turns')
+    """
+
+    turns: list[Turn] = Field(default_factory=list)
+    stop_reason: StopReason | None = None
+
+
+class Agent:
+    """One participant of a :class:`Dialogue`.
+
+    Args:
+        name: An identifier: how the other agents see it speak (``"bob: ..."``) and the suffix
+            of its stats id (``<dialogue>.<name>``).
+        system_prompt: Jinja2 template for its system message, rendered against the record like
+            a step's templates (``{{ field }}``, ``{{ step_id.field }}``, ``{{ input.field }}``).
+        engine_name: Name of a registered engine.
+        output_model: Pydantic model each of its turns must produce (decoded under the schema,
+            validated, re-asked like a step's output). None: it speaks free text.
+        sampling: Sampling parameters (greedy by default).
+        max_reasks: How many times invalid or truncated output is re-asked per turn.
+        max_chars: For a free-text agent, the longest reply in characters. Free text is asked for
+            as ``{"text": ...}`` (see the module notes); the bound goes into that schema, so
+            grammar-constrained engines stop there (small models otherwise ramble to max_tokens).
+
+    Example:
+        >>> teacher = Agent("teacher", "You are {{ teacher_name }}, a patient teacher.", "local")
+        >>> teacher.name, teacher.output_model is None
+        ('teacher', True)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        system_prompt: str,
+        engine_name: str,
+        *,
+        output_model: type[BaseModel] | None = None,
+        sampling: SamplingParams | None = None,
+        max_reasks: int = 2,
+        max_chars: int | None = None,
+    ) -> None:
+        self.name = _check_id(name, "Agent")
+        if output_model is not None and not (
+            isinstance(output_model, type) and issubclass(output_model, BaseModel)
+        ):
+            raise ChainDefinitionError(
+                f"Agent {name!r}: output_model must be a pydantic BaseModel class or None, got {output_model!r}."
+            )
+        if output_model is not None and max_chars is not None:
+            raise ChainDefinitionError(
+                f"Agent {name!r}: max_chars bounds free text; with an output_model, bound its fields "
+                "instead (Field(max_length=...))."
+            )
+        if max_reasks < 0:
+            raise ChainDefinitionError(f"Agent {name!r}: max_reasks must be >= 0, got {max_reasks}.")
+        if max_chars is not None and max_chars < 1:
+            raise ChainDefinitionError(f"Agent {name!r}: max_chars must be >= 1, got {max_chars}.")
+        if not isinstance(engine_name, str) or not engine_name:
+            raise ChainDefinitionError(f"Agent {name!r}: engine_name must be a registered engine's name.")
+        self.engine_name = engine_name
+        self.output_model = output_model
+        self.sampling = sampling or SamplingParams()
+        self.max_reasks = max_reasks
+        self.max_chars = max_chars
+        try:
+            self.system_template = Template(system_prompt)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(
+                f"Agent {name!r} system_prompt line {exc.lineno}: template syntax error: {exc.message}. "
+                "Fix the Jinja2 syntax ({{ name }} for values, {% ... %} for logic)."
+            ) from exc
+
+    @property
+    def reply_model(self) -> type[BaseModel]:
+        """What one turn's reply is validated into (the free-text wrapper for a free-text agent)."""
+        if self.output_model is not None:
+            return self.output_model
+        return _utterance(self.max_chars)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "engine": self.engine_name,
+            "system_prompt": self.system_template.source,
+            "output_model": None
+            if self.output_model is None
+            else f"{self.output_model.__module__}.{self.output_model.__qualname__}",
+            "max_chars": self.max_chars,
+            "sampling": self.sampling.model_dump(mode="json"),
+            "max_reasks": self.max_reasks,
+        }
+
+    def __repr__(self) -> str:
+        return f"Agent(name={self.name!r}, engine_name={self.engine_name!r})"
+
+
+class Utterance(BaseModel):
+    """How a free-text agent's reply is asked for: the step machinery validates JSON replies."""
+
+    text: str = Field(description="What you say next in the conversation")
+
+
+_BOUNDED: dict[int, type[BaseModel]] = {}
+
+
+def _utterance(max_chars: int | None) -> type[BaseModel]:
+    if max_chars is None:
+        return Utterance
+    model = _BOUNDED.get(max_chars)
+    if model is None:
+        model = _BOUNDED[max_chars] = create_model(
+            "Utterance",
+            __base__=Utterance,
+            text=(str, Field(max_length=max_chars, description="What you say next in the conversation")),
+        )
+    return model
+
+
+class AgentStep(Step):
+    """The internal step one agent's turns run as (id ``<dialogue>.<agent>``, never written).
+
+    The dialogue runner builds each turn's messages itself and hands them to the step runner's
+    request machinery; this step supplies the engine, schema, sampling and re-ask budget.
+    """
+
+    kind = "agent"
+
+    def __init__(self, dialogue_id: str, agent: Agent, input_model: type[BaseModel] | None) -> None:
+        super().__init__(
+            id=f"{dialogue_id}_{agent.name}",
+            input_model=input_model or BaseModel,
+            output_model=agent.reply_model,
+            engine_name=agent.engine_name,
+            sampling=agent.sampling,
+            system_prompt=agent.system_template.source,
+            user_prompt="",
+            max_reasks=agent.max_reasks,
+            write=False,
+        )
+        # a dot cannot appear in a node id, so this never collides with a chain's own ids
+        self.id = self.name = f"{dialogue_id}.{agent.name}"
+        self.agent = agent
+
+
+class Dialogue(Node):
+    """Agents talking in turns about each record; the transcript goes on under ``id``.
+
+    Args:
+        id: The dialogue's id: later templates read the transcript as ``{{ id.turns }}``; its
+            transcripts are written to ``<run>/<id>/``.
+        agents: Two or more :class:`Agent` with unique names; they speak in this order, round
+            robin (one turn = one agent speaking once).
+        opening: Jinja2 template rendered against the record: the first user message of the
+            conversation (the scene, the task).
+        turns: How many turns the dialogue lasts (``stop_reason="turns"``).
+        until: ``fn(transcript) -> bool`` (or ``fn(transcript, record: RecordView)``), asked after
+            every turn: true stops the dialogue there (``stop_reason="until"``).
+        max_turns: The cap, always on: default ``turns`` when given, else
+            :data:`DEFAULT_MAX_TURNS` (``stop_reason="max_turns"``).
+        input_model: The model the record is validated into before the templates read its
+            fields (None: whatever value reaches the dialogue).
+        name: Display name (defaults to ``id``).
+        write: Write each record's transcript to ``<run>/<id>/`` (default True).
+
+    A turn that fails (engine error, output still invalid after the re-asks) fails the record,
+    naming the dialogue, the turn and the agent; the other records go on.
+
+    Example:
+        >>> teacher = Agent("teacher", "You are a patient teacher.", "local")
+        >>> student = Agent("student", "You are a curious student.", "local")
+        >>> lesson = Dialogue("lesson", [teacher, student], opening="Today's text: {{ text }}", turns=4)
+        >>> [s.id for s in lesson.children()]
+        ['lesson.teacher', 'lesson.student']
+    """
+
+    kind = "dialogue"
+    output_model: type[BaseModel]
+
+    def __init__(
+        self,
+        id: str,
+        agents: Sequence[Agent],
+        *,
+        opening: str,
+        turns: int | None = None,
+        until: Callable[..., Any] | None = None,
+        max_turns: int | None = None,
+        input_model: type[BaseModel] | None = None,
+        name: str | None = None,
+        write: bool = True,
+    ) -> None:
+        self.id = _check_id(id, "Dialogue")
+        self.name = name or id
+        self.agents = list(agents)
+        if len(self.agents) < 2 or not all(isinstance(a, Agent) for a in self.agents):
+            raise ChainDefinitionError(
+                f"Dialogue {id!r}: agents must be two or more Agent objects, got {list(agents)!r}. "
+                "For one agent, use a Step."
+            )
+        names = [a.name for a in self.agents]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ChainDefinitionError(
+                f"Dialogue {id!r}: agent names must be unique (they tell the speakers apart); "
+                f"used more than once: {', '.join(dupes)}."
+            )
+        if turns is None and until is None:
+            raise ChainDefinitionError(
+                f"Dialogue {id!r}: say how long it lasts: turns=n, or until=fn(transcript) -> bool "
+                f"(capped by max_turns, default {DEFAULT_MAX_TURNS})."
+            )
+        for label, value in (("turns", turns), ("max_turns", max_turns)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ChainDefinitionError(
+                    f"Dialogue {id!r}: {label} must be an integer >= 1, got {value!r}."
+                )
+        if until is not None and not callable(until):
+            raise ChainDefinitionError(f"Dialogue {id!r}: until must be a function, got {until!r}.")
+        self.turns = turns
+        self.max_turns = max_turns if max_turns is not None else (turns or DEFAULT_MAX_TURNS)
+        if turns is not None and turns > self.max_turns:
+            raise ChainDefinitionError(
+                f"Dialogue {id!r}: turns={turns} exceeds max_turns={self.max_turns}; raise max_turns."
+            )
+        self.until = until
+        self.until_wants_record = until is not None and _wants_record(until)
+        if input_model is not None and not (
+            isinstance(input_model, type) and issubclass(input_model, BaseModel)
+        ):
+            raise ChainDefinitionError(
+                f"Dialogue {id!r}: input_model must be a pydantic BaseModel class or None, got {input_model!r}."
+            )
+        self.input_model = input_model
+        self.output_model = Transcript
+        self.write = write
+        try:
+            self.opening = Template(opening)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(
+                f"Dialogue {id!r} opening line {exc.lineno}: template syntax error: {exc.message}. "
+                "Fix the Jinja2 syntax ({{ name }} for values, {% ... %} for logic)."
+            ) from exc
+        self.steps = [AgentStep(self.id, agent, input_model) for agent in self.agents]
+
+    def children(self) -> Sequence[Node]:
+        return self.steps
+
+    @property
+    def has_stats(self) -> bool:
+        return True
+
+    def defines(self) -> list[str]:
+        return [self.id]
+
+    def check(
+        self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
+    ) -> type[BaseModel] | None:
+        checker.check_input(self, self.input_model, current, prev)
+        for agent in self.agents:
+            if checker.check_engines and not checker.engine_known(agent.engine_name):
+                where = f"Dialogue {self.id!r} agent {agent.name!r}"
+                checker.add(
+                    "error", self, unknown_engine_message(agent.engine_name, where), UnknownEngineError
+                )
+        model = self.input_model or current
+        unknown: list[str] = []
+        templates = [(f"agent {a.name!r} system_prompt", a.system_template) for a in self.agents]
+        for which, template in [*templates, ("opening", self.opening)]:
+            unknown.extend(self._check_template(checker, which, template, model, scope))
+        if unknown:
+            checker.add(
+                "warning",
+                self,
+                f"Dialogue {self.id!r} reads {', '.join(dict.fromkeys(unknown))} from the record, whose type is "
+                "unknown here: checked per record at run time (give the dialogue an input_model to check it now).",
+            )
+        scope[self.id] = Transcript
+        checker.placement.pop(self.id, None)
+        return Transcript
+
+    def _check_template(
+        self, checker: Checker, which: str, template: Template, model: type[BaseModel] | None, scope: Scope
+    ) -> list[str]:
+        """The step's reference check, reported as this dialogue's. The record's fields are
+        ``model``'s; with no model known, the names that are no earlier output are returned
+        (left to run time)."""
+        probe = copy.copy(self.steps[0])
+        probe.id = self.id
+        probe.input_model = model or BaseModel
+        start = len(checker.report.issues)
+        unknown = []
+        for ref in template.references:
+            if model is None and ref.name not in scope and ref.name not in checker.placement:
+                unknown.append(str(ref))
+                continue
+            checker.check_reference(probe, which, ref, scope)
+        issues = checker.report.issues
+        head = f"Step {self.id!r} {which}"
+        for k in range(start, len(issues)):
+            issues[k] = replace(
+                issues[k], message=issues[k].message.replace(head, f"Dialogue {self.id!r} {which}", 1)
+            )
+        return unknown
+
+    def describe(self) -> dict[str, Any]:
+        until = None if self.until is None else getattr(self.until, "__name__", "function")
+        return {
+            **super().describe(),
+            "agents": [a.describe() for a in self.agents],
+            "opening": self.opening.source,
+            "turns": self.turns,
+            "until": until,
+            "max_turns": self.max_turns,
+        }
