@@ -34,6 +34,7 @@ from .engines.registry import (
     unregister_engine,
 )
 from .graph.checks import CheckReport
+from .graph.loop import Loop, LoopState, Repeat, While
 from .graph.nodes import Apply, Branch, Step, apply
 from .graph.router import Router
 from .graph.view import RecordView
@@ -64,11 +65,14 @@ __all__ = [
     "InvalidInputError",
     "Ledger",
     "LedgerError",
+    "Loop",
+    "LoopState",
     "MissingDependencyError",
     "OutputValidationError",
     "RecordError",
     "RecordView",
     "RenderError",
+    "Repeat",
     "Router",
     "RunFolderError",
     "RunResult",
@@ -76,6 +80,7 @@ __all__ = [
     "Step",
     "TemplateError",
     "UnknownEngineError",
+    "While",
     "__version__",
     "apply",
     "get_engine_config",

@@ -22,10 +22,12 @@ from typing import Any
 import anyio
 
 from .._errors import RecordError
+from ..graph.loop import Loop
 from ..graph.nodes import Apply, Branch, Node, Parallel, Step
 from ..graph.router import Router
 from .apply_runner import run_apply
 from .context import RunContext
+from .loop_runner import run_loop
 from .records import Record
 from .router_runner import run_router
 from .step_runner import iter_step, run_step
@@ -127,7 +129,7 @@ async def run_parallel(group: Parallel, chunk: list[Record], ctx: RunContext) ->
 
     out: list[Record] = []
     for record in chunk:
-        ok = True
+        base, ok = record.tokens, True
         for branch in joined:
             outputs = by_origin[branch.name].get(record.id, [])
             if len(outputs) == 1:
@@ -151,6 +153,7 @@ async def run_parallel(group: Parallel, chunk: list[Record], ctx: RunContext) ->
         for branch in joined:
             result = by_origin[branch.name][record.id][0]
             record.history.update(result.history)  # its nodes' outputs, inner aliases included
+            record.tokens += result.tokens - base  # what the branch's requests cost (a loop's max_tokens)
             assert branch.join_alias is not None
             record.history[branch.join_alias] = result.value
         out.append(record)
@@ -169,3 +172,4 @@ async def run_branch(branch: Branch, chunk: list[Record], ctx: RunContext) -> li
 register_runner(Branch, run_branch)
 register_runner(Parallel, run_parallel)
 register_runner(Router, run_router)
+register_runner(Loop, run_loop)
