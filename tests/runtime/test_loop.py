@@ -474,7 +474,7 @@ def test_the_graph_draws_the_body_inside_the_loop_and_the_edge_back(run_dir: Pat
     ]
     mermaid = chain.to_mermaid()
     assert 'subgraph sg_0 ["loop grow"]' in mermaid and 'inc -->|"repeat"| grow' in mermaid
-    assert 'grow{{"grow<br/>(loop#58; while #60;lambda#62;, at most 10)"}}' in mermaid
+    assert 'grow("grow<br/>(loop#58; while #60;lambda#62;, at most 10)")' in mermaid
     dot = chain.to_dot()
     assert '"grow" [label="grow\\n(loop: while <lambda>, at most 10)", shape=hexagon];' in dot
     assert '"inc" -> "grow" [label="repeat"];' in dot

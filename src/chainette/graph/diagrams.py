@@ -8,10 +8,10 @@ and read only ``nodes`` and ``edges`` (plus ``name`` as the DOT graph's title), 
 graph of that shape, whatever node kinds it holds:
 
 - shapes: ``step`` a rectangle, ``apply`` a parallelogram, ``input`` / ``output`` a stadium
-  (Mermaid) or an ellipse (DOT), ``loop`` a hexagon labelled with how it ends (its
-  ``summary``); any other kind a rounded box labelled with its kind. A loop's body sits in the
-  loop's subgraph (its nodes name it as ``parent``), and the edge back to it is labelled
-  ``repeat``.
+  (Mermaid) or an ellipse (DOT); any other kind a rounded box labelled with its kind, except
+  that a ``loop`` is labelled with how it ends (its ``summary``) and is a hexagon in DOT. A
+  loop's body sits in the loop's subgraph (its nodes name it as ``parent``), and the edge back
+  to it is labelled ``repeat``.
 - an edge endpoint that is not among ``nodes`` (``input`` today) is drawn as a node of its own.
 - containers: a node whose ``"parent"`` names another id is drawn inside a subgraph for that
   parent (Mermaid ``subgraph``, DOT ``subgraph cluster_N``), nested as the parents nest; a node
@@ -41,7 +41,6 @@ _MERMAID_SHAPES = {
     "apply": ('[/"', '"/]'),
     "input": ('(["', '"])'),
     "output": ('(["', '"])'),
-    "loop": ('{{"', '"}}'),
 }
 _MERMAID_DEFAULT_SHAPE = ('("', '")')
 
