@@ -396,6 +396,9 @@ def test_the_body_is_checked_with_the_previous_pass_and_the_loop_state_in_scope(
     assert any("LoopState has no field 'bogus'" in m for m in messages)
     # b reads a's output of this pass, but a reads b's of the previous pass, undefined in pass 0
     assert [w.node_id for w in report.warnings if "undefined in the first pass" in w.message] == ["a"]
+    assert "reads {{ b.answer }}, which loop 'l' sets in the previous pass" in next(
+        w.message for w in report.warnings if w.node_id == "a" and "first pass" in w.message
+    )
     assert "{% if b is defined %}" in next(
         w.message for w in report.warnings if w.node_id == "a" and "first pass" in w.message
     )

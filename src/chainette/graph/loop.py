@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from .._errors import ChainDefinitionError, IncompatibleStepsError
 from .checks import Checker, CheckReport, Issue, Scope
 from .nodes import Node, Step, _check_id, _wants_record, as_node
+from .templates import Reference
 
 __all__ = ["DEFAULT_MAX_ITERATIONS", "Loop", "LoopState", "Repeat", "StopReason", "While"]
 
@@ -238,13 +239,16 @@ class Loop(Node):
         for node in _own_nodes(self.body):
             if isinstance(node, Step):
                 for template in (node.system_template, node.user_template):
-                    for name in dict.fromkeys(ref.name for ref in template.references):
+                    first_use: dict[str, Reference] = {}
+                    for ref in template.references:
+                        first_use.setdefault(ref.name, ref)
+                    for name, ref in first_use.items():
                         late = name in previous_pass and name not in made_before
                         if late and not _guarded(template.source, name):
                             checker.add(
                                 "warning",
                                 node,
-                                f"Step {node.id!r} reads {{{{ {name} }}}}, which loop {self.id!r} sets in "
+                                f"Step {node.id!r} reads {{{{ {ref} }}}}, which loop {self.id!r} sets in "
                                 "the previous pass: it is undefined in the first pass (the record would "
                                 f"fail there). Guard it: {{% if {name} is defined %}}...{{% endif %}}.",
                             )
