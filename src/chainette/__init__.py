@@ -35,6 +35,7 @@ from .engines.registry import (
 )
 from .graph.checks import CheckReport
 from .graph.dialogue import Agent, Dialogue, Transcript, Turn
+from .graph.loop import Loop, LoopState, Repeat, While
 from .graph.map import Collected, Map
 from .graph.nodes import Apply, Branch, Step, apply
 from .graph.router import Router
@@ -70,12 +71,15 @@ __all__ = [
     "InvalidInputError",
     "Ledger",
     "LedgerError",
+    "Loop",
+    "LoopState",
     "Map",
     "MissingDependencyError",
     "OutputValidationError",
     "RecordError",
     "RecordView",
     "RenderError",
+    "Repeat",
     "Router",
     "RunFolderError",
     "RunResult",
@@ -85,6 +89,7 @@ __all__ = [
     "Transcript",
     "Turn",
     "UnknownEngineError",
+    "While",
     "__version__",
     "apply",
     "get_engine_config",

@@ -8,7 +8,10 @@ and read only ``nodes`` and ``edges`` (plus ``name`` as the DOT graph's title), 
 graph of that shape, whatever node kinds it holds:
 
 - shapes: ``step`` a rectangle, ``apply`` a parallelogram, ``input`` / ``output`` a stadium
-  (Mermaid) or an ellipse (DOT); any other kind a rounded box labelled with its kind.
+  (Mermaid) or an ellipse (DOT); any other kind a rounded box labelled with its kind, except
+  that a ``loop`` is labelled with how it ends (its ``summary``) and is a hexagon in DOT. A
+  loop's body sits in the loop's subgraph (its nodes name it as ``parent``), and the edge back
+  to it is labelled ``repeat``.
 - an edge endpoint that is not among ``nodes`` (``input`` today) is drawn as a node of its own.
 - containers: a node whose ``"parent"`` names another id is drawn inside a subgraph for that
   parent (Mermaid ``subgraph``, DOT ``subgraph cluster_N``), nested as the parents nest; a node
@@ -46,10 +49,11 @@ _DOT_SHAPES = {
     "apply": "shape=parallelogram",
     "input": "shape=ellipse",
     "output": "shape=ellipse",
+    "loop": "shape=hexagon",
 }
 _DOT_DEFAULT_SHAPE = 'shape=box, style="rounded"'
 
-_PLAIN_KINDS = frozenset(_DOT_SHAPES)
+_PLAIN_KINDS = frozenset({"step", "apply", "input", "output"})
 
 # Words the Mermaid flowchart grammar reads as keywords where a node id is expected.
 _MERMAID_KEYWORD = re.compile(
@@ -183,6 +187,8 @@ class _Layout:
             return [node_id]
         name = str(node.get("name") or node_id)
         kind = self.kind(node_id)
+        if kind == "loop" and node.get("summary"):  # how it ends: "3 times", "until done, at most 10"
+            return [name, f"(loop: {node['summary']})"]
         return [name] if kind in _PLAIN_KINDS else [name, f"({kind or 'node'})"]
 
     def clusters(self) -> Iterator[_Cluster]:

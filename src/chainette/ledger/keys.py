@@ -2,7 +2,8 @@
 
 In the key: the engine's model identity (back-end, model, output-affecting options), the
 rendered messages, the output JSON schema, every sampling parameter (temperature, top_p,
-max_tokens, seed, stop) and the sample index. Not in the key: throughput knobs (batch size,
+max_tokens, seed, stop), the sample index and, for a request made in a loop's second or later
+pass, the pass numbers (a salt; empty otherwise, so keys outside loops never change). Not in the key: throughput knobs (batch size,
 concurrency, threads, rate limits, timeouts, server address), so tuning them never
 invalidates the cache. Dicts are serialised with sorted keys, so key order never matters.
 An option the ledger does not know counts as output-affecting: the safe side is a miss.
@@ -93,11 +94,22 @@ def key_prefix(identity: dict[str, Any], json_schema: dict[str, Any] | None, sam
     return state
 
 
-def key_of(prefix: Any, messages: Sequence[Message], sample: int = 0) -> str:
-    """The key of one request: the step's :func:`key_prefix`, its messages and its sample index."""
+def key_of(prefix: Any, messages: Sequence[Message], sample: int = 0, salt: str = "") -> str:
+    """The key of one request: the step's :func:`key_prefix`, its messages, its sample index and
+    the ``salt`` that tells apart identical requests of different loop passes (``""``: none).
+
+    Example:
+        >>> from chainette.engines.base import SamplingParams
+        >>> prefix = key_prefix({"backend": "fake", "model": None, "options": {}}, None, SamplingParams())
+        >>> messages = [{"role": "user", "content": "hi"}]
+        >>> key_of(prefix, messages) == key_of(prefix, messages, 0, "") != key_of(prefix, messages, 0, "r.iteration=1")
+        True
+    """
     state = prefix.copy()
     state.update(orjson.dumps(messages, option=_SORTED))
     state.update(b"#%d" % sample)
+    if salt:
+        state.update(b"@" + salt.encode())
     return str(state.hexdigest())
 
 

@@ -147,7 +147,9 @@ def _outputs(node: Apply, record: Record, result: Any, ctx: RunContext) -> list[
 
 def _write(node: Apply, record: Record, ctx: RunContext) -> None:
     if node.write:
-        ctx.writer.add(node.id, {"_id": record.id, **_as_row(record.value)})
+        row = {"_id": record.id, **record.tags} if record.tags else {"_id": record.id}  # tags: a loop's pass
+        row.update(_as_row(record.value))
+        ctx.writer.add(node.id, row)
 
 
 def _as_row(value: Any) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import anyio
 
 from .._errors import RecordError
 from ..graph.dialogue import Dialogue
+from ..graph.loop import Loop
 from ..graph.map import Map
 from ..graph.nodes import Apply, Branch, Node, Parallel, Seq, Step
 from ..graph.router import Router
@@ -30,6 +31,7 @@ from ..graph.stream_ops import Shuffle, Take
 from .apply_runner import run_apply
 from .context import RunContext
 from .dialogue_runner import run_dialogue
+from .loop_runner import run_loop
 from .map_runner import run_map
 from .records import Record
 from .router_runner import run_router
@@ -138,7 +140,7 @@ async def run_parallel(group: Parallel, chunk: list[Record], ctx: RunContext) ->
 
     out: list[Record] = []
     for record in chunk:
-        ok = True
+        base, ok = record.tokens, True
         for branch in joined:
             outputs = by_origin[branch.name].get(record.id, [])
             if len(outputs) == 1:
@@ -162,6 +164,7 @@ async def run_parallel(group: Parallel, chunk: list[Record], ctx: RunContext) ->
         for branch in joined:
             result = by_origin[branch.name][record.id][0]
             record.history.update(result.history)  # its nodes' outputs, inner aliases included
+            record.tokens += result.tokens - base  # what the branch's requests cost (a loop's max_tokens)
             assert branch.join_alias is not None
             record.history[branch.join_alias] = result.value
         out.append(record)
@@ -190,3 +193,4 @@ register_runner(Take, run_take)
 register_runner(Shuffle, run_shuffle, flush=flush_shuffle)
 register_runner(Map, run_map)
 register_runner(Dialogue, run_dialogue)
+register_runner(Loop, run_loop)

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["Record", "coerce", "describe_validation", "dump", "fields_of"]
+__all__ = ["Record", "coerce", "describe_validation", "dump", "fields_of", "iteration_tag", "request_salt"]
 
 
 class Record:
@@ -20,16 +20,32 @@ class Record:
         history: Outputs of earlier nodes by id (and joined branches by alias); ``"input"`` is
             the chain's input record. Templates read it as ``{{ step_id.field }}``.
         origin: Inside a branch, the id the record had when it entered the branch group.
+        tags: Extra columns of the rows this record writes to node folders (inside a loop:
+            ``{"<loop id>.iteration": k}``); None when there are none. Replaced, never mutated in
+            place, so copies of the record may share it.
+        tokens: Prompt + completion tokens of every answer this record got (sent, from the
+            ledger, or shared with an identical request): what a loop's ``max_tokens`` reads.
     """
 
-    __slots__ = ("history", "id", "index", "origin", "value")
+    __slots__ = ("history", "id", "index", "origin", "tags", "tokens", "value")
 
-    def __init__(self, id: str, index: int, value: Any, history: dict[str, Any], origin: str | None = None):
+    def __init__(
+        self,
+        id: str,
+        index: int,
+        value: Any,
+        history: dict[str, Any],
+        origin: str | None = None,
+        tags: dict[str, Any] | None = None,
+        tokens: int = 0,
+    ):
         self.id = id
         self.index = index
         self.value = value
         self.history = history
         self.origin = origin
+        self.tags = tags
+        self.tokens = tokens
 
     def advance(self, node_id: str, value: Any) -> Record:
         """Record ``value`` as ``node_id``'s output and make it current (mutates; returns self)."""
@@ -41,18 +57,34 @@ class Record:
         """The ``k``-th fan-out output of this record at ``node_id``."""
         history = dict(self.history)
         history[node_id] = value
-        return Record(f"{self.id}.{k}", self.index, value, history, self.origin)
+        return Record(f"{self.id}.{k}", self.index, value, history, self.origin, self.tags, self.tokens)
 
     def sample(self, k: int) -> Record:
         """The ``k``-th sample of this record at a step with ``samples > 1`` (id ``<id>.<k>``)."""
-        return Record(f"{self.id}.{k}", self.index, self.value, dict(self.history), self.origin)
+        return Record(
+            f"{self.id}.{k}", self.index, self.value, dict(self.history), self.origin, self.tags, self.tokens
+        )
 
     def fork(self) -> Record:
         """A copy for a branch: same id, own history, remembers where it came from."""
-        return Record(self.id, self.index, self.value, dict(self.history), origin=self.id)
+        return Record(self.id, self.index, self.value, dict(self.history), self.id, self.tags, self.tokens)
 
     def __repr__(self) -> str:
         return f"Record(id={self.id!r}, index={self.index})"
+
+
+def iteration_tag(loop_id: str) -> str:
+    """The tag (and row column) holding a record's pass number inside loop ``loop_id``."""
+    return f"{loop_id}.iteration"
+
+
+def request_salt(tags: dict[str, Any] | None) -> str:
+    """What a record's tags add to its requests' ledger keys: the pass numbers of the loops it is
+    in, except pass 0 (``"refine.iteration=2"``). Empty outside loops and in every first pass,
+    so those keys are the ones ledgers already hold."""
+    if not tags:
+        return ""
+    return ";".join(f"{k}={v}" for k, v in tags.items() if v and k.endswith(".iteration"))
 
 
 def dump(value: Any) -> Any:

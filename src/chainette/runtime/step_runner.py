@@ -30,7 +30,7 @@ from ..graph.nodes import Step
 from ..ledger.keys import key_of, key_prefix
 from ..ledger.store import StoredAnswer, StoredFailure
 from .context import RunContext
-from .records import Record, coerce, describe_validation, fields_of
+from .records import Record, coerce, describe_validation, fields_of, request_salt
 from .requests import InFlight
 
 __all__ = ["iter_step", "parse_output", "render_messages", "run_step"]
@@ -139,14 +139,16 @@ async def _run_jobs(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Recor
     for job in jobs:
         if job.output is not None:
             record = job.record.advance(step.id, job.output)
-            row = {"_id": record.id, **job.output.model_dump(mode="json")}
+            row = {"_id": record.id, **record.tags} if record.tags else {"_id": record.id}
+            row.update(job.output.model_dump(mode="json"))
             if job.reasoning:
                 row["_reasoning"] = job.reasoning
         elif job.failure is not None and step.on_failure == "emit":
             # passed on marked as failed: the value stays the step's input, the step's slot holds the reason
             record = job.record
             record.history[step.id] = {"_error": job.failure.message}
-            row = {"_id": record.id, "_error": job.failure.message}
+            row = {"_id": record.id, **record.tags} if record.tags else {"_id": record.id}
+            row["_error"] = job.failure.message
         else:
             continue
         if step.write:
@@ -168,7 +170,8 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
         prefix = prefixes.get(job.sample)
         if prefix is None:
             prefix = prefixes[job.sample] = key_prefix(identity, step.json_schema, sampling)
-        keys.append(key_of(prefix, job.messages, job.sample))
+        tags = job.record.tags
+        keys.append(key_of(prefix, job.messages, job.sample, request_salt(tags) if tags else ""))
     if first:
         for job, key in zip(pending, keys, strict=True):
             job.first_key = key
@@ -286,6 +289,7 @@ def _settle(
 ) -> None:
     """Count the answer, accept it or plan the re-ask, or give up on the record."""
     stats = ctx.node(step.id)
+    job.record.tokens += completion.prompt_tokens + completion.completion_tokens  # a loop's max_tokens
     if sent:
         stats.prompt_tokens += completion.prompt_tokens
         stats.completion_tokens += completion.completion_tokens

@@ -1,0 +1,258 @@
+"""Running a :class:`~chainette.graph.loop.Loop`: every record of a chunk loops in lockstep.
+
+Each pass runs the body (``dispatch.run_sequence``) over the records still looping, so engine
+calls stay batched; a record leaves when its loop ends (condition, until, times, a limit), or
+when it failed or was filtered inside the body (already in failures.jsonl, or counted). During
+pass ``k`` a record's ``tags`` hold ``{"<loop id>.iteration": k}``: its rows in the step folders
+carry that column and its requests get keys of their own (``records.request_salt``). The
+records go on in input order, with the value of their last pass and ``history[<loop id>]`` =
+their :class:`~chainette.graph.loop.LoopState`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import RecordError
+from ..graph.loop import LIMITS, Loop, LoopState, StopReason
+from ..graph.view import RecordView
+from .context import NodeStats, RunContext
+from .records import Record, iteration_tag
+
+__all__ = ["LoopStats", "run_loop"]
+
+
+@dataclass
+class LoopStats(NodeStats):
+    """A loop's counters in ``metadata.json``: the node's, plus how many records stopped for
+    each reason (``{"until": 12, "max_iterations": 2}``)."""
+
+    stop_reasons: dict[str, int] = field(default_factory=dict)
+    passes: int = 0
+    """Passes run over a chunk (a pass runs the body once over the chunk's looping records)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "stop_reasons": dict(self.stop_reasons)}
+
+
+class _Looping:
+    """One record's place in the loop: where it was in the chunk, what to restore after."""
+
+    __slots__ = ("outer_tags", "position", "record", "tokens_in")
+
+    def __init__(self, position: int, record: Record) -> None:
+        self.position = position
+        self.record = record
+        self.outer_tags = record.tags
+        self.tokens_in = record.tokens
+
+    def spent(self) -> int:
+        return self.record.tokens - self.tokens_in
+
+
+async def run_loop(node: Loop, chunk: list[Record], ctx: RunContext) -> list[Record]:
+    from .dispatch import run_sequence  # here, not at the top: dispatch imports this module to register it
+
+    stats = _stats(ctx, node.id)
+    stats.records_in += len(chunk)
+    failed = 0  # here, by the loop itself (counted locally: other chunks run meanwhile)
+    started = time.monotonic()
+    finished: list[Record | None] = [None] * len(chunk)
+    hops_per_pass = len(node.body)
+    tag = iteration_tag(node.id)
+    looping = [_Looping(k, record) for k, record in enumerate(chunk)]
+    for entry in looping:
+        entry.record.history[node.id] = LoopState()
+
+    def fail(entry: _Looping, error: RecordError) -> None:
+        nonlocal failed
+        failed += 1
+        entry.record.tags = entry.outer_tags
+        ctx.fail(entry.record, error)
+
+    def finish(entry: _Looping, passes: int, reason: StopReason | RecordError) -> None:
+        if isinstance(reason, RecordError):  # its condition or until raised
+            fail(entry, reason)
+            return
+        record = entry.record
+        record.tags = entry.outer_tags
+        record.history[node.id] = _state(node, passes, entry.spent(), reason)
+        stats.stop_reasons[reason] = stats.stop_reasons.get(reason, 0) + 1
+        if reason in LIMITS and node.on_limit == "fail":
+            fail(entry, _limit_error(node, record, passes, entry.spent(), reason))
+        else:
+            finished[entry.position] = record
+
+    passes = 0
+    while looping:
+        going: list[_Looping] = []
+        for entry in looping:
+            reason = _decide(node, entry, passes, started, after=False)
+            if reason is None:
+                going.append(entry)
+            else:
+                finish(entry, passes, reason)
+        if not going:
+            break
+        ctx.on_event("loop_pass", {"node": node.id, "iteration": passes, "records": len(going)})
+        for entry in going:
+            record = entry.record
+            record.tags = {**entry.outer_tags, tag: passes} if entry.outer_tags else {tag: passes}
+            record.history[node.id] = LoopState.model_construct(
+                iteration=passes,
+                iterations=passes,
+                stop_reason=None,
+                hops=passes * hops_per_pass,
+                tokens=entry.spent(),
+            )
+        outputs = await run_sequence(node.body, [e.record for e in going], ctx)
+        stats.passes += 1
+        passes += 1
+        looping = []
+        for entry, outs in _match(going, outputs):
+            if len(outs) > 1:
+                fail(entry, _fan_out_error(node, entry.record, passes - 1, outs))
+            if len(outs) != 1:  # none: it failed or was filtered in the body (already reported there)
+                continue
+            entry.record = outs[0]
+            entry.record.history[node.id] = _state(node, passes, entry.spent(), None)
+            reason = _decide(node, entry, passes, started, after=True)
+            if reason is None:
+                looping.append(entry)
+            else:
+                finish(entry, passes, reason)
+    out = [r for r in finished if r is not None]
+    stats.records_out += len(out)
+    stats.done += len(chunk) - failed  # ctx.fail counted those
+    ctx.progress(node.id)
+    return out
+
+
+def _stats(ctx: RunContext, node_id: str) -> LoopStats:
+    stats = ctx.stats.get(node_id)
+    if not isinstance(stats, LoopStats):
+        loop_stats = LoopStats()
+        if stats is not None:  # counted before the loop first ran (not expected): keep it
+            vars(loop_stats).update(vars(stats))
+        stats = ctx.stats[node_id] = loop_stats
+    return stats
+
+
+def _state(node: Loop, passes: int, tokens: int, reason: StopReason | None) -> LoopState:
+    """The state after ``passes`` passes (``iteration``: the last one's index)."""
+    return LoopState.model_construct(
+        iteration=max(passes - 1, 0),
+        iterations=passes,
+        stop_reason=reason,
+        hops=passes * len(node.body),
+        tokens=tokens,
+    )
+
+
+def _stop_before(node: Loop, entry: _Looping, passes: int, started: float) -> StopReason | None:
+    """Why the record runs no further pass (``passes`` done so far), or None to run one."""
+    if node.times is not None and passes >= node.times:
+        return "times"
+    if node.condition is not None and not _call(node.condition, node.condition_wants_record, entry.record):
+        return "condition"
+    if passes >= node.cap:
+        return "max_iterations"
+    if node.max_hops is not None and (passes + 1) * len(node.body) > node.max_hops:
+        return "max_hops"
+    if node.max_tokens is not None and entry.spent() >= node.max_tokens:
+        return "max_tokens"
+    if node.deadline_s is not None and time.monotonic() - started >= node.deadline_s:
+        return "deadline"
+    return None
+
+
+def _stop_after(node: Loop, entry: _Looping) -> StopReason | None:
+    if node.until is not None and _call(node.until, node.until_wants_record, entry.record):
+        return "until"
+    return None
+
+
+def _call(fn: Callable[..., Any], wants_record: bool, record: Record) -> bool:
+    if wants_record:
+        return bool(fn(record.value, RecordView(record.id, record.index, record.history)))
+    return bool(fn(record.value))
+
+
+def _decide(
+    node: Loop, entry: _Looping, passes: int, started: float, *, after: bool
+) -> StopReason | RecordError | None:
+    """Why the record's loop ends now (after ``passes`` passes), None to go on, or the error to
+    fail it with when its condition or until raised."""
+    try:
+        return _stop_after(node, entry) if after else _stop_before(node, entry, passes, started)
+    except Exception as exc:
+        which, when = (
+            ("until", f"after pass {passes - 1}") if after else ("condition", f"before pass {passes}")
+        )
+        return RecordError(
+            f"Loop {node.id!r}: {which} raised {type(exc).__name__}: {exc} ({when}). Fix the function, "
+            "or make it handle such records.",
+            node_id=node.id,
+            record_id=entry.record.id,
+        )
+
+
+def _match(going: list[_Looping], outputs: list[Record]) -> list[tuple[_Looping, list[Record]]]:
+    """Each looping record with what the body made of it: itself, a copy or children
+    (``<id>.<k>``), or nothing (failed or filtered there); in input order."""
+    by_object = {id(e.record): k for k, e in enumerate(going)}
+    by_id = {e.record.id: k for k, e in enumerate(going)}
+    made: list[list[Record]] = [[] for _ in going]
+    for record in outputs:
+        k = by_object.get(id(record))
+        if k is None:
+            record_id = record.id
+            while record_id not in by_id and "." in record_id:
+                record_id = record_id.rsplit(".", 1)[0]
+            k = by_id.get(record_id)
+        if k is None:
+            raise RuntimeError(
+                f"a loop body returned record {record.id!r}, which no record that went in made"
+            )
+        made[k].append(record)
+    return list(zip(going, made, strict=True))
+
+
+def _fan_out_error(node: Loop, record: Record, iteration: int, outs: list[Record]) -> RecordError:
+    ids = ", ".join(r.id for r in outs[:4]) + (", ..." if len(outs) > 4 else "")
+    return RecordError(
+        f"Loop {node.id!r}: pass {iteration} of the body produced {len(outs)} outputs for this record "
+        f"({ids}); a loop's body must produce exactly one per pass, since it goes round. Move the fan-out "
+        "(a step with samples > 1, an apply returning a list, a router with fan_out) before or after the loop.",
+        node_id=node.id,
+        record_id=record.id,
+    )
+
+
+_LIMIT_HINTS = {
+    "max_iterations": "raise max_iterations",
+    "max_hops": "raise max_hops",
+    "max_tokens": "raise max_tokens",
+    "deadline": "raise deadline_s",
+}
+
+
+def _limit_error(node: Loop, record: Record, passes: int, tokens: int, reason: str) -> RecordError:
+    detail = {
+        "max_iterations": f"it still wanted another pass after max_iterations={node.cap}",
+        "max_hops": f"another pass would take it past max_hops={node.max_hops} "
+        f"({passes * len(node.body)} hops used, {len(node.body)} per pass)",
+        "max_tokens": f"it spent {tokens} tokens in the loop (max_tokens={node.max_tokens})",
+        "deadline": f"deadline_s={node.deadline_s} passed since it entered the loop",
+    }[reason]
+    return RecordError(
+        f"Loop {node.id!r} stopped this record at its {reason} limit after {passes} pass(es)"
+        f"{f' (last iteration {passes - 1})' if passes else ''}: {detail}. To let it finish, "
+        f"{_LIMIT_HINTS[reason]}; to pass such records on with their last value, use on_limit='continue'.",
+        node_id=node.id,
+        record_id=record.id,
+        details={"limit": reason, "iterations": passes, "tokens": tokens},
+    )
