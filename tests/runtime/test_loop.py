@@ -297,6 +297,7 @@ def test_a_failure_in_the_body_leaves_the_loop_once_and_the_others_go_on(run_dir
     result = chain.run([Num(x=0), Num(x=0, limit=1), Num(x=0)], output_dir=run_dir)
     flat, [failure] = assert_every_record_accounted_for(result.path, 3)
     assert failure["_index"] == 1 and failure["node"] == "fragile" and "broke in pass 1" in failure["message"]
+    assert failure["r.iteration"] == 1  # the failures row says which pass
     assert [(r["_index"], r["fragile.x"], r["r.iterations"]) for r in flat] == [(0, 3, 3), (2, 3, 3)]
     passes = [(r["r.iteration"], r["x"]) for r in read_jsonl(run_dir / "fragile")]
     assert sorted(passes) == [(0, 1), (0, 1), (0, 1), (1, 2), (1, 2), (2, 3), (2, 3)]

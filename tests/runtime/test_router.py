@@ -107,6 +107,8 @@ def test_no_match_fails_the_record_by_default_naming_the_router(run_dir: Path) -
     assert failure["node"] == "pick" and failure["_index"] == 1
     assert "no route matches this record" in failure["message"] and "default=" in failure["message"]
     assert [r["pick.label"] for r in result.flattened()] == ["a0"]
+    stats = result.metadata["nodes"]["pick"]
+    assert (stats["records_in"], stats["done"], stats["failed"], stats["records_out"]) == (2, 2, 1, 1)
 
 
 def test_no_match_can_filter_or_take_the_default(run_dir: Path, tmp_path: Path) -> None:

@@ -146,6 +146,7 @@ class RunContext:
             "_id": record.id,
             "_index": record.index,
             **self._parent_of(record),
+            **(record.tags or {}),  # inside a loop: the pass it failed in (``<loop>.iteration``)
             "node": error.node_id,
             "error_type": error.kind,
             "message": error.message,

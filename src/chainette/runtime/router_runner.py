@@ -22,10 +22,13 @@ async def run_router(node: Router, chunk: list[Record], ctx: RunContext) -> list
 
     stats = ctx.node(node.id)
     stats.records_in += len(chunk)
+    failed_here = 0  # counted locally: chunks run concurrently, and ctx.fail counts a failure as done
     groups: dict[str, list[Record]] = {name: [] for name in node.route_names}
     order: dict[str, int] = {}
     for k, record in enumerate(chunk):
+        failed = stats.failed
         names = _choose(node, record, ctx)
+        failed_here += stats.failed - failed  # no await in between: only this record's failure
         if names is None:
             continue
         for name in names:
@@ -39,7 +42,7 @@ async def run_router(node: Router, chunk: list[Record], ctx: RunContext) -> list
     for record in out:
         record.advance(node.id, record.value)
     stats.records_out += len(out)
-    stats.done += len(chunk)
+    stats.done += len(chunk) - failed_here
     ctx.progress(node.id)
     return out
 
@@ -114,4 +117,5 @@ def _position(order: dict[str, int], record_id: str) -> int:
 
 
 def _copy(record: Record, new_id: str) -> Record:
-    return Record(new_id, record.index, record.value, dict(record.history), record.origin)
+    tags = dict(record.tags) if record.tags else None
+    return Record(new_id, record.index, record.value, dict(record.history), record.origin, tags, record.tokens)
