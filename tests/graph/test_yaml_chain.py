@@ -245,3 +245,38 @@ def test_a_map_in_yaml_collects_its_items(tmp_path: Path) -> None:
     (row,) = read_jsonl(result.path / "flattened")
     assert row["parts.items"] == [{"text": "A"}, {"text": "B"}]
     assert row["parts.skipped"] == 1
+
+
+LOOP_MODELS = """
+from pydantic import BaseModel
+
+
+class Num(BaseModel):
+    x: int
+
+
+def inc(n: Num) -> Num:
+    return Num(x=n.x + 1)
+
+
+def big(n: Num) -> bool:
+    return n.x >= 3
+"""
+
+
+def test_a_loop_in_yaml_runs_until_its_condition(tmp_path: Path) -> None:
+    (tmp_path / "loop_models.py").write_text(LOOP_MODELS)
+    (tmp_path / "loop.yaml").write_text(
+        "imports: [loop_models]\n"
+        "steps:\n"
+        "  - loop: {id: grow, body: [{apply: inc}], until: loop_models:big, max_iterations: 10}\n"
+    )
+    try:
+        result = Chain.from_yaml(tmp_path / "loop.yaml").run([{"x": 0}, {"x": 5}], tmp_path / "run")
+    finally:
+        sys.modules.pop("loop_models", None)
+    rows = read_jsonl(result.path / "flattened")
+    assert [(r["inc.x"], r["grow.iterations"], r["grow.stop_reason"]) for r in rows] == [
+        (3, 3, "until"),
+        (6, 1, "until"),
+    ]

@@ -20,6 +20,7 @@
       - apply: {fn: tidy}             # a function, by name or import path
       - router: {id: triage, by: kind, routes: {a: [...], b: [...]}, default: b}
       - map: {id: parts, over: paragraphs, body: [...], join_k: 3}
+      - loop: {id: refine, body: [...], until: checks:good_enough, max_iterations: 4}
       - take: 100
       - shuffle: {seed: 1, buffer: 1000}
 
@@ -46,6 +47,7 @@ from pydantic import BaseModel, ValidationError
 from .._errors import ChainDefinitionError, ChainetteError
 from ..engines.base import SamplingParams
 from ..engines.registry import engines_from
+from .loop import Loop
 from .map import Map
 from .nodes import Apply, Branch, Node, Parallel, Step
 from .router import Router
@@ -271,6 +273,25 @@ def _map(r: _Reader, spec: Any, where: str) -> Node:
     return Map(f.pop("id"), r.nodes(f.pop("body"), f"{where}.body"), over=over, **f)
 
 
+def _loop(r: _Reader, spec: Any, where: str) -> Node:
+    keys = (
+        "condition",
+        "until",
+        "times",
+        "max_iterations",
+        "max_hops",
+        "max_tokens",
+        "deadline_s",
+        "on_limit",
+        "name",
+    )
+    f = r.fields(spec, where, ("id", "body"), keys)
+    for key in ("condition", "until"):
+        if key in f:
+            f[key] = r.function(f[key], f"{where}.{key}")
+    return Loop(f.pop("id"), r.nodes(f.pop("body"), f"{where}.body"), **f)
+
+
 def _take(r: _Reader, spec: Any, where: str) -> Node:
     if isinstance(spec, int):
         spec = {"n": spec}
@@ -290,6 +311,7 @@ KINDS: dict[str, Callable[[_Reader, Any, str], Node]] = {
     "parallel": _parallel,
     "router": _router,
     "map": _map,
+    "loop": _loop,
     "take": _take,
     "shuffle": _shuffle,
 }
