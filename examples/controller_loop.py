@@ -31,11 +31,13 @@ from chainette import Chain, Loop, RecordView, SamplingParams, Step, apply, regi
 ENGINE = "local"
 register_engine(ENGINE, backend="llama_cpp", n_ctx=2048)
 
-KNOWLEDGE = {
-    "penguin": "Penguins are flightless seabirds of the southern hemisphere.",
+KNOWLEDGE = {  # the first entry whose key the search term contains answers it
     "emperor": "The emperor penguin is the tallest penguin, about 1.1 m.",
     "krill": "Krill are small crustaceans; many penguins eat them.",
+    "eat": "Most penguins eat krill, fish and squid.",
     "antarctica": "Antarctica is the coldest continent; emperor penguins breed there in winter.",
+    "breed": "Emperor penguins breed on Antarctic sea ice in winter.",
+    "penguin": "Penguins are flightless seabirds of the southern hemisphere.",
 }
 
 
@@ -93,7 +95,10 @@ def act(thought: Thought, record: RecordView) -> Work:
     work: Work = record["act"] if "act" in record else record["start"]
     if thought.action == "answer":
         return work.model_copy(update={"answer": thought.answer, "done": True})
-    found = KNOWLEDGE.get(thought.term.strip().lower().rstrip("s"), f"nothing found for {thought.term!r}")
+    term = thought.term.strip().lower()
+    found = next(
+        (text for key, text in KNOWLEDGE.items() if key in term), f"nothing found for {thought.term!r}"
+    )
     return work.model_copy(update={"notes": [*work.notes, found]})
 
 
