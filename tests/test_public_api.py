@@ -39,6 +39,7 @@ EXPECTED = [
     "RunResult",
     "SamplingParams",
     "Step",
+    "Subflow",
     "TemplateError",
     "Transcript",
     "Turn",

@@ -40,6 +40,7 @@ from .graph.map import Collected, Map
 from .graph.nodes import Apply, Branch, Step, apply
 from .graph.router import Router
 from .graph.stream_ops import shuffle, take
+from .graph.subflow import Subflow
 from .graph.view import RecordView
 from .ledger.costs import set_price
 from .ledger.store import Ledger
@@ -85,6 +86,7 @@ __all__ = [
     "RunResult",
     "SamplingParams",
     "Step",
+    "Subflow",
     "TemplateError",
     "Transcript",
     "Turn",

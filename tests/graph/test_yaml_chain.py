@@ -280,3 +280,28 @@ def test_a_loop_in_yaml_runs_until_its_condition(tmp_path: Path) -> None:
         (3, 3, "until"),
         (6, 1, "until"),
     ]
+
+
+def test_a_subflow_in_yaml_runs_another_yaml_chain_twice(tmp_path: Path) -> None:
+    (tmp_path / "loop_models.py").write_text(LOOP_MODELS)
+    (tmp_path / "bump.yaml").write_text(
+        "name: bump\nimports: [loop_models]\nsteps:\n  - apply: inc\n  - apply: {fn: inc, id: inc2}\n"
+    )
+    (tmp_path / "outer.yaml").write_text(
+        "imports: [loop_models]\n"
+        "steps:\n"
+        "  - subflow: {id: one, chain: bump.yaml}\n"
+        "  - subflow: {id: two, chain: bump.yaml}\n"
+    )
+    (tmp_path / "self.yaml").write_text("steps:\n  - subflow: {id: me, chain: self.yaml}\n")
+    try:
+        chain = Chain.from_yaml(tmp_path / "outer.yaml")
+        assert [n.id for n in chain.iter_nodes()] == ["one.inc", "one.inc2", "two.inc", "two.inc2"]
+        rows = read_jsonl(chain.run([{"x": 0}], tmp_path / "run").path / "flattened")
+        with pytest.raises(
+            YamlChainError, match=r"self.yaml: steps\[0\].subflow.chain: 'self.yaml' uses itself"
+        ):
+            Chain.from_yaml(tmp_path / "self.yaml")
+    finally:
+        sys.modules.pop("loop_models", None)
+    assert [(r["one.x"], r["two.x"]) for r in rows] == [(2, 4)]

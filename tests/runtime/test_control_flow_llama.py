@@ -70,3 +70,33 @@ def test_a_router_and_nested_branches_on_llama_cpp(tmp_path: Path) -> None:
     ]
     assert all(r["report.color"] == r["pick.color"] for r in rows)
     assert result.metadata["cache"]["sent"] == 3
+
+
+@pytest.mark.timeout(120)
+def test_one_chain_used_twice_as_subflows_on_llama_cpp(tmp_path: Path) -> None:
+    """A two-step chain (its second step reads its own first step and its own input) used twice
+    on the real engine: each use writes its folders, only its final output is visible after it."""
+    second = Step(
+        id="again",
+        input_model=Color,
+        output_model=Color,
+        engine_name="local",
+        sampling=SamplingParams(temperature=0, max_tokens=24),
+        user_prompt="{{ input.text }} You said {{ first.color }}. Say it once more.",
+    )
+    colors = Chain("colors", [ask("first", "{{ text }} Name a color."), second])
+
+    def next_question(c: Color, record: RecordView) -> Question:
+        return Question(text=f"Not {record['warm'].color}.")
+
+    chain = Chain("flow", [colors.as_node("warm"), apply(next_question), colors.as_node("cool")])
+    questions = [Question(text="Fire is hot."), Question(text="Ice is cold.")]
+    result = chain.run(questions, output_dir=tmp_path / "run")
+    assert result.counts == {"records_in": 2, "records_out": 2, "failures": 0, "filtered": 0}
+    rows = list(result.flattened())
+    assert all(r["warm.color"] and r["cool.color"] for r in rows)
+    assert [r["next_question.text"] for r in rows] == [f"Not {r['warm.color']}." for r in rows]
+    for use in ("warm", "cool"):
+        for step in ("first", "again"):
+            assert result.metadata["nodes"][f"{use}.{step}"]["records_out"] == 2
+            assert (tmp_path / "run" / f"{use}.{step}").is_dir()

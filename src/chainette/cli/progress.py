@@ -88,7 +88,7 @@ def structure(chain: ChainGraph) -> list[tuple[str | None, int, str]]:
             children = node.children()
             shown = not children or node.has_stats or node.placement() is not None
             if shown:
-                label = node.id if not children else f"{node.kind} {node.name}"
+                label = node.key if not children else f"{node.kind} {node.name}"
                 rows.append((node.id if node.has_stats else None, depth, label))
             visit(children, depth + 1 if shown else depth)
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel
 
 from .._errors import ChainDefinitionError
 from .checks import CheckReport, check_chain
 from .nodes import Branch, Node, as_node, spliced
+
+if TYPE_CHECKING:
+    from .subflow import Subflow
 
 __all__ = ["ChainGraph"]
 
@@ -47,18 +50,19 @@ class ChainGraph:
         if nested:
             raise ChainDefinitionError(
                 f"Chain {self.name!r}: {nested[0].kind} {nested[0].id!r} works on the whole stream of records, "
-                "so it goes at the top level of the chain, not inside a branch, route, loop or map."
+                "so it goes at the top level of the chain, not inside a branch, route, loop, map or subflow."
             )
 
     def _check_unique_names(self) -> None:
-        counts = Counter(name for n in self.walk() for name in n.defines())
+        scope = [n for item in self.items for n in item.walk_scope()]  # a subflow's names are its own
+        counts = Counter(name for n in scope for name in n.defines())
         dupes = sorted(k for k, v in counts.items() if v > 1)
         if dupes:
             raise ChainDefinitionError(
                 f"Chain {self.name!r}: ids must be unique (they name output folders and template variables); "
                 f"used more than once: {', '.join(dupes)}."
             )
-        names = Counter(b.name for b in self.iter_branches())
+        names = Counter(b.name for b in scope if isinstance(b, Branch) and b.kind == "branch")
         if any(v > 1 for v in names.values()):
             raise ChainDefinitionError(f"Chain {self.name!r}: branch names must be unique.")
 
@@ -70,6 +74,14 @@ class ChainGraph:
 
         name, steps, options = read_chain_yaml(path)
         return cls(name, steps, **options)
+
+    def as_node(self, id: str | None = None, *, name: str | None = None) -> Subflow:
+        """This chain as one node of another chain (a subflow), under ``id`` (default: the chain's
+        name): typed by its first input and last output; the same chain may appear several times
+        under different ids. See :class:`chainette.Subflow`."""
+        from .subflow import Subflow
+
+        return Subflow(id or self.name, self, name=name)
 
     @property
     def input_model(self) -> type[BaseModel] | None:

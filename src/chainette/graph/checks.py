@@ -102,17 +102,24 @@ class Checker:
         self.report = CheckReport()
         self.check_engines = check_engines
         self.engine_known = engine_known
-        self.placement: dict[str, str] = {}
-        """Ids not yet in scope → where they run (for a precise error message)."""
-        for item in chain.items:
-            self._place(item, None)
+        self.placement: dict[str, str] = self.places(chain.items)
+        """Names not yet in scope → where they run (for a precise error message)."""
 
-    def _place(self, node: Node, where: str | None) -> None:
-        if not node.children():
-            self.placement[node.id] = where or "later in the chain"
-            return
-        for child in node.children():
-            self._place(child, node.placement() or where)
+    def places(self, items: list[Node]) -> dict[str, str]:
+        """Where the nodes of ``items`` run, by the name templates read them as (not into a
+        node that opens a scope of its own: a subflow's names are its own)."""
+        out: dict[str, str] = {}
+
+        def place(node: Node, where: str | None) -> None:
+            if not node.children():
+                out.setdefault(node.key, where or "later in the chain")
+            elif not node.opens_scope:
+                for child in node.children():
+                    place(child, node.placement() or where)
+
+        for item in items:
+            place(item, None)
+        return out
 
     def add(
         self,
@@ -137,7 +144,7 @@ class Checker:
             current = node.check(self, scope, current, prev)
             prev = prev if node.passes_through else node
             if not in_branch and not node.children():  # containers release what they make visible
-                self.placement.pop(node.id, None)
+                self.placement.pop(node.key, None)
         return current
 
     def check_step(

@@ -252,6 +252,7 @@ class Dialogue(Node):
     """
 
     kind = "dialogue"
+    counts_records = True
     output_model: type[BaseModel]
 
     def __init__(
@@ -323,13 +324,6 @@ class Dialogue(Node):
     def children(self) -> Sequence[Node]:
         return self.steps
 
-    @property
-    def has_stats(self) -> bool:
-        return True
-
-    def defines(self) -> list[str]:
-        return [self.id]
-
     def check(
         self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
     ) -> type[BaseModel] | None:
@@ -352,8 +346,8 @@ class Dialogue(Node):
                 f"Dialogue {self.id!r} reads {', '.join(dict.fromkeys(unknown))} from the record, whose type is "
                 "unknown here: checked per record at run time (give the dialogue an input_model to check it now).",
             )
-        scope[self.id] = Transcript
-        checker.placement.pop(self.id, None)
+        scope[self.key] = Transcript
+        checker.placement.pop(self.key, None)
         return Transcript
 
     def _check_template(

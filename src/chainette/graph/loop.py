@@ -109,6 +109,7 @@ class Loop(Node):
     """
 
     kind = "loop"
+    counts_records = True
 
     def __init__(
         self,
@@ -177,13 +178,6 @@ class Loop(Node):
     def children(self) -> Sequence[Node]:
         return self.body
 
-    @property
-    def has_stats(self) -> bool:
-        return True
-
-    def defines(self) -> list[str]:
-        return [self.id]
-
     def check(
         self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
     ) -> type[BaseModel] | None:
@@ -229,10 +223,10 @@ class Loop(Node):
         self._check_guards(checker, previous_pass)
         for node in self.walk():
             if node is not self:
-                checker.placement.pop(node.id, None)
+                checker.placement.pop(node.key, None)
         scope.update(previous_pass)
-        scope[self.id] = LoopState
-        checker.placement.pop(self.id, None)
+        scope[self.key] = LoopState
+        checker.placement.pop(self.key, None)
         return out
 
     def _check_guards(self, checker: Checker, previous_pass: Scope) -> None:

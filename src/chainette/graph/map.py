@@ -92,6 +92,7 @@ class Map(Node):
     """
 
     kind = "map"
+    counts_records = True
     passes_through = True
     output_model: type[Collected]
 
@@ -160,13 +161,6 @@ class Map(Node):
     def children(self) -> Sequence[Node]:
         return self.body
 
-    @property
-    def has_stats(self) -> bool:
-        return True
-
-    def defines(self) -> list[str]:
-        return [self.id]
-
     def placement(self) -> str | None:
         return (
             f"inside map {self.id!r} (once per item; read the collected outputs after it as "
@@ -183,7 +177,7 @@ class Map(Node):
         element = self._check_over(checker, current)
         start = element if isinstance(element, type) and issubclass(element, BaseModel) else self.item_model
         checker.walk(self.body, dict(scope), start, self, in_branch=True)
-        scope[self.id] = self.output_model
+        scope[self.key] = self.output_model
         return current  # the record goes on with the value it came in with
 
     def _check_over(self, checker: Checker, current: type[BaseModel] | None) -> Any:

@@ -95,15 +95,32 @@ class Node:
         """The nodes this one contains (none for a leaf)."""
         return ()
 
+    counts_records: bool = False
+    """A container that decides per record (a router, a loop, a map, a dialogue): it has its own
+    stats and its output under its id, like a leaf."""
+
     @property
     def has_stats(self) -> bool:
         """Counts its own records (``metadata.json`` ``nodes``, a progress bar): every leaf, and
-        containers that decide per record (a router, a loop, a map)."""
-        return not self.children()
+        containers that decide per record (:attr:`counts_records`)."""
+        return self.counts_records or not self.children()
+
+    _key: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The name of this node's output in a record's history, what templates read: its id,
+        except inside a subflow, whose nodes keep their own chain's names (``qa``) while their
+        ids are qualified by the subflow's (``review.qa``: stats, folders, failures, events)."""
+        return self._key or self.id
+
+    opens_scope: bool = False
+    """Its children run with a history of their own (a subflow): the names they define neither
+    clash with nor are visible to the chain around it."""
 
     def defines(self) -> list[str]:
         """The names this node adds to a record's history (what templates read); unique per chain."""
-        return [] if self.children() else [self.id]
+        return [self.key] if self.has_stats else []
 
     def placement(self) -> str | None:
         """For a container: where its nodes run, as error messages say it ("inside branch 'fr'");
@@ -115,6 +132,14 @@ class Node:
         yield self
         for child in self.children():
             yield from child.walk()
+
+    def walk_scope(self) -> Iterator[Node]:
+        """Like :meth:`walk`, but not into the children of a node that :attr:`opens_scope`: the
+        nodes whose names share this node's namespace."""
+        yield self
+        if not self.opens_scope:
+            for child in self.children():
+                yield from child.walk_scope()
 
     def leaves(self) -> Iterator[Node]:
         """The nodes that do the work (no children): what has stats, folders and requests."""
@@ -134,7 +159,7 @@ class Node:
         A leaf checks itself (:meth:`check_self`) and adds its output under its id; containers
         override this."""
         self.check_self(checker, scope, current, prev)
-        scope[self.id] = self.output_model
+        scope[self.key] = self.output_model
         return self.output_model
 
     def check_self(
@@ -425,7 +450,7 @@ class Branch(Node):
     @property
     def alias_is_last_step(self) -> bool:
         """The alias is the id of the branch's last step: one name for one output."""
-        return self.join_alias is not None and self.join_alias == self.steps[-1].id
+        return self.join_alias is not None and self.join_alias == self.steps[-1].key
 
     def children(self) -> Sequence[Node]:
         return self.steps
@@ -445,8 +470,8 @@ class Branch(Node):
         out = checker.walk(self.steps, inner, current, prev, in_branch=True)
         if self.join_alias is not None:
             for node in self.walk():
-                if node is not self and node.id in inner:
-                    scope[node.id] = inner[node.id]
+                if node is not self and node.key in inner:
+                    scope[node.key] = inner[node.key]
             scope[self.join_alias] = out
         return out
 
@@ -505,7 +530,7 @@ class Parallel(Node):
             scope.update((k, v) for k, v in view.items() if k not in entry)
         for branch in self.joined:
             for node in branch.walk():
-                checker.placement.pop(node.id, None)
+                checker.placement.pop(node.key, None)
         return current  # the record goes on with the value it came in with
 
     def layout(self, previous: list[str], out: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -598,7 +623,18 @@ def as_node(item: Any, where: str) -> Node:
         return Parallel([item], where=where)
     if isinstance(item, Node):
         return item
-    raise ChainDefinitionError(f"{where}: expected a Step, apply(...), or a list of Branch, got {item!r}.")
+    from .chain import ChainGraph  # here: chain.py imports this module
+
+    if isinstance(item, ChainGraph):  # a chain inside a chain: a subflow under the chain's name
+        if not _ID_RE.fullmatch(item.name):
+            raise ChainDefinitionError(
+                f"{where}: chain {item.name!r} is used as a node, and its name is not a valid id; "
+                "give it one with chain.as_node('some_id')."
+            )
+        return item.as_node()
+    raise ChainDefinitionError(
+        f"{where}: expected a Step, apply(...), a Chain (a subflow) or a list of Branch, got {item!r}."
+    )
 
 
 def _signature_target(fn: Callable[..., Any]) -> Callable[..., Any]:

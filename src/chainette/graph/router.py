@@ -77,6 +77,7 @@ class Router(Node):
     """
 
     kind = "router"
+    counts_records = True
 
     def __init__(
         self,
@@ -138,13 +139,6 @@ class Router(Node):
     def children(self) -> Sequence[Node]:
         return self.routes
 
-    @property
-    def has_stats(self) -> bool:
-        return True
-
-    def defines(self) -> list[str]:
-        return [self.id]
-
     def check(
         self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
     ) -> type[BaseModel] | None:
@@ -162,8 +156,8 @@ class Router(Node):
                 f"{{{{ {self.id}.field }}}} is checked per record at run time.",
             )
         out = models.pop() if len(models) == 1 and None not in outputs else None
-        scope[self.id] = out
-        checker.placement.pop(self.id, None)
+        scope[self.key] = out
+        checker.placement.pop(self.key, None)
         return out
 
     def layout(self, previous: list[str], out: dict[str, list[dict[str, Any]]]) -> list[str]:

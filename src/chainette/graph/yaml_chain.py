@@ -23,6 +23,7 @@
       - loop: {id: refine, body: [...], until: checks:good_enough, max_iterations: 4}
       - take: 100
       - shuffle: {seed: 1, buffer: 1000}
+      - subflow: {id: review, chain: review.yaml}   # another chain (a YAML file, or module:chain)
 
 Each entry of ``steps`` is a mapping with one key, the node kind; :data:`KINDS` maps a kind to
 the function building it, so a new node kind adds one entry. Every error names the file and the
@@ -52,6 +53,7 @@ from .map import Map
 from .nodes import Apply, Branch, Node, Parallel, Step
 from .router import Router
 from .stream_ops import Shuffle, Take
+from .subflow import Subflow
 
 __all__ = ["KINDS", "YamlChainError", "read_chain_yaml"]
 
@@ -65,9 +67,11 @@ class YamlChainError(ChainDefinitionError):
 class _Reader:
     """Resolves names for one YAML file and builds its nodes."""
 
-    def __init__(self, path: Path, imports: list[str]) -> None:
+    def __init__(self, path: Path, imports: list[str], within: tuple[Path, ...] = ()) -> None:
         self.path = path
         self.imports = imports
+        self.within = within
+        """The files whose subflows led here (a file may not use itself)."""
         self._modules: dict[str, ModuleType] = {}
 
     def fail(self, where: str, message: str) -> YamlChainError:
@@ -304,6 +308,24 @@ def _shuffle(r: _Reader, spec: Any, where: str) -> Node:
     return Shuffle(**f)
 
 
+def _subflow(r: _Reader, spec: Any, where: str) -> Node:
+    f = r.fields(spec, where, ("id", "chain"), ("name",))
+    ref = f["chain"]
+    if isinstance(ref, str) and ref.endswith((".yaml", ".yml")):
+        path = (r.path.parent / ref).resolve()
+        if path in (*r.within, r.path.resolve()):
+            raise r.fail(f"{where}.chain", f"{ref!r} uses itself as a subflow (through {r.path.name}).")
+        name, nodes, options = _read(path, (*r.within, r.path.resolve()))
+        from .chain import ChainGraph  # here: chain.py imports this module when reading YAML
+
+        chain = ChainGraph(name, nodes, **options)
+    else:
+        chain = r.obj(ref, f"{where}.chain")
+        if not hasattr(chain, "as_node"):
+            raise r.fail(f"{where}.chain", f"{ref!r} is {chain!r}, not a Chain (or a .yaml chain file).")
+    return Subflow(f["id"], chain, name=f.get("name"))
+
+
 KINDS: dict[str, Callable[[_Reader, Any, str], Node]] = {
     "step": _step,
     "apply": _apply,
@@ -314,6 +336,7 @@ KINDS: dict[str, Callable[[_Reader, Any, str], Node]] = {
     "loop": _loop,
     "take": _take,
     "shuffle": _shuffle,
+    "subflow": _subflow,
 }
 """YAML node kind → ``build(reader, spec, where) -> Node``."""
 
@@ -321,7 +344,10 @@ KINDS: dict[str, Callable[[_Reader, Any, str], Node]] = {
 def read_chain_yaml(path: str | Path) -> tuple[str, list[Node | list[Branch]], dict[str, Any]]:
     """Read a YAML chain file: its name, its nodes and the other chain options (``batch_size``,
     ``emoji``). Engines it defines are registered. Raises :class:`YamlChainError`."""
-    path = Path(path)
+    return _read(Path(path), ())
+
+
+def _read(path: Path, within: tuple[Path, ...]) -> tuple[str, list[Node | list[Branch]], dict[str, Any]]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -342,7 +368,7 @@ def read_chain_yaml(path: str | Path) -> tuple[str, list[Node | list[Branch]], d
         raise YamlChainError(f"{path}: 'imports' must be a list of module names, got {imports!r}.")
     if data.get("engines"):
         engines_from({"engines": data["engines"]}, str(path))
-    reader = _Reader(path, imports)
+    reader = _Reader(path, imports, within)
     nodes = reader.nodes(data["steps"], "steps")
     options = {k: data[k] for k in ("batch_size", "emoji") if k in data}
     return str(data.get("name") or path.stem), nodes, options

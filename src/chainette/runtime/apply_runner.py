@@ -74,7 +74,7 @@ async def run_apply(node: Apply, chunk: list[Record], ctx: RunContext) -> list[R
     for record, result in zip(ready, results, strict=True):
         if out_model is not None and isinstance(result, out_model):
             # One output of the declared model: what _outputs does for it, without the detour.
-            _write(node, record.advance(node.id, result), ctx)
+            _write(node, record.advance(node.key, result), ctx)
             out.append(record)
         else:
             out.extend(_outputs(node, record, result, ctx))
@@ -140,7 +140,7 @@ def _outputs(node: Apply, record: Record, result: Any, ctx: RunContext) -> list[
     if isinstance(value, ApplyError):
         ctx.fail(record, value)
         return []
-    record.advance(node.id, value)
+    record.advance(node.key, value)
     _write(node, record, ctx)
     return [record]
 

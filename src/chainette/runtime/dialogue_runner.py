@@ -76,7 +76,7 @@ async def run_dialogue(node: Dialogue, chunk: list[Record], ctx: RunContext) -> 
         if talk.failed or talk.stop is None:
             continue
         transcript = Transcript(turns=talk.turns, stop_reason=talk.stop)
-        record = talk.record.advance(node.id, transcript)
+        record = talk.record.advance(node.key, transcript)
         if node.write:
             ctx.writer.add(node.id, {"_id": record.id, **transcript.model_dump(mode="json")})
         out.append(record)

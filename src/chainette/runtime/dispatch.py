@@ -28,6 +28,7 @@ from ..graph.map import Map
 from ..graph.nodes import Apply, Branch, Node, Parallel, Seq, Step
 from ..graph.router import Router
 from ..graph.stream_ops import Shuffle, Take
+from ..graph.subflow import Subflow
 from .apply_runner import run_apply
 from .context import RunContext
 from .dialogue_runner import run_dialogue
@@ -37,6 +38,7 @@ from .records import Record
 from .router_runner import run_router
 from .step_runner import iter_step, run_step
 from .stream_runner import flush_shuffle, run_shuffle, run_take
+from .subflow_runner import run_subflow
 
 __all__ = ["Runner", "missing_runners", "register_runner", "run_node", "runner_for"]
 
@@ -194,3 +196,4 @@ register_runner(Shuffle, run_shuffle, flush=flush_shuffle)
 register_runner(Map, run_map)
 register_runner(Dialogue, run_dialogue)
 register_runner(Loop, run_loop)
+register_runner(Subflow, run_subflow)

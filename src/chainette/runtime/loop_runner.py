@@ -65,7 +65,7 @@ async def run_loop(node: Loop, chunk: list[Record], ctx: RunContext) -> list[Rec
     tag = iteration_tag(node.id)
     looping = [_Looping(k, record) for k, record in enumerate(chunk)]
     for entry in looping:
-        entry.record.history[node.id] = LoopState()
+        entry.record.history[node.key] = LoopState()
 
     def fail(entry: _Looping, error: RecordError) -> None:
         nonlocal failed
@@ -79,7 +79,7 @@ async def run_loop(node: Loop, chunk: list[Record], ctx: RunContext) -> list[Rec
             return
         record = entry.record
         record.tags = entry.outer_tags
-        record.history[node.id] = _state(node, passes, entry.spent(), reason)
+        record.history[node.key] = _state(node, passes, entry.spent(), reason)
         stats.stop_reasons[reason] = stats.stop_reasons.get(reason, 0) + 1
         if reason in LIMITS and node.on_limit == "fail":
             fail(entry, _limit_error(node, record, passes, entry.spent(), reason))
@@ -101,7 +101,7 @@ async def run_loop(node: Loop, chunk: list[Record], ctx: RunContext) -> list[Rec
         for entry in going:
             record = entry.record
             record.tags = {**entry.outer_tags, tag: passes} if entry.outer_tags else {tag: passes}
-            record.history[node.id] = LoopState.model_construct(
+            record.history[node.key] = LoopState.model_construct(
                 iteration=passes,
                 iterations=passes,
                 stop_reason=None,
@@ -118,7 +118,7 @@ async def run_loop(node: Loop, chunk: list[Record], ctx: RunContext) -> list[Rec
             if len(outs) != 1:  # none: it failed or was filtered in the body (already reported there)
                 continue
             entry.record = outs[0]
-            entry.record.history[node.id] = _state(node, passes, entry.spent(), None)
+            entry.record.history[node.key] = _state(node, passes, entry.spent(), None)
             reason = _decide(node, entry, passes, started, after=True)
             if reason is None:
                 looping.append(entry)

@@ -24,7 +24,7 @@ from .._errors import RecordError
 from ..graph.map import Map
 from ..graph.view import RecordView
 from .context import RunContext
-from .records import Record, describe_validation
+from .records import Record, describe_validation, owner_id
 
 __all__ = ["run_map"]
 
@@ -196,7 +196,7 @@ class _MapRun:
                 f"the body's outputs do not fit {node.output_model.__name__}: {describe_validation(exc)}",
             )
             return
-        record.history[node.id] = collected  # the value goes on unchanged
+        record.history[node.key] = collected  # the value goes on unchanged
         self.results[parent.position] = record
         stats = self.ctx.node(node.id)
         stats.records_out += 1
@@ -260,9 +260,8 @@ def _wrap(item: Any, item_field: str | None) -> Any:
 def _owner(by_id: dict[str, tuple[_Parent, int]], record_id: str) -> tuple[_Parent, int]:
     """The child a body output or failure belongs to: itself, or the child it was fanned out of
     (``<child>.<k>``, ``<child>.<route>``)."""
-    key = record_id
-    while key not in by_id and "." in key:
-        key = key.rsplit(".", 1)[0]
+    key = owner_id(by_id, record_id)
+    assert key is not None, record_id
     return by_id[key]
 
 

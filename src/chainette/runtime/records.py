@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["Record", "coerce", "describe_validation", "dump", "fields_of", "iteration_tag", "request_salt"]
+__all__ = [
+    "Record",
+    "coerce",
+    "describe_validation",
+    "dump",
+    "fields_of",
+    "iteration_tag",
+    "owner_id",
+    "request_salt",
+]
 
 
 class Record:
@@ -71,6 +81,15 @@ class Record:
 
     def __repr__(self) -> str:
         return f"Record(id={self.id!r}, index={self.index})"
+
+
+def owner_id(ids: Container[str], record_id: str) -> str | None:
+    """Which of ``ids`` ``record_id`` is, or was made from by fan-out (``<id>.<k>``,
+    ``<id>.<route>``, nested ones too); None when none."""
+    key = record_id
+    while key not in ids and "." in key:
+        key = key.rsplit(".", 1)[0]
+    return key if key in ids else None
 
 
 def iteration_tag(loop_id: str) -> str:

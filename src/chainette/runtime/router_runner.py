@@ -10,7 +10,7 @@ from .._errors import RecordError
 from ..graph.router import Router
 from ..graph.view import RecordView
 from .context import RunContext
-from .records import Record
+from .records import Record, owner_id
 
 __all__ = ["run_router"]
 
@@ -40,7 +40,7 @@ async def run_router(node: Router, chunk: list[Record], ctx: RunContext) -> list
     out = [r for route in node.routes for r in done[route.name]]
     out.sort(key=lambda r: _position(order, r.id))  # input order (stable: route order within a record)
     for record in out:
-        record.advance(node.id, record.value)
+        record.advance(node.key, record.value)
     stats.records_out += len(out)
     stats.done += len(chunk) - failed_here
     ctx.progress(node.id)
@@ -111,9 +111,8 @@ def _chosen(node: Router, record: Record) -> Any:
 
 def _position(order: dict[str, int], record_id: str) -> int:
     """Where the record (or the routed record it was fanned out from, ``<id>.<k>``) was in the chunk."""
-    while record_id not in order and "." in record_id:
-        record_id = record_id.rsplit(".", 1)[0]
-    return order.get(record_id, len(order))
+    key = owner_id(order, record_id)
+    return order[key] if key is not None else len(order)
 
 
 def _copy(record: Record, new_id: str) -> Record:

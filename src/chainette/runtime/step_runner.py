@@ -138,7 +138,7 @@ async def _run_jobs(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Recor
     out: list[Record] = []
     for job in jobs:
         if job.output is not None:
-            record = job.record.advance(step.id, job.output)
+            record = job.record.advance(step.key, job.output)
             row = {"_id": record.id, **record.tags} if record.tags else {"_id": record.id}
             row.update(job.output.model_dump(mode="json"))
             if job.reasoning:
@@ -146,7 +146,7 @@ async def _run_jobs(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Recor
         elif job.failure is not None and step.on_failure == "emit":
             # passed on marked as failed: the value stays the step's input, the step's slot holds the reason
             record = job.record
-            record.history[step.id] = {"_error": job.failure.message}
+            record.history[step.key] = {"_error": job.failure.message}
             row = {"_id": record.id, **record.tags} if record.tags else {"_id": record.id}
             row["_error"] = job.failure.message
         else:
