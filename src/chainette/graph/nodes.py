@@ -138,10 +138,11 @@ class Node:
         """Check this node; ``scope`` holds the outputs templates can read so far (updated in
         place with what this node adds). Returns the model of the value that goes on.
 
-        A leaf checks itself (:meth:`check_self`) and adds its output under its id; containers
-        override this."""
+        A leaf checks itself (:meth:`check_self`) and adds its output under its id (a union's
+        variants, when there are several); containers override this."""
         self.check_self(checker, scope, current, prev)
-        scope[self.id] = self.output_model
+        variants = self.output_variants
+        scope[self.id] = variants if len(variants) > 1 else self.output_model
         return self.output_model
 
     def check_self(
