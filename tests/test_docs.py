@@ -1,4 +1,4 @@
-"""The README's Python example runs as written, on the real embedded engine."""
+"""The README's Python examples run as written: the quick start on the real embedded engine."""
 
 from __future__ import annotations
 
@@ -19,3 +19,20 @@ def test_readme_quick_start_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == "{'records_in': 1, 'records_out': 1, 'failures': 0, 'filtered': 0}"
     assert (tmp_path / "runs" / "qa" / "flattened" / "000.jsonl").exists()
+
+
+def test_readme_union_example_routes_by_variant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chainette import register_engine
+
+    [code] = [
+        c for c in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "discriminator=" in c
+    ]
+    register_engine("local", backend="fake")  # the quick start's engine name; no model to load
+    monkeypatch.chdir(tmp_path)
+    # dont_inherit: the block runs as a script would, without this file's `from __future__ import annotations`
+    exec(compile(code, str(README), "exec", dont_inherit=True), {"__name__": "readme_union"})
+    [line] = capsys.readouterr().out.splitlines()
+    kind, reply = line.split(" | ")
+    assert reply.startswith({"refund": "Refunding", "question": "See our help page"}[kind])
