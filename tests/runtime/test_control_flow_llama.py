@@ -91,7 +91,7 @@ class Routed(BaseModel):
     name: str
 
 
-@pytest.mark.timeout(180)  # 35 s measured alone, 75 s beside another suite on 2 cores
+@pytest.mark.timeout(180)  # 3 s measured; 75 s while the 2-core machine was busy compiling
 def test_a_union_step_answers_a_variant_and_the_router_follows_it(tmp_path: Path) -> None:
     pet = Step(
         id="pet",
