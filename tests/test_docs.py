@@ -1,4 +1,4 @@
-"""The README's Python example runs as written, on the real embedded engine."""
+"""The README's Python examples run as written: the quick start on the real embedded engine."""
 
 from __future__ import annotations
 
@@ -31,3 +31,20 @@ def test_readme_subflow_example_prints_what_its_comments_say(
     printed = capsys.readouterr().out.splitlines()
     expected = [line.split("# ", 1)[1] for line in code.splitlines() if line.startswith("print(")]
     assert printed == expected
+
+
+def test_readme_union_example_routes_by_variant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chainette import register_engine
+
+    [code] = [
+        c for c in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "discriminator=" in c
+    ]
+    register_engine("local", backend="fake")  # the quick start's engine name; no model to load
+    monkeypatch.chdir(tmp_path)
+    # dont_inherit: the block runs as a script would, without this file's `from __future__ import annotations`
+    exec(compile(code, str(README), "exec", dont_inherit=True), {"__name__": "readme_union"})
+    [line] = capsys.readouterr().out.splitlines()
+    kind, reply = line.split(" | ")
+    assert reply.startswith({"refund": "Refunding", "question": "See our help page"}[kind])

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import random
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 import anyio
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
 from chainette import ChatRequest, FakeEngine
 from chainette.engines.fake import example_for_schema
@@ -55,3 +55,23 @@ def test_answers_are_deterministic_and_counted() -> None:
     a, b = anyio.run(main)
     assert a == b and engine.calls == 2
     Inner.model_validate(json.loads(a))
+
+
+class Cat(BaseModel):
+    kind: Literal["cat"]
+    lives: int = Field(ge=1, le=9)
+
+
+class Dog(BaseModel):
+    kind: Literal["dog"]
+    good: bool
+
+
+@pytest.mark.parametrize(
+    "union", [Cat | Dog, Annotated[Cat | Dog, Field(discriminator="kind")]], ids=["anyOf", "oneOf"]
+)
+def test_examples_of_a_union_validate_and_cover_every_variant(union: object) -> None:
+    adapter = TypeAdapter(union)
+    schema = adapter.json_schema()
+    values = [adapter.validate_python(example_for_schema(schema, random.Random(seed))) for seed in range(20)]
+    assert {type(v) for v in values} == {Cat, Dog}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Literal
+
 import pytest
 from pydantic import BaseModel
 from tests.helpers import Answer, Question, Summary, Translation
@@ -10,7 +13,9 @@ from chainette import (
     Branch,
     Chain,
     ChainDefinitionError,
+    ChatRequest,
     IncompatibleStepsError,
+    Router,
     Step,
     TemplateError,
     UnknownEngineError,
@@ -200,3 +205,121 @@ def test_an_id_with_other_characters_says_exactly_which_are_allowed(node_id: str
     message = str(info.value)
     assert "ASCII letters (a-z, A-Z), digits (0-9) and underscores (_), not starting with a digit" in message
     assert f"{shown} is not allowed" in message, message
+
+
+# a step whose output is a union of models, then a router keyed by the variant classes
+
+
+class Cat(BaseModel):
+    kind: Literal["cat"]
+    name: str
+    lives: int
+
+
+class Dog(BaseModel):
+    kind: Literal["dog"]
+    name: str
+    good: bool
+
+
+class Bird(BaseModel):
+    wings: int
+
+
+def pet_step(output_model: Any = Cat | Dog) -> Step:
+    return Step(
+        id="pet", input_model=Question, output_model=output_model, engine_name="fake", user_prompt="x"
+    )
+
+
+def to_summary(value: Any) -> Summary:
+    return Summary(summary=type(value).__name__)
+
+
+def variant_router(routes: dict[type[BaseModel], Any] | None = None, **options: Any) -> Router:
+    routes = (
+        routes if routes is not None else {Cat: apply(to_summary, id="c"), Dog: apply(to_summary, id="d")}
+    )
+    return Router("by_kind", routes, **options)
+
+
+def reads(prompt: str) -> Step:
+    return Step(
+        id="after", input_model=Question, output_model=Summary, engine_name="fake", user_prompt=prompt
+    )
+
+
+def test_a_variant_without_a_route_is_an_error_before_any_request(run_dir: Path) -> None:
+    asked: list[ChatRequest] = []
+    register_engine("fake", backend="fake", responder=lambda r: asked.append(r) or {})
+    chain = Chain("c", [pet_step(), variant_router({Cat: apply(to_summary, id="c")})])
+    [error] = chain.check().errors
+    assert error.node_id == "by_kind"
+    assert error.message == (
+        "Router 'by_kind': step 'pet' can answer Dog (its output is Cat | Dog), but no route takes Dog. "
+        "Add a route keyed by Dog, a default= route, or on_no_match='filter'."
+    )
+    with pytest.raises(ChainDefinitionError, match="no route takes Dog"):
+        chain.run([Question(text="q")], output_dir=run_dir)
+    assert asked == [] and not run_dir.exists()
+
+
+def test_a_default_or_filtering_lets_a_variant_go_without_a_route() -> None:
+    only_cat = {Cat: apply(to_summary, id="c"), Bird: apply(to_summary, id="b")}
+    for options in ({"default": Cat}, {"on_no_match": "filter"}):
+        messages = [
+            e.message for e in Chain("c", [pet_step(), variant_router(only_cat, **options)]).check().errors
+        ]
+        assert messages == [  # the stray Bird route is still wrong; the missing Dog route is not
+            "Router 'by_kind': route 'Bird' is keyed by Bird, which is not a variant of step 'pet''s output "
+            "(Cat | Dog), so no record can take it. Key it by one of Cat | Dog, or remove it."
+        ]
+    assert Chain("c", [pet_step(), variant_router(default=Cat)]).check().issues == []
+
+
+def test_each_route_is_checked_with_its_variant() -> None:
+    def cat_only(c: Cat) -> Summary:
+        return Summary(summary=c.name)
+
+    def wants_cat_in_dog_route(c: Cat) -> Summary:
+        return Summary(summary=c.name)
+
+    in_route = Step(
+        id="lives", input_model=Cat, output_model=Summary, engine_name="fake", user_prompt="{{ pet.lives }}"
+    )
+    good = Chain("c", [pet_step(), variant_router({Cat: in_route, Dog: apply(to_summary)})])
+    assert good.check().issues == []  # in the Cat route, {{ pet.lives }} is a Cat's field
+    bad = Chain("c", [pet_step(), variant_router({Cat: apply(cat_only), Dog: apply(wants_cat_in_dog_route)})])
+    [error] = bad.check().errors
+    assert error.node_id == "wants_cat_in_dog_route" and "needs Cat but 'pet' outputs Dog" in error.message
+
+
+def test_template_fields_after_a_union_step() -> None:
+    assert Chain("c", [pet_step(), reads("{{ pet.name }} {{ pet.kind }}")]).check().errors == []
+    [error] = Chain("c", [pet_step(), reads("{{ pet.wings }}")]).check().errors
+    assert error.node_id == "after" and error.error_type is TemplateError
+    assert "'pet' is one of Cat | Dog, and none of them has a field 'wings'" in error.message
+    report = Chain("c", [pet_step(), reads("{{ pet.lives }}")]).check()
+    assert report.errors == []
+    assert any(
+        "only Cat has the field 'lives': records that got Dog fail to render" in w.message
+        for w in report.warnings
+    )
+
+
+def test_a_union_step_describes_itself_and_goes_through_inspect() -> None:
+    node = pet_step().describe()
+    assert node["output_model"] == f"{__name__}.Cat | {__name__}.Dog"
+    assert {o["$ref"] for o in node["output_schema"]["anyOf"]} == {"#/$defs/Cat", "#/$defs/Dog"}
+    chain = Chain("c", [pet_step(), variant_router()])
+    assert [n["id"] for n in chain.describe()["nodes"]][:2] == ["pet", "by_kind"]
+
+
+def test_a_union_member_that_is_not_a_model_is_refused() -> None:
+    with pytest.raises(ChainDefinitionError) as exc:
+        pet_step(Cat | str)
+    assert str(exc.value) == (
+        "Step 'pet': output_model must be a pydantic BaseModel class or a union of them (Cat | Dog, "
+        "typing.Union[Cat, Dog], or Annotated[Cat | Dog, Field(discriminator='kind')]), got "
+        f"{Cat | str!r}."
+    )

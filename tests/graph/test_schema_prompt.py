@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 from tests.helpers import Question
 
 from chainette import Step
@@ -52,3 +53,33 @@ def test_step_instruction_can_be_replaced_or_disabled() -> None:
     assert step(output_format_instruction="Schema: {schema}").schema_instruction.startswith(
         'Schema: {"$defs"'
     )
+
+
+class Refund(BaseModel):
+    kind: Literal["refund"]
+    amount: float = Field(gt=0, description="In euros")
+
+
+class Question_(BaseModel):
+    kind: Literal["question"]
+    text: str
+
+
+class Deep(BaseModel):
+    kind: Literal["deep"]
+    inner: Flat
+
+
+def test_a_union_lists_each_variant_with_its_fields() -> None:
+    schema = TypeAdapter(Annotated[Refund | Question_, Field(discriminator="kind")]).json_schema()
+    assert schema_instruction(schema).splitlines() == [
+        "Reply with only a JSON object of one of these kinds:",
+        "Refund:",
+        '  - kind (always "refund")',
+        "  - amount (number, > 0): In euros",
+        "Question_:",
+        '  - kind (always "question")',
+        "  - text (string)",
+    ]
+    nested = schema_instruction(TypeAdapter(Refund | Deep).json_schema())
+    assert "  - inner (object)" in nested and 'JSON schema: {"$defs"' in nested

@@ -305,3 +305,63 @@ def test_a_subflow_in_yaml_runs_another_yaml_chain_twice(tmp_path: Path) -> None
     finally:
         sys.modules.pop("loop_models", None)
     assert [(r["one.x"], r["two.x"]) for r in rows] == [(2, 4)]
+
+
+UNION_MODELS = """
+from typing import Literal
+from pydantic import BaseModel
+
+
+class Question(BaseModel):
+    text: str
+
+
+class Cat(BaseModel):
+    kind: Literal["cat"]
+    lives: int
+
+
+class Dog(BaseModel):
+    kind: Literal["dog"]
+    good: bool
+
+
+class Label(BaseModel):
+    label: str
+
+
+def cat(c: Cat) -> Label:
+    return Label(label="cat")
+
+
+def dog(d: Dog) -> Label:
+    return Label(label="dog")
+"""
+
+
+def test_a_list_of_output_models_is_their_union(tmp_path: Path) -> None:
+    (tmp_path / "union_models.py").write_text(UNION_MODELS)
+    (tmp_path / "union.yaml").write_text(
+        "imports: [union_models]\n"
+        "engines: [{name: pets, backend: fake}]\n"
+        "steps:\n"
+        "  - step: {id: pet, input_model: Question, output_model: [Cat, union_models:Dog], engine: pets,"
+        " user_prompt: '{{ text }}'}\n"
+        "  - router: {id: by_kind, routes: {'union_models:Cat': {apply: cat}, 'union_models:Dog': {apply: dog}}}\n"
+    )
+    (tmp_path / "bad.yaml").write_text(
+        "imports: [union_models]\nsteps:\n"
+        "  - step: {id: pet, input_model: Question, output_model: [Cat, cat], engine: e, user_prompt: x}\n"
+    )
+    try:
+        chain = Chain.from_yaml(tmp_path / "union.yaml")
+        import union_models as m
+
+        assert chain.items[0].output_variants == (m.Cat, m.Dog)
+        result = chain.run([{"text": f"pet {i}"} for i in range(8)], tmp_path / "run")
+        with pytest.raises(YamlChainError, match=r"output_model\[1\]: 'cat' is .*not a pydantic model class"):
+            Chain.from_yaml(tmp_path / "bad.yaml")
+    finally:
+        sys.modules.pop("union_models", None)
+    rows = read_jsonl(result.path / "flattened")
+    assert len(rows) == 8 and all(r["by_kind.label"] == r["pet.kind"] for r in rows)

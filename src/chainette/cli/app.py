@@ -296,7 +296,8 @@ def _label(node: Node, report: CheckReport | None) -> str:
     def name(model: Any) -> str:
         return model.__name__ if model is not None else "?"
 
-    text = f"[bold]{escape(node.id)}[/] [cyan]{node.kind}[/] {name(node.input_model)} → {name(node.output_model)}"
+    output = " | ".join(v.__name__ for v in node.output_variants) or "?"  # a union step: its variants
+    text = f"[bold]{escape(node.id)}[/] [cyan]{node.kind}[/] {name(node.input_model)} → {output}"
     if node.name != node.id:
         text += f" [dim]({escape(node.name)})[/]"
     if node.engine_name is not None:

@@ -117,7 +117,10 @@ def _example(node: dict[str, Any], root: dict[str, Any], rng: random.Random, dep
     for key in ("anyOf", "oneOf"):
         if key in node:
             options = [o for o in node[key] if o.get("type") != "null"] or node[key]
-            return _example(options[0], root, rng, depth + 1)
+            objects = all(_is_object(o, root) for o in options)
+            # a union of models: any variant (their own const discriminators keep it valid)
+            pick = rng.choice(options) if objects and len(options) > 1 else options[0]
+            return _example(pick, root, rng, depth + 1)
     if "allOf" in node:
         merged: dict[str, Any] = {}
         for part in node["allOf"]:
@@ -162,6 +165,12 @@ def _number(node: dict[str, Any], rng: random.Random, *, integer: bool) -> float
     if value in (node.get("exclusiveMinimum"), node.get("exclusiveMaximum")):
         value = (float(low) + float(high)) / 2
     return round(value, 3)
+
+
+def _is_object(node: dict[str, Any], root: dict[str, Any]) -> bool:
+    if "$ref" in node:
+        node = _resolve(node["$ref"], root)
+    return node.get("type") == "object" or "properties" in node
 
 
 def _resolve(ref: str, root: dict[str, Any]) -> dict[str, Any]:

@@ -171,7 +171,11 @@ class LlamaCppEngine(Engine):
         return completion
 
     def grammar(self, schema: dict[str, Any]) -> Any:
-        """The GBNF grammar for ``schema`` (cached per schema)."""
+        """The GBNF grammar for ``schema`` (cached per schema).
+
+        A union step's schema (pydantic's ``anyOf``, or ``oneOf`` + ``discriminator`` + ``$defs``)
+        goes in as it is: the converter makes one alternative per variant and ignores
+        ``discriminator`` (checked with llama-cpp-python 0.3.x), so nothing is rewritten here."""
         from llama_cpp.llama_grammar import LlamaGrammar
 
         key = json.dumps(schema, sort_keys=True)

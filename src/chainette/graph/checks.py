@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CheckReport", "Checker", "Issue", "Scope", "check_chain"]
 
-Scope = dict[str, "type[BaseModel] | None"]
+Scope = dict[str, "type[BaseModel] | tuple[type[BaseModel], ...] | None"]
+"""Names templates can read → the model of the output (a tuple: a union step's variants; None:
+unknown, checked per record)."""
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,11 @@ class Checker:
             return
         if ref.name in scope:
             target = scope[ref.name]
-            if ref.attr and target is not None:
+            if not ref.attr or target is None:
+                return
+            if isinstance(target, tuple):
+                self.check_variant_attr(step, where, ref, target)
+            else:
                 self.check_attr(step, where, ref, target)
             return
         if ref.name in self.placement:
@@ -236,6 +242,36 @@ class Checker:
             TemplateError,
         )
 
+    def check_variant_attr(
+        self, step: Step, where: str, ref: Reference, variants: tuple[type[BaseModel], ...]
+    ) -> None:
+        """``{{ name.attr }}`` after a union step: fine when every variant has the field, an error
+        when none has it, a warning when only some do (the others fail to render)."""
+        having = [v.__name__ for v in variants if ref.attr in v.model_fields]
+        union = " | ".join(v.__name__ for v in variants)
+        if len(having) == len(variants):
+            return
+        if having:
+            lacking = ", ".join(v.__name__ for v in variants if v.__name__ not in having)
+            self.add(
+                "warning",
+                step,
+                f"{where}; {ref.name!r} is one of {union}, and only {', '.join(having)} has the field "
+                f"{ref.attr!r}: records that got {lacking} fail to render. Guard it with "
+                f"{{% if {ref.name}.{ref.attr} is defined %}}, or route by variant first.",
+            )
+            return
+        fields = sorted({f for v in variants for f in v.model_fields})
+        close = difflib.get_close_matches(ref.attr or "", fields, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        self.add(
+            "error",
+            step,
+            f"{where}; {ref.name!r} is one of {union}, and none of them has a field {ref.attr!r}{hint}. "
+            f"Their fields: {', '.join(fields)}.",
+            TemplateError,
+        )
+
     def check_apply(self, node: Apply, current: type[BaseModel] | None, prev: Node | None) -> None:
         if node.input_model is None and node.output_model is None:
             self.add(
@@ -261,11 +297,17 @@ class Checker:
             return
         if current is None:
             if prev is not None:
+                variants = prev.output_variants
+                known = (
+                    f"the output of {prev.id!r} is one of {' | '.join(v.__name__ for v in variants)}"
+                    if len(variants) > 1
+                    else f"the output type of {prev.id!r} is unknown"
+                )
                 self.add(
                     "warning",
                     node,
-                    f"{node.kind} {node.id!r}: the output type of {prev.id!r} is unknown, "
-                    f"so its fit to {wanted.__name__} is checked per record at run time.",
+                    f"{node.kind} {node.id!r}: {known}, so its fit to {wanted.__name__} is checked per "
+                    "record at run time.",
                 )
             return
         if current is wanted or issubclass(current, wanted):

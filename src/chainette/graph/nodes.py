@@ -14,10 +14,11 @@ import json
 import re
 import typing
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import jinja2
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from .._errors import ChainDefinitionError, TemplateError
 from ..engines.base import SamplingParams
@@ -150,16 +151,23 @@ class Node:
         """Produces many outputs per input record, handed on in passes rather than all at once."""
         return False
 
+    @property
+    def output_variants(self) -> tuple[type[BaseModel], ...]:
+        """The model classes the value after this node can be: ``(output_model,)``, none when
+        unknown, several for a step whose output is a union (its ``output_model`` is then None)."""
+        return () if self.output_model is None else (self.output_model,)
+
     def check(
         self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
     ) -> type[BaseModel] | None:
         """Check this node; ``scope`` holds the outputs templates can read so far (updated in
         place with what this node adds). Returns the model of the value that goes on.
 
-        A leaf checks itself (:meth:`check_self`) and adds its output under its id; containers
-        override this."""
+        A leaf checks itself (:meth:`check_self`) and adds its output under its id (a union's
+        variants, when there are several); containers override this."""
         self.check_self(checker, scope, current, prev)
-        scope[self.key] = self.output_model
+        variants = self.output_variants
+        scope[self.key] = variants if len(variants) > 1 else self.output_model
         return self.output_model
 
     def check_self(
@@ -177,12 +185,13 @@ class Node:
 
     def describe(self) -> dict[str, Any]:
         """What ``graph.json`` records about this node."""
+        output = " | ".join(f"{v.__module__}.{v.__qualname__}" for v in self.output_variants)
         return {
             "id": self.id,
             "kind": self.kind,
             "name": self.name,
             "input_model": _model_name(self.input_model),
-            "output_model": _model_name(self.output_model),
+            "output_model": output or None,
             "input_schema": self.input_model.model_json_schema() if self.input_model else None,
             "output_schema": self.output_model.model_json_schema() if self.output_model else None,
         }
@@ -205,7 +214,12 @@ class Step(Node):
     Args:
         id: Unique identifier; later templates read this step's output as ``{{ id.field }}``.
         input_model: Pydantic model the incoming record is validated into.
-        output_model: Pydantic model the LLM must produce (the JSON schema constrains decoding).
+        output_model: Pydantic model the LLM must produce (the JSON schema constrains decoding),
+            or a union of models (``Cat | Dog``, ``typing.Union[Cat, Dog]``,
+            ``Annotated[Cat | Dog, Field(discriminator="kind")]``): the model answers one of them,
+            and the record goes on as that variant's instance, so a :class:`Router` keyed by the
+            variant classes routes it. The step then keeps the annotation as ``output_type`` and
+            its members as ``variants``; its ``output_model`` is None (checked per record).
         engine_name: Name of a registered engine.
         name: Display name (defaults to ``id``).
         sampling: Sampling parameters (greedy by default).
@@ -244,14 +258,15 @@ class Step(Node):
 
     kind = "step"
     input_model: type[BaseModel]
-    output_model: type[BaseModel]
+    output_model: type[BaseModel] | None
+    """The output model; None when the output is a union (see ``variants``)."""
     engine_name: str
 
     def __init__(
         self,
         id: str,
         input_model: type[BaseModel],
-        output_model: type[BaseModel],
+        output_model: type[BaseModel] | object,
         engine_name: str,
         *,
         name: str | None = None,
@@ -267,11 +282,17 @@ class Step(Node):
     ) -> None:
         self.id = _check_id(id, "Step")
         self.name = name or id
-        for label, model in (("input_model", input_model), ("output_model", output_model)):
-            if not (isinstance(model, type) and issubclass(model, BaseModel)):
-                raise ChainDefinitionError(
-                    f"Step {id!r}: {label} must be a pydantic BaseModel class, got {model!r}."
-                )
+        if not (isinstance(input_model, type) and issubclass(input_model, BaseModel)):
+            raise ChainDefinitionError(
+                f"Step {id!r}: input_model must be a pydantic BaseModel class, got {input_model!r}."
+            )
+        variants = _output_variants(output_model)
+        if variants is None:
+            raise ChainDefinitionError(
+                f"Step {id!r}: output_model must be a pydantic BaseModel class or a union of them "
+                "(Cat | Dog, typing.Union[Cat, Dog], or Annotated[Cat | Dog, Field(discriminator='kind')]), "
+                f"got {output_model!r}."
+            )
         if max_reasks < 0:
             raise ChainDefinitionError(f"Step {id!r}: max_reasks must be >= 0, got {max_reasks}.")
         if samples < 1:
@@ -284,13 +305,22 @@ class Step(Node):
         self.samples = samples
         self.on_failure: OnFailure = on_failure
         self.input_model = input_model
-        self.output_model = output_model
+        self.output_type: Any = output_model
+        """The output annotation as given: a model class, or a union of them."""
+        self.variants: tuple[type[BaseModel], ...] = variants
+        """The model classes an answer can be: one, or a union's members."""
+        self.output_model = variants[0] if len(variants) == 1 else None
+        self._adapter: TypeAdapter[Any] | None = (
+            None if self.output_model else TypeAdapter(typing.cast(Any, output_model))
+        )
         self.engine_name = engine_name
         self.sampling = sampling or SamplingParams()
         self.max_reasks = max_reasks
         self.write = write
         self.emoji = emoji
-        self.json_schema: dict[str, Any] = output_model.model_json_schema()
+        self.json_schema: dict[str, Any] = (
+            _union_schema(self._adapter) if self._adapter is not None else variants[0].model_json_schema()
+        )
         if output_format_instruction is None:
             self.schema_instruction = schema_instruction(self.json_schema)
         else:
@@ -313,6 +343,21 @@ class Step(Node):
         return self.samples > 1
 
     @property
+    def output_variants(self) -> tuple[type[BaseModel], ...]:
+        return self.variants
+
+    def validate_output(self, data: Any) -> BaseModel:
+        """``data`` (parsed JSON) as the output model, or as the union's variant it matches.
+
+        Raises:
+            pydantic.ValidationError: When it fits no variant.
+        """
+        if self._adapter is None:
+            return self.variants[0].model_validate(data)
+        value: BaseModel = self._adapter.validate_python(data)
+        return value
+
+    @property
     def reads_input_fields(self) -> bool:
         """The templates read a field of the step's own input (``{{ field }}``); if not, the record
         need not fit ``input_model`` (e.g. a step after a join reading only ``{{ alias.field }}``)."""
@@ -329,6 +374,7 @@ class Step(Node):
     def describe(self) -> dict[str, Any]:
         return {
             **super().describe(),
+            "output_schema": self.json_schema,  # a union's schema too (its output_model is None)
             "engine": self.engine_name,
             "sampling": self.sampling.model_dump(mode="json"),
             "system_prompt": self.system_template.source,
@@ -656,6 +702,37 @@ def _wants_record(fn: Callable[..., Any]) -> bool:
     second = positional[1]
     hinted = second.annotation in (RecordView, "RecordView")
     return hinted or second.default is inspect.Parameter.empty
+
+
+def _output_variants(output: Any) -> tuple[type[BaseModel], ...] | None:
+    """The model classes a step's ``output_model`` annotation stands for: the class itself, or
+    the members of a union of model classes (``A | B``, ``Union[A, B]``, the union inside
+    ``Annotated[..., Field(discriminator=...)]``); None for anything else."""
+    if isinstance(output, type) and issubclass(output, BaseModel):
+        return (output,)
+    hint = get_args(output)[0] if get_origin(output) is Annotated else output
+    if get_origin(hint) not in (Union, UnionType):
+        return None
+    members = get_args(hint)
+    if all(isinstance(m, type) and issubclass(m, BaseModel) for m in members):
+        return tuple(members)
+    return None
+
+
+def _union_schema(adapter: TypeAdapter[Any]) -> dict[str, Any]:
+    """A union's JSON schema (``anyOf``, or ``oneOf`` + ``discriminator`` + ``$defs``). With a
+    discriminator, every variant lists that field as required: pydantic reads the tag before
+    anything else, so an answer without it fails even when the field has a default (which
+    would make the schema, and so a grammar built from it, call it optional)."""
+    schema = adapter.json_schema()
+    discriminator = schema.get("discriminator")
+    if isinstance(discriminator, dict):
+        tag = discriminator.get("propertyName")
+        for ref in discriminator.get("mapping", {}).values():
+            variant = schema.get("$defs", {}).get(str(ref).removeprefix("#/$defs/"))
+            if tag and isinstance(variant, dict) and tag not in variant.setdefault("required", []):
+                variant["required"].insert(0, tag)
+    return schema
 
 
 def _model_name(model: type[BaseModel] | None) -> str | None:

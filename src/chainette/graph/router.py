@@ -142,9 +142,14 @@ class Router(Node):
     def check(
         self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
     ) -> type[BaseModel] | None:
+        union = prev if prev is not None and self.by is None and len(prev.output_variants) > 1 else None
+        if union is not None:  # right after a union step, routed by variant
+            self._check_variants(checker, union, union.output_variants)
         outputs: list[type[BaseModel] | None] = []
         for route in self.routes:
             view = dict(scope)  # a route's outputs exist only for the records it took
+            if union is not None and route.model is not None and isinstance(view.get(union.key), tuple):
+                view[union.key] = route.model  # the route's records are that variant
             outputs.append(checker.walk(route.steps, view, route.model or current, prev, in_branch=True))
         models = {o for o in outputs if o is not None}
         if len(models) > 1:
@@ -159,6 +164,35 @@ class Router(Node):
         scope[self.key] = out
         checker.placement.pop(self.key, None)
         return out
+
+    def _check_variants(self, checker: Checker, prev: Node, variants: tuple[type[BaseModel], ...]) -> None:
+        """Routes keyed by model classes right after a union step: every variant has a route
+        (unless a default or ``on_no_match='filter'`` takes the rest), and every route's class is
+        one the step can answer."""
+        union = " | ".join(v.__name__ for v in variants)
+        source = f"{prev.kind} {prev.id!r}"
+        keyed = [r.model for r in self.routes if r.model is not None]
+        for route in self.routes:
+            model = route.model
+            if model is not None and not any(issubclass(v, model) for v in variants):
+                checker.add(
+                    "error",
+                    self,
+                    f"Router {self.id!r}: route {route.name!r} is keyed by {model.__name__}, which is not a "
+                    f"variant of {source}'s output ({union}), so no record can take it. Key it by one of "
+                    f"{union}, or remove it.",
+                )
+        if self.default is not None or self.on_no_match == "filter":
+            return
+        for variant in variants:
+            if not any(issubclass(variant, m) for m in keyed):
+                checker.add(
+                    "error",
+                    self,
+                    f"Router {self.id!r}: {source} can answer {variant.__name__} (its output is {union}), "
+                    f"but no route takes {variant.__name__}. Add a route keyed by {variant.__name__}, a "
+                    "default= route, or on_no_match='filter'.",
+                )
 
     def layout(self, previous: list[str], out: dict[str, list[dict[str, Any]]]) -> list[str]:
         out["nodes"].append(self.describe())

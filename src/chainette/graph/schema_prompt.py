@@ -15,23 +15,55 @@ __all__ = ["schema_instruction"]
 
 
 def schema_instruction(schema: dict[str, Any]) -> str:
-    """``Reply with only a JSON object with these fields: ...`` for ``schema``."""
-    props: dict[str, Any] = schema.get("properties", {})
-    required = set(schema.get("required", []))
-    lines = ["Reply with only a JSON object with these fields:"]
+    """``Reply with only a JSON object with these fields: ...`` for ``schema``; for a union of
+    models (a root ``anyOf`` / ``oneOf``), ``... of one of these kinds:`` and each variant's fields."""
+    options: list[dict[str, Any]] = schema.get("oneOf") or schema.get("anyOf") or []
+    if "properties" not in schema and options:
+        lines = ["Reply with only a JSON object of one of these kinds:"]
+        nested = False
+        for option in options:
+            variant = _resolve(option, schema)
+            lines.append(f"{variant.get('title', 'object')}:")
+            fields, is_nested = _field_lines(variant, schema, indent="  ")
+            lines.extend(fields)
+            nested = nested or is_nested or not fields
+    else:
+        fields, nested = _field_lines(schema, schema)
+        lines = ["Reply with only a JSON object with these fields:", *fields]
+        nested = nested or not fields
+    if nested:
+        lines.append("JSON schema: " + json.dumps(schema, separators=(",", ":"), ensure_ascii=False))
+    return "\n".join(lines)
+
+
+def _field_lines(model: dict[str, Any], root: dict[str, Any], indent: str = "") -> tuple[list[str], bool]:
+    """One ``- name (type, notes): description`` line per property of ``model``, and whether
+    one of them is a nested object."""
+    props: dict[str, Any] = model.get("properties", {})
+    required = set(model.get("required", []))
+    lines = []
     nested = False
     for name, prop in props.items():
-        kind, is_nested = _kind(prop, schema)
+        kind, is_nested = _kind(prop, root)
         nested = nested or is_nested
         notes = _constraints(prop)
         if name not in required:
             notes.append("optional")
-        head = f"- {name} ({', '.join([kind, *notes])})"
+        head = f"{indent}- {name} ({', '.join([kind, *notes])})"
         description = prop.get("description")
         lines.append(f"{head}: {description}" if description else head)
-    if nested or not props:
-        lines.append("JSON schema: " + json.dumps(schema, separators=(",", ":"), ensure_ascii=False))
-    return "\n".join(lines)
+    return lines, nested
+
+
+def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """``node``, or what its ``$ref`` points to in ``root``."""
+    if "$ref" not in node:
+        return node
+    target: Any = root
+    for part in node["$ref"].removeprefix("#/").split("/"):
+        target = target.get(part, {})
+    resolved: dict[str, Any] = target
+    return resolved
 
 
 def _kind(prop: dict[str, Any], root: dict[str, Any]) -> tuple[str, bool]:

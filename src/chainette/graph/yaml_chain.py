@@ -11,7 +11,7 @@
       - step:
           id: qa
           input_model: Question       # or models:Question / pkg.models.Question / file.py:Question
-          output_model: Answer
+          output_model: Answer        # or a list of models: the union (the answer is one of them)
           engine: local
           sampling: {temperature: 0, max_tokens: 96}
           user_prompt: "Question: {{ text }}"
@@ -33,8 +33,10 @@ place in it (``steps[2].step.user_prompt``) and says what to write instead.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import importlib.util
+import operator
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -215,10 +217,20 @@ def _step(r: _Reader, spec: Any, where: str) -> Node:
     return Step(
         id=f.pop("id"),
         input_model=r.model(f.pop("input_model"), f"{where}.input_model"),
-        output_model=r.model(f.pop("output_model"), f"{where}.output_model"),
+        output_model=_output_model(r, f.pop("output_model"), f"{where}.output_model"),
         engine_name=engine,
         **f,
     )
+
+
+def _output_model(r: _Reader, ref: Any, where: str) -> Any:
+    """A model, or for a list of import paths their union (the model answers one of them)."""
+    if not isinstance(ref, list):
+        return r.model(ref, where)
+    if not ref:
+        raise r.fail(where, "expected a model's import path, or a non-empty list of them (a union).")
+    models = [r.model(item, f"{where}[{k}]") for k, item in enumerate(ref)]
+    return functools.reduce(operator.or_, models)
 
 
 def _apply(r: _Reader, spec: Any, where: str) -> Node:

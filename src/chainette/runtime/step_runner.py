@@ -15,7 +15,7 @@ errors, while stored invalid answers replay and fail the same way), ``stay``
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -383,7 +383,7 @@ def _judge(step: Step, job: _Job, completion: Completion | StoredAnswer) -> Reco
         problem = f"cut off at max_tokens={step.sampling.max_tokens} (finish_reason='length')"
         reask = REASK_TRUNCATED.format(max_tokens=step.sampling.max_tokens)
     else:
-        output, problem = parse_output(step.output_model, completion.text)
+        output, problem = parse_output(step, completion.text)
         if output is not None:
             job.output = output
             job.reasoning = completion.reasoning
@@ -405,8 +405,9 @@ def _judge(step: Step, job: _Job, completion: Completion | StoredAnswer) -> Reco
     )
 
 
-def parse_output(model: type[BaseModel], text: str) -> tuple[BaseModel | None, str]:
-    """Parse and validate ``text`` into ``model``; on failure return ``(None, reason)``.
+def parse_output(target: type[BaseModel] | Step, text: str) -> tuple[BaseModel | None, str]:
+    """Parse and validate ``text`` into ``target`` (a model class, or a step's output: its
+    model, or the variant of its union that matches); on failure return ``(None, reason)``.
 
     Raw control characters inside strings are accepted (small models emit them), and a
     Markdown code fence around the JSON is stripped.
@@ -422,7 +423,15 @@ def parse_output(model: type[BaseModel], text: str) -> tuple[BaseModel | None, s
             data = json.loads(body, strict=False)
         except json.JSONDecodeError as exc:
             return None, f"not valid JSON ({exc.msg} at character {exc.pos})"
+    validate: Callable[[Any], BaseModel]
+    if isinstance(target, Step):
+        validate, variants = target.validate_output, target.variants
+    else:
+        validate, variants = target.model_validate, (target,)
     try:
-        return model.model_validate(data), ""
+        return validate(data), ""
     except ValidationError as exc:
-        return None, f"does not match {model.__name__}: {describe_validation(exc)}"
+        if len(variants) > 1:
+            tried = ", ".join(v.__name__ for v in variants)
+            return None, f"matches none of the variants {tried}: {describe_validation(exc)}"
+        return None, f"does not match {variants[0].__name__}: {describe_validation(exc)}"
