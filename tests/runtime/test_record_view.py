@@ -115,3 +115,35 @@ def test_reading_a_name_the_record_lacks_fails_that_record_naming_what_it_has(ru
     assert failure["_index"] == 1 and failure["node"] == "reads_missing"
     assert "'nope': no earlier output of this record has that name (it has: input)" in failure["message"]
     assert [r["_index"] for r in result.flattened()] == [0]
+
+
+def test_inside_a_map_and_a_loop_the_view_names_the_parent_the_item_and_the_pass(run_dir: Path) -> None:
+    from chainette import Map, Repeat
+
+    class Doc(BaseModel):
+        name: str
+        parts: list[Num]
+
+    seen: list[tuple[str | None, int | None, int, str]] = []
+
+    def note(n: Num, record: RecordView) -> Num:
+        seen.append((record.parent, record.item, record["twice"].iteration, record["tag"].name))
+        return Num(x=n.x + 1)
+
+    def tag(d: Doc) -> Doc:
+        return d
+
+    chain = Chain("c", [apply(tag), Map("each", Repeat("twice", 2, apply(note)), over="parts")])
+    result = chain.run([Doc(name="d", parts=[Num(x=1), Num(x=2)])], output_dir=run_dir)
+    [row] = list(result.flattened())
+    assert [i["x"] for i in row["each.items"]] == [3, 4]
+    parent = row["_id"]
+    assert sorted(seen) == [
+        (parent, 0, 0, "d"),
+        (parent, 0, 1, "d"),
+        (parent, 1, 0, "d"),
+        (parent, 1, 1, "d"),
+    ]
+    top = RecordView("abc", 0, {})
+    assert (top.parent, top.item) == (None, None)
+    assert (RecordView("abc/3.1", 0, {}).parent, RecordView("abc/3.1", 0, {}).item) == ("abc", 3)

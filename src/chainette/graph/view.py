@@ -17,7 +17,11 @@ class RecordView(Mapping[str, Any]):
 
     ``record["qa"]`` is step ``qa``'s output (a model instance), ``record["fr"]`` a joined
     branch's, ``record.input`` the chain's input record; ``"qa" in record``, ``record.get("qa")``
-    and iteration work as on a dict.
+    and iteration work as on a dict. Inside a loop's body ``record["<loop id>"]`` is the
+    record's :class:`~chainette.LoopState` (``.iteration``: the pass); inside a map's body the
+    record is a child: :attr:`parent` and :attr:`item` say whose and which, and the parent's
+    earlier outputs are there by id as before the map. Inside a subflow the names are the
+    subflow chain's own (``record.input`` is the value that entered the subflow).
 
     Example:
         >>> from pydantic import BaseModel
@@ -38,6 +42,20 @@ class RecordView(Mapping[str, Any]):
         self.index = index
         """0-based position of the input record it came from."""
         self._history = history
+
+    @property
+    def parent(self) -> str | None:
+        """Inside a map's body: the id of the record whose list item this child is (the part of
+        :attr:`id` before the last ``/``); None outside a map."""
+        return self.id.rsplit("/", 1)[0] if "/" in self.id else None
+
+    @property
+    def item(self) -> int | None:
+        """Inside a map's body: the 0-based position of this child's item in its parent's list;
+        None outside a map."""
+        if "/" not in self.id:
+            return None
+        return int(self.id.rsplit("/", 1)[1].split(".", 1)[0])
 
     @property
     def input(self) -> Any:
