@@ -328,6 +328,13 @@ class Step(Node):
             self.schema_instruction = output_format_instruction.replace("{schema}", schema_text)
         self.system_template = self._compile("system_prompt", system_prompt)
         self.user_template = self._compile("user_prompt", user_prompt)
+        system_text = self.system_template.constant
+        self.fixed_system: str | None = None
+        """The whole system message when it is the same for every record (no Jinja syntax in
+        ``system_prompt``): the prompt and the schema instruction, joined once."""
+        if system_text is not None:
+            parts = [t for t in (system_text, self.schema_instruction) if t]
+            self.fixed_system = "\n\n".join(parts)
 
     def _compile(self, which: str, source: str) -> Template:
         try:
@@ -355,6 +362,17 @@ class Step(Node):
         if self._adapter is None:
             return self.variants[0].model_validate(data)
         value: BaseModel = self._adapter.validate_python(data)
+        return value
+
+    def validate_output_json(self, text: str | bytes) -> BaseModel:
+        """Like :meth:`validate_output` on JSON text, parsed and validated in one pass.
+
+        Raises:
+            pydantic.ValidationError: When the text is not JSON or fits no variant.
+        """
+        if self._adapter is None:
+            return self.variants[0].model_validate_json(text)
+        value: BaseModel = self._adapter.validate_json(text)
         return value
 
     @property

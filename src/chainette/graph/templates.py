@@ -44,7 +44,7 @@ class Template:
         jinja2.TemplateSyntaxError: When the source does not parse (the caller wraps it).
     """
 
-    __slots__ = ("_compiled", "_constant", "_globals", "references", "source")
+    __slots__ = ("_compiled", "_constant", "_globals", "_parts", "references", "source")
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -56,11 +56,24 @@ class Template:
         # Jinja merges its globals (a ChainMap) into every context, which costs more than the
         # render itself for short prompts: merge them into a plain dict once instead.
         self._globals = dict(self._compiled.globals)
+        # Text and plain ``{{ name }}`` / ``{{ name.attr }}`` only (most prompts): rendered by
+        # joining strings, without building a Jinja context per record.
+        self._parts = _substitutions(ast)
+
+    @property
+    def constant(self) -> str | None:
+        """The text, when the template has no Jinja syntax (it renders to itself); else None."""
+        return self._constant
 
     def render(self, context: Mapping[str, Any]) -> str:
         """Render with ``context``; an undefined name raises ``jinja2.UndefinedError``."""
         if self._constant is not None:
             return self._constant
+        if self._parts is not None:
+            try:
+                return _substitute(self._parts, context)
+            except Exception:  # a missing name or attribute: Jinja raises the proper error
+                pass
         compiled = self._compiled
         ctx = new_context(
             _ENV, compiled.name, compiled.blocks, {**self._globals, **context}, True, self._globals
@@ -70,6 +83,49 @@ class Template:
         except Exception:
             _ENV.handle_exception()  # re-raises with the template's line numbers, as Template.render does
             raise
+
+
+_Part = str | tuple[str, str | None]
+"""Literal text, or ``(name, attr)`` for ``{{ name }}`` (attr None) / ``{{ name.attr }}``."""
+
+
+def _substitutions(ast: nodes.Template) -> tuple[_Part, ...] | None:
+    """The template as literal text and plain substitutions, or None when it holds anything
+    else (filters, tests, blocks, expressions)."""
+    if len(ast.body) != 1 or not isinstance(ast.body[0], nodes.Output):
+        return None
+    parts: list[_Part] = []
+    for node in ast.body[0].nodes:
+        if isinstance(node, nodes.TemplateData):
+            parts.append(node.data)
+        elif isinstance(node, nodes.Name) and node.ctx == "load":
+            parts.append((node.name, None))
+        elif (
+            isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name) and node.node.ctx == "load"
+        ):
+            parts.append((node.node.name, node.attr))
+        else:
+            return None
+    return tuple(parts)
+
+
+def _substitute(parts: tuple[_Part, ...], context: Mapping[str, Any]) -> str:
+    """What Jinja renders for ``parts``: ``str()`` of each value, ``name.attr`` looked up as an
+    attribute, then as an item (Jinja's ``getattr``). Raises on a missing name or attribute."""
+    out: list[str] = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        name, attr = part
+        value = context[name]
+        if attr is not None:
+            try:
+                value = getattr(value, attr)
+            except AttributeError:
+                value = value[attr]
+        out.append(value if isinstance(value, str) else str(value))
+    return "".join(out)
 
 
 def _references(ast: nodes.Template) -> tuple[Reference, ...]:

@@ -30,7 +30,7 @@ from ..graph.nodes import Step
 from ..ledger.keys import key_of, key_prefix
 from ..ledger.store import StoredAnswer, StoredFailure
 from .context import RunContext
-from .records import Record, coerce, describe_validation, fields_of, request_salt
+from .records import Record, coerce, describe_validation, dump, fields_of, request_salt
 from .requests import InFlight
 
 __all__ = ["iter_step", "parse_output", "render_messages", "run_step"]
@@ -140,7 +140,7 @@ async def _run_jobs(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Recor
         if job.output is not None:
             record = job.record.advance(step.key, job.output)
             row = {"_id": record.id, **record.tags} if record.tags else {"_id": record.id}
-            row.update(job.output.model_dump(mode="json"))
+            row.update(dump(job.output))
             if job.reasoning:
                 row["_reasoning"] = job.reasoning
         elif job.failure is not None and step.on_failure == "emit":
@@ -341,7 +341,7 @@ def render_messages(step: Step, record: Record) -> list[Message]:
 
 def _messages(step: Step, record: Record, variables: dict[str, Any]) -> list[Message]:
     try:
-        system = step.system_template.render(variables)
+        system = step.system_template.render(variables) if step.fixed_system is None else ""
         user = step.user_template.render(variables)
     except jinja2.UndefinedError as exc:
         raise RenderError(
@@ -356,7 +356,9 @@ def _messages(step: Step, record: Record, variables: dict[str, Any]) -> list[Mes
             node_id=step.id,
             record_id=record.id,
         ) from exc
-    if step.schema_instruction:
+    if step.fixed_system is not None:
+        system = step.fixed_system
+    elif step.schema_instruction:
         system = f"{system}\n\n{step.schema_instruction}" if system else step.schema_instruction
     messages: list[Message] = []
     if system:
@@ -416,6 +418,11 @@ def parse_output(target: type[BaseModel] | Step, text: str) -> tuple[BaseModel |
     if body.startswith("```"):
         body = body.split("\n", 1)[1] if "\n" in body else ""
         body = body.rsplit("```", 1)[0]
+    elif isinstance(target, Step):  # the usual answer: strict JSON that fits, parsed and checked at once
+        try:
+            return target.validate_output_json(body), ""
+        except ValidationError:
+            pass  # lenient parsing below, and the error message
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
