@@ -34,6 +34,7 @@ from ..graph.stream_ops import Take
 from ..io.inputs import InputItem, iter_input_chunks
 from ..io.writer import RunWriter, fs_error
 from .accounting import cache_summary, cost_summary
+from .collector import run_collector
 from .context import EventHandler, RunContext
 from .dispatch import missing_runners, runner_for
 from .records import Record, coerce, describe_validation, dump
@@ -112,7 +113,8 @@ async def run_chain(
         cache.close()
         raise
     try:
-        return await _run_in_folder(chain, inputs, opts, writer, cache, users, run_id)
+        with run_collector():
+            return await _run_in_folder(chain, inputs, opts, writer, cache, users, run_id)
     finally:
         cache.close()
         writer.release()
