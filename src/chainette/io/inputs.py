@@ -20,14 +20,16 @@ import orjson
 from pydantic import BaseModel
 
 from .._errors import InputError
+from .offload import Offload
 
 __all__ = ["RAW_LIMIT", "InputItem", "iter_input_chunks", "record_id"]
 
 READ_AHEAD_LINES = 1024
 READ_AHEAD_BYTES = 1 << 20
-"""A worker-thread hop reads at least one chunk, and more while under both limits: a hop costs
-about 0.1 ms on a 2-core machine, which small chunks would otherwise pay every few lines. Chunks
-are still yielded one at a time, so what the chain sees does not change."""
+"""One read (on the loop, or a worker-thread hop once reads are slow: :mod:`.offload`) takes at
+least one chunk, and more while under both limits: a hop costs about 0.1 ms on a 2-core machine,
+which small chunks would otherwise pay every few lines. Chunks are still yielded one at a time,
+so what the chain sees does not change."""
 RAW_LIMIT = 10_000
 """Characters of a failed input line kept in ``failures.jsonl`` (``raw``); a longer line is cut,
 and says so."""
@@ -130,9 +132,10 @@ async def _jsonl_chunks(path: Path, batch_size: int, strict: bool) -> AsyncItera
     handle = await anyio.to_thread.run_sync(path.open, "rb")
     state = {"lineno": 0, "index": 0}
     per_hop = max(1, READ_AHEAD_LINES // batch_size)
+    reads = Offload()
     try:
         while True:
-            chunks, error, eof = await anyio.to_thread.run_sync(
+            chunks, error, eof = await reads.run(
                 _read_chunks, handle, path.name, batch_size, strict, state, per_hop
             )
             for chunk in chunks:

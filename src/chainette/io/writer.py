@@ -1,7 +1,8 @@
 """The run folder: ``graph.json``, ``<node_id>/``, ``flattened/``, ``failures.jsonl``, ``metadata.json``.
 
-Rows are buffered on the event loop and written by a worker thread whenever enough are
-pending, so memory stays bounded and the loop never blocks on disk.
+Rows are buffered on the event loop and written whenever enough are pending, so memory stays
+bounded: on the loop while a write is quick, by a worker thread once one is not
+(:mod:`.offload`), so the loop waits on a slow disk at most once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import anyio
 from .._errors import RunFolderError
 from .layout import LOCK, Ownership, clear_run_folder, inspect_folder, write_marker
 from .lock import FolderLock
+from .offload import Offload
 from .sinks import FORMATS, Sink, make_sink
 
 __all__ = ["RunWriter", "fs_error"]
@@ -76,6 +78,7 @@ class RunWriter:
         self._pending: dict[str, list[dict[str, Any]]] = {}
         self._pending_rows = 0
         self._lock = anyio.Lock()
+        self._writes = Offload()
         self._last_flush = time.monotonic()
         self.failures = 0
         self.flattened = 0
@@ -163,14 +166,14 @@ class RunWriter:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write every pending row (in a worker thread)."""
+        """Write every pending row."""
         async with self._lock:
             if not self._pending_rows:
                 return
             taken, self._pending, self._pending_rows = self._pending, {}, 0
             self._last_flush = time.monotonic()
             jobs = [(self._sink(key), rows) for key, rows in taken.items()]
-            await anyio.to_thread.run_sync(_write_all, jobs)
+            await self._writes.run(_write_all, jobs)
 
     # -- whole-file artefacts -----------------------------------------------------------
 
