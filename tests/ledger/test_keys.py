@@ -84,3 +84,29 @@ def test_dict_key_order_and_the_tag_do_not_matter() -> None:
     reordered = {"properties": {"b": {"type": "integer"}, "a": {"type": "string"}}, "type": "object"}
     messages = ({"content": "s", "role": "system"}, {"content": "u", "role": "user"})
     assert request_key(IDENTITY, request(json_schema=reordered, messages=messages, tag="other/2")) == BASE
+
+
+@pytest.mark.parametrize(
+    "rest",
+    [
+        [{"role": "user", "content": "hi"}],
+        [
+            {"role": "user", "content": 'é " \\ \n 😀'},
+            {"role": "assistant", "content": "{}"},
+            {"role": "user", "content": "again"},
+        ],
+    ],
+)
+def test_hashing_a_fixed_first_message_once_gives_the_same_keys(rest: list[dict[str, str]]) -> None:
+    from chainette.engines.base import SamplingParams
+    from chainette.ledger.keys import after_first, key_of, key_of_rest, key_prefix
+
+    prefix = key_prefix(
+        {"backend": "fake", "model": "m", "options": {}}, {"type": "object"}, SamplingParams()
+    )
+    system = {"role": "system", "content": "Answer briefly.\n\nReply with only a JSON object" * 20}
+    opening = after_first(prefix, system)
+    for sample, salt in ((0, ""), (3, "loop.iteration=2")):
+        assert key_of_rest(opening, rest, sample, salt) == key_of(prefix, [system, *rest], sample, salt)
+    with pytest.raises(ValueError):
+        key_of_rest(opening, [])

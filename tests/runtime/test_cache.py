@@ -268,3 +268,28 @@ def test_bad_cache_samples_and_on_failure_values_are_refused_before_any_request(
     with pytest.raises(ChainDefinitionError, match="samples must be >= 1"):
         qa(samples=0)
     assert CountingEngine.sent == [] and not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("system", ["Answer in one short sentence.", "Answer about {{ text }}."])
+def test_ledger_keys_are_the_keys_of_the_requests_sent(
+    tmp_path: Path, ledger_path: Path, system: str
+) -> None:
+    """Whether the system message is fixed (hashed once per chunk) or rendered per record, every
+    stored key is ``request_key`` of the request the engine received."""
+    from chainette.engines.base import ChatRequest
+    from chainette.engines.registry import get_engine_config
+    from chainette.ledger.keys import engine_identity, request_key
+    from chainette.ledger.store import Ledger
+
+    register_engine("eng", backend="counting")
+    step = qa(system_prompt=system)
+    Chain("c", [step]).run(questions(3), output_dir=tmp_path / "run")
+    identity = engine_identity(get_engine_config("eng"))
+    expected = set()
+    for q in questions(3):
+        content = system.replace("{{ text }}", q.text) + "\n\n" + step.schema_instruction
+        messages = ({"role": "system", "content": content}, {"role": "user", "content": f"Q: {q.text}"})
+        request = ChatRequest(messages=messages, json_schema=step.json_schema, sampling=step.sampling)
+        expected.add(request_key(identity, request))
+    with Ledger(ledger_path) as ledger:
+        assert set(ledger.get(sorted(expected))) == expected

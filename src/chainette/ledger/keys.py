@@ -113,6 +113,37 @@ def key_of(prefix: Any, messages: Sequence[Message], sample: int = 0, salt: str 
     return str(state.hexdigest())
 
 
+def after_first(prefix: Any, first: Message) -> Any:
+    """The hash state of :func:`key_prefix` followed by the opening of a message list whose first
+    message is ``first``: for requests that all open with the same message (a step's fixed system
+    prompt, schema instruction included), that message is serialised and hashed once; finish
+    each key with :func:`key_of_rest`. The keys are :func:`key_of`'s, byte for byte."""
+    state = prefix.copy()
+    state.update(b"[" + orjson.dumps(first, option=_SORTED) + b",")
+    return state
+
+
+def key_of_rest(state: Any, rest: Sequence[Message], sample: int = 0, salt: str = "") -> str:
+    """The key of a request whose first message went into ``state`` (:func:`after_first`) and
+    whose other messages, one or more, are ``rest``.
+
+    Example:
+        >>> from chainette.engines.base import SamplingParams
+        >>> prefix = key_prefix({"backend": "fake", "model": None, "options": {}}, None, SamplingParams())
+        >>> system, user = {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}
+        >>> key_of_rest(after_first(prefix, system), [user], 1, "r.iteration=2") == key_of(prefix, [system, user], 1, "r.iteration=2")
+        True
+    """
+    if not rest:
+        raise ValueError("key_of_rest needs at least one message after the first")
+    state = state.copy()
+    state.update(orjson.dumps(rest, option=_SORTED)[1:])  # the list goes on after the first message
+    state.update(b"#%d" % sample)
+    if salt:
+        state.update(b"@" + salt.encode())
+    return str(state.hexdigest())
+
+
 @functools.lru_cache(maxsize=256)
 def _sampling(sampling: SamplingParams) -> dict[str, Any]:
     """A step's sampling parameters are one frozen object shared by all its requests: dump it once."""

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 from .._errors import EngineError, OutputValidationError, RecordError, RenderError
 from ..engines.base import ChatRequest, Completion, Engine, Message, SamplingParams
 from ..graph.nodes import Step
-from ..ledger.keys import key_of, key_prefix
+from ..ledger.keys import after_first, key_of, key_of_rest, key_prefix
 from ..ledger.store import StoredAnswer, StoredFailure
 from .context import RunContext
 from .records import Record, coerce, describe_validation, dump, fields_of, request_salt
@@ -165,13 +165,23 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
     identity = ctx.identity(step.engine_name)
     samplings = [_sampling(step, job) for job in pending]
     prefixes: dict[int, Any] = {}
+    openings: dict[int, Any] = {}  # the prefix with the step's fixed system message hashed in
+    fixed = step.fixed_system
     keys: list[str] = []
     for job, sampling in zip(pending, samplings, strict=True):
         prefix = prefixes.get(job.sample)
         if prefix is None:
             prefix = prefixes[job.sample] = key_prefix(identity, step.json_schema, sampling)
         tags = job.record.tags
-        keys.append(key_of(prefix, job.messages, job.sample, request_salt(tags) if tags else ""))
+        salt = request_salt(tags) if tags else ""
+        messages = job.messages
+        if fixed and len(messages) > 1 and messages[0]["content"] is fixed:  # made by _messages
+            opening = openings.get(job.sample)
+            if opening is None:
+                opening = openings[job.sample] = after_first(prefix, messages[0])
+            keys.append(key_of_rest(opening, messages[1:], job.sample, salt))
+        else:
+            keys.append(key_of(prefix, messages, job.sample, salt))
     if first:
         for job, key in zip(pending, keys, strict=True):
             job.first_key = key
