@@ -29,7 +29,7 @@ from ..engines.base import ChatRequest, Completion, Engine, Message, SamplingPar
 from ..graph.nodes import Step
 from ..ledger.keys import after_first, key_of, key_of_rest, key_prefix
 from ..ledger.store import StoredAnswer, StoredFailure
-from .context import RunContext
+from .context import NodeStats, RunContext
 from .records import Record, coerce, describe_validation, dump, fields_of, request_salt
 from .requests import InFlight
 
@@ -49,7 +49,7 @@ _KINDS: dict[str, type[RecordError]] = {
 """A failure remembered in the ledger is raised again as the same kind of error."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Job:
     record: Record
     messages: list[Message]
@@ -200,7 +200,7 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
             _give_up(step, job, error, ctx, decided, remember=False)
         elif key in hits:
             stats.cache_hits += 1
-            _settle(step, job, hits[key], ctx, decided, sent=False)
+            _settle(step, job, hits[key], ctx, stats, decided, sent=False)
         else:
             slot, mine = ctx.cache.claim(key)
             if mine:
@@ -213,7 +213,7 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
         await slot.done.wait()
         assert slot.completion is not None
         stats.deduped += 1
-        _settle(step, job, slot.completion, ctx, decided, sent=False)
+        _settle(step, job, slot.completion, ctx, stats, decided, sent=False)
     ctx.progress(step.id)
     return decided
 
@@ -284,7 +284,7 @@ async def _call(
     )
     for (job, _, key), completion in zip(batch, completions, strict=True):
         ctx.cache.resolve(key, completion)
-        _settle(step, job, completion, ctx, decided, sent=True)
+        _settle(step, job, completion, ctx, stats, decided, sent=True)
     ctx.progress(step.id)
 
 
@@ -293,12 +293,13 @@ def _settle(
     job: _Job,
     completion: Completion | StoredAnswer,
     ctx: RunContext,
+    stats: NodeStats,
     decided: _Round,
     *,
     sent: bool,
 ) -> None:
-    """Count the answer, accept it or plan the re-ask, or give up on the record."""
-    stats = ctx.node(step.id)
+    """Count the answer (in ``stats``, the step's), accept it or plan the re-ask, or give up on
+    the record."""
     job.record.tokens += completion.prompt_tokens + completion.completion_tokens  # a loop's max_tokens
     if sent:
         stats.prompt_tokens += completion.prompt_tokens
@@ -424,15 +425,15 @@ def parse_output(target: type[BaseModel] | Step, text: str) -> tuple[BaseModel |
     Raw control characters inside strings are accepted (small models emit them), and a
     Markdown code fence around the JSON is stripped.
     """
+    if isinstance(target, Step) and not text.startswith("```"):
+        try:  # the usual answer: JSON that fits (surrounding whitespace is fine), parsed and checked at once
+            return target.validate_output_json(text), ""
+        except ValidationError:
+            pass  # lenient parsing below, and the error message
     body = text.strip()
     if body.startswith("```"):
         body = body.split("\n", 1)[1] if "\n" in body else ""
         body = body.rsplit("```", 1)[0]
-    elif isinstance(target, Step):  # the usual answer: strict JSON that fits, parsed and checked at once
-        try:
-            return target.validate_output_json(body), ""
-        except ValidationError:
-            pass  # lenient parsing below, and the error message
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
