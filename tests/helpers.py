@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sqlite3
 from pathlib import Path
+from types import ModuleType
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
@@ -131,3 +134,23 @@ def qa_step(engine: str = "fake", *, prompt: str = "{{ text }}", **options: Any)
     return Step(
         id="qa", input_model=Question, output_model=Answer, engine_name=engine, user_prompt=prompt, **options
     )
+
+
+def load_module(path: Path) -> ModuleType:
+    """Import a chain script a test wrote (the crash-and-resume tests run it in a child too)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ledger_keys(path: Path) -> set[str]:
+    """The keys a ledger file holds, read-only (while another process may be writing it)."""
+    if not path.exists():
+        return set()
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
+        try:
+            return {k for (k,) in db.execute("SELECT key FROM completions")}
+        except sqlite3.OperationalError:  # the table is not created yet
+            return set()

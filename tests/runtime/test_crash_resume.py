@@ -3,19 +3,16 @@ sent again, nothing is lost or written twice, and the folder equals an uninterru
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-from tests.helpers import read_jsonl
+from tests.helpers import ledger_keys, load_module, read_jsonl
 
 pytestmark = pytest.mark.llama
 
@@ -47,24 +44,6 @@ if __name__ == "__main__":
 """
 
 
-def load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("crash_chain", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def ledger_keys(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
-        try:
-            return {k for (k,) in db.execute("SELECT key FROM completions")}
-        except sqlite3.OperationalError:  # the table is not created yet
-            return set()
-
-
 def by_id(path: Path) -> dict[str, dict[str, Any]]:
     rows = read_jsonl(path)
     ids = [r["_id"] for r in rows]
@@ -92,7 +71,7 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
     paid = ledger_keys(ledger)
     assert 4 <= len(paid) < 10  # killed in the middle
 
-    module = load(chain_file)
+    module = load_module(chain_file)
     resumed = module.build().run(module.inputs(), run_dir, ledger=ledger, resume=True)
     cache = resumed.metadata["cache"]
     # every completed request came from the ledger; every request sent was one it did not hold

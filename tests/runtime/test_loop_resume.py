@@ -3,20 +3,17 @@ pass has its own keys), and the folder equals an uninterrupted run's, pass colum
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-from tests.helpers import read_jsonl
+from tests.helpers import ledger_keys, load_module, read_jsonl
 
 CHAIN_FILE = """
 import sys
@@ -54,24 +51,6 @@ if __name__ == "__main__":
 """
 
 
-def load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("loop_crash_chain", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def ledger_keys(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
-        try:
-            return {k for (k,) in db.execute("SELECT key FROM completions")}
-        except sqlite3.OperationalError:  # the table is not created yet
-            return set()
-
-
 def rows(path: Path) -> list[str]:
     """The rows of a folder as sorted JSON lines (a loop writes one row per pass per record)."""
     found = sorted(json.dumps(r, sort_keys=True) for r in read_jsonl(path))
@@ -83,7 +62,7 @@ def rows(path: Path) -> list[str]:
 def test_sigkill_mid_loop_then_resume(tmp_path: Path) -> None:
     chain_file = tmp_path / "loop_crash_chain.py"
     chain_file.write_text(CHAIN_FILE)
-    module = load(chain_file)
+    module = load_module(chain_file)
     reference = module.build().run(module.inputs(), tmp_path / "ref", ledger=tmp_path / "fresh.sqlite")
     total = reference.metadata["cache"]["sent"]
     passes = [r["refine.iterations"] for r in reference.flattened()]

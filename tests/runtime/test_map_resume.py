@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.helpers import read_jsonl
-from tests.runtime.test_crash_resume import by_id, ledger_keys, load
+from tests.helpers import ledger_keys, load_module, read_jsonl
+from tests.runtime.test_crash_resume import by_id
 
 CHAIN_FILE = """
 import sys
@@ -71,7 +71,7 @@ def test_sigkill_mid_map_then_resume(tmp_path: Path) -> None:
     paid = ledger_keys(ledger)
     assert 6 <= len(paid) < TOTAL  # killed in the middle
 
-    module = load(chain_file)
+    module = load_module(chain_file)
     resumed = module.build().run(module.inputs(), run_dir, ledger=ledger, resume=True)
     cache = resumed.metadata["cache"]
     assert cache["hits"] == len(paid)  # every completed request came from the ledger

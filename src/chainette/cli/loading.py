@@ -14,14 +14,13 @@ import importlib.util
 import os
 import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
 from .._errors import ChainetteError
 from ..graph.chain import ChainGraph
+from ..graph.yaml_chain import on_sys_path
 
 __all__ = ["TargetError", "count_jsonl_records", "import_target", "load_chain", "split_target"]
 
@@ -112,19 +111,6 @@ def count_jsonl_records(path: Path, *, max_bytes: int = 2 << 30) -> int | None:
         return None
 
 
-@contextmanager
-def _on_sys_path(folder: Path) -> Iterator[None]:
-    entry = str(folder)
-    added = entry not in sys.path
-    if added:
-        sys.path.insert(0, entry)
-    try:
-        yield
-    finally:
-        if added and entry in sys.path:
-            sys.path.remove(entry)
-
-
 def _import_file(path: Path) -> ModuleType:
     if not path.is_file():
         raise TargetError(f"No such file: {str(path)!r} (looked in {Path.cwd()}). TARGET is {TARGET_FORMS}.")
@@ -139,7 +125,7 @@ def _import_file(path: Path) -> ModuleType:
     # forward references (``from __future__ import annotations``) through sys.modules.
     sys.modules[name] = module
     try:
-        with _on_sys_path(resolved.parent):
+        with on_sys_path(resolved.parent):
             spec.loader.exec_module(module)
     except Exception as exc:
         if previous is None:
@@ -152,7 +138,7 @@ def _import_file(path: Path) -> ModuleType:
 
 def _import_module(name: str) -> ModuleType:
     try:
-        with _on_sys_path(Path.cwd()):
+        with on_sys_path(Path.cwd()):
             return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name and (name == exc.name or name.startswith(exc.name + ".")):

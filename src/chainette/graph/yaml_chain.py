@@ -57,7 +57,7 @@ from .router import Router
 from .stream_ops import Shuffle, Take
 from .subflow import Subflow
 
-__all__ = ["KINDS", "YamlChainError", "read_chain_yaml"]
+__all__ = ["KINDS", "YamlChainError", "on_sys_path", "read_chain_yaml"]
 
 CHAIN_KEYS = ("name", "batch_size", "emoji", "imports", "engines", "steps")
 
@@ -85,7 +85,7 @@ class _Reader:
                 if name.endswith(".py"):
                     self._modules[name] = _import_file(self.path.parent / name)
                 else:
-                    with _on_sys_path(self.path.parent):
+                    with on_sys_path(self.path.parent):
                         self._modules[name] = importlib.import_module(name)
             except ChainetteError:
                 raise
@@ -387,7 +387,9 @@ def _read(path: Path, within: tuple[Path, ...]) -> tuple[str, list[Node | list[B
 
 
 @contextmanager
-def _on_sys_path(folder: Path) -> Iterator[None]:
+def on_sys_path(folder: Path) -> Iterator[None]:
+    """``folder`` (resolved) first on ``sys.path`` for the block, so modules next to a chain file
+    import; removed afterwards unless it was there before."""
     entry = str(folder.resolve())
     added = entry not in sys.path
     if added:
@@ -410,7 +412,7 @@ def _import_file(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # pydantic resolves forward references through sys.modules
     try:
-        with _on_sys_path(resolved.parent):
+        with on_sys_path(resolved.parent):
             spec.loader.exec_module(module)
     except BaseException:
         sys.modules.pop(name, None)
