@@ -257,3 +257,62 @@ def test_graph_json_and_diagrams_draw_the_subflow_around_its_nodes(run_dir: Path
     mermaid = outer.to_mermaid()
     assert "subgraph" in mermaid and "first.qa" in mermaid.replace("first_qa", "first.qa")
     assert "cluster" in outer.to_dot()
+
+
+def test_every_node_kind_runs_inside_a_subflow_used_twice(run_dir: Path) -> None:
+    """Loops, maps, routers and dialogues are copied with qualified ids and run as they do alone."""
+    from chainette import Agent, Dialogue, Map, Repeat, Router
+
+    class Doc(BaseModel):
+        name: str
+        parts: list[Num]
+
+    def inc(n: Num) -> Num:
+        return Num(x=n.x + 1)
+
+    def to_topic(d: Doc) -> Question:
+        return Question(text=d.name)
+
+    router = Router(
+        "size",
+        {"small": apply(inc, id="bump"), "big": apply(inc, id="keep")},
+        by=lambda n: "small" if n.x < 3 else "big",
+    )
+    talk = Dialogue(
+        "talk",
+        [Agent("a", "You are A.", "fake"), Agent("b", "You are B.", "fake")],
+        opening="{{ text }}",
+        turns=2,
+    )
+    inner = Chain(
+        "inner",
+        [
+            Map("each", [Repeat("twice", 2, apply(inc, write=True)), router], over="parts"),
+            apply(to_topic),
+            talk,
+        ],
+    )
+    outer = Chain(
+        "outer",
+        [
+            inner.as_node("one"),
+            apply(lambda t: Doc(name="again", parts=[Num(x=5)]), id="reset", output_model=Doc),
+            inner.as_node("two"),
+        ],
+    )
+    ids = [n.id for n in outer.walk()]
+    for use in ("one", "two"):
+        for name in ("each", "twice", "inc", "size", "bump", "keep", "talk", "talk.a", "talk.b"):
+            assert f"{use}.{name}" in ids
+    result = outer.run([Doc(name="d", parts=[Num(x=0), Num(x=4)])], output_dir=run_dir)
+    assert result.counts == {"records_in": 1, "records_out": 1, "failures": 0, "filtered": 0}
+    [row] = list(result.flattened())
+    assert [len(row[f"{use}.turns"]) for use in ("one", "two")] == [2, 2]
+    loop_rows = read_jsonl(run_dir / "one.inc")
+    assert sorted(r["one.twice.iteration"] for r in loop_rows) == [0, 0, 1, 1]  # the loop's pass, qualified
+    assert len(read_jsonl(run_dir / "two.inc")) == 2  # one item, two passes
+    assert (
+        result.metadata["nodes"]["one.talk.a"]["requests"]
+        + result.metadata["nodes"]["one.talk.b"]["requests"]
+        == 2
+    )
