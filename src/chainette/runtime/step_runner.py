@@ -345,9 +345,7 @@ def render_messages(step: Step, record: Record) -> list[Message]:
             node_id=step.id,
             record_id=record.id,
         ) from exc
-    variables: dict[str, Any] = dict(record.history)
-    variables.update(fields_of(value))
-    return _messages(step, record, variables)
+    return _messages(step, record, {**record.history, **fields_of(value)})
 
 
 def _messages(step: Step, record: Record, variables: dict[str, Any]) -> list[Message]:
