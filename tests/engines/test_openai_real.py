@@ -84,3 +84,37 @@ def test_faults_in_front_of_a_real_server_lose_nothing(
     qa_ids = [r["_id"] for r in read_jsonl(run_dir / "qa")]
     assert len(qa_ids) == len(set(qa_ids))
     assert_secret_nowhere(run_dir, SECRET)
+
+
+@pytest.mark.timeout(180)
+def test_a_union_step_answers_a_variant_through_a_real_server(run_dir: Path, llama_server: str) -> None:
+    """The union's schema (anyOf at the root, a discriminator) goes through the server's structured
+    output as it does through the embedded grammar: every answer is one of the variants."""
+    from typing import Annotated
+
+    from pydantic import Field
+    from tests.runtime.test_control_flow_llama import Cat, Dog
+
+    from chainette import Chain, Router, SamplingParams, Step, apply
+
+    register_engine("remote", backend="openai", model="smollm2", base_url=llama_server, max_concurrency=2)
+    pet = Step(
+        id="pet",
+        input_model=Question,
+        output_model=Annotated[Cat | Dog, Field(discriminator="kind")],
+        engine_name="remote",
+        sampling=SamplingParams(temperature=0, max_tokens=48),
+        system_prompt="Describe the pet as a cat or a dog.",
+        user_prompt="{{ text }}",
+    )
+    router = Router("by_kind", {Cat: apply(lambda c: c, id="cats"), Dog: apply(lambda d: d, id="dogs")})
+    result = Chain("pets", [pet, router]).run(
+        [Question(text="A cat called Tom."), Question(text="A dog called Rex.")], output_dir=run_dir
+    )
+    flat, failures = assert_every_record_accounted_for(run_dir, 2)
+    assert failures == [], failures
+    for row in flat:
+        variant = Cat if row["pet.kind"] == "cat" else Dog
+        variant.model_validate({k.removeprefix("pet."): v for k, v in row.items() if k.startswith("pet.")})
+        assert row["by_kind.kind"] == row["pet.kind"]
+    assert result.counts["records_out"] == 2
