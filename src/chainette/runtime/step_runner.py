@@ -99,20 +99,26 @@ async def iter_step(step: Step, chunk: list[Record], ctx: RunContext) -> AsyncIt
     """
     stats = ctx.node(step.id)
     stats.records_in += len(chunk)
+    if step.samples == 1:
+        jobs: list[_Job] = []
+        for record in chunk:
+            try:
+                jobs.append(_Job(record, render_messages(step, record)))
+            except RenderError as exc:
+                ctx.fail(record, exc)
+        if jobs:
+            yield await _run_jobs(step, jobs, ctx)
+        else:
+            ctx.progress(step.id)
+        return
     rendered: list[tuple[Record, list[Message]]] = []
     for record in chunk:
         try:
             rendered.append((record, render_messages(step, record)))
         except RenderError as exc:
             ctx.fail(record, exc)
-    if step.samples == 1:
-        if rendered:
-            yield await _run_jobs(step, [_Job(record, messages) for record, messages in rendered], ctx)
-        else:
-            ctx.progress(step.id)
-        return
     size = max(len(chunk), SAMPLES_PER_PASS)
-    jobs: list[_Job] = []
+    jobs = []
     for record, messages in rendered:
         for k in range(step.samples):
             jobs.append(_Job(record.sample(k), messages, sample=k))
@@ -136,23 +142,26 @@ async def _run_jobs(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Recor
     if ctx.cache.mode == "refresh" and step.on_failure == "stay":
         await ctx.cache.forget_failures([j.first_key for j in jobs if j.output is not None])
     out: list[Record] = []
+    key, write, add = step.key, step.write, ctx.writer.add
     for job in jobs:
-        if job.output is not None:
-            record = job.record.advance(step.key, job.output)
+        output = job.output
+        if output is not None:
+            record = job.record
+            record.history[key] = record.value = output
             row = {"_id": record.id, **record.tags} if record.tags else {"_id": record.id}
-            row.update(dump(job.output))
+            row.update(dump(output))
             if job.reasoning:
                 row["_reasoning"] = job.reasoning
         elif job.failure is not None and step.on_failure == "emit":
             # passed on marked as failed: the value stays the step's input, the step's slot holds the reason
             record = job.record
-            record.history[step.key] = {"_error": job.failure.message}
+            record.history[key] = {"_error": job.failure.message}
             row = {"_id": record.id, **record.tags} if record.tags else {"_id": record.id}
             row["_error"] = job.failure.message
         else:
             continue
-        if step.write:
-            ctx.writer.add(step.id, row)
+        if write:
+            add(step.id, row)
         out.append(record)
     stats.records_out += len(out)
     ctx.progress(step.id)
@@ -163,35 +172,35 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
     """One attempt for every pending job: ledger first, then one send per distinct request."""
     stats = ctx.node(step.id)
     identity = ctx.identity(step.engine_name)
-    samplings = [_sampling(step, job) for job in pending]
-    prefixes: dict[int, Any] = {}
-    openings: dict[int, Any] = {}  # the prefix with the step's fixed system message hashed in
+    prefixes: dict[int, Any] = {}  # per sample index: what the step's requests share, hashed
+    openings: dict[int, Any] = {}  # the same with the step's fixed system message hashed in
     fixed = step.fixed_system
     keys: list[str] = []
-    for job, sampling in zip(pending, samplings, strict=True):
-        prefix = prefixes.get(job.sample)
+    for job in pending:
+        sample = job.sample
+        prefix = prefixes.get(sample)
         if prefix is None:
-            prefix = prefixes[job.sample] = key_prefix(identity, step.json_schema, sampling)
+            prefix = prefixes[sample] = key_prefix(identity, step.json_schema, _sampling(step, job))
         tags = job.record.tags
         salt = request_salt(tags) if tags else ""
         messages = job.messages
         if fixed and len(messages) > 1 and messages[0]["content"] is fixed:  # made by _messages
-            opening = openings.get(job.sample)
+            opening = openings.get(sample)
             if opening is None:
-                opening = openings[job.sample] = after_first(prefix, messages[0])
-            keys.append(key_of_rest(opening, messages[1:], job.sample, salt))
+                opening = openings[sample] = after_first(prefix, messages[0])
+            key = key_of_rest(opening, messages[1:], sample, salt)
         else:
-            keys.append(key_of(prefix, messages, job.sample, salt))
-    if first:
-        for job, key in zip(pending, keys, strict=True):
+            key = key_of(prefix, messages, sample, salt)
+        keys.append(key)
+        if first:
             job.first_key = key
     stay_keys = keys if first and step.on_failure == "stay" else []
     hits, stayed = await ctx.cache.lookup(keys, stay_keys)
     decided = _Round()
     owned: list[tuple[_Job, ChatRequest, str]] = []
     waiting: list[tuple[_Job, InFlight]] = []
-    for job, sampling, key in zip(pending, samplings, keys, strict=True):
-        if job.first_key in stayed and first:
+    for job, key in zip(pending, keys, strict=True):
+        if stayed and first and job.first_key in stayed:
             kept = stayed[job.first_key]
             error = _KINDS.get(kept.error_type, RecordError)(
                 kept.message, node_id=step.id, record_id=job.record.id, raw=kept.raw, attempts=kept.attempts
@@ -204,7 +213,7 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
         else:
             slot, mine = ctx.cache.claim(key)
             if mine:
-                owned.append((job, _request(step, job, sampling), key))
+                owned.append((job, _request(step, job, _sampling(step, job)), key))
             else:
                 waiting.append((job, slot))
     if owned:
