@@ -189,3 +189,20 @@ def test_the_graph_records_the_routes(run_dir: Path) -> None:
     assert router["kind"] == "router" and router["routes"] == {"even": ["label_e"], "odd": ["label_o"]}
     labels = {(e["from"], e["to"]): e.get("label") for e in graph["edges"]}
     assert labels[("parity", "label_e")] == "even" and labels[("input", "parity")] is None
+
+
+def test_an_apply_hinted_to_return_a_union_gets_the_variant_checks_of_a_union_step(run_dir: Path) -> None:
+    def split(n: Num) -> Even | Odd | None:
+        return Even(half=n.x // 2) if n.x % 2 == 0 else Odd(rest=n.x)
+
+    def from_even(e: Even) -> Out:
+        return Out(label=f"half {e.half}")
+
+    node = apply(split)
+    assert node.output_model is None and node.output_variants == (Even, Odd)
+    missing = Chain("c", [node, Router("variant", {Even: apply(from_even)})]).check()
+    assert any("no route takes Odd" in e.message for e in missing.errors)
+    covered = Chain("c", [node, Router("variant", {Even: apply(from_even)}, default="Even")]).check()
+    assert covered.errors == []
+    named = Chain("c", [node]).describe()["nodes"][0]["output_model"].split(" | ")
+    assert [n.rsplit(".", 1)[1] for n in named] == ["Even", "Odd"]  # graph.json names the union

@@ -433,6 +433,7 @@ class Apply(Node):
         self.id = _check_id(id or re.sub(r"\W", "_", fn_name), "apply")
         self.name = name or fn_name
         hinted_in, hinted_out = _models_from_hints(fn)
+        self._hinted_variants = _return_variants(fn) if output_model is None and hinted_out is None else ()
         self.wants_record = _wants_record(fn)
         """The function takes a second parameter: it is passed a :class:`RecordView`."""
         self.input_model = input_model or hinted_in
@@ -442,6 +443,11 @@ class Apply(Node):
         )
         self.write = write
         self.fusable = not self.is_async
+
+    @property
+    def output_variants(self) -> tuple[type[BaseModel], ...]:
+        """``(output_model,)``, or the models a ``-> A | B`` return hint names."""
+        return (self.output_model,) if self.output_model is not None else self._hinted_variants
 
     def check_self(
         self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
@@ -758,6 +764,17 @@ def _model_name(model: type[BaseModel] | None) -> str | None:
     return None if model is None else f"{model.__module__}.{model.__qualname__}"
 
 
+def _return_variants(fn: Callable[..., Any]) -> tuple[type[BaseModel], ...]:
+    """The models ``def f(x) -> A | B`` may return, when there are several (a router keyed by
+    model classes after it checks that each has a route)."""
+    try:
+        hint = typing.get_type_hints(_signature_target(fn)).get("return")
+    except Exception:  # unresolved forward references: no variants known
+        return ()
+    models = _models_in(hint)
+    return models if len(models) > 1 else ()
+
+
 def _models_from_hints(fn: Callable[..., Any]) -> tuple[type[BaseModel] | None, type[BaseModel] | None]:
     """Input/output models from ``def f(x: In) -> Out | list[Out] | None`` hints, when present."""
     target = _signature_target(fn)
@@ -771,11 +788,16 @@ def _models_from_hints(fn: Callable[..., Any]) -> tuple[type[BaseModel] | None, 
 
 
 def _as_model(hint: Any) -> type[BaseModel] | None:
+    models = _models_in(hint)
+    return models[0] if len(models) == 1 else None
+
+
+def _models_in(hint: Any) -> tuple[type[BaseModel], ...]:
+    """The model classes a hint names, in order: ``Out``, ``Out | None``, ``list[Out]`` → ``(Out,)``;
+    ``A | B`` (or ``list[A | B]``) → ``(A, B)``; anything else → ``()``."""
     if isinstance(hint, type) and issubclass(hint, BaseModel):
-        return hint
-    origin = get_origin(hint)
-    if origin is None:
-        return None
-    candidates = [a for a in get_args(hint) if a is not type(None)]
-    models = {m for m in (_as_model(a) for a in candidates) if m is not None}
-    return models.pop() if len(models) == 1 else None
+        return (hint,)
+    if get_origin(hint) is None:
+        return ()
+    found = [m for a in get_args(hint) if a is not type(None) for m in _models_in(a)]
+    return tuple(dict.fromkeys(found))
