@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sqlite3
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
@@ -136,13 +137,25 @@ def qa_step(engine: str = "fake", *, prompt: str = "{{ text }}", **options: Any)
     )
 
 
-def load_module(path: Path) -> ModuleType:
-    """Import a chain script a test wrote (the crash-and-resume tests run it in a child too)."""
-    spec = importlib.util.spec_from_file_location(path.stem, path)
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_module(path: Path, name: str | None = None) -> ModuleType:
+    """Import a Python file by path (a chain script a test wrote, an example). With ``name`` the
+    module is also registered in ``sys.modules`` under it (pydantic resolves the models'
+    annotations through it)."""
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    if name is not None:
+        sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` afresh (an example registers its engine on import)."""
+    return load_module(EXAMPLES / f"{name}.py", f"examples_{name}")
 
 
 def ledger_keys(path: Path) -> set[str]:

@@ -3,27 +3,14 @@ think → act until it is answered or a budget ends it, and the final row says w
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
-from tests.helpers import read_jsonl
+from tests.helpers import EXAMPLES, load_example, read_jsonl
 
 from chainette import ChatRequest, register_engine
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 INPUTS = EXAMPLES / "controller_loop.jsonl"
-
-
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("examples_controller", EXAMPLES / "controller_loop.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def script(request: ChatRequest) -> str:
@@ -37,7 +24,7 @@ def script(request: ChatRequest) -> str:
 
 
 def test_each_question_loops_until_answered_or_the_budget_ends_it(run_dir: Path) -> None:
-    example = load_example()
+    example = load_example("controller_loop")
     register_engine(example.ENGINE, backend="fake", responder=script)
     result = example.chain.run(INPUTS, output_dir=run_dir)
     order = {r["_id"]: r["_index"] for r in read_jsonl(run_dir / "flattened")}

@@ -3,24 +3,12 @@ has the shape it promises, run on the fake engine."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
-from tests.helpers import read_jsonl
+from tests.helpers import EXAMPLES, load_example, read_jsonl
 
 from chainette import ChatRequest, register_engine
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_text_segmentation_summarises_each_paragraph_and_collects_them_in_order(tmp_path: Path) -> None:

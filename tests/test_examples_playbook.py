@@ -3,27 +3,14 @@ subflows; each use retrieves, reranks and compresses on its own query and writes
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
-from tests.helpers import read_jsonl
+from tests.helpers import EXAMPLES, load_example, read_jsonl
 
 from chainette import ChatRequest, register_engine
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 INPUTS = EXAMPLES / "playbook.jsonl"
-
-
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("examples_playbook", EXAMPLES / "playbook.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def script(request: ChatRequest) -> str:
@@ -36,7 +23,7 @@ def script(request: ChatRequest) -> str:
 
 
 def test_the_playbook_runs_twice_per_question_each_use_on_its_own_query(run_dir: Path) -> None:
-    example = load_example()
+    example = load_example("playbook")
     register_engine(example.ENGINE, backend="fake", responder=script)
     result = example.chain.run(INPUTS, output_dir=run_dir)
     assert result.counts == {"records_in": 3, "records_out": 3, "failures": 0, "filtered": 0}

@@ -3,25 +3,15 @@ student dialogue, the teacher's summary, and the script with the characters' nam
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
+
+from tests.helpers import EXAMPLES, load_example
 
 from chainette import register_engine
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("roleplay_example", EXAMPLES / "roleplay.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_the_roleplay_example_runs_on_the_fake_engine(tmp_path: Path) -> None:
-    example = load_example()  # registers "local" as the embedded engine ...
+    example = load_example("roleplay")  # registers "local" as the embedded engine ...
     register_engine("local", backend="fake")  # ... which the test replaces
     assert example.chain.check().issues == []
     result = example.chain.run(EXAMPLES / "roleplay.jsonl", output_dir=tmp_path / "run")

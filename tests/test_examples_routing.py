@@ -3,28 +3,15 @@ route its predicate names and the search route of the task's model class; one fl
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from tests.helpers import EXAMPLES, load_example
 
 from chainette import register_engine
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 INPUTS = EXAMPLES / "routing.jsonl"
-
-
-def load_example() -> ModuleType:
-    """Import examples/routing.py afresh (it registers its engine, ``local``, on import)."""
-    spec = importlib.util.spec_from_file_location("examples_routing", EXAMPLES / "routing.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # pydantic resolves the models' annotations through it
-    spec.loader.exec_module(module)
-    return module
 
 
 def expected_routes() -> list[tuple[str, str]]:
@@ -33,7 +20,7 @@ def expected_routes() -> list[tuple[str, str]]:
 
 
 def test_each_request_takes_its_predicate_route_then_its_model_class_route(run_dir: Path) -> None:
-    example = load_example()
+    example = load_example("routing")
     register_engine(example.ENGINE, backend="fake")  # same name, no model to load
     result = example.chain.run(INPUTS, output_dir=run_dir)
     rows = list(result.flattened())
@@ -78,7 +65,7 @@ def test_each_request_takes_its_predicate_route_then_its_model_class_route(run_d
 @pytest.mark.llama
 @pytest.mark.timeout(300)
 def test_the_example_runs_on_the_embedded_engine(run_dir: Path) -> None:
-    example = load_example()
+    example = load_example("routing")
     result = example.chain.run(INPUTS, output_dir=run_dir)
     rows = list(result.flattened())
     assert result.counts["records_in"] == len(expected_routes())
