@@ -99,26 +99,20 @@ async def iter_step(step: Step, chunk: list[Record], ctx: RunContext) -> AsyncIt
     """
     stats = ctx.node(step.id)
     stats.records_in += len(chunk)
-    if step.samples == 1:
-        jobs: list[_Job] = []
-        for record in chunk:
-            try:
-                jobs.append(_Job(record, render_messages(step, record)))
-            except RenderError as exc:
-                ctx.fail(record, exc)
-        if jobs:
-            yield await _run_jobs(step, jobs, ctx)
-        else:
-            ctx.progress(step.id)
-        return
     rendered: list[tuple[Record, list[Message]]] = []
     for record in chunk:
         try:
             rendered.append((record, render_messages(step, record)))
         except RenderError as exc:
             ctx.fail(record, exc)
+    if step.samples == 1:
+        if rendered:
+            yield await _run_jobs(step, [_Job(record, messages) for record, messages in rendered], ctx)
+        else:
+            ctx.progress(step.id)
+        return
     size = max(len(chunk), SAMPLES_PER_PASS)
-    jobs = []
+    jobs: list[_Job] = []
     for record, messages in rendered:
         for k in range(step.samples):
             jobs.append(_Job(record.sample(k), messages, sample=k))
@@ -146,8 +140,7 @@ async def _run_jobs(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Recor
     for job in jobs:
         output = job.output
         if output is not None:
-            record = job.record
-            record.history[key] = record.value = output
+            record = job.record.advance(key, output)
             row = {"_id": record.id, **record.tags} if record.tags else {"_id": record.id}
             row.update(dump(output))
             if job.reasoning:
