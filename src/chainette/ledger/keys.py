@@ -51,6 +51,7 @@ THROUGHPUT_OPTIONS = frozenset(
         "latency",
         "verbose",
         "fast_grammar",
+        "parallel",
         "lazy",
         # hardware placement
         "n_gpu_layers",
