@@ -20,10 +20,22 @@ the whole vocabulary with the grammar at every token. The engine's default ``fas
 checks the best token first and masks only when the grammar rejects it: the same greedy output
 (checked below, prompt by prompt), less work. ``--no-fast-grammar`` measures the engine without it.
 
-Goal: chain requests/s >= 0.95 x direct requests/s, with identical outputs.
+Goal: chain requests/s >= 0.95 x direct requests/s, with identical outputs. This section pins the
+engine to ``grammar="gbnf"`` (llama-cpp-python's grammar, one sequence at a time), the only
+decoder the direct side can reproduce.
 
-    python benchmarks/engine.py             # 20 prompts
-    python benchmarks/engine.py --n 5 --repeat 3
+Two more sections measure the default decoder (``grammar="llguidance"``, batched):
+
+- ``batching``: the same one-step chain over ``--batch-n`` (64) requests with ``parallel=P``
+  (``--parallel``, default 32) against ``parallel=1``: aggregate completion tokens/s, outputs
+  checked identical request by request. Goal >= 2x.
+- ``schema``: schema-bound against unconstrained decoding, through the engine, at the same
+  ``parallel`` with the same messages (the chain's, rendered by ``render_messages``); completion
+  tokens/s. Goal >= 0.9x.
+
+    python benchmarks/engine.py                       # all three sections
+    python benchmarks/engine.py --sections overhead --n 5 --repeat 3
+    python benchmarks/engine.py --sections batching,schema --repeat 2
 """
 
 from __future__ import annotations
@@ -46,6 +58,9 @@ from chainette import Chain, SamplingParams, Step, register_engine
 from chainette.engines.llama_cpp import default_model_path
 
 RATIO_GOAL = 0.95
+BATCH_GOAL = 2.0
+SCHEMA_GOAL = 0.9
+SECTIONS = ("overhead", "batching", "schema")
 SYSTEM_PROMPT = "Answer the question briefly."
 QUESTIONS = [
     "What is the capital of France?",
@@ -193,22 +208,76 @@ def check_rendering(step: Step, texts: list[str]) -> bool:
     return True
 
 
-def register_bench_engine(model: Path, args: argparse.Namespace) -> None:
+def register_bench_engine(model: Path, args: argparse.Namespace, parallel: int | None = None) -> None:
+    if parallel is None:  # the overhead section: the decoder the direct side reproduces
+        options: dict[str, Any] = {"grammar": "gbnf", "fast_grammar": not args.no_fast_grammar}
+    else:
+        options = {"grammar": "llguidance", "parallel": parallel}
     register_engine(
-        "bench",
-        backend="llama_cpp",
-        model=str(model),
-        n_ctx=args.n_ctx,
-        n_threads=args.threads,
-        fast_grammar=not args.no_fast_grammar,
+        "bench", backend="llama_cpp", model=str(model), n_ctx=args.n_ctx, n_threads=args.threads, **options
     )
+
+
+def run_engine_free_vs_schema(
+    step: Step, texts: list[str], model: Path, args: argparse.Namespace, schema: bool
+) -> dict[str, Any]:
+    """Every request in flight at once through the engine (as the step runner sends them)."""
+    import anyio
+
+    from chainette.engines.base import ChatRequest
+    from chainette.engines.llama_cpp import LlamaCppEngine
+    from chainette.runtime.records import Record
+    from chainette.runtime.step_runner import render_messages
+
+    requests = []
+    for i, text in enumerate(texts):
+        value = Question(text=text)
+        messages = tuple(render_messages(step, Record(str(i), i, value, {"input": value})))
+        requests.append(
+            ChatRequest(
+                messages=messages, json_schema=step.json_schema if schema else None, sampling=step.sampling
+            )
+        )
+
+    async def main() -> dict[str, Any]:
+        engine = LlamaCppEngine(str(model), n_ctx=args.n_ctx, n_threads=args.threads, parallel=args.parallel)
+        load_started = time.perf_counter()
+        await engine.start()
+        load_s = time.perf_counter() - load_started
+        completions: list[Any] = [None] * len(requests)
+
+        async def one(i: int) -> None:
+            completions[i] = (await engine.generate([requests[i]]))[0]
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for i in range(len(requests)):
+                tg.start_soon(one, i)
+        seconds = time.perf_counter() - started
+        await engine.close()
+        return {
+            "seconds": seconds,
+            "load_s": load_s,
+            "tokens": sum(c.completion_tokens for c in completions),
+            "requests": len(requests),
+            "length": sum(c.finish_reason == "length" for c in completions),
+            "outputs": [c.text for c in completions],
+        }
+
+    return anyio.run(main)
 
 
 def child(args: argparse.Namespace) -> None:
     model = Path(args.model) if args.model else default_model_path()
-    register_bench_engine(model, args)
-    step, texts = make_step(args.max_tokens), questions(args.n)
-    if args.child == "direct":
+    parallel = args.parallel if args.child in ("batched", "free", "schema") else None
+    register_bench_engine(model, args, 1 if args.child == "one-at-a-time" else parallel)
+    step, texts = (
+        make_step(args.max_tokens),
+        questions(args.batch_n if args.child != "direct" and args.child != "chain" else args.n),
+    )
+    if args.child in ("free", "schema"):
+        run = run_engine_free_vs_schema(step, texts, model, args, schema=args.child == "schema")
+    elif args.child == "direct":
         run = run_direct(step, texts, model, args.threads, args.n_ctx)
     else:
         with tempfile.TemporaryDirectory(prefix="chainette-engine-") as workdir:
@@ -238,7 +307,7 @@ def report(side: str, run: dict[str, Any], n: int) -> None:
     )
 
 
-def spawn(side: str, args: argparse.Namespace) -> dict[str, Any]:
+def spawn(side: str, args: argparse.Namespace, quiet: bool = False) -> dict[str, Any]:
     cmd = [
         sys.executable,
         __file__,
@@ -248,11 +317,9 @@ def spawn(side: str, args: argparse.Namespace) -> dict[str, Any]:
         str(args.n),
         "--max-tokens",
         str(args.max_tokens),
-        "--threads",
-        str(args.threads),
-        "--n-ctx",
-        str(args.n_ctx),
     ]
+    cmd += ["--threads", str(args.threads), "--n-ctx", str(args.n_ctx), "--parallel", str(args.parallel)]
+    cmd += ["--batch-n", str(args.batch_n)]
     if args.model:
         cmd += ["--model", args.model]
     if args.no_fast_grammar:
@@ -262,8 +329,81 @@ def spawn(side: str, args: argparse.Namespace) -> dict[str, Any]:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"{side} run failed with exit code {proc.returncode}")
     run: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    report(side, run, args.n)
+    if quiet:
+        print(
+            f"  {side:<14}{run['seconds']:8.2f} s {run['tokens'] / run['seconds']:8.1f} completion tok/s "
+            f"({run['tokens']} tokens, {run['requests']} requests, model load {run['load_s']:.2f} s excluded)",
+            flush=True,
+        )
+    else:
+        report(side, run, args.n)
     return run
+
+
+def paired(
+    args: argparse.Namespace, base: str, other: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``--repeat`` runs of each side in fresh processes, alternating which goes first."""
+    runs: dict[str, list[dict[str, Any]]] = {base: [], other: []}
+    for k in range(args.repeat):
+        for side in (base, other) if k % 2 == 0 else (other, base):
+            runs[side].append(spawn(side, args, quiet=True))
+    return runs[base], runs[other]
+
+
+def tokens_per_s(runs: list[dict[str, Any]]) -> float:
+    return statistics.median(r["tokens"] / r["seconds"] for r in runs)
+
+
+def batching_section(args: argparse.Namespace) -> bool:
+    print(
+        f"\n[batching] one-step chain, {args.batch_n} requests, llguidance grammar, "
+        f"parallel={args.parallel} against parallel=1 (each run a fresh process, model load excluded)"
+    )
+    alone, together = paired(args, "one-at-a-time", "batched")
+    ratio = tokens_per_s(together) / tokens_per_s(alone)
+    reference = alone[0]["outputs"]
+    mismatched = {
+        i for run in alone[1:] + together for i, o in enumerate(run["outputs"]) if o != reference[i]
+    }
+    failures = sum(r["failures"] for r in alone + together)
+    print(
+        f"  one-at-a-time {tokens_per_s(alone):8.1f} tok/s   batched {tokens_per_s(together):8.1f} tok/s (medians)"
+    )
+    print(f"  batched / one-at-a-time completion tokens/s = {ratio:.2f}")
+    print(f"  GOAL {'MET' if ratio >= BATCH_GOAL else 'MISSED'}: {ratio:.2f} (goal >= {BATCH_GOAL})")
+    print(
+        f"  {'OUTPUTS MATCH' if not mismatched else 'OUTPUTS DIFFER'}: "
+        f"{args.batch_n - len(mismatched)}/{args.batch_n} requests identical in every run; failures {failures}"
+    )
+    return ratio >= BATCH_GOAL and not mismatched
+
+
+def schema_section(args: argparse.Namespace) -> bool:
+    print(
+        f"\n[schema] {args.batch_n} requests through the engine at parallel={args.parallel}: "
+        "schema-bound (llguidance) against unconstrained, same messages"
+    )
+    free, bound = paired(args, "free", "schema")
+    ratio = tokens_per_s(bound) / tokens_per_s(free)
+    valid = sum(1 for text in bound[0]["outputs"] if _valid(text))
+    print(
+        f"  unconstrained {tokens_per_s(free):8.1f} tok/s   schema-bound {tokens_per_s(bound):8.1f} tok/s (medians)"
+    )
+    print(f"  schema-bound / unconstrained completion tokens/s = {ratio:.2f}")
+    print(f"  GOAL {'MET' if ratio >= SCHEMA_GOAL else 'MISSED'}: {ratio:.2f} (goal >= {SCHEMA_GOAL})")
+    print(
+        f"  schema-bound outputs that validate as Answer: {valid}/{args.batch_n} (cut at max_tokens: {bound[0]['length']})"
+    )
+    return ratio >= SCHEMA_GOAL
+
+
+def _valid(text: str) -> bool:
+    try:
+        Answer.model_validate_json(text)
+    except ValueError:
+        return False
+    return True
 
 
 def main() -> None:
@@ -288,13 +428,42 @@ def main() -> None:
         action="store_true",
         help="Engine with fast_grammar=False: llama-cpp-python's own grammar sampling on both sides",
     )
-    parser.add_argument("--child", choices=["direct", "chain"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"Comma-separated, from {', '.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument(
+        "--parallel", type=int, default=32, help="Sequences decoded together (batching, schema)"
+    )
+    parser.add_argument(
+        "--batch-n", type=int, default=64, help="Requests in the batching and schema sections"
+    )
+    parser.add_argument(
+        "--child",
+        choices=["direct", "chain", "one-at-a-time", "batched", "free", "schema"],
+        help=argparse.SUPPRESS,
+    )
     args = parser.parse_args()
     if args.child:
         child(args)
         return
-
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     total_started = time.perf_counter()
+    if "overhead" in sections:
+        overhead_section(args)
+    if "batching" in sections:
+        batching_section(args)
+    if "schema" in sections:
+        schema_section(args)
+    print(f"\ntotal benchmark time: {time.perf_counter() - total_started:.1f} s")
+    sys.stdout.flush()
+
+
+def overhead_section(args: argparse.Namespace) -> None:
     model = Path(args.model) if args.model else default_model_path()
     register_bench_engine(model, args)
     step = make_step(args.max_tokens)
@@ -340,8 +509,6 @@ def main() -> None:
     )
     if reference:
         print(f"sample output: {texts[0]!r} -> {json.dumps(reference[0])}")
-    print(f"\ntotal benchmark time: {time.perf_counter() - total_started:.1f} s")
-    sys.stdout.flush()
 
 
 if __name__ == "__main__":

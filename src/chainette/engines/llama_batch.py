@@ -33,6 +33,7 @@ Imported only when the ``llama_cpp`` back-end starts.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import queue
 import threading
@@ -170,7 +171,7 @@ class BatchDecoder:
         self._thread.join()
         llama_cpp.llama_batch_free(self.batch)
         llama_cpp.llama_free(self.ctx)
-        self.model.close()
+        self.model.close()  # type: ignore[no-untyped-call]
 
     # ---- loop thread -------------------------------------------------------------------------
 
@@ -187,7 +188,10 @@ class BatchDecoder:
             except Exception as exc:  # a bug here must not leave anyone waiting forever
                 self._fail_running(f"the decode loop failed: {exc!r}")
                 for job in self._waiting:
-                    self._answer(job, Completion(text=f"llama_cpp: the decode loop failed: {exc!r}", finish_reason="error"))
+                    self._answer(
+                        job,
+                        Completion(text=f"llama_cpp: the decode loop failed: {exc!r}", finish_reason="error"),
+                    )
                 self._waiting.clear()
         for slot in self.slots:
             if slot.job is not None:
@@ -242,7 +246,9 @@ class BatchDecoder:
         try:
             prompt = self.prompter(request.messages)
         except Exception as exc:  # a template that rejects these messages
-            self._answer(job, Completion(text=f"llama_cpp: the chat template failed: {exc}", finish_reason="error"))
+            self._answer(
+                job, Completion(text=f"llama_cpp: the chat template failed: {exc}", finish_reason="error")
+            )
             return False
         if len(prompt.tokens) >= self.n_ctx:
             self._answer(
@@ -265,7 +271,9 @@ class BatchDecoder:
         job.prompt = prompt.tokens
         job.stops = tuple(sampling.stop or ()) + prompt.stop
         job.max_new = min(sampling.max_tokens, self.n_ctx - len(prompt.tokens))
-        job.chooser = TokenChooser(self.guidance, matcher, sampling.temperature, sampling.top_p, sampling.seed)
+        job.chooser = TokenChooser(
+            self.guidance, matcher, sampling.temperature, sampling.top_p, sampling.seed
+        )
         return True
 
     def _step(self) -> None:
@@ -314,20 +322,22 @@ class BatchDecoder:
     def _advance(self, slot: _Slot) -> None:
         job = slot.job
         assert job is not None and job.chooser is not None
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, slot.row), shape=(self.n_vocab,))
+        logits = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(self.ctx, slot.row), shape=(self.n_vocab,)
+        )
         try:
             token = job.chooser.choose(logits)
         except Exception as exc:  # the grammar engine failed on this sequence only
-            self._finish(slot, Completion(text=f"llama_cpp: token choice failed: {exc}", finish_reason="error"))
+            self._finish(
+                slot, Completion(text=f"llama_cpp: token choice failed: {exc}", finish_reason="error")
+            )
             return
         if llama_cpp.llama_vocab_is_eog(self.vocab, token):
             self._finish(slot, self._completion(job, "stop"))
             return
         job.out.append(token)
         job.text += self.pieces[token]
-        if job.stops and self._cut_at_stop(job):
-            self._finish(slot, self._completion(job, "stop"))
-        elif job.chooser.finished:
+        if (job.stops and self._cut_at_stop(job)) or job.chooser.finished:
             self._finish(slot, self._completion(job, "stop"))
         elif len(job.out) >= job.max_new:
             self._finish(slot, self._completion(job, "length"))
@@ -374,10 +384,8 @@ class BatchDecoder:
         job.completion = completion
         if job.cancelled:
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # its event loop is gone: nobody is waiting any more
             anyio.from_thread.run_sync(job.done.set, token=job.token)
-        except RuntimeError:  # its event loop is gone: nobody is waiting any more
-            pass
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -42,7 +42,12 @@ __all__ = ["GrammarError", "Guidance", "TokenChooser"]
 MAX_DIGITS = 16
 """Longest run of digits outside a JSON string (so ``max_tokens`` is not spent on one number)."""
 
-_JSON_OPTIONS = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False, "lenient": True}
+_JSON_OPTIONS: Any = {
+    "item_separator": ", ",
+    "key_separator": ": ",
+    "whitespace_flexible": False,
+    "lenient": True,
+}
 
 
 class GrammarError(ValueError):
@@ -70,7 +75,9 @@ class Guidance:
         key = json.dumps(schema, sort_keys=True)
         template = self._templates.get(key)
         if template is None:
-            grammar = self._matcher_class.grammar_from_json_schema(closed_objects(schema), defaults=_JSON_OPTIONS)  # type: ignore[arg-type]
+            grammar = self._matcher_class.grammar_from_json_schema(
+                closed_objects(schema), defaults=_JSON_OPTIONS
+            )
             template = self._matcher_class(self.tokenizer, grammar, log_level=0)
             if template.is_error():
                 raise GrammarError(f"llguidance could not compile the output schema: {template.get_error()}")
@@ -98,7 +105,17 @@ def closed_objects(schema: Any) -> Any:
 class TokenChooser:
     """Picks one sequence's tokens from its logits: grammar first, then greedy or sampling."""
 
-    __slots__ = ("_digits", "_escaped", "_guidance", "_in_string", "_mask", "_rng", "matcher", "temperature", "top_p")
+    __slots__ = (
+        "_digits",
+        "_escaped",
+        "_guidance",
+        "_in_string",
+        "_mask",
+        "_rng",
+        "matcher",
+        "temperature",
+        "top_p",
+    )
 
     def __init__(
         self, guidance: Guidance, matcher: Any | None, temperature: float, top_p: float, seed: int | None
@@ -120,7 +137,8 @@ class TokenChooser:
         if self._rng is None:
             best = int(np.argmax(logits))
             if matcher is None or (
-                not (capped and self._guidance.starts_with_digit[best]) and matcher.validate_tokens([best]) == 1
+                not (capped and self._guidance.starts_with_digit[best])
+                and matcher.validate_tokens([best]) == 1
             ):
                 return self._consume(best)
             allowed = self._allowed(logits.shape[0], capped)
