@@ -18,8 +18,8 @@ class Question(BaseModel):
 
 
 class Answer(BaseModel):
-    answer: str = Field(max_length=100, description="A short answer")
-    confidence: float = Field(description="How sure you are, between 0 and 1")
+    answer: str = Field(max_length=60, description="A short answer")
+    confidence: float = Field(ge=0, le=1, description="How sure you are, between 0 and 1")
 
 
 class Translation(BaseModel):
