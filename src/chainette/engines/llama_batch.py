@@ -166,6 +166,10 @@ class BatchDecoder:
         """Sequences holding a job right now."""
         return sum(1 for slot in self.slots if slot.job is not None)
 
+    def load(self) -> int:
+        """Jobs running or submitted and not yet admitted (to pick the least busy decoder)."""
+        return self.busy_sequences() + len(self._waiting) + self._inbox.qsize()
+
     def cached_cells(self, seq: int) -> int:
         """KV cells held by sequence ``seq`` (from llama.cpp itself)."""
         return int(llama_cpp.llama_memory_seq_pos_max(self.memory, seq)) + 1
@@ -194,18 +198,8 @@ class BatchDecoder:
                 if any(slot.job is not None for slot in self.slots):
                     self._step()
             except Exception as exc:  # a bug here must not leave anyone waiting forever
-                self._fail_running(f"the decode loop failed: {exc!r}")
-                for job in self._waiting:
-                    self._answer(
-                        job,
-                        Completion(text=f"llama_cpp: the decode loop failed: {exc!r}", finish_reason="error"),
-                    )
-                self._waiting.clear()
-        for slot in self.slots:
-            if slot.job is not None:
-                self._finish(slot, Completion(text="cancelled: the engine was closed", finish_reason="error"))
-        for job in self._waiting:
-            self._answer(job, Completion(text="cancelled: the engine was closed", finish_reason="error"))
+                self._fail_all(f"llama_cpp: the decode loop failed: {exc!r}")
+        self._fail_all("cancelled: the engine was closed")
 
     def _take(self, *, block: bool) -> bool:
         """Move submitted jobs to the waiting queue; False once :meth:`close` was called."""
@@ -242,11 +236,12 @@ class BatchDecoder:
             if not job.prompt and not self._prepare(job):
                 self._waiting.popleft()
                 continue
-            slot = max(free, key=lambda s: (_common_prefix(s.tokens, job.prompt), -s.used_at))
-            own = _common_prefix(slot.tokens, job.prompt)
+            cached = {s.seq: _common_prefix(s.tokens, job.prompt) for s in self.slots}
+            slot = max(free, key=lambda s: (cached[s.seq], -s.used_at))
+            own = cached[slot.seq]
             # another sequence (running or idle) may hold a longer start of this prompt: copy its cache
-            source = max(self.slots, key=lambda s: _common_prefix(s.tokens, job.prompt))
-            shared = _common_prefix(source.tokens, job.prompt)
+            source = max(self.slots, key=lambda s: cached[s.seq])
+            shared = cached[source.seq]
             feeding = max(
                 (
                     _common_prefix(s.job.prompt, job.prompt)
@@ -330,7 +325,7 @@ class BatchDecoder:
         status = llama_cpp.llama_decode(self.ctx, batch)
         self.decodes += 1
         if status != 0:
-            self._fail_running(f"llama_decode returned {status}")
+            self._fail_running(f"llama_cpp: llama_decode returned {status}")
             return
         for slot in rows:
             self._advance(slot)
@@ -400,13 +395,20 @@ class BatchDecoder:
         slot.used_at = time.monotonic()  # its cells stay: the next prompt may start the same way
         self._answer(job, completion)
 
-    def _fail_running(self, reason: str) -> None:
-        """Answer every running job with ``reason`` and clear their sequences (their cache is unknown)."""
+    def _fail_running(self, text: str) -> None:
+        """Answer every running job with ``text`` and clear their sequences (their cache is unknown)."""
         for slot in self.slots:
             llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)
             slot.tokens.clear()
             if slot.job is not None:
-                self._finish(slot, Completion(text=f"llama_cpp: {reason}", finish_reason="error"))
+                self._finish(slot, Completion(text=text, finish_reason="error"))
+
+    def _fail_all(self, text: str) -> None:
+        """Answer every running and waiting job with ``text``."""
+        self._fail_running(text)
+        for job in self._waiting:
+            self._answer(job, Completion(text=text, finish_reason="error"))
+        self._waiting.clear()
 
     def _answer(self, job: Job, completion: Completion) -> None:
         job.completion = completion

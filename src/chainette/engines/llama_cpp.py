@@ -204,7 +204,7 @@ class LlamaCppEngine(Engine):
     def _least_busy(self) -> Any:
         if len(self._decoders) == 1:
             return self._decoders[0]
-        return min(self._decoders, key=lambda d: d.busy_sequences() + d._inbox.qsize())
+        return min(self._decoders, key=lambda d: d.load())
 
     async def _complete_stoppable(self, llm: Any, request: ChatRequest) -> Completion:
         """Decode in a worker thread; if this task is cancelled, the decode stops at the next token
