@@ -56,7 +56,7 @@ def ask(text: str, schema: dict[str, Any] | None = None, max_tokens: int = 48) -
 
 def with_engine(body: Callable[[LlamaCppEngine], Awaitable[T]], **options: Any) -> T:
     async def main() -> T:
-        engine = LlamaCppEngine(n_ctx=1024, n_threads=2, **options)
+        engine = LlamaCppEngine(**{"n_ctx": 1024, "n_threads": 2, **options})
         await engine.start()
         try:
             return await body(engine)
@@ -206,3 +206,17 @@ def test_cancelling_a_batch_member_frees_its_sequence() -> None:
     assert cells_after == 0  # llama.cpp itself holds nothing for that sequence any more
     assert freed_after < 1.0  # at the loop's next turn, not after 900 tokens
     assert answers(results) == answers(expected)  # its neighbours were not disturbed
+
+
+@pytest.mark.timeout(300)
+def test_two_instances_share_the_requests() -> None:
+    requests = [ask(q, Answer.model_json_schema()) for q in QUESTIONS[:6]]
+
+    async def body(engine: LlamaCppEngine) -> tuple[list[Completion], list[int]]:
+        completions = await all_at_once(engine, requests)
+        return completions, [decoder.decodes for decoder in engine._decoders]
+
+    completions, decodes = with_engine(body, instances=2, parallel=2, n_threads=1)
+    assert len(decodes) == 2 and all(d > 0 for d in decodes)  # the least busy decoder took work
+    assert all(c.finish_reason in ("stop", "length") for c in completions)
+    assert any(c.finish_reason == "stop" for c in completions)
