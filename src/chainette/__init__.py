@@ -20,7 +20,11 @@ from ._errors import (
     RecordError,
     RenderError,
     RunFolderError,
+    ServiceError,
+    ServiceFullError,
     TemplateError,
+    TraceCancelledError,
+    TraceFailedError,
     UnknownEngineError,
 )
 from .engines.base import ChatRequest, Completion, Engine, SamplingParams
@@ -46,6 +50,7 @@ from .ledger.costs import set_price
 from .ledger.store import Ledger
 from .pipeline import Chain
 from .runtime.result import RunResult
+from .runtime.service import ChainService, TraceEvent, TraceHandle
 
 __version__ = "0.1.0"
 
@@ -56,6 +61,7 @@ __all__ = [
     "Branch",
     "Chain",
     "ChainDefinitionError",
+    "ChainService",
     "ChainetteError",
     "ChatRequest",
     "CheckReport",
@@ -85,9 +91,15 @@ __all__ = [
     "RunFolderError",
     "RunResult",
     "SamplingParams",
+    "ServiceError",
+    "ServiceFullError",
     "Step",
     "Subflow",
     "TemplateError",
+    "TraceCancelledError",
+    "TraceEvent",
+    "TraceFailedError",
+    "TraceHandle",
     "Transcript",
     "Turn",
     "UnknownEngineError",

@@ -43,7 +43,11 @@ __all__ = [
     "RecordError",
     "RenderError",
     "RunFolderError",
+    "ServiceError",
+    "ServiceFullError",
     "TemplateError",
+    "TraceCancelledError",
+    "TraceFailedError",
     "UnknownEngineError",
 ]
 
@@ -149,3 +153,33 @@ class ApplyError(RecordError):
     """A Python function (``apply``) raised on this record."""
 
     kind = "apply_error"
+
+
+class ServiceError(ChainetteError):
+    """A served chain (:class:`~chainette.runtime.service.ChainService`) cannot take or finish a submission."""
+
+
+class ServiceFullError(ServiceError):
+    """The service holds as many traces as its ``capacity`` and was told to refuse (``when_full="refuse"``)."""
+
+
+class TraceFailedError(ServiceError):
+    """A trace's record failed at a node (the same row is in the run's failures when recorded).
+
+    Attributes:
+        trace_id: The trace.
+        node_id: Where it failed (``"input"``: the submission did not fit the chain's input model;
+            ``"deadline"``: the trace ran past its deadline).
+        error_type: The :class:`RecordError` kind (``invalid_output``, ``engine_error``, ...).
+    """
+
+    def __init__(self, message: str, *, trace_id: str, node_id: str, error_type: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.trace_id = trace_id
+        self.node_id = node_id
+        self.error_type = error_type
+
+
+class TraceCancelledError(ServiceError):
+    """The trace was cancelled (by :meth:`ChainService.cancel`, or its client went away)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
@@ -13,16 +13,36 @@ from ..engines.base import Engine
 from ..engines.broker import EngineBroker
 from ..engines.registry import get_engine_config
 from ..engines.secrets import scrub_exception, scrub_strings, scrub_text
-from ..io.writer import RunWriter
 from ..ledger.keys import engine_identity
 from .records import Record, dump
 from .requests import RequestCache
 
-__all__ = ["EventHandler", "NodeStats", "RunContext"]
+__all__ = ["EventHandler", "NodeStats", "RecordSink", "RunContext"]
 
 EventHandler = Callable[[str, dict[str, Any]], None]
 """``handler(kind, data)``; kinds: run_started, node_progress, engine_started, engine_released,
 engine_failed (once per engine that stopped, with ``message``), record_failed, run_finished."""
+
+
+class RecordSink(Protocol):
+    """Where runners put what records produce: the run folder (``io.writer.RunWriter``) in a batch
+    run; in a served chain a per-trace sink that tells the trace's listeners and, when the service
+    records, passes the rows on to its run folder."""
+
+    def add(self, key: str, row: dict[str, Any]) -> None:
+        """A node's output row (``key``: the node's folder)."""
+
+    def add_failure(self, row: dict[str, Any]) -> None:
+        """A row of ``failures.jsonl``."""
+
+    def add_flattened(self, row: dict[str, Any]) -> None:
+        """A record that reached the end of the chain, flattened."""
+
+    def open_folder(self, key: str) -> None:
+        """Make sure ``key``'s folder exists (a node whose folder the run did not lay out)."""
+
+    async def maybe_flush(self) -> None:
+        """Write buffered rows if enough have accumulated."""
 
 
 @dataclass
@@ -59,7 +79,7 @@ class NodeStats:
 
 @dataclass
 class RunContext:
-    writer: RunWriter
+    writer: RecordSink
     broker: EngineBroker
     on_event: EventHandler
     cache: RequestCache = field(default_factory=lambda: RequestCache(None, "off"))

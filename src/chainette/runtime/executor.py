@@ -161,7 +161,7 @@ async def _run_in_folder(
         meta["error"] = scrub_text(f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        meta = await _finish(chain, ctx, counts, meta, started)
+        meta = await _finish(chain, ctx, writer, counts, meta, started)
     return RunResult(path=writer.path, run_id=run_id, metadata=meta, fmt=opts.fmt)
 
 
@@ -222,10 +222,15 @@ async def _pipeline(
 
 
 async def _finish(
-    chain: ChainGraph, ctx: RunContext, counts: dict[str, int], meta: dict[str, Any], started: float
+    chain: ChainGraph,
+    ctx: RunContext,
+    writer: RunWriter,
+    counts: dict[str, int],
+    meta: dict[str, Any],
+    started: float,
 ) -> dict[str, Any]:
     """Release the engines, flush the writer and write the final ``metadata.json`` (returned)."""
-    writer, broker = ctx.writer, ctx.broker
+    broker = ctx.broker
     await broker.aclose()
     write_error: OSError | None = None
     try:

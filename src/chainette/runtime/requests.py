@@ -32,6 +32,9 @@ class InFlight:
 
     done: anyio.Event = field(default_factory=anyio.Event)
     completion: Completion | None = None
+    abandoned: bool = False
+    """The owner gave up without an answer (its trace was cancelled, its engine did not start):
+    a waiter claims the key again and sends it itself."""
 
 
 class RequestCache:
@@ -74,6 +77,13 @@ class RequestCache:
             return slot, False
         slot = self._inflight[key] = InFlight()
         return slot, True
+
+    def abandon(self, key: str) -> None:
+        """The owner of ``key`` will not answer it: wake the waiters, who claim it again."""
+        slot = self._inflight.pop(key, None)
+        if slot is not None:
+            slot.abandoned = True
+            slot.done.set()
 
     def resolve(self, key: str, completion: Completion) -> None:
         slot = self._inflight.pop(key, None)

@@ -213,6 +213,9 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
         await _send(step, owned, ctx, decided)
     for job, slot in waiting:
         await slot.done.wait()
+        if slot.abandoned:  # its owner was cancelled or could not send: claim it again, no ask spent
+            decided.retry.append(job)
+            continue
         assert slot.completion is not None
         stats.deduped += 1
         _settle(step, job, slot.completion, ctx, stats, decided, sent=False)
@@ -247,9 +250,10 @@ async def _send(
         async with anyio.create_task_group() as tg:
             for start in range(0, len(owned), size):
                 tg.start_soon(_call, step, engine, limiter, owned[start : start + size], ctx, decided)
-    finally:  # an engine that failed to start, or a cancelled send, must not leave duplicates waiting
+    finally:  # an engine that failed to start, or a cancelled send (a cancelled trace), must not
+        # leave duplicates waiting: they claim the request again (and fail themselves if it cannot be sent)
         for _, _, key in owned:
-            ctx.cache.resolve(key, Completion(text="request not sent", finish_reason="error", attempts=0))
+            ctx.cache.abandon(key)
 
 
 async def _call(

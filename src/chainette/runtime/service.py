@@ -1,0 +1,484 @@
+"""A chain served one record at a time: engines warm, a trace per submission, events as they happen.
+
+``ChainService`` is the long-lived half of the runtime (PenguiFlow's flow): it checks the chain
+once, opens the ledger once and keeps the engines started (no per-run release countdown), then
+runs each submitted record as a *trace* through the same node runners a batch run uses. A trace
+has an id, an optional deadline, an event stream and a result; cancelling it stops its queued
+and in-flight work (an HTTP request is closed, llama.cpp decoding stops at the next token)
+without touching the others. Requests of concurrent traces share the engines' limits, so the
+embedded engine decodes them together, and a repeated request is answered from the ledger.
+
+What the runners write goes to a per-trace :class:`RecordSink`: it tells the trace's listeners
+and, with ``record_to=``, passes every row on to one run folder laid out like a batch run's.
+
+Example:
+    >>> async with ChainService(chain) as service:                     # doctest: +SKIP
+    ...     trace = await service.submit({"question": "What is 2+2?"})
+    ...     async for event in trace.events():
+    ...         print(event.kind, event.data)
+    ...     answer = await trace.result()
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import anyio
+from anyio.abc import TaskGroup
+from pydantic import ValidationError
+
+from .._errors import (
+    ChainDefinitionError,
+    InputError,
+    RecordError,
+    ServiceError,
+    ServiceFullError,
+    TraceCancelledError,
+    TraceFailedError,
+)
+from ..engines.broker import EngineBroker
+from ..engines.registry import is_available
+from ..engines.secrets import scrub_strings
+from ..graph.chain import ChainGraph
+from ..io.writer import RunWriter
+from .context import EventHandler, RunContext
+from .dispatch import missing_runners, runner_for
+from .executor import RunOptions, _finish, _initial_metadata, _lay_out, flatten
+from .records import Record, coerce, dump
+from .requests import CacheMode, RequestCache
+
+__all__ = ["ChainService", "TraceEvent", "TraceHandle", "TraceKind"]
+
+TraceKind = Literal[
+    "queued", "started", "node_started", "node_finished", "chunk", "output", "filtered", "failed", "cancelled"
+]
+"""What a :class:`TraceEvent` says. ``output``, ``filtered``, ``failed`` and ``cancelled`` end a trace."""
+
+TERMINAL: frozenset[str] = frozenset({"output", "filtered", "failed", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEvent:
+    """One thing that happened to a trace.
+
+    ``data`` by kind: ``node_started`` / ``node_finished``: ``node`` (and ``duration_s``, and
+    ``output`` when the node produced one value); ``chunk``: ``node``, ``delta``, ``text`` (the
+    step's text so far) and ``partial`` (the object parsed so far, when it parses); ``output``:
+    ``output`` (the final value, dumped; a list when the chain fanned out); ``failed``: ``node``,
+    ``error_type``, ``message``; ``cancelled``: ``reason``.
+    """
+
+    kind: TraceKind
+    trace_id: str
+    data: dict[str, Any]
+    at: float
+    """Seconds since the trace was submitted."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{"kind", "trace_id", "at", **data}``."""
+        return {"kind": self.kind, "trace_id": self.trace_id, "at": round(self.at, 4), **self.data}
+
+
+class TraceHandle:
+    """A submitted record: its events (replayed from the start to every reader) and its result."""
+
+    def __init__(self, trace_id: str, service: ChainService) -> None:
+        self.trace_id = trace_id
+        self._service = service
+        self._events: list[TraceEvent] = []
+        self._changed = anyio.Event()
+        self._submitted = time.monotonic()
+        self._outcome: Any = None
+        self._error: BaseException | None = None
+        self.done = anyio.Event()
+        """Set when the trace has ended (output, filtered, failed or cancelled)."""
+        self.cancel_requested = False
+        self.deadline_s: float | None = None
+        """Seconds from submission the trace may take (None: no deadline)."""
+        self._cancel_reason = "cancelled"
+        self._scope: anyio.CancelScope | None = None
+
+    def _emit(self, kind: TraceKind, data: dict[str, Any]) -> TraceEvent:
+        event = TraceEvent(kind, self.trace_id, data, time.monotonic() - self._submitted)
+        self._events.append(event)
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+        self._service._tell(event)
+        return event
+
+    async def events(self) -> AsyncIterator[TraceEvent]:
+        """Every event of the trace, from the first, until the one that ends it."""
+        seen = 0
+        while True:
+            while seen < len(self._events):
+                event = self._events[seen]
+                seen += 1
+                yield event
+                if event.kind in TERMINAL:
+                    return
+            await self._changed.wait()
+
+    async def result(self) -> Any:
+        """The chain's output for this record (a list when it fanned out; None when filtered).
+
+        Raises:
+            TraceFailedError: The record failed (node, kind and message say where and why).
+            TraceCancelledError: The trace was cancelled.
+        """
+        await self.done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._outcome
+
+    def cancel(self, reason: str = "cancelled") -> bool:
+        """Cancel this trace; False when it had already ended."""
+        return self._service.cancel(self.trace_id, reason)
+
+
+class _TraceSink:
+    """What the runners write for one trace: failures kept for the trace's ending, every row
+    passed on to the service's run folder when it records."""
+
+    def __init__(self, writer: RunWriter | None) -> None:
+        self.writer = writer
+        self.failures: list[dict[str, Any]] = []
+        self.outputs: list[dict[str, Any]] = []
+
+    def add(self, key: str, row: dict[str, Any]) -> None:
+        if self.writer is not None:
+            self.writer.add(key, row)
+
+    def add_failure(self, row: dict[str, Any]) -> None:
+        self.failures.append(row)
+        if self.writer is not None:
+            self.writer.add_failure(row)
+
+    def add_flattened(self, row: dict[str, Any]) -> None:
+        self.outputs.append(row)
+        if self.writer is not None:
+            self.writer.add_flattened(row)
+
+    def open_folder(self, key: str) -> None:
+        if self.writer is not None:
+            self.writer.open_folder(key)
+
+    async def maybe_flush(self) -> None:
+        if self.writer is not None:
+            await self.writer.maybe_flush()
+
+
+@dataclass
+class _Recording:
+    writer: RunWriter
+    meta: dict[str, Any]
+    started: float
+    counts: dict[str, int] = field(default_factory=lambda: {"records_in": 0})
+
+
+class ChainService:
+    """Serve ``chain``: submit records from async code, each a trace with events and a result.
+
+    Args:
+        chain: The chain (checked on entry, before any engine starts).
+        ledger: The request ledger (SQLite; default ``$CHAINETTE_LEDGER`` or ``.chainette/ledger.sqlite``).
+        cache: ``use`` / ``refresh`` / ``off``, as in a batch run.
+        capacity: Traces the service holds at once (queued + running); a submission beyond it waits
+            for room (``when_full="wait"``) or is refused with :class:`ServiceFullError` (``"refuse"``).
+        concurrency: Traces running at once; the others are queued (a cancelled queued trace never runs).
+        when_full: ``"wait"`` or ``"refuse"``.
+        deadline_s: Default deadline of a trace, in seconds from submission (None: none).
+        record_to: A run folder to record every finished trace in (step folders, ``flattened/``,
+            ``failures.jsonl``, ``graph.json``, ``metadata.json`` at close), like a batch run's.
+        overwrite: Replace ``record_to`` if it holds an earlier run.
+        warm: Start every engine the chain uses on entry (otherwise on the first request).
+        on_event: ``handler(event: TraceEvent)`` for every trace's events (middleware, logs).
+        on_run_event: ``handler(kind, data)`` for the runtime's own events (engines started, progress).
+    """
+
+    def __init__(
+        self,
+        chain: ChainGraph,
+        *,
+        ledger: str | Path | None = None,
+        cache: CacheMode = "use",
+        capacity: int = 1024,
+        concurrency: int = 64,
+        when_full: Literal["wait", "refuse"] = "wait",
+        deadline_s: float | None = None,
+        record_to: str | Path | None = None,
+        overwrite: bool = False,
+        warm: bool = True,
+        on_event: Any = None,
+        on_run_event: EventHandler | None = None,
+    ) -> None:
+        if capacity < 1 or concurrency < 1:
+            raise ValueError(f"capacity and concurrency must be >= 1, got {capacity} and {concurrency}.")
+        if when_full not in ("wait", "refuse"):
+            raise ValueError(f"when_full must be 'wait' or 'refuse', got {when_full!r}.")
+        self.chain = chain
+        self.capacity = capacity
+        self.when_full = when_full
+        self.deadline_s = deadline_s
+        self._ledger, self._cache_mode = ledger, cache
+        self._record_to, self._overwrite, self._warm = record_to, overwrite, warm
+        self._on_event = on_event
+        self._on_run_event: EventHandler = on_run_event or (lambda kind, data: None)
+        self._room = anyio.Semaphore(capacity)
+        self._running = anyio.CapacityLimiter(concurrency)
+        self._traces: dict[str, TraceHandle] = {}
+        self._count = 0
+        self._tg: TaskGroup | None = None
+        self._ctx: RunContext | None = None
+        self._recording: _Recording | None = None
+        self._stack = AsyncExitStack()
+        self.counts: Counter[str] = Counter()
+        """Traces by how they ended (``output``, ``filtered``, ``failed``, ``cancelled``)."""
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> ChainService:
+        chain = self.chain
+        chain.check(engine_known=is_available).raise_for_errors()
+        problems = missing_runners(chain.walk())
+        problems += [
+            f"{n.kind} {n.id!r} needs the whole input stream; a served chain takes one record at a time."
+            for n in chain.iter_nodes()
+            if n.whole_stream
+        ]
+        if problems:
+            raise ChainDefinitionError("\n".join(problems))
+        users = Counter(n.engine_name for n in chain.iter_nodes() if n.engine_name is not None)
+        cache = RequestCache.open(self._ledger, self._cache_mode if users else "off")
+        stack = AsyncExitStack()
+        try:
+            writer = self._open_recording(cache)
+            broker = EngineBroker(users, on_event=self._on_run_event, idle_timeout=None)
+            self._ctx = RunContext(writer or _TraceSink(None), broker, self._on_run_event, cache)
+            await stack.enter_async_context(broker)
+            self._tg = await stack.enter_async_context(
+                anyio.create_task_group()
+            )  # ends before the engines close
+            if self._warm:
+                for name in users:
+                    await broker.get(name)
+        except BaseException:
+            await stack.aclose()
+            cache.close()
+            if self._recording is not None:
+                self._recording.writer.release()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Cancel every trace still open, release the engines, close the ledger and the recording."""
+        assert self._ctx is not None
+        ctx = self._ctx
+        for trace_id in list(self._traces):
+            self.cancel(trace_id, "the service is closing")
+        try:
+            await self._stack.__aexit__(kind, exc, tb)  # the traces end (cancelled), then the engines
+            if self._recording is not None:
+                rec = self._recording
+                rec.meta["status"] = "completed" if kind is None else "interrupted"
+                rec.meta["served"] = dict(self.counts)
+                with anyio.CancelScope(shield=True):
+                    await _finish(self.chain, ctx, rec.writer, rec.counts, rec.meta, rec.started)
+        finally:
+            ctx.cache.close()
+            if self._recording is not None:
+                self._recording.writer.release()
+            self._tg = None
+
+    def _open_recording(self, cache: RequestCache) -> RunWriter | None:
+        if self._record_to is None:
+            return None
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        writer = RunWriter(
+            Path(self._record_to), overwrite=self._overwrite, chain_name=self.chain.name, run_id=run_id
+        )
+        started = time.time()
+        opts = RunOptions(ledger=cache.path, cache=cache.mode)
+        meta = _initial_metadata(self.chain, opts, writer, run_id, started)
+        meta["mode"] = "service"
+        self._recording = _Recording(writer, meta, started)
+        _lay_out(self.chain, writer, meta)
+        return writer
+
+    # ---------------------------------------------------------------- traces
+
+    async def submit(
+        self, value: Any, *, trace_id: str | None = None, deadline_s: float | None = None
+    ) -> TraceHandle:
+        """Start a trace for ``value`` (a dict or an instance of the chain's input model).
+
+        Args:
+            trace_id: Its id (default: a new random one). Must not be in use.
+            deadline_s: Seconds from now after which the trace fails (default: the service's).
+
+        Raises:
+            InputError: ``value`` does not fit the chain's input model (``__cause__`` is the
+                pydantic ``ValidationError``, whose ``errors()`` list the fields).
+            ServiceFullError: The service is full and ``when_full="refuse"``.
+        """
+        if self._tg is None or self._ctx is None:
+            raise ServiceError(
+                "The service is not running: use `async with ChainService(chain) as service:`."
+            )
+        model = self.chain.input_model
+        try:
+            coerced = coerce(model, value)
+        except ValidationError as exc:
+            raise InputError(
+                f"The submission does not fit the chain's input model {getattr(model, '__name__', model)}: "
+                f"{exc.errors(include_url=False)}"
+            ) from exc
+        trace_id = trace_id or uuid.uuid4().hex
+        if trace_id in self._traces:
+            raise ServiceError(f"Trace id {trace_id!r} is already in use by a trace that has not ended.")
+        if self.when_full == "refuse":
+            try:
+                self._room.acquire_nowait()
+            except anyio.WouldBlock:
+                raise ServiceFullError(
+                    f"The service is full ({self.capacity} traces); retry later or raise `capacity`."
+                ) from None
+        else:
+            await self._room.acquire()
+        handle = TraceHandle(trace_id, self)
+        handle.deadline_s = deadline_s if deadline_s is not None else self.deadline_s
+        self._traces[trace_id] = handle
+        index = self._count
+        self._count += 1
+        if self._recording is not None:
+            self._recording.counts["records_in"] += 1
+        limit = handle.deadline_s
+        handle._emit("queued", {"deadline_s": limit} if limit is not None else {})
+        deadline = anyio.current_time() + limit if limit is not None else math.inf
+        self._tg.start_soon(
+            self._run_trace, handle, Record(trace_id, index, coerced, {"input": coerced}), deadline
+        )
+        return handle
+
+    def cancel(self, trace_id: str, reason: str = "cancelled") -> bool:
+        """Cancel a trace by id: its queued work is dropped, its in-flight work stopped. False
+        when no such trace is open (unknown, or already ended)."""
+        handle = self._traces.get(trace_id)
+        if handle is None or handle.done.is_set():
+            return False
+        handle.cancel_requested = True
+        handle._cancel_reason = reason
+        if handle._scope is not None:
+            handle._scope.cancel()
+        return True
+
+    def trace(self, trace_id: str) -> TraceHandle | None:
+        """The open trace with this id, if any."""
+        return self._traces.get(trace_id)
+
+    @property
+    def open_traces(self) -> int:
+        return len(self._traces)
+
+    async def _run_trace(self, handle: TraceHandle, record: Record, deadline: float) -> None:
+        assert self._ctx is not None
+        sink = _TraceSink(self._recording.writer if self._recording is not None else None)
+        ctx = replace(self._ctx, writer=sink, on_event=self._run_event_for(handle))
+        timed_out = False
+        try:
+            with anyio.CancelScope() as scope:
+                handle._scope = scope
+                if handle.cancel_requested:
+                    scope.cancel()
+                with anyio.CancelScope(deadline=deadline) as timer:
+                    async with self._running:
+                        handle._emit("started", {})
+                        records = await self._run_nodes(handle, [record], ctx)
+                timed_out = timer.cancelled_caught
+            if handle.cancel_requested:
+                self._end(handle, "cancelled", {"reason": handle._cancel_reason})
+            elif timed_out:
+                message = (
+                    f"Trace {handle.trace_id!r} ran past its deadline of {handle.deadline_s:g} s; its work "
+                    "was stopped. Give it a longer deadline_s, or make the chain faster."
+                )
+                ctx.fail(record, RecordError(message, node_id="deadline", record_id=record.id))
+                self._end_failed(handle, "deadline", "deadline_exceeded", message)
+            else:
+                self._settle(handle, records, sink)
+        except Exception as exc:  # a bug or an engine that raised past the runners: this trace only
+            self._end_failed(handle, "service", type(exc).__name__, f"{type(exc).__name__}: {exc}")
+        finally:
+            if not handle.done.is_set():  # cancelled from outside (the service closing)
+                self._end(handle, "cancelled", {"reason": "the service is closing"})
+            self._traces.pop(handle.trace_id, None)
+            self._room.release()
+
+    async def _run_nodes(self, handle: TraceHandle, chunk: list[Record], ctx: RunContext) -> list[Record]:
+        for node in self.chain.items:
+            if not chunk:
+                break
+            started = time.monotonic()
+            handle._emit("node_started", {"node": node.id})
+            chunk = await runner_for(node).run(node, chunk, ctx)
+            data: dict[str, Any] = {"node": node.id, "duration_s": round(time.monotonic() - started, 4)}
+            if len(chunk) == 1:
+                data["output"] = dump(chunk[0].value)
+            handle._emit("node_finished", data)
+        for record in chunk:
+            ctx.writer.add_flattened(flatten(record))
+        await ctx.writer.maybe_flush()
+        return chunk
+
+    def _settle(self, handle: TraceHandle, records: list[Record], sink: _TraceSink) -> None:
+        if records:
+            values = [r.value for r in records]
+            handle._outcome = values[0] if len(values) == 1 else values
+            dumped = [dump(v) for v in values]
+            self._end(handle, "output", {"output": dumped[0] if len(dumped) == 1 else dumped})
+        elif sink.failures:
+            row = sink.failures[0]
+            self._end_failed(
+                handle, str(row.get("node", "")), str(row.get("error_type", "")), str(row["message"])
+            )
+        else:
+            self._end(handle, "filtered", {})
+
+    def _end_failed(self, handle: TraceHandle, node: str, error_type: str, message: str) -> None:
+        handle._error = TraceFailedError(
+            message, trace_id=handle.trace_id, node_id=node, error_type=error_type
+        )
+        self._end(handle, "failed", {"node": node, "error_type": error_type, "message": message})
+
+    def _end(self, handle: TraceHandle, kind: TraceKind, data: dict[str, Any]) -> None:
+        if handle.done.is_set():
+            return
+        if kind == "cancelled":
+            handle._error = TraceCancelledError(f"Trace {handle.trace_id!r} was cancelled: {data['reason']}.")
+        self.counts[kind] += 1
+        handle._emit(kind, scrub_strings(data))
+        handle.done.set()
+
+    def _run_event_for(self, handle: TraceHandle) -> EventHandler:
+        """The runtime's events of one trace go to the service's listener, tagged with the trace."""
+        tell = self._on_run_event
+
+        def handler(kind: str, data: dict[str, Any]) -> None:
+            tell(kind, {**data, "trace_id": handle.trace_id})
+
+        return handler
+
+    def _tell(self, event: TraceEvent) -> None:
+        if self._on_event is not None:
+            self._on_event(event)

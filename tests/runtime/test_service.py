@@ -1,0 +1,295 @@
+"""The service mode: traces with events and results, cancellation, deadlines, capacity, the ledger,
+recording, on the fake engine (the real engines: tests/serving and test_service_llama.py)."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from pydantic import BaseModel
+from tests.helpers import Answer, Question, read_jsonl
+
+from chainette import Chain, ChainService, Step, apply, register_engine
+from chainette._errors import (
+    ChainDefinitionError,
+    InputError,
+    ServiceFullError,
+    TraceCancelledError,
+    TraceFailedError,
+)
+from chainette.engines.base import ChatRequest
+from chainette.graph.stream_ops import take
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def echo(request: ChatRequest) -> dict[str, Any]:
+    return {"answer": "re: " + request.messages[-1]["content"], "confidence": 1.0}
+
+
+def qa_chain(engine: str = "echo") -> Chain:
+    return Chain(
+        name="served",
+        steps=[
+            Step(
+                id="qa",
+                input_model=Question,
+                output_model=Answer,
+                engine_name=engine,
+                user_prompt="{{ text }}",
+            )
+        ],
+    )
+
+
+class N(BaseModel):
+    x: int
+
+
+@pytest.fixture
+def echo_engine() -> None:
+    register_engine("echo", backend="fake", responder=echo)
+
+
+async def test_a_trace_streams_its_events_and_returns_the_typed_output(echo_engine: None) -> None:
+    async with ChainService(qa_chain()) as service:
+        trace = await service.submit({"text": "hello"}, trace_id="t1")
+        kinds = [(e.kind, e.data.get("node")) async for e in trace.events()]
+        answer = await trace.result()
+    assert kinds == [
+        ("queued", None),
+        ("started", None),
+        ("node_started", "qa"),
+        ("node_finished", "qa"),
+        ("output", None),
+    ]
+    assert isinstance(answer, Answer) and answer.answer == "re: hello"
+    # a late reader sees every event again, from the first
+    assert [e.kind async for e in trace.events()][-1] == "output"
+    assert service.counts["output"] == 1 and service.open_traces == 0
+
+
+async def test_a_repeated_request_is_answered_from_the_ledger(ledger_path: Path) -> None:
+    calls: list[str] = []
+
+    def counted(request: ChatRequest) -> dict[str, Any]:
+        calls.append(request.messages[-1]["content"])
+        return echo(request)
+
+    register_engine("echo", backend="fake", responder=counted)
+    async with ChainService(qa_chain()) as service:
+        first = await (await service.submit({"text": "same"})).result()
+        second = await (await service.submit({"text": "same"})).result()
+    async with ChainService(qa_chain()) as service:  # a new service on the same ledger
+        third = await (await service.submit({"text": "same"})).result()
+    assert first == second == third
+    assert calls == ["same"]
+    assert ledger_path.is_file()  # noqa: ASYNC240 - a test assertion
+
+
+async def test_failed_filtered_and_invalid_submissions_say_what_happened() -> None:
+    def boom(n: N) -> N:
+        if n.x == 2:
+            raise ValueError("two is not allowed")
+        return n
+
+    def drop_odd(n: N) -> N | None:
+        return None if n.x % 2 else n
+
+    chain = Chain(name="py", steps=[apply(boom), apply(drop_odd)])
+    async with ChainService(chain) as service:
+        failed = await service.submit({"x": 2})
+        with pytest.raises(TraceFailedError) as info:
+            await failed.result()
+        assert info.value.node_id == "boom" and "two is not allowed" in info.value.message
+        events = [e async for e in failed.events()]
+        assert events[-1].kind == "failed" and events[-1].data["node"] == "boom"
+        assert await (await service.submit({"x": 3})).result() is None  # filtered
+        assert await (await service.submit({"x": 4})).result() == N(x=4)
+        with pytest.raises(InputError, match="input model N"):
+            await service.submit({"x": "not a number"})
+    assert service.counts == {"failed": 1, "filtered": 1, "output": 1}
+
+
+async def test_a_whole_stream_node_is_refused_before_anything_starts() -> None:
+    chain = Chain(name="t", steps=[apply(lambda n: n, id="f", input_model=N, output_model=N), take(3)])
+    with pytest.raises(ChainDefinitionError, match="whole input stream"):
+        async with ChainService(chain):
+            pass
+
+
+async def test_cancelling_a_queued_trace_drops_it_and_an_in_flight_one_stops_it() -> None:
+    release = anyio.Event()
+    ran: list[int] = []
+
+    async def wait(n: N) -> N:
+        ran.append(n.x)
+        if n.x < 10:
+            await release.wait()  # in flight until released (or cancelled)
+        return n
+
+    chain = Chain(name="py", steps=[apply(wait)])
+    async with ChainService(chain, concurrency=1) as service:
+        running = await service.submit({"x": 1}, trace_id="running")
+        queued = await service.submit({"x": 10}, trace_id="queued")
+        await anyio.sleep(0.05)
+        assert ran == [1]  # the second waits for a running slot
+        assert service.cancel("queued")
+        with pytest.raises(TraceCancelledError):
+            await queued.result()
+        assert not service.cancel("queued")  # already ended
+        other = await service.submit({"x": 2}, trace_id="other")
+        started = time.monotonic()
+        assert running.cancel()
+        with pytest.raises(TraceCancelledError):
+            await running.result()
+        assert time.monotonic() - started < 1.0
+        release.set()
+        assert await other.result() == N(x=2)
+    assert ran == [1, 2]  # the cancelled queued trace never ran
+    assert service.counts == {"cancelled": 2, "output": 1}
+
+
+async def test_cancelling_the_trace_that_sends_a_shared_request_does_not_fail_its_twin() -> None:
+    """Two traces ask the same thing: one sends, the other waits for that answer. Cancelling the
+    sender must not fail the waiter: it sends the request itself."""
+    register_engine("slow", backend="fake", responder=echo, latency=0.3)
+    async with ChainService(qa_chain("slow"), cache="off") as service:
+        sender = await service.submit({"text": "same"}, trace_id="sender")
+        await anyio.sleep(0.05)
+        twin = await service.submit({"text": "same"}, trace_id="twin")
+        await anyio.sleep(0.05)
+        sender.cancel()
+        with pytest.raises(TraceCancelledError):
+            await sender.result()
+        assert (await twin.result()).answer == "re: same"
+
+
+async def test_a_trace_past_its_deadline_fails_with_that_reason() -> None:
+    async def slow(n: N) -> N:
+        await anyio.sleep(5)
+        return n
+
+    async def quick(n: N) -> N:
+        return n
+
+    chain = Chain(name="py", steps=[apply(quick), apply(slow)])
+    async with ChainService(chain) as service:
+        started = time.monotonic()
+        trace = await service.submit({"x": 1}, deadline_s=0.2)
+        with pytest.raises(TraceFailedError, match=r"deadline of 0\.2 s") as info:
+            await trace.result()
+        assert info.value.node_id == "deadline"
+        assert 0.15 < time.monotonic() - started < 2
+        nodes = [e.data.get("node") async for e in trace.events() if e.kind == "node_finished"]
+        assert nodes == ["quick"]
+
+
+async def test_a_full_service_refuses_or_makes_the_submission_wait() -> None:
+    release = anyio.Event()
+
+    async def wait(n: N) -> N:
+        await release.wait()
+        return n
+
+    chain = Chain(name="py", steps=[apply(wait)])
+    async with ChainService(chain, capacity=1, when_full="refuse") as service:
+        first = await service.submit({"x": 1})
+        with pytest.raises(ServiceFullError, match="full"):
+            await service.submit({"x": 2})
+        release.set()
+        await first.result()
+        assert await (await service.submit({"x": 3})).result() == N(x=3)  # room again
+
+    release = anyio.Event()
+    async with ChainService(chain, capacity=1) as service:
+        first = await service.submit({"x": 1})
+        waited: list[float] = []
+
+        async def second() -> None:
+            started = time.monotonic()
+            await service.submit({"x": 2})
+            waited.append(time.monotonic() - started)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(second)
+            await anyio.sleep(0.2)
+            assert waited == []  # still waiting for room
+            release.set()
+        assert waited and waited[0] >= 0.15
+        await first.result()
+
+
+async def test_a_recording_service_leaves_a_run_folder_like_a_batch_run(
+    echo_engine: None, tmp_path: Path
+) -> None:
+    def boom(answer: Answer) -> Answer:
+        if "bad" in answer.answer:
+            raise ValueError("bad answer")
+        return answer
+
+    chain = Chain(name="served", steps=[*qa_chain().items, apply(boom)])
+    folder = tmp_path / "served"
+    async with ChainService(chain, record_to=folder) as service:
+        for text in ("one", "two", "bad"):
+            trace = await service.submit({"text": text}, trace_id=text)
+            await trace.done.wait()
+    rows = read_jsonl(folder / "flattened")
+    assert sorted(r["_id"] for r in rows) == ["one", "two"]
+    assert {r["qa.answer"] for r in rows} == {"re: one", "re: two"}
+    failures = read_jsonl(folder / "failures.jsonl")
+    assert [(f["_id"], f["node"]) for f in failures] == [("bad", "boom")]
+    assert len(read_jsonl(folder / "qa")) == 3
+    meta = json.loads((folder / "metadata.json").read_text())
+    assert meta["mode"] == "service" and meta["status"] == "completed"
+    assert meta["counts"]["records_in"] == 3 and meta["counts"]["records_out"] == 2
+    assert meta["served"] == {"output": 2, "failed": 1}
+    assert (folder / "graph.json").exists()
+
+
+@pytest.mark.timeout(120)
+async def test_a_thousand_traces_with_a_fifth_cancelled_at_random(ledger_path: Path) -> None:
+    """Every trace not cancelled gets its own right answer; nothing is left running."""
+    import asyncio
+    import gc
+
+    register_engine("echo", backend="fake", responder=echo, latency=0.02, max_concurrency=32)
+    rng = random.Random(7)
+    cancel = set(rng.sample(range(1000), 200))
+    tasks_before = len(asyncio.all_tasks())
+    async with ChainService(qa_chain(), capacity=2000, concurrency=256) as service:
+        handles = [await service.submit({"text": f"q{i}"}, trace_id=f"t{i}") for i in range(1000)]
+
+        async def cancel_later(i: int) -> None:
+            await anyio.sleep(rng.random() * 0.5)
+            service.cancel(f"t{i}")
+
+        async with anyio.create_task_group() as tg:
+            for i in cancel:
+                tg.start_soon(cancel_later, i)
+        wrong, cancelled = [], 0
+        for i, handle in enumerate(handles):
+            try:
+                answer = await handle.result()
+            except TraceCancelledError:
+                cancelled += 1
+                assert i in cancel
+                continue
+            if answer.answer != f"re: q{i}":
+                wrong.append(i)
+        assert wrong == []
+        assert 0 < cancelled <= 200  # some finished before their cancel came
+        assert service.open_traces == 0
+    gc.collect()
+    assert len(asyncio.all_tasks()) <= tasks_before
+    assert service.counts["output"] + service.counts["cancelled"] == 1000
