@@ -1,4 +1,4 @@
-"""Dependencies point one way: ``cli → runtime → graph → engines, io, ledger``; lower layers never
+"""Dependencies point one way: ``cli → serving → runtime → graph → engines, io, ledger``; lower layers never
 import upper ones, not even lazily inside a function (read from the source, every import)."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ ALLOWED: dict[str, set[str]] = {
     "ledger": {"engines"},
     "graph": {"engines", "io"},
     "runtime": {"graph", "engines", "io", "ledger"},
-    "cli": {"runtime", "graph", "engines", "io", "ledger", "(package root)"},  # __version__
+    "serving": {"runtime", "graph", "engines", "io", "ledger"},
+    "cli": {"serving", "runtime", "graph", "engines", "io", "ledger", "(package root)"},  # __version__
 }
 SHARED = {"_errors"}  # the exception tree: everyone may import it
 

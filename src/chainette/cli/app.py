@@ -32,6 +32,7 @@ from ._common import exit_on_errors, stderr_console
 from .cache import cache_app
 from .loading import count_jsonl_records, import_target, load_chain, split_target
 from .progress import JsonEventLog, ProgressDisplay, print_run_summary
+from .serve import serve
 from .servers import kill, print_running_servers, warmup
 
 __all__ = ["app"]
@@ -360,3 +361,4 @@ def engines(
 # Registered last, so --help lists them after the commands above.
 app.command()(warmup)
 app.command()(kill)
+app.command()(serve)

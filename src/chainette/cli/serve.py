@@ -1,0 +1,93 @@
+"""``chainette serve``: a chain behind HTTP (SSE and WebSocket) on uvicorn, on 127.0.0.1 by default.
+
+The app is :func:`chainette.serving.create_app`; this module parses, prints and runs uvicorn.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+
+from .._errors import MissingDependencyError
+from ..engines.registry import load_engines
+from ..serving import DEFAULT_MAX_BODY, create_app
+from ._common import exit_on_errors, stderr_console
+from .loading import load_chain
+
+__all__ = ["serve"]
+
+
+def serve(
+    target: str = typer.Argument(
+        ...,
+        help="The chain: [bold]path/to/file.py:chain[/], [bold]package.module:chain[/] or [bold]chain.yaml[/].",
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port (0: a free one, printed)."),
+    engines: Path | None = typer.Option(None, "--engines", "-e", help="engines.yml to register."),
+    token_env: str | None = typer.Option(
+        None,
+        "--token-env",
+        help="Name of an environment variable holding a bearer token every client must send (never logged).",
+    ),
+    ledger: Path | None = typer.Option(
+        None,
+        "--ledger",
+        help="Request ledger (SQLite) [dim]\\[default: $CHAINETTE_LEDGER or .chainette/ledger.sqlite][/].",
+    ),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the ledger."),
+    record_to: Path | None = typer.Option(
+        None, "--record-to", help="Record every finished trace in this run folder (like a batch run's)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace --record-to if it holds an earlier run."
+    ),
+    capacity: int = typer.Option(1024, "--capacity", min=1, help="Traces held at once (queued + running)."),
+    concurrency: int = typer.Option(64, "--concurrency", min=1, help="Traces running at once."),
+    refuse_when_full: bool = typer.Option(
+        False, "--refuse-when-full", help="Answer 503 when full (default: the submission waits for room)."
+    ),
+    deadline_s: float | None = typer.Option(
+        None, "--deadline-s", min=0.001, help="Default deadline of a trace."
+    ),
+    max_body_bytes: int = typer.Option(
+        DEFAULT_MAX_BODY, "--max-body-bytes", min=1, help="Largest accepted body."
+    ),
+) -> None:
+    """Serve a chain over HTTP: POST a record to [bold]/runs[/] and read its events as SSE, or use [bold]/ws[/].
+
+    Engines start before the server listens and stay warm. A page at [bold]/[/] lets a person type an input and watch the steps and tokens arrive.
+
+    [dim]Example:[/]  chainette serve examples/quickstart.py:chain --port 8000
+    [dim]then:[/]     curl -N -X POST localhost:8000/runs -H 'Content-Type: application/json' -d '{"text": "Why is the sky blue?"}'
+    """
+    err = stderr_console()
+    with exit_on_errors(err):
+        try:
+            import uvicorn
+        except ImportError as exc:
+            raise MissingDependencyError("Serving needs uvicorn: pip install 'chainette[serve]'.") from exc
+        chain = load_chain(target)
+        if engines is not None:
+            load_engines(engines)
+        app = create_app(
+            chain,
+            token_env=token_env,
+            max_body_bytes=max_body_bytes,
+            ledger=ledger,
+            cache="off" if no_cache else "use",
+            record_to=record_to,
+            overwrite=overwrite,
+            capacity=capacity,
+            concurrency=concurrency,
+            when_full="refuse" if refuse_when_full else "wait",
+            deadline_s=deadline_s,
+        )
+        logging.getLogger("chainette.serving").setLevel(logging.INFO)
+        err.print(f"Serving [bold]{escape(chain.name)}[/] (engines start first)...")
+        config: dict[str, Any] = {"host": host, "port": port, "access_log": False, "log_level": "info"}
+        uvicorn.run(app, **config)  # access_log off: query strings may carry a WebSocket token
