@@ -48,3 +48,17 @@ def test_readme_union_example_routes_by_variant(
     [line] = capsys.readouterr().out.splitlines()
     kind, reply = line.split(" | ")
     assert reply.startswith({"refund": "Refunding", "question": "See our help page"}[kind])
+
+
+@pytest.mark.llama
+@pytest.mark.timeout(300)
+def test_readme_serving_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    section = README.read_text().split("## Serving a chain", 1)[1]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    monkeypatch.syspath_prepend(str(README.parent))  # `from examples.quickstart import chain`
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, str(README), "exec", dont_inherit=True), {"__name__": "readme_serving"})
+    printed = capsys.readouterr().out.splitlines()
+    kinds = [line.split()[0] for line in printed[:-1]]
+    assert kinds[:3] == ["queued", "started", "node_started"] and kinds[-1] == "output"
+    assert printed[-1] == "Report queued 1"  # the typed output; the other trace was cancelled

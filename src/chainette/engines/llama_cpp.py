@@ -23,7 +23,9 @@ from __future__ import annotations
 import gc
 import importlib.util
 import json
+import logging
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +40,33 @@ from .._errors import EngineConfigError, MissingDependencyError
 from .base import ChatRequest, Completion, Engine
 
 __all__ = ["LlamaCppEngine", "default_model_path"]
+
+OPENMP_SPIN = "10000"
+"""``GOMP_SPINCOUNT`` set before llama.cpp loads, unless the user set it or ``OMP_WAIT_POLICY``.
+
+With libgomp's default (spin about 300,000 times before sleeping), a llama.cpp decode of several
+sequences hung for good inside ``llama_decode`` on a loaded 2-core machine: both OpenMP threads
+spinning, no progress (three different prompts arriving together, about every other try; 8 of
+8 tries finished with 10,000, and with ``OMP_WAIT_POLICY=PASSIVE``; 1 of 8 still hung with
+1,000,000). libgomp reads it once, when it is loaded, so it must be set before ``import llama_cpp``:
+this module does, at import. ``tests/engines/test_llama_openmp.py`` pins it under load."""
+
+
+def _cap_openmp_spin() -> None:
+    if "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
+        return  # the user's choice
+    if "llama_cpp" in sys.modules:  # libgomp is already loaded: too late to change it
+        logging.getLogger("chainette").warning(
+            "llama_cpp was imported before chainette's llama_cpp engine, so libgomp keeps its default "
+            "spin-waiting, under which llama.cpp can hang when decoding several sequences on a busy "
+            "machine. Set GOMP_SPINCOUNT=%s in the environment (or import chainette first).",
+            OPENMP_SPIN,
+        )
+        return
+    os.environ["GOMP_SPINCOUNT"] = OPENMP_SPIN
+
+
+_cap_openmp_spin()
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GRAMMARS = ("llguidance", "gbnf")

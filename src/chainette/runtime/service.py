@@ -45,6 +45,7 @@ from .._errors import (
     TraceCancelledError,
     TraceFailedError,
 )
+from ..engines.base import Engine
 from ..engines.broker import EngineBroker
 from ..engines.registry import is_available
 from ..engines.secrets import scrub_strings
@@ -382,6 +383,13 @@ class ChainService:
         if handle._scope is not None:
             handle._scope.cancel()
         return True
+
+    async def engine(self, name: str) -> Engine:
+        """The running engine ``name`` (started now if it is not yet): for its numbers and state."""
+        if self._ctx is None:
+            raise ServiceError("The service is not running.")
+        handle = await self._ctx.broker.get(name)
+        return handle.engine
 
     def trace(self, trace_id: str) -> TraceHandle | None:
         """The open trace with this id, if any."""
