@@ -10,7 +10,7 @@ writing) lives in the runtime, so a new back-end is one small class.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -113,7 +113,7 @@ class Engine(ABC):
         Blocking work must run off the event loop (``anyio.to_thread.run_sync``).
         """
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Completion]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[str | Completion, None]:
         """Answer one request piece by piece: text deltas (``str``) as the engine produces them,
         then exactly one :class:`Completion`, last.
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, ClassVar
 
 import anyio
@@ -84,7 +84,7 @@ class FakeEngine(Engine):
             out.append(self._answer(request))
         return out
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Completion]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[str | Completion, None]:
         """The answer :meth:`generate` gives, in ``stream_pieces`` deltas, then the completion."""
         (completion,) = await self.generate([request])
         if completion.finish_reason != "error":  # an error's text is its reason, not an answer

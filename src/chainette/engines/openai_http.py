@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, ClassVar
 
 import anyio
@@ -208,7 +208,7 @@ class OpenAIEngine(Engine):
             self.stats["retries"] += 1
             await anyio.sleep(wait)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Completion]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[str | Completion, None]:
         """Content deltas as the server sends them, then the completion (see the module docstring)."""
         if self._client is None:
             raise EngineError("openai: stream() called before start() (or after close()).")
