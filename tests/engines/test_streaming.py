@@ -56,9 +56,9 @@ def stub() -> Iterator[StubServer]:
         yield server
 
 
-def run_http(stub: StubServer, body: Any, **options: Any) -> Any:
+def run_http(base_url: str, body: Any, model: str = "m", **options: Any) -> Any:
     async def main() -> Any:
-        engine = OpenAIEngine("m", base_url=stub.base_url, **{"backoff_base": 0.01, **options})
+        engine = OpenAIEngine(model, base_url=base_url, **{"backoff_base": 0.01, **options})
         await engine.start()
         try:
             return await body(engine)
@@ -74,7 +74,7 @@ def test_http_deltas_arrive_in_pieces_and_end_with_generates_completion(stub: St
         (generated,) = await engine.generate([request()])
         return deltas, final, generated
 
-    deltas, final, generated = run_http(stub, body)
+    deltas, final, generated = run_http(stub.base_url, body)
     assert len(deltas) >= 3
     assert "".join(deltas) == final.text == generated.text
     assert final == generated  # usage, finish reason, reasoning, attempts: what the ledger keeps
@@ -98,7 +98,7 @@ def test_http_failures_before_the_first_delta_are_retried_and_mapped_as_generate
             return (await engine.generate([request()]))[0]
 
         with StubServer(faults=faults) as stub:  # the same faults drawn in the same order
-            completion = run_http(stub, body, max_retries=2)
+            completion = run_http(stub.base_url, body, max_retries=2)
             text = completion.text.replace(stub.base_url, "<stub>")  # each stub has its own port
             return completion.model_copy(update={"text": text}), stub.stats["requests"]
 
@@ -116,7 +116,7 @@ def test_http_failures_before_the_first_delta_are_retried_and_mapped_as_generate
 
 def test_http_stream_broken_after_a_delta_ends_with_an_error_not_a_retry(stub: StubServer) -> None:
     stub.faults = Faults(rate_cut=1.0)
-    deltas, final = run_http(stub, lambda engine: collect(engine, request()))
+    deltas, final = run_http(stub.base_url, lambda engine: collect(engine, request()))
     assert deltas  # the first piece of content came through
     assert final.finish_reason == "error" and "not retried" in final.text
     assert "connection failed" in final.text
@@ -152,7 +152,7 @@ def test_closing_an_http_stream_closes_its_connection(stub: StubServer) -> None:
         assert engine._slots.borrowed_tokens == 0  # the concurrency slot was given back
         return waits
 
-    waits = run_http(stub, body)
+    waits = run_http(stub.base_url, body)
     print(f"aclose -> stub sees the disconnect: {waits[0] * 1000:.2f} ms; cancel -> {waits[1] * 1000:.2f} ms")
     assert stub.stats["disconnects"] == 2 and all(d.chunks_sent < 6 for d in stub.disconnects)
     assert all(0 <= w < 2.0 for w in waits)
@@ -184,9 +184,30 @@ def test_http_streams_share_the_engines_concurrency_limit(stub: StubServer) -> N
         assert second[-1].attempts == 1
         return while_first_open, stub.stats["requests"]
 
-    while_first_open, after = run_http(stub, body, max_concurrency=1, timeout=0.25, max_retries=1)
+    while_first_open, after = run_http(stub.base_url, body, max_concurrency=1, timeout=0.25, max_retries=1)
     assert while_first_open == 1  # the second stream waited for the only slot
     assert after == 2
+
+
+@pytest.mark.llama
+@pytest.mark.timeout(180)
+def test_http_streams_from_a_real_server_directly_and_through_the_stub(llama_server: str) -> None:
+    """llama-cpp-python's server: its events, its dialect; and the stub relaying them as an upstream."""
+
+    async def body(engine: OpenAIEngine) -> list[tuple[list[str], Completion, Completion]]:
+        out = []
+        for schema in (SCHEMA, None):
+            (generated,) = await engine.generate([request(schema=schema)])
+            out.append((*await collect(engine, request(schema=schema)), generated))
+        return out
+
+    with StubServer(upstream=llama_server) as proxy:
+        for base_url in (llama_server, proxy.base_url):
+            for deltas, final, generated in run_http(base_url, body, model="smollm2"):
+                assert len(deltas) > 1 and "".join(deltas) == final.text == generated.text
+                assert final.finish_reason == generated.finish_reason
+                # this server sends no usage with a stream: counts stay 0 (generate's has them)
+        assert proxy.stats["streams"] == 2
 
 
 # ---- the fake engine and the broker's handle -----------------------------------------------------

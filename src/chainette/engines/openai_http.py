@@ -262,7 +262,8 @@ class OpenAIEngine(Engine):
                     wait = backoff
                 if problem is None:
                     completion = answer.completion(attempt)
-                    self.limits.settle(estimate, completion.prompt_tokens + completion.completion_tokens)
+                    used = completion.prompt_tokens + completion.completion_tokens
+                    self.limits.settle(estimate, used or estimate)  # some servers send no usage in streams
                     yield completion
                     return
                 if isinstance(problem, Completion):
