@@ -201,10 +201,7 @@ class OpenAIEngine(Engine):
                 attempt -= 1  # trying another dialect is not a transport retry
                 continue
             if wait is None or attempt > self.max_retries:
-                self.stats["errors"] += 1
-                tries = f"after {attempt} attempt(s)" if wait is not None else "(not retried)"
-                text = self._scrub(f"{problem} {tries}")
-                return Completion(text=text, finish_reason="error", attempts=attempt)
+                return self._give_up(problem, wait, attempt)
             self.stats["retries"] += 1
             await anyio.sleep(wait)
 
@@ -242,19 +239,15 @@ class OpenAIEngine(Engine):
                             problem, wait = self._refused(response, dialect, attempt, backoff)
                         else:
                             self._settle_dialect(dialect)
+                            # after [DONE] the rest is read (the server ends it), as openai-python does
                             async for line in response.aiter_lines():
-                                delta = answer.feed(
-                                    line
-                                )  # after [DONE] the rest is read, as openai-python does
+                                delta = answer.feed(line)
                                 if delta:
                                     yield delta
                             if not answer.complete:
                                 problem, wait = "the stream ended before the answer did", backoff
-                except httpx.TimeoutException as exc:
-                    problem, wait = f"timed out after {self.timeout:g} s ({type(exc).__name__})", backoff
-                except httpx.TransportError as exc:
-                    problem = f"connection failed ({type(exc).__name__}: {exc}) to {self.public_url}"
-                    wait = backoff
+                except httpx.TransportError as exc:  # timeouts included
+                    problem, wait = self._transport_problem(exc), backoff
                 except StreamError as exc:
                     problem, wait = f"the server ended the stream with an error: {exc}", backoff
                 except (ValueError, KeyError, IndexError, TypeError) as exc:
@@ -272,15 +265,12 @@ class OpenAIEngine(Engine):
                 if problem is _NEXT_DIALECT:
                     attempt -= 1  # trying another dialect is not a transport retry
                     continue
-                if answer.parts or wait is None or attempt > self.max_retries:
-                    # once deltas went out, a retry would send them again: the stream ends here
-                    self.stats["errors"] += 1
-                    if answer.parts:
-                        tries = f"after {sum(map(len, answer.parts))} characters were streamed (not retried)"
-                    else:
-                        tries = f"after {attempt} attempt(s)" if wait is not None else "(not retried)"
-                    text = self._scrub(f"{problem} {tries}")
-                    yield Completion(text=text, finish_reason="error", attempts=attempt)
+                if answer.parts:  # a retry would send the same deltas again: the stream ends here
+                    streamed = sum(map(len, answer.parts))
+                    yield self._give_up(problem, wait, attempt, f"{streamed} characters were streamed")
+                    return
+                if wait is None or attempt > self.max_retries:
+                    yield self._give_up(problem, wait, attempt)
                     return
                 self.stats["retries"] += 1
                 await anyio.sleep(wait)
@@ -296,10 +286,8 @@ class OpenAIEngine(Engine):
         backoff = backoff_delay(attempt, base=self.backoff_base, cap=self.backoff_max, rng=self._rng)
         try:
             response = await self._client.post(url, content=orjson.dumps(body))
-        except httpx.TimeoutException as exc:
-            return f"timed out after {self.timeout:g} s ({type(exc).__name__})", backoff
-        except httpx.TransportError as exc:
-            return f"connection failed ({type(exc).__name__}: {exc}) to {self.public_url}", backoff
+        except httpx.TransportError as exc:  # timeouts included
+            return self._transport_problem(exc), backoff
         status = response.status_code
         if status == 200:
             self._settle_dialect(dialect)
@@ -311,6 +299,20 @@ class OpenAIEngine(Engine):
             completion.attempts = attempt
             return completion, None
         return self._refused(response, dialect, attempt, backoff)
+
+    def _transport_problem(self, exc: httpx.TransportError) -> str:
+        if isinstance(exc, httpx.TimeoutException):
+            return f"timed out after {self.timeout:g} s ({type(exc).__name__})"
+        return f"connection failed ({type(exc).__name__}: {exc}) to {self.public_url}"
+
+    def _give_up(self, problem: Any, wait: float | None, attempt: int, streamed: str = "") -> Completion:
+        """The error completion of a request that is not sent again (``streamed``: what went out first)."""
+        self.stats["errors"] += 1
+        if streamed:
+            tries = f"after {streamed} (not retried)"
+        else:
+            tries = f"after {attempt} attempt(s)" if wait is not None else "(not retried)"
+        return Completion(text=self._scrub(f"{problem} {tries}"), finish_reason="error", attempts=attempt)
 
     def _refused(
         self, response: httpx.Response, dialect: str, attempt: int, backoff: float
