@@ -2,14 +2,15 @@
 
 An engine turns a batch of chat requests into completions. That is the whole contract:
 ``start()``, ``generate(requests)``, ``close()``, plus two numbers telling the runtime how much
-work to hand it at once. Everything else (templates, schema validation, re-asks, failures,
+work to hand it at once. ``stream(request)`` is the one optional capability: text deltas as they
+are produced, then the completion (by default, the completion alone). Everything else (templates, schema validation, re-asks, failures,
 writing) lives in the runtime, so a new back-end is one small class.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -86,6 +87,9 @@ class Engine(ABC):
         fatal_error: Set by the engine when no further request can succeed in this run (the
             server refused the credentials): the reason, said once. From then on the engine
             answers every request with it, without sending, and the runtime stops calling it.
+        supports_streaming: :meth:`stream` yields text deltas as they are produced (``False``:
+            it yields only the final completion, once the whole answer is there). An engine whose
+            streaming depends on its options sets it per instance.
     """
 
     backend: ClassVar[str] = ""
@@ -94,6 +98,7 @@ class Engine(ABC):
     exclusive: bool = False
     name: str = ""
     fatal_error: str | None = None
+    supports_streaming: bool = False
 
     async def start(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Load the model / open connections. Called once, on first use."""
@@ -107,6 +112,29 @@ class Engine(ABC):
 
         Blocking work must run off the event loop (``anyio.to_thread.run_sync``).
         """
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[str | Completion, None]:
+        """Answer one request piece by piece: text deltas (``str``) as the engine produces them,
+        then exactly one :class:`Completion`, last.
+
+        The deltas joined are the completion's text, and the completion is the one
+        :meth:`generate` returns for the same request (for a greedy request: the same answer, so
+        the ledger can keep it), except that ``finish_reason="error"`` carries the reason as its
+        text, whatever deltas came before. Closing the iterator early (``aclose()``, or cancelling
+        the task iterating it) stops the work: the HTTP connection is closed, a local decode stops
+        at its next token.
+
+        The default yields ``generate([request])``'s completion alone (``supports_streaming`` False).
+
+        Example:
+            >>> async def show(engine: Engine, request: ChatRequest) -> Completion:  # doctest: +SKIP
+            ...     async for item in engine.stream(request):
+            ...         if isinstance(item, str):
+            ...             print(item, end="", flush=True)
+            ...     return item
+        """
+        (completion,) = await self.generate([request])
+        yield completion
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model / connections. Called once; the engine is not used afterwards."""

@@ -27,8 +27,8 @@ import contextlib
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import aclosing, asynccontextmanager
 from types import TracebackType
 from typing import Any
 
@@ -251,10 +251,10 @@ class EngineBroker:
 
 
 class EngineHandle(Engine):
-    """What :meth:`EngineBroker.get` returns: the engine's numbers, and ``generate`` under a lease.
+    """What :meth:`EngineBroker.get` returns: the engine's numbers, and ``generate`` / ``stream`` under a lease.
 
-    Holding a handle does not keep the engine loaded; each ``generate`` call does, and restarts
-    the engine if it was evicted in between.
+    Holding a handle does not keep the engine loaded; each ``generate`` call (each ``stream``,
+    until it ends or is closed) does, and restarts the engine if it was evicted in between.
     """
 
     def __init__(self, broker: EngineBroker, name: str, engine: Engine) -> None:
@@ -266,6 +266,7 @@ class EngineHandle(Engine):
         self.max_batch_size = engine.max_batch_size
         self.max_concurrency = engine.max_concurrency
         self.exclusive = engine.exclusive
+        self.supports_streaming = engine.supports_streaming
 
     async def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
         reason = self._broker.failed.get(self.name)
@@ -275,6 +276,16 @@ class EngineHandle(Engine):
             completions = await engine.generate(requests)
             self._broker.stopped(self.name, engine)
             return completions
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[str | Completion, None]:
+        reason = self._broker.failed.get(self.name)
+        if reason is not None:
+            yield Completion(text=reason, finish_reason="error", attempts=0)
+            return
+        async with self._broker.lease(self.name) as engine, aclosing(engine.stream(request)) as items:
+            async for item in items:
+                yield item
+            self._broker.stopped(self.name, engine)
 
     def describe(self) -> dict[str, Any]:
         return self.engine.describe()

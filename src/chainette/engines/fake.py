@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, ClassVar
 
 import anyio
+import anyio.lowlevel
 
 from .base import ChatRequest, Completion, Engine
 
@@ -38,9 +39,12 @@ class FakeEngine(Engine):
         latency: Seconds to sleep per request (to exercise concurrency).
         max_concurrency: How many ``generate`` calls may run at once.
         max_batch_size: How many requests one ``generate`` call takes.
+        stream_pieces: How many deltas :meth:`stream` cuts an answer into (fewer for a short one).
+        stream_delay: Seconds between two deltas of :meth:`stream`.
     """
 
     backend: ClassVar[str] = "fake"
+    supports_streaming = True
 
     def __init__(
         self,
@@ -50,12 +54,16 @@ class FakeEngine(Engine):
         latency: float = 0.0,
         max_concurrency: int = 64,
         max_batch_size: int = 16,
+        stream_pieces: int = 4,
+        stream_delay: float = 0.0,
     ) -> None:
         self.model = model or "fake"
         self.responder = responder
         self.latency = latency
         self.max_concurrency = max_concurrency
         self.max_batch_size = max_batch_size
+        self.stream_pieces = max(1, stream_pieces)
+        self.stream_delay = stream_delay
         self.calls = 0
         """Number of requests answered (tests count engine calls with it)."""
         self.started = False
@@ -75,6 +83,20 @@ class FakeEngine(Engine):
             self.calls += 1
             out.append(self._answer(request))
         return out
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[str | Completion, None]:
+        """The answer :meth:`generate` gives, in ``stream_pieces`` deltas, then the completion."""
+        (completion,) = await self.generate([request])
+        if completion.finish_reason != "error":  # an error's text is its reason, not an answer
+            text = completion.text
+            size = -(-len(text) // self.stream_pieces) or 1
+            for start in range(0, len(text), size):
+                if self.stream_delay:
+                    await anyio.sleep(self.stream_delay)
+                else:
+                    await anyio.lowlevel.checkpoint()
+                yield text[start : start + size]
+        yield completion
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "model": self.model}

@@ -26,6 +26,10 @@ drift (measured: one answer in eight differed). In its own stream a sequence's c
 order, and batched answers are the same token for token as one at a time. Each
 finished or cancelled job is handed back to its event loop with ``anyio.from_thread``.
 
+A streamed job (:meth:`BatchDecoder.stream`) also hands over its text as it grows, through a
+:class:`~.thread_feed.Feed` (never blocking this thread): whole UTF-8 characters only, and
+nothing that might be the start of a stop string until the next tokens tell.
+
 The loop runs in one long-lived thread on purpose: llama.cpp's OpenMP thread team belongs to the
 thread that calls it, and a second calling thread makes it stop spin-waiting (2x slower on 2
 cores, see ENGINE_NOTES).
@@ -35,12 +39,14 @@ Imported only when the ``llama_cpp`` back-end starts.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import ctypes
 import queue
 import threading
 import time
 from collections import deque
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +62,7 @@ from llama_cpp._internals import LlamaModel
 from .base import ChatRequest, Completion
 from .llama_chat import ChatPrompter
 from .llama_guidance import Guidance, TokenChooser
+from .thread_feed import Feed
 
 __all__ = ["BatchDecoder", "Job"]
 
@@ -73,6 +80,8 @@ class Job:
     done: anyio.Event = field(default_factory=anyio.Event)
     cancelled: bool = False
     completion: Completion | None = None
+    feed: Feed[str | Completion] | None = None
+    """Where a streamed job's deltas and completion go (None: only ``done`` is set)."""
     # loop-thread state
     prompt: list[int] = field(default_factory=list)
     stops: tuple[str, ...] = ()
@@ -80,6 +89,11 @@ class Job:
     chooser: TokenChooser | None = None
     out: list[int] = field(default_factory=list)
     text: bytearray = field(default_factory=bytearray)
+    utf8: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("ignore"))
+    held: str = ""
+    """Decoded text not streamed yet: it may be the start of a stop string."""
+    streamed: int = 0
+    """Characters streamed so far."""
 
 
 @dataclass(eq=False)
@@ -161,6 +175,20 @@ class BatchDecoder:
             raise
         assert job.completion is not None
         return job.completion
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[str | Completion, None]:
+        """Text deltas as ``request`` is decoded, then its completion; closing this frees its sequence."""
+        feed: Feed[str | Completion] = Feed()
+        job = Job(request=request, token=anyio.lowlevel.current_token(), feed=feed)
+        self._inbox.put(job)
+        try:
+            while True:
+                item = await feed.get()
+                yield item
+                if isinstance(item, Completion):
+                    return
+        finally:
+            job.cancelled = True  # the loop drops it at its next turn (nothing, once it has finished)
 
     def busy_sequences(self) -> int:
         """Sequences holding a job right now."""
@@ -364,6 +392,19 @@ class BatchDecoder:
             self._finish(slot, self._completion(job, "stop"))
         elif len(job.out) >= job.max_new:
             self._finish(slot, self._completion(job, "length"))
+        elif job.feed is not None:
+            self._stream(job, self.pieces[token])
+
+    @staticmethod
+    def _stream(job: Job, piece: bytes) -> None:
+        """Hand on the text ``piece`` completes, except a tail that may begin a stop string."""
+        assert job.feed is not None
+        job.held += job.utf8.decode(piece)
+        ready = len(job.held) - _stop_start(job.held, job.stops)
+        if ready > 0:
+            job.feed.put(job.held[:ready])
+            job.held = job.held[ready:]
+            job.streamed += ready
 
     def _piece_of(self, token: int) -> bytes:
         n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
@@ -414,8 +455,24 @@ class BatchDecoder:
         job.completion = completion
         if job.cancelled:
             return
+        if job.feed is not None:
+            if completion.finish_reason != "error" and len(completion.text) > job.streamed:
+                job.feed.put(completion.text[job.streamed :])  # what was held back, cut at a stop string
+            job.feed.put(completion)
+            return
         with contextlib.suppress(RuntimeError):  # its event loop is gone: nobody is waiting any more
             anyio.from_thread.run_sync(job.done.set, token=job.token)
+
+
+def _stop_start(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest end of ``text`` that a stop string starts with (0: none)."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

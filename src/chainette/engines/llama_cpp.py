@@ -14,7 +14,8 @@ Two decoders, chosen by ``grammar``:
   decodes one sequence at a time (``fast_grammar`` checks the best token first). Numeric
   bounds are not enforced there; the runtime validates every reply and re-asks.
 
-Either way a reply cut at ``max_tokens`` is re-asked, never kept. ``instances=2`` loads two
+Either way a reply cut at ``max_tokens`` is re-asked, never kept. ``stream(request)`` yields the
+text as the decode thread produces it (``"llguidance"``; ``"gbnf"`` yields the completion alone). ``instances=2`` loads two
 copies and splits the CPU threads between them.
 """
 
@@ -27,7 +28,8 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -144,6 +146,7 @@ class LlamaCppEngine(Engine):
         # batched: one request per call, enough calls in flight to refill a slot as soon as one frees
         self.max_concurrency = instances * (2 * self.parallel if grammar == "llguidance" else 1)
         self.exclusive = n_gpu_layers != 0  # layers on a GPU: do not load next to another GPU engine
+        self.supports_streaming = grammar == "llguidance"
         self.model_path: Path | None = None
         self._pool: list[Any] = []
         self._free: MemoryObjectSendStream[Any] | None = None
@@ -229,6 +232,16 @@ class LlamaCppEngine(Engine):
             finally:
                 self._free.send_nowait(llm)
         return out
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[str | Completion, None]:
+        """Text deltas as they are decoded, then the completion; closing it frees the sequence."""
+        if not self._decoders:  # grammar="gbnf": one answer, once it is whole
+            async for item in super().stream(request):
+                yield item
+            return
+        async with aclosing(self._least_busy().stream(request)) as items:
+            async for item in items:
+                yield item
 
     def _least_busy(self) -> Any:
         if len(self._decoders) == 1:

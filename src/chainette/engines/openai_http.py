@@ -8,6 +8,12 @@ separate from the runtime's schema re-asks. A request that still fails gets
 A 401 or 403 is different: the credentials are wrong for every request, so the engine stops
 (``fatal_error``) and answers every later request with that reason, without sending it.
 
+``stream(request)`` sends ``"stream": true`` (with ``stream_options.include_usage``) and yields
+the content deltas of the server's events as they arrive (:mod:`.openai_sse`), under the same
+limits, retries and error mapping: until the first delta a failure is retried as above; after it,
+the stream ends with ``Completion(finish_reason="error")`` naming what broke. Closing the iterator
+closes the connection.
+
 Structured output is sent in the server's dialect (``dialect=``):
 
 ============================  ===============================================================
@@ -31,7 +37,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, ClassVar
 
 import anyio
@@ -41,6 +47,7 @@ import orjson
 from .._errors import EngineConfigError, EngineError
 from .base import ChatRequest, Completion, Engine
 from .limits import RateLimits, backoff_delay, estimate_tokens, parse_retry_after
+from .openai_sse import StreamedAnswer, StreamError
 from .secrets import remember_secrets, scrub_text
 
 __all__ = ["DIALECTS", "OpenAIEngine"]
@@ -77,6 +84,7 @@ class OpenAIEngine(Engine):
 
     backend: ClassVar[str] = "openai"
     max_batch_size = 1
+    supports_streaming = True
 
     def __init__(
         self,
@@ -193,12 +201,81 @@ class OpenAIEngine(Engine):
                 attempt -= 1  # trying another dialect is not a transport retry
                 continue
             if wait is None or attempt > self.max_retries:
-                self.stats["errors"] += 1
-                tries = f"after {attempt} attempt(s)" if wait is not None else "(not retried)"
-                text = self._scrub(f"{problem} {tries}")
-                return Completion(text=text, finish_reason="error", attempts=attempt)
+                return self._give_up(problem, wait, attempt)
             self.stats["retries"] += 1
             await anyio.sleep(wait)
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[str | Completion, None]:
+        """Content deltas as the server sends them, then the completion (see the module docstring)."""
+        if self._client is None:
+            raise EngineError("openai: stream() called before start() (or after close()).")
+        estimate = estimate_tokens(
+            sum(len(m["content"]) for m in request.messages), request.sampling.max_tokens
+        )
+        borrower = object()  # the generator may be closed from another task than the one that opened it
+        await self._slots.acquire_on_behalf_of(borrower)
+        try:
+            attempt = 0
+            while True:
+                dialect = self.current_dialect
+                await self.limits.acquire(estimate)
+                if self.fatal_error is not None:
+                    yield Completion(text=self.fatal_error, finish_reason="error", attempts=attempt)
+                    return
+                attempt += 1
+                self.stats["requests"] += 1
+                answer = StreamedAnswer(ollama=dialect == "ollama")
+                problem: Any = None
+                wait: float | None = None
+                backoff = backoff_delay(attempt, base=self.backoff_base, cap=self.backoff_max, rng=self._rng)
+                url, body = self._request(request, dialect)
+                body["stream"] = True
+                if dialect != "ollama":
+                    body.setdefault("stream_options", {"include_usage": True})
+                try:
+                    async with self._client.stream("POST", url, content=orjson.dumps(body)) as response:
+                        if response.status_code != 200:
+                            await response.aread()
+                            problem, wait = self._refused(response, dialect, attempt, backoff)
+                        else:
+                            self._settle_dialect(dialect)
+                            # after [DONE] the rest is read (the server ends it), as openai-python does
+                            async for line in response.aiter_lines():
+                                delta = answer.feed(line)
+                                if delta:
+                                    yield delta
+                            if not answer.complete:
+                                problem, wait = "the stream ended before the answer did", backoff
+                except httpx.TransportError as exc:  # timeouts included
+                    problem, wait = self._transport_problem(exc), backoff
+                except StreamError as exc:
+                    problem, wait = f"the server ended the stream with an error: {exc}", backoff
+                except (ValueError, KeyError, IndexError, TypeError) as exc:
+                    problem = f"unreadable answer from the server ({type(exc).__name__}: {exc})"
+                    wait = backoff
+                if problem is None:
+                    completion = answer.completion(attempt)
+                    used = completion.prompt_tokens + completion.completion_tokens
+                    self.limits.settle(estimate, used or estimate)  # some servers send no usage in streams
+                    yield completion
+                    return
+                if isinstance(problem, Completion):
+                    yield problem
+                    return
+                if problem is _NEXT_DIALECT:
+                    attempt -= 1  # trying another dialect is not a transport retry
+                    continue
+                if answer.parts:  # a retry would send the same deltas again: the stream ends here
+                    streamed = sum(map(len, answer.parts))
+                    yield self._give_up(problem, wait, attempt, f"{streamed} characters were streamed")
+                    return
+                if wait is None or attempt > self.max_retries:
+                    yield self._give_up(problem, wait, attempt)
+                    return
+                self.stats["retries"] += 1
+                await anyio.sleep(wait)
+        finally:
+            self._slots.release_on_behalf_of(borrower)
 
     async def _attempt(
         self, request: ChatRequest, dialect: str, estimate: float, attempt: int
@@ -209,10 +286,8 @@ class OpenAIEngine(Engine):
         backoff = backoff_delay(attempt, base=self.backoff_base, cap=self.backoff_max, rng=self._rng)
         try:
             response = await self._client.post(url, content=orjson.dumps(body))
-        except httpx.TimeoutException as exc:
-            return f"timed out after {self.timeout:g} s ({type(exc).__name__})", backoff
-        except httpx.TransportError as exc:
-            return f"connection failed ({type(exc).__name__}: {exc}) to {self.public_url}", backoff
+        except httpx.TransportError as exc:  # timeouts included
+            return self._transport_problem(exc), backoff
         status = response.status_code
         if status == 200:
             self._settle_dialect(dialect)
@@ -223,6 +298,27 @@ class OpenAIEngine(Engine):
             self.limits.settle(estimate, completion.prompt_tokens + completion.completion_tokens)
             completion.attempts = attempt
             return completion, None
+        return self._refused(response, dialect, attempt, backoff)
+
+    def _transport_problem(self, exc: httpx.TransportError) -> str:
+        if isinstance(exc, httpx.TimeoutException):
+            return f"timed out after {self.timeout:g} s ({type(exc).__name__})"
+        return f"connection failed ({type(exc).__name__}: {exc}) to {self.public_url}"
+
+    def _give_up(self, problem: Any, wait: float | None, attempt: int, streamed: str = "") -> Completion:
+        """The error completion of a request that is not sent again (``streamed``: what went out first)."""
+        self.stats["errors"] += 1
+        if streamed:
+            tries = f"after {streamed} (not retried)"
+        else:
+            tries = f"after {attempt} attempt(s)" if wait is not None else "(not retried)"
+        return Completion(text=self._scrub(f"{problem} {tries}"), finish_reason="error", attempts=attempt)
+
+    def _refused(
+        self, response: httpx.Response, dialect: str, attempt: int, backoff: float
+    ) -> tuple[Any, float | None]:
+        """A non-200 answer (its body read): ``(Completion or _NEXT_DIALECT, None)`` or ``(reason, wait)``."""
+        status = response.status_code
         detail = _error_text(response)
         if status in _AUTH_STATUS:
             self._stop(status, detail)

@@ -3,8 +3,15 @@
 It answers ``POST /v1/chat/completions`` with schema-valid JSON at once (from the request's
 structured-output field, as :class:`~chainette.engines.fake.FakeEngine` does), or forwards the
 request to a real ``upstream`` server, and injects faults at configurable rates: 429 with
-``Retry-After``, 500, answers slower than the client's timeout, and dropped connections. Faults
-are drawn from a seeded RNG, so a run is repeatable for a given request order.
+``Retry-After``, 500, answers slower than the client's timeout, dropped connections, and
+streams cut after their first piece of content. Faults are drawn from a seeded RNG, so a run
+is repeatable for a given request order.
+
+A request with ``"stream": true`` is answered with server-sent events, as OpenAI does: the
+answer in ``stream_chunks`` pieces, ``stream_delay`` seconds apart, the finish reason, the usage
+(with ``stream_options.include_usage``), then ``data: [DONE]``. A client that closes the
+connection before the end is recorded in :attr:`StubServer.disconnects`, with the time it was
+seen.
 
 Example:
     >>> with StubServer(faults=Faults(rate_500=0.2)) as server:   # doctest: +SKIP
@@ -24,13 +31,13 @@ import random
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .fake import example_for_schema
 
-__all__ = ["Faults", "StubServer"]
+__all__ = ["Disconnect", "Faults", "StubServer"]
 
 
 @dataclass
@@ -41,11 +48,25 @@ class Faults:
     rate_500: float = 0.0
     rate_slow: float = 0.0
     rate_drop: float = 0.0
+    rate_cut: float = 0.0
+    """Streamed answers whose connection is dropped after their first piece of content (a plain answer: dropped)."""
     retry_after: str = "1"
     """``Retry-After`` header value sent with 429."""
     slow_seconds: float = 5.0
     """How long a slow answer takes (set it above the client's timeout)."""
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    """A streamed answer whose client closed the connection before the end."""
+
+    request: int
+    """The request's number (``stats["requests"]`` when it arrived, from 1)."""
+    at: float
+    """``time.monotonic()`` when the server saw the connection closed (same clock in every thread)."""
+    chunks_sent: int
+    """Event chunks written before that."""
 
 
 class StubServer:
@@ -60,6 +81,8 @@ class StubServer:
         reject: Structured-output dialects to refuse with 400 (``json_schema``, ``json_object``, ...),
             to exercise dialect detection.
         reasoning: A ``reasoning_content`` to add to every stub answer.
+        stream_chunks: How many pieces a streamed answer's content is cut into (fewer for a short one).
+        stream_delay: Seconds between two chunks of a streamed answer.
     """
 
     def __init__(
@@ -72,6 +95,8 @@ class StubServer:
         reasoning: str | None = None,
         port: int = 0,
         unauthorized_status: int = 401,
+        stream_chunks: int = 4,
+        stream_delay: float = 0.0,
     ) -> None:
         self.upstream = upstream.rstrip("/") if upstream else None
         self.faults = faults or Faults()
@@ -80,12 +105,19 @@ class StubServer:
         self.reject = set(reject)
         self.reasoning = reasoning
         self.port = port
+        self.stream_chunks = max(1, stream_chunks)
+        self.stream_delay = stream_delay
         self.stats: Counter[str] = Counter()
-        """Requests seen and faults injected, by kind (``requests``, ``429``, ``500``, ``slow``, ``drop``, ``ok``)."""
+        """Requests seen and faults injected, by kind (``requests``, ``429``, ``500``, ``slow``, ``drop``,
+        ``cut``, ``ok``; ``streams`` answered as events, ``disconnects`` closed by the client)."""
         self.dialects: Counter[str] = Counter()
         """Structured-output dialect of each chat request received."""
         self.received: deque[tuple[str, dict[str, str], dict[str, Any]]] = deque(maxlen=100)
         """The last chat requests received (at most 100): request target (path and query), headers, body."""
+        self.disconnects: list[Disconnect] = []
+        """Streamed answers the client stopped reading (closed the connection) before the end."""
+        self.disconnected = threading.Event()
+        """Set at each new entry of :attr:`disconnects` (clear it to wait for the next)."""
         self._rng = random.Random(self.faults.seed)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -170,6 +202,10 @@ class StubServer:
                 if reply is None:  # dropped connection
                     writer.transport.abort()
                     break
+                if isinstance(reply, _Stream):
+                    if not await self._send_stream(reply, reader, writer):
+                        break
+                    continue
                 writer.write(reply)
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
@@ -178,13 +214,55 @@ class StubServer:
             writer.close()
             self._tasks.discard(task)
 
-    async def _handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes | None:
+    async def _send_stream(
+        self, reply: _Stream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Write a chunked event stream while watching the connection; False once it is closed."""
+        sent = 0
+
+        async def deliver() -> None:
+            nonlocal sent
+            writer.write(reply.head)
+            try:
+                async for chunk in reply.chunks:
+                    writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    await writer.drain()
+                    sent += 1
+                    if sent == reply.cut_after:
+                        writer.transport.abort()
+                        return
+            finally:
+                await reply.chunks.aclose()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+        # the client sends nothing while it reads an answer: a read that ends means it closed
+        closed = asyncio.ensure_future(reader.read(1))
+        delivery = asyncio.ensure_future(deliver())
+        try:
+            await asyncio.wait({closed, delivery}, return_when=asyncio.FIRST_COMPLETED)
+            if not delivery.done() or delivery.exception() is not None:
+                seen = time.monotonic()
+                self.stats["disconnects"] += 1
+                self.disconnects.append(Disconnect(reply.number, seen, sent))
+                self.disconnected.set()
+                return False
+            return reply.cut_after is None
+        finally:
+            for future in (closed, delivery):
+                future.cancel()
+            await asyncio.gather(closed, delivery, return_exceptions=True)
+
+    async def _handle(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> bytes | _Stream | None:
         route = path.partition("?")[0]
         if method == "GET" and route.rstrip("/").endswith(("/models", "/health")):
             return _response(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
         if method != "POST" or not route.endswith("/chat/completions"):
             return _response(404, {"error": {"message": f"no route {method} {route}"}})
         self.stats["requests"] += 1
+        number = self.stats["requests"]
         with contextlib.suppress(ValueError):
             self.received.append((path, headers, json.loads(body or b"{}")))
         if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
@@ -199,7 +277,7 @@ class StubServer:
             )
         if fault == "500":
             return _response(500, {"error": {"message": "injected fault"}})
-        if fault == "drop":
+        if fault == "drop" or (fault == "cut" and not _streamed(body)):
             return None
         if fault == "slow":
             await asyncio.sleep(self.faults.slow_seconds)
@@ -208,6 +286,15 @@ class StubServer:
         self.dialects[dialect] += 1
         if dialect in self.reject:
             return _response(400, {"error": {"message": f"unsupported structured output field: {dialect}"}})
+        if payload.get("stream"):
+            self.stats["streams"] += 1
+            if self._client is not None:
+                return await self._forward_stream(body, number)
+            answer = self._answer(payload, schema)
+            self.stats["ok"] += 1
+            # cut after the first piece of content: role, (reasoning,) content
+            cut = 2 + ("reasoning_content" in answer["choices"][0]["message"]) if fault == "cut" else None
+            return _Stream(_EVENT_HEAD, self._events(payload, answer), number, cut_after=cut)
         if self._client is not None:
             upstream = await self._client.post(
                 f"{self.upstream}/chat/completions",
@@ -219,6 +306,56 @@ class StubServer:
         self.stats["ok"] += 1
         return _response(200, self._answer(payload, schema))
 
+    async def _forward_stream(self, body: bytes, number: int) -> _Stream | bytes:
+        """The upstream server's event stream, relayed chunk by chunk (closed when the client leaves)."""
+        request = self._client.build_request(
+            "POST",
+            f"{self.upstream}/chat/completions",
+            content=body,
+            headers={"content-type": "application/json"},
+        )
+        upstream = await self._client.send(request, stream=True)
+        if upstream.status_code != 200:
+            content = await upstream.aread()
+            await upstream.aclose()
+            return _raw(upstream.status_code, content)
+        self.stats["ok"] += 1
+
+        async def relay() -> AsyncGenerator[bytes, None]:
+            try:
+                async for chunk in upstream.aiter_raw():
+                    yield chunk
+            finally:
+                await upstream.aclose()
+
+        return _Stream(_EVENT_HEAD, relay(), number)
+
+    async def _events(self, payload: dict[str, Any], answer: dict[str, Any]) -> AsyncGenerator[bytes, None]:
+        """``answer`` (a whole chat completion) as OpenAI's streamed chunks."""
+        message = answer["choices"][0]["message"]
+        base = {k: answer[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+
+        def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            return b"data: " + json.dumps({**base, "choices": [choice], **extra}).encode() + b"\n\n"
+
+        content = message["content"]
+        size = -(-len(content) // self.stream_chunks) or 1
+        pieces = [content[i : i + size] for i in range(0, len(content), size)]
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+        if "reasoning_content" in message:
+            deltas.append({"reasoning_content": message["reasoning_content"]})
+        deltas += [{"content": piece} for piece in pieces]
+        for i, delta in enumerate(deltas):
+            if i and self.stream_delay:
+                await asyncio.sleep(self.stream_delay)
+            yield event(delta)
+        yield event({}, answer["choices"][0]["finish_reason"])
+        if (payload.get("stream_options") or {}).get("include_usage"):
+            usage = {**base, "choices": [], "usage": answer["usage"]}
+            yield b"data: " + json.dumps(usage).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
     def _draw(self) -> str:
         f = self.faults
         r = self._rng.random()
@@ -227,6 +364,7 @@ class StubServer:
             ("500", f.rate_500),
             ("slow", f.rate_slow),
             ("drop", f.rate_drop),
+            ("cut", f.rate_cut),
         ):
             if r < rate:
                 return kind
@@ -248,6 +386,30 @@ class StubServer:
             "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": prompt, "completion_tokens": len(content) // 4, "total_tokens": 0},
         }
+
+
+@dataclass
+class _Stream:
+    """A reply sent as a chunked body, piece by piece."""
+
+    head: bytes
+    chunks: AsyncGenerator[bytes, None]
+    number: int
+    cut_after: int | None = None
+    """Drop the connection after this many chunks."""
+
+
+_EVENT_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+    b"transfer-encoding: chunked\r\n\r\n"
+)
+
+
+def _streamed(body: bytes) -> bool:
+    try:
+        return bool(json.loads(body or b"{}").get("stream"))
+    except (ValueError, AttributeError):
+        return False
 
 
 def _structured(payload: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
