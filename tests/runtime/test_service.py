@@ -64,8 +64,9 @@ def echo_engine() -> None:
 async def test_a_trace_streams_its_events_and_returns_the_typed_output(echo_engine: None) -> None:
     async with ChainService(qa_chain()) as service:
         trace = await service.submit({"text": "hello"}, trace_id="t1")
-        kinds = [(e.kind, e.data.get("node")) async for e in trace.events()]
+        events = [e async for e in trace.events()]
         answer = await trace.result()
+    kinds = [(e.kind, e.data.get("node")) for e in events if e.kind != "chunk"]
     assert kinds == [
         ("queued", None),
         ("started", None),
@@ -74,6 +75,26 @@ async def test_a_trace_streams_its_events_and_returns_the_typed_output(echo_engi
         ("output", None),
     ]
     assert isinstance(answer, Answer) and answer.answer == "re: hello"
+    # the step's answer arrived in pieces, between its start and its end, each with the text so far
+    chunks = [e.data for e in events if e.kind == "chunk"]
+    kinds_in_order = [e.kind for e in events]
+    assert len(chunks) > 1
+    assert (
+        kinds_in_order.index("node_started")
+        < kinds_in_order.index("chunk")
+        < kinds_in_order.index("node_finished")
+    )
+    assert "".join(c["delta"] for c in chunks) == chunks[-1]["text"]
+    assert Answer.model_validate_json(chunks[-1]["text"]) == answer
+    assert chunks[-1]["partial"] == answer.model_dump()
+    assert all(c["node"] == "qa" and c["text"].startswith(chunks[0]["text"]) for c in chunks)
+
+
+async def test_without_token_streaming_there_are_no_chunks(echo_engine: None) -> None:
+    async with ChainService(qa_chain(), stream_tokens=False) as service:
+        trace = await service.submit({"text": "hello"})
+        assert "chunk" not in [e.kind async for e in trace.events()]
+        assert (await trace.result()).answer == "re: hello"
     # a late reader sees every event again, from the first
     assert [e.kind async for e in trace.events()][-1] == "output"
     assert service.counts["output"] == 1 and service.open_traces == 0
@@ -293,3 +314,32 @@ async def test_a_thousand_traces_with_a_fifth_cancelled_at_random(ledger_path: P
     gc.collect()
     assert len(asyncio.all_tasks()) <= tasks_before
     assert service.counts["output"] + service.counts["cancelled"] == 1000
+
+
+async def test_cancelling_traces_on_a_real_http_server_closes_the_in_flight_request() -> None:
+    """On the stub server over real HTTP: the in-flight trace's connection is closed at once, the
+    queued one never reaches the server, and a trace after them is answered."""
+    from chainette.engines.stub_server import StubServer
+
+    with StubServer(stream_chunks=20, stream_delay=0.1) as stub:
+        register_engine("stub", backend="openai", model="stub", base_url=stub.base_url, max_retries=0)
+        async with ChainService(qa_chain("stub"), cache="off", concurrency=1) as service:
+            in_flight = await service.submit({"text": "long"}, trace_id="in-flight")
+            queued = await service.submit({"text": "never sent"}, trace_id="queued")
+            async for event in in_flight.events():
+                if event.kind == "chunk":
+                    break
+            assert service.cancel("queued")
+            cancelled_at = time.monotonic()
+            assert in_flight.cancel()
+            with pytest.raises(TraceCancelledError):
+                await in_flight.result()
+            with pytest.raises(TraceCancelledError):
+                await queued.result()
+            assert await anyio.to_thread.run_sync(stub.disconnected.wait, 5)
+            closed_after = stub.disconnects[0].at - cancelled_at
+            assert stub.disconnects[0].chunks_sent < 20  # it was cut, not finished
+            after = await service.submit({"text": "after"})
+            assert (await after.result()).answer
+    assert 0 <= closed_after < 1.0
+    assert [body["messages"][-1]["content"] for _, _, body in stub.received] == ["long", "after"]

@@ -82,7 +82,9 @@ async def test_cancelling_a_decoding_trace_frees_its_sequence_and_spares_the_oth
                 break
             await anyio.sleep(0.01)
         else:
-            pytest.fail(f"the long trace never started decoding: {[(s.job.request.messages, len(s.job.out)) for s in decoder.slots if s.job]} {[e.kind async for e in doomed.events()] if doomed.done.is_set() else doomed._events}")
+            pytest.fail(
+                f"the long trace never started decoding: {[(s.job.request.messages, len(s.job.out)) for s in decoder.slots if s.job]} {[e.kind async for e in doomed.events()] if doomed.done.is_set() else doomed._events}"
+            )
         started = anyio.current_time()
         assert doomed.cancel()
         with pytest.raises(TraceCancelledError):
@@ -106,3 +108,19 @@ async def test_a_repeated_submission_is_answered_from_the_ledger() -> None:
         assert stats is not None and stats.requests == 1
         second = await (await service.submit({"text": "What colour is the sky?"})).result()
         assert second == first and stats.requests == 1 and stats.cache_hits == 1
+
+
+@pytest.mark.timeout(300)
+async def test_tokens_stream_from_the_embedded_engine_as_chunk_events() -> None:
+    register_engine("local", backend="llama_cpp", n_ctx=1024, parallel=2)
+    async with ChainService(chain(Short, 48), cache="off") as service:
+        trace = await service.submit({"text": "Who wrote Romeo and Juliet?"})
+        events = [e async for e in trace.events()]
+        answer = await trace.result()
+    chunks = [e.data for e in events if e.kind == "chunk"]
+    assert len(chunks) > 2  # token by token, not the whole answer at the end
+    assert "".join(c["delta"] for c in chunks) == chunks[-1]["text"]
+    assert Short.model_validate_json(chunks[-1]["text"]) == answer
+    partials = [c["partial"] for c in chunks if "partial" in c]
+    assert partials[-1] == answer.model_dump()
+    assert any(p.get("answer") and p["answer"] != answer.answer for p in partials)  # seen while growing

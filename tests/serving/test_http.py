@@ -84,7 +84,15 @@ def test_post_streams_the_trace_as_server_sent_events(live_server: Callable[[Any
             assert response.headers["content-type"].startswith("text/event-stream")
             assert response.headers["x-trace-id"] == "abc"
             events = list(sse_events(response))
-    assert [e["kind"] for e in events] == ["queued", "started", "node_started", "node_finished", "output"]
+    assert [e["kind"] for e in events if e["kind"] != "chunk"] == [
+        "queued",
+        "started",
+        "node_started",
+        "node_finished",
+        "output",
+    ]
+    chunks = [e for e in events if e["kind"] == "chunk"]
+    assert len(chunks) > 1 and chunks[-1]["partial"] == {"answer": "re: hi", "confidence": 1.0}
     assert events[-1]["output"] == {"answer": "re: hi", "confidence": 1.0}
     assert {e["trace_id"] for e in events} == {"abc"}
 

@@ -38,7 +38,9 @@ def browser_page(playwright: Any, tmp_path: Path) -> tuple[Any, Any, list[str]]:
     browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
     page = browser.new_page()
     problems: list[str] = []
-    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on(
+        "console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None
+    )
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     return browser, page, problems
 
@@ -47,10 +49,18 @@ def browser_page(playwright: Any, tmp_path: Path) -> tuple[Any, Any, list[str]]:
 def test_a_person_types_an_input_and_watches_the_answer_arrive(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    register_engine("echo", backend="fake", responder=echo, latency=0.2)
+    register_engine("echo", backend="fake", responder=echo, latency=0.2, stream_delay=0.05)
     chain = Chain(
         name="Ask me",
-        steps=[Step(id="qa", input_model=Question, output_model=Answer, engine_name="echo", user_prompt="{{ text }}")],
+        steps=[
+            Step(
+                id="qa",
+                input_model=Question,
+                output_model=Answer,
+                engine_name="echo",
+                user_prompt="{{ text }}",
+            )
+        ],
     )
     with LiveServer(create_app(chain)) as server, sync_playwright() as pw:
         browser, page, problems = browser_page(pw, tmp_path)
@@ -59,8 +69,12 @@ def test_a_person_types_an_input_and_watches_the_answer_arrive(tmp_path: Path) -
             assert page.title() == "Ask me · Chainette"
             page.fill("#f-text", "why is the sky blue")
             page.click("#send")
-            page.wait_for_function("document.getElementById('answer').textContent.includes('re: why')", timeout=20000)
+            page.wait_for_function(
+                "document.getElementById('answer').textContent.includes('re: why')", timeout=20000
+            )
             assert '"confidence": 0.5' in page.text_content("#answer")
+            assert page.text_content("#live").startswith('qa: {"answer": "re: why')  # the streamed text
+            assert page.evaluate("window.chunksSeen") > 1  # it arrived in pieces
             assert page.text_content("#steps li[data-node='qa'] .state").endswith(" s")
             assert page.text_content("#status").startswith("Done in")
             shot = tmp_path / "page.png"
@@ -76,14 +90,24 @@ def test_a_person_types_an_input_and_watches_the_answer_arrive(tmp_path: Path) -
 
 
 @pytest.mark.timeout(120)
-def test_the_page_shows_field_errors_and_asks_for_a_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_page_shows_field_errors_and_asks_for_a_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from playwright.sync_api import sync_playwright
 
     register_engine("echo", backend="fake", responder=echo)
     monkeypatch.setenv("PAGE_TOKEN", "tok-123")
     chain = Chain(
         name="Guarded",
-        steps=[Step(id="qa", input_model=Question, output_model=Answer, engine_name="echo", user_prompt="{{ text }}")],
+        steps=[
+            Step(
+                id="qa",
+                input_model=Question,
+                output_model=Answer,
+                engine_name="echo",
+                user_prompt="{{ text }}",
+            )
+        ],
     )
     with LiveServer(create_app(chain, token_env="PAGE_TOKEN")) as server, sync_playwright() as pw:
         browser, page, problems = browser_page(pw, tmp_path)
@@ -92,11 +116,15 @@ def test_the_page_shows_field_errors_and_asks_for_a_token(tmp_path: Path, monkey
             page.wait_for_selector("#token-box", state="visible", timeout=10000)
             page.fill("#token", "tok-123")
             page.click("#send")  # loads the schema with the token, builds the form, then runs it empty
-            page.wait_for_function("document.getElementById('status').textContent.includes('422')", timeout=10000)
+            page.wait_for_function(
+                "document.getElementById('status').textContent.includes('422')", timeout=10000
+            )
             assert "text: Field required" in page.text_content("#status")
             page.fill("#f-text", "hello")
             page.click("#send")
-            page.wait_for_function("document.getElementById('answer').textContent.includes('re: hello')", timeout=10000)
+            page.wait_for_function(
+                "document.getElementById('answer').textContent.includes('re: hello')", timeout=10000
+            )
         finally:
             browser.close()
     # the 401 of the first schema request and the 422 are answers the page handles, not script errors

@@ -17,7 +17,10 @@ from ..ledger.keys import engine_identity
 from .records import Record, dump
 from .requests import RequestCache
 
-__all__ = ["EventHandler", "NodeStats", "RecordSink", "RunContext"]
+__all__ = ["DeltaHandler", "EventHandler", "NodeStats", "RecordSink", "RunContext"]
+
+DeltaHandler = Callable[[str, str, str, str], None]
+"""``handler(node_id, record_id, delta, text_so_far)``: a step's answer arriving, piece by piece."""
 
 EventHandler = Callable[[str, dict[str, Any]], None]
 """``handler(kind, data)``; kinds: run_started, node_progress, engine_started, engine_released,
@@ -101,6 +104,9 @@ class RunContext:
     """Per-node state that lives as long as the run (whole-stream nodes: ``take``, ``shuffle``)."""
     input_stop: list[bool] = field(default_factory=lambda: [False])
     """``[True]``: read no more input (a ``take`` at the head of the chain has what it needs)."""
+    on_delta: DeltaHandler | None = None
+    """Set (a served trace that streams tokens): steps send one request at a time through
+    ``Engine.stream`` where the engine streams, and report each piece of the answer here."""
 
     def node(self, node_id: str) -> NodeStats:
         stats = self.stats.get(node_id)

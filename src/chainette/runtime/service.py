@@ -51,9 +51,10 @@ from ..engines.registry import is_available
 from ..engines.secrets import scrub_strings
 from ..graph.chain import ChainGraph
 from ..io.writer import RunWriter
-from .context import EventHandler, RunContext
+from .context import DeltaHandler, EventHandler, RunContext
 from .dispatch import missing_runners, runner_for
 from .executor import RunOptions, _finish, _initial_metadata, _lay_out, flatten
+from .partial import partial_json
 from .records import Record, coerce, dump
 from .requests import CacheMode, RequestCache
 
@@ -201,6 +202,8 @@ class ChainService:
             ``failures.jsonl``, ``graph.json``, ``metadata.json`` at close), like a batch run's.
         overwrite: Replace ``record_to`` if it holds an earlier run.
         warm: Start every engine the chain uses on entry (otherwise on the first request).
+        stream_tokens: Steps whose engine streams (``llama_cpp``, ``openai``, ``fake``) send
+            their requests through ``Engine.stream`` and every piece becomes a ``chunk`` event.
         on_event: ``handler(event: TraceEvent)`` for every trace's events (middleware, logs).
         on_run_event: ``handler(kind, data)`` for the runtime's own events (engines started, progress).
     """
@@ -218,6 +221,7 @@ class ChainService:
         record_to: str | Path | None = None,
         overwrite: bool = False,
         warm: bool = True,
+        stream_tokens: bool = True,
         on_event: Any = None,
         on_run_event: EventHandler | None = None,
     ) -> None:
@@ -232,6 +236,7 @@ class ChainService:
         self._ledger, self._cache_mode = ledger, cache
         self._record_to, self._overwrite, self._warm = record_to, overwrite, warm
         self._on_event = on_event
+        self._stream_tokens = stream_tokens
         self._on_run_event: EventHandler = on_run_event or (lambda kind, data: None)
         self._room = anyio.Semaphore(capacity)
         self._running = anyio.CapacityLimiter(concurrency)
@@ -402,7 +407,12 @@ class ChainService:
     async def _run_trace(self, handle: TraceHandle, record: Record, deadline: float) -> None:
         assert self._ctx is not None
         sink = _TraceSink(self._recording.writer if self._recording is not None else None)
-        ctx = replace(self._ctx, writer=sink, on_event=self._run_event_for(handle))
+        ctx = replace(
+            self._ctx,
+            writer=sink,
+            on_event=self._run_event_for(handle),
+            on_delta=self._delta_for(handle) if self._stream_tokens else None,
+        )
         timed_out = False
         try:
             with anyio.CancelScope() as scope:
@@ -484,6 +494,19 @@ class ChainService:
 
         def handler(kind: str, data: dict[str, Any]) -> None:
             tell(kind, {**data, "trace_id": handle.trace_id})
+
+        return handler
+
+    @staticmethod
+    def _delta_for(handle: TraceHandle) -> DeltaHandler:
+        """Pieces of a step's answer become the trace's ``chunk`` events (with the object so far)."""
+
+        def handler(node_id: str, record_id: str, delta: str, text: str) -> None:
+            data: dict[str, Any] = {"node": node_id, "delta": delta, "text": text}
+            partial = partial_json(text)
+            if partial is not None:
+                data["partial"] = partial
+            handle._emit("chunk", data)
 
         return handler
 

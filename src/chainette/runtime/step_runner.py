@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ from ..engines.base import ChatRequest, Completion, Engine, Message, SamplingPar
 from ..graph.nodes import Step
 from ..ledger.keys import after_first, key_of, key_of_rest, key_prefix
 from ..ledger.store import StoredAnswer, StoredFailure
-from .context import NodeStats, RunContext
+from .context import DeltaHandler, NodeStats, RunContext
 from .records import Record, coerce, describe_validation, dump, fields_of, request_salt
 from .requests import InFlight
 
@@ -267,7 +268,12 @@ async def _call(
     stats = ctx.node(step.id)
     try:
         async with limiter:
-            completions = await engine.generate([request for _, request, _ in batch])
+            if ctx.on_delta is not None and engine.supports_streaming:
+                completions = [
+                    await _stream(step, engine, job, request, ctx.on_delta) for job, request, _ in batch
+                ]
+            else:
+                completions = await engine.generate([request for _, request, _ in batch])
         stats.requests += sum(1 for c in completions if c.attempts > 0)  # answered (see NodeStats)
         if len(completions) != len(batch):
             raise RuntimeError(f"engine returned {len(completions)} completions for {len(batch)} requests")
@@ -292,6 +298,24 @@ async def _call(
         ctx.cache.resolve(key, completion)
         _settle(step, job, completion, ctx, stats, decided, sent=True)
     ctx.progress(step.id)
+
+
+async def _stream(
+    step: Step, engine: Engine, job: _Job, request: ChatRequest, on_delta: DeltaHandler
+) -> Completion:
+    """``engine.stream(request)``: each piece reported as it arrives; the final completion."""
+    text = ""
+    completion: Completion | None = None
+    async with aclosing(engine.stream(request)) as items:  # closed early (cancelled): the request stops
+        async for item in items:
+            if isinstance(item, Completion):
+                completion = item
+            elif item:
+                text += item
+                on_delta(step.id, job.record.id, item, text)
+    if completion is None:
+        raise RuntimeError(f"engine {step.engine_name!r} ended a stream without its completion")
+    return completion
 
 
 def _settle(
