@@ -47,6 +47,8 @@ class NodeStats:
     deduped: int = 0
     """Answers shared with an identical request of the same run."""
     reasks: int = 0
+    retries: int = 0
+    """Engine errors (a raise, an error answer, a timeout) tried again under the node's policy."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     saved_prompt_tokens: int = 0
@@ -81,6 +83,8 @@ class RunContext:
     """Per-node state that lives as long as the run (whole-stream nodes: ``take``, ``shuffle``)."""
     input_stop: list[bool] = field(default_factory=lambda: [False])
     """``[True]``: read no more input (a ``take`` at the head of the chain has what it needs)."""
+    record_deadline_s: float | None = None
+    """The run's ``record_deadline_s`` (what a deadline failure's message says), None if unset."""
 
     def node(self, node_id: str) -> NodeStats:
         stats = self.stats.get(node_id)
