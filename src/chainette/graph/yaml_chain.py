@@ -299,6 +299,7 @@ def _loop(r: _Reader, spec: Any, where: str) -> Node:
         "max_tokens",
         "deadline_s",
         "on_limit",
+        "on_budget",
         "name",
     )
     f = r.fields(spec, where, ("id", "body"), keys)
