@@ -48,3 +48,15 @@ def test_readme_union_example_routes_by_variant(
     [line] = capsys.readouterr().out.splitlines()
     kind, reply = line.split(" | ")
     assert reply.startswith({"refund": "Refunding", "question": "See our help page"}[kind])
+
+
+def test_readme_policy_example_prints_what_its_comments_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    section = README.read_text().split("### Node policies", 1)[1]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, str(README), "exec", dont_inherit=True), {"__name__": "readme_policies"})
+    printed = capsys.readouterr().out.splitlines()
+    expected = [line.split("# ", 1)[1] for line in code.splitlines() if line.startswith("print(")]
+    assert printed == expected
