@@ -196,3 +196,18 @@ def test_loop_stops_at_the_record_deadline(run_dir: Path) -> None:
     Chain("c", [qa_step(), loop]).run([Question(text="q")], output_dir=run_dir, record_deadline_s=0.5)
     [row] = read_jsonl(run_dir / "flattened")
     assert row["refine.stop_reason"] == "deadline" and 1 <= row["refine.iterations"] <= 4
+
+
+def test_a_record_waiting_on_an_identical_request_is_cut_at_its_deadline(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(registry.BACKENDS, "sleepy", "tests.helpers:SleepyEngine")
+    register_engine("fake", backend="sleepy", seconds=3.0, max_batch_size=1)
+    started = time.monotonic()
+    Chain("c", [qa_step()]).run(
+        [Question(text="slow"), Question(text="slow")], output_dir=run_dir, record_deadline_s=0.4
+    )
+    assert time.monotonic() - started < 2.5
+    _, failures = assert_every_record_accounted_for(run_dir, 2)
+    assert [f["error_type"] for f in failures] == ["budget_exceeded"] * 2
+    assert json.loads((run_dir / "metadata.json").read_text())["nodes"]["qa"]["deduped"] == 0

@@ -362,3 +362,18 @@ def test_step_validate_none_skips_fitting_the_input(run_dir: Path) -> None:
             assert failures[0]["error_type"] == "render_error", failures
         else:
             assert failures == [] and read_jsonl(out / "flattened")[0]["qa.answer"] == "123"
+
+
+def test_apply_retries_stop_at_the_records_deadline(run_dir: Path) -> None:
+    calls = []
+
+    def broken(t: Text) -> Text:
+        calls.append(t.text)
+        raise ValueError("down")
+
+    node = apply(broken, policy=NodePolicy(retries=5, backoff=Backoff(base_s=0.3, jitter=0.0)))
+    Chain("c", [node]).run([Text(text="x")], output_dir=run_dir, record_deadline_s=0.5)
+    [failure] = read_jsonl(run_dir / "failures.jsonl")
+    # tries at 0, 0.3 s; the third would start at 0.9 s, past the deadline
+    assert len(calls) == 2 and failure["attempts"] == 2
+    assert failure["error_type"] == "budget_exceeded" and "deadline of 0.5 s passed" in failure["message"]

@@ -230,6 +230,7 @@ async def call_with_policy(
             if attempt > 1 and record.limited:  # a retry is a new call: the record's limits hold
                 over = exceeded(record, node.id, f"apply {node.id!r}", ctx.record_deadline_s)
                 if over is not None:
+                    over.attempts = attempt - 1
                     results[k] = _Over(over)
                     continue
             view = views[k] if views is not None else None

@@ -249,7 +249,20 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
     if owned:
         await _send(step, owned, ctx, decided)
     for job, slot in waiting:
-        await slot.done.wait()
+        if job.record.deadline is None:
+            await slot.done.wait()
+        else:  # waiting on an identical request is waiting on an engine call: cut at the deadline too
+            with anyio.move_on_after(job.record.deadline - time.monotonic()):
+                await slot.done.wait()
+            late = time.monotonic() + 1e-3 >= job.record.deadline  # the shared call may have been cut there
+            if slot.completion is None or (late and slot.completion.finish_reason == "error"):
+                job.attempts += 1
+                error = budget_error(
+                    job.record, step.id, f"Step {step.id!r}", "deadline", ctx.record_deadline_s
+                )
+                error.attempts = job.attempts
+                _give_up(step, job, error, ctx, decided, remember=False)
+                continue
         assert slot.completion is not None
         stats.deduped += 1
         _settle(step, job, slot.completion, ctx, stats, decided, sent=False)
