@@ -45,7 +45,7 @@ from typing import Any
 from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from control_flow import PEERS_VENV, peer_python  # noqa: E402 - the peer venv, shared with control_flow
+from control_flow import PEERS_VENV, peer_python  # the peer venv, shared with control_flow
 
 FANOUT_GOAL = 1.0
 CANCEL_GOAL_MS = 50.0
@@ -91,7 +91,15 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
         register_engine("stub", backend="openai", model="stub", base_url=stub.base_url, max_retries=0)
         chain = Chain(
             name="overhead",
-            steps=[Step(id="qa", input_model=Question, output_model=Reply, engine_name="stub", user_prompt="{{ text }}")],
+            steps=[
+                Step(
+                    id="qa",
+                    input_model=Question,
+                    output_model=Reply,
+                    engine_name="stub",
+                    user_prompt="{{ text }}",
+                )
+            ],
         )
         step = chain.items[0]
         engine = create_engine(get_engine_config("stub"))
@@ -213,13 +221,17 @@ def spawn(side: str, n: int, python: Path) -> dict[str, Any]:
         raise SystemExit(f"{side} side failed with exit code {proc.returncode}")
     out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     out["messages_per_s"] = out["messages"] / out["seconds"]
-    print(f"  {side:<11} {out['messages']:>8,} messages {out['seconds']:7.2f} s {out['messages_per_s']:>9,.0f} msg/s")
+    print(
+        f"  {side:<11} {out['messages']:>8,} messages {out['seconds']:7.2f} s {out['messages_per_s']:>9,.0f} msg/s"
+    )
     return out
 
 
 def fanout(args: argparse.Namespace) -> dict[str, Any]:
     n = args.messages
-    print(f"\n[fanout] {n:,} messages through fork -> (left, right) -> join, {args.repeat} interleaved run(s)")
+    print(
+        f"\n[fanout] {n:,} messages through fork -> (left, right) -> join, {args.repeat} interleaved run(s)"
+    )
     sides = {"chainette": Path(sys.executable)}
     if not args.no_penguiflow:
         sides["penguiflow"] = peer_python(PEERS_VENV)
@@ -252,7 +264,15 @@ async def cancel(args: argparse.Namespace) -> dict[str, Any]:
         register_engine("stub", backend="openai", model="stub", base_url=stub.base_url, max_retries=0)
         chain = Chain(
             name="cancel",
-            steps=[Step(id="qa", input_model=Question, output_model=Reply, engine_name="stub", user_prompt="{{ text }}")],
+            steps=[
+                Step(
+                    id="qa",
+                    input_model=Question,
+                    output_model=Reply,
+                    engine_name="stub",
+                    user_prompt="{{ text }}",
+                )
+            ],
         )
         async with ChainService(chain, cache="off") as service:
             for k in range(args.cancels):
@@ -263,13 +283,15 @@ async def cancel(args: argparse.Namespace) -> dict[str, Any]:
                         break
                 started = time.monotonic()
                 trace.cancel()
-                while len(stub.disconnects) == before:
+                while len(stub.disconnects) == before:  # noqa: ASYNC110 - polling is the measurement
                     await asyncio.sleep(0.0005)
                 times.append(stub.disconnects[-1].at - started)
     out = {"cancels": len(times), "median_ms": statistics.median(times) * 1e3, "max_ms": max(times) * 1e3}
     verdict = "goal met" if out["median_ms"] < CANCEL_GOAL_MS else "goal missed"
-    print(f"\n[cancel] cancel -> connection closed at the stub: median {out['median_ms']:.1f} ms, "
-          f"max {out['max_ms']:.1f} ms over {len(times)} ({verdict}: < {CANCEL_GOAL_MS:.0f} ms)")
+    print(
+        f"\n[cancel] cancel -> connection closed at the stub: median {out['median_ms']:.1f} ms, "
+        f"max {out['max_ms']:.1f} ms over {len(times)} ({verdict}: < {CANCEL_GOAL_MS:.0f} ms)"
+    )
     return out
 
 

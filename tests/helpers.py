@@ -6,10 +6,12 @@ import importlib.util
 import json
 import sqlite3
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
 
+import anyio
 from pydantic import BaseModel, Field
 
 from chainette.engines.fake import FakeEngine
@@ -53,6 +55,35 @@ class ExplodingEngine(FakeEngine):
 
     async def generate(self, requests: Any) -> Any:
         raise TimeoutError("no answer within 30 s")
+
+
+class FlakyEngine(FakeEngine):
+    """A fake back-end whose ``generate()`` raises for the first ``raise_first`` calls (of all
+    instances together), then answers; ``call_times`` holds when each call came."""
+
+    raise_first: ClassVar[int] = 0
+    call_times: ClassVar[list[float]] = []
+
+    async def generate(self, requests: Any) -> Any:
+        FlakyEngine.call_times.append(time.monotonic())
+        if len(FlakyEngine.call_times) <= FlakyEngine.raise_first:
+            raise ConnectionError("connection reset by peer")
+        return await super().generate(requests)
+
+
+class SleepyEngine(FakeEngine):
+    """A fake back-end that takes ``seconds`` over each call holding a request whose last message
+    contains "slow" (an await, so it is cancellable, as a real engine's call is); the others
+    are answered at once."""
+
+    def __init__(self, model: str | None = None, *, seconds: float = 5.0, **options: Any) -> None:
+        super().__init__(model, **options)
+        self.seconds = seconds
+
+    async def generate(self, requests: Any) -> Any:
+        if any("slow" in r.messages[-1]["content"] for r in requests):
+            await anyio.sleep(self.seconds)
+        return await super().generate(requests)
 
 
 class CountingEngine(FakeEngine):

@@ -62,3 +62,15 @@ def test_readme_serving_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     kinds = [line.split()[0] for line in printed[:-1]]
     assert kinds[:3] == ["queued", "started", "node_started"] and kinds[-1] == "output"
     assert printed[-1] == "Report queued 1"  # the typed output; the other trace was cancelled
+
+
+def test_readme_policy_example_prints_what_its_comments_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    section = README.read_text().split("### Node policies", 1)[1]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, str(README), "exec", dont_inherit=True), {"__name__": "readme_policies"})
+    printed = capsys.readouterr().out.splitlines()
+    expected = [line.split("# ", 1)[1] for line in code.splitlines() if line.startswith("print(")]
+    assert printed == expected

@@ -7,6 +7,7 @@ writes ``graph.json``, per-step outputs, a flattened view, failures and metadata
 
 from ._errors import (
     ApplyError,
+    BudgetExceededError,
     ChainDefinitionError,
     ChainetteError,
     EngineConfigError,
@@ -42,6 +43,7 @@ from .graph.dialogue import Agent, Dialogue, Transcript, Turn
 from .graph.loop import Loop, LoopState, Repeat, While
 from .graph.map import Collected, Map
 from .graph.nodes import Apply, Branch, Step, apply
+from .graph.policy import Backoff, NodePolicy
 from .graph.router import Router
 from .graph.stream_ops import shuffle, take
 from .graph.subflow import Subflow
@@ -58,7 +60,9 @@ __all__ = [
     "Agent",
     "Apply",
     "ApplyError",
+    "Backoff",
     "Branch",
+    "BudgetExceededError",
     "Chain",
     "ChainDefinitionError",
     "ChainService",
@@ -82,6 +86,7 @@ __all__ = [
     "LoopState",
     "Map",
     "MissingDependencyError",
+    "NodePolicy",
     "OutputValidationError",
     "RecordError",
     "RecordView",

@@ -19,7 +19,8 @@ run is going on are attached to the record they hit and written to the run's
         ├── RenderError             a template failed on this record's data
         ├── OutputValidationError   the model's output stayed invalid after every re-ask
         ├── EngineError             the engine failed to answer (cause kept as __cause__)
-        └── ApplyError              a Python function raised on this record
+        ├── ApplyError              a Python function raised on this record
+        └── BudgetExceededError     the record passed its deadline or spent its token budget
 
 Every message says what to do next.
 """
@@ -30,6 +31,7 @@ from typing import Any
 
 __all__ = [
     "ApplyError",
+    "BudgetExceededError",
     "ChainDefinitionError",
     "ChainetteError",
     "EngineConfigError",
@@ -183,3 +185,11 @@ class TraceFailedError(ServiceError):
 
 class TraceCancelledError(ServiceError):
     """The trace was cancelled (by :meth:`ChainService.cancel`, or its client went away)."""
+
+
+class BudgetExceededError(RecordError):
+    """The record passed its deadline or spent its token budget (``record_deadline_s``,
+    ``record_token_budget`` of a run, or a deadline a service set on it) before a node's work on
+    it was done. ``details["limit"]`` is ``"deadline"`` or ``"token_budget"``."""
+
+    kind = "budget_exceeded"

@@ -183,6 +183,23 @@ def test_run_batch_size_overrides_the_chain(tmp_path: Path) -> None:
     assert json.loads((run_dir / "metadata.json").read_text())["config"]["batch_size"] == 2
 
 
+def test_run_record_limits_reach_the_run(tmp_path: Path) -> None:
+    chain_file = write_chain(tmp_path)
+    inputs = write_inputs(tmp_path, QUESTIONS[:2])
+    run_dir = tmp_path / "run"
+    args = ["--record-deadline-s", "60", "--record-token-budget", "1", "-q"]
+
+    result = invoke("run", f"{chain_file}:chain", "-i", inputs, "-o", run_dir, *args)
+
+    assert result.exit_code == 0, result.stderr
+    config = json.loads((run_dir / "metadata.json").read_text())["config"]
+    assert config["record_deadline_s"] == 60 and config["record_token_budget"] == 1
+    failures = [json.loads(line) for line in (run_dir / "failures.jsonl").read_text().splitlines()]
+    # qa's answer spends the one token: the next node refuses each record
+    assert [f["error_type"] for f in failures] == ["budget_exceeded"] * 2
+    assert all("token budget of 1 exceeded" in f["message"] for f in failures)
+
+
 def test_run_quiet_prints_only_the_run_folder(tmp_path: Path) -> None:
     chain_file = write_chain(tmp_path)
     inputs = write_inputs(tmp_path, QUESTIONS)

@@ -365,3 +365,22 @@ def test_a_list_of_output_models_is_their_union(tmp_path: Path) -> None:
         sys.modules.pop("union_models", None)
     rows = read_jsonl(result.path / "flattened")
     assert len(rows) == 8 and all(r["by_kind.label"] == r["pet.kind"] for r in rows)
+
+
+def test_a_policy_in_yaml_is_the_nodes_policy(project: Path) -> None:
+    from chainette import Backoff, NodePolicy
+
+    text = (
+        "imports: [yaml_models]\nsteps:\n"
+        "  - apply: {fn: label, policy: {timeout_s: 2, retries: 1, validate: none}}\n"
+        "  - step: {id: qa, input_model: Label, output_model: Answer, engine: e, user_prompt: '{{ text }}',"
+        " policy: {retries: 3, backoff: {base_s: 0.1, jitter: 0}}}\n"
+    )
+    chain = Chain.from_yaml(write(project, text))
+    label, qa = chain.items
+    assert label.policy == NodePolicy(timeout_s=2, retries=1, validate="none")
+    assert qa.policy == NodePolicy(retries=3, backoff=Backoff(base_s=0.1, jitter=0))
+    with pytest.raises(YamlChainError, match=r"steps\[0\]\.apply\.policy: unknown key 'retry'"):
+        Chain.from_yaml(
+            write(project, "imports: [yaml_models]\nsteps:\n  - apply: {fn: label, policy: {retry: 1}}\n")
+        )

@@ -134,6 +134,18 @@ def run(
     max_lines_per_file: int = typer.Option(
         100_000, "--max-lines-per-file", min=1, help="Rows per output file part."
     ),
+    record_deadline_s: float | None = typer.Option(
+        None,
+        "--record-deadline-s",
+        min=0.001,
+        help="Seconds each record may take through the whole chain; later it fails (budget_exceeded).",
+    ),
+    record_token_budget: int | None = typer.Option(
+        None,
+        "--record-token-budget",
+        min=1,
+        help="Tokens each record may spend through the whole chain; then it fails (budget_exceeded).",
+    ),
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="No progress, no summary; errors and failure counts only."
     ),
@@ -188,6 +200,8 @@ def run(
                 strict_inputs=strict,
                 workers=workers,
                 max_lines_per_file=max_lines_per_file,
+                record_deadline_s=record_deadline_s,
+                record_token_budget=record_token_budget,
                 on_event=on_event,
             )
         finally:

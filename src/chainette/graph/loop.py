@@ -10,6 +10,11 @@ deadline (a *limit*: ``"max_iterations"``, ``"max_hops"``, ``"max_tokens"``, ``"
 After each pass it asks ``until`` (``"until"``). What a limit does is ``on_limit``'s choice:
 the record goes on with its last value (``"continue"``) or fails (``"fail"``).
 
+The record's own limits across the chain (``Record.deadline``, ``Record.budget``: the run's
+``record_deadline_s`` / ``record_token_budget``) end the loop too, as ``"deadline"`` /
+``"max_tokens"``; ``on_budget`` chooses between ending the loop with the last completed pass
+(``"stop"``) and failing the record (``"fail"``).
+
 Inside the body the outputs of the previous pass are in the history by id (the last pass wins),
 and ``{{ <loop id>.iteration }}`` is the current pass (0-based); after the loop ``<loop id>``
 holds the record's :class:`LoopState` (passes, stop reason, hops, tokens).
@@ -38,6 +43,7 @@ StopReason = Literal["times", "condition", "until", "max_iterations", "max_hops"
 LIMITS: tuple[str, ...] = ("max_iterations", "max_hops", "max_tokens", "deadline")
 """The stop reasons that are limits (``on_limit`` decides what happens to the record)."""
 OnLimit = Literal["continue", "fail"]
+OnBudget = Literal["stop", "fail"]
 
 
 class LoopState(BaseModel):
@@ -94,6 +100,13 @@ class Loop(Node):
         on_limit: When a limit ends the loop: ``"continue"`` (default) passes the record on with
             its last value and the reason in ``<id>.stop_reason``; ``"fail"`` writes it to
             failures.jsonl naming the loop, the limit and the pass.
+        on_budget: When the record's own deadline or token budget (the run's
+            ``record_deadline_s`` / ``record_token_budget``) is reached inside the loop:
+            ``"stop"`` (default) ends the loop with the last completed pass's value and stop
+            reason ``"deadline"`` / ``"max_tokens"`` (a pass cut short by the limit is dropped;
+            the record then fails at the next node that would work on it, unless the loop is the
+            last); ``"fail"`` writes it to failures.jsonl as a ``BudgetExceededError``.
+            ``on_limit`` is for the loop's own limits only.
         name: Display name (defaults to ``id``).
 
     Example:
@@ -124,6 +137,7 @@ class Loop(Node):
         max_tokens: int | None = None,
         deadline_s: float | None = None,
         on_limit: OnLimit = "continue",
+        on_budget: OnBudget = "stop",
         name: str | None = None,
     ) -> None:
         self.id = _check_id(id, "Loop")
@@ -160,6 +174,9 @@ class Loop(Node):
             raise ChainDefinitionError(
                 f"Loop {id!r}: on_limit must be 'continue' or 'fail', got {on_limit!r}."
             )
+        if on_budget not in get_args(OnBudget):
+            raise ChainDefinitionError(f"Loop {id!r}: on_budget must be 'stop' or 'fail', got {on_budget!r}.")
+        self.on_budget: OnBudget = on_budget
         self.condition = condition
         self.until = until
         self.condition_wants_record = condition is not None and _wants_record(condition)
@@ -295,6 +312,7 @@ class Loop(Node):
             "max_tokens": self.max_tokens,
             "deadline_s": self.deadline_s,
             "on_limit": self.on_limit,
+            "on_budget": self.on_budget,
         }
 
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, TypeAdapter
 from .._errors import ChainDefinitionError, TemplateError
 from ..engines.base import SamplingParams
 from ..io.layout import RESERVED_NAMES, is_reserved
+from .policy import NodePolicy, check_policy
 from .schema_prompt import schema_instruction
 from .templates import Template
 from .view import RecordView
@@ -91,6 +92,9 @@ class Node:
     whole_stream: bool = False
     """Works on the stream of records, not record by record (``take``, ``shuffle``): allowed at a
     chain's top level only; its runner has a ``flush`` for the end of the input."""
+    policy: NodePolicy | None = None
+    """How this node bounds, retries and validates each record's call (None: the defaults, no
+    bound, no retry, everything validated); see :class:`~chainette.graph.policy.NodePolicy`."""
 
     def children(self) -> Sequence[Node]:
         """The nodes this one contains (none for a leaf)."""
@@ -186,7 +190,7 @@ class Node:
     def describe(self) -> dict[str, Any]:
         """What ``graph.json`` records about this node."""
         output = " | ".join(f"{v.__module__}.{v.__qualname__}" for v in self.output_variants)
-        return {
+        described: dict[str, Any] = {
             "id": self.id,
             "kind": self.kind,
             "name": self.name,
@@ -195,6 +199,9 @@ class Node:
             "input_schema": self.input_model.model_json_schema() if self.input_model else None,
             "output_schema": self.output_model.model_json_schema() if self.output_model else None,
         }
+        if self.policy is not None:
+            described["policy"] = self.policy.describe()
+        return described
 
     def __or__(self, other: Node | list[Branch]) -> Seq:
         """``a | b | c``: the nodes in sequence (BatchFactory's composition); a :class:`Chain` takes
@@ -245,6 +252,11 @@ class Step(Node):
             the failure in the ledger, so reruns report it without sending anything; ``"emit"``
             also passes the record on, with ``{"_error": reason}`` as this step's output (its
             value stays the step's input).
+        policy: A :class:`~chainette.graph.policy.NodePolicy`: ``timeout_s`` bounds each engine
+            call (a call past it is cancelled and counts as an engine error), ``retries`` tries
+            engine errors again with ``backoff`` (never invalid answers: those are re-asked under
+            ``max_reasks``), ``validate="output"`` / ``"none"`` skips fitting the incoming value
+            into ``input_model``. The answer is always parsed into the output model.
 
     Example:
         >>> from pydantic import BaseModel
@@ -279,8 +291,10 @@ class Step(Node):
         samples: int = 1,
         on_failure: OnFailure = "retry",
         emoji: str | None = None,
+        policy: NodePolicy | None = None,
     ) -> None:
         self.id = _check_id(id, "Step")
+        self.policy = check_policy(policy, f"Step {id!r}")
         self.name = name or id
         if not (isinstance(input_model, type) and issubclass(input_model, BaseModel)):
             raise ChainDefinitionError(
@@ -412,6 +426,12 @@ class Apply(Node):
     (earlier outputs by id / alias, the chain's input, the record's id), and returns one value, a list of values (fan-out: each becomes its own
     record with id ``<parent>.<k>``; an empty list filters the record out) or ``None`` (filter).
     Filtered records are counted in ``metadata.json``; they are not failures.
+
+    ``policy`` (a :class:`~chainette.graph.policy.NodePolicy`) bounds each call in time
+    (``timeout_s``: a sync function then runs in a worker thread, abandoned when it runs over),
+    retries a call that raised or ran over (``retries``, ``backoff``), and chooses what is
+    validated: the value into ``input_model`` (``"input"``), what the function returns into
+    ``output_model`` (``"output"``), both (default) or neither (``"none"``: values pass as they are).
     """
 
     kind = "apply"
@@ -425,12 +445,14 @@ class Apply(Node):
         input_model: type[BaseModel] | None = None,
         output_model: type[BaseModel] | None = None,
         write: bool = False,
+        policy: NodePolicy | None = None,
     ) -> None:
         if not callable(fn):
             raise ChainDefinitionError(f"apply() needs a callable, got {fn!r}.")
         fn_name = getattr(fn, "__name__", type(fn).__name__)
         self.fn = fn
         self.id = _check_id(id or re.sub(r"\W", "_", fn_name), "apply")
+        self.policy = check_policy(policy, f"apply {self.id!r}")
         self.name = name or fn_name
         hinted_in, hinted_out = _models_from_hints(fn)
         self._hinted_variants = _return_variants(fn) if output_model is None and hinted_out is None else ()
@@ -466,10 +488,12 @@ def apply(
     input_model: type[BaseModel] | None = None,
     output_model: type[BaseModel] | None = None,
     write: bool = False,
+    policy: NodePolicy | None = None,
 ) -> Apply:
     """Wrap a Python function (sync or async) as a chain node.
 
-    Input and output models are read from the function's type hints when not given.
+    Input and output models are read from the function's type hints when not given; ``policy``
+    (a :class:`~chainette.graph.policy.NodePolicy`) bounds, retries and validates each call.
 
     Example:
         >>> from pydantic import BaseModel
@@ -481,7 +505,9 @@ def apply(
         >>> node.id, node.output_model is Text
         ('shout', True)
     """
-    return Apply(fn, id=id, name=name, input_model=input_model, output_model=output_model, write=write)
+    return Apply(
+        fn, id=id, name=name, input_model=input_model, output_model=output_model, write=write, policy=policy
+    )
 
 
 class Branch(Node):

@@ -15,6 +15,7 @@
           engine: local
           sampling: {temperature: 0, max_tokens: 96}
           user_prompt: "Question: {{ text }}"
+          policy: {timeout_s: 30, retries: 2, backoff: {base_s: 1}}   # optional: a NodePolicy
       - parallel:
           - branch: {name: fr, join: fr, steps: [{step: {...}}]}
       - apply: {fn: tidy}             # a function, by name or import path
@@ -53,6 +54,7 @@ from ..engines.registry import engines_from
 from .loop import Loop
 from .map import Map
 from .nodes import Apply, Branch, Node, Parallel, Step
+from .policy import Backoff, NodePolicy
 from .router import Router
 from .stream_ops import Shuffle, Take
 from .subflow import Subflow
@@ -196,6 +198,7 @@ def _step(r: _Reader, spec: Any, where: str) -> Node:
         "max_reasks",
         "write",
         "samples",
+        "policy",
     )
     f = r.fields(
         spec,
@@ -214,6 +217,8 @@ def _step(r: _Reader, spec: Any, where: str) -> Node:
             f["sampling"] = SamplingParams(**sampling)
         except (TypeError, ValidationError) as exc:
             raise r.fail(f"{where}.sampling", f"{exc}") from exc
+    if "policy" in f:
+        f["policy"] = _policy(r, f["policy"], f"{where}.policy")
     return Step(
         id=f.pop("id"),
         input_model=r.model(f.pop("input_model"), f"{where}.input_model"),
@@ -221,6 +226,16 @@ def _step(r: _Reader, spec: Any, where: str) -> Node:
         engine_name=engine,
         **f,
     )
+
+
+def _policy(r: _Reader, spec: Any, where: str) -> NodePolicy:
+    """``{timeout_s, retries, backoff: {base_s, multiplier, cap_s, jitter}, validate}``; the node
+    checks the values (its error names it)."""
+    f = r.fields(spec, where, (), ("timeout_s", "retries", "backoff", "validate"))
+    if "backoff" in f:
+        b = r.fields(f["backoff"], f"{where}.backoff", (), ("base_s", "multiplier", "cap_s", "jitter"))
+        f["backoff"] = Backoff(**b)
+    return NodePolicy(**f)
 
 
 def _output_model(r: _Reader, ref: Any, where: str) -> Any:
@@ -236,10 +251,12 @@ def _output_model(r: _Reader, ref: Any, where: str) -> Any:
 def _apply(r: _Reader, spec: Any, where: str) -> Node:
     if isinstance(spec, str):
         spec = {"fn": spec}
-    f = r.fields(spec, where, ("fn",), ("id", "name", "input_model", "output_model", "write"))
+    f = r.fields(spec, where, ("fn",), ("id", "name", "input_model", "output_model", "write", "policy"))
     for key in ("input_model", "output_model"):
         if key in f:
             f[key] = r.model(f[key], f"{where}.{key}")
+    if "policy" in f:
+        f["policy"] = _policy(r, f["policy"], f"{where}.policy")
     return Apply(r.function(f.pop("fn"), f"{where}.fn"), **f)
 
 
@@ -299,6 +316,7 @@ def _loop(r: _Reader, spec: Any, where: str) -> Node:
         "max_tokens",
         "deadline_s",
         "on_limit",
+        "on_budget",
         "name",
     )
     f = r.fields(spec, where, ("id", "body"), keys)

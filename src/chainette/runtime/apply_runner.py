@@ -6,10 +6,19 @@ worker thread (one hop per chunk) for the rest of the run, so a slow function bl
 at most once. Measured on 2 cores: a thread hop per chunk for a few-microsecond function cost
 more than the function, because the loop and the thread hand the GIL back and forth.
 Async functions are awaited in order.
+
+With a :class:`~chainette.graph.policy.NodePolicy` that sets ``timeout_s`` or ``retries``, each
+record's call goes through :func:`call_with_policy`: bounded by ``anyio.fail_after`` (a sync
+function in a worker thread, abandoned when it runs over), retried after the policy's backoff.
+The calls stay one at a time, in order; the waits of a chunk's records overlap, so a chunk
+whose records all fail once waits one backoff, not one per record. ``validate`` chooses whether
+values are fitted into the input and output models. A record past its deadline or token budget
+(``Record.deadline`` / ``budget``) fails before its call.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 import traceback
 from collections.abc import Sequence
@@ -18,9 +27,11 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, ValidationError
 
-from .._errors import ApplyError
+from .._errors import ApplyError, RecordError
 from ..graph.nodes import Apply
+from ..graph.policy import NodePolicy
 from ..graph.view import RecordView
+from .budgets import exceeded
 from .context import RunContext
 from .records import Record, coerce, describe_validation, dump
 
@@ -31,10 +42,13 @@ INLINE_BUDGET_S = 0.005
 
 
 class _Raised:
-    __slots__ = ("exc",)
+    __slots__ = ("attempts", "exc", "timeout_s")
 
-    def __init__(self, exc: BaseException) -> None:
+    def __init__(self, exc: BaseException, attempts: int = 1, timeout_s: float | None = None) -> None:
         self.exc = exc
+        self.attempts = attempts
+        self.timeout_s = timeout_s
+        """Set when the last try ran past the policy's ``timeout_s``."""
 
 
 async def run_apply(node: Apply, chunk: list[Record], ctx: RunContext) -> list[Record]:
@@ -43,20 +57,30 @@ async def run_apply(node: Apply, chunk: list[Record], ctx: RunContext) -> list[R
     failed_before = stats.failed
     inputs: list[Any] = []
     ready: list[Record] = []
-    in_model = _model_or_none(node.input_model)
+    policy = node.policy
+    declared_in = node.input_model if policy is None or policy.validates_input else None
+    in_model = _model_or_none(declared_in)
     for record in chunk:
+        if record.limited:  # a deadline or a token budget: checked before the call
+            over = exceeded(record, node.id, f"apply {node.id!r}", ctx.record_deadline_s)
+            if over is not None:
+                ctx.fail(record, over)
+                continue
         value = record.value
         # Already an instance of the input model is the common case; it needs no validation.
         if in_model is None or not isinstance(value, in_model):
-            value = _coerce(node, record, node.input_model, value, "input")
+            value = _coerce(node, record, declared_in, value, "input")
             if isinstance(value, ApplyError):
                 ctx.fail(record, value)
                 continue
         inputs.append(value)
         ready.append(record)
     views = [RecordView(r.id, r.index, r.history) for r in ready] if node.wants_record else None
-    if node.is_async:
-        results: list[Any] = []
+    results: list[Any]
+    if policy is not None and (policy.timeout_s is not None or policy.retries):
+        results = await call_with_policy(node, policy, ready, inputs, views, ctx)
+    elif node.is_async:
+        results = []
         for k, value in enumerate(inputs):
             try:
                 results.append(await (node.fn(value, views[k]) if views is not None else node.fn(value)))
@@ -70,14 +94,15 @@ async def run_apply(node: Apply, chunk: list[Record], ctx: RunContext) -> list[R
         if time.perf_counter() - started > INLINE_BUDGET_S:
             ctx.threaded.add(node.id)
     out: list[Record] = []
-    out_model = _model_or_none(node.output_model)
+    declared_out = node.output_model if policy is None or policy.validates_output else None
+    out_model = _model_or_none(declared_out)
     for record, result in zip(ready, results, strict=True):
         if out_model is not None and isinstance(result, out_model):
             # One output of the declared model: what _outputs does for it, without the detour.
             _write(node, record.advance(node.key, result), ctx)
             out.append(record)
         else:
-            out.extend(_outputs(node, record, result, ctx))
+            out.extend(_outputs(node, record, result, ctx, declared_out))
     stats.records_out += len(out)
     stats.done += len(chunk) - (stats.failed - failed_before)
     ctx.progress(node.id)
@@ -105,19 +130,14 @@ def _call_all(fn: Any, inputs: Sequence[Any], views: Sequence[RecordView] | None
     return results
 
 
-def _outputs(node: Apply, record: Record, result: Any, ctx: RunContext) -> list[Record]:
+def _outputs(
+    node: Apply, record: Record, result: Any, ctx: RunContext, model: type[BaseModel] | None
+) -> list[Record]:
     if isinstance(result, _Raised):
-        exc = result.exc
-        tb = traceback.extract_tb(exc.__traceback__)
-        where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""
-        ctx.fail(
-            record,
-            ApplyError(
-                f"apply {node.id!r} raised {type(exc).__name__}: {exc}{where}",
-                node_id=node.id,
-                record_id=record.id,
-            ),
-        )
+        ctx.fail(record, _raised_error(node, record, result))
+        return []
+    if isinstance(result, _Over):
+        ctx.fail(record, result.error)
         return []
     if result is None:
         ctx.node(node.id).filtered += 1
@@ -128,7 +148,7 @@ def _outputs(node: Apply, record: Record, result: Any, ctx: RunContext) -> list[
             return []
         children = []
         for k, item in enumerate(result):
-            value = _coerce(node, record, node.output_model, item, "output")
+            value = _coerce(node, record, model, item, "output")
             if isinstance(value, ApplyError):
                 ctx.fail(record, value)
                 continue
@@ -136,7 +156,7 @@ def _outputs(node: Apply, record: Record, result: Any, ctx: RunContext) -> list[
             _write(node, child, ctx)
             children.append(child)
         return children
-    value = _coerce(node, record, node.output_model, result, "output")
+    value = _coerce(node, record, model, result, "output")
     if isinstance(value, ApplyError):
         ctx.fail(record, value)
         return []
@@ -168,3 +188,98 @@ def _coerce(node: Apply, record: Record, model: type[BaseModel] | None, value: A
             node_id=node.id,
             record_id=record.id,
         )
+
+
+def _raised_error(node: Apply, record: Record, raised: _Raised) -> ApplyError:
+    exc = raised.exc
+    if raised.timeout_s is not None:
+        problem = f"timed out after {raised.timeout_s:g} s"
+    else:
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""
+        problem = f"raised {type(exc).__name__}: {exc}{where}"
+    if raised.attempts > 1:
+        message = f"apply {node.id!r} failed after {raised.attempts} attempts; the last one {problem}"
+    else:
+        message = f"apply {node.id!r} {problem}"
+    error = ApplyError(message, node_id=node.id, record_id=record.id, attempts=raised.attempts)
+    error.__cause__ = exc
+    return error
+
+
+async def call_with_policy(
+    node: Apply,
+    policy: NodePolicy,
+    records: Sequence[Record],
+    inputs: Sequence[Any],
+    views: Sequence[RecordView] | None,
+    ctx: RunContext,
+) -> list[Any]:
+    """Each record's result (or :class:`_Raised`) under ``policy``: in rounds, one try per
+    record still failing per round, each waiting out its own backoff (so the waits overlap)."""
+    results: list[Any] = [None] * len(records)
+    ready_at = [0.0] * len(records)
+    pending = list(range(len(records)))
+    for attempt in range(1, policy.tries + 1):
+        failed: list[int] = []
+        for k in pending:
+            record = records[k]
+            wait = ready_at[k] - time.monotonic()
+            if wait > 0:
+                await anyio.sleep(wait)
+            if attempt > 1 and record.limited:  # a retry is a new call: the record's limits hold
+                over = exceeded(record, node.id, f"apply {node.id!r}", ctx.record_deadline_s)
+                if over is not None:
+                    over.attempts = attempt - 1
+                    results[k] = _Over(over)
+                    continue
+            view = views[k] if views is not None else None
+            result = await _try(node, policy.timeout_s, inputs[k], view, ctx)
+            if isinstance(result, _Raised):
+                result.attempts = attempt
+                if attempt < policy.tries:
+                    failed.append(k)
+                    ready_at[k] = time.monotonic() + policy.backoff.delay(attempt, f"{node.id}/{record.id}")
+            results[k] = result
+        pending = failed
+        if not pending:
+            break
+    return results
+
+
+class _Over:
+    """A record that ran out of its deadline or budget between two tries (failed as such)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: RecordError) -> None:
+        self.error = error
+
+
+async def _try(
+    node: Apply, timeout_s: float | None, value: Any, view: RecordView | None, ctx: RunContext
+) -> Any:
+    """One call of the node's function, bounded by ``timeout_s``; its result or :class:`_Raised`."""
+    call = functools.partial(node.fn, value, view) if view is not None else functools.partial(node.fn, value)
+    try:
+        if timeout_s is None:
+            if node.is_async:
+                return await call()
+            if node.id in ctx.threaded:
+                return await anyio.to_thread.run_sync(call)
+            started = time.perf_counter()
+            try:
+                return call()
+            finally:
+                if time.perf_counter() - started > INLINE_BUDGET_S:
+                    ctx.threaded.add(node.id)
+        with anyio.fail_after(timeout_s) as scope:
+            if node.is_async:
+                return await call()
+            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+    except TimeoutError as exc:
+        if timeout_s is not None and scope.cancelled_caught:
+            return _Raised(exc, timeout_s=timeout_s)
+        return _Raised(exc)
+    except Exception as exc:
+        return _Raised(exc)

@@ -70,6 +70,8 @@ class NodeStats:
     deduped: int = 0
     """Answers shared with an identical request of the same run."""
     reasks: int = 0
+    retries: int = 0
+    """Engine errors (a raise, an error answer, a timeout) tried again under the node's policy."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     saved_prompt_tokens: int = 0
@@ -107,6 +109,8 @@ class RunContext:
     on_delta: DeltaHandler | None = None
     """Set (a served trace that streams tokens): steps send one request at a time through
     ``Engine.stream`` where the engine streams, and report each piece of the answer here."""
+    record_deadline_s: float | None = None
+    """The run's ``record_deadline_s`` (what a deadline failure's message says), None if unset."""
 
     def node(self, node_id: str) -> NodeStats:
         stats = self.stats.get(node_id)

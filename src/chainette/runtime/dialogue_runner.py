@@ -173,7 +173,7 @@ def _render(node: Dialogue, which: str, template: Template, variables: dict[str,
 def _shadow(record: Record) -> Record:
     """What a turn's job carries: the record as failures.jsonl reports it, with a history of its
     own (the step runner records its output there, which must not reach the real record)."""
-    return Record(record.id, record.index, record.value, {}, record.origin)
+    return Record(record.id, record.index, record.value, {}, record.origin, deadline=record.deadline)
 
 
 def _turn(step: AgentStep, output: BaseModel) -> Turn:

@@ -73,6 +73,15 @@ class RunOptions:
     """Chunks buffered between two stages (backpressure bound)."""
     on_event: EventHandler | None = field(default=None, repr=False)
     """Callback receiving structured run events (see ``RunContext``)."""
+    record_deadline_s: float | None = None
+    """Seconds each record may take through the whole chain, from when it is read (None: no
+    limit). A record past it fails with ``BudgetExceededError`` at the next node that would work
+    on it, an engine call in flight is cut at it, and a loop ends there (``Loop.on_budget``)."""
+    record_token_budget: int | None = None
+    """Prompt + completion tokens each record may spend through the whole chain (None: no
+    limit), answers from the ledger included so a rerun decides the same way. Checked before
+    each request and function call: a record that has spent that many fails with
+    ``BudgetExceededError`` (a request in flight finishes; the last one may go over)."""
 
 
 async def run_chain(
@@ -92,6 +101,7 @@ async def run_chain(
         raise ValueError(
             f"cache must be one of {', '.join(map(repr, get_args(CacheMode)))}, got {opts.cache!r}."
         )
+    _check_record_limits(opts)
     if isinstance(inputs, (str, Path)) and not await anyio.Path(inputs).is_file():
         raise InputError(f"Input file {str(inputs)!r} does not exist (or is not a file).")
 
@@ -134,6 +144,7 @@ async def _run_in_folder(
     emit: EventHandler = opts.on_event or _ignore_event
     broker = EngineBroker(users, on_event=emit)
     ctx = RunContext(writer, broker, emit, cache)
+    ctx.record_deadline_s = opts.record_deadline_s
     ctx.state[STOPS_INPUT] = _input_stoppers(chain)
     started = time.time()
     meta = _initial_metadata(chain, opts, writer, run_id, started)
@@ -278,11 +289,31 @@ async def _source(
                 await send.send(records)
 
 
+def _check_record_limits(opts: RunOptions) -> None:
+    deadline, budget = opts.record_deadline_s, opts.record_token_budget
+    if deadline is not None and (
+        isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not deadline > 0
+    ):
+        raise ValueError(f"record_deadline_s must be a number of seconds > 0 (or None), got {deadline!r}.")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise ValueError(f"record_token_budget must be an integer >= 1 (or None), got {budget!r}.")
+
+
 def _to_record(item: InputItem, model: Any, opts: RunOptions, ctx: RunContext) -> Record | None:
     if item.error is None:
         try:
             value = coerce(model, item.value)
-            return Record(item.id, item.index, value, {"input": value})
+            if opts.record_deadline_s is None and opts.record_token_budget is None:
+                return Record(item.id, item.index, value, {"input": value})
+            deadline = None if opts.record_deadline_s is None else time.monotonic() + opts.record_deadline_s
+            return Record(
+                item.id,
+                item.index,
+                value,
+                {"input": value},
+                deadline=deadline,
+                budget=opts.record_token_budget,
+            )
         except ValidationError as exc:
             item.error = (
                 f"{item.where}: does not fit the chain's input model {model.__name__} "

@@ -7,20 +7,28 @@ pass ``k`` a record's ``tags`` hold ``{"<loop id>.iteration": k}``: its rows in 
 carry that column and its requests get keys of their own (``records.request_salt``). The
 records go on in input order, with the value of their last pass and ``history[<loop id>]`` =
 their :class:`~chainette.graph.loop.LoopState`.
+
+A record's own deadline and token budget (``runtime/budgets.py``) are asked before each pass,
+after the loop's own reasons: reached, the loop ends (``on_budget="stop"``: stop reason
+``"deadline"`` / ``"max_tokens"``, the record goes on) or the record fails (``"fail"``). With
+``"stop"``, a ``BudgetExceededError`` raised inside the body (the limit reached in the middle
+of a pass) is caught by the loop's context: the record is put back as it was after its last
+completed pass and leaves the loop there, instead of failing.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .._errors import RecordError
+from .._errors import BudgetExceededError, RecordError
 from ..graph.loop import LIMITS, Loop, LoopState, StopReason
 from ..graph.view import RecordView
+from .budgets import budget_error, limit_hit
 from .context import NodeStats, RunContext
-from .records import Record, iteration_tag
+from .records import Record, iteration_tag, owner_id
 
 __all__ = ["LoopStats", "run_loop"]
 
@@ -41,13 +49,16 @@ class LoopStats(NodeStats):
 class _Looping:
     """One record's place in the loop: where it was in the chunk, what to restore after."""
 
-    __slots__ = ("outer_tags", "position", "record", "tokens_in")
+    __slots__ = ("outer_tags", "position", "record", "saved", "tokens_in")
 
     def __init__(self, position: int, record: Record) -> None:
         self.position = position
         self.record = record
         self.outer_tags = record.tags
         self.tokens_in = record.tokens
+        self.saved: tuple[Any, dict[str, Any]] | None = None
+        """The value and history after the last completed pass (kept only while a budget could
+        stop the record in the middle of a pass)."""
 
     def spent(self) -> int:
         return self.record.tokens - self.tokens_in
@@ -86,17 +97,43 @@ async def run_loop(node: Loop, chunk: list[Record], ctx: RunContext) -> list[Rec
         else:
             finished[entry.position] = record
 
+    def out_of_budget(entry: _Looping, passes: int, limit: str) -> None:
+        """The record's own deadline or token budget ended its loop (``on_budget``)."""
+        record = entry.record
+        if node.on_budget == "fail":
+            fail(entry, budget_error(record, node.id, f"Loop {node.id!r}", limit, ctx.record_deadline_s))
+            return
+        reason: StopReason = "deadline" if limit == "deadline" else "max_tokens"
+        record.tags = entry.outer_tags
+        record.history[node.key] = _state(node, passes, entry.spent(), reason)
+        stats.stop_reasons[reason] = stats.stop_reasons.get(reason, 0) + 1
+        finished[entry.position] = record
+
+    body_ctx = ctx
+    stops: dict[str, BudgetExceededError] = {}
+    if node.on_budget == "stop" and any(r.limited for r in chunk):
+        body_ctx = _BudgetStops.around(ctx, stops)
+
     passes = 0
     while looping:
         going: list[_Looping] = []
         for entry in looping:
             reason = _decide(node, entry, passes, started, after=False)
-            if reason is None:
+            limit = limit_hit(entry.record) if reason is None and entry.record.limited else None
+            if limit is not None:
+                out_of_budget(entry, passes, limit)
+            elif reason is None:
                 going.append(entry)
             else:
                 finish(entry, passes, reason)
         if not going:
             break
+        if isinstance(body_ctx, _BudgetStops):
+            stops.clear()
+            body_ctx.looping.clear()
+            for entry in going:
+                body_ctx.looping.add(entry.record.id)
+                entry.saved = (entry.record.value, dict(entry.record.history))
         ctx.on_event("loop_pass", {"node": node.id, "iteration": passes, "records": len(going)})
         for entry in going:
             record = entry.record
@@ -108,13 +145,18 @@ async def run_loop(node: Loop, chunk: list[Record], ctx: RunContext) -> list[Rec
                 hops=passes * hops_per_pass,
                 tokens=entry.spent(),
             )
-        outputs = await run_sequence(node.body, [e.record for e in going], ctx)
+        outputs = await run_sequence(node.body, [e.record for e in going], body_ctx)
         stats.passes += 1
         passes += 1
         looping = []
         for entry, outs in _match(going, outputs):
             if len(outs) > 1:
                 fail(entry, _fan_out_error(node, entry.record, passes - 1, outs))
+            if not outs and entry.saved is not None and entry.record.id in stops:  # cut inside the pass
+                entry.record.value, entry.record.history = entry.saved
+                limit = str(stops[entry.record.id].details.get("limit", "deadline"))
+                out_of_budget(entry, passes - 1, limit)
+                continue
             if len(outs) != 1:  # none: it failed or was filtered in the body (already reported there)
                 continue
             entry.record = outs[0]
@@ -129,6 +171,31 @@ async def run_loop(node: Loop, chunk: list[Record], ctx: RunContext) -> list[Rec
     stats.done += len(chunk) - failed  # ctx.fail counted those
     ctx.progress(node.id)
     return out
+
+
+@dataclass
+class _BudgetStops(RunContext):
+    """The context a loop with ``on_budget="stop"`` runs its body in: a looping record failed
+    there for its deadline or token budget is not written to failures.jsonl but noted in
+    ``stops`` (by the record's id), so the loop can end it after its last completed pass."""
+
+    stops: dict[str, BudgetExceededError] = field(default_factory=dict)
+    looping: set[str] = field(default_factory=set)
+    """Ids of the records in the current pass."""
+
+    @classmethod
+    def around(cls, ctx: RunContext, stops: dict[str, BudgetExceededError]) -> _BudgetStops:
+        shared = {f.name: getattr(ctx, f.name) for f in fields(RunContext) if f.init}
+        return cls(**shared, stops=stops)
+
+    def fail(self, record: Record, error: RecordError, *, emitted: bool = False) -> None:
+        if isinstance(error, BudgetExceededError) and self.child_failures is None:  # map children: the map's
+            owner = owner_id(self.looping, record.id)
+            if owner is not None:
+                self.stops.setdefault(owner, error)
+                self.node(error.node_id).done += 1  # finished there, as far as its progress goes
+                return
+        super().fail(record, error, emitted=emitted)
 
 
 def _stats(ctx: RunContext, node_id: str) -> LoopStats:

@@ -116,7 +116,12 @@ class _MapRun:
         for k in range(parent.next, parent.next + n):
             value = _wrap(parent.items[k], self.node.item_field)
             child = Record(
-                id=f"{record.id}/{k}", index=record.index, value=value, history=dict(record.history)
+                id=f"{record.id}/{k}",
+                index=record.index,
+                value=value,
+                history=dict(record.history),
+                deadline=record.deadline,  # the parent's limits hold inside the body: its deadline, and
+                budget=None if record.budget is None else record.budget - record.tokens,  # what it has left
             )
             spawned.append((parent, k, child))
         parent.next += n

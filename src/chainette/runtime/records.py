@@ -34,10 +34,16 @@ class Record:
             ``{"<loop id>.iteration": k}``); None when there are none. Replaced, never mutated in
             place, so copies of the record may share it.
         tokens: Prompt + completion tokens of every answer this record got (sent, from the
-            ledger, or shared with an identical request): what a loop's ``max_tokens`` reads.
+            ledger, or shared with an identical request): what a loop's ``max_tokens`` and the
+            record's ``budget`` read.
+        deadline: When the record must be done, as a ``time.monotonic()`` value (None: never):
+            set from the run's ``record_deadline_s`` when the record is made, or by whoever
+            submits it. Nodes check it before working on the record; engine calls are cut there.
+        budget: Tokens the record may spend in the whole chain (None: no limit); compared with
+            ``tokens`` before each request and function call.
     """
 
-    __slots__ = ("history", "id", "index", "origin", "tags", "tokens", "value")
+    __slots__ = ("budget", "deadline", "history", "id", "index", "origin", "tags", "tokens", "value")
 
     def __init__(
         self,
@@ -48,6 +54,8 @@ class Record:
         origin: str | None = None,
         tags: dict[str, Any] | None = None,
         tokens: int = 0,
+        deadline: float | None = None,
+        budget: int | None = None,
     ):
         self.id = id
         self.index = index
@@ -56,6 +64,8 @@ class Record:
         self.origin = origin
         self.tags = tags
         self.tokens = tokens
+        self.deadline = deadline
+        self.budget = budget
 
     def advance(self, node_id: str, value: Any) -> Record:
         """Record ``value`` as ``node_id``'s output and make it current (mutates; returns self)."""
@@ -67,17 +77,50 @@ class Record:
         """The ``k``-th fan-out output of this record at ``node_id``."""
         history = dict(self.history)
         history[node_id] = value
-        return Record(f"{self.id}.{k}", self.index, value, history, self.origin, self.tags, self.tokens)
+        return Record(
+            f"{self.id}.{k}",
+            self.index,
+            value,
+            history,
+            self.origin,
+            self.tags,
+            self.tokens,
+            self.deadline,
+            self.budget,
+        )
 
     def sample(self, k: int) -> Record:
         """The ``k``-th sample of this record at a step with ``samples > 1`` (id ``<id>.<k>``)."""
         return Record(
-            f"{self.id}.{k}", self.index, self.value, dict(self.history), self.origin, self.tags, self.tokens
+            f"{self.id}.{k}",
+            self.index,
+            self.value,
+            dict(self.history),
+            self.origin,
+            self.tags,
+            self.tokens,
+            self.deadline,
+            self.budget,
         )
 
     def fork(self) -> Record:
         """A copy for a branch: same id, own history, remembers where it came from."""
-        return Record(self.id, self.index, self.value, dict(self.history), self.id, self.tags, self.tokens)
+        return Record(
+            self.id,
+            self.index,
+            self.value,
+            dict(self.history),
+            self.id,
+            self.tags,
+            self.tokens,
+            self.deadline,
+            self.budget,
+        )
+
+    @property
+    def limited(self) -> bool:
+        """The record has a deadline or a token budget (nodes check them before working on it)."""
+        return self.deadline is not None or self.budget is not None
 
     def __repr__(self) -> str:
         return f"Record(id={self.id!r}, index={self.index})"

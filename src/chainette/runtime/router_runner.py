@@ -118,5 +118,13 @@ def _position(order: dict[str, int], record_id: str) -> int:
 def _copy(record: Record, new_id: str) -> Record:
     tags = dict(record.tags) if record.tags else None
     return Record(
-        new_id, record.index, record.value, dict(record.history), record.origin, tags, record.tokens
+        new_id,
+        record.index,
+        record.value,
+        dict(record.history),
+        record.origin,
+        tags,
+        record.tokens,
+        record.deadline,
+        record.budget,
     )

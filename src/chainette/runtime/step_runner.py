@@ -10,11 +10,24 @@ here. A record that runs out of attempts goes to ``failures.jsonl`` with the raw
 reason, and then, per ``Step.on_failure``: ``retry`` (nothing remembered: a rerun re-sends engine
 errors, while stored invalid answers replay and fail the same way), ``stay``
 (remembered in the ledger: reruns report it without sending) or ``emit`` (also passed on).
+
+A step's :class:`~chainette.graph.policy.NodePolicy` adds two things around the engine call:
+``timeout_s`` bounds each ``generate`` call (``anyio.move_on_after``: the call is cancelled, which
+closes an HTTP request or stops llama.cpp decoding; a batching engine's records share a call),
+and ``retries`` sends a request again, after the policy's backoff, when the call raised, timed
+out or answered ``finish_reason="error"``. A retry is the same request with the same key: error
+answers are never stored, so it goes through the ledger lookup and the one-send-per-key claim
+like any first attempt. Re-asks and retries are counted apart (``reasks`` / ``retries``).
+
+A record's own limits (``Record.deadline``, ``Record.budget``) are checked before every round of
+requests, and a call in flight is cut at the earliest deadline of its batch: a record past
+them fails with ``BudgetExceededError`` (never remembered in the ledger nor emitted).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -25,11 +38,12 @@ import jinja2
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from .._errors import EngineError, OutputValidationError, RecordError, RenderError
+from .._errors import BudgetExceededError, EngineError, OutputValidationError, RecordError, RenderError
 from ..engines.base import ChatRequest, Completion, Engine, Message, SamplingParams
 from ..graph.nodes import Step
 from ..ledger.keys import after_first, key_of, key_of_rest, key_prefix
 from ..ledger.store import StoredAnswer, StoredFailure
+from .budgets import budget_error, exceeded, time_left
 from .context import DeltaHandler, NodeStats, RunContext
 from .records import Record, coerce, describe_validation, dump, fields_of, request_salt
 from .requests import InFlight
@@ -56,7 +70,7 @@ class _Job:
     messages: list[Message]
     sample: int = 0
     asks: int = 0
-    """Answers judged so far: the re-ask budget (``Step.max_reasks``) counts these."""
+    """Re-asks made so far: the budget ``Step.max_reasks`` counts these."""
     attempts: int = 0
     """Requests made for this record here, as failures.jsonl reports them: each answer's sends
     (``Completion.attempts``: transport retries included, 0 if never sent), 1 for an answer from
@@ -68,6 +82,10 @@ class _Job:
     output: BaseModel | None = None
     reasoning: str | None = None
     failure: RecordError | None = None
+    failed_calls: int = 0
+    """Engine errors so far (a raise, an error answer, a timeout): what the policy's retries count."""
+    ready_at: float = 0.0
+    """``time.monotonic()`` before which a retry is not sent (its backoff)."""
 
 
 @dataclass
@@ -129,11 +147,22 @@ async def _run_jobs(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Recor
     stats = ctx.node(step.id)
     pending = jobs
     first = True
+    retrying = step.policy is not None and step.policy.retries > 0
     while pending:
+        later: list[_Job] = []
+        if retrying:  # jobs waiting out a backoff sit this round out (re-asks go at once)
+            now = time.monotonic()
+            due = [j for j in pending if j.ready_at <= now]
+            if not due:
+                await anyio.sleep(min(j.ready_at for j in pending) - now)
+                continue
+            if len(due) < len(pending):
+                later = [j for j in pending if j.ready_at > now]
+            pending = due
         decided = await _attempt(step, pending, ctx, first)
         if decided.stays:
             await ctx.cache.store_failures(decided.stays)
-        pending, first = decided.retry, False
+        pending, first = decided.retry + later, False
     if ctx.cache.mode == "refresh" and step.on_failure == "stay":
         await ctx.cache.forget_failures([j.first_key for j in jobs if j.output is not None])
     out: list[Record] = []
@@ -146,7 +175,11 @@ async def _run_jobs(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Recor
             row.update(dump(output))
             if job.reasoning:
                 row["_reasoning"] = job.reasoning
-        elif job.failure is not None and step.on_failure == "emit":
+        elif (
+            job.failure is not None
+            and step.on_failure == "emit"
+            and not isinstance(job.failure, BudgetExceededError)
+        ):
             # passed on marked as failed: the value stays the step's input, the step's slot holds the reason
             record = job.record
             record.history[key] = {"_error": job.failure.message}
@@ -165,6 +198,11 @@ async def _run_jobs(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Recor
 async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool) -> _Round:
     """One attempt for every pending job: ledger first, then one send per distinct request."""
     stats = ctx.node(step.id)
+    decided = _Round()
+    if any(job.record.limited for job in pending):
+        pending = _within_limits(step, pending, ctx, decided)
+        if not pending:
+            return decided
     identity = ctx.identity(step.engine_name)
     prefixes: dict[int, Any] = {}  # per sample index: what the step's requests share, hashed
     openings: dict[int, Any] = {}  # the same with the step's fixed system message hashed in
@@ -190,7 +228,6 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
             job.first_key = key
     stay_keys = keys if first and step.on_failure == "stay" else []
     hits, stayed = await ctx.cache.lookup(keys, stay_keys)
-    decided = _Round()
     owned: list[tuple[_Job, ChatRequest, str]] = []
     waiting: list[tuple[_Job, InFlight]] = []
     for job, key in zip(pending, keys, strict=True):
@@ -213,7 +250,21 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
     if owned:
         await _send(step, owned, ctx, decided)
     for job, slot in waiting:
-        await slot.done.wait()
+        if job.record.deadline is None:
+            await slot.done.wait()
+        else:  # waiting on an identical request is waiting on an engine call: cut at the deadline too
+            with anyio.move_on_after(job.record.deadline - time.monotonic()):
+                await slot.done.wait()
+            late = time.monotonic() + 1e-3 >= job.record.deadline  # the shared call may have been cut there
+            cut = slot.abandoned or (slot.completion is not None and slot.completion.finish_reason == "error")
+            if not slot.done.is_set() or (late and cut):
+                job.attempts += 1
+                error = budget_error(
+                    job.record, step.id, f"Step {step.id!r}", "deadline", ctx.record_deadline_s
+                )
+                error.attempts = job.attempts
+                _give_up(step, job, error, ctx, decided, remember=False)
+                continue
         if slot.abandoned:  # its owner was cancelled or could not send: claim it again, no ask spent
             decided.retry.append(job)
             continue
@@ -222,6 +273,20 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
         _settle(step, job, slot.completion, ctx, stats, decided, sent=False)
     ctx.progress(step.id)
     return decided
+
+
+def _within_limits(step: Step, pending: list[_Job], ctx: RunContext, decided: _Round) -> list[_Job]:
+    """The jobs whose records are within their deadline and token budget; the others fail."""
+    now = time.monotonic()
+    going: list[_Job] = []
+    for job in pending:
+        over = exceeded(job.record, step.id, f"Step {step.id!r}", ctx.record_deadline_s, now)
+        if over is None:
+            going.append(job)
+        else:
+            over.attempts = job.attempts
+            _give_up(step, job, over, ctx, decided, remember=False)
+    return going
 
 
 def _sampling(step: Step, job: _Job) -> SamplingParams:
@@ -266,14 +331,20 @@ async def _call(
     decided: _Round,
 ) -> None:
     stats = ctx.node(step.id)
+    timeout = step.policy.timeout_s if step.policy is not None else None
+    limited = any(job.record.limited for job, _, _ in batch)
     try:
         async with limiter:
-            if ctx.on_delta is not None and engine.supports_streaming:
-                completions = [
-                    await _stream(step, engine, job, request, ctx.on_delta) for job, request, _ in batch
-                ]
-            else:
-                completions = await engine.generate([request for _, request, _ in batch])
+            if timeout is None and not limited:  # the usual call: no bound
+                completions = await _ask(step, engine, batch, ctx)
+            else:  # bounded by the policy's timeout and the batch's earliest deadline, from now
+                left = time_left(job.record for job, _, _ in batch) if limited else None
+                by_timeout = left is None or (timeout is not None and timeout <= left)
+                with anyio.move_on_after(timeout if by_timeout else left) as scope:
+                    completions = await _ask(step, engine, batch, ctx)
+                if scope.cancelled_caught:
+                    _cut(step, batch, ctx, decided, timeout, by_timeout=by_timeout)
+                    return
         stats.requests += sum(1 for c in completions if c.attempts > 0)  # answered (see NodeStats)
         if len(completions) != len(batch):
             raise RuntimeError(f"engine returned {len(completions)} completions for {len(batch)} requests")
@@ -289,7 +360,7 @@ async def _call(
                 attempts=job.attempts,
             )
             error.__cause__ = exc
-            _give_up(step, job, error, ctx, decided)
+            _engine_failed(step, job, error, f"{type(exc).__name__}: {exc}", ctx, decided)
         return
     await ctx.cache.store(
         [(key, step.engine_name, step.id, c) for (_, _, key), c in zip(batch, completions, strict=True)]
@@ -298,6 +369,17 @@ async def _call(
         ctx.cache.resolve(key, completion)
         _settle(step, job, completion, ctx, stats, decided, sent=True)
     ctx.progress(step.id)
+
+
+async def _ask(
+    step: Step, engine: Engine, batch: list[tuple[_Job, ChatRequest, str]], ctx: RunContext
+) -> list[Completion]:
+    """The engine's answers to ``batch``: streamed one request at a time when a served trace
+    wants the pieces and the engine streams, else one ``generate`` call."""
+    on_delta = ctx.on_delta
+    if on_delta is not None and engine.supports_streaming:
+        return [await _stream(step, engine, job, request, on_delta) for job, request, _ in batch]
+    return await engine.generate([request for _, request, _ in batch])
 
 
 async def _stream(
@@ -316,6 +398,70 @@ async def _stream(
     if completion is None:
         raise RuntimeError(f"engine {step.engine_name!r} ended a stream without its completion")
     return completion
+
+
+def _cut(
+    step: Step,
+    batch: list[tuple[_Job, ChatRequest, str]],
+    ctx: RunContext,
+    decided: _Round,
+    timeout: float | None,
+    *,
+    by_timeout: bool,
+) -> None:
+    """A call cut short: its records past their deadline fail, the others count an engine error
+    (cut by the policy's ``timeout_s``) or go round again (cut by another record's deadline)."""
+    now = time.monotonic() + 1e-3  # the cancel fires at the deadline, give or take the clock's tick
+    problem = f"timed out after {timeout:g} s" if timeout is not None else "timed out"
+    for job, _, key in batch:
+        ctx.cache.resolve(key, Completion(text=problem, finish_reason="error"))
+        job.attempts += 1
+        deadline = job.record.deadline
+        if deadline is not None and now >= deadline:
+            error: RecordError = budget_error(
+                job.record, step.id, f"Step {step.id!r}", "deadline", ctx.record_deadline_s
+            )
+            error.attempts = job.attempts
+            _give_up(step, job, error, ctx, decided, remember=False)
+        elif by_timeout:
+            message = f"Step {step.id!r}: engine {step.engine_name!r} {problem} (timeout_s of its policy)"
+            error = EngineError(message, node_id=step.id, record_id=job.record.id, attempts=job.attempts)
+            _engine_failed(step, job, error, problem, ctx, decided)
+        else:  # cut at a sibling's deadline, not its own: this call does not count against it
+            job.attempts -= 1
+            decided.retry.append(job)
+
+
+def _engine_failed(
+    step: Step, job: _Job, error: RecordError, problem: str, ctx: RunContext, decided: _Round
+) -> None:
+    """An engine error for ``job``: tried again after the policy's backoff while it has retries
+    left, else the record fails, the message saying how many attempts and the last error."""
+    policy = step.policy
+    job.failed_calls += 1
+    if policy is None:
+        _give_up(step, job, error, ctx, decided)
+        return
+    if job.failed_calls <= policy.retries:
+        ctx.node(step.id).retries += 1
+        job.ready_at = time.monotonic() + policy.backoff.delay(job.failed_calls, f"{step.id}/{job.record.id}")
+        decided.retry.append(job)
+        return
+    if policy.retries:
+        attempts = "attempt" if job.attempts == 1 else "attempts"
+        final = EngineError(
+            f"Step {step.id!r}: engine {step.engine_name!r} failed after {job.attempts} {attempts} "
+            f"({job.failed_calls} engine errors, retries={policy.retries} of its policy used up); "
+            f"last error: {problem}. Check the engine, or raise retries / timeout_s in the step's NodePolicy.",
+            node_id=step.id,
+            record_id=job.record.id,
+            raw=error.raw,
+            attempts=job.attempts,
+            details=error.details,
+        )
+        final.__cause__ = error.__cause__
+        error = final
+    _give_up(step, job, error, ctx, decided)
 
 
 def _settle(
@@ -337,12 +483,14 @@ def _settle(
     else:
         stats.saved_prompt_tokens += completion.prompt_tokens
         stats.saved_completion_tokens += completion.completion_tokens
-    job.asks += 1
     job.attempts += getattr(completion, "attempts", 1)  # a stored answer: one attempt
     outcome = _judge(step, job, completion)
     if outcome is None:
         stats.done += 1
-    elif job.asks <= step.max_reasks and not isinstance(outcome, EngineError):
+    elif isinstance(outcome, EngineError):  # not an answer: retried under the policy, never re-asked
+        _engine_failed(step, job, outcome, completion.text, ctx, decided)
+    elif job.asks < step.max_reasks:
+        job.asks += 1
         stats.reasks += 1
         decided.retry.append(job)
     else:
@@ -364,6 +512,8 @@ def _give_up(
 def render_messages(step: Step, record: Record) -> list[Message]:
     """The chat messages for ``record``: rendered system prompt + schema instruction, user prompt."""
     value: Any
+    if step.policy is not None and not step.policy.validates_input:  # the value as it is
+        return _messages(step, record, {**record.history, **fields_of(record.value)})
     try:
         value = coerce(step.input_model, record.value)
     except ValidationError as exc:

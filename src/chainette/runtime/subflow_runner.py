@@ -40,7 +40,15 @@ async def run_subflow(node: Subflow, chunk: list[Record], ctx: RunContext) -> li
         by_id[record.id] = record
         inner.append(
             Record(
-                record.id, record.index, value, {"input": value}, record.origin, record.tags, record.tokens
+                record.id,
+                record.index,
+                value,
+                {"input": value},
+                record.origin,
+                record.tags,
+                record.tokens,
+                record.deadline,
+                record.budget,
             )
         )
 
@@ -59,6 +67,8 @@ async def run_subflow(node: Subflow, chunk: list[Record], ctx: RunContext) -> li
                 owner.origin,
                 result.tags,
                 result.tokens,
+                result.deadline,
+                result.budget,
             )
         out.append(record.advance(node.key, result.value))
     stats.records_out += len(out)
