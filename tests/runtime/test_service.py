@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +315,55 @@ async def test_a_thousand_traces_with_a_fifth_cancelled_at_random(ledger_path: P
     gc.collect()
     assert len(asyncio.all_tasks()) <= tasks_before
     assert service.counts["output"] + service.counts["cancelled"] == 1000
+    # nothing holds the traces once their handles are dropped (no memory left behind)
+    alive = [weakref.ref(h) for h in handles]
+    del handles, handle
+    gc.collect()
+    assert sum(ref() is not None for ref in alive) == 0
+
+
+@pytest.mark.timeout(120)
+async def test_many_traces_over_http_with_some_cancelled_leave_no_connection_open() -> None:
+    """300 traces streaming from the stub server over real HTTP, a fifth cancelled mid-stream:
+    the others get their own answers, and once the service is closed no socket to the server is left."""
+    import psutil
+
+    from chainette.engines.stub_server import StubServer
+
+    rng = random.Random(3)
+    cancel = set(rng.sample(range(300), 60))
+    with StubServer(stream_chunks=6, stream_delay=0.01) as stub:
+        register_engine("stub", backend="openai", model="stub", base_url=stub.base_url, max_retries=0)
+        port = stub.port
+
+        def sockets() -> int:
+            return sum(
+                1 for c in psutil.Process().net_connections(kind="tcp") if c.raddr and c.raddr.port == port
+            )
+
+        async with ChainService(qa_chain("stub"), cache="off", concurrency=64) as service:
+            handles = [await service.submit({"text": f"q{i}"}, trace_id=f"h{i}") for i in range(300)]
+
+            async def cancel_later(i: int) -> None:
+                await anyio.sleep(rng.random() * 0.3)
+                service.cancel(f"h{i}")
+
+            async with anyio.create_task_group() as tg:
+                for i in cancel:
+                    tg.start_soon(cancel_later, i)
+            answered = 0
+            for i, handle in enumerate(handles):
+                try:
+                    answer = await handle.result()
+                except TraceCancelledError:
+                    assert i in cancel
+                    continue
+                answered += 1
+                assert answer.answer  # the stub's schema-valid answer
+            assert answered >= 240
+            assert sockets() > 0  # the engine keeps its pool open while the service runs
+        assert sockets() == 0
+        assert stub.stats["streams"] >= answered
 
 
 async def test_cancelling_traces_on_a_real_http_server_closes_the_in_flight_request() -> None:
