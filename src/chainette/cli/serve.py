@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from .._errors import MissingDependencyError
 from ..engines.registry import load_engines
+from ..runtime.service import TERMINAL, TraceEvent
 from ..serving import DEFAULT_MAX_BODY, create_app
 from ._common import exit_on_errors, stderr_console
 from .loading import load_chain
@@ -74,8 +75,21 @@ def serve(
         chain = load_chain(target)
         if engines is not None:
             load_engines(engines)
+        log = logging.getLogger("chainette.serving")
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+        def log_ending(event: TraceEvent) -> None:
+            if event.kind in TERMINAL:
+                where = f" at {event.data['node']}" if event.kind == "failed" else ""
+                log.info("trace %s %s%s in %.2f s", event.trace_id, event.kind, where, event.at)
+
         app = create_app(
             chain,
+            on_event=log_ending,
             token_env=token_env,
             max_body_bytes=max_body_bytes,
             ledger=ledger,
@@ -87,7 +101,6 @@ def serve(
             when_full="refuse" if refuse_when_full else "wait",
             deadline_s=deadline_s,
         )
-        logging.getLogger("chainette.serving").setLevel(logging.INFO)
         err.print(f"Serving [bold]{escape(chain.name)}[/] (engines start first)...")
         config: dict[str, Any] = {"host": host, "port": port, "access_log": False, "log_level": "info"}
         uvicorn.run(app, **config)  # access_log off: query strings may carry a WebSocket token
