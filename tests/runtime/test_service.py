@@ -217,6 +217,19 @@ async def test_a_trace_past_its_deadline_fails_with_that_reason() -> None:
         assert nodes == ["quick"]
 
 
+async def test_a_deadline_cuts_the_engine_call_and_names_the_step() -> None:
+    register_engine("slow", backend="fake", responder=echo, latency=5.0)
+    async with ChainService(qa_chain("slow"), cache="off") as service:
+        started = time.monotonic()
+        trace = await service.submit({"text": "slow"}, deadline_s=0.3)
+        with pytest.raises(TraceFailedError, match=r"deadline of 0\.3 s passed") as info:
+            await trace.result()
+        assert (info.value.node_id, info.value.error_type) == ("qa", "budget_exceeded")
+        assert time.monotonic() - started < 2
+        fast = await service.submit({"text": "no deadline"})
+        assert fast.deadline_s is None
+
+
 async def test_a_full_service_refuses_or_makes_the_submission_wait() -> None:
     release = anyio.Event()
 

@@ -65,6 +65,10 @@ TraceKind = Literal[
 ]
 """What a :class:`TraceEvent` says. ``output``, ``filtered``, ``failed`` and ``cancelled`` end a trace."""
 
+DEADLINE_GRACE = 0.1
+"""Seconds past a trace's deadline before the service stops it from outside (the runners, which
+cut an engine call at the record's deadline and fail it naming the node, go first)."""
+
 TERMINAL: frozenset[str] = frozenset({"output", "filtered", "failed", "cancelled"})
 
 
@@ -371,10 +375,14 @@ class ChainService:
             self._recording.counts["records_in"] += 1
         limit = handle.deadline_s
         handle._emit("queued", {"deadline_s": limit} if limit is not None else {})
-        deadline = anyio.current_time() + limit if limit is not None else math.inf
-        self._tg.start_soon(
-            self._run_trace, handle, Record(trace_id, index, coerced, {"input": coerced}), deadline
-        )
+        record = Record(trace_id, index, coerced, {"input": coerced})
+        deadline = math.inf
+        if limit is not None:
+            # the runners cut engine calls at the record's deadline and fail it there, naming the node;
+            # the trace's own deadline, a moment later, stops whatever else is still running
+            record.deadline = time.monotonic() + limit
+            deadline = anyio.current_time() + limit + DEADLINE_GRACE
+        self._tg.start_soon(self._run_trace, handle, record, deadline)
         return handle
 
     def cancel(self, trace_id: str, reason: str = "cancelled") -> bool:
@@ -412,6 +420,7 @@ class ChainService:
             writer=sink,
             on_event=self._run_event_for(handle),
             on_delta=self._delta_for(handle) if self._stream_tokens else None,
+            record_deadline_s=handle.deadline_s,
         )
         timed_out = False
         try:
