@@ -49,6 +49,7 @@ from .graph.view import RecordView
 from .ledger.costs import set_price
 from .ledger.store import Ledger
 from .pipeline import Chain
+from .runtime.events import Event, Middleware
 from .runtime.result import RunResult
 from .runtime.service import ChainService, TraceEvent, TraceHandle
 
@@ -72,6 +73,7 @@ __all__ = [
     "EngineConfig",
     "EngineConfigError",
     "EngineError",
+    "Event",
     "FakeEngine",
     "IncompatibleStepsError",
     "InputError",
@@ -81,6 +83,7 @@ __all__ = [
     "Loop",
     "LoopState",
     "Map",
+    "Middleware",
     "MissingDependencyError",
     "OutputValidationError",
     "RecordError",
