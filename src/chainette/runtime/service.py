@@ -73,7 +73,7 @@ TERMINAL: frozenset[str] = frozenset({"output", "filtered", "failed", "cancelled
 class TraceEvent:
     """One thing that happened to a trace.
 
-    ``data`` by kind: ``node_started`` / ``node_finished``: ``node`` (and, when finished,
+    ``data`` by kind: ``queued``: ``chain`` (its name), ``deadline_s`` when it has one; ``node_started`` / ``node_finished``: ``node`` (and, when finished,
     ``duration_s``; ``output`` when the node produced one value; ``tokens``, the prompt and
     completion tokens of the answers the record got in this node (from the ledger too), when the
     node took one record; ``engine`` for a node that has one; ``failed: True`` when the record
@@ -387,7 +387,7 @@ class ChainService:
         if self._recording is not None:
             self._recording.counts["records_in"] += 1
         limit = handle.deadline_s
-        handle._emit("queued", {"deadline_s": limit} if limit is not None else {})
+        handle._emit("queued", {"chain": self.chain.name, **({"deadline_s": limit} if limit is not None else {})})
         deadline = anyio.current_time() + limit if limit is not None else math.inf
         self._tg.start_soon(
             self._run_trace, handle, Record(trace_id, index, coerced, {"input": coerced}), deadline
