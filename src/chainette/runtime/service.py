@@ -387,7 +387,9 @@ class ChainService:
         if self._recording is not None:
             self._recording.counts["records_in"] += 1
         limit = handle.deadline_s
-        handle._emit("queued", {"chain": self.chain.name, **({"deadline_s": limit} if limit is not None else {})})
+        handle._emit(
+            "queued", {"chain": self.chain.name, **({"deadline_s": limit} if limit is not None else {})}
+        )
         deadline = anyio.current_time() + limit if limit is not None else math.inf
         self._tg.start_soon(
             self._run_trace, handle, Record(trace_id, index, coerced, {"input": coerced}), deadline
