@@ -62,3 +62,19 @@ def test_readme_serving_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     kinds = [line.split()[0] for line in printed[:-1]]
     assert kinds[:3] == ["queued", "started", "node_started"] and kinds[-1] == "output"
     assert printed[-1] == "Report queued 1"  # the typed output; the other trace was cancelled
+
+
+def test_readme_middleware_example_prints_what_its_comment_says(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    section = README.read_text().split("### Events and middleware", 1)[1]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, str(README), "exec", dont_inherit=True), {"__name__": "readme_events"})
+    [line] = capsys.readouterr().out.splitlines()
+    expected = code.rsplit("# ", 1)[1].strip()
+    assert line == expected == "2 1 1"
+    assert [r.name for r in caplog.records if "exporter down" in (r.exc_text or "")] == ["chainette.events"]
