@@ -28,10 +28,9 @@ from typing import Any
 from .._errors import MissingDependencyError
 from ..io.layout import METADATA
 from ..runtime.events import Event
+from ..runtime.service import TERMINAL
 
 __all__ = ["OpenTelemetryMiddleware"]
-
-_TERMINAL = frozenset({"output", "filtered", "failed", "cancelled"})
 
 
 def _ns(seconds: float) -> int:
@@ -130,7 +129,7 @@ class OpenTelemetryMiddleware:
             )
         elif kind == "node_finished":
             self._end_node(state, event)
-        elif kind in _TERMINAL:
+        elif kind in TERMINAL:
             self._end_trace(trace_id, state, event)
 
     def _end_node(self, state: _Trace, event: Event) -> None:
