@@ -74,3 +74,19 @@ def test_readme_policy_example_prints_what_its_comments_say(
     printed = capsys.readouterr().out.splitlines()
     expected = [line.split("# ", 1)[1] for line in code.splitlines() if line.startswith("print(")]
     assert printed == expected
+
+
+def test_readme_middleware_example_prints_what_its_comment_says(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    section = README.read_text().split("### Events and middleware", 1)[1]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, str(README), "exec", dont_inherit=True), {"__name__": "readme_events"})
+    [line] = capsys.readouterr().out.splitlines()
+    expected = code.rsplit("# ", 1)[1].strip()
+    assert line == expected == "2 1 1"
+    assert [r.name for r in caplog.records if "exporter down" in (r.exc_text or "")] == ["chainette.events"]

@@ -1,4 +1,5 @@
-"""Dependencies point one way: ``cli → serving → runtime → graph → engines, io, ledger``; lower layers never
+"""Dependencies point one way: ``cli → serving → runtime → graph → engines, io, ledger``, with
+``integrations`` beside ``serving`` (only users import it); lower layers never
 import upper ones, not even lazily inside a function (read from the source, every import)."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ ALLOWED: dict[str, set[str]] = {
     "graph": {"engines", "io"},
     "runtime": {"graph", "engines", "io", "ledger"},
     "serving": {"runtime", "graph", "engines", "io", "ledger"},
+    "integrations": {"runtime", "graph", "engines", "io", "ledger"},  # OpenTelemetry, MLflow
     "cli": {"serving", "runtime", "graph", "engines", "io", "ledger", "(package root)"},  # __version__
 }
 SHARED = {"_errors"}  # the exception tree: everyone may import it

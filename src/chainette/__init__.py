@@ -51,6 +51,7 @@ from .graph.view import RecordView
 from .ledger.costs import set_price
 from .ledger.store import Ledger
 from .pipeline import Chain
+from .runtime.events import Event, Middleware
 from .runtime.result import RunResult
 from .runtime.service import ChainService, TraceEvent, TraceHandle
 
@@ -76,6 +77,7 @@ __all__ = [
     "EngineConfig",
     "EngineConfigError",
     "EngineError",
+    "Event",
     "FakeEngine",
     "IncompatibleStepsError",
     "InputError",
@@ -85,6 +87,7 @@ __all__ = [
     "Loop",
     "LoopState",
     "Map",
+    "Middleware",
     "MissingDependencyError",
     "NodePolicy",
     "OutputValidationError",

@@ -13,7 +13,6 @@ from typing import Any
 import anyio
 
 from .graph.chain import ChainGraph
-from .runtime.context import EventHandler
 from .runtime.executor import run_chain
 from .runtime.result import RunResult
 
@@ -67,23 +66,13 @@ class Chain(ChainGraph):
             progress: Show a live progress display on stderr.
             **options: See :class:`chainette.runtime.executor.RunOptions` (``overwrite``, ``resume``,
                 ``ledger``, ``cache``, ``fmt``, ``strict_inputs``, ``max_lines_per_file``, ``workers``,
-                ``buffer``, ``on_event``, ``record_deadline_s``, ``record_token_budget``).
+                ``buffer``, ``on_event``, ``record_deadline_s``, ``record_token_budget``, ``middleware``: see
+                :mod:`chainette.runtime.events`).
         """
         if progress:
             from .cli.progress import ProgressDisplay
 
             total = len(inputs) if isinstance(inputs, Sized) and not isinstance(inputs, (str, Path)) else None
             display = ProgressDisplay(self, total=total)
-            options["on_event"] = _both(options.get("on_event"), display)
+            options["middleware"] = [*options.get("middleware", ()), display]
         return await run_chain(self, inputs, output_dir, **options)
-
-
-def _both(first: EventHandler | None, second: EventHandler) -> EventHandler:
-    if first is None:
-        return second
-
-    def handler(kind: str, data: dict[str, Any]) -> None:
-        first(kind, data)
-        second(kind, data)
-
-    return handler

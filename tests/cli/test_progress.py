@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 from rich.console import Console
 
-from chainette import Chain, Step, apply, register_engine
+from chainette import Chain, Event, Step, apply, register_engine
 from chainette.cli.progress import JsonEventLog, ProgressDisplay, print_run_summary
 
 
@@ -153,6 +153,24 @@ def test_json_event_log_writes_one_object_per_line(capsys: pytest.CaptureFixture
     first, second = (json.loads(line) for line in lines)
     assert first["event"] == "node_progress" and first["done"] == 3 and isinstance(first["ts"], float)
     assert second["output_dir"] == "runs/x"
+
+
+def test_json_event_log_as_middleware_writes_the_same_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    """As middleware of the event stream it prints the event's own time, and a trace's id."""
+    log = JsonEventLog()
+
+    log(Event("node_progress", {"node": "qa", "done": 3}, at=1718000000.1234))
+    log(Event("node_finished", {"node": "qa", "tokens": 12}, "t-1", at=1718000001.0))
+
+    first, second = (json.loads(line) for line in capsys.readouterr().err.splitlines())
+    assert first == {"ts": 1718000000.123, "event": "node_progress", "node": "qa", "done": 3}
+    assert second == {
+        "ts": 1718000001.0,
+        "event": "node_finished",
+        "trace_id": "t-1",
+        "node": "qa",
+        "tokens": 12,
+    }
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from ..engines.registry import BACKENDS, is_available, list_engines, load_engine
 from ..graph.chain import ChainGraph
 from ..graph.checks import CheckReport
 from ..graph.nodes import Branch, Node
+from ..runtime.events import Middleware
 from ..runtime.executor import run_chain
 from ..runtime.result import RunResult
 from ._common import exit_on_errors, stderr_console
@@ -176,16 +177,16 @@ def run(
                 f"Input file {str(inputs)!r} does not exist (or is not a file; looked in {Path.cwd()}). "
                 "Pass a JSONL file with -i, one JSON object per line."
             )
-        handlers: list[Any] = [lambda kind, data: started.update(data) if kind == "run_started" else None]
+        middleware: list[Middleware] = []  # the log or the display read the run's one event stream
         if json_logs:
-            handlers.append(JsonEventLog())
+            middleware.append(JsonEventLog())
         elif not quiet:
             display = ProgressDisplay(chain, total=count_jsonl_records(inputs), console=err, summary=False)
-            handlers.append(display)
+            middleware.append(display)
 
         def on_event(kind: str, data: dict[str, Any]) -> None:
-            for handler in handlers:
-                handler(kind, data)
+            if kind == "run_started":  # where the run went, for the message after an interrupt
+                started.update(data)
 
         try:
             result = _run_blocking(
@@ -203,6 +204,7 @@ def run(
                 record_deadline_s=record_deadline_s,
                 record_token_budget=record_token_budget,
                 on_event=on_event,
+                middleware=middleware,
             )
         finally:
             if display is not None:

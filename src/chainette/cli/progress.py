@@ -1,7 +1,8 @@
 """Live progress of a run on stderr: one bar per node, driven by run events.
 
-:class:`ProgressDisplay` is an event handler (``handler(kind, data)``), so it plugs into
-``Chain.run(progress=True)`` or ``on_event=``. Each event is one dict lookup and at most one
+:class:`ProgressDisplay` and :class:`JsonEventLog` are middleware of the run's event stream
+(``middleware(event)``, see ``runtime/events.py``), so they plug into ``Chain.run(progress=True)``
+or ``middleware=[...]``; both also take the plain ``handler(kind, data)`` form of ``on_event=``. Each event is one dict lookup and at most one
 ``Progress.update``; rich redraws on its own timer, so thousands of events per second are
 cheap. When stderr is not a terminal, rich prints the final state once instead of animating.
 """
@@ -19,6 +20,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn, TimeElapsedColumn
 from rich.text import Text
+
+from ..runtime.events import Event
 
 if TYPE_CHECKING:
     from ..graph.chain import ChainGraph
@@ -106,8 +109,8 @@ class ProgressDisplay:
         summary: Print a one-line outcome when the run finishes.
 
     Example:
-        >>> display = ProgressDisplay(chain, total=1000)          # doctest: +SKIP
-        >>> chain.run("inputs.jsonl", "runs/x", on_event=display)  # doctest: +SKIP
+        >>> display = ProgressDisplay(chain, total=1000)              # doctest: +SKIP
+        >>> chain.run("inputs.jsonl", "runs/x", middleware=[display])  # doctest: +SKIP
     """
 
     def __init__(
@@ -139,7 +142,9 @@ class ProgressDisplay:
             "run_finished": self._on_run_finished,
         }
 
-    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+    def __call__(self, event: Event | str, data: dict[str, Any] | None = None) -> None:
+        """Take one event: an :class:`Event` (middleware) or ``(kind, data)`` (``on_event=``)."""
+        kind, data = (event.kind, event.data) if isinstance(event, Event) else (event, data or {})
         handler = self._handlers.get(kind)
         if handler is not None:
             handler(data)
@@ -269,15 +274,24 @@ class ProgressDisplay:
 
 
 class JsonEventLog:
-    """Writes each run event as one JSON line on stderr: ``{"ts": ..., "event": kind, **data}``.
+    """Writes each event as one JSON line on stderr: ``{"ts": ..., "event": kind, **data}`` (with
+    ``"trace_id"`` after ``event`` for a served trace's events).
 
     Example:
-        >>> chain.run("inputs.jsonl", "runs/x", on_event=JsonEventLog())  # doctest: +SKIP
+        >>> chain.run("inputs.jsonl", "runs/x", middleware=[JsonEventLog()])  # doctest: +SKIP
         {"ts":1718000000.123,"event":"run_started","chain":"qa",...}
     """
 
-    def __call__(self, kind: str, data: dict[str, Any]) -> None:
-        line = orjson.dumps({"ts": round(time.time(), 3), "event": kind, **data}, default=str)
+    def __call__(self, event: Event | str, data: dict[str, Any] | None = None) -> None:
+        """Write one event: an :class:`Event` (middleware) or ``(kind, data)`` (``on_event=``)."""
+        if isinstance(event, Event):
+            head: dict[str, Any] = {"ts": round(event.at, 3), "event": event.kind}
+            if event.trace_id is not None:
+                head["trace_id"] = event.trace_id
+            data = event.data
+        else:
+            head = {"ts": round(time.time(), 3), "event": event}
+        line = orjson.dumps({**head, **(data or {})}, default=str)
         sys.stderr.write(line.decode() + "\n")
 
 

@@ -14,6 +14,7 @@ from ..engines.broker import EngineBroker
 from ..engines.registry import get_engine_config
 from ..engines.secrets import scrub_exception, scrub_strings, scrub_text
 from ..ledger.keys import engine_identity
+from .events import EventHandler
 from .records import Record, dump
 from .requests import RequestCache
 
@@ -21,10 +22,6 @@ __all__ = ["DeltaHandler", "EventHandler", "NodeStats", "RecordSink", "RunContex
 
 DeltaHandler = Callable[[str, str, str, str], None]
 """``handler(node_id, record_id, delta, text_so_far)``: a step's answer arriving, piece by piece."""
-
-EventHandler = Callable[[str, dict[str, Any]], None]
-"""``handler(kind, data)``; kinds: run_started, node_progress, engine_started, engine_released,
-engine_failed (once per engine that stopped, with ``message``), record_failed, run_finished."""
 
 
 class RecordSink(Protocol):

@@ -15,6 +15,7 @@ import re
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from importlib import metadata as _importlib_metadata
 from pathlib import Path
@@ -37,6 +38,7 @@ from .accounting import cache_summary, cost_summary
 from .collector import run_collector
 from .context import EventHandler, RunContext
 from .dispatch import missing_runners, runner_for
+from .events import EventStream, Middleware
 from .records import Record, coerce, describe_validation, dump
 from .requests import CacheMode, RequestCache
 from .result import RunResult
@@ -45,6 +47,9 @@ from .stream_runner import STOPS_INPUT
 __all__ = ["RunOptions", "run_chain"]
 
 Chunk = list[Record]
+
+_LISTENERS = frozenset({"on_event", "middleware"})
+"""Options that are listeners, not configuration: kept out of ``metadata.json``."""
 
 
 @dataclass
@@ -72,7 +77,7 @@ class RunOptions:
     buffer: int = 4
     """Chunks buffered between two stages (backpressure bound)."""
     on_event: EventHandler | None = field(default=None, repr=False)
-    """Callback receiving structured run events (see ``RunContext``)."""
+    """``handler(kind, data)`` for every run event (see ``runtime/events.py``); its errors stop the run."""
     record_deadline_s: float | None = None
     """Seconds each record may take through the whole chain, from when it is read (None: no
     limit). A record past it fails with ``BudgetExceededError`` at the next node that would work
@@ -82,6 +87,9 @@ class RunOptions:
     limit), answers from the ledger included so a rerun decides the same way. Checked before
     each request and function call: a record that has spent that many fails with
     ``BudgetExceededError`` (a request in flight finishes; the last one may go over)."""
+    middleware: Sequence[Middleware] = field(default=(), repr=False)
+    """Receive every run event as an :class:`~chainette.runtime.events.Event`, after ``on_event``,
+    in this order; quick, on the event loop, and never fatal (errors are logged once each)."""
 
 
 async def run_chain(
@@ -141,7 +149,8 @@ async def _run_in_folder(
 ) -> RunResult:
     """The run proper, in the locked ``writer.path``: lay out the folder, stream the records
     through the stages, then record how it ended in ``metadata.json``."""
-    emit: EventHandler = opts.on_event or _ignore_event
+    stream = EventStream(opts.on_event, opts.middleware)
+    emit: EventHandler = stream if stream.listened else _ignore_event
     broker = EngineBroker(users, on_event=emit)
     ctx = RunContext(writer, broker, emit, cache)
     ctx.record_deadline_s = opts.record_deadline_s
@@ -187,7 +196,7 @@ def _initial_metadata(
         "output_dir": str(writer.path),
         "versions": _versions(),
         # not asdict(): it deep-copies every field, and an event handler can hold a console or a lock
-        "config": {f.name: getattr(opts, f.name) for f in fields(opts) if f.name != "on_event"}
+        "config": {f.name: getattr(opts, f.name) for f in fields(opts) if f.name not in _LISTENERS}
         | {"batch_size": chain.batch_size},
     }
     if writer.previous is not None:

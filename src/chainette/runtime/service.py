@@ -25,7 +25,7 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,6 +53,7 @@ from ..graph.chain import ChainGraph
 from ..io.writer import RunWriter
 from .context import DeltaHandler, EventHandler, RunContext
 from .dispatch import missing_runners, runner_for
+from .events import Event, EventStream, Middleware
 from .executor import RunOptions, _finish, _initial_metadata, _lay_out, flatten
 from .partial import partial_json
 from .records import Record, coerce, dump
@@ -76,8 +77,11 @@ TERMINAL: frozenset[str] = frozenset({"output", "filtered", "failed", "cancelled
 class TraceEvent:
     """One thing that happened to a trace.
 
-    ``data`` by kind: ``node_started`` / ``node_finished``: ``node`` (and ``duration_s``, and
-    ``output`` when the node produced one value); ``chunk``: ``node``, ``delta``, ``text`` (the
+    ``data`` by kind: ``queued``: ``chain`` (its name), ``deadline_s`` when it has one; ``node_started`` / ``node_finished``: ``node`` (and, when finished,
+    ``duration_s``; ``output`` when the node produced one value; ``tokens``, the prompt and
+    completion tokens of the answers the record got in this node (from the ledger too), when the
+    node took one record; ``engine`` for a node that has one; ``failed: True`` when the record
+    failed there); ``chunk``: ``node``, ``delta``, ``text`` (the
     step's text so far) and ``partial`` (the object parsed so far, when it parses); ``output``:
     ``output`` (the final value, dumped; a list when the chain fanned out); ``failed``: ``node``,
     ``error_type``, ``message``; ``cancelled``: ``reason``.
@@ -88,10 +92,16 @@ class TraceEvent:
     data: dict[str, Any]
     at: float
     """Seconds since the trace was submitted."""
+    ts: float = field(default_factory=time.time, compare=False)
+    """When, in seconds since the epoch (``time.time()``)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: ``{"kind", "trace_id", "at", **data}``."""
         return {"kind": self.kind, "trace_id": self.trace_id, "at": round(self.at, 4), **self.data}
+
+    def to_event(self) -> Event:
+        """The same event in the one event stream's form (``at``: wall-clock time)."""
+        return Event(self.kind, self.data, self.trace_id, self.ts)
 
 
 class TraceHandle:
@@ -208,8 +218,12 @@ class ChainService:
         warm: Start every engine the chain uses on entry (otherwise on the first request).
         stream_tokens: Steps whose engine streams (``llama_cpp``, ``openai``, ``fake``) send
             their requests through ``Engine.stream`` and every piece becomes a ``chunk`` event.
-        on_event: ``handler(event: TraceEvent)`` for every trace's events (middleware, logs).
-        on_run_event: ``handler(kind, data)`` for the runtime's own events (engines started, progress).
+        on_event: ``handler(event: TraceEvent)`` for every trace's events.
+        on_run_event: ``handler(kind, data)`` for the runtime's own events (engines started,
+            progress; inside a trace with ``trace_id`` in ``data``).
+        middleware: Receive both as :class:`~chainette.runtime.events.Event` s, in one stream,
+            each with its trace id (None for an engine's events); called after the two above,
+            quick, on the event loop, and never fatal (see ``runtime/events.py``).
     """
 
     def __init__(
@@ -228,6 +242,7 @@ class ChainService:
         stream_tokens: bool = True,
         on_event: Any = None,
         on_run_event: EventHandler | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         if capacity < 1 or concurrency < 1:
             raise ValueError(f"capacity and concurrency must be >= 1, got {capacity} and {concurrency}.")
@@ -241,7 +256,9 @@ class ChainService:
         self._record_to, self._overwrite, self._warm = record_to, overwrite, warm
         self._on_event = on_event
         self._stream_tokens = stream_tokens
-        self._on_run_event: EventHandler = on_run_event or (lambda kind, data: None)
+        self._on_run_event = on_run_event
+        self._events = EventStream(on_run_event, middleware)
+        """The runtime's events outside any trace (engines; the recording's ``run_finished``)."""
         self._room = anyio.Semaphore(capacity)
         self._running = anyio.CapacityLimiter(concurrency)
         self._traces: dict[str, TraceHandle] = {}
@@ -271,8 +288,8 @@ class ChainService:
         stack = AsyncExitStack()
         try:
             writer = self._open_recording(cache)
-            broker = EngineBroker(users, on_event=self._on_run_event, idle_timeout=None)
-            self._ctx = RunContext(writer or _TraceSink(None), broker, self._on_run_event, cache)
+            broker = EngineBroker(users, on_event=self._events, idle_timeout=None)
+            self._ctx = RunContext(writer or _TraceSink(None), broker, self._events, cache)
             await stack.enter_async_context(broker)
             self._tg = await stack.enter_async_context(
                 anyio.create_task_group()
@@ -374,7 +391,9 @@ class ChainService:
         if self._recording is not None:
             self._recording.counts["records_in"] += 1
         limit = handle.deadline_s
-        handle._emit("queued", {"deadline_s": limit} if limit is not None else {})
+        handle._emit(
+            "queued", {"chain": self.chain.name, **({"deadline_s": limit} if limit is not None else {})}
+        )
         record = Record(trace_id, index, coerced, {"input": coerced})
         deadline = math.inf
         if limit is not None:
@@ -431,7 +450,7 @@ class ChainService:
                 with anyio.CancelScope(deadline=deadline) as timer:
                     async with self._running:
                         handle._emit("started", {})
-                        records = await self._run_nodes(handle, [record], ctx)
+                        records = await self._run_nodes(handle, [record], ctx, sink)
                 timed_out = timer.cancelled_caught
             if handle.cancel_requested:
                 self._end(handle, "cancelled", {"reason": handle._cancel_reason})
@@ -452,16 +471,26 @@ class ChainService:
             self._traces.pop(handle.trace_id, None)
             self._room.release()
 
-    async def _run_nodes(self, handle: TraceHandle, chunk: list[Record], ctx: RunContext) -> list[Record]:
+    async def _run_nodes(
+        self, handle: TraceHandle, chunk: list[Record], ctx: RunContext, sink: _TraceSink
+    ) -> list[Record]:
         for node in self.chain.items:
             if not chunk:
                 break
             started = time.monotonic()
             handle._emit("node_started", {"node": node.id})
+            entering, failures = chunk[0] if len(chunk) == 1 else None, len(sink.failures)
+            tokens_before = entering.tokens if entering is not None else 0
             chunk = await runner_for(node).run(node, chunk, ctx)
             data: dict[str, Any] = {"node": node.id, "duration_s": round(time.monotonic() - started, 4)}
             if len(chunk) == 1:
                 data["output"] = dump(chunk[0].value)
+            if entering is not None:  # steps count in place: the record that left, or the one that came
+                data["tokens"] = (chunk[0] if chunk else entering).tokens - tokens_before
+            if node.engine_name is not None:
+                data["engine"] = node.engine_name
+            if not chunk and len(sink.failures) > failures:
+                data["failed"] = True
             handle._emit("node_finished", data)
         for record in chunk:
             ctx.writer.add_flattened(flatten(record))
@@ -498,13 +527,16 @@ class ChainService:
         handle.done.set()
 
     def _run_event_for(self, handle: TraceHandle) -> EventHandler:
-        """The runtime's events of one trace go to the service's listener, tagged with the trace."""
+        """The runtime's events of one trace go to the service's listeners, tagged with the trace."""
         tell = self._on_run_event
+        trace_id = handle.trace_id
+        handler: EventHandler | None = None
+        if tell is not None:
 
-        def handler(kind: str, data: dict[str, Any]) -> None:
-            tell(kind, {**data, "trace_id": handle.trace_id})
+            def handler(kind: str, data: dict[str, Any]) -> None:
+                tell(kind, {**data, "trace_id": trace_id})
 
-        return handler
+        return self._events.for_trace(trace_id, handler)
 
     @staticmethod
     def _delta_for(handle: TraceHandle) -> DeltaHandler:
@@ -522,3 +554,5 @@ class ChainService:
     def _tell(self, event: TraceEvent) -> None:
         if self._on_event is not None:
             self._on_event(event)
+        if self._events.has_middleware:
+            self._events.send(event.to_event())

@@ -1,0 +1,198 @@
+"""One event stream: batch runs and served traces hand every event to middleware as an
+``Event``; ``on_event`` keeps working beside it; a failing middleware never stops the work."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from pydantic import BaseModel
+from tests.helpers import Answer, Question
+
+from chainette import Chain, ChainService, Event, Step, apply, register_engine
+from chainette.engines.base import ChatRequest
+
+
+class Note(BaseModel):
+    note: str
+
+
+def qa_then_note() -> Chain:
+    register_engine("fake", backend="fake")
+    return Chain(
+        name="events",
+        steps=[
+            Step(
+                id="qa",
+                input_model=Question,
+                output_model=Answer,
+                engine_name="fake",
+                user_prompt="{{ text }}",
+            ),
+            apply(lambda a: Note(note=a.answer[:5]), id="note", input_model=Answer, output_model=Note),
+        ],
+    )
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self.events]
+
+
+def test_a_batch_run_hands_every_run_event_to_middleware_and_to_on_event(tmp_path: Path) -> None:
+    plain: list[tuple[str, dict[str, Any]]] = []
+    collect = Collect()
+    before = time.time()
+    result = qa_then_note().run(
+        [Question(text=f"q {i}") for i in range(3)],
+        tmp_path / "run",
+        on_event=lambda kind, data: plain.append((kind, data)),
+        middleware=[collect],
+    )
+    kinds = collect.kinds()
+    assert kinds == [k for k, _ in plain]  # one stream, two forms
+    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
+    assert {"engine_started", "node_progress", "engine_released"} <= set(kinds)
+    assert all(e.trace_id is None for e in collect.events)
+    assert [e.data for e in collect.events] == [d for _, d in plain]
+    assert before <= collect.events[0].at <= collect.events[-1].at <= time.time()
+    assert collect.events[-1].data["counts"] == result.counts
+    assert "middleware" not in result.metadata["config"]  # a listener, not configuration
+
+
+def test_a_failing_middleware_is_logged_once_and_never_stops_the_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[str] = []
+
+    def broken(event: Event) -> None:
+        calls.append(event.kind)
+        raise RuntimeError("my exporter is down")
+
+    after = Collect()
+    with caplog.at_level(logging.ERROR, logger="chainette.events"):
+        result = qa_then_note().run(
+            [Question(text=f"q {i}") for i in range(3)], tmp_path / "run", middleware=[broken, after]
+        )
+    assert result.metadata["status"] == "completed" and result.counts["records_out"] == 3
+    assert len(calls) == len(after.events) > 3  # it kept being called, and the next one saw everything
+    logged = [r for r in caplog.records if r.name == "chainette.events"]
+    assert len(logged) == 1
+    assert "run goes on" in logged[0].getMessage() and "my exporter is down" in logged[0].exc_text
+
+
+def test_record_failures_reach_middleware(tmp_path: Path) -> None:
+    def boom(q: Question) -> Question:
+        raise ValueError("no")
+
+    chain = Chain(name="fails", steps=[apply(boom, id="boom")])
+    collect = Collect()
+    chain.run([Question(text="a")], tmp_path / "run", middleware=[collect])
+    [failed] = [e for e in collect.events if e.kind == "record_failed"]
+    assert failed.data["node"] == "boom" and "no" in failed.data["message"]
+
+
+def test_event_as_dict_is_json_ready() -> None:
+    event = Event("node_progress", {"node": "qa", "done": 2}, "t-1", 1718000000.123456)
+    assert event.as_dict() == {
+        "kind": "node_progress",
+        "trace_id": "t-1",
+        "at": 1718000000.1235,
+        "node": "qa",
+        "done": 2,
+    }
+    assert "trace_id" not in Event("run_started", {}).as_dict()
+    json.dumps(event.as_dict())
+
+
+def _echo(request: ChatRequest) -> dict[str, Any]:
+    return {"answer": "re: " + request.messages[-1]["content"], "confidence": 1.0}
+
+
+def test_a_service_hands_trace_and_runtime_events_to_middleware_tagged_with_the_trace() -> None:
+    register_engine("echo", backend="fake", responder=_echo)
+    chain = Chain(
+        name="served",
+        steps=[
+            Step(
+                id="qa",
+                input_model=Question,
+                output_model=Answer,
+                engine_name="echo",
+                user_prompt="{{ text }}",
+            ),
+            apply(lambda a: Note(note=a.answer[:5]), id="note", input_model=Answer, output_model=Note),
+        ],
+    )
+    collect = Collect()
+    broken_calls: list[str] = []
+
+    def broken(event: Event) -> None:
+        broken_calls.append(event.kind)
+        raise RuntimeError("down")
+
+    seen: list[Any] = []
+
+    async def main() -> None:
+        async with ChainService(chain, on_event=seen.append, middleware=[broken, collect]) as service:
+            trace = await service.submit({"text": "hello there"}, trace_id="t-1")
+            assert (await trace.result()).note == "re: h"
+
+    anyio.run(main)
+    traced = [e for e in collect.events if e.trace_id == "t-1"]
+    # the trace's own events, as the service's on_event saw them, with wall-clock times
+    assert [e.kind for e in traced if e.kind in {t.kind for t in seen}] == [t.kind for t in seen]
+    assert [e.data for e in traced if e.kind in {t.kind for t in seen}] == [t.data for t in seen]
+    assert all(abs(e.at - time.time()) < 60 for e in traced)
+    # the runtime's events inside the trace are tagged with it; the engine's are not
+    assert "node_progress" in [e.kind for e in traced]
+    assert [e.trace_id for e in collect.events if e.kind == "engine_started"] == [None]
+    # per-node detail: tokens spent and the engine
+    finished = {e.data["node"]: e.data for e in traced if e.kind == "node_finished"}
+    assert finished["qa"]["engine"] == "echo" and finished["qa"]["tokens"] > 0
+    assert "engine" not in finished["note"] and finished["note"]["tokens"] == 0
+    assert "failed" not in finished["qa"]
+    assert len(broken_calls) == len(collect.events)  # a broken middleware never stopped the trace
+
+
+def test_a_node_that_fails_the_trace_says_so_in_node_finished() -> None:
+    def boom(a: Answer) -> Note:
+        raise ValueError("no")
+
+    register_engine("echo", backend="fake", responder=_echo)
+    chain = Chain(
+        name="served",
+        steps=[
+            Step(
+                id="qa",
+                input_model=Question,
+                output_model=Answer,
+                engine_name="echo",
+                user_prompt="{{ text }}",
+            ),
+            apply(boom, id="boom"),
+        ],
+    )
+    collect = Collect()
+
+    async def main() -> None:
+        async with ChainService(chain, middleware=[collect]) as service:
+            trace = await service.submit({"text": "hello"}, trace_id="t-2")
+            await trace.done.wait()
+
+    anyio.run(main)
+    finished = {e.data["node"]: e.data for e in collect.events if e.kind == "node_finished"}
+    assert finished["boom"]["failed"] is True and "failed" not in finished["qa"]
+    assert collect.kinds()[-1] == "failed" or "failed" in collect.kinds()
+    assert [e.trace_id for e in collect.events if e.kind == "record_failed"] == ["t-2"]
