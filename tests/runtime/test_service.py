@@ -406,3 +406,30 @@ async def test_cancelling_traces_on_a_real_http_server_closes_the_in_flight_requ
             assert (await after.result()).answer
     assert 0 <= closed_after < 1.0
     assert [body["messages"][-1]["content"] for _, _, body in stub.received] == ["long", "after"]
+
+
+async def test_nodes_inside_branches_report_their_own_start_and_end() -> None:
+    from chainette import Branch
+
+    def a(n: N) -> N:
+        return N(x=n.x + 1)
+
+    def b(n: N) -> N:
+        return N(x=n.x * 10)
+
+    def c(n: N) -> N:
+        return N(x=-n.x)
+
+    chain = Chain(
+        name="nested",
+        steps=[apply(a), [Branch("l", [apply(b)]).join("lx"), Branch("r", [apply(c)]).join("rx")]],
+    )
+    async with ChainService(chain) as service:
+        trace = await service.submit({"x": 1})
+        events = [e async for e in trace.events()]
+        await trace.result()
+    finished = {e.data["node"]: e.data for e in events if e.kind == "node_finished"}
+    assert {"a", "b", "c"} <= set(finished)
+    assert finished["b"]["output"] == {"x": 20} and finished["c"]["output"] == {"x": -2}
+    started = [e.data["node"] for e in events if e.kind == "node_started"]
+    assert started.index("a") < started.index("b") and started.index("a") < started.index("c")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -19,6 +19,13 @@ from .records import Record, dump
 from .requests import RequestCache
 
 __all__ = ["DeltaHandler", "EventHandler", "NodeStats", "RecordSink", "RunContext"]
+
+NodeRun = Callable[[Any, list[Record], "RunContext"], Awaitable[list[Record]]]
+"""A runner's ``run(node, chunk, ctx)``."""
+
+NodeObserver = Callable[[Any, list[Record], "RunContext", NodeRun], Awaitable[list[Record]]]
+"""``observer(node, chunk, ctx, run)`` runs ``run(node, chunk, ctx)`` and may watch it (a served
+trace emits ``node_started`` / ``node_finished`` around every node, nested ones included)."""
 
 DeltaHandler = Callable[[str, str, str, str], None]
 """``handler(node_id, record_id, delta, text_so_far)``: a step's answer arriving, piece by piece."""
@@ -103,6 +110,8 @@ class RunContext:
     """Per-node state that lives as long as the run (whole-stream nodes: ``take``, ``shuffle``)."""
     input_stop: list[bool] = field(default_factory=lambda: [False])
     """``[True]``: read no more input (a ``take`` at the head of the chain has what it needs)."""
+    observe_nodes: NodeObserver | None = None
+    """Set (a served trace): every node runs through it (see :data:`NodeObserver`)."""
     on_delta: DeltaHandler | None = None
     """Set (a served trace that streams tokens): steps send one request at a time through
     ``Engine.stream`` where the engine streams, and report each piece of the answer here."""

@@ -96,8 +96,12 @@ def missing_runners(nodes: Iterable[Node]) -> list[str]:
 
 
 async def run_node(node: Node, chunk: list[Record], ctx: RunContext) -> list[Record]:
-    """Run ``node`` over ``chunk`` (all passes of a streaming node gathered)."""
-    return await runner_for(node).run(node, chunk, ctx)
+    """Run ``node`` over ``chunk`` (all passes of a streaming node gathered), through the
+    context's node observer when it has one."""
+    run = runner_for(node).run
+    if ctx.observe_nodes is None:
+        return await run(node, chunk, ctx)
+    return await ctx.observe_nodes(node, chunk, ctx, run)
 
 
 async def run_sequence(nodes: Sequence[Node], chunk: list[Record], ctx: RunContext) -> list[Record]:

@@ -51,8 +51,8 @@ from ..engines.registry import is_available
 from ..engines.secrets import scrub_strings
 from ..graph.chain import ChainGraph
 from ..io.writer import RunWriter
-from .context import DeltaHandler, EventHandler, RunContext
-from .dispatch import missing_runners, runner_for
+from .context import DeltaHandler, EventHandler, NodeObserver, NodeRun, RunContext
+from .dispatch import missing_runners, run_node
 from .events import Event, EventStream, Middleware
 from .executor import RunOptions, _finish, _initial_metadata, _lay_out, flatten
 from .partial import partial_json
@@ -474,28 +474,39 @@ class ChainService:
     async def _run_nodes(
         self, handle: TraceHandle, chunk: list[Record], ctx: RunContext, sink: _TraceSink
     ) -> list[Record]:
+        ctx = replace(ctx, observe_nodes=self._observer(handle, sink))
         for node in self.chain.items:
             if not chunk:
                 break
-            started = time.monotonic()
-            handle._emit("node_started", {"node": node.id})
-            entering, failures = chunk[0] if len(chunk) == 1 else None, len(sink.failures)
-            tokens_before = entering.tokens if entering is not None else 0
-            chunk = await runner_for(node).run(node, chunk, ctx)
-            data: dict[str, Any] = {"node": node.id, "duration_s": round(time.monotonic() - started, 4)}
-            if len(chunk) == 1:
-                data["output"] = dump(chunk[0].value)
-            if entering is not None:  # steps count in place: the record that left, or the one that came
-                data["tokens"] = (chunk[0] if chunk else entering).tokens - tokens_before
-            if node.engine_name is not None:
-                data["engine"] = node.engine_name
-            if not chunk and len(sink.failures) > failures:
-                data["failed"] = True
-            handle._emit("node_finished", data)
+            chunk = await run_node(node, chunk, ctx)
         for record in chunk:
             ctx.writer.add_flattened(flatten(record))
         await ctx.writer.maybe_flush()
         return chunk
+
+    @staticmethod
+    def _observer(handle: TraceHandle, sink: _TraceSink) -> NodeObserver:
+        """``node_started`` / ``node_finished`` around every node of the trace, nested ones too."""
+
+        async def observe(node: Any, chunk: list[Record], ctx: RunContext, run: NodeRun) -> list[Record]:
+            started = time.monotonic()
+            handle._emit("node_started", {"node": node.id})
+            entering, failures = chunk[0] if len(chunk) == 1 else None, len(sink.failures)
+            tokens_before = entering.tokens if entering is not None else 0
+            out = await run(node, chunk, ctx)
+            data: dict[str, Any] = {"node": node.id, "duration_s": round(time.monotonic() - started, 4)}
+            if len(out) == 1:
+                data["output"] = dump(out[0].value)
+            if entering is not None:  # steps count in place: the record that left, or the one that came
+                data["tokens"] = (out[0] if out else entering).tokens - tokens_before
+            if node.engine_name is not None:
+                data["engine"] = node.engine_name
+            if not out and len(sink.failures) > failures:
+                data["failed"] = True
+            handle._emit("node_finished", data)
+            return out
+
+        return observe
 
     def _settle(self, handle: TraceHandle, records: list[Record], sink: _TraceSink) -> None:
         if records:
