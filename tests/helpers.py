@@ -198,3 +198,8 @@ def ledger_keys(path: Path) -> set[str]:
             return {k for (k,) in db.execute("SELECT key FROM completions")}
         except sqlite3.OperationalError:  # the table is not created yet
             return set()
+
+
+def echo(request: Any) -> dict[str, Any]:
+    """A fake engine's responder: the user message back as an ``Answer`` (``"re: <message>"``)."""
+    return {"answer": "re: " + request.messages[-1]["content"], "confidence": 1.0}

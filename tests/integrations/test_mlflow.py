@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import pytest
-from tests.helpers import Answer, Question
+from tests.helpers import Question, echo, qa_step
 
-from chainette import Chain, Step, register_engine
-from chainette.engines.base import ChatRequest
+from chainette import Chain, register_engine
 
 pytest.importorskip("mlflow")
 
@@ -20,23 +18,11 @@ from mlflow.tracking import MlflowClient
 from chainette.integrations.mlflow import MlflowMiddleware, log_run
 
 
-def _echo(request: ChatRequest) -> dict[str, Any]:
-    return {"answer": "re: " + request.messages[-1]["content"], "confidence": 1.0}
-
-
 def qa_chain() -> Chain:
-    register_engine("echo", backend="fake", model="echo-1", responder=_echo)
+    register_engine("echo", backend="fake", model="echo-1", responder=echo)
     return Chain(
         name="qa",
-        steps=[
-            Step(
-                id="qa",
-                input_model=Question,
-                output_model=Answer,
-                engine_name="echo",
-                user_prompt="{{ text }}",
-            )
-        ],
+        steps=[qa_step("echo")],
     )
 
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 from pydantic import BaseModel
-from tests.helpers import Answer, Question
+from tests.helpers import Answer, Question, echo, qa_step
 
-from chainette import Chain, ChainService, Step, apply, register_engine
-from chainette.engines.base import ChatRequest
+from chainette import Chain, ChainService, apply, register_engine
 
 pytest.importorskip("opentelemetry.sdk")
 
@@ -27,10 +25,6 @@ class Note(BaseModel):
     note: str
 
 
-def _echo(request: ChatRequest) -> dict[str, Any]:
-    return {"answer": "re: " + request.messages[-1]["content"], "confidence": 1.0}
-
-
 def _note(answer: Answer) -> Note:
     if "boom" in answer.answer:
         raise ValueError("the note cannot be written")
@@ -38,17 +32,11 @@ def _note(answer: Answer) -> Note:
 
 
 def two_nodes() -> Chain:
-    register_engine("echo", backend="fake", responder=_echo)
+    register_engine("echo", backend="fake", responder=echo)
     return Chain(
         name="two-nodes",
         steps=[
-            Step(
-                id="qa",
-                input_model=Question,
-                output_model=Answer,
-                engine_name="echo",
-                user_prompt="{{ text }}",
-            ),
+            qa_step("echo"),
             apply(_note, id="note"),
         ],
     )

@@ -12,10 +12,9 @@ from typing import Any
 import anyio
 import pytest
 from pydantic import BaseModel
-from tests.helpers import Answer, Question
+from tests.helpers import Answer, Question, echo, qa_step
 
-from chainette import Chain, ChainService, Event, Step, apply, register_engine
-from chainette.engines.base import ChatRequest
+from chainette import Chain, ChainService, Event, apply, register_engine
 
 
 class Note(BaseModel):
@@ -27,13 +26,7 @@ def qa_then_note() -> Chain:
     return Chain(
         name="events",
         steps=[
-            Step(
-                id="qa",
-                input_model=Question,
-                output_model=Answer,
-                engine_name="fake",
-                user_prompt="{{ text }}",
-            ),
+            qa_step("fake"),
             apply(lambda a: Note(note=a.answer[:5]), id="note", input_model=Answer, output_model=Note),
         ],
     )
@@ -116,22 +109,12 @@ def test_event_as_dict_is_json_ready() -> None:
     json.dumps(event.as_dict())
 
 
-def _echo(request: ChatRequest) -> dict[str, Any]:
-    return {"answer": "re: " + request.messages[-1]["content"], "confidence": 1.0}
-
-
 def test_a_service_hands_trace_and_runtime_events_to_middleware_tagged_with_the_trace() -> None:
-    register_engine("echo", backend="fake", responder=_echo)
+    register_engine("echo", backend="fake", responder=echo)
     chain = Chain(
         name="served",
         steps=[
-            Step(
-                id="qa",
-                input_model=Question,
-                output_model=Answer,
-                engine_name="echo",
-                user_prompt="{{ text }}",
-            ),
+            qa_step("echo"),
             apply(lambda a: Note(note=a.answer[:5]), id="note", input_model=Answer, output_model=Note),
         ],
     )
@@ -170,17 +153,11 @@ def test_a_node_that_fails_the_trace_says_so_in_node_finished() -> None:
     def boom(a: Answer) -> Note:
         raise ValueError("no")
 
-    register_engine("echo", backend="fake", responder=_echo)
+    register_engine("echo", backend="fake", responder=echo)
     chain = Chain(
         name="served",
         steps=[
-            Step(
-                id="qa",
-                input_model=Question,
-                output_model=Answer,
-                engine_name="echo",
-                user_prompt="{{ text }}",
-            ),
+            qa_step("echo"),
             apply(boom, id="boom"),
         ],
     )

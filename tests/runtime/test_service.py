@@ -13,9 +13,9 @@ from typing import Any
 import anyio
 import pytest
 from pydantic import BaseModel
-from tests.helpers import Answer, Question, read_jsonl
+from tests.helpers import Answer, echo, qa_step, read_jsonl
 
-from chainette import Chain, ChainService, Step, apply, register_engine
+from chainette import Chain, ChainService, apply, register_engine
 from chainette._errors import (
     ChainDefinitionError,
     InputError,
@@ -34,22 +34,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def echo(request: ChatRequest) -> dict[str, Any]:
-    return {"answer": "re: " + request.messages[-1]["content"], "confidence": 1.0}
-
-
 def qa_chain(engine: str = "echo") -> Chain:
     return Chain(
         name="served",
-        steps=[
-            Step(
-                id="qa",
-                input_model=Question,
-                output_model=Answer,
-                engine_name=engine,
-                user_prompt="{{ text }}",
-            )
-        ],
+        steps=[qa_step(engine)],
     )
 
 

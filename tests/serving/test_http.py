@@ -12,31 +12,18 @@ import anyio
 import httpx
 import pytest
 from pydantic import BaseModel
-from tests.helpers import Answer, Question
+from tests.helpers import echo, qa_step
 from tests.serving.live import LiveServer
 from websockets.sync.client import connect
 
-from chainette import Chain, Step, TraceEvent, apply, register_engine
-from chainette.engines.base import ChatRequest
+from chainette import Chain, TraceEvent, apply, register_engine
 from chainette.serving import create_app
-
-
-def echo(request: ChatRequest) -> dict[str, Any]:
-    return {"answer": "re: " + request.messages[-1]["content"], "confidence": 1.0}
 
 
 def qa_chain() -> Chain:
     return Chain(
         name="served",
-        steps=[
-            Step(
-                id="qa",
-                input_model=Question,
-                output_model=Answer,
-                engine_name="echo",
-                user_prompt="{{ text }}",
-            )
-        ],
+        steps=[qa_step("echo")],
     )
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.helpers import Answer, Question
+from tests.helpers import qa_step
 from tests.serving.live import LiveServer
 
-from chainette import Chain, Step, register_engine
+from chainette import Chain, register_engine
 from chainette.engines.base import ChatRequest
 from chainette.serving import create_app
 
@@ -52,15 +52,7 @@ def test_a_person_types_an_input_and_watches_the_answer_arrive(tmp_path: Path) -
     register_engine("echo", backend="fake", responder=echo, latency=0.2, stream_delay=0.05)
     chain = Chain(
         name="Ask me",
-        steps=[
-            Step(
-                id="qa",
-                input_model=Question,
-                output_model=Answer,
-                engine_name="echo",
-                user_prompt="{{ text }}",
-            )
-        ],
+        steps=[qa_step("echo")],
     )
     with LiveServer(create_app(chain)) as server, sync_playwright() as pw:
         browser, page, problems = browser_page(pw, tmp_path)
@@ -99,15 +91,7 @@ def test_the_page_shows_field_errors_and_asks_for_a_token(
     monkeypatch.setenv("PAGE_TOKEN", "tok-123")
     chain = Chain(
         name="Guarded",
-        steps=[
-            Step(
-                id="qa",
-                input_model=Question,
-                output_model=Answer,
-                engine_name="echo",
-                user_prompt="{{ text }}",
-            )
-        ],
+        steps=[qa_step("echo")],
     )
     with LiveServer(create_app(chain, token_env="PAGE_TOKEN")) as server, sync_playwright() as pw:
         browser, page, problems = browser_page(pw, tmp_path)
