@@ -75,13 +75,23 @@ class Reply(BaseModel):
     answer: str
 
 
+def stub_chain(name: str) -> Any:
+    """One step, ``Question`` → ``Reply``, on the engine ``stub`` (registered by the caller)."""
+    from chainette import Chain, Step
+
+    step = Step(
+        id="qa", input_model=Question, output_model=Reply, engine_name="stub", user_prompt="{{ text }}"
+    )
+    return Chain(name=name, steps=[step])
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def overhead(args: argparse.Namespace) -> dict[str, Any]:
-    from chainette import Chain, ChainService, Step, register_engine
+    from chainette import ChainService, register_engine
     from chainette.engines.base import ChatRequest
     from chainette.engines.registry import create_engine, get_engine_config
     from chainette.engines.stub_server import Faults, StubServer
@@ -89,18 +99,7 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
     n = args.requests
     with StubServer(faults=Faults(rate_slow=1.0, slow_seconds=args.latency)) as stub:
         register_engine("stub", backend="openai", model="stub", base_url=stub.base_url, max_retries=0)
-        chain = Chain(
-            name="overhead",
-            steps=[
-                Step(
-                    id="qa",
-                    input_model=Question,
-                    output_model=Reply,
-                    engine_name="stub",
-                    user_prompt="{{ text }}",
-                )
-            ],
-        )
+        chain = stub_chain("overhead")
         step = chain.items[0]
         engine = create_engine(get_engine_config("stub"))
         await engine.start()
@@ -255,25 +254,14 @@ def fanout(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def cancel(args: argparse.Namespace) -> dict[str, Any]:
-    from chainette import Chain, ChainService, Step, register_engine
+    from chainette import ChainService, register_engine
     from chainette.engines.stub_server import StubServer
 
     stub_server = StubServer(stream_chunks=50, stream_delay=args.chunk_delay)
     times: list[float] = []
     with stub_server as stub:
         register_engine("stub", backend="openai", model="stub", base_url=stub.base_url, max_retries=0)
-        chain = Chain(
-            name="cancel",
-            steps=[
-                Step(
-                    id="qa",
-                    input_model=Question,
-                    output_model=Reply,
-                    engine_name="stub",
-                    user_prompt="{{ text }}",
-                )
-            ],
-        )
+        chain = stub_chain("cancel")
         async with ChainService(chain, cache="off") as service:
             for k in range(args.cancels):
                 before = len(stub.disconnects)

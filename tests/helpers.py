@@ -203,3 +203,20 @@ def ledger_keys(path: Path) -> set[str]:
 def echo(request: Any) -> dict[str, Any]:
     """A fake engine's responder: the user message back as an ``Answer`` (``"re: <message>"``)."""
     return {"answer": "re: " + request.messages[-1]["content"], "confidence": 1.0}
+
+
+def with_llama_engine(body: Any, **options: Any) -> Any:
+    """Run ``await body(engine)`` on a started embedded engine (n_ctx 1024, 2 threads, ``options``), closed after."""
+    import anyio
+
+    from chainette.engines.llama_cpp import LlamaCppEngine
+
+    async def main() -> Any:
+        engine = LlamaCppEngine(**{"n_ctx": 1024, "n_threads": 2, **options})
+        await engine.start()
+        try:
+            return await body(engine)
+        finally:
+            await engine.close()
+
+    return anyio.run(main)

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import pytest
 from pydantic import BaseModel, Field
+from tests.helpers import with_llama_engine
 
 from chainette import ChatRequest, Completion, FakeEngine, SamplingParams, register_engine
 from chainette.engines.base import Engine
@@ -282,20 +283,6 @@ STOPPED = request("Who wrote Romeo and Juliet?", None, max_tokens=32).model_copy
 )
 
 
-def with_llama(body: Any, **options: Any) -> Any:
-    from chainette.engines.llama_cpp import LlamaCppEngine
-
-    async def main() -> Any:
-        engine = LlamaCppEngine(**{"n_ctx": 1024, "n_threads": 2, **options})
-        await engine.start()
-        try:
-            return await body(engine)
-        finally:
-            await engine.close()
-
-    return anyio.run(main)
-
-
 @pytest.mark.llama
 @pytest.mark.timeout(300)
 def test_llama_streams_pieces_that_join_into_generates_completion() -> None:
@@ -312,7 +299,7 @@ def test_llama_streams_pieces_that_join_into_generates_completion() -> None:
         assert STOP not in final.text and len(final.text) < len(unstopped.text)
         return [*out, (deltas, final, generated)]
 
-    results = with_llama(body, parallel=4)
+    results = with_llama_engine(body, parallel=4)
     print("deltas per answer:", [len(deltas) for deltas, _, _ in results])
     print("tokens per answer:", [final.completion_tokens for _, final, _ in results])
     for deltas, final, generated in results:
@@ -361,7 +348,7 @@ def test_closing_a_llama_stream_frees_its_sequence_and_spares_its_neighbour() ->
             cells_after = decoder.cached_cells(slot.seq)
         return cells_before, cells_after, freed_after, result[0], expected
 
-    cells_before, cells_after, freed_after, neighbour_result, expected = with_llama(body, parallel=4)
+    cells_before, cells_after, freed_after, neighbour_result, expected = with_llama_engine(body, parallel=4)
     print(f"aclose -> sequence freed: {freed_after * 1000:.1f} ms")
     assert cells_before > 20  # it was decoding
     assert cells_after == 0  # llama.cpp holds nothing for that sequence any more
@@ -379,5 +366,5 @@ def test_llama_gbnf_yields_its_completion_alone() -> None:
         (generated,) = await engine.generate([req])
         return engine.supports_streaming, items, generated
 
-    supports, items, generated = with_llama(body, grammar="gbnf")
+    supports, items, generated = with_llama_engine(body, grammar="gbnf")
     assert not supports and items == [generated]

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import anyio
 import pytest
 from pydantic import BaseModel, Field
+from tests.helpers import with_llama_engine
 
 from chainette.engines.base import ChatRequest, Completion, SamplingParams
 from chainette.engines.llama_cpp import LlamaCppEngine
@@ -55,15 +56,8 @@ def ask(text: str, schema: dict[str, Any] | None = None, max_tokens: int = 48) -
 
 
 def with_engine(body: Callable[[LlamaCppEngine], Awaitable[T]], **options: Any) -> T:
-    async def main() -> T:
-        engine = LlamaCppEngine(**{"n_ctx": 1024, "n_threads": 2, **options})
-        await engine.start()
-        try:
-            return await body(engine)
-        finally:
-            await engine.close()
-
-    return anyio.run(main)
+    result: T = with_llama_engine(body, **options)
+    return result
 
 
 async def all_at_once(engine: LlamaCppEngine, requests: list[ChatRequest]) -> list[Completion]:
