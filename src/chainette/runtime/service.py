@@ -25,7 +25,7 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,7 +39,6 @@ from pydantic import ValidationError
 from .._errors import (
     ChainDefinitionError,
     InputError,
-    RecordError,
     ServiceError,
     ServiceFullError,
     TraceCancelledError,
@@ -51,6 +50,7 @@ from ..engines.registry import is_available
 from ..engines.secrets import scrub_strings
 from ..graph.chain import ChainGraph
 from ..io.writer import RunWriter
+from .budgets import budget_error
 from .context import DeltaHandler, EventHandler, NodeObserver, NodeRun, RunContext
 from .dispatch import missing_runners, run_node
 from .events import Event, EventStream, Middleware
@@ -167,7 +167,6 @@ class _TraceSink:
     def __init__(self, writer: RunWriter | None) -> None:
         self.writer = writer
         self.failures: list[dict[str, Any]] = []
-        self.outputs: list[dict[str, Any]] = []
 
     def add(self, key: str, row: dict[str, Any]) -> None:
         if self.writer is not None:
@@ -179,7 +178,6 @@ class _TraceSink:
             self.writer.add_failure(row)
 
     def add_flattened(self, row: dict[str, Any]) -> None:
-        self.outputs.append(row)
         if self.writer is not None:
             self.writer.add_flattened(row)
 
@@ -240,7 +238,7 @@ class ChainService:
         overwrite: bool = False,
         warm: bool = True,
         stream_tokens: bool = True,
-        on_event: Any = None,
+        on_event: Callable[[TraceEvent], None] | None = None,
         on_run_event: EventHandler | None = None,
         middleware: Sequence[Middleware] = (),
     ) -> None:
@@ -291,9 +289,8 @@ class ChainService:
             broker = EngineBroker(users, on_event=self._events, idle_timeout=None)
             self._ctx = RunContext(writer or _TraceSink(None), broker, self._events, cache)
             await stack.enter_async_context(broker)
-            self._tg = await stack.enter_async_context(
-                anyio.create_task_group()
-            )  # ends before the engines close
+            # entered after the broker, so it ends (every trace done) before the engines close
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
             if self._warm:
                 for name in users:
                     await broker.get(name)
@@ -454,13 +451,12 @@ class ChainService:
                 timed_out = timer.cancelled_caught
             if handle.cancel_requested:
                 self._end(handle, "cancelled", {"reason": handle._cancel_reason})
-            elif timed_out:
-                message = (
-                    f"Trace {handle.trace_id!r} ran past its deadline of {handle.deadline_s:g} s; its work "
-                    "was stopped. Give it a longer deadline_s, or make the chain faster."
+            elif timed_out:  # past the deadline in work the runners do not cut (a slow apply)
+                error = budget_error(
+                    record, "deadline", f"Trace {handle.trace_id!r}", "deadline", handle.deadline_s
                 )
-                ctx.fail(record, RecordError(message, node_id="deadline", record_id=record.id))
-                self._end_failed(handle, "deadline", "deadline_exceeded", message)
+                ctx.fail(record, error)
+                self._end_failed(handle, "deadline", error.kind, error.message)
             else:
                 self._settle(handle, records, sink)
         except Exception as exc:  # a bug or an engine that raised past the runners: this trace only
