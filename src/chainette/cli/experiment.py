@@ -65,7 +65,7 @@ def run_experiment(
 ) -> None:
     """Run an experiment and print each case's status, score and reason, then the pass rate.
 
-    [dim]Example:[/]  chainette experiment run examples/calc.py:experiment -c engine=local -o runs/calc
+    [dim]Example:[/]  chainette experiment run experiments.py:calc -c engine=local -o runs/calc
     """
     err = stderr_console()
     with exit_on_errors(err):
