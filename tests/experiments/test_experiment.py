@@ -243,3 +243,26 @@ def test_a_filtered_case_is_an_error_not_a_failure(tmp_path: Path) -> None:
     result = Experiment("f", chain, cases, [numeric("answer")]).run(tmp_path / "run")
     assert [c.status for c in result.cases] == ["error", "pass"]
     assert "filtered" in result.case("short").reason
+
+
+def test_nested_runs_are_replaced_by_overwrite_but_a_stray_file_there_is_refused(
+    calc_engine: str, tmp_path: Path
+) -> None:
+    from chainette import RunFolderError
+
+    register_engine("judge", backend="fake", responder=lambda r: {"passed": True, "score": 1, "reason": ""})
+    step = Step(
+        id="verdict",
+        input_model=JudgeInput,
+        output_model=Verdict,
+        engine_name="judge",
+        user_prompt="{{ output }}",
+    )
+    experiment = Experiment("judged", build_chain, CASES[:1], [llm_judge(step)], CalcConfig)
+    experiment.run(tmp_path / "run", ["engine=calc"])
+    again = experiment.run(tmp_path / "run", ["engine=calc"], overwrite=True)
+    assert again.case("add").status == "pass"
+    (tmp_path / "run" / "experiment" / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match=r"experiment/notes\.txt"):
+        experiment.run(tmp_path / "run", ["engine=calc"], overwrite=True)
+    assert (tmp_path / "run" / "experiment" / "notes.txt").read_text() == "mine"
