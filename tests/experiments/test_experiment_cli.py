@@ -77,3 +77,27 @@ def test_experiment_run_refuses_a_missing_required_field_and_a_wrong_name(tmp_pa
     assert not (tmp_path / "r").exists()
     wrong = CliRunner().invoke(app, ["experiment", "run", f"{module}:calcc", "-c", "engine=calc"])
     assert wrong.exit_code == 1 and "Did you mean" in wrong.stderr and ":calc?" in wrong.stderr
+
+
+def test_experiment_config_lists_the_keys_but_not_internal_ones(tmp_path: Path) -> None:
+    module = write_experiment(tmp_path)
+    module.write_text(
+        module.read_text()
+        .replace(
+            "CalcConfig)",
+            "Hidden)",
+        )
+        .replace(
+            "register_engine(",
+            "from typing import Annotated\nfrom chainette import Internal\n\n"
+            "class Hidden(CalcConfig):\n    prompt_text: Annotated[str, Internal()] = ''\n\n\nregister_engine(",
+            1,
+        )
+    )
+    result = CliRunner().invoke(app, ["experiment", "config", f"{module}:calc"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert any("engine" in line and "required" in line and "engine name" in line for line in lines)
+    assert any("sampling.temperature" in line and "0.7" in line for line in lines)
+    assert "prompt_text" not in result.stdout
+    assert "sampling" not in [line.split()[1] for line in lines if line.startswith("│")]  # models: their leaves only

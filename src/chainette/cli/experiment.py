@@ -1,6 +1,7 @@
-"""``chainette experiment run path.py:experiment [-c key=value ...] [-o DIR]``.
+"""``chainette experiment run path.py:experiment [-c key=value ...] [-o DIR]`` and
+``chainette experiment config path.py:experiment`` (the keys ``-c`` can set).
 
-Prints a table of the cases (id, status, score, reason cut short) and the pass rate, then the
+``run`` prints a table of the cases (id, status, score, reason cut short) and the pass rate, then the
 run folder as the last stdout line, as ``run`` does; the run's summary goes to stderr.
 """
 
@@ -16,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..engines.registry import load_engines
-from ..experiments import Experiment, ExperimentResult
+from ..experiments import Experiment, ExperimentResult, describe_config
 from ._common import exit_on_errors, stderr_console
 from .loading import TargetError, import_target, split_target
 
@@ -86,6 +87,31 @@ def run_experiment(
         f"{t['unscored']} unscored of {t['cases']}"
     )
     typer.echo(str(result.path))
+
+
+@experiment_app.command("config")
+def list_config(
+    target: str = typer.Argument(..., help="The experiment: [bold]path/to/file.py:experiment[/]."),
+) -> None:
+    """List the config keys -c can set: type, default, whether required (Internal fields are hidden).
+
+    [dim]Example:[/]  chainette experiment config experiments.py:calc
+    """
+    with exit_on_errors(stderr_console()):
+        experiment = load_experiment(target)
+    config = experiment.config
+    out = Console(highlight=False, soft_wrap=True)
+    if config is None:
+        out.print(f"Experiment {escape(experiment.name)} has no config.")
+        return
+    table = Table(title=f"Config of {escape(experiment.name)}", title_justify="left")
+    for column in ("key", "type", "default", "help"):
+        table.add_column(column)
+    model = config if isinstance(config, type) else type(config)
+    for row in describe_config(model):
+        default = "[bold]required[/]" if row["required"] else escape(repr(row["default"]))
+        table.add_row(escape(row["path"]), escape(row["type"]), default, escape(row["help"]))
+    out.print(table)
 
 
 def _table(result: ExperimentResult) -> Table:
