@@ -100,4 +100,6 @@ def test_experiment_config_lists_the_keys_but_not_internal_ones(tmp_path: Path) 
     assert any("engine" in line and "required" in line and "engine name" in line for line in lines)
     assert any("sampling.temperature" in line and "0.7" in line for line in lines)
     assert "prompt_text" not in result.stdout
-    assert "sampling" not in [line.split()[1] for line in lines if line.startswith("│")]  # models: their leaves only
+    assert "sampling" not in [
+        line.split()[1] for line in lines if line.startswith("│")
+    ]  # models: their leaves only
