@@ -90,3 +90,17 @@ def test_readme_middleware_example_prints_what_its_comment_says(
     expected = code.rsplit("# ", 1)[1].strip()
     assert line == expected == "2 1 1"
     assert [r.name for r in caplog.records if "exporter down" in (r.exc_text or "")] == ["chainette.events"]
+
+
+def test_readme_experiment_example_prints_what_its_comments_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    section = README.read_text().split("## Experiments", 1)[1]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, str(README), "exec", dont_inherit=True), {"__name__": "readme_experiments"})
+    printed = capsys.readouterr().out.splitlines()
+    expected = [line.split("# ", 1)[1] for line in code.splitlines() if line.startswith("print(")]
+    assert printed == expected
+    data = (tmp_path / "runs" / "calc" / "experiment.json").read_text()
+    assert '"pass_rate": 0.5' in data

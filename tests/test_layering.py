@@ -1,5 +1,6 @@
 """Dependencies point one way: ``cli → serving → runtime → graph → engines, io, ledger``, with
-``integrations`` beside ``serving`` (only users import it); lower layers never
+``integrations`` beside ``serving`` (only users import it) and ``experiments`` beside it too
+(``cli`` imports it); lower layers never
 import upper ones, not even lazily inside a function (read from the source, every import)."""
 
 from __future__ import annotations
@@ -19,7 +20,17 @@ ALLOWED: dict[str, set[str]] = {
     "runtime": {"graph", "engines", "io", "ledger"},
     "serving": {"runtime", "graph", "engines", "io", "ledger"},
     "integrations": {"runtime", "graph", "engines", "io", "ledger"},  # OpenTelemetry, MLflow
-    "cli": {"serving", "runtime", "graph", "engines", "io", "ledger", "(package root)"},  # __version__
+    "experiments": {"runtime", "graph", "engines", "io", "ledger"},  # suites, assessors, experiment.json
+    "cli": {
+        "experiments",
+        "serving",
+        "runtime",
+        "graph",
+        "engines",
+        "io",
+        "ledger",
+        "(package root)",
+    },  # __version__
 }
 SHARED = {"_errors"}  # the exception tree: everyone may import it
 

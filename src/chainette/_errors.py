@@ -14,6 +14,7 @@ run is going on are attached to the record they hit and written to the run's
     ├── RunFolderError              the output folder cannot be used (exists, not writable)
     ├── LedgerError                 the request ledger (SQLite cache) cannot be opened or written
     ├── MissingDependencyError      an optional back-end is not installed (also an ImportError)
+    ├── ExperimentError             a suite, a config override or an experiment cannot be used
     └── RecordError                 one record failed at one node while running
         ├── InvalidInputError       the record could not be read or does not fit the first node
         ├── RenderError             a template failed on this record's data
@@ -36,6 +37,7 @@ __all__ = [
     "ChainetteError",
     "EngineConfigError",
     "EngineError",
+    "ExperimentError",
     "IncompatibleStepsError",
     "InputError",
     "InvalidInputError",
@@ -92,6 +94,11 @@ class LedgerError(ChainetteError):
 
 class MissingDependencyError(ChainetteError, ImportError):
     """An optional dependency is missing; the message names the pip extra to install."""
+
+
+class ExperimentError(ChainetteError):
+    """A suite file, a config override or an experiment definition cannot be used (raised before
+    any request: the message names the file and line, the case or the config field)."""
 
 
 class RecordError(ChainetteError):

@@ -31,6 +31,7 @@ from ..runtime.executor import run_chain
 from ..runtime.result import RunResult
 from ._common import exit_on_errors, stderr_console
 from .cache import cache_app
+from .experiment import experiment_app
 from .loading import count_jsonl_records, import_target, load_chain, split_target
 from .progress import JsonEventLog, ProgressDisplay, print_run_summary
 from .serve import serve
@@ -51,6 +52,7 @@ app = typer.Typer(
 )
 
 app.add_typer(cache_app, name="cache")
+app.add_typer(experiment_app, name="experiment")
 
 TargetArg = Annotated[
     str,

@@ -9,7 +9,9 @@ One place for both, so the writer, the id check and the ownership check never di
     ├── metadata.json
     ├── failures.jsonl
     ├── flattened/            000.jsonl, 001.jsonl, ...
-    └── <node_id>/            000.jsonl, ...
+    ├── <node_id>/            000.jsonl, ...
+    ├── experiment.json       an experiment's results (written after the run, see ``experiments/``)
+    └── experiment/           an experiment's further runs (later turns, judges): run folders each
 
 A folder is Chainette's only when it holds the marker *and* every entry in it is one the
 marker accounts for. Anything else (a file the user added, a folder of another tool that happens
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "EXPERIMENT",
+    "EXPERIMENT_RUNS",
     "FAILURES",
     "FLATTENED",
     "GRAPH",
@@ -46,10 +50,14 @@ GRAPH = "graph.json"
 METADATA = "metadata.json"
 FAILURES = "failures.jsonl"
 FLATTENED = "flattened"
+EXPERIMENT = "experiment.json"
+EXPERIMENT_RUNS = "experiment"
+"""An experiment's nested run folders (``experiment/turn-2/``, ``experiment/judge-<name>/``):
+each is a run folder of its own, owned and cleared by the same rules."""
 
-_FILES = frozenset({MARKER, LOCK, GRAPH, METADATA, FAILURES})
-_TEMP = frozenset(f"{name}.tmp" for name in (MARKER, GRAPH, METADATA))
-RESERVED_NAMES = frozenset({"input", FLATTENED, "failures", "metadata", "graph"})
+_FILES = frozenset({MARKER, LOCK, GRAPH, METADATA, FAILURES, EXPERIMENT})
+_TEMP = frozenset(f"{name}.tmp" for name in (MARKER, GRAPH, METADATA, EXPERIMENT))
+RESERVED_NAMES = frozenset({"input", FLATTENED, "failures", "metadata", "graph", EXPERIMENT_RUNS})
 """Node ids that would collide with a run folder's own entries (or with ``{{ input.x }}``).
 Compared case-insensitively: ``Flattened/`` and ``flattened/`` are one folder on macOS and Windows."""
 
@@ -103,6 +111,8 @@ def inspect_folder(folder: Path) -> Ownership:
                 for inner in _entries(entry.path)
                 if not (_PART.match(inner.name) and inner.is_file(follow_symlinks=False))
             )
+        elif entry.name == EXPERIMENT_RUNS and entry.is_dir(follow_symlinks=False):
+            foreign.extend(f"{entry.name}/{name}" for name in _foreign_nested(Path(entry.path)))
         else:
             foreign.append(entry.name + ("/" if entry.is_dir(follow_symlinks=False) else ""))
     if foreign:
@@ -121,8 +131,26 @@ def clear_run_folder(folder: Path, ownership: Ownership) -> None:
                 if _PART.match(inner.name):
                     os.unlink(inner.path)
             os.rmdir(entry.path)  # fails, rather than deleting, if something appeared meanwhile
+        elif entry.name == EXPERIMENT_RUNS and entry.is_dir(follow_symlinks=False):
+            for inner in _entries(entry.path):
+                nested = Path(inner.path)
+                clear_run_folder(nested, inspect_folder(nested))
+                (nested / LOCK).unlink(missing_ok=True)
+                os.rmdir(nested)
+            os.rmdir(entry.path)
         elif entry.name != LOCK and (entry.name in _FILES or entry.name in _TEMP):
             os.unlink(entry.path)
+
+
+def _foreign_nested(folder: Path) -> list[str]:
+    """Entries of ``experiment/`` that are not run folders Chainette wrote (empty: all are)."""
+    foreign: list[str] = []
+    for inner in _entries(folder):
+        if not inner.is_dir(follow_symlinks=False):
+            foreign.append(inner.name)
+        elif not inspect_folder(Path(inner.path)).owned:
+            foreign.append(inner.name + "/")
+    return foreign
 
 
 def _entries(folder: str | Path) -> list[os.DirEntry[str]]:

@@ -1,0 +1,126 @@
+"""``chainette experiment run path.py:experiment [-c key=value ...] [-o DIR]`` and
+``chainette experiment config path.py:experiment`` (the keys ``-c`` can set).
+
+``run`` prints a table of the cases (id, status, score, reason cut short) and the pass rate, then the
+run folder as the last stdout line, as ``run`` does; the run's summary goes to stderr.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import anyio
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..engines.registry import load_engines
+from ..experiments import Experiment, ExperimentResult, describe_config
+from ._common import exit_on_errors, stderr_console
+from .loading import TargetError, import_target, split_target
+
+__all__ = ["experiment_app", "load_experiment"]
+
+experiment_app = typer.Typer(
+    help="Run an experiment: a chain over a suite of cases, each case assessed.", no_args_is_help=True
+)
+
+_STYLE = {"pass": "green", "fail": "red", "error": "magenta", "unscored": "dim"}
+_REASON = 70
+
+
+def load_experiment(target: str) -> Experiment:
+    """The :class:`Experiment` named by ``path.py:name`` (or the only one the module defines)."""
+    source, attr = split_target(target)
+    module = import_target(source)
+    found = {k: v for k, v in vars(module).items() if isinstance(v, Experiment)}
+    listing = ", ".join(sorted(found)) or "none"
+    if attr is None:
+        if len(found) == 1:
+            return next(iter(found.values()))
+        raise TargetError(
+            f"TARGET {target!r} does not say which experiment to run; {source} defines: {listing}. "
+            f"Write {source}:NAME."
+        )
+    obj = getattr(module, attr, None)
+    if not isinstance(obj, Experiment):
+        close = difflib.get_close_matches(attr, list(found), n=1)
+        hint = f" Did you mean {source}:{close[0]}?" if close else ""
+        what = "has no attribute" if obj is None else f"has {type(obj).__name__}, not an Experiment, as"
+        raise TargetError(f"{source} {what} {attr!r}. Experiments it defines: {listing}.{hint}")
+    return obj
+
+
+@experiment_app.command("run")
+def run_experiment(
+    target: str = typer.Argument(..., help="The experiment: [bold]path/to/file.py:experiment[/]."),
+    config: list[str] = typer.Option(
+        [], "--config", "-c", help="A config override key=value (dotted keys; repeatable)."
+    ),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Run folder to write."),
+    engines: Path | None = typer.Option(None, "--engines", "-e", help="engines.yml to register."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
+    ledger: Path | None = typer.Option(None, "--ledger", help="Request ledger (SQLite)."),
+) -> None:
+    """Run an experiment and print each case's status, score and reason, then the pass rate.
+
+    [dim]Example:[/]  chainette experiment run experiments.py:calc -c engine=local -o runs/calc
+    """
+    err = stderr_console()
+    with exit_on_errors(err):
+        experiment = load_experiment(target)
+        if engines is not None:
+            load_engines(engines)
+
+        async def main() -> ExperimentResult:
+            return await experiment.arun(output_dir, config, overwrite=overwrite, ledger=ledger)
+
+        result = anyio.run(main)
+    out = Console(highlight=False, soft_wrap=True)
+    out.print(_table(result))
+    t = result.totals
+    rate = "n/a" if t["pass_rate"] is None else f"{t['pass_rate']:.1%}"
+    out.print(
+        f"pass rate {rate}: {t['pass']} passed, {t['fail']} failed, {t['error']} errors, "
+        f"{t['unscored']} unscored of {t['cases']}"
+    )
+    typer.echo(str(result.path))
+
+
+@experiment_app.command("config")
+def list_config(
+    target: str = typer.Argument(..., help="The experiment: [bold]path/to/file.py:experiment[/]."),
+) -> None:
+    """List the config keys -c can set: type, default, whether required (Internal fields are hidden).
+
+    [dim]Example:[/]  chainette experiment config experiments.py:calc
+    """
+    with exit_on_errors(stderr_console()):
+        experiment = load_experiment(target)
+    config = experiment.config
+    out = Console(highlight=False, soft_wrap=True)
+    if config is None:
+        out.print(f"Experiment {escape(experiment.name)} has no config.")
+        return
+    table = Table(title=f"Config of {escape(experiment.name)}", title_justify="left")
+    for column in ("key", "type", "default", "help"):
+        table.add_column(column)
+    model = config if isinstance(config, type) else type(config)
+    for row in describe_config(model):
+        default = "[bold]required[/]" if row["required"] else escape(repr(row["default"]))
+        table.add_row(escape(row["path"]), escape(row["type"]), default, escape(row["help"]))
+    out.print(table)
+
+
+def _table(result: ExperimentResult) -> Table:
+    table = Table(title=f"Experiment {escape(result.name)}", title_justify="left")
+    for column in ("case", "status", "score", "reason"):
+        table.add_column(column)
+    for case in result.cases:
+        reason = case.reason if len(case.reason) <= _REASON else case.reason[: _REASON - 1] + "…"
+        score = "" if case.score is None else f"{case.score:g}"
+        style = _STYLE[case.status]
+        table.add_row(escape(case.id), f"[{style}]{case.status}[/]", score, escape(reason))
+    return table

@@ -1,0 +1,291 @@
+"""``Experiment``: a chain (built from a typed config) run over a suite, each case assessed.
+
+How GoTaglio's stages map: *prepare*, *infer* and *extract* are the chain (templates render the
+prompt, a ``Step`` calls the engine, the output model and ``apply`` nodes parse and extract);
+*assess* is the experiment's assessors, run after the chain on each case's final output.
+
+How a case travels: the suite is checked against the chain's input model; every case's first
+input goes, in suite order, into one ``run_chain`` (the run folder as for any run); a record's
+``_index`` is its case's position, so flattened rows and failures join back to their case by
+``_index`` (the record ids stay the runtime's own). A multi-turn case's later turns run in
+rounds, one nested run folder per round (``experiment/turn-<k>/``), each input given the
+conversation so far in its ``history`` field. Then the assessors run (an LLM judge in
+``experiment/judge-<step id>/``), and ``experiment.json`` is written into the run folder.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+from pydantic import BaseModel
+
+from .._errors import ExperimentError
+from ..graph.chain import ChainGraph
+from ..io.layout import EXPERIMENT_RUNS
+from ..runtime.executor import run_chain
+from ..runtime.result import RunResult
+from .assess import Assessor, JudgeAssessor, combine, function
+from .config import merge_overrides, public_config
+from .record import CaseResult, ExperimentResult, command_line, git_info, totals, write_experiment_json
+from .suite import HISTORY_FIELD, Case, Suite, load_suite
+
+__all__ = ["Experiment"]
+
+ChainFactory = Callable[[Any], ChainGraph]
+
+
+class Experiment:
+    """A chain, a suite of cases, assessors and a typed config, run as one.
+
+    Args:
+        name: Recorded in ``experiment.json``.
+        chain_factory: ``fn(config) -> Chain`` (built for each run's merged config), or a Chain.
+        suite: A :class:`Suite`, a list of cases, or a ``.jsonl`` / ``.yaml`` path.
+        assessors: Each case is assessed by every one (see :mod:`chainette.experiments.assess`);
+            a plain ``fn(case, output)`` is wrapped by :func:`~chainette.experiments.assess.function`.
+        config: The config: a Pydantic model class (its defaults, plus overrides) or an instance
+            (its values, plus overrides). None: no config; overrides are refused.
+
+    Example:
+        >>> exp = Experiment("calc", build_chain, "cases.jsonl", [numeric("answer")], Config)  # doctest: +SKIP
+        >>> result = exp.run(overrides=["sampling.temperature=0"])                            # doctest: +SKIP
+        >>> result.pass_rate                                                                  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        name: str,
+        chain_factory: ChainFactory | ChainGraph,
+        suite: Suite | str | Path | Sequence[Case | dict[str, Any]],
+        assessors: Sequence[Assessor | Callable[[Case, Any], Any]] = (),
+        config: type[BaseModel] | BaseModel | None = None,
+    ) -> None:
+        self.name = name
+        self.chain_factory = chain_factory
+        self.suite = suite
+        self.config = config
+        self.assessors: list[Assessor] = []
+        for assessor in assessors:
+            if not isinstance(assessor, Assessor) and not callable(assessor):
+                raise ExperimentError(
+                    f"Experiment {name!r}: {assessor!r} is not an assessor; use exact(), numeric(), "
+                    "llm_judge(step) or a function fn(case, output) -> bool | float | Assessment."
+                )
+            self.assessors.append(assessor if isinstance(assessor, Assessor) else function(assessor))
+
+    def resolve_config(self, overrides: Sequence[str] = ()) -> BaseModel | None:
+        """The config for ``overrides`` (validated; Required fields checked)."""
+        if self.config is None:
+            if overrides:
+                raise ExperimentError(
+                    f"Experiment {self.name!r} has no config, so overrides ({', '.join(overrides)}) cannot apply."
+                )
+            return None
+        if isinstance(self.config, BaseModel):
+            return merge_overrides(type(self.config), self.config, overrides)
+        return merge_overrides(self.config, {}, overrides)
+
+    def build(self, config: BaseModel | None) -> ChainGraph:
+        """The chain for ``config``."""
+        if isinstance(self.chain_factory, ChainGraph):
+            return self.chain_factory
+        chain = self.chain_factory(config)
+        if not isinstance(chain, ChainGraph):
+            raise ExperimentError(
+                f"Experiment {self.name!r}: chain_factory returned {type(chain).__name__}, not a Chain."
+            )
+        return chain
+
+    def run(
+        self, output_dir: str | Path | None = None, overrides: Sequence[str] = (), **run_options: Any
+    ) -> ExperimentResult:
+        """Run the experiment (blocking). See :meth:`arun`."""
+
+        async def main() -> ExperimentResult:
+            return await self.arun(output_dir, overrides, **run_options)
+
+        return anyio.run(main)
+
+    async def arun(
+        self, output_dir: str | Path | None = None, overrides: Sequence[str] = (), **run_options: Any
+    ) -> ExperimentResult:
+        """Build the chain for the merged config, run it over the suite, assess every case and write
+        ``experiment.json`` into the run folder.
+
+        Args:
+            output_dir: The run folder (default: the chain's, ``runs/<chain>-<run id>``).
+            overrides: ``"dotted.key=value"`` config overrides.
+            **run_options: As for ``Chain.run`` (``overwrite``, ``ledger``, ``cache``, ``middleware``, ...).
+        """
+        config = self.resolve_config(overrides)
+        chain = self.build(config)
+        suite = load_suite(self.suite)
+        suite.check(chain.input_model)
+        started = time.time()
+        cases = list(suite)
+        first = [_turn_input(c, 0, []) for c in cases]
+        run = await run_chain(chain, first, output_dir, **run_options)
+        key = _output_key(chain)
+        outcomes = _outcomes(run, key, len(cases))
+        conversations: list[list[dict[str, Any]]] = [[] for _ in cases]
+        nested = {k: v for k, v in run_options.items() if k not in ("overwrite", "resume")}
+        for turn in range(1, max((c.turn_count for c in cases), default=1)):
+            todo = [i for i, c in enumerate(cases) if c.turn_count > turn and "error" not in outcomes[i]]
+            for i in todo:
+                conversations[i].append(
+                    {"input": cases[i].inputs()[turn - 1], "output": outcomes[i]["output"]}
+                )
+            inputs = [_turn_input(cases[i], turn, conversations[i]) for i in todo]
+            sub = await run_chain(chain, inputs, run.path / EXPERIMENT_RUNS / f"turn-{turn + 1}", **nested)
+            for j, outcome in enumerate(_outcomes(sub, key, len(todo))):
+                outcomes[todo[j]] = {**outcome, "record_id": outcomes[todo[j]]["record_id"]}
+        results = [_case_result(c, outcomes[i], conversations[i]) for i, c in enumerate(cases)]
+        await self._assess(results, cases, run.path, nested)
+        for result in results:
+            if result.status != "error":
+                result.status, result.score, result.reason = combine(list(result.assessments.values()))
+        return self._finish(run, results, config, suite, started)
+
+    async def _assess(
+        self, results: list[CaseResult], cases: list[Case], path: Path, options: dict[str, Any]
+    ) -> None:
+        for assessor in self.assessors:
+            live = [i for i, r in enumerate(results) if r.status != "error"]
+            if isinstance(assessor, JudgeAssessor):
+                await _judge(assessor, [results[i] for i in live], [cases[i] for i in live], path, options)
+                continue
+            for i in live:
+                try:
+                    results[i].assessments[assessor.name] = assessor(cases[i], results[i].output)
+                except Exception as exc:  # a broken assessor marks the case, it does not stop the others
+                    _mark_error(results[i], f"assess:{assessor.name}", type(exc).__name__, str(exc))
+
+    def _finish(
+        self,
+        run: RunResult,
+        results: list[CaseResult],
+        config: BaseModel | None,
+        suite: Suite,
+        started: float,
+    ) -> ExperimentResult:
+        meta = run.metadata
+        summary = totals(results, meta)
+        summary["duration_s"] = round(time.time() - started, 3)
+        stored = public_config(config) if config is not None else None
+        data = {
+            "experiment": self.name,
+            "chain": meta.get("chain"),
+            "run_id": run.run_id,
+            "command": command_line(),
+            "config": stored,
+            "git": git_info(),
+            "versions": meta.get("versions"),
+            "suite": {
+                "path": str(suite.path) if suite.path else None,
+                "sha256": suite.sha256,
+                "cases": len(results),
+            },
+            "run": {
+                "status": meta.get("status"),
+                "counts": meta.get("counts"),
+                "started_at": meta.get("started_at"),
+            },
+            "totals": summary,
+            "cases": [r.as_dict() for r in results],
+        }
+        write_experiment_json(run.path, data)
+        return ExperimentResult(self.name, run.path, run, results, summary, stored, data)
+
+
+def _turn_input(case: Case, turn: int, history: list[dict[str, Any]]) -> dict[str, Any]:
+    value = case.inputs()[turn]
+    return {**value, HISTORY_FIELD: history} if case.turns else value
+
+
+def _output_key(chain: ChainGraph) -> str:
+    """The history key of the chain's final output: its last item that does not pass through."""
+    for item in reversed(chain.items):
+        if not item.passes_through:
+            return item.id
+    return "input"
+
+
+def _output_of(row: dict[str, Any], key: str) -> Any:
+    if key in row:
+        return row[key]
+    prefix = key + "."
+    return {
+        c[len(prefix) :]: v for c, v in row.items() if c.startswith(prefix) and "." not in c[len(prefix) :]
+    }
+
+
+def _outcomes(run: RunResult, key: str, count: int) -> list[dict[str, Any]]:
+    """Per input position: ``{"output", "record_id"}``, or ``{"error", "record_id"}`` when it failed
+    (its first failure), or was filtered out."""
+    rows: dict[int, list[dict[str, Any]]] = {}
+    for row in run.flattened():
+        rows.setdefault(int(row["_index"]), []).append(row)
+    failed: dict[int, dict[str, Any]] = {}
+    for row in run.failures():
+        if row.get("emitted"):
+            continue
+        failed.setdefault(int(row["_index"]), row)
+    out: list[dict[str, Any]] = []
+    for index in range(count):
+        if index in failed:
+            f = failed[index]
+            error = {"node": f.get("node"), "error_type": f.get("error_type"), "message": f.get("message")}
+            out.append({"error": error, "record_id": f.get("_id")})
+        elif index in rows:
+            found = [_output_of(r, key) for r in rows[index]]
+            out.append({"output": found[0] if len(found) == 1 else found, "record_id": rows[index][0]["_id"]})
+        else:
+            error = {
+                "node": None,
+                "error_type": "filtered",
+                "message": "the chain filtered the case out (no output)",
+            }
+            out.append({"error": error, "record_id": None})
+    return out
+
+
+def _case_result(case: Case, outcome: dict[str, Any], conversation: list[dict[str, Any]]) -> CaseResult:
+    result = CaseResult(case.id, "unscored", expected=case.expected, record_id=outcome.get("record_id"))
+    if case.turns:
+        result.turns = [t["output"] for t in conversation]
+    if "error" in outcome:
+        error = outcome["error"]
+        turn = f" (turn {len(conversation) + 1})" if case.turns else ""
+        _mark_error(result, error["node"], error["error_type"], f"{error['message']}{turn}")
+        return result
+    result.output = outcome["output"]
+    if result.turns is not None:
+        result.turns.append(result.output)
+    return result
+
+
+def _mark_error(result: CaseResult, node: str | None, kind: str | None, message: str) -> None:
+    result.status = "error"
+    result.error = {"node": node, "error_type": kind, "message": message}
+    result.reason = f"{node}: {message}" if node else message
+    result.score = None
+
+
+async def _judge(
+    judge: JudgeAssessor, results: list[CaseResult], cases: list[Case], path: Path, options: dict[str, Any]
+) -> None:
+    if not results:
+        return
+    chain = ChainGraph(f"judge-{judge.step.id}", [judge.step])
+    records = [judge.record(c, r.output) for c, r in zip(cases, results, strict=True)]
+    run = await run_chain(chain, records, path / EXPERIMENT_RUNS / f"judge-{judge.step.id}", **options)
+    for result, outcome in zip(results, _outcomes(run, judge.step.id, len(results)), strict=True):
+        if "error" in outcome:
+            e = outcome["error"]
+            _mark_error(result, f"assess:{judge.name}", e["error_type"], f"{e['node']}: {e['message']}")
+        else:
+            result.assessments[judge.name] = JudgeAssessor.verdict(outcome["output"])

@@ -1,0 +1,105 @@
+"""``chainette experiment run`` end to end on the fake engine, with ``-c`` overrides."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from chainette.cli import app
+
+MODULE = """
+from pathlib import Path
+
+from tests.experiments.shared import CalcConfig, build_chain, calculator
+
+from chainette import Experiment, numeric, register_engine
+
+register_engine("calc", backend="fake", responder=calculator)
+
+calc = Experiment("calc", build_chain, Path(__file__).parent / "cases.jsonl", [numeric("answer")], CalcConfig)
+"""
+
+
+def write_experiment(folder: Path) -> Path:
+    (folder / "cases.jsonl").write_text(
+        '{"id": "add", "input": {"question": "2 + 3"}, "expected": {"answer": 5}}\n'
+        '{"id": "off", "input": {"question": "wrong 2 * 3"}, "expected": {"answer": 6}}\n'
+        '{"id": "boom", "input": {"question": "boom 1 + 1"}, "expected": {"answer": 2}}\n'
+    )
+    path = folder / "calc_experiment.py"
+    path.write_text(textwrap.dedent(MODULE))
+    return path
+
+
+def test_experiment_run_prints_the_cases_the_pass_rate_and_the_run_folder_last(tmp_path: Path) -> None:
+    module = write_experiment(tmp_path)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        [
+            "experiment",
+            "run",
+            f"{module}:calc",
+            "-c",
+            "engine=calc",
+            "-c",
+            "sampling.max_tokens=16",
+            "-o",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[-1] == str(out)
+    table = "\n".join(lines)
+    assert "add" in table and "pass" in table and "got 7, expected 6" in table and "error" in table
+    assert "pass rate 33.3%: 1 passed, 1 failed, 1 errors, 0 unscored of 3" in table
+    data = json.loads((out / "experiment.json").read_text())
+    assert data["config"]["sampling"]["max_tokens"] == 16 and data["config"]["engine"] == "calc"
+
+
+def test_experiment_run_refuses_a_bad_override_with_a_did_you_mean(tmp_path: Path) -> None:
+    module = write_experiment(tmp_path)
+    result = CliRunner().invoke(
+        app, ["experiment", "run", f"{module}:calc", "-c", "engine=calc", "-c", "sampling.max_tokns=3"]
+    )
+    assert result.exit_code == 1
+    assert "Did you mean 'sampling.max_tokens'?" in result.stderr
+
+
+def test_experiment_run_refuses_a_missing_required_field_and_a_wrong_name(tmp_path: Path) -> None:
+    module = write_experiment(tmp_path)
+    missing = CliRunner().invoke(app, ["experiment", "run", f"{module}:calc", "-o", str(tmp_path / "r")])
+    assert missing.exit_code == 1 and "-c engine=VALUE" in missing.stderr
+    assert not (tmp_path / "r").exists()
+    wrong = CliRunner().invoke(app, ["experiment", "run", f"{module}:calcc", "-c", "engine=calc"])
+    assert wrong.exit_code == 1 and "Did you mean" in wrong.stderr and ":calc?" in wrong.stderr
+
+
+def test_experiment_config_lists_the_keys_but_not_internal_ones(tmp_path: Path) -> None:
+    module = write_experiment(tmp_path)
+    module.write_text(
+        module.read_text()
+        .replace(
+            "CalcConfig)",
+            "Hidden)",
+        )
+        .replace(
+            "register_engine(",
+            "from typing import Annotated\nfrom chainette import Internal\n\n"
+            "class Hidden(CalcConfig):\n    prompt_text: Annotated[str, Internal()] = ''\n\n\nregister_engine(",
+            1,
+        )
+    )
+    result = CliRunner().invoke(app, ["experiment", "config", f"{module}:calc"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert any("engine" in line and "required" in line and "engine name" in line for line in lines)
+    assert any("sampling.temperature" in line and "0.7" in line for line in lines)
+    assert "prompt_text" not in result.stdout
+    assert "sampling" not in [
+        line.split()[1] for line in lines if line.startswith("│")
+    ]  # models: their leaves only
