@@ -98,9 +98,13 @@ def test_readme_experiment_example_prints_what_its_comments_say(
     section = README.read_text().split("## Experiments", 1)[1]
     code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, str(README), "exec", dont_inherit=True), {"__name__": "readme_experiments"})
+    exec(compile(code, str(README), "exec", dont_inherit=True), {"__name__": "__main__"})  # as a script
     printed = capsys.readouterr().out.splitlines()
-    expected = [line.split("# ", 1)[1] for line in code.splitlines() if line.startswith("print(")]
+    expected = [line.split("# ", 1)[1] for line in code.splitlines() if line.lstrip().startswith("print(")]
     assert printed == expected
     data = (tmp_path / "runs" / "calc" / "experiment.json").read_text()
     assert '"pass_rate": 0.5' in data
+    # saved as experiments.py, the module imports without running (what `chainette experiment run` does)
+    capsys.readouterr()
+    exec(compile(code, str(README), "exec", dont_inherit=True), {"__name__": "experiments"})
+    assert capsys.readouterr().out == ""
