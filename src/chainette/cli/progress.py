@@ -302,6 +302,8 @@ def print_run_summary(console: Console, meta: dict[str, Any], path: Path, *, bri
     """
     counts = meta["counts"]
     failed = counts.get("failures", 0)
+    for warning in meta.get("warnings") or ():
+        console.print(f"[bold yellow]! {escape(warning)}[/]", soft_wrap=True)
     if brief:
         for name, engine in (meta.get("engines") or {}).items():
             if engine.get("error"):

@@ -10,6 +10,7 @@ them has finished. The run folder is written as records complete.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import platform
 import re
 import time
@@ -45,6 +46,8 @@ from .result import RunResult
 from .stream_runner import STOPS_INPUT
 
 __all__ = ["RunOptions", "run_chain"]
+
+_log = logging.getLogger("chainette")
 
 Chunk = list[Record]
 
@@ -171,6 +174,11 @@ async def _run_in_folder(
     try:
         await _pipeline(chain, inputs, opts, ctx, counts)
         meta["status"] = "completed"
+        if counts["records_in"] == 0:
+            where = f"the input file {str(inputs)!r}" if isinstance(inputs, (str, Path)) else "the input"
+            warning = f"No input records: {where} held none (empty, or blank lines only), so nothing ran."
+            meta["warnings"] = [warning]
+            _log.warning(warning)
     except BaseException as exc:
         meta["status"] = (
             "interrupted"
