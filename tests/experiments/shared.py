@@ -58,3 +58,30 @@ def build_chain(config: CalcConfig) -> Chain:
 def write_jsonl(path: Any, rows: list[dict[str, Any]]) -> Any:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+CALLS: list[str] = []
+"""Every prompt the counting responders were sent (shared by every import of an experiment file)."""
+
+
+def counting_calculator(request: ChatRequest) -> dict[str, Any]:
+    """``calculator``, counting its calls in ``CALLS``."""
+    CALLS.append(request.messages[-1]["content"])
+    return calculator(request)
+
+
+def sloppy_calculator(request: ChatRequest) -> dict[str, Any]:
+    """``counting_calculator``, but every product is off by one (another "model")."""
+    answer = counting_calculator(request)
+    if "*" in request.messages[-1]["content"]:
+        answer["answer"] += 1
+    return answer
+
+
+CASES = [
+    {"id": "add", "input": {"question": "2 + 3"}, "expected": {"answer": 5}},
+    {"id": "mul", "input": {"question": "2 * 3"}, "expected": {"answer": 6}},
+    {"id": "off", "input": {"question": "wrong 1 + 1"}, "expected": {"answer": 2}},
+    {"id": "boom", "input": {"question": "boom 1 + 1"}, "expected": {"answer": 2}},
+]
+"""Under ``calc``: add and mul pass, off fails, boom errors; under ``sloppy`` mul fails too."""

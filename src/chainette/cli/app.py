@@ -34,6 +34,7 @@ from .cache import cache_app
 from .experiment import experiment_app
 from .loading import count_jsonl_records, import_target, load_chain, split_target
 from .progress import JsonEventLog, ProgressDisplay, print_run_summary
+from .runs import runs_app
 from .serve import serve
 from .servers import kill, print_running_servers, warmup
 
@@ -53,6 +54,7 @@ app = typer.Typer(
 
 app.add_typer(cache_app, name="cache")
 app.add_typer(experiment_app, name="experiment")
+app.add_typer(runs_app, name="runs")
 
 TargetArg = Annotated[
     str,

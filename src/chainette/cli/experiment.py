@@ -21,7 +21,7 @@ from ..experiments import Experiment, ExperimentResult, describe_config
 from ._common import exit_on_errors, stderr_console
 from .loading import TargetError, import_target, split_target
 
-__all__ = ["experiment_app", "load_experiment"]
+__all__ = ["experiment_app", "load_experiment", "print_result", "resolved_target"]
 
 experiment_app = typer.Typer(
     help="Run an experiment: a chain over a suite of cases, each case assessed.", no_args_is_help=True
@@ -53,6 +53,14 @@ def load_experiment(target: str) -> Experiment:
     return obj
 
 
+def resolved_target(target: str) -> str:
+    """``target`` with a ``.py`` file made absolute, so a rerun finds it from any folder."""
+    source, attr = split_target(target)
+    if source.endswith(".py") or Path(source).is_file():
+        source = str(Path(source).resolve())
+    return f"{source}:{attr}" if attr else source
+
+
 @experiment_app.command("run")
 def run_experiment(
     target: str = typer.Argument(..., help="The experiment: [bold]path/to/file.py:experiment[/]."),
@@ -75,9 +83,21 @@ def run_experiment(
             load_engines(engines)
 
         async def main() -> ExperimentResult:
-            return await experiment.arun(output_dir, config, overwrite=overwrite, ledger=ledger)
+            return await experiment.arun(
+                output_dir,
+                config,
+                target=resolved_target(target),
+                engines=engines,
+                overwrite=overwrite,
+                ledger=ledger,
+            )
 
         result = anyio.run(main)
+    print_result(result)
+
+
+def print_result(result: ExperimentResult) -> None:
+    """The cases table and the pass rate, then the run folder as the last stdout line."""
     out = Console(highlight=False, soft_wrap=True)
     out.print(_table(result))
     t = result.totals

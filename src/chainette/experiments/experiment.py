@@ -101,17 +101,29 @@ class Experiment:
         return chain
 
     def run(
-        self, output_dir: str | Path | None = None, overrides: Sequence[str] = (), **run_options: Any
+        self,
+        output_dir: str | Path | None = None,
+        overrides: Sequence[str] = (),
+        *,
+        target: str | None = None,
+        engines: str | Path | None = None,
+        **run_options: Any,
     ) -> ExperimentResult:
         """Run the experiment (blocking). See :meth:`arun`."""
 
         async def main() -> ExperimentResult:
-            return await self.arun(output_dir, overrides, **run_options)
+            return await self.arun(output_dir, overrides, target=target, engines=engines, **run_options)
 
         return anyio.run(main)
 
     async def arun(
-        self, output_dir: str | Path | None = None, overrides: Sequence[str] = (), **run_options: Any
+        self,
+        output_dir: str | Path | None = None,
+        overrides: Sequence[str] = (),
+        *,
+        target: str | None = None,
+        engines: str | Path | None = None,
+        **run_options: Any,
     ) -> ExperimentResult:
         """Build the chain for the merged config, run it over the suite, assess every case and write
         ``experiment.json`` into the run folder.
@@ -119,6 +131,8 @@ class Experiment:
         Args:
             output_dir: The run folder (default: the chain's, ``runs/<chain>-<run id>``).
             overrides: ``"dotted.key=value"`` config overrides.
+            target: ``path.py:name`` of this experiment, and ``engines``: the engines.yml given;
+                recorded in ``experiment.json`` (``rerun``) so ``chainette runs rerun`` can run it again.
             **run_options: As for ``Chain.run`` (``overwrite``, ``ledger``, ``cache``, ``middleware``, ...).
         """
         config = self.resolve_config(overrides)
@@ -148,7 +162,8 @@ class Experiment:
         for result in results:
             if result.status != "error":
                 result.status, result.score, result.reason = combine(list(result.assessments.values()))
-        return self._finish(run, results, config, suite, started)
+        rerun = {"target": target, "overrides": list(overrides), "engines": engines}
+        return self._finish(run, results, config, suite, started, rerun)
 
     async def _assess(
         self, results: list[CaseResult], cases: list[Case], path: Path, options: dict[str, Any]
@@ -171,17 +186,21 @@ class Experiment:
         config: BaseModel | None,
         suite: Suite,
         started: float,
+        rerun: dict[str, Any],
     ) -> ExperimentResult:
         meta = run.metadata
         summary = totals(results, meta)
         summary["duration_s"] = round(time.time() - started, 3)
         stored = public_config(config) if config is not None else None
+        if rerun["engines"] is not None:  # absolute, so a rerun finds it from any folder
+            rerun = {**rerun, "engines": str(Path(rerun["engines"]).resolve())}
         data = {
             "experiment": self.name,
             "chain": meta.get("chain"),
             "run_id": run.run_id,
             "command": command_line(),
             "config": stored,
+            "rerun": rerun,
             "git": git_info(),
             "versions": meta.get("versions"),
             "suite": {

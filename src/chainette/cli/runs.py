@@ -1,0 +1,293 @@
+"""``chainette runs list | show | summarize | compare | rerun``: experiment run history.
+
+Reads the run folders' ``experiment.json`` (see :mod:`chainette.experiments.history`); RUN is a
+run folder, or a folder name under ``--root``. ``rerun`` imports the experiment again from the
+``path.py:name`` that ``chainette experiment run`` recorded, with the same overrides.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .._errors import ExperimentError
+from ..engines.registry import load_engines
+from ..experiments import ExperimentResult, public_config
+from ..experiments.history import RunRecord, compare_runs, flatten_config, list_runs, load_run, restrict
+from ._common import exit_on_errors, stderr_console
+from .experiment import _STYLE, load_experiment, print_result
+
+__all__ = ["runs_app"]
+
+runs_app = typer.Typer(
+    help="Experiment run history: list, show, summarize, compare and rerun recorded runs.",
+    no_args_is_help=True,
+)
+
+RootOpt = typer.Option(Path("runs"), "--root", help="Folder holding the run folders.")
+RunArg = typer.Argument(..., help="A run folder, or its name under --root.")
+_CUT = 60
+
+
+def _out() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _rate(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate:.1%}"
+
+
+def _money(usd: float | None) -> str:
+    return "n/a" if usd is None else f"${usd:,.4f}"
+
+
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.2f}s"
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= _CUT else text[: _CUT - 1] + "…"
+
+
+def _when(run: RunRecord) -> str:
+    return run.started_at[:19].replace("T", " ")
+
+
+def _status(status: str | None) -> str:
+    if status is None:
+        return "—"
+    return f"[{_STYLE.get(status, 'dim')}]{escape(status)}[/]"
+
+
+def _load(run: str, root: Path) -> RunRecord:
+    with exit_on_errors(stderr_console()):
+        return load_run(run, root)
+
+
+@runs_app.command("list")
+def list_command(root: Path = RootOpt) -> None:
+    """Every experiment run under --root, newest first: when, experiment, pass rate, cases, cost, time.
+
+    [dim]Example:[/]  chainette runs list --root runs
+    """
+    runs = list_runs(root)
+    out = _out()
+    if not runs:
+        out.print(f"No experiment runs under {escape(str(root))} (no folder there has experiment.json).")
+        return
+    table = Table(title=f"Experiment runs under {escape(str(root))}", title_justify="left")
+    for column in ("id", "when", "experiment / suite", "pass rate", "cases", "cost", "duration"):
+        table.add_column(
+            column, justify="right" if column in ("pass rate", "cases", "cost", "duration") else "left"
+        )
+    for run in runs:
+        suite = run.data.get("suite") or {}
+        where = Path(suite["path"]).name if suite.get("path") else "(in Python)"
+        table.add_row(
+            escape(run.id),
+            _when(run),
+            f"{escape(run.experiment)} / {escape(where)}",
+            _rate(run.pass_rate),
+            str(run.totals.get("cases", len(run.cases))),
+            _money(run.cost_usd),
+            _seconds(run.duration_s),
+        )
+    out.print(table)
+
+
+@runs_app.command("show")
+def show(run: str = RunArg, root: Path = RootOpt) -> None:
+    """A run's stored config, git commit, suite, every case (status, score, reason) and totals.
+
+    [dim]Example:[/]  chainette runs show calc-1
+    """
+    record = _load(run, root)
+    out = _out()
+    out.print(
+        f"[bold]{escape(record.experiment)}[/] run {escape(record.id)} ({_when(record)}) in {escape(str(record.path))}"
+    )
+    git = record.data.get("git")
+    if git:
+        out.print(f"git {escape(str(git.get('commit')))}{' (dirty)' if git.get('dirty') else ''}")
+    else:
+        out.print("git: not recorded (not run in a git work tree)")
+    suite = record.data.get("suite") or {}
+    out.print(
+        f"suite {escape(str(suite.get('path') or '(built in Python)'))}, {suite.get('cases')} cases"
+        + (f", sha256 {suite['sha256'][:12]}" if suite.get("sha256") else "")
+    )
+    config = flatten_config(record.config or {})
+    out.print(
+        "config: " + (", ".join(f"{escape(k)}={escape(_short(v))}" for k, v in config.items()) or "none")
+    )
+    table = Table(title_justify="left")
+    for column in ("case", "status", "score", "reason"):
+        table.add_column(column)
+    for case in record.cases:
+        score = "" if case.get("score") is None else f"{case['score']:g}"
+        table.add_row(
+            escape(str(case.get("id"))),
+            _status(case.get("status")),
+            score,
+            escape(_short(case.get("reason") or "")),
+        )
+    out.print(table)
+    out.print(_totals_line(record))
+
+
+@runs_app.command("summarize")
+def summarize(run: str = RunArg, root: Path = RootOpt) -> None:
+    """Counts by status, pass rate, tokens, cost and cache figures, and the failing cases.
+
+    [dim]Example:[/]  chainette runs summarize runs/calc-1
+    """
+    record = _load(run, root)
+    t = record.totals
+    out = _out()
+    out.print(_totals_line(record))
+    tokens = t.get("tokens") or {}
+    out.print(f"tokens: {tokens.get('prompt')} prompt, {tokens.get('completion')} completion")
+    cost = t.get("cost") or {}
+    out.print(f"cost: {_money(cost.get('usd'))} (the ledger saved {_money(cost.get('saved_usd'))})")
+    cache = t.get("cache") or {}
+    out.print(
+        f"cache: {cache.get('sent')} sent, {cache.get('hits')} from the ledger, {cache.get('deduped')} shared"
+        f" (mode {cache.get('mode')})"
+    )
+    failing = [c for c in record.cases if c.get("status") in ("fail", "error")]
+    if not failing:
+        out.print("no failing or erroring cases")
+    for case in failing:
+        out.print(
+            f"  {_status(case.get('status'))} {escape(str(case.get('id')))}: {escape(_short(case.get('reason') or ''))}"
+        )
+
+
+@runs_app.command("compare")
+def compare(
+    a: str = typer.Argument(..., help="Run A (the baseline)."),
+    b: str = typer.Argument(..., help="Run B."),
+    root: Path = RootOpt,
+) -> None:
+    """What changed from run A to run B: pass rate, cases (with both outputs), cost, time, config.
+
+    [dim]Example:[/]  chainette runs compare calc-1 calc-2
+    """
+    diff = compare_runs(_load(a, root), _load(b, root))
+    out = _out()
+    delta = "" if diff.pass_rate_delta is None else f" ({diff.pass_rate_delta * 100:+.1f} pts)"
+    out.print(f"pass rate {_rate(diff.a.pass_rate)} → {_rate(diff.b.pass_rate)}{delta}")
+    if diff.changed:
+        table = Table(title=f"{len(diff.changed)} changed case(s), A → B", title_justify="left")
+        for column in ("case", "status", "output A", "output B"):
+            table.add_column(column)
+        for change in diff.changed:
+            table.add_row(
+                escape(change.id),
+                f"{_status(change.status_a)} → {_status(change.status_b)}",
+                escape(_short(change.output_a)),
+                escape(_short(change.output_b)),
+            )
+        out.print(table)
+    else:
+        out.print("no case changed status or output")
+    if diff.only_a:
+        out.print(f"only in A: {escape(', '.join(diff.only_a))}")
+    if diff.only_b:
+        out.print(f"only in B: {escape(', '.join(diff.only_b))}")
+    cost = "n/a" if diff.cost_delta is None else f"{diff.cost_delta:+,.4f} $"
+    duration = "n/a" if diff.duration_delta is None else f"{diff.duration_delta:+,.2f}s"
+    out.print(
+        f"cost {_money(diff.a.cost_usd)} → {_money(diff.b.cost_usd)} ({cost}); duration {_seconds(diff.a.duration_s)} → {_seconds(diff.b.duration_s)} ({duration})"
+    )
+    if diff.config_diff:
+        out.print("config differences:")
+        for key, (va, vb) in diff.config_diff.items():
+            out.print(f"  {escape(key)}: {escape(_short(va))} → {escape(_short(vb))}")
+    else:
+        out.print("same config")
+
+
+@runs_app.command("rerun")
+def rerun(
+    run: str = RunArg,
+    root: Path = RootOpt,
+    failed_only: bool = typer.Option(
+        False, "--failed-only", help="Run only the cases that failed or errored."
+    ),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Run folder to write."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
+    ledger: Path | None = typer.Option(
+        None, "--ledger", help="Request ledger [dim]\\[default: the run's own][/]."
+    ),
+) -> None:
+    """Run a recorded experiment again, with the same target and overrides (answers from the ledger).
+
+    [dim]Example:[/]  chainette runs rerun calc-1 --failed-only -o runs/calc-1-retry
+    """
+    err = stderr_console()
+    with exit_on_errors(err):
+        record = load_run(run, root)
+        how = record.data.get("rerun") or {}
+        target = how.get("target")
+        if not target:
+            raise ExperimentError(
+                f"Run {record.id} does not say which experiment made it (it was run from Python, not "
+                "with `chainette experiment run`). Rerun it from Python with "
+                f"experiment.run(overrides={how.get('overrides', '[...]')!r}), or pass "
+                "target='path.py:name' to Experiment.run so that `chainette runs rerun` can."
+            )
+        overrides = [str(o) for o in how.get("overrides") or []]
+        experiment = load_experiment(target)
+        if how.get("engines"):
+            load_engines(Path(how["engines"]))
+        _warn_config(err, record, public_config(c) if (c := experiment.resolve_config(overrides)) else None)
+        if failed_only:
+            ids = record.failed_ids()
+            if not ids:
+                err.print(f"Run {escape(record.id)} has no failed or erroring case; nothing to rerun.")
+                raise typer.Exit(0)
+            experiment = restrict(experiment, ids)
+        cache = record.totals.get("cache") or {}
+        use_ledger = ledger or (Path(cache["ledger"]) if cache.get("ledger") else None)
+
+        async def main() -> ExperimentResult:
+            return await experiment.arun(
+                output_dir,
+                overrides,
+                target=target,
+                engines=how.get("engines"),
+                overwrite=overwrite,
+                ledger=use_ledger,
+            )
+
+        result = anyio.run(main)
+    print_result(result)
+
+
+def _warn_config(err: Console, record: RunRecord, now: dict[str, Any] | None) -> None:
+    before, after = flatten_config(record.config or {}), flatten_config(now or {})
+    keys = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    if keys:
+        err.print(
+            f"[yellow]Warning:[/] the experiment's code now gives a different config than run "
+            f"{escape(record.id)} stored ({escape(', '.join(keys))}); rerunning with the code's.",
+            soft_wrap=True,
+        )
+
+
+def _totals_line(record: RunRecord) -> str:
+    t = record.totals
+    return (
+        f"pass rate {_rate(record.pass_rate)}: {t.get('pass', 0)} passed, {t.get('fail', 0)} failed, "
+        f"{t.get('error', 0)} errors, {t.get('unscored', 0)} unscored of {t.get('cases', len(record.cases))}; "
+        f"cost {_money(record.cost_usd)}, {_seconds(record.duration_s)}"
+    )

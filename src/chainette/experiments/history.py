@@ -1,0 +1,255 @@
+"""Run history: experiment run folders found, read back and compared (``chainette runs``).
+
+An experiment run is a folder with ``experiment.json`` (see :mod:`.record`). ``list_runs`` finds
+them under a root (newest first; the nested ``experiment/`` runs of turns and judges are part of
+their run, never runs of their own), ``load_run`` reads one, ``compare_runs`` says what changed
+between two. ``experiment.json``'s ``rerun`` entry (the ``path.py:name`` target, the overrides,
+the engines file) is what ``chainette runs rerun`` needs to build the experiment again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .._errors import ExperimentError
+from ..io.layout import EXPERIMENT, METADATA
+from .experiment import Experiment
+from .suite import Suite, load_suite
+
+__all__ = [
+    "CaseChange",
+    "RunComparison",
+    "RunRecord",
+    "compare_runs",
+    "flatten_config",
+    "list_runs",
+    "load_run",
+    "restrict",
+]
+
+FAILED = ("fail", "error")
+
+
+@dataclass
+class RunRecord:
+    """One experiment run folder, as ``experiment.json`` (``data``) and ``metadata.json`` keep it."""
+
+    path: Path
+    data: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def id(self) -> str:
+        """The folder's name."""
+        return self.path.name
+
+    @property
+    def experiment(self) -> str:
+        return str(self.data.get("experiment") or "?")
+
+    @property
+    def started_at(self) -> str:
+        """ISO time the run started (the file's time when ``experiment.json`` lacks it)."""
+        started = (self.data.get("run") or {}).get("started_at") or self.metadata.get("started_at")
+        if started:
+            return str(started)
+        return datetime.fromtimestamp((self.path / EXPERIMENT).stat().st_mtime, UTC).isoformat()
+
+    @property
+    def totals(self) -> dict[str, Any]:
+        return dict(self.data.get("totals") or {})
+
+    @property
+    def pass_rate(self) -> float | None:
+        rate = self.totals.get("pass_rate")
+        return None if rate is None else float(rate)
+
+    @property
+    def cost_usd(self) -> float | None:
+        cost = self.totals.get("cost") or {}
+        return None if cost.get("usd") is None else float(cost["usd"])
+
+    @property
+    def duration_s(self) -> float | None:
+        duration = self.totals.get("duration_s")
+        return None if duration is None else float(duration)
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        config = self.data.get("config")
+        return dict(config) if isinstance(config, dict) else None
+
+    @property
+    def cases(self) -> list[dict[str, Any]]:
+        return list(self.data.get("cases") or [])
+
+    def case(self, case_id: str) -> dict[str, Any] | None:
+        return next((c for c in self.cases if c.get("id") == case_id), None)
+
+    def failed_ids(self) -> list[str]:
+        """Ids of the cases whose status was ``fail`` or ``error``, in suite order."""
+        return [str(c["id"]) for c in self.cases if c.get("status") in FAILED]
+
+
+@dataclass
+class CaseChange:
+    """A case whose status or output differs between run A and run B."""
+
+    id: str
+    status_a: str | None
+    status_b: str | None
+    output_a: Any = None
+    output_b: Any = None
+
+
+@dataclass
+class RunComparison:
+    """What changed from run ``a`` to run ``b`` (deltas are B minus A; None when either lacks it)."""
+
+    a: RunRecord
+    b: RunRecord
+    pass_rate_delta: float | None
+    changed: list[CaseChange]
+    only_a: list[str]
+    only_b: list[str]
+    cost_delta: float | None
+    duration_delta: float | None
+    config_diff: dict[str, tuple[Any, Any]]
+    """Dotted key → (value in A, value in B); a key missing on one side has ``None`` there."""
+
+
+def list_runs(root: str | Path = "runs") -> list[RunRecord]:
+    """Every experiment run folder under ``root``, newest first.
+
+    Example:
+        >>> [run.id for run in list_runs("runs")]  # doctest: +SKIP
+        ['calc-2', 'calc-1']
+    """
+    base = Path(root)
+    if not base.is_dir():
+        return []
+    found: list[RunRecord] = []
+    for folder, dirs, files in os.walk(base):
+        if EXPERIMENT in files:
+            dirs[:] = []  # a run folder holds no other runs (its experiment/ ones belong to it)
+            try:
+                found.append(_read(Path(folder)))
+            except ExperimentError:
+                continue  # a damaged experiment.json is not a run to list
+        dirs.sort()
+    found.sort(key=lambda r: r.started_at, reverse=True)
+    return found
+
+
+def load_run(run: str | Path, root: str | Path = "runs") -> RunRecord:
+    """The run at folder ``run``, or named ``run`` under ``root``.
+
+    Raises:
+        ExperimentError: neither holds ``experiment.json`` (the message lists the runs under root).
+    """
+    candidates = [Path(run), Path(root) / run]
+    for folder in candidates:
+        if (folder / EXPERIMENT).is_file():
+            return _read(folder)
+    names = [r.id for r in list_runs(root)][:10]
+    listing = f" Runs under {root}: {', '.join(names)}." if names else f" {root} holds no experiment runs."
+    raise ExperimentError(
+        f"No experiment run {str(run)!r}: neither {candidates[0]} nor {candidates[1]} has {EXPERIMENT}."
+        f"{listing} Give a run folder, or its name with --root."
+    )
+
+
+def compare_runs(a: RunRecord, b: RunRecord) -> RunComparison:
+    """Pass-rate, cost and duration deltas, changed cases and config differences from ``a`` to ``b``."""
+    cases_a = {str(c["id"]): c for c in a.cases}
+    cases_b = {str(c["id"]): c for c in b.cases}
+    changed = []
+    for case_id, ca in cases_a.items():
+        cb = cases_b.get(case_id)
+        if cb is None:
+            continue
+        if ca.get("status") != cb.get("status") or _canon(ca.get("output")) != _canon(cb.get("output")):
+            changed.append(
+                CaseChange(case_id, ca.get("status"), cb.get("status"), ca.get("output"), cb.get("output"))
+            )
+    config_a = flatten_config(a.config or {})
+    config_b = flatten_config(b.config or {})
+    diff = {
+        key: (config_a.get(key), config_b.get(key))
+        for key in sorted(set(config_a) | set(config_b))
+        if _canon(config_a.get(key)) != _canon(config_b.get(key))
+    }
+    return RunComparison(
+        a,
+        b,
+        _delta(a.pass_rate, b.pass_rate),
+        changed,
+        [k for k in cases_a if k not in cases_b],
+        [k for k in cases_b if k not in cases_a],
+        _delta(a.cost_usd, b.cost_usd),
+        _delta(a.duration_s, b.duration_s),
+        diff,
+    )
+
+
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists are values, as overrides write them).
+
+    Example:
+        >>> flatten_config({"engine": "x", "sampling": {"temperature": 0.2}})
+        {'engine': 'x', 'sampling.temperature': 0.2}
+    """
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten_config(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def restrict(experiment: Experiment, case_ids: list[str]) -> Experiment:
+    """A copy of ``experiment`` whose suite holds only ``case_ids`` (in the suite's order).
+
+    Raises:
+        ExperimentError: an id is no longer in the suite.
+    """
+    suite = load_suite(experiment.suite)
+    wanted = set(case_ids)
+    missing = wanted - {c.id for c in suite}
+    if missing:
+        raise ExperimentError(
+            f"Experiment {experiment.name!r}: the suite no longer has case(s) {', '.join(sorted(missing))}."
+        )
+    subset = Suite([c for c in suite if c.id in wanted], path=suite.path, sha256=suite.sha256)
+    return Experiment(
+        experiment.name, experiment.chain_factory, subset, experiment.assessors, experiment.config
+    )
+
+
+def _read(folder: Path) -> RunRecord:
+    try:
+        data = json.loads((folder / EXPERIMENT).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ExperimentError(f"{folder / EXPERIMENT} cannot be read: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ExperimentError(f"{folder / EXPERIMENT} does not hold an experiment (not a JSON object).")
+    try:
+        meta = json.loads((folder / METADATA).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = {}
+    return RunRecord(folder, data, meta if isinstance(meta, dict) else {})
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _delta(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(b - a, 6)
