@@ -23,7 +23,7 @@ def experiment() -> Experiment:
 def record_two(experiment: Experiment, root: Path) -> tuple[Path, Path]:
     ledger = root.parent / "ledger.sqlite"
     a = experiment.run(root / "a", overrides=["engine=calc"], ledger=ledger).path
-    b = experiment.run(root / "b", overrides=["engine=sloppy", "tags=[\"x\"]"], ledger=ledger).path
+    b = experiment.run(root / "b", overrides=["engine=sloppy", 'tags=["x"]'], ledger=ledger).path
     return a, b
 
 
@@ -47,7 +47,7 @@ def test_load_run_takes_a_folder_or_a_name_under_root_and_names_the_runs_when_un
     a, _ = record_two(experiment, tmp_path / "runs")
     assert load_run(a).id == "a" and load_run("a", tmp_path / "runs").path == a
     assert load_run(a).failed_ids() == ["off", "boom"]
-    with pytest.raises(ExperimentError, match="Runs under .*: b, a"):
+    with pytest.raises(ExperimentError, match=r"Runs under .*: b, a"):
         load_run("c", tmp_path / "runs")
 
 
@@ -67,9 +67,11 @@ def test_compare_runs_lists_the_changed_cases_the_deltas_and_the_config_differen
 
 def test_compare_runs_names_cases_only_in_one_run(experiment: Experiment, tmp_path: Path) -> None:
     a = experiment.run(tmp_path / "a", overrides=["engine=calc"], ledger=tmp_path / "l.sqlite").path
-    b = restrict(experiment, ["mul", "add"]).run(
-        tmp_path / "b", overrides=["engine=calc"], ledger=tmp_path / "l.sqlite"
-    ).path
+    b = (
+        restrict(experiment, ["mul", "add"])
+        .run(tmp_path / "b", overrides=["engine=calc"], ledger=tmp_path / "l.sqlite")
+        .path
+    )
     diff = compare_runs(load_run(a), load_run(b))
     assert diff.only_a == ["off", "boom"] and diff.only_b == [] and diff.changed == []
     assert [c["id"] for c in load_run(b).cases] == ["add", "mul"]  # the suite's order kept

@@ -85,12 +85,11 @@ def list_command(root: Path = RootOpt) -> None:
         return
     table = Table(title=f"Experiment runs under {escape(str(root))}", title_justify="left")
     for column in ("id", "when", "experiment / suite", "pass rate", "cases", "cost", "duration"):
-        table.add_column(
-            column, justify="right" if column in ("pass rate", "cases", "cost", "duration") else "left"
-        )
+        right = column in ("pass rate", "cases", "cost", "duration")
+        table.add_column(column, justify="right" if right else "left", no_wrap=column != "experiment / suite")
     for run in runs:
         suite = run.data.get("suite") or {}
-        where = Path(suite["path"]).name if suite.get("path") else "(in Python)"
+        where = Path(suite["path"]).name if suite.get("path") else "python"
         table.add_row(
             escape(run.id),
             _when(run),
