@@ -21,13 +21,13 @@ from ..experiments import Experiment, ExperimentResult, describe_config
 from ._common import exit_on_errors, stderr_console
 from .loading import TargetError, import_target, split_target
 
-__all__ = ["experiment_app", "load_experiment", "print_result", "resolved_target"]
+__all__ = ["STATUS_STYLE", "experiment_app", "load_experiment", "print_result", "resolved_target"]
 
 experiment_app = typer.Typer(
     help="Run an experiment: a chain over a suite of cases, each case assessed.", no_args_is_help=True
 )
 
-_STYLE = {"pass": "green", "fail": "red", "error": "magenta", "unscored": "dim"}
+STATUS_STYLE = {"pass": "green", "fail": "red", "error": "magenta", "unscored": "dim"}
 _REASON = 70
 
 
@@ -141,6 +141,6 @@ def _table(result: ExperimentResult) -> Table:
     for case in result.cases:
         reason = case.reason if len(case.reason) <= _REASON else case.reason[: _REASON - 1] + "…"
         score = "" if case.score is None else f"{case.score:g}"
-        style = _STYLE[case.status]
+        style = STATUS_STYLE[case.status]
         table.add_row(escape(case.id), f"[{style}]{case.status}[/]", score, escape(reason))
     return table

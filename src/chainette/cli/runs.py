@@ -22,7 +22,7 @@ from ..engines.registry import load_engines
 from ..experiments import ExperimentResult, public_config
 from ..experiments.history import RunRecord, compare_runs, flatten_config, list_runs, load_run, restrict
 from ._common import exit_on_errors, stderr_console
-from .experiment import _STYLE, load_experiment, print_result
+from .experiment import STATUS_STYLE, load_experiment, print_result
 
 __all__ = ["runs_app"]
 
@@ -64,7 +64,7 @@ def _when(run: RunRecord) -> str:
 def _status(status: str | None) -> str:
     if status is None:
         return "—"
-    return f"[{_STYLE.get(status, 'dim')}]{escape(status)}[/]"
+    return f"[{STATUS_STYLE.get(status, 'dim')}]{escape(status)}[/]"
 
 
 def _load(run: str, root: Path) -> RunRecord:
