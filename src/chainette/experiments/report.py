@@ -314,9 +314,11 @@ def _node_stats(run: RunView) -> str:
 
 def _failures(run: RunView, cap: int) -> str:
     shown = _head(run.path / FAILURES, "jsonl", cap)
-    if not shown:
-        return '<p class="muted" id="no-failures">No record failed.</p>'
     total = run.counts.get("failures")
+    if not shown:
+        if isinstance(total, int) and total > 0:
+            return f'<p class="muted" id="failures-more">Failures: {total:,}, none shown (see failures.jsonl).</p>'
+        return '<p class="muted" id="no-failures">No record failed.</p>'
     rows = [
         [
             f"<code>{escape(str(f.get('node')))}</code>",
