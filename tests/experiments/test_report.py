@@ -4,8 +4,8 @@ and in a real headless Chromium (Debian's, driven by Playwright), offline."""
 from __future__ import annotations
 
 import json
-from html import escape
 import re
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,16 @@ def answer(request: ChatRequest) -> dict[str, Any]:
 def two_step_run(tmp_path: Path, n: int = 4) -> Path:
     """qa → tr over ``n`` records, the third of which fails in qa."""
     register_engine("fake", backend="fake", responder=answer)
-    qa = Step(id="qa", input_model=Question, output_model=Answer, engine_name="fake", user_prompt="{{ text }}")
-    tr = Step(id="tr", input_model=Answer, output_model=Translation, engine_name="fake", user_prompt="FR: {{ answer }}")
+    qa = Step(
+        id="qa", input_model=Question, output_model=Answer, engine_name="fake", user_prompt="{{ text }}"
+    )
+    tr = Step(
+        id="tr",
+        input_model=Answer,
+        output_model=Translation,
+        engine_name="fake",
+        user_prompt="FR: {{ answer }}",
+    )
     texts = [f"q{k}" if k != 2 else "boom" for k in range(n)]
     Chain(name="Ask & translate", steps=[qa, tr]).run([{"text": t} for t in texts], tmp_path / "run")
     return tmp_path / "run"
@@ -50,7 +58,9 @@ def two_step_run(tmp_path: Path, n: int = 4) -> Path:
 
 def calc_run(tmp_path: Path, name: str, cases: list[dict[str, Any]]) -> Path:
     suite = write_jsonl(tmp_path / f"{name}.jsonl", cases)
-    Experiment("calc", build_chain, suite, [numeric("answer")], CalcConfig).run(tmp_path / name, ["engine=calc"])
+    Experiment("calc", build_chain, suite, [numeric("answer")], CalcConfig).run(
+        tmp_path / name, ["engine=calc"]
+    )
     return tmp_path / name
 
 
@@ -69,7 +79,9 @@ def test_the_report_holds_counts_graph_nodes_failures_and_samples_all_escaped(tm
     assert page.count('class="samples"') == 2
     assert "&lt;script&gt;alert(&#x27;owned&#x27;)&lt;/script&gt;" in page
     assert "<script" not in page and "<b>purpose" not in page
-    assert "{&quot;text&quot;: &quot;q0&quot;}" in page  # the input of the first qa row
+    samples = page[page.index('<section id="samples">') :]
+    for text in ("q0", "q1", "q3"):  # each row's input, found by _id in flattened/ (q2 failed)
+        assert samples.count(f"{{&quot;text&quot;: &quot;{text}&quot;}}") == 2  # beside qa's row and tr's
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page
 
 
@@ -94,10 +106,16 @@ def test_the_report_caps_samples_and_failures_and_cuts_long_text(tmp_path: Path)
     whole = json.dumps({"answer": long, "confidence": 1})
     assert f"<details><summary>all {len(whole)} characters</summary><pre>{escape(whole)}</pre>" in page
     assert f"<code>{escape(whole[:160])}…</code>" in page
+    # only what is shown is read: a broken line after the shown rows is never parsed
+    rows = [json.dumps({"_id": str(k), "answer": "a", "confidence": 1}) + "\n" for k in range(2)]
+    (run / "qa" / "000.jsonl").write_text("".join(rows) + "not json\n")
+    with (run / "failures.jsonl").open("a") as fh:
+        fh.write("not json\n")
+    assert "249 more failures" in build_report(load_run(run), samples=2, failures=1)
 
 
 def test_a_folder_without_metadata_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(RunFolderError, match="no metadata.json"):
+    with pytest.raises(RunFolderError, match=r"no metadata\.json"):
         load_run(tmp_path)
 
 
@@ -106,7 +124,9 @@ def test_an_experiment_report_shows_the_pass_rate_and_each_case(calc_engine: str
     page = build_report(load_run(run))
     assert re.search(r'id="pass-rate">33.3%<', page)
     cases = page[page.index('<table id="cases">') :]
-    assert cases.index("<code>add</code>") < cases.index("<code>mul</code>") < cases.index("<code>boom</code>")
+    assert (
+        cases.index("<code>add</code>") < cases.index("<code>mul</code>") < cases.index("<code>boom</code>")
+    )
     assert "got 21, expected 20" in cases and '<span class="error">error</span>' in cases
     assert "{&quot;answer&quot;: 21.0}" in cases  # mul's output
 
