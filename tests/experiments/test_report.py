@@ -38,7 +38,7 @@ def answer(request: ChatRequest) -> dict[str, Any]:
     return {"answer": f"{text} {SCRIPT}", "confidence": 0.9}
 
 
-def two_step_run(tmp_path: Path, n: int = 4) -> Path:
+def two_step_run(tmp_path: Path, n: int = 4, **options: Any) -> Path:
     """qa → tr over ``n`` records, the third of which fails in qa."""
     register_engine("fake", backend="fake", responder=answer)
     qa = Step(
@@ -52,7 +52,9 @@ def two_step_run(tmp_path: Path, n: int = 4) -> Path:
         user_prompt="FR: {{ answer }}",
     )
     texts = [f"q{k}" if k != 2 else "boom" for k in range(n)]
-    Chain(name="Ask & translate", steps=[qa, tr]).run([{"text": t} for t in texts], tmp_path / "run")
+    Chain(name="Ask & translate", steps=[qa, tr]).run(
+        [{"text": t} for t in texts], tmp_path / "run", **options
+    )
     return tmp_path / "run"
 
 
@@ -112,6 +114,15 @@ def test_the_report_caps_samples_and_failures_and_cuts_long_text(tmp_path: Path)
     with (run / "failures.jsonl").open("a") as fh:
         fh.write("not json\n")
     assert "249 more failures" in build_report(load_run(run), samples=2, failures=1)
+
+
+def test_a_parquet_run_is_read_the_same_way(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    run = two_step_run(tmp_path, fmt="parquet")
+    samples = build_report(load_run(run), samples=2)
+    samples = samples[samples.index('<section id="samples">') :]
+    assert samples.count("<tr><td><code>") == 4
+    assert samples.count("{&quot;text&quot;: &quot;q1&quot;}") == 2
 
 
 def test_a_folder_without_metadata_is_refused(tmp_path: Path) -> None:

@@ -180,29 +180,23 @@ def _get(data: dict[str, Any] | None, *keys: str) -> Any:
 # ---------------------------------------------------------------- reading, capped
 
 
-def _head(path: Path, fmt: str, limit: int) -> list[dict[str, Any]]:
-    """The first ``limit`` rows of a file or part folder (a Parquet part is read one batch at a time)."""
-    if limit <= 0 or not path.exists():
-        return []
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        out: list[dict[str, Any]] = []
-        for file in sorted(path.glob("*.parquet")) if path.is_dir() else [path]:
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=limit):
-                out.extend(batch.to_pylist()[: limit - len(out)])
-                if len(out) >= limit:
-                    return out
-        return out
-    return list(islice(read_rows(path, fmt), limit))
-
-
 def _rows(path: Path, fmt: str) -> Iterator[dict[str, Any]]:
+    """The rows of a file or part folder, lazily (a Parquet part is read a batch at a time)."""
     if not path.exists():
-        return iter(())
-    if fmt == "parquet":
-        return (row for file in sorted(path.glob("*.parquet")) for row in _head(file, fmt, 1 << 30))
-    return read_rows(path, fmt)
+        return
+    if fmt != "parquet":
+        yield from read_rows(path, fmt)
+        return
+    import pyarrow.parquet as pq
+
+    for file in sorted(path.glob("*.parquet")) if path.is_dir() else [path]:
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=256):
+            yield from batch.to_pylist()
+
+
+def _head(path: Path, fmt: str, limit: int) -> list[dict[str, Any]]:
+    """The first ``limit`` rows of a file or part folder."""
+    return list(islice(_rows(path, fmt), max(limit, 0)))
 
 
 def _inputs_for(run: RunView, ids: set[str]) -> dict[str, dict[str, Any]]:
