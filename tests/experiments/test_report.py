@@ -19,6 +19,7 @@ from chainette import Chain, Experiment, RunFolderError, Step, numeric, register
 from chainette.cli import app
 from chainette.engines.base import ChatRequest
 from chainette.experiments.report import build_report, load_run, write_report
+from chainette.experiments.report_graph import graph_svg
 
 SCRIPT = "<script>alert('owned')</script>"
 
@@ -221,3 +222,18 @@ def test_the_cli_writes_a_comparison_that_chromium_shows(calc_engine: str, tmp_p
     assert problems == []
     missing = CliRunner().invoke(app, ["report", str(tmp_path / "nope"), "-o", str(tmp_path / "x.html")])
     assert missing.exit_code == 1 and "no metadata.json" in missing.output
+
+
+def test_the_graph_svg_lays_out_rows_draws_a_repeat_edge_and_escapes_ids() -> None:
+    graph = {
+        "nodes": [{"id": "a", "kind": "step"}, {"id": "<b>", "kind": "loop", "summary": "until done"}],
+        "edges": [{"from": "input", "to": "a"}, {"from": "a", "to": "<b>"}, {"from": "<b>", "to": "a"}],
+    }
+    svg = graph_svg(graph)
+    ys = {
+        m[0]: int(m[1])
+        for m in re.findall(r'data-node="([^"]+)"><title>[^<]*</title><rect x="\d+" y="(\d+)"', svg)
+    }
+    assert ys["input"] < ys["a"] < ys["&lt;b&gt;"]  # one row each, top to bottom, the cycle cut
+    assert svg.count('class="edge"') == 3 and svg.count(" C") == 1  # the repeat edge curves back up
+    assert "<b>" not in svg and "until done" in svg
