@@ -34,6 +34,7 @@ from .cache import cache_app
 from .experiment import experiment_app
 from .loading import count_jsonl_records, import_target, load_chain, split_target
 from .progress import JsonEventLog, ProgressDisplay, print_run_summary
+from .report import report
 from .runs import runs_app
 from .serve import serve
 from .servers import kill, print_running_servers, warmup
@@ -377,6 +378,8 @@ def engines(
     out.print(f"Back-ends: {', '.join(sorted(BACKENDS))}")
     print_running_servers(out)
 
+
+app.command()(report)
 
 # Registered last, so --help lists them after the commands above.
 app.command()(warmup)

@@ -1,0 +1,330 @@
+"""A run folder as one self-contained HTML page: ``chainette report RUN [--compare OTHER] -o report.html``.
+
+Standard library only, and the page needs nothing but itself: inline CSS, the graph as inline SVG
+(:mod:`.report_graph`), long text folded in ``<details>``; no script, no font, no network. Every
+value from the run is escaped (outputs may hold HTML).
+
+What it reads is capped, so a run of any size is cheap: the counts, tokens, cost and per-node
+figures come from ``metadata.json``; of the rows it reads only the first ``samples`` of each step
+folder, the first ``failures`` lines of ``failures.jsonl`` and at most ``SCAN`` flattened rows (to
+find the samples' inputs by ``_id``). ``experiment.json``, when there, adds the pass rate and the
+cases (the first ``CASES``). ``compare``: this run against another one (counts, cost, duration and
+per-node deltas; with both experiments, the pass-rate change and the cases whose status or output
+changed).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from html import escape
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from .._errors import RunFolderError
+from ..io.layout import EXPERIMENT, FAILURES, FLATTENED, GRAPH, METADATA
+from ..runtime.result import read_rows
+from .report_compare import compare_section
+from .report_graph import graph_svg
+from .report_html import CASES, CSS, as_text, cut, get, n_cell, num, rate, table
+
+__all__ = ["CASES", "SCAN", "RunView", "build_report", "load_run", "write_report"]
+
+SCAN = 10_000
+"""Flattened rows read at most to find the samples' inputs."""
+
+
+@dataclass
+class RunView:
+    """What the report reads of one run folder up front (the small files)."""
+
+    path: Path
+    meta: dict[str, Any]
+    graph: dict[str, Any]
+    experiment: dict[str, Any] | None
+
+    @property
+    def fmt(self) -> str:
+        return str(self.meta.get("config", {}).get("fmt", "jsonl"))
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        counts: dict[str, Any] = self.meta.get("counts", {})
+        return counts
+
+
+def load_run(path: str | Path) -> RunView:
+    """Read ``metadata.json``, ``graph.json`` and (when there) ``experiment.json`` of a run folder."""
+    folder = Path(path)
+    if not (folder / METADATA).is_file():
+        raise RunFolderError(
+            f"{folder} is not a run folder: it has no {METADATA}. Pass the folder a run wrote."
+        )
+
+    def load(name: str) -> dict[str, Any] | None:
+        file = folder / name
+        data: dict[str, Any] | None = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+        return data
+
+    return RunView(folder, load(METADATA) or {}, load(GRAPH) or {}, load(EXPERIMENT))
+
+
+def write_report(
+    run: str | Path,
+    out: str | Path,
+    compare: str | Path | None = None,
+    *,
+    samples: int = 5,
+    failures: int = 200,
+) -> Path:
+    """Write the report of ``run`` (against ``compare`` when given) to ``out``; returns ``out``.
+
+    Example:
+        >>> write_report("runs/qa", "report.html", compare="runs/qa-old")   # doctest: +SKIP
+    """
+    other = load_run(compare) if compare is not None else None
+    text = build_report(load_run(run), other, samples=samples, failures=failures)
+    target = Path(out)
+    target.write_text(text, encoding="utf-8")
+    return target
+
+
+# ---------------------------------------------------------------- reading, capped
+
+
+def _rows(path: Path, fmt: str) -> Iterator[dict[str, Any]]:
+    """The rows of a file or part folder, lazily (a Parquet part is read a batch at a time)."""
+    if not path.exists():
+        return
+    if fmt != "parquet":
+        yield from read_rows(path, fmt)
+        return
+    import pyarrow.parquet as pq
+
+    for file in sorted(path.glob("*.parquet")) if path.is_dir() else [path]:
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=256):
+            yield from batch.to_pylist()
+
+
+def _head(path: Path, fmt: str, limit: int) -> list[dict[str, Any]]:
+    """The first ``limit`` rows of a file or part folder."""
+    return list(islice(_rows(path, fmt), max(limit, 0)))
+
+
+def _inputs_for(run: RunView, ids: set[str]) -> dict[str, dict[str, Any]]:
+    """``_id`` → the record's input fields, from the first ``SCAN`` flattened rows (ids of a fan-out's
+    rows, ``<id>.<k>``, find their record's input too)."""
+    found: dict[str, dict[str, Any]] = {}
+    if not ids:
+        return found
+    for row in islice(_rows(run.path / FLATTENED, run.fmt), SCAN):
+        rid = str(row.get("_id", ""))
+        inputs = {k[6:]: v for k, v in row.items() if k.startswith("input.")}
+        parts = rid.split(".")
+        for k in range(len(parts), 0, -1):
+            found.setdefault(".".join(parts[:k]), inputs)
+        if all(_lookup(found, i) is not None for i in ids):
+            break
+    return found
+
+
+def _lookup(found: dict[str, dict[str, Any]], rid: str) -> dict[str, Any] | None:
+    parts = rid.split(".")
+    for k in range(len(parts), 0, -1):
+        hit = found.get(".".join(parts[:k]))
+        if hit is not None:
+            return hit
+    return None
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _header(run: RunView) -> str:
+    meta, counts = run.meta, run.counts
+    cost, cache, tokens = meta.get("cost") or {}, meta.get("cache") or {}, meta.get("tokens") or {}
+    cards = [
+        ("records-in", "records in", counts.get("records_in")),
+        ("records-out", "records out", counts.get("records_out")),
+        ("failures", "failures", counts.get("failures")),
+        ("filtered", "filtered", counts.get("filtered")),
+        ("prompt-tokens", "prompt tokens", tokens.get("prompt")),
+        ("completion-tokens", "completion tokens", tokens.get("completion")),
+        ("cost", "cost (USD)", cost.get("usd")),
+        ("saved-cost", "saved (USD)", cost.get("saved_usd")),
+        ("cache-sent", "requests sent", cache.get("sent")),
+        ("cache-hits", "from the ledger", cache.get("hits")),
+        ("cache-deduped", "shared", cache.get("deduped")),
+    ]
+    if run.experiment is not None:
+        cards.insert(0, ("pass-rate", "pass rate", None))
+    html = "".join(
+        f'<div class="card"><span class="muted">{escape(label)}</span><b id="{key}">'
+        f"{rate(get(run.experiment, 'totals', 'pass_rate')) if key == 'pass-rate' else num(value)}</b></div>"
+        for key, label, value in cards
+    )
+    saved = get(cache, "saved_tokens") or {}
+    facts = [
+        ("run id", meta.get("run_id")),
+        ("status", meta.get("status")),
+        ("started", meta.get("started_at")),
+        ("finished", meta.get("finished_at")),
+        ("duration", f"{num(meta.get('duration_s'))} s"),
+        ("folder", str(run.path)),
+        ("ledger", f"{cache.get('ledger', '—')} ({cache.get('mode', '—')})"),
+        (
+            "tokens saved by the ledger",
+            f"{num(saved.get('prompt'))} prompt, {num(saved.get('completion'))} completion",
+        ),
+    ]
+    warnings = meta.get("warnings") or []
+    facts.extend(("warning", w) for w in warnings)
+    dl = "".join(
+        f"<tr><th>{escape(k)}</th><td id='meta-{escape(k.split()[0])}'>{escape(as_text(v))}</td></tr>"
+        for k, v in facts
+    )
+    return f'<div class="cards">{html}</div><table class="facts">{dl}</table>'
+
+
+def _graph(run: RunView) -> str:
+    nodes = run.graph.get("nodes", [])
+    rows = [
+        [
+            f"<code>{escape(str(n.get('id')))}</code>",
+            escape(str(n.get("kind", ""))),
+            escape(str(n.get("engine") or "—")),
+            escape(str(n.get("parent") or n.get("branch") or "")),
+        ]
+        for n in nodes
+    ]
+    edges = [[escape(str(e.get("from"))), escape(str(e.get("to")))] for e in run.graph.get("edges", [])]
+    return (
+        f'<div class="graph">{graph_svg(run.graph)}</div>'
+        f"<details><summary>nodes and edges as tables</summary>"
+        + table(["node", "kind", "engine", "inside"], rows, ' id="graph-nodes"')
+        + table(["from", "to"], edges, ' id="graph-edges"')
+        + "</details>"
+    )
+
+
+def _node_stats(run: RunView) -> str:
+    nodes: dict[str, dict[str, Any]] = run.meta.get("nodes") or {}
+    if not nodes:
+        return '<p class="muted">metadata.json has no per-node figures.</p>'
+    keys = list(dict.fromkeys(k for stats in nodes.values() for k in stats))
+    rows = [
+        [f"<code>{escape(node)}</code>", *(n_cell(stats.get(k)) for k in keys)]
+        for node, stats in nodes.items()
+    ]
+    return table(["node", *(k.replace("_", " ") for k in keys)], rows, ' id="node-stats"')
+
+
+def _failures(run: RunView, cap: int) -> str:
+    shown = _head(run.path / FAILURES, "jsonl", cap)
+    total = run.counts.get("failures")
+    if not shown:
+        if isinstance(total, int) and total > 0:
+            return f'<p class="muted" id="failures-more">Failures: {total:,}, none shown (see failures.jsonl).</p>'
+        return '<p class="muted" id="no-failures">No record failed.</p>'
+    rows = [
+        [
+            f"<code>{escape(str(f.get('node')))}</code>",
+            f"<code>{escape(str(f.get('_id')))}</code>",
+            escape(str(f.get("error_type", ""))),
+            cut(f.get("message")),
+            cut(f.get("raw")),
+            cut(f.get("input")),
+        ]
+        for f in shown
+    ]
+    more = ""
+    if isinstance(total, int) and total > len(shown):
+        more = f'<p class="muted" id="failures-more">{total - len(shown):,} more failures are not shown (see failures.jsonl).</p>'
+    return (
+        table(["node", "record", "error", "message", "raw output", "input"], rows, ' id="failures-table"')
+        + more
+    )
+
+
+def _samples(run: RunView, n: int) -> str:
+    reserved = {FLATTENED}
+    steps = [
+        str(node["id"])
+        for node in run.graph.get("nodes", [])
+        if str(node["id"]) not in reserved and (run.path / str(node["id"])).is_dir()
+    ]
+    heads = {step: _head(run.path / step, run.fmt, n) for step in steps}
+    inputs = _inputs_for(run, {str(r.get("_id")) for rows in heads.values() for r in rows})
+    parts = []
+    for step, rows in heads.items():
+        body = []
+        for row in rows:
+            rid = str(row.get("_id"))
+            output = {k: v for k, v in row.items() if k != "_id"}
+            body.append([f"<code>{escape(rid)}</code>", cut(_lookup(inputs, rid)), cut(output)])
+        rows_html = table(["record", "input", "output"], body, f' class="samples" data-step="{escape(step)}"')
+        parts.append(
+            f"<h3><code>{escape(step)}</code></h3>" + (rows_html if body else '<p class="muted">no rows</p>')
+        )
+    return "".join(parts) or '<p class="muted">No step wrote a folder.</p>'
+
+
+def _experiment(exp: dict[str, Any]) -> str:
+    totals = exp.get("totals") or {}
+    cases = exp.get("cases") or []
+    summary = " · ".join(
+        f'<span class="{s}">{s} {num(totals.get(s))}</span>' for s in ("pass", "fail", "error", "unscored")
+    )
+    rows = [
+        [
+            f"<code>{escape(str(c.get('id')))}</code>",
+            f'<span class="{escape(str(c.get("status")))}">{escape(str(c.get("status")))}</span>',
+            n_cell(c.get("score")),
+            cut(c.get("reason")),
+            cut(c.get("expected")),
+            cut(c.get("output")),
+        ]
+        for c in cases[:CASES]
+    ]
+    more = (
+        f'<p class="muted">{len(cases) - CASES:,} more cases are not shown.</p>' if len(cases) > CASES else ""
+    )
+    return (
+        f"<p>Experiment <b>{escape(str(exp.get('experiment')))}</b>: pass rate "
+        f"<b id='experiment-pass-rate'>{rate(totals.get('pass_rate'))}</b> of {num(totals.get('cases'))} cases "
+        f"({summary}).</p>"
+        + table(["case", "status", "score", "reason", "expected", "output"], rows, ' id="cases"')
+        + more
+    )
+
+
+def build_report(run: RunView, other: RunView | None = None, *, samples: int = 5, failures: int = 200) -> str:
+    """The whole page for ``run`` (and its comparison with ``other``) as a string."""
+    chain = str(run.meta.get("chain") or run.graph.get("name") or run.path.name)
+    sections = [
+        ("summary", "Summary", _header(run)),
+        ("graph", "Graph", _graph(run)),
+        ("nodes", "Per node", _node_stats(run)),
+    ]
+    if run.experiment is not None:
+        sections.append(("experiment", "Experiment", _experiment(run.experiment)))
+    if other is not None:
+        sections.append(("compare", "Compared with another run", compare_section(run, other)))
+    sections += [
+        ("failures-section", f"Failures ({num(run.counts.get('failures'))})", _failures(run, failures)),
+        ("samples", f"Samples (first {samples} rows of each step)", _samples(run, samples)),
+    ]
+    body = "".join(
+        f'<section id="{sid}"><h2>{escape(title)}</h2>{html}</section>' for sid, title, html in sections
+    )
+    title = f"{chain} · {run.meta.get('run_id', '')} · Chainette report"
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
+        f'<h1>{escape(chain)} <span class="muted">run {escape(str(run.meta.get("run_id", "")))} · '
+        f"{escape(str(run.meta.get('status', '')))}</span></h1>{body}"
+        '<p class="muted">Written by chainette report.</p></body></html>\n'
+    )

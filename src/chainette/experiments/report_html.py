@@ -1,0 +1,101 @@
+"""The report's HTML pieces: escaped text (long text folded), numbers, deltas, tables, the CSS.
+
+Every function that takes a value from a run escapes it; ``table`` takes cells that are HTML already
+(a cell starting ``#n:`` is a right-aligned number).
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from typing import Any
+
+__all__ = ["CASES", "CSS", "as_text", "cell", "cut", "delta", "get", "n_cell", "num", "rate", "table"]
+
+CASES = 500
+"""Experiment cases shown at most."""
+CUT = 160
+"""Characters shown before the rest is folded in a <details>."""
+FULL = 20_000
+"""Characters kept in the <details> at most."""
+
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:16px 24px;color:#202124}
+h1{font-size:22px;margin:8px 0}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dadce0}
+table{border-collapse:collapse;margin:6px 0;font-size:13px}th,td{border:1px solid #dadce0;padding:3px 7px;
+text-align:left;vertical-align:top}th{background:#f1f3f4}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.muted{color:#5f6368}.cards{display:flex;flex-wrap:wrap;gap:8px}.card{border:1px solid #dadce0;
+border-radius:6px;padding:6px 12px;min-width:90px}.card b{display:block;font-size:18px}
+.pass{color:#188038}.fail{color:#c5221f}.error{color:#a142f4}.unscored{color:#5f6368}
+code,pre{font:12px ui-monospace,monospace;white-space:pre-wrap;word-break:break-word;margin:0}
+details summary{cursor:pointer;color:#1a73e8}.up{color:#188038}.down{color:#c5221f}
+"""
+
+
+def as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def cut(value: Any, limit: int = CUT) -> str:
+    """Escaped text, cut at ``limit`` characters with the rest (up to ``FULL``) in a <details>."""
+    if value is None:
+        return '<span class="muted">—</span>'
+    text = as_text(value)
+    if len(text) <= limit:
+        return f"<code>{escape(text)}</code>"
+    more = " (cut)" if len(text) > FULL else ""
+    return (
+        f"<code>{escape(text[:limit])}…</code><details><summary>all {len(text):,} characters{more}</summary>"
+        f"<pre>{escape(text[:FULL])}</pre></details>"
+    )
+
+
+def num(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return escape(str(value))
+    if isinstance(value, float):
+        return f"{value:,.4f}".rstrip("0").rstrip(".") if value else "0"
+    return f"{value:,}"
+
+
+def rate(value: Any) -> str:
+    return f"{value * 100:.1f}%" if isinstance(value, int | float) else "—"
+
+
+def delta(a: Any, b: Any, *, points: bool = False) -> str:
+    """``a − b`` with a sign (``pp`` for rates), or ``—`` when either is not a number."""
+    if not (isinstance(a, int | float) and isinstance(b, int | float)):
+        return "—"
+    d = (a - b) * (100 if points else 1)
+    if not d:
+        return "0"
+    shown = f"{d:+.1f} pp" if points else ("+" if d > 0 else "−") + num(abs(round(d, 6)))
+    return f'<span class="{"up" if d > 0 else "down"}">{escape(shown)}</span>'
+
+
+def table(head: list[str], rows: list[list[str]], attrs: str = "") -> str:
+    """A table; ``head`` is escaped here, each cell is HTML already."""
+    th = "".join(f"<th>{escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(cell(c) for c in row) + "</tr>" for row in rows)
+    return f"<table{attrs}><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def cell(cell: str) -> str:
+    return f'<td class="n">{cell[3:]}</td>' if cell.startswith("#n:") else f"<td>{cell}</td>"
+
+
+def n_cell(value: Any) -> str:
+    """A right-aligned number cell."""
+    return "#n:" + num(value)
+
+
+def get(data: dict[str, Any] | None, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
