@@ -43,7 +43,8 @@ __all__ = ["app"]
 
 app = typer.Typer(
     name="chainette",
-    help="Typed, reproducible LLM pipelines: run a chain over a JSONL file, check it, draw it, serve engines.",
+    help="Typed, reproducible LLM pipelines: run a chain over a JSONL file, check it, draw it, serve it over HTTP, "
+    "run experiments over suites of cases and report on runs.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
