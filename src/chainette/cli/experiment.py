@@ -7,7 +7,6 @@ run folder as the last stdout line, as ``run`` does; the run's summary goes to s
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 import anyio
@@ -19,7 +18,7 @@ from rich.table import Table
 from ..engines.registry import load_engines
 from ..experiments import Experiment, ExperimentResult, describe_config
 from ._common import exit_on_errors, stderr_console
-from .loading import TargetError, import_target, split_target
+from .loading import load_object, split_target
 
 __all__ = ["STATUS_STYLE", "experiment_app", "load_experiment", "print_result", "resolved_target"]
 
@@ -33,24 +32,8 @@ _REASON = 70
 
 def load_experiment(target: str) -> Experiment:
     """The :class:`Experiment` named by ``path.py:name`` (or the only one the module defines)."""
-    source, attr = split_target(target)
-    module = import_target(source)
-    found = {k: v for k, v in vars(module).items() if isinstance(v, Experiment)}
-    listing = ", ".join(sorted(found)) or "none"
-    if attr is None:
-        if len(found) == 1:
-            return next(iter(found.values()))
-        raise TargetError(
-            f"TARGET {target!r} does not say which experiment to run; {source} defines: {listing}. "
-            f"Write {source}:NAME."
-        )
-    obj = getattr(module, attr, None)
-    if not isinstance(obj, Experiment):
-        close = difflib.get_close_matches(attr, list(found), n=1)
-        hint = f" Did you mean {source}:{close[0]}?" if close else ""
-        what = "has no attribute" if obj is None else f"has {type(obj).__name__}, not an Experiment, as"
-        raise TargetError(f"{source} {what} {attr!r}. Experiments it defines: {listing}.{hint}")
-    return obj
+    forms = "path/to/file.py:experiment_variable or package.module:experiment_variable"
+    return load_object(target, Experiment, "Experiment", forms, default_name="experiment")
 
 
 def resolved_target(target: str) -> str:

@@ -16,13 +16,13 @@ import re
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from .._errors import ChainetteError
 from ..graph.chain import ChainGraph
 from ..graph.yaml_chain import on_sys_path
 
-__all__ = ["TargetError", "count_jsonl_records", "import_target", "load_chain", "split_target"]
+__all__ = ["TargetError", "count_jsonl_records", "import_target", "load_chain", "load_object", "split_target"]
 
 TARGET_FORMS = "path/to/file.py:chain_variable, package.module:chain_variable or path/to/chain.yaml"
 
@@ -65,30 +65,42 @@ def load_chain(target: str) -> ChainGraph:
     """
     if target.endswith((".yaml", ".yml")):
         return ChainGraph.from_yaml(target)
+    return load_object(target, ChainGraph, "Chain", TARGET_FORMS, default_name="chain")
+
+
+T = TypeVar("T")
+
+
+def load_object(target: str, kind: type[T], noun: str, forms: str, *, default_name: str = "name") -> T:
+    """The ``kind`` instance named by ``target`` (``source:attr``, dotted attributes allowed).
+
+    Without ``:attr``, a module that defines exactly one at module level gives that one. Every
+    refusal lists the ``noun`` objects the module defines, with a did-you-mean for a misspelt name.
+    """
     source, attr = split_target(target)
     module = import_target(source)
-    chains = {name: value for name, value in vars(module).items() if isinstance(value, ChainGraph)}
-    listing = ", ".join(sorted(chains)) or "none"
+    found = {name: value for name, value in vars(module).items() if isinstance(value, kind)}
+    listing = ", ".join(sorted(found)) or "none"
     if attr is None:
-        if len(chains) == 1:
-            return next(iter(chains.values()))
+        if len(found) == 1:
+            return next(iter(found.values()))
         raise TargetError(
-            f"TARGET {target!r} does not say which chain to run; {source} defines these Chain objects: "
-            f"{listing}. Write {TARGET_FORMS}, e.g. {source}:{next(iter(sorted(chains)), 'chain')}."
+            f"TARGET {target!r} does not say which {noun.lower()} to run; {source} defines these {noun} "
+            f"objects: {listing}. Write {forms}, e.g. {source}:{next(iter(sorted(found)), default_name)}."
         )
     obj: object = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            close = difflib.get_close_matches(attr, list(chains), n=1)
+            close = difflib.get_close_matches(attr, list(found), n=1)
             hint = f" Did you mean {source}:{close[0]}?" if close else ""
             raise TargetError(
-                f"{source} has no attribute {attr!r}. Chain objects it defines at module level: {listing}.{hint}"
+                f"{source} has no attribute {attr!r}. {noun} objects it defines at module level: {listing}.{hint}"
             )
         obj = getattr(obj, part)
-    if not isinstance(obj, ChainGraph):
+    if not isinstance(obj, kind):
         raise TargetError(
-            f"{source}:{attr} is a {type(obj).__name__}, not a chainette Chain. "
-            f"Chain objects in {source}: {listing}."
+            f"{source}:{attr} is a {type(obj).__name__}, not a chainette {noun}. "
+            f"{noun} objects in {source}: {listing}."
         )
     return obj
 
