@@ -11,7 +11,6 @@ from pydantic import BaseModel
 from tests.experiments.shared import CASES, CalcConfig, build_chain
 
 from chainette import Chain, Experiment, Step, exact, llm_judge, numeric, register_engine, set_price
-from chainette.engines.base import ChatRequest
 from chainette.runtime.record_trace import MAX_SPANS, RecordTrace
 
 
@@ -26,7 +25,7 @@ def test_each_case_records_its_tokens_cost_and_a_timeline_shared_within_its_chun
 ) -> None:
     set_price("calc", prompt=1_000_000.0, completion=2_000_000.0)  # $1 / $2 per token: easy sums
     try:
-        result = Experiment("calc", chunked, CASES, [numeric("answer")], CalcConfig).run(
+        Experiment("calc", chunked, CASES, [numeric("answer")], CalcConfig).run(
             tmp_path / "run", ["engine=calc"], ledger=tmp_path / "ledger.sqlite"
         )
     finally:

@@ -101,7 +101,18 @@ def run_experiment(
             if display is not None:
                 display.stop()
     if json_logs:
-        keys = ("cases", "pass", "fail", "error", "unscored", "pass_rate", "tokens", "cost", "cache", "duration_s")
+        keys = (
+            "cases",
+            "pass",
+            "fail",
+            "error",
+            "unscored",
+            "pass_rate",
+            "tokens",
+            "cost",
+            "cache",
+            "duration_s",
+        )
         JsonEventLog()("summary", {**{k: result.totals.get(k) for k in keys}, "output_dir": str(result.path)})
     elif not quiet:
         print_run_summary(err, result.run.metadata, result.path)

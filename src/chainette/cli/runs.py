@@ -200,7 +200,7 @@ def show(
     out.print("[dim]One case in full, with its timeline: chainette runs show RUN --case CASE[/]")
 
 
-_BAR = 40
+_BAR = 20
 
 
 def _show_case(out: Console, record: RunRecord, case: dict[str, Any]) -> None:
@@ -210,13 +210,20 @@ def _show_case(out: Console, record: RunRecord, case: dict[str, Any]) -> None:
         + ("" if case.get("score") is None else f", score {case['score']:g}")
         + ("" if case.get("duration_s") is None else f", {_seconds(case['duration_s'])}")
     )
-    for label, key in (("reason", "reason"), ("output", "output"), ("expected", "expected"), ("error", "error")):
+    for label, key in (
+        ("reason", "reason"),
+        ("output", "output"),
+        ("expected", "expected"),
+        ("error", "error"),
+    ):
         if case.get(key) not in (None, ""):
             out.print(f"{label}: {escape(_short(case[key]) if key != 'output' else _full(case[key]))}")
     for name, a in (case.get("assessments") or {}).items():
         metric = "" if a.get("metric") is None else f", metric {a['metric']:g}"
         score = "" if a.get("score") is None else f", score {a['score']:g}"
-        out.print(f"  {escape(name)}: passed={a.get('passed')}{score}{metric} {escape(a.get('reason') or '')}")
+        out.print(
+            f"  {escape(name)}: passed={a.get('passed')}{score}{metric} {escape(a.get('reason') or '')}"
+        )
     steps = case.get("by_step") or {}
     if steps:
         table = Table(title="tokens and cost by step", title_justify="left")
@@ -245,7 +252,7 @@ def _show_case(out: Console, record: RunRecord, case: dict[str, Any]) -> None:
         table.add_column(column, justify="right" if column in ("start", "end", "chunk") else "left")
     for span in spans:
         a = int(float(span["start_s"]) / end * _BAR)
-        b = max(a + 1, int(round(float(span["end_s"]) / end * _BAR)))
+        b = max(a + 1, round(float(span["end_s"]) / end * _BAR))
         table.add_row(
             escape(str(span["node"])),
             escape(str(span.get("run", "run"))),

@@ -198,7 +198,9 @@ class Experiment:
         for assessor in self.assessors:
             live = [i for i, r in enumerate(results) if r.status != "error"]
             if isinstance(assessor, JudgeAssessor):
-                ran = await _judge(assessor, [results[i] for i in live], [cases[i] for i in live], path, options)
+                ran = await _judge(
+                    assessor, [results[i] for i in live], [cases[i] for i in live], path, options
+                )
                 if ran is not None:
                     judged.append((f"judge-{assessor.step.id}", ran, live, assessor))
                 continue

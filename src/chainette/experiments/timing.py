@@ -55,9 +55,7 @@ def prices_of(nodes: Iterable[Node]) -> dict[str, Price | None]:
 def case_figures(runs: list[TracedRun], count: int, prices: dict[str, Price | None]) -> list[dict[str, Any]]:
     """For each of ``count`` cases: ``duration_s``, ``tokens``, ``cost``, ``by_step``, ``timeline``."""
     origin = next((r.trace.started for r in runs if r.trace is not None), 0.0)
-    out: list[dict[str, Any]] = [
-        {"timeline": [], "by_step": {}, "_chain": []} for _ in range(count)
-    ]
+    out: list[dict[str, Any]] = [{"timeline": [], "by_step": {}, "_chain": []} for _ in range(count)]
     for run in runs:
         if run.trace is None:
             continue
@@ -93,9 +91,13 @@ def case_figures(runs: list[TracedRun], count: int, prices: dict[str, Price | No
             row["saved_usd"] = cost_usd(price, row["saved_prompt"], row["saved_completion"])
         rows = list(figures["by_step"].values())
         figures["tokens"] = {
-            key: sum(r[key] for r in rows) for key in ("prompt", "completion", "saved_prompt", "saved_completion")
+            key: sum(r[key] for r in rows)
+            for key in ("prompt", "completion", "saved_prompt", "saved_completion")
         }
-        figures["cost"] = {"usd": _total(r["usd"] for r in rows), "saved_usd": _total(r["saved_usd"] for r in rows)}
+        figures["cost"] = {
+            "usd": _total(r["usd"] for r in rows),
+            "saved_usd": _total(r["saved_usd"] for r in rows),
+        }
         figures["timeline"].sort(key=lambda e: (e["start_s"], e["end_s"]))
     return out
 
@@ -110,7 +112,9 @@ def sum_figures(metas: list[dict[str, Any]]) -> dict[str, Any]:
     """Tokens, cost and cache figures of several runs' ``metadata.json`` added up (the first's
     ledger and mode): an experiment's totals count its turns and judges too."""
     first = metas[0] if metas else {}
-    tokens = {k: sum(int((m.get("tokens") or {}).get(k) or 0) for m in metas) for k in ("prompt", "completion")}
+    tokens = {
+        k: sum(int((m.get("tokens") or {}).get(k) or 0) for m in metas) for k in ("prompt", "completion")
+    }
     cost: dict[str, Any] = {
         "usd": _total((m.get("cost") or {}).get("usd") for m in metas),
         "saved_usd": _total((m.get("cost") or {}).get("saved_usd") for m in metas),
@@ -128,7 +132,8 @@ def sum_figures(metas: list[dict[str, Any]]) -> dict[str, Any]:
         "mode": (first.get("cache") or {}).get("mode"),
         **{k: sum(int(c.get(k) or 0) for c in caches) for k in ("sent", "hits", "deduped")},
         "saved_tokens": {
-            k: sum(int((c.get("saved_tokens") or {}).get(k) or 0) for c in caches) for k in ("prompt", "completion")
+            k: sum(int((c.get("saved_tokens") or {}).get(k) or 0) for c in caches)
+            for k in ("prompt", "completion")
         },
         "runs": len(metas),
     }
