@@ -227,7 +227,7 @@ def _show_case(out: Console, record: RunRecord, case: dict[str, Any]) -> None:
     steps = case.get("by_step") or {}
     if steps:
         table = Table(title="tokens and cost by step", title_justify="left")
-        for column in ("step", "prompt", "completion", "reused (prompt+completion)", "usd", "saved usd"):
+        for column in ("step", "prompt", "completion", "reused tokens", "usd", "saved usd"):
             table.add_column(column, justify="left" if column == "step" else "right")
         for step, row in steps.items():
             table.add_row(
