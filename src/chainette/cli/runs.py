@@ -289,7 +289,9 @@ def summarize(run: str = RunArg, root: Path = RootOpt) -> None:
     cache = t.get("cache") or {}
     out.print(
         f"cache: {cache.get('sent')} sent, {cache.get('hits')} from the ledger, {cache.get('deduped')} shared"
-        f" (mode {cache.get('mode')})"
+        f" (mode {cache.get('mode')}"
+        + (f"; over {cache['runs']} runs: turns and judges included" if (cache.get("runs") or 1) > 1 else "")
+        + ")"
     )
     failing = [c for c in record.cases if c.get("status") in ("fail", "error")]
     if not failing:

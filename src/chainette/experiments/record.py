@@ -83,7 +83,8 @@ class ExperimentResult:
 
 
 def totals(cases: list[CaseResult], meta: dict[str, Any]) -> dict[str, Any]:
-    """Counts by status, pass rate, and the run's tokens, cost and cache figures (``metadata.json``)."""
+    """Counts by status, pass rate, and the run's tokens, cost and cache figures (``metadata.json``;
+    the experiment then replaces them with the sums over all of its runs, see ``timing.sum_figures``)."""
     counts = {s: sum(1 for c in cases if c.status == s) for s in ("pass", "fail", "error", "unscored")}
     judged = counts["pass"] + counts["fail"] + counts["error"]
     return {
