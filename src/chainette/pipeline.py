@@ -66,8 +66,8 @@ class Chain(ChainGraph):
             progress: Show a live progress display on stderr.
             **options: See :class:`chainette.runtime.executor.RunOptions` (``overwrite``, ``resume``,
                 ``ledger``, ``cache``, ``fmt``, ``strict_inputs``, ``max_lines_per_file``, ``workers``,
-                ``buffer``, ``on_event``, ``record_deadline_s``, ``record_token_budget``, ``middleware``: see
-                :mod:`chainette.runtime.events`).
+                ``buffer``, ``on_event``, ``record_deadline_s``, ``record_token_budget``,
+                ``record_trace``, ``middleware``: see :mod:`chainette.runtime.events`).
         """
         if progress:
             from .cli.progress import ProgressDisplay

@@ -44,7 +44,9 @@ def test_cases_pass_fail_or_error_and_a_chain_failure_is_an_error(calc_engine: s
     result = calc_experiment(tmp_path).run(tmp_path / "run", ["engine=calc"])
     assert [(c.id, c.status) for c in result.cases] == [("add", "pass"), ("mul", "fail"), ("boom", "error")]
     assert result.case("add").output == {"answer": 5.0}
-    assert result.case("mul").reason == "got 21, expected 20" and result.case("mul").score == 1.0
+    mul = result.case("mul")
+    assert mul.reason == "got 21, expected 20 (off by 1)" and mul.score == 0.0
+    assert mul.assessments["numeric(answer)"].metric == 1.0
     boom = result.case("boom")
     assert boom.error is not None and boom.error["node"] == "solve"
     assert "the engine exploded" in boom.error["message"] and boom.reason.startswith("solve: ")

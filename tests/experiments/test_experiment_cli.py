@@ -103,3 +103,31 @@ def test_experiment_config_lists_the_keys_but_not_internal_ones(tmp_path: Path) 
     assert "sampling" not in [
         line.split()[1] for line in lines if line.startswith("│")
     ]  # models: their leaves only
+
+
+def test_experiment_run_json_logs_prints_the_runs_events_then_a_summary(tmp_path: Path) -> None:
+    module = write_experiment(tmp_path)
+    out = tmp_path / "run"
+    args = ["experiment", "run", f"{module}:calc", "-c", "engine=calc", "-o", str(out), "--json-logs"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "run_started" and kinds[-2:] == ["run_finished", "summary"]
+    assert "node_progress" in kinds and "record_failed" in kinds  # boom
+    summary = events[-1]
+    assert (summary["pass"], summary["fail"], summary["error"], summary["cases"]) == (1, 1, 1, 3)
+    assert summary["output_dir"] == str(out) and summary["cache"]["sent"] == 3
+    assert result.stdout.splitlines()[-1] == str(out)
+
+
+def test_experiment_run_shows_the_run_summary_and_quiet_does_not(tmp_path: Path) -> None:
+    module = write_experiment(tmp_path)
+    base = ["experiment", "run", f"{module}:calc", "-c", "engine=calc"]
+    shown = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "a")])
+    assert shown.exit_code == 0, shown.output
+    assert "Running calc → " in shown.stderr  # the live display's header, as for `chainette run`
+    assert "1 record(s) failed; reasons in" in shown.stderr  # and its run summary
+    quiet = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "b"), "--quiet"])
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+    assert "pass rate 33.3%" in quiet.stdout

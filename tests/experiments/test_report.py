@@ -143,6 +143,24 @@ def test_an_experiment_report_shows_the_pass_rate_and_each_case(calc_engine: str
     assert "{&quot;answer&quot;: 21.0}" in cases  # mul's output
 
 
+def test_the_report_draws_each_cases_timeline_as_inline_svg(calc_engine: str, tmp_path: Path) -> None:
+    run = calc_run(tmp_path, "a", CASES)
+    data = json.loads((run / "experiment.json").read_text())
+    page = build_report(load_run(run))
+    timeline = page[page.index('<section id="timeline-section">') :].split("</section>")[0]
+    rows = re.findall(r'<div class="case-timeline" data-case="(\w+)">(.*?)</svg></div>', timeline)
+    assert [case for case, _ in rows] == ["add", "mul", "boom"]
+    for (_, svg), recorded in zip(rows, data["cases"], strict=True):
+        [span] = recorded["timeline"]
+        assert svg.count('<rect class="span" data-node="solve"') == 1
+        assert f"{span['start_s']:.4f}s → {span['end_s']:.4f}s, 3 record(s) in the chunk" in svg
+    assert "http" not in timeline and "<script" not in page  # self-contained, no script
+    cases = page[page.index('<table id="cases">') :].split("</table>")[0]
+    assert "<th>time (s)</th><th>tokens</th><th>cost (USD)</th>" in cases
+    plain = build_report(load_run(two_step_run(tmp_path / "plain")))
+    assert "timeline-section" not in plain  # a plain run records no per-case timeline
+
+
 def test_compare_shows_the_pass_rate_change_and_the_changed_cases(calc_engine: str, tmp_path: Path) -> None:
     old = calc_run(tmp_path, "old", CASES)
     fixed = [dict(CASES[0]), {**CASES[1], "input": {"question": "4 * 5"}}, dict(CASES[2])]
@@ -153,6 +171,7 @@ def test_compare_shows_the_pass_rate_change_and_the_changed_cases(calc_engine: s
     assert "<code>mul</code>" in changed and "<code>add</code>" not in changed
     assert "{&quot;answer&quot;: 21.0}" in changed and "{&quot;answer&quot;: 20.0}" in changed
     assert "Cases that changed (1)" in page
+    assert "<th>time Δ (s)</th><th>cost Δ (USD)</th>" in changed
 
 
 def test_compare_of_plain_runs_shows_count_deltas(tmp_path: Path) -> None:
@@ -185,6 +204,12 @@ def test_the_report_opens_offline_in_chromium_with_its_numbers(calc_engine: str,
             assert page.text_content("#pass-rate") == "33.3%"
             assert page.locator("#graph-svg g.node").count() == 2  # input and solve
             assert page.locator("#cases tbody tr").count() == 3
+            assert page.locator("#timeline .case-timeline").count() == 3
+            assert page.locator('#timeline .case-timeline[data-case="mul"] rect.span').count() == 1
+            tip = page.text_content('#timeline .case-timeline[data-case="add"] rect.span title')
+            assert tip is not None and "record(s) in the chunk" in tip
+            box = page.locator('#timeline .case-timeline[data-case="add"] svg').bounding_box()
+            assert box is not None and box["width"] > 100 and box["height"] > 5  # drawn, not collapsed
             page.click("#graph summary")
             assert page.is_visible("#graph-edges")
             shot = tmp_path / "report.png"

@@ -132,3 +132,30 @@ def test_runs_rerun_refuses_a_run_made_from_python_saying_how(tmp_path: Path) ->
 def test_runs_show_an_unknown_run_exits_1_naming_it(recorded: Path) -> None:
     code, _, err = runs("show", "zzz", "--root", str(recorded))
     assert code == 1 and "No experiment run 'zzz'" in err
+
+
+def test_runs_show_case_prints_its_figures_and_its_timeline(recorded: Path) -> None:
+    code, out, _ = runs("show", "a", "--root", str(recorded), "--case", "off")
+    assert code == 0, out
+    assert "case off of run a: fail, score 0" in out
+    assert "numeric(answer): passed=False, score 0, metric 1" in out
+    assert "tokens and cost by step" in out and "solve" in out
+    spans = [line for line in out.splitlines() if line.startswith("│ solve │ run ")]
+    assert len(spans) == 1 and "█" in spans[0] and "…" not in spans[0]
+    assert "Records run in chunks" in out
+    code, _, err = runs("show", "a", "--root", str(recorded), "--case", "of")
+    assert code == 1 and "has no case 'of'. Did you mean 'off'?" in err
+
+
+def test_runs_list_and_show_print_json_when_asked(recorded: Path) -> None:
+    code, out, _ = runs("list", "--root", str(recorded), "--json")
+    assert code == 0, out
+    listed = json.loads(out)
+    assert [r["id"] for r in listed] == ["b", "a"] and listed[1]["pass_rate"] == 0.5
+    assert listed[1]["cases"] == 4 and listed[1]["duration_s"] is not None
+    code, out, _ = runs("show", "a", "--root", str(recorded), "--json")
+    shown = json.loads(out)
+    assert shown["id"] == "a" and [c["id"] for c in shown["cases"]] == ["add", "mul", "off", "boom"]
+    assert shown["cases"][0]["timeline"][0]["node"] == "solve"
+    code, out, _ = runs("show", "a", "--root", str(recorded), "--json", "--case", "add")
+    assert json.loads(out)["tokens"]["prompt"] > 0

@@ -1,8 +1,9 @@
 """``chainette experiment run path.py:experiment [-c key=value ...] [-o DIR]`` and
 ``chainette experiment config path.py:experiment`` (the keys ``-c`` can set).
 
-``run`` prints a table of the cases (id, status, score, reason cut short) and the pass rate, then the
-run folder as the last stdout line, as ``run`` does; the run's summary goes to stderr.
+``run`` shows the live progress of the chain's run on stderr (or ``--json-logs``: one JSON line
+per event), then prints a table of the cases (id, status, score, reason cut short) and the pass
+rate, then the run folder as the last stdout line, as ``run`` does; the run's summary goes to stderr.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..engines.registry import load_engines
-from ..experiments import Experiment, ExperimentResult, describe_config
+from ..experiments import Experiment, ExperimentResult, describe_config, load_suite
+from ..runtime.events import Middleware
 from ._common import exit_on_errors, stderr_console
 from .loading import load_object, split_target
+from .progress import JsonEventLog, ProgressDisplay, print_run_summary
 
 __all__ = ["STATUS_STYLE", "experiment_app", "load_experiment", "print_result", "resolved_target"]
 
@@ -54,16 +57,32 @@ def run_experiment(
     engines: Path | None = typer.Option(None, "--engines", "-e", help="engines.yml to register."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
     ledger: Path | None = typer.Option(None, "--ledger", help="Request ledger (SQLite)."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress, no run summary; the cases table and pass rate only."
+    ),
+    json_logs: bool = typer.Option(
+        False, "--json-logs", help="One JSON line per run event on stderr, no live display."
+    ),
 ) -> None:
     """Run an experiment and print each case's status, score and reason, then the pass rate.
+
+    Progress of the chain's run is shown on stderr as for [bold]chainette run[/] (later turns and
+    judges run without it); the run folder is printed on stdout as the [bold]last line[/].
 
     [dim]Example:[/]  chainette experiment run experiments.py:calc -c engine=local -o runs/calc
     """
     err = stderr_console()
+    display: ProgressDisplay | None = None
     with exit_on_errors(err):
         experiment = load_experiment(target)
         if engines is not None:
             load_engines(engines)
+        middleware: list[Middleware] = []
+        if json_logs:
+            middleware.append(JsonEventLog())
+        elif not quiet:
+            display = ProgressDisplay(total=len(load_suite(experiment.suite)), console=err, summary=False)
+            middleware.append(display)
 
         async def main() -> ExperimentResult:
             return await experiment.arun(
@@ -73,9 +92,30 @@ def run_experiment(
                 engines=engines,
                 overwrite=overwrite,
                 ledger=ledger,
+                middleware=middleware,
             )
 
-        result = anyio.run(main)
+        try:
+            result = anyio.run(main)
+        finally:
+            if display is not None:
+                display.stop()
+    if json_logs:
+        keys = (
+            "cases",
+            "pass",
+            "fail",
+            "error",
+            "unscored",
+            "pass_rate",
+            "tokens",
+            "cost",
+            "cache",
+            "duration_s",
+        )
+        JsonEventLog()("summary", {**{k: result.totals.get(k) for k in keys}, "output_dir": str(result.path)})
+    elif not quiet:
+        print_run_summary(err, result.run.metadata, result.path)
     print_result(result)
 
 

@@ -7,6 +7,7 @@ run folder, or a folder name under ``--root``. ``rerun`` imports the experiment 
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Any
@@ -72,13 +73,38 @@ def _load(run: str, root: Path) -> RunRecord:
         return load_run(run, root)
 
 
+JsonOpt = typer.Option(False, "--json", help="Print JSON (machine-readable) instead of tables.")
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
 @runs_app.command("list")
-def list_command(root: Path = RootOpt) -> None:
+def list_command(root: Path = RootOpt, as_json: bool = JsonOpt) -> None:
     """Every experiment run under --root, newest first: when, experiment, pass rate, cases, cost, time.
 
     [dim]Example:[/]  chainette runs list --root runs
     """
     runs = list_runs(root)
+    if as_json:
+        _print_json(
+            [
+                {
+                    "id": r.id,
+                    "path": str(r.path),
+                    "started_at": r.started_at,
+                    "experiment": r.experiment,
+                    "suite": (r.data.get("suite") or {}).get("path"),
+                    "pass_rate": r.pass_rate,
+                    "cases": r.totals.get("cases", len(r.cases)),
+                    "cost_usd": r.cost_usd,
+                    "duration_s": r.duration_s,
+                }
+                for r in runs
+            ]
+        )
+        return
     out = _out()
     if not runs:
         out.print(f"No experiment runs under {escape(str(root))} (no folder there has experiment.json).")
@@ -103,12 +129,39 @@ def list_command(root: Path = RootOpt) -> None:
 
 
 @runs_app.command("show")
-def show(run: str = RunArg, root: Path = RootOpt) -> None:
-    """A run's stored config, git commit, suite, every case (status, score, reason) and totals.
+def show(
+    run: str = RunArg,
+    root: Path = RootOpt,
+    case: str | None = typer.Option(
+        None, "--case", help="Show this case in full: output, assessments, tokens, cost and timeline."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """A run's stored config, git commit, suite, every case (status, score, time, cost) and totals.
 
-    [dim]Example:[/]  chainette runs show calc-1
+    [dim]Example:[/]  chainette runs show calc-1 --case add-small
     """
     record = _load(run, root)
+    if case is not None:
+        found = record.case(case)
+        if found is None:
+            ids = [str(c.get("id")) for c in record.cases]
+            close = difflib.get_close_matches(case, ids, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            stderr_console().print(
+                f"[red]Error:[/] run {escape(record.id)} has no case {escape(repr(case))}.{escape(hint)} "
+                f"Its cases: {escape(', '.join(ids[:20]))}{' …' if len(ids) > 20 else ''}.",
+                soft_wrap=True,
+            )
+            raise typer.Exit(1)
+        if as_json:
+            _print_json(found)
+        else:
+            _show_case(_out(), record, found)
+        return
+    if as_json:
+        _print_json({"id": record.id, "path": str(record.path), **record.data})
+        return
     out = _out()
     out.print(
         f"[bold]{escape(record.experiment)}[/] run {escape(record.id)} ({_when(record)}) in {escape(str(record.path))}"
@@ -128,18 +181,95 @@ def show(run: str = RunArg, root: Path = RootOpt) -> None:
         "config: " + (", ".join(f"{escape(k)}={escape(_short(v))}" for k, v in config.items()) or "none")
     )
     table = Table(title_justify="left")
-    for column in ("case", "status", "score", "reason"):
-        table.add_column(column)
-    for case in record.cases:
-        score = "" if case.get("score") is None else f"{case['score']:g}"
+    for column in ("case", "status", "score", "time", "tokens", "cost", "reason"):
+        table.add_column(column, justify="right" if column in ("score", "time", "tokens", "cost") else "left")
+    for item in record.cases:
+        score = "" if item.get("score") is None else f"{item['score']:g}"
+        tokens = item.get("tokens") or {}
         table.add_row(
-            escape(str(case.get("id"))),
-            _status(case.get("status")),
+            escape(str(item.get("id"))),
+            _status(item.get("status")),
             score,
-            escape(_short(case.get("reason") or "")),
+            "" if item.get("duration_s") is None else _seconds(item["duration_s"]),
+            str(tokens.get("prompt", 0) + tokens.get("completion", 0)) if tokens else "",
+            _money((item.get("cost") or {}).get("usd")) if item.get("cost") else "",
+            escape(_short(item.get("reason") or "")),
         )
     out.print(table)
     out.print(_totals_line(record))
+    out.print("[dim]One case in full, with its timeline: chainette runs show RUN --case CASE[/]")
+
+
+_BAR = 20
+
+
+def _show_case(out: Console, record: RunRecord, case: dict[str, Any]) -> None:
+    """One case: status, output, expected, every assessment, tokens and cost per step, timeline."""
+    out.print(
+        f"case [bold]{escape(str(case.get('id')))}[/] of run {escape(record.id)}: {_status(case.get('status'))}"
+        + ("" if case.get("score") is None else f", score {case['score']:g}")
+        + ("" if case.get("duration_s") is None else f", {_seconds(case['duration_s'])}")
+    )
+    for label, key in (
+        ("reason", "reason"),
+        ("output", "output"),
+        ("expected", "expected"),
+        ("error", "error"),
+    ):
+        if case.get(key) not in (None, ""):
+            out.print(f"{label}: {escape(_short(case[key]) if key != 'output' else _full(case[key]))}")
+    for name, a in (case.get("assessments") or {}).items():
+        metric = "" if a.get("metric") is None else f", metric {a['metric']:g}"
+        score = "" if a.get("score") is None else f", score {a['score']:g}"
+        out.print(
+            f"  {escape(name)}: passed={a.get('passed')}{score}{metric} {escape(a.get('reason') or '')}"
+        )
+    steps = case.get("by_step") or {}
+    if steps:
+        table = Table(title="tokens and cost by step", title_justify="left")
+        for column in ("step", "prompt", "completion", "reused tokens", "usd", "saved usd"):
+            table.add_column(column, justify="left" if column == "step" else "right")
+        for step, row in steps.items():
+            table.add_row(
+                escape(step),
+                str(row.get("prompt")),
+                str(row.get("completion")),
+                str((row.get("saved_prompt") or 0) + (row.get("saved_completion") or 0)),
+                _money(row.get("usd")),
+                _money(row.get("saved_usd")),
+            )
+        out.print(table)
+    spans = case.get("timeline") or []
+    if not spans:
+        out.print("timeline: not recorded for this case")
+        return
+    end = max(float(s["end_s"]) for s in spans) or 1e-9
+    table = Table(
+        title=f"timeline (seconds from the experiment's start, {escape(str(record.data.get('timeline_started_at')))})",
+        title_justify="left",
+    )
+    for column in ("node", "run", "start", "end", "chunk", ""):
+        table.add_column(column, justify="right" if column in ("start", "end", "chunk") else "left")
+    for span in spans:
+        a = int(float(span["start_s"]) / end * _BAR)
+        b = max(a + 1, round(float(span["end_s"]) / end * _BAR))
+        table.add_row(
+            escape(str(span["node"])),
+            escape(str(span.get("run", "run"))),
+            f"{float(span['start_s']):.4f}",
+            f"{float(span['end_s']):.4f}",
+            str(span.get("chunk", 1)),
+            " " * a + "█" * (b - a),
+        )
+    out.print(table)
+    out.print(
+        "[dim]Records run in chunks: a span is when the node worked on the chunk holding this case "
+        "(chunk: how many records it held).[/]"
+    )
+
+
+def _full(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
 @runs_app.command("summarize")
@@ -159,7 +289,9 @@ def summarize(run: str = RunArg, root: Path = RootOpt) -> None:
     cache = t.get("cache") or {}
     out.print(
         f"cache: {cache.get('sent')} sent, {cache.get('hits')} from the ledger, {cache.get('deduped')} shared"
-        f" (mode {cache.get('mode')})"
+        f" (mode {cache.get('mode')}"
+        + (f"; over {cache['runs']} runs: turns and judges included" if (cache.get("runs") or 1) > 1 else "")
+        + ")"
     )
     failing = [c for c in record.cases if c.get("status") in ("fail", "error")]
     if not failing:
@@ -186,15 +318,23 @@ def compare(
     out.print(f"pass rate {_rate(diff.a.pass_rate)} → {_rate(diff.b.pass_rate)}{delta}")
     if diff.changed:
         table = Table(title=f"{len(diff.changed)} changed case(s), A → B", title_justify="left")
-        for column in ("case", "status", "output A", "output B"):
-            table.add_column(column)
+        timed = any(c.duration_delta is not None for c in diff.changed)
+        priced = any(c.cost_delta for c in diff.changed)  # a column of zeros (free engines) is left out
+        columns = ["case", "status", "output A", "output B"]
+        columns += ["time B−A"] * timed + ["cost B−A"] * priced
+        for column in columns:
+            table.add_column(column, justify="right" if "−" in column else "left")
         for change in diff.changed:
-            table.add_row(
+            dt, dc = change.duration_delta, change.cost_delta
+            row = [
                 escape(change.id),
                 f"{_status(change.status_a)} → {_status(change.status_b)}",
                 escape(_short(change.output_a)),
                 escape(_short(change.output_b)),
-            )
+            ]
+            row += ["n/a" if dt is None else f"{dt:+,.3f}s"] * timed
+            row += ["n/a" if dc is None else f"{dc:+,.6f} $"] * priced
+            table.add_row(*row)
         out.print(table)
     else:
         out.print("no case changed status or output")

@@ -6,6 +6,8 @@ or a list of dicts after a fan-out) and returns an :class:`Assessment`. Built in
 - :func:`exact`: the output (or one field) equals ``expected`` (or the same field of it),
   optionally ignoring case and surrounding / repeated whitespace;
 - :func:`numeric`: a number within ``tolerance`` of the expected one (GoTaglio's calc sample);
+  the absolute error is its ``metric`` (GoTaglio's calc scores the error itself; here every
+  score is in [0, 1], higher is better, so scores of different assessors read the same way);
 - :func:`function`: any ``fn(case, output)`` returning a bool, a float score or an Assessment;
 - :func:`llm_judge`: a typed ``Step`` asked for a verdict (``passed``, optional ``score`` and
   ``reason``), run through the runtime like any step: ledger, engine, failures.
@@ -42,11 +44,27 @@ __all__ = [
 @dataclass(frozen=True)
 class Assessment:
     """One assessor's verdict on one case: ``passed`` (None: not a pass/fail assessor), ``score``
-    (None: none) and a short ``reason``."""
+    (None: none), a short ``reason`` and ``metric``, a raw figure in the assessor's own unit.
+
+    The one score rule: a score is a number in [0, 1], higher is better, 1 for a perfect answer
+    (``exact`` and ``numeric`` give 1 on a pass, 0 on a fail). What an assessor measured in its own
+    unit (``numeric``: the absolute error) goes in ``metric``, never in ``score``.
+    """
 
     passed: bool | None = None
     score: float | None = None
     reason: str = ""
+    metric: float | None = None
+
+
+def check_score(score: Any, who: str) -> float:
+    """``score`` as a float in [0, 1], or ExperimentError naming ``who`` and the rule."""
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0.0 <= float(score) <= 1.0:
+        raise ExperimentError(
+            f"{who} gave the score {score!r}; a score is a number in [0, 1], higher is better. Put a raw "
+            "figure (an error, a distance, a count) in Assessment(metric=...) and keep score in [0, 1]."
+        )
+    return float(score)
 
 
 class Assessor:
@@ -69,12 +87,15 @@ class FunctionAssessor(Assessor):
 
     def __call__(self, case: Case, output: Any) -> Assessment:
         result = self.fn(case, output)
+        who = f"Assessor {self.name!r}"
         if isinstance(result, Assessment):
+            if result.score is not None:
+                check_score(result.score, who)
             return result
         if isinstance(result, bool):
             return Assessment(passed=result)
         if isinstance(result, (int, float)):
-            return Assessment(score=float(result))
+            return Assessment(score=check_score(result, who))
         raise ExperimentError(
             f"Assessor {self.name!r} returned {type(result).__name__}; return a bool (passed), a "
             "number (score) or an Assessment."
@@ -125,7 +146,7 @@ def exact(
         try:
             got = _pick(output, field, "output")
         except KeyError as exc:
-            return Assessment(passed=False, reason=str(exc.args[0]))
+            return Assessment(passed=False, score=0.0, reason=str(exc.args[0]))
         expected = case.expected
         if field is not None and isinstance(expected, dict) and field in expected:
             expected = expected[field]
@@ -138,7 +159,9 @@ def exact(
 
 def numeric(field: str | None = None, tolerance: float = 0.0) -> Assessor:
     """Passes when the output's number (or its ``field``) is within ``tolerance`` of the expected
-    one; the score is the absolute error. A value that is not a number fails, saying so.
+    one. The score is 1 on a pass, 0 on a fail (the one score rule, see :class:`Assessment`); the
+    absolute error is the ``metric``, and in the reason on a fail. A value that is not a number
+    fails, saying so (no metric).
 
     Example:
         >>> numeric("answer", tolerance=0.01)(Case("a", {}, expected=5), {"answer": 5.001}).passed
@@ -153,11 +176,14 @@ def numeric(field: str | None = None, tolerance: float = 0.0) -> Assessor:
                 expected = expected[field]
             want = _number(expected)
         except (KeyError, ValueError) as exc:
-            return Assessment(passed=False, reason=str(exc.args[0]))
+            return Assessment(passed=False, score=0.0, reason=str(exc.args[0]))
         error = abs(got - want)
         passed = error <= tolerance
         return Assessment(
-            passed=passed, score=error, reason="" if passed else f"got {got:g}, expected {want:g}"
+            passed=passed,
+            score=1.0 if passed else 0.0,
+            reason="" if passed else f"got {got:g}, expected {want:g} (off by {error:g})",
+            metric=error,
         )
 
     return FunctionAssessor(check, f"numeric({field})" if field else "numeric")
@@ -205,11 +231,18 @@ class JudgeAssessor(Assessor):
 
     @staticmethod
     def verdict(row: dict[str, Any]) -> Assessment:
-        passed, score, reason = row.get("passed"), row.get("score"), row.get("reason")
+        """The judge's answer as an Assessment; a score outside [0, 1] is not kept as the score
+        (it stays visible as the ``metric``, and the reason says so)."""
+        passed, score, reason = row.get("passed"), row.get("score"), str(row.get("reason") or "")
+        kept, metric = None, None
+        if isinstance(score, (int, float)) and not isinstance(score, bool):
+            if 0.0 <= float(score) <= 1.0:
+                kept = float(score)
+            else:
+                metric = float(score)
+                reason = "; ".join(x for x in (reason, f"score {score:g} is outside [0, 1], not kept") if x)
         return Assessment(
-            passed=bool(passed) if passed is not None else None,
-            score=float(score) if isinstance(score, (int, float)) else None,
-            reason=str(reason or ""),
+            passed=bool(passed) if passed is not None else None, score=kept, reason=reason, metric=metric
         )
 
 
@@ -228,12 +261,14 @@ def combine(
     assessments: Sequence[Assessment],
 ) -> tuple[Literal["pass", "fail", "unscored"], float | None, str]:
     """``(status, score, reason)`` of a case from its assessors' verdicts: ``fail`` if any failed,
-    else ``pass`` if any passed, else ``unscored``; the score is the first assessor's that has one;
-    the reason joins the non-empty reasons."""
+    else ``pass`` if any passed, else ``unscored``; the score is the mean of the assessors' scores
+    (each in [0, 1], so the case's is too; None when none gave one); the reason joins the
+    non-empty reasons."""
     verdicts = [a.passed for a in assessments if a.passed is not None]
     status: Literal["pass", "fail", "unscored"] = (
         "fail" if False in verdicts else "pass" if verdicts else "unscored"
     )
-    score = next((a.score for a in assessments if a.score is not None), None)
+    scores = [a.score for a in assessments if a.score is not None]
+    score = round(sum(scores) / len(scores), 6) if scores else None
     reason = "; ".join(a.reason for a in assessments if a.reason)
     return status, score, reason

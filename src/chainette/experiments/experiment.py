@@ -11,6 +11,8 @@ input goes, in suite order, into one ``run_chain`` (the run folder as for any ru
 rounds, one nested run folder per round (``experiment/turn-<k>/``), each input given the
 conversation so far in its ``history`` field. Then the assessors run (an LLM judge in
 ``experiment/judge-<step id>/``), and ``experiment.json`` is written into the run folder.
+Every one of these runs is traced (``record_trace``), so each case also gets its timeline,
+duration, tokens and cost (see :mod:`.timing`); the totals add up all of the runs.
 """
 
 from __future__ import annotations
@@ -32,10 +34,15 @@ from .assess import Assessor, JudgeAssessor, combine, function
 from .config import merge_overrides, public_config
 from .record import CaseResult, ExperimentResult, command_line, git_info, totals, write_experiment_json
 from .suite import HISTORY_FIELD, Case, Suite, load_suite
+from .timing import TracedRun, case_figures, prices_of, sum_figures, wall_clock
 
 __all__ = ["Experiment"]
 
 ChainFactory = Callable[[Any], ChainGraph]
+
+_FIRST_RUN_ONLY = ("overwrite", "resume", "on_event", "middleware")
+"""Run options the later turns and the judges do not get: their folders are new ones inside the
+run's, and listeners (a live display, a JSON log) follow the chain's first run only."""
 
 
 class Experiment:
@@ -142,11 +149,14 @@ class Experiment:
         started = time.time()
         cases = list(suite)
         first = [_turn_input(c, 0, []) for c in cases]
+        run_options = {"record_trace": True, **run_options}  # per-case timeline, tokens and cost
         run = await run_chain(chain, first, output_dir, **run_options)
+        traced = [TracedRun("run", run.trace, list(range(len(cases))))]
+        nested_metas: list[dict[str, Any]] = []
         key = _output_key(chain)
         outcomes = _outcomes(run, key, len(cases))
         conversations: list[list[dict[str, Any]]] = [[] for _ in cases]
-        nested = {k: v for k, v in run_options.items() if k not in ("overwrite", "resume")}
+        nested = {k: v for k, v in run_options.items() if k not in _FIRST_RUN_ONLY}
         for turn in range(1, max((c.turn_count for c in cases), default=1)):
             todo = [i for i, c in enumerate(cases) if c.turn_count > turn and "error" not in outcomes[i]]
             for i in todo:
@@ -155,29 +165,51 @@ class Experiment:
                 )
             inputs = [_turn_input(cases[i], turn, conversations[i]) for i in todo]
             sub = await run_chain(chain, inputs, run.path / EXPERIMENT_RUNS / f"turn-{turn + 1}", **nested)
+            traced.append(TracedRun(f"turn-{turn + 1}", sub.trace, todo))
+            nested_metas.append(sub.metadata)
             for j, outcome in enumerate(_outcomes(sub, key, len(todo))):
                 outcomes[todo[j]] = {**outcome, "record_id": outcomes[todo[j]]["record_id"]}
         results = [_case_result(c, outcomes[i], conversations[i]) for i, c in enumerate(cases)]
-        await self._assess(results, cases, run.path, nested)
+        judged = await self._assess(results, cases, run.path, nested)
         for result in results:
             if result.status != "error":
                 result.status, result.score, result.reason = combine(list(result.assessments.values()))
+        prices = prices_of(chain.iter_nodes())
+        for label, judge_run, positions, judge in judged:
+            traced.append(TracedRun(label, judge_run.trace, positions, judge=True))
+            nested_metas.append(judge_run.metadata)
+            prices.update(prices_of([judge.step]))
+        for result, figures in zip(results, case_figures(traced, len(cases), prices), strict=True):
+            result.duration_s, result.tokens, result.cost = (
+                figures["duration_s"], figures["tokens"], figures["cost"]
+            )  # fmt: skip
+            result.by_step, result.timeline = figures["by_step"], figures["timeline"]
         rerun = {"target": target, "overrides": list(overrides), "engines": engines}
-        return self._finish(run, results, config, suite, started, rerun)
+        timeline = {"started_at": wall_clock(traced), "spans_not_kept": sum(
+            t.trace.dropped for t in traced if t.trace is not None
+        )}  # fmt: skip
+        return self._finish(run, results, config, suite, started, rerun, nested_metas, timeline)
 
     async def _assess(
         self, results: list[CaseResult], cases: list[Case], path: Path, options: dict[str, Any]
-    ) -> None:
+    ) -> list[tuple[str, RunResult, list[int], JudgeAssessor]]:
+        """Run every assessor; the judges' runs (label, run, case index of each input, judge)."""
+        judged: list[tuple[str, RunResult, list[int], JudgeAssessor]] = []
         for assessor in self.assessors:
             live = [i for i, r in enumerate(results) if r.status != "error"]
             if isinstance(assessor, JudgeAssessor):
-                await _judge(assessor, [results[i] for i in live], [cases[i] for i in live], path, options)
+                ran = await _judge(
+                    assessor, [results[i] for i in live], [cases[i] for i in live], path, options
+                )
+                if ran is not None:
+                    judged.append((f"judge-{assessor.step.id}", ran, live, assessor))
                 continue
             for i in live:
                 try:
                     results[i].assessments[assessor.name] = assessor(cases[i], results[i].output)
                 except Exception as exc:  # a broken assessor marks the case, it does not stop the others
                     _mark_error(results[i], f"assess:{assessor.name}", type(exc).__name__, str(exc))
+        return judged
 
     def _finish(
         self,
@@ -187,9 +219,12 @@ class Experiment:
         suite: Suite,
         started: float,
         rerun: dict[str, Any],
+        nested_metas: list[dict[str, Any]],
+        timeline: dict[str, Any],
     ) -> ExperimentResult:
         meta = run.metadata
         summary = totals(results, meta)
+        summary.update(sum_figures([meta, *nested_metas]))  # turns and judges count too
         summary["duration_s"] = round(time.time() - started, 3)
         stored = public_config(config) if config is not None else None
         if rerun["engines"] is not None:  # absolute, so a rerun finds it from any folder
@@ -214,6 +249,8 @@ class Experiment:
                 "started_at": meta.get("started_at"),
             },
             "totals": summary,
+            "timeline_started_at": timeline["started_at"],
+            "timeline_spans_not_kept": timeline["spans_not_kept"],
             "cases": [r.as_dict() for r in results],
         }
         write_experiment_json(run.path, data)
@@ -296,9 +333,9 @@ def _mark_error(result: CaseResult, node: str | None, kind: str | None, message:
 
 async def _judge(
     judge: JudgeAssessor, results: list[CaseResult], cases: list[Case], path: Path, options: dict[str, Any]
-) -> None:
+) -> RunResult | None:
     if not results:
-        return
+        return None
     chain = ChainGraph(f"judge-{judge.step.id}", [judge.step])
     records = [judge.record(c, r.output) for c, r in zip(cases, results, strict=True)]
     run = await run_chain(chain, records, path / EXPERIMENT_RUNS / f"judge-{judge.step.id}", **options)
@@ -308,3 +345,4 @@ async def _judge(
             _mark_error(result, f"assess:{judge.name}", e["error_type"], f"{e['node']}: {e['message']}")
         else:
             result.assessments[judge.name] = JudgeAssessor.verdict(outcome["output"])
+    return run

@@ -105,6 +105,20 @@ class CaseChange:
     status_b: str | None
     output_a: Any = None
     output_b: Any = None
+    duration_a: float | None = None
+    """The case's seconds in run A (first node start to last node finish), when recorded."""
+    duration_b: float | None = None
+    cost_a: float | None = None
+    """The case's dollars in run A, when recorded (and priced)."""
+    cost_b: float | None = None
+
+    @property
+    def duration_delta(self) -> float | None:
+        return _delta(self.duration_a, self.duration_b)
+
+    @property
+    def cost_delta(self) -> float | None:
+        return _delta(self.cost_a, self.cost_b)
 
 
 @dataclass
@@ -175,7 +189,17 @@ def compare_runs(a: RunRecord, b: RunRecord) -> RunComparison:
             continue
         if ca.get("status") != cb.get("status") or _canon(ca.get("output")) != _canon(cb.get("output")):
             changed.append(
-                CaseChange(case_id, ca.get("status"), cb.get("status"), ca.get("output"), cb.get("output"))
+                CaseChange(
+                    case_id,
+                    ca.get("status"),
+                    cb.get("status"),
+                    ca.get("output"),
+                    cb.get("output"),
+                    _number(ca.get("duration_s")),
+                    _number(cb.get("duration_s")),
+                    _number((ca.get("cost") or {}).get("usd")),
+                    _number((cb.get("cost") or {}).get("usd")),
+                )
             )
     config_a = flatten_config(a.config or {})
     config_b = flatten_config(b.config or {})
@@ -249,6 +273,10 @@ def _read(folder: Path) -> RunRecord:
 
 def _canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _delta(a: float | None, b: float | None) -> float | None:

@@ -39,6 +39,17 @@ class CaseResult:
     """``{"node", "error_type", "message"}`` of the failure (``node`` is ``assess:<name>`` for an assessor)."""
     turns: list[Any] | None = None
     """Every turn's output, for a multi-turn case."""
+    duration_s: float | None = None
+    """Seconds from the case's first node start to its last node finish (chain runs, turns included)."""
+    tokens: dict[str, int] | None = None
+    """``prompt`` / ``completion`` sent, ``saved_prompt`` / ``saved_completion`` reused (judges included)."""
+    cost: dict[str, float | None] | None = None
+    """``usd`` spent and ``saved_usd`` (None where an engine has no known price)."""
+    by_step: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The same figures per step (the judge's step too)."""
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    """``{"node", "run", "start_s", "end_s", "chunk"}`` per node span, seconds from the experiment's
+    start; ``chunk``: how many records shared the span (records run in chunks)."""
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -72,7 +83,8 @@ class ExperimentResult:
 
 
 def totals(cases: list[CaseResult], meta: dict[str, Any]) -> dict[str, Any]:
-    """Counts by status, pass rate, and the run's tokens, cost and cache figures (``metadata.json``)."""
+    """Counts by status, pass rate, and the run's tokens, cost and cache figures (``metadata.json``;
+    the experiment then replaces them with the sums over all of its runs, see ``timing.sum_figures``)."""
     counts = {s: sum(1 for c in cases if c.status == s) for s in ("pass", "fail", "error", "unscored")}
     judged = counts["pass"] + counts["fail"] + counts["error"]
     return {

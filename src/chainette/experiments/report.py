@@ -29,6 +29,7 @@ from ..runtime.result import read_rows
 from .report_compare import compare_section
 from .report_graph import graph_svg
 from .report_html import CASES, CSS, as_text, cut, get, n_cell, num, rate, table
+from .report_timeline import timeline_section
 
 __all__ = ["CASES", "SCAN", "RunView", "build_report", "load_run", "write_report"]
 
@@ -285,6 +286,9 @@ def _experiment(exp: dict[str, Any]) -> str:
             cut(c.get("reason")),
             cut(c.get("expected")),
             cut(c.get("output")),
+            n_cell(c.get("duration_s")),
+            n_cell(_case_tokens(c)),
+            n_cell(get(c, "cost", "usd")),
         ]
         for c in cases[:CASES]
     ]
@@ -295,9 +299,20 @@ def _experiment(exp: dict[str, Any]) -> str:
         f"<p>Experiment <b>{escape(str(exp.get('experiment')))}</b>: pass rate "
         f"<b id='experiment-pass-rate'>{rate(totals.get('pass_rate'))}</b> of {num(totals.get('cases'))} cases "
         f"({summary}).</p>"
-        + table(["case", "status", "score", "reason", "expected", "output"], rows, ' id="cases"')
+        + table(
+            ["case", "status", "score", "reason", "expected", "output", "time (s)", "tokens", "cost (USD)"],
+            rows,
+            ' id="cases"',
+        )
         + more
     )
+
+
+def _case_tokens(case: dict[str, Any]) -> int | None:
+    tokens = case.get("tokens")
+    if not isinstance(tokens, dict):
+        return None
+    return int(tokens.get("prompt") or 0) + int(tokens.get("completion") or 0)
 
 
 def build_report(run: RunView, other: RunView | None = None, *, samples: int = 5, failures: int = 200) -> str:
@@ -310,6 +325,7 @@ def build_report(run: RunView, other: RunView | None = None, *, samples: int = 5
     ]
     if run.experiment is not None:
         sections.append(("experiment", "Experiment", _experiment(run.experiment)))
+        sections.append(("timeline-section", "Per-case timeline", timeline_section(run.experiment)))
     if other is not None:
         sections.append(("compare", "Compared with another run", compare_section(run, other)))
     sections += [

@@ -104,12 +104,22 @@ def changed_cases(a_exp: dict[str, Any], b_exp: dict[str, Any]) -> str:
                 status(a),
                 cut(None if b is None else b.get("output")),
                 cut(None if a is None else a.get("output")),
+                "#n:" + delta(get(a, "duration_s"), get(b, "duration_s")),
+                "#n:" + delta(get(a, "cost", "usd"), get(b, "cost", "usd")),
             ]
         )
     if not rows:
         return '<p class="muted" id="no-changed-cases">No case changed status or output.</p>'
     return f"<h3>Cases that changed ({len(rows)})</h3>" + table(
-        ["case", "status (other)", "status (this)", "output (other)", "output (this)"],
+        [
+            "case",
+            "status (other)",
+            "status (this)",
+            "output (other)",
+            "output (this)",
+            "time Δ (s)",
+            "cost Δ (USD)",
+        ],
         rows[:CASES],
         ' id="changed-cases"',
     )

@@ -29,6 +29,7 @@ border-radius:6px;padding:6px 12px;min-width:90px}.card b{display:block;font-siz
 .pass{color:#188038}.fail{color:#c5221f}.error{color:#a142f4}.unscored{color:#5f6368}
 code,pre{font:12px ui-monospace,monospace;white-space:pre-wrap;word-break:break-word;margin:0}
 details summary{cursor:pointer;color:#1a73e8}.up{color:#188038}.down{color:#c5221f}
+.case-timeline{margin:4px 0}.tl-head{font-size:12px}.case-timeline svg{display:block}
 """
 
 

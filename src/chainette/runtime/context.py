@@ -18,7 +18,7 @@ from .events import EventHandler
 from .records import Record, dump
 from .requests import RequestCache
 
-__all__ = ["DeltaHandler", "EventHandler", "NodeStats", "RecordSink", "RunContext"]
+__all__ = ["DeltaHandler", "EventHandler", "NodeStats", "RecordSink", "RunContext", "UsageSink"]
 
 NodeRun = Callable[[Any, list[Record], "RunContext"], Awaitable[list[Record]]]
 """A runner's ``run(node, chunk, ctx)``."""
@@ -29,6 +29,14 @@ trace emits ``node_started`` / ``node_finished`` around every node, nested ones 
 
 DeltaHandler = Callable[[str, str, str, str], None]
 """``handler(node_id, record_id, delta, text_so_far)``: a step's answer arriving, piece by piece."""
+
+
+class UsageSink(Protocol):
+    """Told each answer's tokens by the record's input position (a traced run's
+    :class:`~chainette.runtime.record_trace.RecordTrace`)."""
+
+    def add_usage(self, step_id: str, index: int, prompt: int, completion: int, *, sent: bool) -> None:
+        """``sent``: the engine answered it; else it came from the ledger or an identical request."""
 
 
 class RecordSink(Protocol):
@@ -111,10 +119,13 @@ class RunContext:
     input_stop: list[bool] = field(default_factory=lambda: [False])
     """``[True]``: read no more input (a ``take`` at the head of the chain has what it needs)."""
     observe_nodes: NodeObserver | None = None
-    """Set (a served trace): every node runs through it (see :data:`NodeObserver`)."""
+    """Set (a served trace, or a batch run with ``record_trace=True``): every node runs through it
+    (see :data:`NodeObserver`)."""
     on_delta: DeltaHandler | None = None
     """Set (a served trace that streams tokens): steps send one request at a time through
     ``Engine.stream`` where the engine streams, and report each piece of the answer here."""
+    usage: UsageSink | None = None
+    """Set (a traced batch run, ``record_trace=True``): told every answer's tokens per record."""
     record_deadline_s: float | None = None
     """The run's ``record_deadline_s`` (what a deadline failure's message says), None if unset."""
 

@@ -40,6 +40,7 @@ from .collector import run_collector
 from .context import EventHandler, RunContext
 from .dispatch import missing_runners, runner_for
 from .events import EventStream, Middleware
+from .record_trace import RecordTrace
 from .records import Record, coerce, describe_validation, dump
 from .requests import CacheMode, RequestCache
 from .result import RunResult
@@ -90,6 +91,10 @@ class RunOptions:
     limit), answers from the ledger included so a rerun decides the same way. Checked before
     each request and function call: a record that has spent that many fails with
     ``BudgetExceededError`` (a request in flight finishes; the last one may go over)."""
+    record_trace: bool = False
+    """Note, per input record, when each node worked on it and its requests' tokens (an
+    experiment's per-case timeline and cost): ``RunResult.trace``. Off: nothing is noted, at no
+    cost. On, a streaming step (``samples > 1``) hands its samples on once all are done."""
     middleware: Sequence[Middleware] = field(default=(), repr=False)
     """Receive every run event as an :class:`~chainette.runtime.events.Event`, after ``on_event``,
     in this order; quick, on the event loop, and never fatal (errors are logged once each)."""
@@ -157,6 +162,9 @@ async def _run_in_folder(
     broker = EngineBroker(users, on_event=emit)
     ctx = RunContext(writer, broker, emit, cache)
     ctx.record_deadline_s = opts.record_deadline_s
+    trace = RecordTrace() if opts.record_trace else None
+    if trace is not None:
+        ctx.observe_nodes, ctx.usage = trace.observe, trace
     ctx.state[STOPS_INPUT] = _input_stoppers(chain)
     started = time.time()
     meta = _initial_metadata(chain, opts, writer, run_id, started)
@@ -190,7 +198,7 @@ async def _run_in_folder(
         raise
     finally:
         meta = await _finish(chain, ctx, writer, counts, meta, started)
-    return RunResult(path=writer.path, run_id=run_id, metadata=meta, fmt=opts.fmt)
+    return RunResult(path=writer.path, run_id=run_id, metadata=meta, fmt=opts.fmt, trace=trace)
 
 
 def _initial_metadata(
@@ -359,6 +367,10 @@ async def _stage(
                 break
             item = items[i]
             runner = runner_for(item)
+            observe = ctx.observe_nodes  # a traced run: every node timed, its passes gathered
+            if observe is not None:
+                chunk = await observe(item, chunk, ctx, runner.run)
+                continue
             if item.streams and runner.stream is not None:  # many outputs per record: a pass at a time
                 async for part in runner.stream(item, chunk, ctx):
                     await push(part, i + 1, send)

@@ -7,7 +7,10 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .record_trace import RecordTrace
 
 __all__ = ["RunResult", "read_rows"]
 
@@ -26,6 +29,8 @@ class RunResult:
     run_id: str
     metadata: dict[str, Any] = field(repr=False)
     fmt: str = "jsonl"
+    trace: RecordTrace | None = field(default=None, repr=False)
+    """Per input record: node spans and tokens, when the run was asked for them (``record_trace``)."""
 
     @property
     def counts(self) -> dict[str, int]:

@@ -477,6 +477,10 @@ def _settle(
     """Count the answer (in ``stats``, the step's), accept it or plan the re-ask, or give up on
     the record."""
     job.record.tokens += completion.prompt_tokens + completion.completion_tokens  # a loop's max_tokens
+    if ctx.usage is not None:  # a traced run: tokens per input position
+        ctx.usage.add_usage(
+            step.id, job.record.index, completion.prompt_tokens, completion.completion_tokens, sent=sent
+        )
     if sent:
         stats.prompt_tokens += completion.prompt_tokens
         stats.completion_tokens += completion.completion_tokens
