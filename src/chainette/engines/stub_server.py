@@ -17,6 +17,9 @@ Example:
     >>> with StubServer(faults=Faults(rate_500=0.2)) as server:   # doctest: +SKIP
     ...     register_engine("stub", backend="openai", model="m", base_url=server.base_url)
 
+The files and batches endpoints of OpenAI's batch API are served too (:mod:`.stub_batches`,
+``server.batches``: delays, partial expiry, failing lines and batches, counters).
+
 Also a command: ``python -m chainette.engines.stub_server --port 8000 [--upstream URL]``.
 """
 
@@ -36,8 +39,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .fake import example_for_schema
+from .stub_batches import BatchFaults, BatchStub
 
-__all__ = ["Disconnect", "Faults", "StubServer"]
+__all__ = ["BatchFaults", "Disconnect", "Faults", "StubServer"]
 
 
 @dataclass
@@ -83,6 +87,8 @@ class StubServer:
         reasoning: A ``reasoning_content`` to add to every stub answer.
         stream_chunks: How many pieces a streamed answer's content is cut into (fewer for a short one).
         stream_delay: Seconds between two chunks of a streamed answer.
+        batch_faults: What goes wrong in batches (:class:`~.stub_batches.BatchFaults`).
+        batch_polls: Polls a batch needs before it ends.
     """
 
     def __init__(
@@ -97,6 +103,8 @@ class StubServer:
         unauthorized_status: int = 401,
         stream_chunks: int = 4,
         stream_delay: float = 0.0,
+        batch_faults: BatchFaults | None = None,
+        batch_polls: int = 1,
     ) -> None:
         self.upstream = upstream.rstrip("/") if upstream else None
         self.faults = faults or Faults()
@@ -124,6 +132,8 @@ class StubServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: Any = None
+        self.batches = BatchStub(self, batch_faults, polls=batch_polls)
+        """The batch API's state and counters (:class:`~.stub_batches.BatchStub`)."""
 
     @property
     def base_url(self) -> str:
@@ -259,6 +269,13 @@ class StubServer:
         route = path.partition("?")[0]
         if method == "GET" and route.rstrip("/").endswith(("/models", "/health")):
             return _response(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
+        if {"files", "batches"} & set(route.split("/")):
+            if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
+                self.stats["unauthorized"] += 1
+                return _response(
+                    self.unauthorized_status, {"error": {"message": "invalid or missing API key"}}
+                )
+            return await self.batches.handle(method, route, headers, body)
         if method != "POST" or not route.endswith("/chat/completions"):
             return _response(404, {"error": {"message": f"no route {method} {route}"}})
         self.stats["requests"] += 1
