@@ -33,7 +33,7 @@ __all__ = ["BatchFaults", "BatchStub"]
 
 @dataclass
 class BatchFaults:
-    """What goes wrong in the stub's batches. Rates (0..1) are drawn per line from a seeded RNG."""
+    """What goes wrong in the stub's batches. Rates (0..1) are drawn per line from an RNG seeded by ``seed`` and the batch id."""
 
     expire_rate: float = 0.0
     """Lines not run before the window ended: ``batch_expired`` in the error file (the batch ends ``expired``)."""
@@ -43,6 +43,8 @@ class BatchFaults:
     """Fail every batch with this message (``errors.data``, no output file)."""
     create_status: list[int] = field(default_factory=list)
     """Statuses answered to the next ``POST /batches`` calls, one each (e.g. ``[429, 500]``), before it works."""
+    lose_create: int = 0
+    """The next ``POST /batches`` calls that create their batch, then drop the connection unanswered."""
     malformed_lines: int = 0
     """Output lines replaced by text that is not JSON (the first ones of each batch)."""
     seed: int = 0
@@ -68,9 +70,9 @@ class BatchStub:
         self.batches: dict[str, dict[str, Any]] = {}
         self._polled: Counter[str] = Counter()
         self._ids = itertools.count(1)
-        self._rng = random.Random(self.faults.seed)
 
-    async def handle(self, method: str, route: str, headers: dict[str, str], body: bytes) -> bytes:
+    async def handle(self, method: str, route: str, headers: dict[str, str], body: bytes) -> bytes | None:
+        """The answer to one request (``None``: drop the connection)."""
         from .stub_server import _raw, _response
 
         parts = [p for p in route.split("/") if p][1:]  # after the API root (v1)
@@ -110,7 +112,7 @@ class BatchStub:
     def _file(self, file_id: str, purpose: str, content: bytes) -> dict[str, Any]:
         return {"id": file_id, "object": "file", "bytes": len(content), "purpose": purpose, "created_at": 0}
 
-    def _create(self, body: bytes) -> bytes:
+    def _create(self, body: bytes) -> bytes | None:
         from .stub_server import _response
 
         if self.faults.create_status:
@@ -140,6 +142,9 @@ class BatchStub:
             "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
             "metadata": spec.get("metadata"),
         }
+        if self.faults.lose_create > 0:
+            self.faults.lose_create -= 1
+            return None
         return _response(200, self.batches[batch_id])
 
     async def _poll(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -170,9 +175,10 @@ class BatchStub:
         out: list[bytes] = []
         errors: list[bytes] = []
         expired = False
+        rng = random.Random(f"{faults.seed}:{batch['id']}")  # repeatable per batch, whenever faults were set
         for n, line in enumerate(lines):
             cid = line["custom_id"]
-            draw = self._rng.random()
+            draw = rng.random()
             if cancelled or draw < faults.expire_rate:
                 expired = expired or not cancelled
                 code, message = ("batch_cancelled", "cancelled") if cancelled else ("batch_expired", _EXPIRED)
