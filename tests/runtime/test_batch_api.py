@@ -22,7 +22,7 @@ from tests.helpers import Question, Summary, assert_every_record_accounted_for, 
 from chainette import Chain, register_engine
 from chainette.engines.batch_journal import BatchJournal
 from chainette.engines.stub_server import BatchFaults, StubServer
-from chainette.ledger.costs import PRICES, Price
+from chainette.ledger.costs import DISCOUNTS, PRICES, Price, set_discount
 
 FAST = {"poll_interval": 0.01, "poll_max": 0.02, "backoff_base": 0.01}
 
@@ -201,3 +201,9 @@ def test_batch_tokens_cost_half_the_list_price(
     tokens = sync.metadata["cost"]["by_step"]["qa"]
     assert batch.metadata["cost"]["by_step"]["qa"]["prompt_tokens"] == tokens["prompt_tokens"] > 0
     assert batch.metadata["cost"]["usd"] == sync.metadata["cost"]["usd"] / 2
+
+    monkeypatch.setitem(DISCOUNTS, "batch", 1.0)  # by engine name: wins over the back-end's 0.5
+    again = one_step("batch").run(questions(4), tmp_path / "again", cache="off")
+    assert again.metadata["cost"]["usd"] == sync.metadata["cost"]["usd"]
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        set_discount("batch", 2.0)

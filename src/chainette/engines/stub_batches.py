@@ -22,11 +22,14 @@ import json
 import random
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .stub_server import StubServer
+from .stub_http import _raw, _response
+
+Answerer = Callable[[dict[str, Any]], Awaitable[tuple[int, Any]]]
+"""Answers one chat request body: ``(HTTP status, response body)``."""
 
 __all__ = ["BatchFaults", "BatchStub"]
 
@@ -51,10 +54,11 @@ class BatchFaults:
 
 
 class BatchStub:
-    """State and handlers of the batch endpoints, for one :class:`StubServer`."""
+    """State and handlers of the batch endpoints, for one :class:`~.stub_server.StubServer`."""
 
-    def __init__(self, server: StubServer, faults: BatchFaults | None = None, *, polls: int = 1) -> None:
-        self.server = server
+    def __init__(self, answer: Answerer, faults: BatchFaults | None = None, *, polls: int = 1) -> None:
+        self.answer = answer
+        """How each line is answered (the server's ``/chat/completions`` logic)."""
         self.faults = faults or BatchFaults()
         self.polls = polls
         """Polls a batch needs before it ends (at the next one after these)."""
@@ -73,8 +77,6 @@ class BatchStub:
 
     async def handle(self, method: str, route: str, headers: dict[str, str], body: bytes) -> bytes | None:
         """The answer to one request (``None``: drop the connection)."""
-        from .stub_server import _raw, _response
-
         parts = [p for p in route.split("/") if p][1:]  # after the API root (v1)
         if parts[:1] == ["files"]:
             if method == "POST" and len(parts) == 1:
@@ -113,8 +115,6 @@ class BatchStub:
         return {"id": file_id, "object": "file", "bytes": len(content), "purpose": purpose, "created_at": 0}
 
     def _create(self, body: bytes) -> bytes | None:
-        from .stub_server import _response
-
         if self.faults.create_status:
             status = self.faults.create_status.pop(0)
             self.stats["create_refused"] += 1
@@ -189,7 +189,7 @@ class BatchStub:
             elif n < faults.malformed_lines:
                 out.append(b"{not json: " + cid.encode())
             else:
-                status, answer = await self._answer(line["body"])
+                status, answer = await self.answer(line["body"])
                 target = out if status == 200 else errors
                 target.append(_line(cid, {"status_code": status, "body": answer}, None))
         for kind, content in (("output", out), ("error", errors)):
@@ -199,20 +199,6 @@ class BatchStub:
                 batch[f"{kind}_file_id"] = file_id
         batch["status"] = "cancelled" if cancelled else "expired" if expired else "completed"
         batch["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(errors)}
-
-    async def _answer(self, payload: dict[str, Any]) -> tuple[int, Any]:
-        """A line answered as ``POST /chat/completions`` would answer it (upstream, or the stub)."""
-        from .stub_server import _structured
-
-        server = self.server
-        if server._client is not None:
-            response = await server._client.post(f"{server.upstream}/chat/completions", json=payload)
-            try:
-                return response.status_code, response.json()
-            except ValueError:
-                return response.status_code, {"error": {"message": response.text[:300]}}
-        _, schema = _structured(payload)
-        return 200, server._answer(payload, schema)
 
 
 _EXPIRED = "This request could not be executed before the completion window expired."

@@ -40,6 +40,7 @@ from typing import Any
 
 from .fake import example_for_schema
 from .stub_batches import BatchFaults, BatchStub
+from .stub_http import _raw, _read_request, _response
 
 __all__ = ["BatchFaults", "Disconnect", "Faults", "StubServer"]
 
@@ -132,7 +133,7 @@ class StubServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: Any = None
-        self.batches = BatchStub(self, batch_faults, polls=batch_polls)
+        self.batches = BatchStub(self._batch_answer, batch_faults, polls=batch_polls)
         """The batch API's state and counters (:class:`~.stub_batches.BatchStub`)."""
 
     @property
@@ -373,6 +374,16 @@ class StubServer:
             yield b"data: " + json.dumps(usage).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
 
+    async def _batch_answer(self, payload: dict[str, Any]) -> tuple[int, Any]:
+        """A batch line answered as ``POST /chat/completions`` would be: upstream, or the stub's answer."""
+        if self._client is not None:
+            response = await self._client.post(f"{self.upstream}/chat/completions", json=payload)
+            try:
+                return response.status_code, response.json()
+            except ValueError:
+                return response.status_code, {"error": {"message": response.text[:300]}}
+        return 200, self._answer(payload, _structured(payload)[1])
+
     def _draw(self) -> str:
         f = self.faults
         r = self._rng.random()
@@ -441,33 +452,6 @@ def _structured(payload: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
     if "guided_json" in payload:
         return "guided_json", payload["guided_json"]
     return "none", None
-
-
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes] | None:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError:
-        return None
-    lines = head.decode("latin-1").split("\r\n")
-    method, path, _ = lines[0].split(" ", 2)
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            key, _, value = line.partition(":")
-            headers[key.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    body = await reader.readexactly(length) if length else b""
-    return method, path, headers, body
-
-
-def _response(status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> bytes:
-    return _raw(status, json.dumps(payload).encode(), headers)
-
-
-def _raw(status: int, body: bytes, headers: dict[str, str] | None = None) -> bytes:
-    lines = [f"HTTP/1.1 {status} X", "content-type: application/json", f"content-length: {len(body)}"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 def main(argv: Sequence[str] | None = None) -> None:
