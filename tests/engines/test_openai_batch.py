@@ -155,3 +155,46 @@ def test_the_key_is_checked_and_never_written(tmp_path: Path, monkeypatch: pytes
 def test_dialects_that_need_a_conversation_are_refused() -> None:
     with pytest.raises(EngineConfigError, match="dialect 'auto' cannot be used with a batch API"):
         OpenAIBatchEngine("m", base_url="http://127.0.0.1:1/v1", dialect="auto")
+
+
+def test_a_poll_that_keeps_failing_keeps_the_batch_for_the_next_call(
+    stub: StubServer, tmp_path: Path
+) -> None:
+    stub.batches.faults = BatchFaults(poll_status=[500, 502])
+    out = generate(engine_for(stub, tmp_path, max_retries=1), requests(2))
+    (batch_id,) = stub.batches.batches
+    for reason, text in out:
+        assert reason == "error"
+        assert text.startswith(f"could not poll batch {batch_id}: HTTP 502 from http://127.0.0.1:")
+        assert text.endswith(f"in the journal {tmp_path / 'batches.sqlite'}: run again to pick it up")
+
+    again = generate(engine_for(stub, tmp_path), requests(2))  # the next call polls the same batch
+    assert [r for r, _ in again] == ["stop", "stop"] and stub.batches.stats["batches_created"] == 1
+
+
+def test_a_batch_the_provider_does_not_know_is_sent_again_on_the_next_call(
+    stub: StubServer, tmp_path: Path
+) -> None:
+    stub.batches.hold = True
+    engine = engine_for(stub, tmp_path)
+
+    async def main() -> list[tuple[str, str]]:
+        await engine.start()
+        try:
+            with anyio.move_on_after(30):
+                async with anyio.create_task_group() as tg:  # submitted, then the call is cancelled
+                    tg.start_soon(engine.generate, requests(2))
+                    while not stub.batches.stats["polls"]:  # noqa: ASYNC110 - the stub's thread counts
+                        await anyio.sleep(0.01)
+                    tg.cancel_scope.cancel()
+            stub.batches.batches.clear()  # the provider lost it (deleted, another account)
+            stub.batches.hold = False
+            lost = await engine.generate(requests(2))
+            return [(c.finish_reason, c.text) for c in [*lost, *await engine.generate(requests(2))]]
+        finally:
+            await engine.close()
+
+    out = anyio.run(main)
+    assert all(r == "error" and "batch batch_2 is unknown to http://127.0.0.1:" in t for r, t in out[:2])
+    assert all(t.endswith("Run again to send it in a new batch.") for _, t in out[:2])
+    assert [r for r, _ in out[2:]] == ["stop", "stop"] and stub.batches.stats["batches_created"] == 2

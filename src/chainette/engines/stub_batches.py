@@ -46,6 +46,8 @@ class BatchFaults:
     """Fail every batch with this message (``errors.data``, no output file)."""
     create_status: list[int] = field(default_factory=list)
     """Statuses answered to the next ``POST /batches`` calls, one each (e.g. ``[429, 500]``), before it works."""
+    poll_status: list[int] = field(default_factory=list)
+    """Statuses answered to the next ``GET /batches/{id}`` calls, one each, before polls work again."""
     lose_create: int = 0
     """The next ``POST /batches`` calls that create their batch, then drop the connection unanswered."""
     malformed_lines: int = 0
@@ -95,6 +97,11 @@ class BatchStub:
             if len(parts) >= 2 and parts[1] in self.batches:
                 batch = self.batches[parts[1]]
                 if method == "GET" and len(parts) == 2:
+                    if self.faults.poll_status:
+                        status = self.faults.poll_status.pop(0)
+                        return _response(
+                            status, {"error": {"message": f"injected HTTP {status} on batch poll"}}
+                        )
                     return _response(200, await self._poll(batch))
                 if method == "POST" and parts[2:] == ["cancel"]:
                     self.stats["cancels"] += 1

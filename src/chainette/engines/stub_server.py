@@ -458,8 +458,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--upstream", default=None)
+    parser.add_argument("--batch-polls", type=int, default=1, help="polls a batch needs before it ends")
     args = parser.parse_args(argv)
-    server = StubServer(upstream=args.upstream, port=args.port)
+    server = StubServer(upstream=args.upstream, port=args.port, batch_polls=args.batch_polls)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(server.serve_forever())
 
