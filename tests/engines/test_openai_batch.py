@@ -198,3 +198,24 @@ def test_a_batch_the_provider_does_not_know_is_sent_again_on_the_next_call(
     assert all(r == "error" and "batch batch_2 is unknown to http://127.0.0.1:" in t for r, t in out[:2])
     assert all(t.endswith("Run again to send it in a new batch.") for _, t in out[:2])
     assert [r for r, _ in out[2:]] == ["stop", "stop"] and stub.batches.stats["batches_created"] == 2
+
+
+def test_a_create_cut_short_is_found_by_its_input_file_on_the_next_call(
+    stub: StubServer, tmp_path: Path
+) -> None:
+    stub.batches.faults = BatchFaults(lose_create=1)  # made at the provider, the answer lost, not retried
+    out = generate(engine_for(stub, tmp_path, max_retries=0), requests(3))
+    assert all(r == "error" and t.startswith("could not create the batch: connection failed") for r, t in out)
+
+    again = generate(engine_for(stub, tmp_path), requests(3))
+    assert [r for r, _ in again] == ["stop"] * 3
+    assert stub.batches.stats["batches_created"] == 1 and stub.batches.stats["lines"] == 3
+
+
+def test_a_create_that_never_made_its_batch_is_sent_in_a_new_one(stub: StubServer, tmp_path: Path) -> None:
+    stub.batches.faults = BatchFaults(create_status=[500])
+    generate(engine_for(stub, tmp_path, max_retries=0), requests(3))
+    assert stub.batches.stats["batches_created"] == 0
+
+    again = generate(engine_for(stub, tmp_path), requests(3))
+    assert [r for r, _ in again] == ["stop"] * 3 and stub.batches.stats["batches_created"] == 1

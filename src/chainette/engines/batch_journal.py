@@ -3,7 +3,9 @@
 A provider's batch runs for minutes to hours; the process that submitted it may be gone by
 then (Ctrl-C, a crash, ``kill -9``). The journal keeps, for every request line sent, its
 fingerprint (the hash of the provider and the request body), the batch it went into and its
-``custom_id``; it is written right after the batch is created, before the first poll. On the
+``custom_id``; it is written once the input file is uploaded, before the batch is created (under
+the placeholder ``upload:<file id>``, renamed when the create answers), so even a crash during
+the create is found again: the next call looks for a batch made from that file. On the
 next ``generate``, a request whose fingerprint is still *pending* in a batch is attached to that
 batch (polled, downloaded) instead of being sent again.
 
@@ -65,7 +67,8 @@ class BatchJournal:
     Example:
         >>> import tempfile
         >>> journal = BatchJournal(Path(tempfile.mkdtemp()) / "batches.sqlite")
-        >>> journal.record("batch_1", "http://x/v1", "file_1", [("fp1", "c1")])
+        >>> journal.record("upload:file_1", "http://x/v1", "file_1", [("fp1", "c1")])
+        >>> journal.created("upload:file_1", "batch_1")
         >>> journal.pending(["fp1", "fp2"])
         {'fp1': ('batch_1', 'c1')}
         >>> journal.settle("batch_1", "completed", None, delivered=["fp1"], failed=[])
@@ -90,7 +93,8 @@ class BatchJournal:
     def record(
         self, batch_id: str, endpoint: str, input_file_id: str, items: Sequence[tuple[str, str]]
     ) -> None:
-        """A batch was created with ``items`` (``(fingerprint, custom_id)``): note them pending."""
+        """A batch is being created with ``items`` (``(fingerprint, custom_id)``): note them pending.
+        Before its create is answered ``batch_id`` is a placeholder, renamed by :meth:`created`."""
         now = time.time()
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
@@ -102,6 +106,16 @@ class BatchJournal:
                 "INSERT OR REPLACE INTO items VALUES (?, ?, ?, 'pending')",
                 [(fp, batch_id, custom_id) for fp, custom_id in items],
             )
+
+    def created(self, placeholder: str, batch_id: str) -> None:
+        """The batch recorded under ``placeholder`` (before its create was answered) is ``batch_id``."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "UPDATE batches SET batch_id = ?, status = 'created', updated_at = ? WHERE batch_id = ?",
+                (batch_id, time.time(), placeholder),
+            )
+            self._db.execute("UPDATE items SET batch_id = ? WHERE batch_id = ?", (batch_id, placeholder))
 
     def pending(self, fingerprints: Iterable[str]) -> dict[str, tuple[str, str]]:
         """Of ``fingerprints``, those still pending in a batch: ``{fingerprint: (batch_id, custom_id)}``

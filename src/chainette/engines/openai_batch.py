@@ -11,7 +11,7 @@ line back to its request by ``custom_id``. An item that failed, expired or has n
 goes to ``failures.jsonl``; a batch that fails or expires as a whole gives every item its reason.
 
 Never paying twice: the runtime sends only what the ledger does not hold; this engine keeps a
-journal (:mod:`.batch_journal`) of the batches it created, written before the first poll, so a
+journal (:mod:`.batch_journal`) of the batches it creates, written before the create, so a
 rerun after a crash or Ctrl-C between submit and download attaches its requests to the batch
 already at the provider instead of creating another. A cancelled run leaves the batch running
 there (cancelling it would throw away work that is being paid for).
@@ -23,6 +23,7 @@ from the same input file, so a lost answer does not create a second batch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections import Counter
@@ -46,6 +47,8 @@ __all__ = ["OpenAIBatchEngine"]
 _log = logging.getLogger("chainette.engines.openai_batch")
 _TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 _ENDPOINT = "/v1/chat/completions"
+_UPLOADED = "upload:"
+"""The journal's placeholder batch id (``upload:<input file id>``) until the create answers."""
 
 
 class _Refused(Exception):
@@ -166,11 +169,10 @@ class OpenAIBatchEngine(OpenAIEngine):
             fingerprint = self._fingerprint(body)
             bodies.setdefault(fingerprint, body)
             fingerprints.append(fingerprint)
-        journal = self._journal
-        attached = await anyio.to_thread.run_sync(journal.pending, list(bodies))
-        groups: dict[str, dict[str, str]] = {}  # batch id -> {custom_id: fingerprint}
-        for fingerprint, (batch_id, custom_id) in attached.items():
-            groups.setdefault(batch_id, {})[custom_id] = fingerprint
+        try:
+            groups, attached = await self._attached(list(bodies))
+        except _Refused as exc:  # cannot tell whether an earlier create made its batch: send nothing
+            return [_error(f"{exc.message}; nothing was sent, run again") for _ in requests]
         self.batch_stats["attached"] += len(groups)
         for batch_id, items in groups.items():
             _log.info("attaching %d request(s) to batch %s, submitted earlier", len(items), batch_id)
@@ -189,6 +191,29 @@ class OpenAIBatchEngine(OpenAIEngine):
         except Exception as exc:  # a bug or an unexpected library error: fail the call, keep the cause
             raise EngineError(self._scrub(f"openai_batch: {type(exc).__name__}: {exc}")) from exc
         return [results[fp] for fp in fingerprints]
+
+    async def _attached(self, fingerprints: list[str]) -> tuple[dict[str, dict[str, str]], set[str]]:
+        """The requests already in a batch (the journal's pending items): ``{batch id: {custom_id:
+        fingerprint}}`` and their fingerprints. A batch whose create was cut short (its placeholder)
+        is looked for by its input file; if it was never made, its requests are not attached."""
+        assert self._journal is not None
+        journal = self._journal
+        pending = await anyio.to_thread.run_sync(journal.pending, fingerprints)
+        groups: dict[str, dict[str, str]] = {}
+        for fingerprint, (batch_id, custom_id) in pending.items():
+            groups.setdefault(batch_id, {})[custom_id] = fingerprint
+        for placeholder in [b for b in groups if b.startswith(_UPLOADED)]:
+            items = groups.pop(placeholder)
+            found = await self._existing_batch(placeholder.removeprefix(_UPLOADED), strict=True)
+            if found is not None:
+                groups[str(found["id"])] = items
+                await anyio.to_thread.run_sync(journal.created, placeholder, str(found["id"]))
+                continue
+            settle = functools.partial(journal.settle, placeholder, "never created", None)
+            await anyio.to_thread.run_sync(
+                functools.partial(settle, delivered=[], failed=list(items.values()))
+            )
+        return groups, {fp for items in groups.values() for fp in items.values()}
 
     def _fingerprint(self, body: dict[str, Any]) -> str:
         """What identifies a request line: the provider (address without credentials) and its body."""
@@ -215,6 +240,13 @@ class OpenAIBatchEngine(OpenAIEngine):
             data={"purpose": "batch"},
         )
         file_id = str(upload["id"])
+        assert self._journal is not None
+        journal, placeholder = self._journal, f"{_UPLOADED}{file_id}"
+        pairs = [(fp, cid) for cid, fp in items.items()]
+        with anyio.CancelScope(
+            shield=True
+        ):  # from here a batch may exist: it must be findable, Ctrl-C or not
+            await anyio.to_thread.run_sync(journal.record, placeholder, self.public_url, file_id, pairs)
         spec = {
             "input_file_id": file_id,
             "endpoint": _ENDPOINT,
@@ -223,10 +255,8 @@ class OpenAIBatchEngine(OpenAIEngine):
         }
         batch = await self._http("create the batch", "POST", "/batches", json=spec, adopt=file_id)
         batch_id = str(batch["id"])
-        assert self._journal is not None
-        pairs = [(fp, cid) for cid, fp in items.items()]
-        with anyio.CancelScope(shield=True):  # a batch that exists must be in the journal, Ctrl-C or not
-            await anyio.to_thread.run_sync(self._journal.record, batch_id, self.public_url, file_id, pairs)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(journal.created, placeholder, batch_id)
         self.batch_stats["created"] += 1
         self.batch_stats["lines"] += len(lines)
         _log.info("submitted batch %s: %d request(s), input file %s", batch_id, len(lines), file_id)
@@ -367,15 +397,20 @@ class OpenAIBatchEngine(OpenAIEngine):
             self.stats["retries"] += 1
             await anyio.sleep(wait)
 
-    async def _existing_batch(self, file_id: str) -> dict[str, Any] | None:
-        """A batch created from ``file_id`` already (a create whose answer was lost), if any."""
+    async def _existing_batch(self, file_id: str, *, strict: bool = False) -> dict[str, Any] | None:
+        """A batch created from ``file_id`` already (a create whose answer was lost), if any.
+        ``strict``: a listing that fails raises (``_Refused``) rather than answering None."""
         assert self._client is not None
-        try:
-            response = await self._client.get(f"{self._root}/batches{self._query}", params={"limit": 100})
-            listing = orjson.loads(response.content) if response.status_code == 200 else {}
-        except (httpx.TransportError, orjson.JSONDecodeError):
-            return None
-        for batch in listing.get("data") or []:
+        what = f"list batches to find the one made from input file {file_id}"
+        if strict:
+            listing = await self._http(what, "GET", "/batches", params={"limit": 100})
+        else:
+            try:
+                response = await self._client.get(f"{self._root}/batches{self._query}", params={"limit": 100})
+                listing = orjson.loads(response.content) if response.status_code == 200 else {}
+            except (httpx.TransportError, orjson.JSONDecodeError):
+                return None
+        for batch in (listing.get("data") if isinstance(listing, dict) else None) or []:
             if isinstance(batch, dict) and batch.get("input_file_id") == file_id:
                 return batch
         return None
