@@ -9,9 +9,10 @@ from typing import Any
 import anyio
 import pytest
 
-from chainette import ChatRequest, EngineConfigError, SamplingParams
+from chainette import ChatRequest, EngineConfigError, SamplingParams, load_engines
 from chainette.engines.openai_batch import OpenAIBatchEngine
 from chainette.engines.openai_http import OpenAIEngine
+from chainette.engines.registry import create_engine
 from chainette.engines.stub_server import BatchFaults, StubServer
 
 SCHEMA = {
@@ -219,3 +220,21 @@ def test_a_create_that_never_made_its_batch_is_sent_in_a_new_one(stub: StubServe
 
     again = generate(engine_for(stub, tmp_path), requests(3))
     assert [r for r, _ in again] == ["stop"] * 3 and stub.batches.stats["batches_created"] == 1
+
+
+def test_engines_yml_defines_a_batch_engine_and_checks_its_options(tmp_path: Path) -> None:
+    path = tmp_path / "engines.yml"
+    path.write_text(
+        "engines:\n  - name: cheap\n    backend: openai_batch\n    model: gpt-4o-mini\n"
+        "    base_url: https://api.openai.com/v1\n    api_key_env: OPENAI_API_KEY\n"
+        "    completion_window: 24h\n    poll_interval: 15\n    poll_max: 300\n"
+    )
+    (config,) = load_engines(path)
+    engine = create_engine(config)
+    assert isinstance(engine, OpenAIBatchEngine) and engine.max_batch_size == 50_000
+    path.write_text(path.read_text().replace("poll_interval", "poll_intervall"))
+    with pytest.raises(
+        EngineConfigError,
+        match=r"unknown option 'poll_intervall' for backend 'openai_batch' \(did you mean 'poll_interval'\?\)",
+    ):
+        load_engines(path)
