@@ -238,3 +238,46 @@ def test_engines_yml_defines_a_batch_engine_and_checks_its_options(tmp_path: Pat
         match=r"unknown option 'poll_intervall' for backend 'openai_batch' \(did you mean 'poll_interval'\?\)",
     ):
         load_engines(path)
+
+
+def test_a_batch_ends_only_after_its_polls_and_its_delay(tmp_path: Path) -> None:
+    with StubServer(batch_polls=3, batch_delay=0.2) as stub:
+        out = generate(engine_for(stub, tmp_path), requests(2))
+        (batch,) = stub.batches.batches.values()
+    assert [r for r, _ in out] == ["stop", "stop"] and batch["status"] == "completed"
+    assert stub.batches.stats["polls"] >= 4  # 3 polls saw it in progress; a later one ended it
+    assert batch["completed_at"] - batch["created_at"] >= 0.2  # and never before its delay
+
+
+def test_a_batch_cancelled_at_the_provider_fails_its_items_with_the_reason(
+    stub: StubServer, tmp_path: Path
+) -> None:
+    import httpx
+
+    stub.batches.hold = True
+    engine = engine_for(stub, tmp_path)
+
+    async def main() -> list[tuple[str, str]]:
+        await engine.start()
+        try:
+            async with anyio.create_task_group() as tg:
+                out: list[tuple[str, str]] = []
+
+                async def ask() -> None:
+                    out.extend((c.finish_reason, c.text) for c in await engine.generate(requests(3)))
+
+                tg.start_soon(ask)
+                while not stub.batches.stats["polls"]:  # noqa: ASYNC110 - the stub's thread counts
+                    await anyio.sleep(0.01)
+                (batch_id,) = stub.batches.batches
+                async with httpx.AsyncClient() as client:  # someone cancels it with the provider's tools
+                    answer = await client.post(f"{stub.base_url}/batches/{batch_id}/cancel")
+                assert answer.json()["status"] == "cancelling"
+            return out
+        finally:
+            await engine.close()
+
+    out = anyio.run(main)
+    (batch_id,) = stub.batches.batches
+    assert stub.batches.stats["cancels"] == 1 and stub.batches.batches[batch_id]["status"] == "cancelled"
+    assert out == [("error", f"batch {batch_id}: batch_cancelled: cancelled")] * 3

@@ -58,13 +58,15 @@ class BatchFaults:
 class BatchStub:
     """State and handlers of the batch endpoints, for one :class:`~.stub_server.StubServer`."""
 
-    def __init__(self, answer: Answerer, faults: BatchFaults | None = None, *, polls: int = 1) -> None:
+    def __init__(
+        self, answer: Answerer, faults: BatchFaults | None = None, *, polls: int = 1, delay: float = 0.0
+    ) -> None:
         self.answer = answer
         """How each line is answered (the server's ``/chat/completions`` logic)."""
         self.faults = faults or BatchFaults()
         self.polls = polls
         """Polls a batch needs before it ends (at the next one after these)."""
-        self.delay = 0.0
+        self.delay = delay
         """Seconds after creation before a batch may end."""
         self.hold = False
         """While True no batch ends (a test kills or cancels the client meanwhile)."""
@@ -171,6 +173,7 @@ class BatchStub:
         faults = self.faults
         if faults.fail_batch is not None:
             batch["status"] = "failed"
+            batch["failed_at"] = time.time()
             batch["errors"] = {
                 "object": "list",
                 "data": [{"code": "batch_failed", "message": faults.fail_batch}],
@@ -205,6 +208,7 @@ class BatchStub:
                 self.files[file_id] = (f"batch_{kind}", b"\n".join(content) + b"\n")
                 batch[f"{kind}_file_id"] = file_id
         batch["status"] = "cancelled" if cancelled else "expired" if expired else "completed"
+        batch[f"{batch['status']}_at"] = time.time()
         batch["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(errors)}
 
 

@@ -90,6 +90,7 @@ class StubServer:
         stream_delay: Seconds between two chunks of a streamed answer.
         batch_faults: What goes wrong in batches (:class:`~.stub_batches.BatchFaults`).
         batch_polls: Polls a batch needs before it ends.
+        batch_delay: Seconds after its creation before a batch may end.
     """
 
     def __init__(
@@ -106,6 +107,7 @@ class StubServer:
         stream_delay: float = 0.0,
         batch_faults: BatchFaults | None = None,
         batch_polls: int = 1,
+        batch_delay: float = 0.0,
     ) -> None:
         self.upstream = upstream.rstrip("/") if upstream else None
         self.faults = faults or Faults()
@@ -133,7 +135,7 @@ class StubServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: Any = None
-        self.batches = BatchStub(self._batch_answer, batch_faults, polls=batch_polls)
+        self.batches = BatchStub(self._batch_answer, batch_faults, polls=batch_polls, delay=batch_delay)
         """The batch API's state and counters (:class:`~.stub_batches.BatchStub`)."""
 
     @property
