@@ -114,6 +114,13 @@ def test_create_refused_with_429_then_500_is_retried_into_one_batch(stub: StubSe
     assert engine.stats["retries"] == 2
 
 
+def test_a_create_refused_with_retry_after_waits_that_long(stub: StubServer, tmp_path: Path) -> None:
+    stub.batches.faults = BatchFaults(create_status=[429], retry_after="0.3")
+    assert [r for r, _ in generate(engine_for(stub, tmp_path), requests(1))] == ["stop"]
+    first, second = stub.batches.create_times
+    assert second - first >= 0.3  # the backoff alone would be at most backoff_base (0.01 s)
+
+
 def test_create_refused_for_good_names_what_failed_and_the_status(stub: StubServer, tmp_path: Path) -> None:
     stub.batches.faults = BatchFaults(create_status=[500] * 10)
     out = generate(engine_for(stub, tmp_path, max_retries=1), requests(2))

@@ -39,8 +39,8 @@ from .base import ChatRequest, Completion
 from .batch_journal import BatchJournal, default_journal_path
 from .batch_results import error_completion as _error
 from .batch_results import missing_reason, read_lines
-from .limits import backoff_delay, parse_retry_after
-from .openai_http import _RETRY_STATUS, OpenAIEngine, _error_text, chat_body
+from .limits import backoff_delay
+from .openai_http import OpenAIEngine, chat_body
 
 __all__ = ["OpenAIBatchEngine"]
 
@@ -360,11 +360,13 @@ class OpenAIBatchEngine(OpenAIEngine):
         url = f"{self._root}{path}{self._query}"
         attempt = 0
         while True:
+            await self.limits.acquire(0.0)  # a Retry-After cool-down holds every exchange of this engine
             attempt += 1
             self.stats["requests"] += 1
             backoff = backoff_delay(attempt, base=self.backoff_base, cap=self.backoff_max, rng=self._rng)
             if adopt is not None and attempt > 1 and (found := await self._existing_batch(adopt)) is not None:
                 return found
+            problem: Any
             wait: float | None
             try:
                 response = await self._client.request(method, url, **kwargs)
@@ -378,18 +380,12 @@ class OpenAIBatchEngine(OpenAIEngine):
                     try:
                         return orjson.loads(response.content)
                     except orjson.JSONDecodeError as exc:
-                        raise _Refused(
-                            self._scrub(f"could not {what}: the answer is not JSON ({exc})")
-                        ) from None
-                detail = _error_text(response)
-                if status in (401, 403):
-                    self._stop(status, detail)
-                    raise _Refused(self.fatal_error or detail, status)
-                problem = f"HTTP {status} from {self.public_url}: {detail}"
-                retry_after = parse_retry_after(response.headers) if status in (429, 503) else None
-                wait = retry_after if retry_after is not None else backoff
-                if status not in _RETRY_STATUS and status < 500:
-                    wait = None  # the request itself is wrong: retrying will not help
+                        message = f"could not {what}: the answer is not JSON ({exc})"
+                        raise _Refused(self._scrub(message)) from None
+                # the openai back-end's reading of a refusal: 401/403 stop the engine, Retry-After cools it down
+                problem, wait = self._refused(response, self.dialect, attempt, backoff)
+                if isinstance(problem, Completion):
+                    raise _Refused(problem.text, status)
             if wait is None or attempt > self.max_retries:
                 self.stats["errors"] += 1
                 tries = f"after {attempt} attempt(s)" if wait is not None else "(not retried)"

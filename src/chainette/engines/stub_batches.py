@@ -46,6 +46,8 @@ class BatchFaults:
     """Fail every batch with this message (``errors.data``, no output file)."""
     create_status: list[int] = field(default_factory=list)
     """Statuses answered to the next ``POST /batches`` calls, one each (e.g. ``[429, 500]``), before it works."""
+    retry_after: str | None = None
+    """``Retry-After`` sent with each injected 429 or 503."""
     poll_status: list[int] = field(default_factory=list)
     """Statuses answered to the next ``GET /batches/{id}`` calls, one each, before polls work again."""
     lose_create: int = 0
@@ -72,6 +74,8 @@ class BatchStub:
         """While True no batch ends (a test kills or cancels the client meanwhile)."""
         self.stats: Counter[str] = Counter()
         """``files``, ``batches_created``, ``lines``, ``polls``, ``downloads``, ``cancels``, ``create_refused``."""
+        self.create_times: list[float] = []
+        """``time.monotonic()`` of every ``POST /batches`` received."""
         self.lines: list[dict[str, Any]] = []
         """Every request line received, in order (their ``body`` is the chat request)."""
         self.files: dict[str, tuple[str, bytes]] = {}
@@ -124,10 +128,16 @@ class BatchStub:
         return {"id": file_id, "object": "file", "bytes": len(content), "purpose": purpose, "created_at": 0}
 
     def _create(self, body: bytes) -> bytes | None:
+        self.create_times.append(time.monotonic())
         if self.faults.create_status:
             status = self.faults.create_status.pop(0)
             self.stats["create_refused"] += 1
-            return _response(status, {"error": {"message": f"injected HTTP {status} on batch create"}})
+            wait = (
+                {"Retry-After": self.faults.retry_after}
+                if self.faults.retry_after and status in (429, 503)
+                else None
+            )
+            return _response(status, {"error": {"message": f"injected HTTP {status} on batch create"}}, wait)
         spec = json.loads(body or b"{}")
         file_id = spec.get("input_file_id")
         if file_id not in self.files:
