@@ -74,6 +74,7 @@ EXPECTED = [
     "merge_overrides",
     "numeric",
     "register_engine",
+    "set_discount",
     "set_price",
     "shuffle",
     "take",

@@ -61,7 +61,7 @@ from .graph.router import Router
 from .graph.stream_ops import shuffle, take
 from .graph.subflow import Subflow
 from .graph.view import RecordView
-from .ledger.costs import set_price
+from .ledger.costs import set_discount, set_price
 from .ledger.store import Ledger
 from .pipeline import Chain
 from .runtime.events import Event, Middleware
@@ -142,6 +142,7 @@ __all__ = [
     "merge_overrides",
     "numeric",
     "register_engine",
+    "set_discount",
     "set_price",
     "shuffle",
     "take",

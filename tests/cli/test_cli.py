@@ -316,7 +316,7 @@ def test_engines_lists_an_engine_from_a_yaml_file_without_secrets(
     row = next(line for line in result.stdout.splitlines() if "yaml_engine" in line)
     assert "recording" in row and "tiny-model" in row and "latency=0.5" in row and "'***'" in row
     assert "sk-very-secret" not in result.stdout
-    assert "Back-ends: fake, llama_cpp, openai, recording, vllm" in result.stdout
+    assert "Back-ends: fake, llama_cpp, openai, openai_batch, recording, vllm" in result.stdout
 
 
 def test_engines_with_a_chain_shows_which_steps_use_them(tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ def test_without_backend_or_vllm_options_the_default_stays_llama_cpp(tmp_path: P
             "dtype: bfloat16\n    n_ctx: 2048",
             r"engine 'e': unknown option 'n_ctx' for backend 'vllm'.*No 'backend:' was given, so 'vllm' was "
             r"assumed from option 'dtype': if this engine is of another kind, add 'backend:' \(fake, "
-            r"llama_cpp, openai, vllm\) and keep only that back-end's options\.",
+            r"llama_cpp, openai, openai_batch, vllm\) and keep only that back-end's options\.",
         ),
         (
             "n_ctxx: 2048",

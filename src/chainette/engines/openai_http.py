@@ -50,7 +50,7 @@ from .limits import RateLimits, backoff_delay, estimate_tokens, parse_retry_afte
 from .openai_sse import StreamedAnswer, StreamError
 from .secrets import remember_secrets, scrub_text
 
-__all__ = ["DIALECTS", "OpenAIEngine"]
+__all__ = ["DIALECTS", "OpenAIEngine", "chat_body", "parse_chat_completion"]
 
 DIALECTS = ("auto", "json_schema", "json_object", "structured_outputs", "guided_json", "ollama", "none")
 _AUTO_ORDER = ("json_schema", "json_object", "none")
@@ -379,27 +379,7 @@ class OpenAIEngine(Engine):
             if schema is not None:
                 body["format"] = schema
             return f"{self._root.removesuffix('/v1')}/api/chat{self._query}", {**body, **self.extra_body}
-        body = {
-            "model": self.model,
-            "messages": list(request.messages),
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "max_tokens": sampling.max_tokens,
-        }
-        if sampling.seed is not None:
-            body["seed"] = sampling.seed
-        if sampling.stop:
-            body["stop"] = list(sampling.stop)
-        if schema is not None:
-            if dialect == "json_schema":
-                spec = {"name": str(schema.get("title") or "output"), "schema": schema, "strict": False}
-                body["response_format"] = {"type": "json_schema", "json_schema": spec}
-            elif dialect == "json_object":
-                body["response_format"] = {"type": "json_object", "schema": schema}
-            elif dialect == "structured_outputs":
-                body["structured_outputs"] = {"json": schema}
-            elif dialect == "guided_json":
-                body["guided_json"] = schema
+        body = chat_body(self.model, request, dialect)
         return f"{self._root}/chat/completions{self._query}", {**body, **self.extra_body}
 
     @property
@@ -427,8 +407,43 @@ class OpenAIEngine(Engine):
 _NEXT_DIALECT = object()
 
 
+def chat_body(model: str, request: ChatRequest, dialect: str) -> dict[str, Any]:
+    """The ``/chat/completions`` body of ``request`` (without ``extra_body``), its schema sent in
+    ``dialect`` (any of :data:`DIALECTS` but ``auto`` and ``ollama``). The batch back-end writes
+    the same bodies into its JSONL file."""
+    sampling = request.sampling
+    schema = request.json_schema
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": list(request.messages),
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_tokens,
+    }
+    if sampling.seed is not None:
+        body["seed"] = sampling.seed
+    if sampling.stop:
+        body["stop"] = list(sampling.stop)
+    if schema is not None:
+        if dialect == "json_schema":
+            spec = {"name": str(schema.get("title") or "output"), "schema": schema, "strict": False}
+            body["response_format"] = {"type": "json_schema", "json_schema": spec}
+        elif dialect == "json_object":
+            body["response_format"] = {"type": "json_object", "schema": schema}
+        elif dialect == "structured_outputs":
+            body["structured_outputs"] = {"json": schema}
+        elif dialect == "guided_json":
+            body["guided_json"] = schema
+    return body
+
+
 def _parse(response: httpx.Response) -> Completion:
-    data = orjson.loads(response.content)
+    return parse_chat_completion(orjson.loads(response.content))
+
+
+def parse_chat_completion(data: Any) -> Completion:
+    """A chat-completion object (a response body, or a batch output line's ``response.body``) as
+    a :class:`Completion`; ``KeyError`` / ``IndexError`` / ``TypeError`` when it is not one."""
     choice = data["choices"][0]
     message = choice.get("message") or {}
     usage = data.get("usage") or {}

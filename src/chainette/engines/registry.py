@@ -44,6 +44,7 @@ __all__ = [
 BACKENDS: dict[str, str] = {
     "llama_cpp": "chainette.engines.llama_cpp:LlamaCppEngine",
     "openai": "chainette.engines.openai_http:OpenAIEngine",
+    "openai_batch": "chainette.engines.openai_batch:OpenAIBatchEngine",
     "vllm": "chainette.engines.vllm:VLLMEngine",
     "fake": "chainette.engines.fake:FakeEngine",
 }
@@ -52,7 +53,7 @@ BACKENDS: dict[str, str] = {
 DEFAULT_BACKEND = "llama_cpp"
 """The back-end of a definition that names none and uses no option only vLLM takes."""
 
-_EXTRAS: dict[str, str] = {"llama_cpp": "llama", "openai": "http", "vllm": "vllm"}
+_EXTRAS: dict[str, str] = {"llama_cpp": "llama", "openai": "http", "openai_batch": "http", "vllm": "vllm"}
 """Back-end name → the pip extra that installs its dependencies."""
 
 LIFECYCLE_OPTIONS = frozenset({"idle_timeout", "serve"})

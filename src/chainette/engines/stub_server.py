@@ -17,6 +17,9 @@ Example:
     >>> with StubServer(faults=Faults(rate_500=0.2)) as server:   # doctest: +SKIP
     ...     register_engine("stub", backend="openai", model="m", base_url=server.base_url)
 
+The files and batches endpoints of OpenAI's batch API are served too (:mod:`.stub_batches`,
+``server.batches``: delays, partial expiry, failing lines and batches, counters).
+
 Also a command: ``python -m chainette.engines.stub_server --port 8000 [--upstream URL]``.
 """
 
@@ -36,8 +39,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .fake import example_for_schema
+from .stub_batches import BatchFaults, BatchStub
+from .stub_http import _raw, _read_request, _response
 
-__all__ = ["Disconnect", "Faults", "StubServer"]
+__all__ = ["BatchFaults", "Disconnect", "Faults", "StubServer"]
 
 
 @dataclass
@@ -83,6 +88,9 @@ class StubServer:
         reasoning: A ``reasoning_content`` to add to every stub answer.
         stream_chunks: How many pieces a streamed answer's content is cut into (fewer for a short one).
         stream_delay: Seconds between two chunks of a streamed answer.
+        batch_faults: What goes wrong in batches (:class:`~.stub_batches.BatchFaults`).
+        batch_polls: Polls a batch needs before it ends.
+        batch_delay: Seconds after its creation before a batch may end.
     """
 
     def __init__(
@@ -97,6 +105,9 @@ class StubServer:
         unauthorized_status: int = 401,
         stream_chunks: int = 4,
         stream_delay: float = 0.0,
+        batch_faults: BatchFaults | None = None,
+        batch_polls: int = 1,
+        batch_delay: float = 0.0,
     ) -> None:
         self.upstream = upstream.rstrip("/") if upstream else None
         self.faults = faults or Faults()
@@ -124,6 +135,8 @@ class StubServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: Any = None
+        self.batches = BatchStub(self._batch_answer, batch_faults, polls=batch_polls, delay=batch_delay)
+        """The batch API's state and counters (:class:`~.stub_batches.BatchStub`)."""
 
     @property
     def base_url(self) -> str:
@@ -259,6 +272,13 @@ class StubServer:
         route = path.partition("?")[0]
         if method == "GET" and route.rstrip("/").endswith(("/models", "/health")):
             return _response(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
+        if {"files", "batches"} & set(route.split("/")):
+            if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
+                self.stats["unauthorized"] += 1
+                return _response(
+                    self.unauthorized_status, {"error": {"message": "invalid or missing API key"}}
+                )
+            return await self.batches.handle(method, route, headers, body)
         if method != "POST" or not route.endswith("/chat/completions"):
             return _response(404, {"error": {"message": f"no route {method} {route}"}})
         self.stats["requests"] += 1
@@ -356,6 +376,16 @@ class StubServer:
             yield b"data: " + json.dumps(usage).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
 
+    async def _batch_answer(self, payload: dict[str, Any]) -> tuple[int, Any]:
+        """A batch line answered as ``POST /chat/completions`` would be: upstream, or the stub's answer."""
+        if self._client is not None:
+            response = await self._client.post(f"{self.upstream}/chat/completions", json=payload)
+            try:
+                return response.status_code, response.json()
+            except ValueError:
+                return response.status_code, {"error": {"message": response.text[:300]}}
+        return 200, self._answer(payload, _structured(payload)[1])
+
     def _draw(self) -> str:
         f = self.faults
         r = self._rng.random()
@@ -426,39 +456,13 @@ def _structured(payload: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
     return "none", None
 
 
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes] | None:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError:
-        return None
-    lines = head.decode("latin-1").split("\r\n")
-    method, path, _ = lines[0].split(" ", 2)
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            key, _, value = line.partition(":")
-            headers[key.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    body = await reader.readexactly(length) if length else b""
-    return method, path, headers, body
-
-
-def _response(status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> bytes:
-    return _raw(status, json.dumps(payload).encode(), headers)
-
-
-def _raw(status: int, body: bytes, headers: dict[str, str] | None = None) -> bytes:
-    lines = [f"HTTP/1.1 {status} X", "content-type: application/json", f"content-length: {len(body)}"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--upstream", default=None)
+    parser.add_argument("--batch-polls", type=int, default=1, help="polls a batch needs before it ends")
     args = parser.parse_args(argv)
-    server = StubServer(upstream=args.upstream, port=args.port)
+    server = StubServer(upstream=args.upstream, port=args.port, batch_polls=args.batch_polls)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(server.serve_forever())
 

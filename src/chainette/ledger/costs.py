@@ -4,17 +4,23 @@ Prices are US dollars per million tokens, looked up by engine name first, then b
 Embedded and self-hosted back-ends (``llama_cpp``, ``vllm``, ``fake``) cost nothing unless a
 price is set for them. Extend the table with :func:`set_price`.
 
+A model's list price is multiplied by the discount of the engine's back-end (or of the engine's
+name, which wins): hosted batch APIs charge half, so ``openai_batch`` pays 0.5 of it. A price set
+under the engine's own name is taken as given. Change discounts with :func:`set_discount`.
+
 Example:
     >>> set_price("my-finetune", prompt=0.30, completion=1.20)
     >>> price_for("any-engine", "my-finetune", "openai")
     Price(prompt=0.3, completion=1.2)
+    >>> price_for("any-engine", "my-finetune", "openai_batch")
+    Price(prompt=0.15, completion=0.6)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["PRICES", "Price", "cost_usd", "price_for", "set_price"]
+__all__ = ["DISCOUNTS", "PRICES", "Price", "cost_usd", "price_for", "set_discount", "set_price"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +41,9 @@ PRICES: dict[str, Price] = {
 }
 """The built-in table (list prices at the time of writing); :func:`set_price` adds or replaces."""
 
+DISCOUNTS: dict[str, float] = {"openai_batch": 0.5}
+"""Share of a model's list price paid, by back-end or engine name (OpenAI's batch API: half)."""
+
 _FREE_BACKENDS = frozenset({"llama_cpp", "vllm", "fake"})
 
 
@@ -45,11 +54,22 @@ def set_price(name: str, *, prompt: float, completion: float) -> None:
     PRICES[name] = Price(float(prompt), float(completion))
 
 
+def set_discount(name: str, factor: float) -> None:
+    """Pay ``factor`` (0..1) of the model's list price on a back-end or an engine (by name), e.g.
+    ``set_discount("openai_batch", 0.5)``; 1 removes the discount."""
+    if not 0.0 <= factor <= 1.0:
+        raise ValueError(f"a discount is the share of the list price paid, between 0 and 1; got {factor}")
+    DISCOUNTS[name] = float(factor)
+
+
 def price_for(engine: str, model: str | None, backend: str) -> Price | None:
     """The price of an engine's tokens; ``None`` when unknown (cost is then not reported)."""
-    for name in (engine, model):
-        if name and name in PRICES:
-            return PRICES[name]
+    if engine in PRICES:
+        return PRICES[engine]
+    if model and model in PRICES:
+        factor = DISCOUNTS.get(engine, DISCOUNTS.get(backend, 1.0))
+        listed = PRICES[model]
+        return listed if factor == 1.0 else Price(listed.prompt * factor, listed.completion * factor)
     if backend in _FREE_BACKENDS:
         return Price(0.0, 0.0)
     return None

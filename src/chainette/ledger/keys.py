@@ -59,6 +59,11 @@ THROUGHPUT_OPTIONS = frozenset(
         "devices",
         "tensor_parallel_size",
         "serve",
+        # the batch back-end: when and how a batch is polled, where it is journalled
+        "completion_window",
+        "poll_interval",
+        "poll_max",
+        "journal",
     }
 )
 """Engine options that change speed or placement, never the answer."""
