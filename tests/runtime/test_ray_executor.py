@@ -204,6 +204,31 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(ray_cluster: Any, 
 
 
 @pytest.mark.timeout(RAY_TIMEOUT)
+def test_one_prompt_in_every_record_is_sent_at_most_once_per_worker(ray_cluster: Any, tmp_path: Path) -> None:
+    """In-flight de-duplication is per worker; across workers the ledger answers once one has
+    stored the answer. So a request is sent at most once per worker, and the ledger keeps one."""
+    n = 24
+    chain = Chain("same prompt", [qa_step("stub")], batch_size=2)  # 12 chunks on 2 workers
+    ledger = tmp_path / "ledger.sqlite"
+    with StubServer(faults=Faults(rate_slow=1.0, slow_seconds=0.3)) as server:
+        register_engine("stub", backend="openai", model="m", base_url=server.base_url)
+        result = chain.run(
+            [Question(text="the same question")] * n,
+            tmp_path / "run",
+            ledger=ledger,
+            executor="ray",
+            replicas=2,
+            workers=2,
+        )
+        received = server.stats["requests"]
+    cache = result.metadata["cache"]
+    assert 1 <= received == cache["sent"] <= 2
+    assert cache["sent"] + cache["hits"] + cache["deduped"] == n
+    assert len(ledger_keys(ledger)) == 1
+    assert len(by_id(read_jsonl(result.path / "flattened"))) == n
+
+
+@pytest.mark.timeout(RAY_TIMEOUT)
 def test_the_cli_runs_a_chain_file_on_ray(ray_cluster: Any, tmp_path: Path) -> None:
     """A chain file given by path (not importable by name in a worker) runs unchanged."""
     chain_file = tmp_path / "ray_cli_chain.py"
