@@ -165,10 +165,9 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(ray_cluster: Any, 
         register_engine("stub", backend="openai", model="m", base_url=server.base_url)
 
         async def kill_a_worker_once_busy() -> None:
-            # the first chunks are in flight on both workers (the stub's thread counts: no event)
-            while server.stats["requests"] < 4:  # noqa: ASYNC110
+            # both workers are up and chunks are in flight (the stub's thread counts: no event)
+            while server.stats["requests"] < 4 or len(pids := ray_worker_pids()) < 2:  # noqa: ASYNC110
                 await anyio.sleep(0.02)
-            pids = ray_worker_pids()
             assert len(pids) == 2
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
@@ -255,6 +254,34 @@ def test_the_cli_runs_a_chain_file_on_ray(ray_cluster: Any, tmp_path: Path) -> N
     assert meta["executor"] == "ray" and meta["counts"]["records_out"] == 6
     rows = read_jsonl(tmp_path / "run" / "flattened")
     assert all(r["shout.answer"] == r["qa.answer"].upper() for r in rows)
+
+
+@pytest.mark.timeout(RAY_TIMEOUT)
+def test_a_driver_joins_an_existing_cluster_by_address(ray_cluster: Any, tmp_path: Path) -> None:
+    """Another process runs a chain on this module's Ray instance, given its address."""
+    address = ray_cluster.get_runtime_context().gcs_address
+    script = (
+        "import json, sys\n"
+        "from pydantic import BaseModel\n"
+        "from chainette import Chain, Step, register_engine\n"
+        "register_engine('fake', backend='fake')\n"
+        "class Q(BaseModel):\n    text: str\n"
+        "class A(BaseModel):\n    answer: str\n"
+        "chain = Chain('by address', [Step(id='qa', input_model=Q, output_model=A, engine_name='fake',\n"
+        "              user_prompt='{{ text }}')])\n"
+        f"r = chain.run([Q(text=str(i)) for i in range(5)], {str(tmp_path / 'run')!r}, executor='ray',\n"
+        f"              ray_address={address!r}, replicas=1)\n"
+        "import ray\n"
+        "print(json.dumps([r.metadata['ray'], r.counts, ray.is_initialized()]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    ray_meta, counts, still_connected = json.loads(out.stdout.strip().splitlines()[-1])
+    assert ray_meta["address"] == address and ray_meta["worker_processes"] == 1
+    assert counts["records_out"] == 5
+    assert still_connected is False  # the run disconnected from the cluster it joined...
+    assert ray_cluster.cluster_resources()["CPU"] == 2  # ...which is still up
 
 
 def test_a_function_that_cannot_be_pickled_is_refused_naming_its_node(tmp_path: Path) -> None:

@@ -205,7 +205,8 @@ async def _call(ray: Any, ref: Any, records: list[Record]) -> ChunkResult:
     except ray.exceptions.RayActorError as exc:
         raise ExecutorError(
             f"The Ray worker running records {records[0].id}..{records[-1].id} (inputs "
-            f"{records[0].index}..{records[-1].index}) was lost after {MAX_RESTARTS} restarts: {exc}. "
+            f"{records[0].index}..{records[-1].index}) died or could not start, and was restarted "
+            f"{MAX_RESTARTS} times: {exc}. "
             "The run folder holds every chunk that finished; rerun with resume=True (--resume): "
             "answers already in the ledger are not sent again."
         ) from exc
