@@ -220,3 +220,29 @@ def with_llama_engine(body: Any, **options: Any) -> Any:
             await engine.close()
 
     return anyio.run(main)
+
+
+def start_ray(num_cpus: int = 2) -> Any:
+    """A local Ray instance for one test module, as a Ray run would start it (``num_cpus`` CPUs, a
+    small object store, the workers importing what this process imports); stop it with
+    ``ray.shutdown()``."""
+    import ray
+
+    from chainette.runtime.ray_executor import local_ray_options
+
+    ray.init(**local_ray_options(num_cpus))
+    return ray
+
+
+def ray_worker_pids() -> list[int]:
+    """Process ids of the Ray executor's workers (``ray::ChainWorker``) under this process."""
+    import psutil
+
+    out = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "ChainWorker" in " ".join(proc.cmdline()):
+                out.append(proc.pid)
+        except psutil.Error:
+            continue
+    return out

@@ -25,6 +25,7 @@ EXPECTED = [
     "EngineConfigError",
     "EngineError",
     "Event",
+    "ExecutorError",
     "Experiment",
     "ExperimentError",
     "FakeEngine",

@@ -15,6 +15,7 @@ run is going on are attached to the record they hit and written to the run's
     ├── LedgerError                 the request ledger (SQLite cache) cannot be opened or written
     ├── MissingDependencyError      an optional back-end is not installed (also an ImportError)
     ├── ExperimentError             a suite, a config override or an experiment cannot be used
+    ├── ExecutorError               a distributed run cannot go on (cluster unreachable, workers lost)
     └── RecordError                 one record failed at one node while running
         ├── InvalidInputError       the record could not be read or does not fit the first node
         ├── RenderError             a template failed on this record's data
@@ -37,6 +38,7 @@ __all__ = [
     "ChainetteError",
     "EngineConfigError",
     "EngineError",
+    "ExecutorError",
     "ExperimentError",
     "IncompatibleStepsError",
     "InputError",
@@ -94,6 +96,11 @@ class LedgerError(ChainetteError):
 
 class MissingDependencyError(ChainetteError, ImportError):
     """An optional dependency is missing; the message names the pip extra to install."""
+
+
+class ExecutorError(ChainetteError):
+    """A run on a distributed executor (Ray) cannot go on: the cluster cannot be reached, or a chunk's
+    worker died more often than it may be restarted. What was written is a run folder to resume."""
 
 
 class ExperimentError(ChainetteError):

@@ -80,6 +80,11 @@ class OutputFormat(StrEnum):
     parquet = "parquet"
 
 
+class ExecutorName(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
 class DagFormat(StrEnum):
     tree = "tree"
     mermaid = "mermaid"
@@ -137,7 +142,23 @@ def run(
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=1, help="Records moved between nodes together (overrides chain.batch_size)."
     ),
-    workers: int = typer.Option(4, "--workers", min=1, help="Chunks in flight per LLM stage."),
+    workers: int = typer.Option(
+        4, "--workers", min=1, help="Chunks in flight per LLM stage (with --executor ray: per replica)."
+    ),
+    executor: ExecutorName = typer.Option(
+        ExecutorName.local,
+        "--executor",
+        help="Where the chain runs: this process, or Ray actors (needs chainette[ray]).",
+    ),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="With --executor ray: the cluster to join ('auto', host:6379, ray://host:10001) "
+        "[dim]\\[default: a local Ray instance][/].",
+    ),
+    replicas: int = typer.Option(
+        2, "--replicas", min=1, help="With --executor ray: actors running the chain, each with its engines."
+    ),
     max_lines_per_file: int = typer.Option(
         100_000, "--max-lines-per-file", min=1, help="Rows per output file part."
     ),
@@ -173,6 +194,8 @@ def run(
     with exit_on_errors(err, started):
         if no_cache and refresh_cache:
             raise typer.BadParameter("--no-cache and --refresh-cache exclude each other.")
+        if address is not None and executor is not ExecutorName.ray:
+            raise typer.BadParameter("--address is for --executor ray.")
         chain = load_chain(target)
         if engines is not None:
             load_engines(engines)
@@ -206,6 +229,9 @@ def run(
                 fmt=fmt.value,
                 strict_inputs=strict,
                 workers=workers,
+                executor=executor.value,
+                ray_address=address,
+                replicas=replicas,
                 max_lines_per_file=max_lines_per_file,
                 record_deadline_s=record_deadline_s,
                 record_token_budget=record_token_budget,

@@ -36,6 +36,7 @@ __all__ = [
     "is_registered",
     "list_engines",
     "load_engines",
+    "register_config",
     "register_engine",
     "running_engine_config",
     "unregister_engine",
@@ -127,6 +128,12 @@ def register_engine(
     )
     _REGISTRY[name] = config
     return config
+
+
+def register_config(config: EngineConfig) -> None:
+    """Register a definition already built and checked (e.g. one a process received from the one
+    that registered it: the Ray executor's workers get the driver's), under its own name."""
+    _REGISTRY[config.name] = config
 
 
 def unregister_engine(name: str) -> None:

@@ -60,6 +60,11 @@ class Template:
         # joining strings, without building a Jinja context per record.
         self._parts = _substitutions(ast)
 
+    def __reduce__(self) -> tuple[type[Template], tuple[str]]:
+        """Pickled as its source and compiled again where it is loaded (a Ray worker): Jinja's
+        compiled templates do not pickle."""
+        return (Template, (self.source,))
+
     @property
     def constant(self) -> str | None:
         """The text, when the template has no Jinja syntax (it renders to itself); else None."""

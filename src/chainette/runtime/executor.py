@@ -16,11 +16,11 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, fields
 from importlib import metadata as _importlib_metadata
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -46,11 +46,14 @@ from .requests import CacheMode, RequestCache
 from .result import RunResult
 from .stream_runner import STOPS_INPUT
 
-__all__ = ["RunOptions", "run_chain"]
+__all__ = ["Executor", "RunOptions", "run_chain"]
 
 _log = logging.getLogger("chainette")
 
 Chunk = list[Record]
+
+Executor = Literal["local", "ray"]
+"""Where a run's records go through the chain: this process, or a pool of Ray actors."""
 
 _LISTENERS = frozenset({"on_event", "middleware"})
 """Options that are listeners, not configuration: kept out of ``metadata.json``."""
@@ -98,6 +101,17 @@ class RunOptions:
     middleware: Sequence[Middleware] = field(default=(), repr=False)
     """Receive every run event as an :class:`~chainette.runtime.events.Event`, after ``on_event``,
     in this order; quick, on the event loop, and never fatal (errors are logged once each)."""
+    executor: Executor = "local"
+    """``local``: the stages above, in this process. ``ray``: chunks of records go to ``replicas``
+    Ray actors that hold the engines and run the whole chain over each chunk; this process still
+    reads the inputs and is the only writer of the run folder (see ``runtime/ray_executor.py``)."""
+    ray_address: str | None = None
+    """With ``executor="ray"``: the cluster to join (``auto``, ``host:6379``, ``ray://host:10001``).
+    None starts a local Ray instance for the run (this machine's CPUs, a small object store, no
+    dashboard), unless this process is already connected to one."""
+    replicas: int = 2
+    """With ``executor="ray"``: how many actors run chunks, each with its own engines; at most
+    ``replicas × workers`` chunks are out at once (backpressure)."""
 
 
 async def run_chain(
@@ -118,6 +132,11 @@ async def run_chain(
             f"cache must be one of {', '.join(map(repr, get_args(CacheMode)))}, got {opts.cache!r}."
         )
     _check_record_limits(opts)
+    _check_executor(opts)
+    if opts.executor == "ray":  # before the run folder exists: Ray installed, the chain sendable
+        from .ray_executor import check_ray_run
+
+        check_ray_run(chain)
     if isinstance(inputs, (str, Path)) and not await anyio.Path(inputs).is_file():
         raise InputError(f"Input file {str(inputs)!r} does not exist (or is not a file).")
 
@@ -180,7 +199,12 @@ async def _run_in_folder(
         },
     )
     try:
-        await _pipeline(chain, inputs, opts, ctx, counts)
+        if opts.executor == "ray":
+            from .ray_executor import run_on_ray  # Ray is imported only for a Ray run
+
+            await run_on_ray(chain, inputs, opts, ctx, counts, meta)
+        else:
+            await _pipeline(chain, inputs, opts, ctx, counts)
         meta["status"] = "completed"
         if counts["records_in"] == 0:
             where = f"the input file {str(inputs)!r}" if isinstance(inputs, (str, Path)) else "the input"
@@ -210,6 +234,7 @@ def _initial_metadata(
         "status": "running",
         "started_at": _iso(started),
         "output_dir": str(writer.path),
+        "executor": opts.executor,
         "versions": _versions(),
         # not asdict(): it deep-copies every field, and an event handler can hold a console or a lock
         "config": {f.name: getattr(opts, f.name) for f in fields(opts) if f.name not in _LISTENERS}
@@ -303,15 +328,36 @@ async def _source(
     send: MemoryObjectSendStream[Chunk],
     counts: dict[str, int],
 ) -> None:
-    model = chain.input_model
     async with send:
-        async for items in iter_input_chunks(inputs, chain.batch_size, strict=opts.strict_inputs):
-            if ctx.input_stop[0]:  # a ``take`` at the head of the chain has all it needs
-                break
-            counts["records_in"] += len(items)
-            records = [r for r in (_to_record(item, model, opts, ctx) for item in items) if r is not None]
-            if records:
-                await send.send(records)
+        async for records in read_records(chain, inputs, opts, ctx, counts):
+            await send.send(records)
+
+
+async def read_records(
+    chain: ChainGraph, inputs: Any, opts: RunOptions, ctx: RunContext, counts: dict[str, int]
+) -> AsyncIterator[Chunk]:
+    """The inputs as chunks of records (never empty); an input that cannot be read or does not fit
+    the chain's input model is written to failures here (``node: input``) and counted in."""
+    model = chain.input_model
+    async for items in iter_input_chunks(inputs, chain.batch_size, strict=opts.strict_inputs):
+        if ctx.input_stop[0]:  # a ``take`` at the head of the chain has all it needs
+            break
+        counts["records_in"] += len(items)
+        records = [r for r in (_to_record(item, model, opts, ctx) for item in items) if r is not None]
+        if records:
+            yield records
+
+
+def _check_executor(opts: RunOptions) -> None:
+    if opts.executor not in get_args(Executor):
+        raise ValueError(
+            f"executor must be one of {', '.join(map(repr, get_args(Executor)))}, got {opts.executor!r}."
+        )
+    replicas = opts.replicas
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+        raise ValueError(f"replicas must be an integer >= 1, got {replicas!r}.")
+    if opts.executor != "ray" and opts.ray_address is not None:
+        raise ValueError("ray_address is for executor='ray' (CLI: --executor ray --address ADDR).")
 
 
 def _check_record_limits(opts: RunOptions) -> None:

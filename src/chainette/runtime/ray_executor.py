@@ -1,0 +1,313 @@
+"""The Ray executor: the same run, its chunks run by a pool of Ray actors.
+
+``run_chain(..., executor="ray")`` lays out and locks the run folder as a local run does; only
+the middle differs (:func:`run_on_ray` instead of the local stages). The driver (this process)
+
+1. reads the inputs with :func:`~chainette.runtime.executor.read_records` (the same ids, the same
+   failures for unreadable or unfitting inputs, written here);
+2. starts ``replicas`` actors (:class:`~chainette.runtime.ray_worker.ChainWorker`): each gets the
+   chain (pickled once, ``ray.put``), the engine definitions registered here and the ledger's
+   path, and holds its own engines for the length of the run;
+3. hands each chunk to an actor with a free slot (at most ``workers`` chunks per actor, so at
+   most ``replicas × workers`` are out: a slow cluster makes the reading wait), and when a
+   chunk's result comes back, whole, writes its rows through the run's one ``RunWriter`` and adds
+   its node counters to the run's, which ``metadata.json`` reports as for a local run.
+
+A killed worker loses nothing and duplicates nothing: its actor is restarted and its chunks are
+run again there (``max_restarts`` / ``max_task_retries``); rows are written only from a result
+that arrived whole, and the answers the dead worker had already received are in the ledger, so
+the second try gets them from it. Past the restarts the run stops with :class:`ExecutorError`
+and ``--resume`` continues it.
+
+Ray is imported here only, and this module only when a run asks for ``executor="ray"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.machinery
+import logging
+import os
+import sys
+import sysconfig
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import anyio
+
+from .._errors import ChainDefinitionError, ExecutorError, MissingDependencyError
+from ..engines.registry import get_engine_config
+from ..graph.chain import ChainGraph
+from .context import RunContext
+from .executor import RunOptions, read_records
+from .ray_worker import ChainWorker, ChunkResult, RecordIn
+from .records import Record, dump
+
+__all__ = [
+    "MAX_RESTARTS",
+    "OBJECT_STORE_BYTES",
+    "check_ray_run",
+    "import_ray",
+    "local_ray_options",
+    "run_on_ray",
+]
+
+MAX_RESTARTS = 3
+"""Times an actor is restarted after its process died, and times a chunk it was running is tried
+again (a chunk is only ever written once: from the try that returned)."""
+OBJECT_STORE_BYTES = 256 * 1024 * 1024
+"""The object store of a local Ray instance: chunks and their results are small."""
+CLOSE_TIMEOUT_S = 30.0
+"""Seconds the workers get to release their engines at the end before they are killed."""
+
+
+def import_ray() -> ModuleType:
+    """``ray``, or :class:`MissingDependencyError` naming the extra that installs it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"executor='ray' needs Ray, which is not installed ({exc}). Install it with: "
+            "pip install 'chainette[ray]' (or run with executor='local', the default)."
+        ) from exc
+    return ray
+
+
+async def run_on_ray(
+    chain: ChainGraph,
+    inputs: Any,
+    opts: RunOptions,
+    ctx: RunContext,
+    counts: dict[str, int],
+    meta: dict[str, Any],
+) -> None:
+    """Run ``chain`` over ``inputs`` on Ray actors, writing through ``ctx.writer`` (see the module)."""
+    ray = import_ray()
+    started_here = _connect(ray, opts)
+    pids: set[int] = set()
+    meta["ray"] = {"address": opts.ray_address, "replicas": opts.replicas, "version": ray.__version__}
+    actors: list[Any] = []
+    try:
+        actors = _start_workers(ray, chain, opts, ctx)
+        await _stream(ray, chain, inputs, opts, ctx, counts, actors, pids)
+    finally:
+        meta["ray"]["worker_processes"] = len(pids)
+        with anyio.CancelScope(shield=True):
+            await _close_workers(ray, actors)
+        if started_here:
+            ray.shutdown()
+
+
+def check_ray_run(chain: ChainGraph) -> None:
+    """Refuse, before the run folder is made, a Ray run that cannot work: Ray not installed, a node
+    that needs the whole input stream, a chain that cannot be pickled (naming the node)."""
+    whole = [f"{n.kind} {n.id!r}" for n in chain.items if n.whole_stream]
+    if whole:
+        raise ChainDefinitionError(
+            f"{', '.join(whole)} needs the whole input stream, and the Ray executor runs chunks "
+            "independently on several workers. Run this chain with executor='local'."
+        )
+    ray = import_ray()
+    _pickle_user_modules_by_value(ray)
+    _check_picklable(ray, chain)
+
+
+def local_ray_options(num_cpus: int | None = None) -> dict[str, Any]:
+    """``ray.init`` arguments of the local instance a Ray run starts: ``num_cpus`` (default: this
+    machine's), a small object store, no dashboard, and this process's ``sys.path`` as the
+    workers' ``PYTHONPATH`` so they import what it imports, by the same names."""
+    return {
+        "address": "local",
+        "num_cpus": num_cpus or os.cpu_count() or 1,
+        "object_store_memory": OBJECT_STORE_BYTES,
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}},
+    }
+
+
+def _connect(ray: Any, opts: RunOptions) -> bool:
+    """Join the cluster at ``ray_address``, or start a local instance; True if this run started it."""
+    if ray.is_initialized():
+        return False
+    where = f"the Ray cluster at {opts.ray_address!r}" if opts.ray_address else "a local Ray instance"
+    try:
+        if opts.ray_address is not None:
+            ray.init(address=opts.ray_address, logging_level=logging.WARNING)
+        else:
+            ray.init(**local_ray_options())
+    except Exception as exc:
+        raise ExecutorError(
+            f"Cannot start {where}: {type(exc).__name__}: {exc}. Check the address (ray_address= / "
+            "--address: 'auto', 'host:6379' or 'ray://host:10001'), or run with executor='local'."
+        ) from exc
+    return True
+
+
+def _start_workers(ray: Any, chain: ChainGraph, opts: RunOptions, ctx: RunContext) -> list[Any]:
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    per_actor = round(min(1.0, cpus / opts.replicas), 4)  # never more than the cluster has: no hang
+    worker = ray.remote(ChainWorker).options(
+        num_cpus=per_actor, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS
+    )
+    engines = [get_engine_config(name) for name in chain.engine_names()]
+    ledger = str(ctx.cache.path.resolve()) if ctx.cache.path is not None else None
+    # the chain itself, not a ray.put reference: a restarted actor needs its arguments again
+    return [
+        worker.remote(chain, engines, ledger, ctx.cache.mode, opts.record_deadline_s)
+        for _ in range(opts.replicas)
+    ]
+
+
+async def _stream(
+    ray: Any,
+    chain: ChainGraph,
+    inputs: Any,
+    opts: RunOptions,
+    ctx: RunContext,
+    counts: dict[str, int],
+    actors: list[Any],
+    pids: set[int],
+) -> None:
+    """Read, send each chunk to a free slot, write each result as it comes back."""
+    per_actor = max(1, opts.workers)
+    free_send, free = anyio.create_memory_object_stream[int](len(actors) * per_actor)
+    for _ in range(per_actor):
+        for i in range(len(actors)):
+            free_send.send_nowait(i)
+
+    async def one(slot: int, records: list[Record]) -> None:
+        try:
+            result = await _call(ray, actors[slot].run_chunk.remote(_records_in(records)), records)
+        finally:
+            free_send.send_nowait(slot)
+        pids.add(result.worker)
+        _write(result, ctx)
+        await ctx.writer.maybe_flush()
+
+    async with free_send, free, anyio.create_task_group() as tg:
+        async for records in read_records(chain, inputs, opts, ctx, counts):
+            slot = await free.receive()  # backpressure: wait for a chunk to come back
+            tg.start_soon(one, slot, records)
+
+
+async def _call(ray: Any, ref: Any, records: list[Record]) -> ChunkResult:
+    """The chunk's result; a worker's error raised as itself, a lost worker as ExecutorError."""
+    try:
+        result: ChunkResult = await ref
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, Exception):
+            raise cause from None  # the error a local run would have raised
+        raise
+    except ray.exceptions.RayActorError as exc:
+        raise ExecutorError(
+            f"The Ray worker running records {records[0].id}..{records[-1].id} (inputs "
+            f"{records[0].index}..{records[-1].index}) died or could not start, and was restarted "
+            f"{MAX_RESTARTS} times: {exc}. "
+            "The run folder holds every chunk that finished; rerun with resume=True (--resume): "
+            "answers already in the ledger are not sent again."
+        ) from exc
+    return result
+
+
+def _records_in(records: list[Record]) -> list[RecordIn]:
+    now = time.monotonic()
+    return [
+        (r.id, r.index, dump(r.value), None if r.deadline is None else r.deadline - now, r.budget)
+        for r in records
+    ]
+
+
+def _write(result: ChunkResult, ctx: RunContext) -> None:
+    """One chunk's rows into the run folder, its counters into the run's (then progress events)."""
+    writer = ctx.writer
+    for key in result.folders:
+        writer.open_folder(key)
+    for key, row in result.rows:
+        writer.add(key, row)
+    for row in result.failures:
+        writer.add_failure(row)
+        ctx.on_event("record_failed", {"node": row["node"], "record": row["_id"], "message": row["message"]})
+    for row in result.flattened:
+        writer.add_flattened(row)
+    for node_id, counters in result.stats.items():
+        stats = ctx.node(node_id)
+        for name, value in counters.items():
+            setattr(stats, name, getattr(stats, name) + value)
+        ctx.progress(node_id)
+    for name, described in result.engines.items():
+        ctx.broker.described.setdefault(name, described)
+
+
+async def _close_workers(ray: Any, actors: list[Any]) -> None:
+    """Let each worker release its engines (for a while), then end it."""
+
+    async def close(actor: Any) -> None:
+        with contextlib.suppress(Exception):  # a dead worker has nothing left to release
+            await actor.close.remote()
+
+    with anyio.move_on_after(CLOSE_TIMEOUT_S):
+        async with anyio.create_task_group() as tg:
+            for actor in actors:
+                tg.start_soon(close, actor)
+    for actor in actors:
+        ray.kill(actor, no_restart=True)
+
+
+def _check_picklable(ray: Any, chain: ChainGraph) -> None:
+    """Refuse, before any worker starts, a chain that cannot be sent to one, naming the node."""
+    try:
+        ray.cloudpickle.dumps(chain)
+        return
+    except Exception as exc:
+        error = exc
+    culprit = None
+    for node in chain.walk():  # depth first: the last node that fails holds the culprit itself
+        try:
+            ray.cloudpickle.dumps(node)
+        except Exception as exc:
+            culprit, error = node, exc
+    where = f"{culprit.kind} {culprit.id!r}" if culprit is not None else f"chain {chain.name!r}"
+    raise ChainDefinitionError(
+        f"{where} cannot be sent to the Ray workers: pickling it failed ({type(error).__name__}: {error}). "
+        "On Ray the chain's functions and models are pickled (cloudpickle): a function must not hold "
+        "a lock, an open file, a connection or a client; create those inside the function (once per "
+        "worker, e.g. in a module-level cache), or run with executor='local'."
+    ) from error
+
+
+def _pickle_user_modules_by_value(ray: Any) -> None:
+    """Modules this process loaded that a worker could not import by name (a chain file given by
+    path, a module loaded with ``spec_from_file_location``) go to the workers with the chain:
+    their functions and classes are pickled by value."""
+    installed = {
+        str(Path(p).resolve())
+        for key in ("stdlib", "platstdlib", "purelib", "platlib")
+        if (p := sysconfig.get_paths().get(key))
+    }
+    own = str(Path(__file__).resolve().parents[1])
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if module is None or not file or name == "__main__":
+            continue
+        resolved = str(Path(file).resolve())
+        if resolved.startswith(own) or any(resolved.startswith(p) for p in installed):
+            continue
+        if not _importable(name, resolved):
+            ray.cloudpickle.register_pickle_by_value(module)
+
+
+def _importable(name: str, file: str) -> bool:
+    """Would ``import name`` (searching ``sys.path``) load ``file``?"""
+    search: Any = None
+    spec = None
+    parts = name.split(".")
+    for i in range(len(parts)):
+        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: i + 1]), search)
+        if spec is None:
+            return False
+        search = spec.submodule_search_locations
+    return spec is not None and spec.origin is not None and str(Path(spec.origin).resolve()) == file
