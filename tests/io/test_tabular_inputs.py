@@ -4,6 +4,7 @@ naming file and row; bad rows become failures at their place; mistakes are refus
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -256,11 +257,12 @@ def test_the_parquet_reader_reads_ahead_no_more_than_its_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Chunk by chunk, what pyarrow has handed over stays within one hop plus one record batch
-    of what the reader has yielded: the file is never read whole (40,000 rows, one row group)."""
+    of what the reader has yielded, and what pyarrow holds in memory stays well under the file's
+    size: the file is never read whole (40,000 rows of incompressible text in 8 row groups)."""
     rows = 40_000
-    src = write_parquet(
-        tmp_path / "big.parquet", {"text": [f"t{i}" for i in range(rows)]}, row_group_size=rows
-    )
+    texts = [os.urandom(60).hex() for _ in range(rows)]
+    src = write_parquet(tmp_path / "big.parquet", {"text": texts}, row_group_size=rows // 8)
+    size = src.stat().st_size
     pulled = [0]
     original = pq.ParquetFile.iter_batches
 
@@ -273,18 +275,23 @@ def test_the_parquet_reader_reads_ahead_no_more_than_its_limit(
     batch_size = 64
     limit = max(batch_size, inputs.READ_AHEAD_LINES) + tabular.READ_BATCH_ROWS
 
+    held: list[int] = []
+
     async def main() -> list[int]:
         ahead: list[int] = []
         yielded = 0
         async for chunk in iter_input_chunks(src, batch_size, model=Question):
             yielded += len(chunk)
             ahead.append(pulled[0] - yielded)
+            held.append(pa.total_allocated_bytes())
         assert yielded == rows
         return ahead
 
+    before = pa.total_allocated_bytes()
     ahead = anyio.run(main)
     assert max(ahead) <= limit, f"read {max(ahead)} rows ahead of what was yielded (limit {limit})"
     assert pulled[0] == rows
+    assert max(held) - before < size / 3, f"pyarrow held {max(held) - before:,} bytes of a {size:,}-byte file"
 
 
 def test_the_csv_reader_reads_block_by_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,7 +1,7 @@
 """Parquet and CSV inputs, streamed through pyarrow in bounded memory.
 
 A Parquet file is read with ``ParquetFile.iter_batches`` (only the columns the input model
-reads, :data:`READ_BATCH_ROWS` rows at a time); a CSV file with pyarrow's streaming reader
+reads, :data:`READ_BATCH_ROWS` rows at a time, without pyarrow's pre-buffering of whole row groups); a CSV file with pyarrow's streaming reader
 (``pyarrow.csv.open_csv``, one block of :data:`CSV_BLOCK_BYTES` at a time). Neither ever loads
 the whole file: what is held is the batch being turned into items, plus the chunks of one
 read-ahead hop (:class:`~chainette.io.inputs.InputSource`).
@@ -25,12 +25,18 @@ from .._errors import InputError, MissingDependencyError
 from .columns import ColumnMap
 from .inputs import InputItem, InputSource, row_item
 
-__all__ = ["CSV_BLOCK_BYTES", "READ_BATCH_ROWS", "TableFile", "TabularInput", "open_table", "pyarrow_modules"]
+__all__ = [
+    "CSV_BLOCK_BYTES",
+    "PARQUET_BUFFER_BYTES",
+    "READ_BATCH_ROWS", "TableFile", "TabularInput", "open_table", "pyarrow_modules"]
 
 READ_BATCH_ROWS = 1024
 """Rows per Parquet record batch taken from pyarrow (at most this many are read ahead)."""
 CSV_BLOCK_BYTES = 1 << 20
 """Bytes per block of the CSV streaming reader."""
+PARQUET_BUFFER_BYTES = 1 << 16
+"""The read buffer of a Parquet column chunk (measured, 1,000,000 rows in 10 row groups, 28 MB:
+pyarrow holds 4 MB while iterating, against 31 MB, the whole file, with its defaults)."""
 
 
 def pyarrow_modules() -> tuple[Any, Any, Any]:
@@ -122,7 +128,9 @@ def _read_error(table: TableFile, row: int, exc: BaseException) -> InputError:
 def _parquet_rows(table: TableFile, cmap: ColumnMap) -> Iterator[Row]:
     pa, pq, _ = pyarrow_modules()
     row = 0
-    with pq.ParquetFile(table.path) as handle:
+    # pre_buffer (pyarrow's default) reads every row group's column chunks at once: the whole file.
+    # Without it a column chunk is streamed through a small buffer, page by page.
+    with pq.ParquetFile(table.path, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES) as handle:
         batches = handle.iter_batches(batch_size=READ_BATCH_ROWS, columns=cmap.read)
         while True:
             try:
