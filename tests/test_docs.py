@@ -123,7 +123,9 @@ def test_readme_dataset_example_prints_what_its_comments_say(
     register_engine("fake", backend="fake", responder=echo)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")  # not ~/.cache
-    exec(compile(code, str(README), "exec"), {"__name__": "readme_dataset", "chain": Chain("qa", [qa_step()])})
+    exec(
+        compile(code, str(README), "exec"), {"__name__": "readme_dataset", "chain": Chain("qa", [qa_step()])}
+    )
     printed = capsys.readouterr().out.splitlines()
     expected = [line.split("# ", 1)[1] for line in code.splitlines() if line.startswith("print(")]
     assert printed == expected

@@ -331,3 +331,28 @@ def test_the_csv_reader_reads_block_by_block(tmp_path: Path, monkeypatch: pytest
 
     ahead = anyio.run(main)
     assert max(ahead) <= inputs.READ_AHEAD_LINES + block_rows
+
+
+def test_a_head_take_stops_reading_and_closes_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chainette import take
+
+    src = write_parquet(tmp_path / "big.parquet", {"text": [f"t{i}" for i in range(50_000)]})
+    closed: list[bool] = []
+    original = pq.ParquetFile.close
+
+    def close(self: Any, *args: Any, **kwargs: Any) -> Any:
+        closed.append(True)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "close", close)
+
+    async def main() -> Any:
+        result = await Chain("c", [take(3), qa_step()]).arun(src, tmp_path / "run")
+        assert len(closed) == 2  # the footer's handle, and the reader's: now, not when the loop ends
+        return result
+
+    result = anyio.run(main)
+    assert [r["qa.answer"] for r in result.flattened()] == ["re: t0", "re: t1", "re: t2"]
+    assert result.counts["records_in"] < 50_000

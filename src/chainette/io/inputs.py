@@ -118,18 +118,23 @@ class InputSource:
         reads = Offload()
         items = self.items()
         per_hop = max(1, READ_AHEAD_LINES // batch_size)
-        while True:
-            chunks = await reads.run(_take_chunks, items, batch_size, per_hop)
-            for chunk in chunks:
-                bad = next((item for item in chunk if item.error is not None), None) if strict else None
-                if bad is not None:
-                    good = chunk[: chunk.index(bad)]
-                    if good:
-                        yield good
-                    raise InputError(bad.error)
-                yield chunk
-            if len(chunks) < per_hop or len(chunks[-1]) < batch_size:
-                return
+        try:
+            while True:
+                chunks = await reads.run(_take_chunks, items, batch_size, per_hop)
+                for chunk in chunks:
+                    bad = next((i for i in chunk if i.error is not None), None) if strict else None
+                    if bad is not None:
+                        good = chunk[: chunk.index(bad)]
+                        if good:
+                            yield good
+                        raise InputError(bad.error)
+                    yield chunk
+                if len(chunks) < per_hop or len(chunks[-1]) < batch_size:
+                    return
+        finally:  # a run that stops reading early (a head ``take``) closes the file now, not at GC
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
 
 def _take_chunks(items: Iterator[InputItem], batch_size: int, count: int) -> list[list[InputItem]]:

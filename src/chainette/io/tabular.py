@@ -28,7 +28,12 @@ from .inputs import InputItem, InputSource, row_item
 __all__ = [
     "CSV_BLOCK_BYTES",
     "PARQUET_BUFFER_BYTES",
-    "READ_BATCH_ROWS", "TableFile", "TabularInput", "open_table", "pyarrow_modules"]
+    "READ_BATCH_ROWS",
+    "TableFile",
+    "TabularInput",
+    "open_table",
+    "pyarrow_modules",
+]
 
 READ_BATCH_ROWS = 1024
 """Rows per Parquet record batch taken from pyarrow (at most this many are read ahead)."""

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field, fields
 from importlib import metadata as _importlib_metadata
 from pathlib import Path
@@ -305,10 +306,9 @@ async def _source(
     counts: dict[str, int],
 ) -> None:
     model = chain.input_model
-    async with send:
-        async for items in iter_input_chunks(
-            inputs, chain.batch_size, strict=opts.strict_inputs, columns=opts.columns
-        ):
+    reader = iter_input_chunks(inputs, chain.batch_size, strict=opts.strict_inputs, columns=opts.columns)
+    async with send, aclosing(reader):  # a head ``take`` stops early: the file is closed then
+        async for items in reader:
             if ctx.input_stop[0]:  # a ``take`` at the head of the chain has all it needs
                 break
             counts["records_in"] += len(items)
