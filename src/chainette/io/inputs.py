@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -222,7 +222,7 @@ async def iter_input_chunks(
     split: str | None = None,
     columns: Mapping[str, str] | None = None,
     model: type[BaseModel] | None = None,
-) -> AsyncIterator[list[InputItem]]:
+) -> AsyncGenerator[list[InputItem], None]:
     """Yield lists of at most ``batch_size`` input items (see :func:`open_inputs` for the options;
     ``inputs`` may be what it returned)."""
     if not isinstance(inputs, InputSource):
