@@ -356,3 +356,12 @@ def test_a_head_take_stops_reading_and_closes_the_file(
     result = anyio.run(main)
     assert [r["qa.answer"] for r in result.flattened()] == ["re: t0", "re: t1", "re: t2"]
     assert result.counts["records_in"] < 50_000
+
+
+def test_resume_on_a_parquet_input_sends_nothing_already_answered(tmp_path: Path) -> None:
+    src = write_parquet(tmp_path / "data.parquet", {"text": [f"q{i}" for i in range(20)]})
+    first = qa_chain().run(src, tmp_path / "run")
+    assert first.metadata["cache"]["sent"] == 20
+    again = qa_chain().run(src, tmp_path / "run", resume=True)
+    assert again.metadata["cache"]["sent"] == 0 and again.metadata["cache"]["hits"] == 20
+    assert list(again.flattened()) == list(first.flattened())  # same ids, same rows
