@@ -25,7 +25,7 @@ import orjson
 from pydantic import BaseModel
 
 from .._errors import InputError
-from .offload import Offload
+from .offload import Offload, PinnedOffload
 
 __all__ = [
     "RAW_LIMIT",
@@ -115,7 +115,7 @@ class InputSource:
     async def chunks(self, batch_size: int, strict: bool) -> AsyncIterator[list[InputItem]]:
         """Lists of at most ``batch_size`` items, read ``READ_AHEAD_LINES`` rows (or one chunk) per
         hop; in strict mode the first unreadable row raises, after the chunks before it."""
-        reads = Offload()
+        reads = PinnedOffload()
         items = self.items()
         per_hop = max(1, READ_AHEAD_LINES // batch_size)
         try:
@@ -132,9 +132,13 @@ class InputSource:
                 if len(chunks) < per_hop or len(chunks[-1]) < batch_size:
                     return
         finally:  # a run that stops reading early (a head ``take``) closes the file now, not at GC
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
+            try:
+                close = getattr(items, "close", None)
+                if close is not None:
+                    with anyio.CancelScope(shield=True):
+                        await reads.run(close)  # on the thread that was reading it
+            finally:
+                reads.close()
 
 
 def _take_chunks(items: Iterator[InputItem], batch_size: int, count: int) -> list[list[InputItem]]:
