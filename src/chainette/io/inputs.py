@@ -57,7 +57,8 @@ class InputItem:
     id: str
     value: Any
     where: str
-    """Human pointer for messages: ``inputs.jsonl line 17`` or ``input #17``."""
+    """Human pointer for messages: ``inputs.jsonl line 17``, ``data.parquet row 17``, ``dataset train
+    row 17`` or ``input #17``."""
     error: str | None = None
     source: bytes | None = None
     """What was read: the JSONL line, or the ``repr`` of an iterable's value that is not a record.
