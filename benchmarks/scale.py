@@ -217,6 +217,9 @@ def main() -> None:
     parser.add_argument(
         "--workdir", help="Where inputs and runs go (default: a temp dir, removed afterwards)"
     )
+    parser.add_argument(
+        "--row-group", type=int, default=ROW_GROUP, help=f"Rows per Parquet row group (default {ROW_GROUP:,})"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--make", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
