@@ -108,3 +108,25 @@ def test_readme_experiment_example_prints_what_its_comments_say(
     capsys.readouterr()
     exec(compile(code, str(README), "exec", dont_inherit=True), {"__name__": "experiments"})
     assert capsys.readouterr().out == ""
+
+
+def test_readme_dataset_example_prints_what_its_comments_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import datasets
+    from tests.helpers import echo, qa_step
+
+    from chainette import Chain, register_engine
+
+    section = README.read_text().split("## Reading a dataset", 1)[1]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    register_engine("fake", backend="fake", responder=echo)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")  # not ~/.cache
+    exec(
+        compile(code, str(README), "exec"), {"__name__": "readme_dataset", "chain": Chain("qa", [qa_step()])}
+    )
+    printed = capsys.readouterr().out.splitlines()
+    expected = [line.split("# ", 1)[1] for line in code.splitlines() if line.startswith("print(")]
+    assert printed == expected
+    assert not any(p.name == "hf-cache" for p in (tmp_path / "runs" / "reviews").iterdir())

@@ -6,7 +6,7 @@ This module sits above every layer: it hands the graph to the runtime and, for
 
 from __future__ import annotations
 
-from collections.abc import Sized
+from collections.abc import Mapping, Sized
 from pathlib import Path
 from typing import Any
 
@@ -61,18 +61,23 @@ class Chain(ChainGraph):
         """Run the chain to completion.
 
         Args:
-            inputs: A JSONL path, or an (async) iterable of models or dicts.
+            inputs: A JSONL, Parquet or CSV path, a folder of such files or a ``save_to_disk``
+                folder, a Hugging Face ``Dataset`` / ``IterableDataset`` / ``DatasetDict``, or an
+                (async) iterable of models or dicts.
             output_dir: The run folder (default ``runs/<chain>-<run id>``).
             progress: Show a live progress display on stderr.
             **options: See :class:`chainette.runtime.executor.RunOptions` (``overwrite``, ``resume``,
-                ``ledger``, ``cache``, ``fmt``, ``strict_inputs``, ``max_lines_per_file``, ``workers``,
-                ``buffer``, ``on_event``, ``record_deadline_s``, ``record_token_budget``,
-                ``record_trace``, ``middleware``: see :mod:`chainette.runtime.events`).
+                ``ledger``, ``cache``, ``fmt``, ``strict_inputs``, ``split``, ``columns``,
+                ``max_lines_per_file``, ``workers``, ``buffer``, ``on_event``, ``record_deadline_s``,
+                ``record_token_budget``, ``record_trace``, ``executor``, ``ray_address``, ``replicas``,
+                ``middleware``: see :mod:`chainette.runtime.events`).
         """
         if progress:
             from .cli.progress import ProgressDisplay
 
-            total = len(inputs) if isinstance(inputs, Sized) and not isinstance(inputs, (str, Path)) else None
+            # a DatasetDict is Sized too, by its splits
+            sized = isinstance(inputs, Sized) and not isinstance(inputs, (str, Path, Mapping))
+            total = len(inputs) if sized else None
             display = ProgressDisplay(self, total=total)
             options["middleware"] = [*options.get("middleware", ()), display]
         return await run_chain(self, inputs, output_dir, **options)

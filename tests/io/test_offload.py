@@ -63,3 +63,33 @@ def test_the_writer_and_the_reader_work_on_the_loop_for_a_local_file(tmp_path: P
     assert anyio.run(main) == 5000
     assert "_read_chunks" not in calls and "_write_all" not in calls  # both ran on the loop
     assert sum(f.read_text().count("\n") for f in (tmp_path / "run" / "flattened").glob("*.jsonl")) == 5000
+
+
+def test_a_pinned_offload_runs_every_batch_off_the_loop_on_one_thread_of_its_own() -> None:
+    """pyarrow keeps an allocator heap per thread: a reader's batches must not wander between
+    anyio's workers (which other streams use too), however those are scheduled."""
+    from chainette.io.offload import PinnedOffload
+
+    threads: list[int] = []
+
+    def work() -> None:
+        threads.append(threading.get_ident())
+        time.sleep(0.002)
+
+    async def other() -> None:
+        for _ in range(20):
+            await anyio.to_thread.run_sync(time.sleep, 0.002)
+
+    async def main() -> int:
+        offload = PinnedOffload(budget_s=0.0)  # every batch is "slow": all but the first off the loop
+        async with anyio.create_task_group() as tg:  # others use anyio's workers meanwhile
+            for _ in range(3):
+                tg.start_soon(other)
+            for _ in range(20):
+                await offload.run(work)
+        offload.close()
+        return threading.get_ident()
+
+    loop_thread = anyio.run(main)
+    assert threads[0] == loop_thread
+    assert len(set(threads[1:])) == 1 and threads[1] != loop_thread

@@ -21,11 +21,11 @@ from rich.table import Table
 from rich.tree import Tree
 
 from .. import __version__
-from .._errors import InputError
 from ..engines.registry import BACKENDS, is_available, list_engines, load_engines
 from ..graph.chain import ChainGraph
 from ..graph.checks import CheckReport
 from ..graph.nodes import Branch, Node
+from ..io.inputs import open_inputs
 from ..runtime.events import Middleware
 from ..runtime.executor import run_chain
 from ..runtime.result import RunResult
@@ -111,7 +111,19 @@ def _main(
 def run(
     target: TargetArg,
     inputs: Path = typer.Option(
-        ..., "--inputs", "-i", help="JSONL file: one input record (JSON object) per line."
+        ...,
+        "--inputs",
+        "-i",
+        help="JSONL file (one JSON object per line), Parquet or CSV file, a folder of such files, or a "
+        "dataset folder written by datasets' save_to_disk.",
+    ),
+    split: str | None = typer.Option(
+        None, "--split", help="The split to read from a dataset or folder with several (train, test, ...)."
+    ),
+    column: list[str] = typer.Option(
+        [],
+        "--column",
+        help="FIELD=COLUMN: the input column the input model's FIELD reads (repeatable), e.g. --column text=content.",
     ),
     output_dir: Path | None = typer.Option(
         None, "--output-dir", "-o", help="Run folder to write [dim]\\[default: runs/<chain>-<run id>][/]."
@@ -181,7 +193,7 @@ def run(
         False, "--json-logs", help="One JSON line per run event on stderr, no live display."
     ),
 ) -> None:
-    """Run a chain over a JSONL file and write a run folder.
+    """Run a chain over a JSONL, Parquet or CSV file (or a folder, or a saved dataset) and write a run folder.
 
     Progress is shown on stderr; the run folder is printed on stdout as the [bold]last line[/].
     Records that fail are written to [bold]failures.jsonl[/] and do not stop the run (exit 0).
@@ -201,16 +213,17 @@ def run(
             load_engines(engines)
         if batch_size is not None:
             chain.batch_size = batch_size
-        if not inputs.is_file():
-            raise InputError(
-                f"Input file {str(inputs)!r} does not exist (or is not a file; looked in {Path.cwd()}). "
-                "Pass a JSONL file with -i, one JSON object per line."
-            )
+        columns = _column_options(column)
+        # the file's kind, split and columns are checked now, before engines start or a display shows
+        source = open_inputs(inputs, split=split, columns=columns, model=chain.input_model)
         middleware: list[Middleware] = []  # the log or the display read the run's one event stream
         if json_logs:
             middleware.append(JsonEventLog())
         elif not quiet:
-            display = ProgressDisplay(chain, total=count_jsonl_records(inputs), console=err, summary=False)
+            total = (
+                count_jsonl_records(inputs) if isinstance(source, Path) else getattr(source, "total", None)
+            )
+            display = ProgressDisplay(chain, total=total, console=err, summary=False)
             middleware.append(display)
 
         def on_event(kind: str, data: dict[str, Any]) -> None:
@@ -228,6 +241,8 @@ def run(
                 cache="off" if no_cache else "refresh" if refresh_cache else "use",
                 fmt=fmt.value,
                 strict_inputs=strict,
+                split=split,
+                columns=columns,
                 workers=workers,
                 executor=executor.value,
                 ray_address=address,
@@ -248,6 +263,20 @@ def run(
     else:
         print_run_summary(err, meta, result.path, brief=quiet)
     typer.echo(str(result.path))
+
+
+def _column_options(values: list[str]) -> dict[str, str] | None:
+    """``["text=content", ...]`` → ``{"text": "content"}``."""
+    columns: dict[str, str] = {}
+    for value in values:
+        field, sep, name = value.partition("=")
+        if not sep or not field.strip() or not name.strip():
+            raise typer.BadParameter(
+                f"--column takes FIELD=COLUMN (the input model's field, then the input's column), got {value!r}; "
+                "e.g. --column text=content."
+            )
+        columns[field.strip()] = name.strip()
+    return columns or None
 
 
 @app.command()

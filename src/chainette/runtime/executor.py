@@ -10,13 +10,15 @@ them has finished. The run folder is written as records complete.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 import platform
 import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field, fields
 from importlib import metadata as _importlib_metadata
 from pathlib import Path
@@ -33,7 +35,7 @@ from ..engines.secrets import scrub_exception, scrub_strings, scrub_text
 from ..graph.chain import ChainGraph
 from ..graph.nodes import Node
 from ..graph.stream_ops import Take
-from ..io.inputs import InputItem, iter_input_chunks
+from ..io.inputs import InputItem, describe_inputs, iter_input_chunks, open_inputs
 from ..io.writer import RunWriter, fs_error
 from .accounting import cache_summary, cost_summary
 from .collector import run_collector
@@ -79,6 +81,12 @@ class RunOptions:
     """Rows per file part before rolling to the next (``000.jsonl``, ``001.jsonl``, ...)."""
     strict_inputs: bool = False
     """Raise on the first unreadable input record instead of writing it to failures."""
+    split: str | None = None
+    """The split to read from an input dataset with several (a ``DatasetDict``, a ``save_to_disk``
+    folder, a folder of ``train-*.parquet`` / ``test-*.parquet`` files)."""
+    columns: Mapping[str, str] | None = None
+    """``{field: column}``: the input column each field of the chain's input model reads, when it
+    is not the field's own name (``{"text": "content"}``)."""
     workers: int = 4
     """Chunks in flight per LLM stage (Python stages use one, which keeps input order)."""
     buffer: int = 4
@@ -137,8 +145,11 @@ async def run_chain(
         from .ray_executor import check_ray_run
 
         check_ray_run(chain)
-    if isinstance(inputs, (str, Path)) and not await anyio.Path(inputs).is_file():
-        raise InputError(f"Input file {str(inputs)!r} does not exist (or is not a file).")
+    model = chain.input_model
+    # the file's kind, its split and columns are checked here, before the folder or any request
+    source = await anyio.to_thread.run_sync(
+        functools.partial(open_inputs, inputs, split=opts.split, columns=opts.columns, model=model)
+    )
 
     run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     path = Path(output_dir) if output_dir is not None else Path("runs") / f"{_slug(chain.name)}-{run_id}"
@@ -159,7 +170,7 @@ async def run_chain(
         raise
     try:
         with run_collector():
-            return await _run_in_folder(chain, inputs, opts, writer, cache, users, run_id)
+            return await _run_in_folder(chain, source, opts, writer, cache, users, run_id)
     finally:
         cache.close()
         writer.release()
@@ -207,8 +218,7 @@ async def _run_in_folder(
             await _pipeline(chain, inputs, opts, ctx, counts)
         meta["status"] = "completed"
         if counts["records_in"] == 0:
-            where = f"the input file {str(inputs)!r}" if isinstance(inputs, (str, Path)) else "the input"
-            warning = f"No input records: {where} held none (empty, or blank lines only), so nothing ran."
+            warning = f"No input records: {describe_inputs(inputs)} held none (empty, or blank lines only), so nothing ran."
             meta["warnings"] = [warning]
             _log.warning(warning)
     except BaseException as exc:
@@ -339,13 +349,15 @@ async def read_records(
     """The inputs as chunks of records (never empty); an input that cannot be read or does not fit
     the chain's input model is written to failures here (``node: input``) and counted in."""
     model = chain.input_model
-    async for items in iter_input_chunks(inputs, chain.batch_size, strict=opts.strict_inputs):
-        if ctx.input_stop[0]:  # a ``take`` at the head of the chain has all it needs
-            break
-        counts["records_in"] += len(items)
-        records = [r for r in (_to_record(item, model, opts, ctx) for item in items) if r is not None]
-        if records:
-            yield records
+    reader = iter_input_chunks(inputs, chain.batch_size, strict=opts.strict_inputs, columns=opts.columns)
+    async with aclosing(reader):  # a head ``take`` stops early: the file is closed then
+        async for items in reader:
+            if ctx.input_stop[0]:  # a ``take`` at the head of the chain has all it needs
+                break
+            counts["records_in"] += len(items)
+            records = [r for r in (_to_record(item, model, opts, ctx) for item in items) if r is not None]
+            if records:
+                yield records
 
 
 def _check_executor(opts: RunOptions) -> None:

@@ -50,6 +50,49 @@ class RunResult:
         """Rows of ``failures.jsonl``: every record that failed, with node and reason."""
         return read_rows(self.path / "failures.jsonl", "jsonl")
 
+    def to_dataset(self, node_id: str | None = None, *, cache_dir: str | Path | None = None) -> Any:
+        """The run's flattened rows (or one node's rows) as a Hugging Face ``datasets.Dataset``.
+
+        Built by ``datasets`` from the run's files (``Dataset.from_json`` / ``from_parquet`` /
+        ``from_csv``): converted once into Arrow files in its cache and memory-mapped from there,
+        so a result of any size is never held in memory. The cache is ``datasets``' own
+        (``$HF_DATASETS_CACHE``, ``~/.cache/huggingface/datasets``) or ``cache_dir``; never the run
+        folder, which holds only what the run wrote (``io/layout.py`` refuses anything else on
+        ``overwrite`` / ``resume``). Rewritten files (a resumed run) are converted again.
+
+        Example:
+            >>> ds = chain.run(records, output_dir="runs/demo").to_dataset()   # doctest: +SKIP
+            >>> ds.push_to_hub("me/demo")                                      # doctest: +SKIP
+
+        Raises:
+            MissingDependencyError: ``datasets`` is not installed (``pip install 'chainette[datasets]'``).
+            ValueError: ``cache_dir`` is inside the run folder.
+        """
+        try:
+            import datasets
+        except ImportError as exc:
+            from .._errors import MissingDependencyError
+
+            raise MissingDependencyError(
+                "to_dataset needs the datasets package. Install it with: pip install 'chainette[datasets]'"
+            ) from exc
+        folder = self.path / (node_id or "flattened")
+        files = (
+            sorted(str(p) for p in folder.iterdir() if p.suffix == f".{self.fmt}") if folder.is_dir() else []
+        )
+        if cache_dir is not None and Path(cache_dir).resolve().is_relative_to(self.path.resolve()):
+            raise ValueError(
+                f"cache_dir {str(cache_dir)!r} is inside the run folder {str(self.path)!r}, which holds only what "
+                "the run writes (a later overwrite or resume would refuse the folder): choose another folder."
+            )
+        if not files or all(Path(f).stat().st_size == 0 for f in files):
+            return datasets.Dataset.from_dict({})
+        cache = None if cache_dir is None else str(cache_dir)
+        build = {"jsonl": datasets.Dataset.from_json, "parquet": datasets.Dataset.from_parquet}.get(
+            self.fmt, datasets.Dataset.from_csv
+        )
+        return build(files, cache_dir=cache)
+
 
 def read_rows(path: Path, fmt: str = "jsonl") -> Iterator[dict[str, Any]]:
     """Iterate the rows of a file, or of every part file in a folder (in part order)."""
