@@ -26,6 +26,7 @@ from typing import Any
 from ..engines.registry import get_engine_config
 from ..graph.nodes import Node
 from ..ledger.costs import Price, cost_usd, price_for
+from ..runtime.accounting import total_usd
 from ..runtime.record_trace import RecordTrace
 
 __all__ = ["TracedRun", "case_figures", "prices_of", "sum_figures", "wall_clock"]
@@ -95,8 +96,8 @@ def case_figures(runs: list[TracedRun], count: int, prices: dict[str, Price | No
             for key in ("prompt", "completion", "saved_prompt", "saved_completion")
         }
         figures["cost"] = {
-            "usd": _total(r["usd"] for r in rows),
-            "saved_usd": _total(r["saved_usd"] for r in rows),
+            "usd": total_usd(r["usd"] for r in rows),
+            "saved_usd": total_usd(r["saved_usd"] for r in rows),
         }
         figures["timeline"].sort(key=lambda e: (e["start_s"], e["end_s"]))
     return out
@@ -116,8 +117,8 @@ def sum_figures(metas: list[dict[str, Any]]) -> dict[str, Any]:
         k: sum(int((m.get("tokens") or {}).get(k) or 0) for m in metas) for k in ("prompt", "completion")
     }
     cost: dict[str, Any] = {
-        "usd": _total((m.get("cost") or {}).get("usd") for m in metas),
-        "saved_usd": _total((m.get("cost") or {}).get("saved_usd") for m in metas),
+        "usd": total_usd((m.get("cost") or {}).get("usd") for m in metas),
+        "saved_usd": total_usd((m.get("cost") or {}).get("saved_usd") for m in metas),
         "by_step": {},
     }
     for meta in metas:  # a step of several runs (every turn) adds up; a judge's step is its own
@@ -138,12 +139,3 @@ def sum_figures(metas: list[dict[str, Any]]) -> dict[str, Any]:
         "runs": len(metas),
     }
     return {"tokens": tokens, "cost": cost, "cache": cache}
-
-
-def _total(values: Iterable[float | None]) -> float | None:
-    total = 0.0
-    for value in values:
-        if value is None:
-            return None
-        total += value
-    return round(total, 6)

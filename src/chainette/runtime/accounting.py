@@ -10,7 +10,7 @@ from ..graph.chain import ChainGraph
 from ..ledger.costs import cost_usd, price_for
 from .context import RunContext
 
-__all__ = ["cache_summary", "cost_summary"]
+__all__ = ["cache_summary", "cost_summary", "total_usd"]
 
 
 def cache_summary(ctx: RunContext) -> dict[str, Any]:
@@ -59,12 +59,13 @@ def cost_summary(chain: ChainGraph, ctx: RunContext) -> dict[str, Any]:
     return {
         "by_step": by_step,
         "by_engine": by_engine,
-        "usd": _sum(r["usd"] for r in by_engine.values()),
-        "saved_usd": _sum(r["saved_usd"] for r in by_engine.values()),
+        "usd": total_usd(r["usd"] for r in by_engine.values()),
+        "saved_usd": total_usd(r["saved_usd"] for r in by_engine.values()),
     }
 
 
-def _sum(values: Iterable[float | None]) -> float | None:
+def total_usd(values: Iterable[float | None]) -> float | None:
+    """The sum of dollar amounts, rounded to 6 places; None when any is unknown (no price)."""
     total = 0.0
     for value in values:
         if value is None:
