@@ -20,7 +20,6 @@ start, pickling chunks and results, one more process hop), not a speed-up.
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,9 +29,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
-
 from chainette import Chain, Step, register_engine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from http_client import Answer, Question, free_port  # the same one-step shape as the HTTP benchmark
 
 DEFAULTS: dict[str, Any] = {
     "ray_records": 1000,
@@ -46,25 +46,9 @@ DEFAULTS: dict[str, Any] = {
 pass a namespace without them: these are used then)."""
 
 
-class Question(BaseModel):
-    text: str
-
-
-class Answer(BaseModel):
-    answer: str = Field(max_length=80)
-    confidence: float
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def start_stub(latency: float) -> tuple[subprocess.Popen[bytes], str]:
     """The stub server in its own process, every answer ``latency`` seconds late."""
-    port = _free_port()
+    port = free_port()
     code = (
         "import asyncio\n"
         "from chainette.engines.stub_server import Faults, StubServer\n"
