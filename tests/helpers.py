@@ -222,6 +222,25 @@ def with_llama_engine(body: Any, **options: Any) -> Any:
     return anyio.run(main)
 
 
+def decoding(decoder: Any, request: Any) -> tuple[int, list[int]]:
+    """The sequence decoding ``request`` in an embedded engine's batch decoder, and its tokens so far."""
+    (slot,) = [s for s in decoder.slots if s.job is not None and s.job.request is request]
+    return slot.seq, list(slot.tokens)
+
+
+async def seconds_until_freed(decoder: Any, seq: int, tokens: list[int], timeout: float = 2.0) -> float:
+    """Seconds until no sequence holds ``tokens`` (a dropped job's prompt and output) and, unless
+    another running job was moved into it, llama.cpp itself holds no cells for sequence ``seq``."""
+    started = anyio.current_time()
+    while anyio.current_time() - started < timeout:
+        gone = all(slot.tokens[: len(tokens)] != tokens for slot in decoder.slots)
+        slot = decoder.slots[seq]
+        if gone and (slot.job is not None or decoder.cached_cells(seq) == len(slot.tokens) == 0):
+            return anyio.current_time() - started
+        await anyio.sleep(0.005)
+    raise AssertionError(f"sequence {seq} still holds the dropped job's cells after {timeout} s")
+
+
 def start_ray(num_cpus: int = 2) -> Any:
     """A local Ray instance for one test module, as a Ray run would start it (``num_cpus`` CPUs, a
     small object store, the workers importing what this process imports); stop it with

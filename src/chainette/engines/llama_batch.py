@@ -71,6 +71,13 @@ MIN_COPY = 32
 whole stream, ``n_ctx`` cells: about 47 MB on the bundled model at n_ctx=2048, a few ms)."""
 
 
+PROMPT_CHUNK = 63
+"""Most prompt tokens of one sequence per decode. llama.cpp's CPU flash attention switches to a
+tiled kernel, with other rounding, for 64 (``GGML_FA_TILE_Q``) or more query tokens of one
+sequence in a batch; below that every token is computed the same way however its prompt is
+split, so an answer does not depend on what was cached or decoded alongside it."""
+
+
 @dataclass(eq=False)
 class Job:
     """One request on its way through the decoder. Written by the loop thread, read after ``done``."""
@@ -159,6 +166,8 @@ class BatchDecoder:
         """Batches decoded so far (for tests and benchmarks)."""
         self.prefix_copies = 0
         """Prompt prefixes copied from another sequence's cache instead of evaluated."""
+        self.moves = 0
+        """Running jobs moved to a lower slot (see :meth:`_compact`)."""
         self._thread = threading.Thread(target=self._run, name="chainette-llama-decode", daemon=True)
         self._thread.start()
 
@@ -223,6 +232,7 @@ class BatchDecoder:
             try:
                 self._drop_cancelled()
                 self._admit()
+                self._compact()
                 if any(slot.job is not None for slot in self.slots):
                     self._step()
             except Exception as exc:  # a bug here must not leave anyone waiting forever
@@ -265,7 +275,7 @@ class BatchDecoder:
                 self._waiting.popleft()
                 continue
             cached = {s.seq: _common_prefix(s.tokens, job.prompt) for s in self.slots}
-            slot = max(free, key=lambda s: (cached[s.seq], -s.used_at))
+            slot = free[0]  # the lowest free slot: running sequences stay in one run of ids
             own = cached[slot.seq]
             # another sequence (running or idle) may hold a longer start of this prompt: copy its cache
             source = max(self.slots, key=lambda s: cached[s.seq])
@@ -281,15 +291,40 @@ class BatchDecoder:
             if feeding >= max(own, shared) + MIN_COPY:
                 return  # a prompt being evaluated starts the same way: copy it next turn, once it is cached
             if source is not slot and shared >= own + MIN_COPY:
-                llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
-                llama_cpp.llama_memory_seq_cp(self.memory, source.seq, slot.seq, -1, -1)
-                slot.tokens = list(source.tokens)
+                self._copy(source, slot)
                 own = shared
                 self.prefix_copies += 1
             keep = min(own, len(job.prompt) - 1)
             self._forget(slot, keep)
             self._waiting.popleft()
             slot.job, slot.fed, slot.used_at = job, keep, time.monotonic()
+
+    def _copy(self, source: _Slot, target: _Slot) -> None:
+        """Give ``target`` a copy of ``source``'s cache stream (llama.cpp copies it before the next decode)."""
+        llama_cpp.llama_memory_seq_rm(self.memory, target.seq, -1, -1)
+        llama_cpp.llama_memory_seq_cp(self.memory, source.seq, target.seq, -1, -1)
+        target.tokens = list(source.tokens)
+
+    def _compact(self) -> None:
+        """Move the highest running jobs into lower free slots, so that running sequences have
+        consecutive ids.
+
+        With one cache stream per sequence, llama.cpp decodes a batch in one pass over the
+        weights only for a run of consecutive sequence ids (``split_equal(sequential=True)``):
+        every gap costs another pass. Moving a job copies its stream (a few ms) and leaves its
+        tokens, and so its answer, unchanged.
+        """
+        while True:
+            busy = [slot for slot in self.slots if slot.job is not None]
+            free = [slot for slot in self.slots if slot.job is None]
+            if not busy or not free or free[0].seq > busy[-1].seq:
+                return
+            source, target = busy[-1], free[0]
+            self._copy(source, target)
+            target.job, target.fed, target.used_at = source.job, source.fed, source.used_at
+            source.job = None
+            self._forget(source, 0)
+            self.moves += 1
 
     def _prepare(self, job: Job) -> bool:
         """Tokens, stop strings, limits and grammar of a new job; False if it was answered at once."""
@@ -330,26 +365,26 @@ class BatchDecoder:
     def _step(self) -> None:
         batch = self.batch
         batch.n_tokens = 0
-        budget = self.n_batch
         rows: list[_Slot] = []
-        for slot in self.slots:  # generating sequences first: one token each
+        generating = [slot.job is not None and slot.fed == len(slot.job.prompt) for slot in self.slots]
+        budget = self.n_batch - sum(generating)  # each generating sequence's next token comes first
+        # in sequence order: llama.cpp decodes one token of each of consecutive sequences in one pass
+        for slot, next_token in zip(self.slots, generating, strict=True):
             slot.row = -1
             job = slot.job
-            if job is not None and slot.fed == len(job.prompt) and job.out:
+            if job is None:
+                continue
+            if next_token:
                 self._add(slot, job.out[-1], logits=True)
                 rows.append(slot)
-                budget -= 1
-        for slot in self.slots:  # then prompts, as far as the batch allows
-            job = slot.job
-            if job is None or slot.fed == len(job.prompt) or budget <= 0:
-                continue
-            end = min(len(job.prompt), slot.fed + budget)
-            for position in range(slot.fed, end):
-                self._add(slot, job.prompt[position], logits=position == len(job.prompt) - 1)
-            budget -= end - slot.fed
-            slot.fed = end
-            if end == len(job.prompt):
-                rows.append(slot)
+            elif budget > 0:  # the next chunk of its prompt
+                end = min(len(job.prompt), slot.fed + budget, slot.fed + PROMPT_CHUNK)
+                for position in range(slot.fed, end):
+                    self._add(slot, job.prompt[position], logits=position == len(job.prompt) - 1)
+                budget -= end - slot.fed
+                slot.fed = end
+                if end == len(job.prompt):
+                    rows.append(slot)
         status = llama_cpp.llama_decode(self.ctx, batch)
         self.decodes += 1
         if status != 0:
