@@ -228,17 +228,17 @@ def decoding(decoder: Any, request: Any) -> tuple[int, list[int]]:
     return slot.seq, list(slot.tokens)
 
 
-async def seconds_until_freed(decoder: Any, seq: int, tokens: list[int], timeout: float = 2.0) -> float:
+async def seconds_until_freed(decoder: Any, seq: int, tokens: list[int], within: float = 2.0) -> float:
     """Seconds until no sequence holds ``tokens`` (a dropped job's prompt and output) and, unless
     another running job was moved into it, llama.cpp itself holds no cells for sequence ``seq``."""
     started = anyio.current_time()
-    while anyio.current_time() - started < timeout:
+    while anyio.current_time() - started < within:
         gone = all(slot.tokens[: len(tokens)] != tokens for slot in decoder.slots)
         slot = decoder.slots[seq]
         if gone and (slot.job is not None or decoder.cached_cells(seq) == len(slot.tokens) == 0):
             return anyio.current_time() - started
         await anyio.sleep(0.005)
-    raise AssertionError(f"sequence {seq} still holds the dropped job's cells after {timeout} s")
+    raise AssertionError(f"sequence {seq} still holds the dropped job's cells after {within} s")
 
 
 def start_ray(num_cpus: int = 2) -> Any:
