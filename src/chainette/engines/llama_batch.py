@@ -44,7 +44,6 @@ import contextlib
 import ctypes
 import queue
 import threading
-import time
 from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -113,7 +112,6 @@ class _Slot:
     """How many of ``job.prompt`` are in the cache."""
     row: int = -1
     """Row of this sequence's logits in the last decoded batch (-1: none)."""
-    used_at: float = 0.0
 
 
 class BatchDecoder:
@@ -297,7 +295,7 @@ class BatchDecoder:
             keep = min(own, len(job.prompt) - 1)
             self._forget(slot, keep)
             self._waiting.popleft()
-            slot.job, slot.fed, slot.used_at = job, keep, time.monotonic()
+            slot.job, slot.fed = job, keep
 
     def _copy(self, source: _Slot, target: _Slot) -> None:
         """Give ``target`` a copy of ``source``'s cache stream (llama.cpp copies it before the next decode)."""
@@ -321,7 +319,7 @@ class BatchDecoder:
                 return
             source, target = busy[-1], free[0]
             self._copy(source, target)
-            target.job, target.fed, target.used_at = source.job, source.fed, source.used_at
+            target.job, target.fed = source.job, source.fed
             source.job = None
             self._forget(source, 0)
             self.moves += 1
@@ -468,7 +466,7 @@ class BatchDecoder:
         job = slot.job
         assert job is not None
         slot.job = None
-        slot.used_at = time.monotonic()  # its cells stay: the next prompt may start the same way
+        # its cells stay: the next prompt may start the same way
         self._answer(job, completion)
 
     def _fail_running(self, text: str) -> None:
