@@ -28,7 +28,10 @@ Two more sections measure the default decoder (``grammar="llguidance"``, batched
 
 - ``batching``: the same one-step chain over ``--batch-n`` (64) requests with ``parallel=P``
   (``--parallel``, default 32) against ``parallel=1``: aggregate completion tokens/s, outputs
-  checked identical request by request. Goal >= 2x.
+  checked identical request by request. Goal >= 2x. Two answer shapes (``--shapes``): ``short``
+  (the overhead section's ``Answer``, about 20 tokens per answer, so that evaluating the prompts
+  is a large part of the work) and ``long`` (``Explained``: an answer and a few sentences of
+  explanation, about 100 tokens).
 - ``schema``: schema-bound against unconstrained decoding, through the engine, at the same
   ``parallel`` with the same messages (the chain's, rendered by ``render_messages``); completion
   tokens/s. Goal >= 0.9x.
@@ -36,6 +39,7 @@ Two more sections measure the default decoder (``grammar="llguidance"``, batched
     python benchmarks/engine.py                       # all three sections
     python benchmarks/engine.py --sections overhead --n 5 --repeat 3
     python benchmarks/engine.py --sections batching,schema --repeat 2
+    python benchmarks/engine.py --sections batching --shapes long
 """
 
 from __future__ import annotations
@@ -96,6 +100,18 @@ class Answer(BaseModel):
     category: Literal["science", "geography", "history", "culture", "other"]
 
 
+class Explained(BaseModel):
+    answer: str = Field(max_length=60)
+    explanation: str = Field(max_length=400)
+
+
+SHAPES: dict[str, tuple[type[BaseModel], str, int | None]] = {
+    # output model, system prompt, max_tokens (None: --max-tokens)
+    "short": (Answer, SYSTEM_PROMPT, None),
+    "long": (Explained, "Answer the question, then explain the answer in two or three sentences.", 256),
+}
+
+
 def questions(n: int) -> list[str]:
     return [
         QUESTIONS[i % len(QUESTIONS)] + (f" (#{i // len(QUESTIONS) + 1})" if i >= len(QUESTIONS) else "")
@@ -103,15 +119,16 @@ def questions(n: int) -> list[str]:
     ]
 
 
-def make_step(max_tokens: int) -> Step:
+def make_step(max_tokens: int, shape: str = "short") -> Step:
+    output_model, system_prompt, shape_max_tokens = SHAPES[shape]
     return Step(
         id="qa",
         input_model=Question,
-        output_model=Answer,
+        output_model=output_model,
         engine_name="bench",
-        system_prompt=SYSTEM_PROMPT,
+        system_prompt=system_prompt,
         user_prompt="Question: {{ text }}",
-        sampling=SamplingParams(temperature=0, max_tokens=max_tokens, seed=0),
+        sampling=SamplingParams(temperature=0, max_tokens=shape_max_tokens or max_tokens, seed=0),
     )
 
 
@@ -272,7 +289,7 @@ def child(args: argparse.Namespace) -> None:
     parallel = args.parallel if args.child in ("batched", "free", "schema") else None
     register_bench_engine(model, args, 1 if args.child == "one-at-a-time" else parallel)
     step, texts = (
-        make_step(args.max_tokens),
+        make_step(args.max_tokens, args.shape),
         questions(args.batch_n if args.child != "direct" and args.child != "chain" else args.n),
     )
     if args.child in ("free", "schema"):
@@ -319,7 +336,7 @@ def spawn(side: str, args: argparse.Namespace, quiet: bool = False) -> dict[str,
         str(args.max_tokens),
     ]
     cmd += ["--threads", str(args.threads), "--n-ctx", str(args.n_ctx), "--parallel", str(args.parallel)]
-    cmd += ["--batch-n", str(args.batch_n)]
+    cmd += ["--batch-n", str(args.batch_n), "--shape", args.shape]
     if args.model:
         cmd += ["--model", args.model]
     if args.no_fast_grammar:
@@ -356,9 +373,18 @@ def tokens_per_s(runs: list[dict[str, Any]]) -> float:
 
 
 def batching_section(args: argparse.Namespace) -> bool:
+    met = True
+    for shape in [s.strip() for s in args.shapes.split(",") if s.strip()]:
+        met = batching_shape(argparse.Namespace(**{**vars(args), "shape": shape})) and met
+    return met
+
+
+def batching_shape(args: argparse.Namespace) -> bool:
+    model, _, max_tokens = SHAPES[args.shape]
     print(
-        f"\n[batching] one-step chain, {args.batch_n} requests, llguidance grammar, "
-        f"parallel={args.parallel} against parallel=1 (each run a fresh process, model load excluded)"
+        f"\n[batching, {args.shape}: {model.__name__}, max_tokens {max_tokens or args.max_tokens}] one-step chain, "
+        f"{args.batch_n} requests, llguidance grammar, parallel={args.parallel} against parallel=1 "
+        "(each run a fresh process, model load excluded)"
     )
     alone, together = paired(args, "one-at-a-time", "batched")
     ratio = tokens_per_s(together) / tokens_per_s(alone)
@@ -367,8 +393,10 @@ def batching_section(args: argparse.Namespace) -> bool:
         i for run in alone[1:] + together for i, o in enumerate(run["outputs"]) if o != reference[i]
     }
     failures = sum(r["failures"] for r in alone + together)
+    tokens = alone[0]["tokens"]
     print(
-        f"  one-at-a-time {tokens_per_s(alone):8.1f} tok/s   batched {tokens_per_s(together):8.1f} tok/s (medians)"
+        f"  one-at-a-time {tokens_per_s(alone):8.1f} tok/s   batched {tokens_per_s(together):8.1f} tok/s (medians); "
+        f"{tokens / args.batch_n:.0f} completion tokens per answer"
     )
     print(f"  batched / one-at-a-time completion tokens/s = {ratio:.2f}")
     print(f"  GOAL {'MET' if ratio >= BATCH_GOAL else 'MISSED'}: {ratio:.2f} (goal >= {BATCH_GOAL})")
@@ -440,6 +468,12 @@ def main() -> None:
         "--batch-n", type=int, default=64, help="Requests in the batching and schema sections"
     )
     parser.add_argument(
+        "--shapes",
+        default=",".join(SHAPES),
+        help=f"Answer shapes of the batching section, from {', '.join(SHAPES)} (default: all)",
+    )
+    parser.add_argument("--shape", choices=list(SHAPES), default="short", help=argparse.SUPPRESS)
+    parser.add_argument(
         "--child",
         choices=["direct", "chain", "one-at-a-time", "batched", "free", "schema"],
         help=argparse.SUPPRESS,
@@ -450,6 +484,9 @@ def main() -> None:
         return
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)
+    bad_shapes = {s.strip() for s in args.shapes.split(",") if s.strip()} - set(SHAPES)
+    if bad_shapes:
+        parser.error(f"unknown shape(s) {', '.join(sorted(bad_shapes))}; choose from {', '.join(SHAPES)}")
     if unknown:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     total_started = time.perf_counter()

@@ -145,6 +145,50 @@ def test_answers_do_not_depend_on_what_was_cached_or_decoded_alongside() -> None
     assert answers(batched) == answers(first)
 
 
+FRUITS = ["apple", "banana", "cherry", "damson", "elderberry", "fig", "grape", "huckleberry"]
+LONG_LIST = "\n".join(f"{i}. {FRUITS[i % len(FRUITS)]} crate number {i * 7}" for i in range(1, 41))
+"""A prompt of some 400 tokens: past 256 cached cells (``llama_batch.SPLIT_KV_CELLS``)."""
+
+
+@pytest.mark.timeout(300)
+def test_a_long_request_alone_is_computed_as_beside_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bit-identical logits at every token for a request past 256 cached cells, alone and with a
+    twin decoded beside it. Breaks without the throw-away token (``SPLIT_KV_CELLS``): llama.cpp
+    computes a pass of one token of one long sequence with another attention kernel."""
+    from chainette.engines import llama_guidance
+
+    request = ChatRequest(
+        messages=(
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": f"{LONG_LIST}\n\nWhich fruit is in crate number 70?"},
+        ),
+        sampling=SamplingParams(temperature=0, max_tokens=8),
+    )
+    seen: dict[int, list[Any]] = {}
+    choose = llama_guidance.TokenChooser.choose
+
+    def recording(self: llama_guidance.TokenChooser, logits: Any) -> int:
+        seen.setdefault(id(self), []).append(logits.copy())
+        return choose(self, logits)
+
+    monkeypatch.setattr(llama_guidance.TokenChooser, "choose", recording)
+
+    async def run(engine: LlamaCppEngine, n: int) -> tuple[list[Completion], int]:
+        completions = await all_at_once(engine, [request] * n)
+        return completions, engine._decoders[0].throwaways
+
+    alone, throwaways = with_engine(lambda engine: run(engine, 1), parallel=1)
+    alone_logits = list(seen.values())[0]
+    seen.clear()
+    twins, _ = with_engine(lambda engine: run(engine, 2), parallel=2)
+    first_logits = list(seen.values())[0]  # the twin admitted first: never alone in a pass
+    assert alone[0].completion_tokens == 8 and answers(twins) == answers(alone) * 2
+    assert len(first_logits) == len(alone_logits)
+    for step, (a, b) in enumerate(zip(alone_logits, first_logits, strict=True)):
+        assert (a == b).all(), f"token {step}: logits differ by up to {abs(a - b).max()}"
+    assert throwaways >= len(alone_logits) - 1  # every token past the prompt was a lone pass
+
+
 @pytest.mark.timeout(300)
 def test_bounds_and_patterns_are_never_violated() -> None:
     prompts = [

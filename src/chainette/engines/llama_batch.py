@@ -76,6 +76,14 @@ tiled kernel, with other rounding, for 64 (``GGML_FA_TILE_Q``) or more query tok
 sequence in a batch; below that every token is computed the same way however its prompt is
 split, so an answer does not depend on what was cached or decoded alongside it."""
 
+SPLIT_KV_CELLS = 256
+"""Cells above which llama.cpp's CPU flash attention takes another path, with other rounding
+(it splits the cache over threads, ``use_split_kv_path``), for a pass that holds one token of
+one sequence and nothing else: the whole pass is that token once its sequence holds more than
+this many cells (``n_kv`` is padded to 256, the path starts at 512). Such a decode gets a
+second, throw-away token of the same sequence (:meth:`BatchDecoder._step`), so that a lone
+sequence is computed as it is beside others."""
+
 
 @dataclass(eq=False)
 class Job:
@@ -130,6 +138,7 @@ class BatchDecoder:
         verbose: bool = False,
     ) -> None:
         _logger.set_verbose(verbose)
+        n_batch = max(n_batch, parallel)  # room for one token of every sequence
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = n_gpu_layers
@@ -166,6 +175,8 @@ class BatchDecoder:
         """Prompt prefixes copied from another sequence's cache instead of evaluated."""
         self.moves = 0
         """Running jobs moved to a lower slot (see :meth:`_compact`)."""
+        self.throwaways = 0
+        """Decodes given a throw-away token (see :data:`SPLIT_KV_CELLS`)."""
         self._thread = threading.Thread(target=self._run, name="chainette-llama-decode", daemon=True)
         self._thread.start()
 
@@ -365,7 +376,10 @@ class BatchDecoder:
         batch.n_tokens = 0
         rows: list[_Slot] = []
         generating = [slot.job is not None and slot.fed == len(slot.job.prompt) for slot in self.slots]
-        budget = self.n_batch - sum(generating)  # each generating sequence's next token comes first
+        chunk = self._prompt_chunk(
+            [s for s, g in zip(self.slots, generating, strict=True) if s.job is not None and not g],
+            budget=self.n_batch - sum(generating),  # each generating sequence's next token comes first
+        )
         # in sequence order: llama.cpp decodes one token of each of consecutive sequences in one pass
         for slot, next_token in zip(self.slots, generating, strict=True):
             slot.row = -1
@@ -375,21 +389,58 @@ class BatchDecoder:
             if next_token:
                 self._add(slot, job.out[-1], logits=True)
                 rows.append(slot)
-            elif budget > 0:  # the next chunk of its prompt
-                end = min(len(job.prompt), slot.fed + budget, slot.fed + PROMPT_CHUNK)
+            else:  # the next chunk of its prompt
+                end = slot.fed + chunk
                 for position in range(slot.fed, end):
                     self._add(slot, job.prompt[position], logits=position == len(job.prompt) - 1)
-                budget -= end - slot.fed
                 slot.fed = end
                 if end == len(job.prompt):
                     rows.append(slot)
+        # one token in all: one sequence, whose next token the throw-away one follows (SPLIT_KV_CELLS)
+        lone = next(slot for slot in self.slots if slot.job is not None) if batch.n_tokens == 1 else None
+        if lone is not None and len(lone.tokens) > SPLIT_KV_CELLS:
+            self._add_throwaway(lone)
+        else:
+            lone = None
         status = llama_cpp.llama_decode(self.ctx, batch)
         self.decodes += 1
+        if lone is not None:  # free the throw-away token's cell
+            llama_cpp.llama_memory_seq_rm(self.memory, lone.seq, len(lone.tokens), -1)
+            self.throwaways += 1
         if status != 0:
             self._fail_running(f"llama_cpp: llama_decode returned {status}")
             return
         for slot in rows:
             self._advance(slot)
+
+    @staticmethod
+    def _prompt_chunk(feeding: list[_Slot], budget: int) -> int:
+        """Prompt tokens each sequence still evaluating its prompt gets this turn: the same for all.
+
+        llama.cpp decodes the batch in passes, each taking as many tokens from every sequence
+        of a run of consecutive ones as the shortest can give: first one token of every
+        sequence (the generating ones have just one), then the rest of the prompt chunks. With
+        equal chunks of 1 or at least 3 tokens no pass holds a single token of a single
+        sequence (see :data:`SPLIT_KV_CELLS`), and at most :data:`PROMPT_CHUNK`.
+        """
+        if not feeding:
+            return 0
+        chunk = min(
+            PROMPT_CHUNK,
+            budget // len(feeding),
+            min(len(slot.job.prompt) - slot.fed for slot in feeding if slot.job is not None),
+        )
+        return 1 if chunk == 2 else chunk
+
+    def _add_throwaway(self, slot: _Slot) -> None:
+        """A token after the last one of ``slot``'s sequence, no logits, not kept in ``tokens``."""
+        batch, i = self.batch, self.batch.n_tokens
+        batch.token[i] = batch.token[i - 1]
+        batch.pos[i] = len(slot.tokens)
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = slot.seq
+        batch.logits[i] = False
+        batch.n_tokens = i + 1
 
     def _add(self, slot: _Slot, token: int, *, logits: bool) -> None:
         batch, i = self.batch, self.batch.n_tokens
