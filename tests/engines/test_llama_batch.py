@@ -178,10 +178,10 @@ def test_a_long_request_alone_is_computed_as_beside_another(monkeypatch: pytest.
         return completions, engine._decoders[0].throwaways
 
     alone, throwaways = with_engine(lambda engine: run(engine, 1), parallel=1)
-    alone_logits = list(seen.values())[0]
+    alone_logits = next(iter(seen.values()))
     seen.clear()
     twins, _ = with_engine(lambda engine: run(engine, 2), parallel=2)
-    first_logits = list(seen.values())[0]  # the twin admitted first: never alone in a pass
+    first_logits = next(iter(seen.values()))  # the twin admitted first: never alone in a pass
     assert alone[0].completion_tokens == 8 and answers(twins) == answers(alone) * 2
     assert len(first_logits) == len(alone_logits)
     for step, (a, b) in enumerate(zip(alone_logits, first_logits, strict=True)):
