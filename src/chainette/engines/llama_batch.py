@@ -420,8 +420,10 @@ class BatchDecoder:
         llama.cpp decodes the batch in passes, each taking as many tokens from every sequence
         of a run of consecutive ones as the shortest can give: first one token of every
         sequence (the generating ones have just one), then the rest of the prompt chunks. With
-        equal chunks of 1 or at least 3 tokens no pass holds a single token of a single
-        sequence (see :data:`SPLIT_KV_CELLS`), and at most :data:`PROMPT_CHUNK`.
+        equal chunks of 1 or at least 3 tokens (at most :data:`PROMPT_CHUNK`), only a batch of
+        one token in all is a pass of a single token of a single sequence (see
+        :data:`SPLIT_KV_CELLS`). The shortest remaining prompt sets the pace: a long prompt
+        admitted beside short ones waits a few more turns, the work stays the same.
         """
         if not feeding:
             return 0
