@@ -27,8 +27,8 @@ decoder the direct side can reproduce.
 Two more sections measure the default decoder (``grammar="llguidance"``, batched):
 
 - ``batching``: the same one-step chain over ``--batch-n`` (64) requests with ``parallel=P``
-  (``--parallel``, default 64: every request in one batch) against ``parallel=1``: aggregate completion tokens/s, outputs
-  checked identical request by request. Goal >= 2x. Two answer shapes (``--shapes``): ``short``
+  (``--parallel``, default 64: every request in one batch) against ``parallel=1``: aggregate
+  completion tokens/s, outputs checked identical request by request. Goal >= 2x. Two answer shapes (``--shapes``): ``short``
   (the overhead section's ``Answer``, about 20 tokens per answer, so that evaluating the prompts
   is a large part of the work) and ``long`` (``Explained``: an answer and a few sentences of
   explanation, about 100 tokens).
@@ -368,13 +368,18 @@ def paired(
     return runs[base], runs[other]
 
 
+def names(text: str) -> list[str]:
+    """The items of a comma-separated option."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def tokens_per_s(runs: list[dict[str, Any]]) -> float:
     return statistics.median(r["tokens"] / r["seconds"] for r in runs)
 
 
 def batching_section(args: argparse.Namespace) -> bool:
     met = True
-    for shape in [s.strip() for s in args.shapes.split(",") if s.strip()]:
+    for shape in names(args.shapes):
         met = batching_shape(argparse.Namespace(**{**vars(args), "shape": shape})) and met
     return met
 
@@ -393,10 +398,9 @@ def batching_shape(args: argparse.Namespace) -> bool:
         i for run in alone[1:] + together for i, o in enumerate(run["outputs"]) if o != reference[i]
     }
     failures = sum(r["failures"] for r in alone + together)
-    tokens = alone[0]["tokens"]
     print(
         f"  one-at-a-time {tokens_per_s(alone):8.1f} tok/s   batched {tokens_per_s(together):8.1f} tok/s (medians); "
-        f"{tokens / args.batch_n:.0f} completion tokens per answer"
+        f"{alone[0]['tokens'] / alone[0]['requests']:.0f} completion tokens per request sent"
     )
     print(f"  batched / one-at-a-time completion tokens/s = {ratio:.2f}")
     print(f"  GOAL {'MET' if ratio >= BATCH_GOAL else 'MISSED'}: {ratio:.2f} (goal >= {BATCH_GOAL})")
@@ -482,9 +486,9 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    sections = names(args.sections)
     unknown = set(sections) - set(SECTIONS)
-    bad_shapes = {s.strip() for s in args.shapes.split(",") if s.strip()} - set(SHAPES)
+    bad_shapes = set(names(args.shapes)) - set(SHAPES)
     if bad_shapes:
         parser.error(f"unknown shape(s) {', '.join(sorted(bad_shapes))}; choose from {', '.join(SHAPES)}")
     if unknown:

@@ -396,12 +396,12 @@ class BatchDecoder:
                 slot.fed = end
                 if end == len(job.prompt):
                     rows.append(slot)
-        # one token in all: one sequence, whose next token the throw-away one follows (SPLIT_KV_CELLS)
-        lone = next(slot for slot in self.slots if slot.job is not None) if batch.n_tokens == 1 else None
-        if lone is not None and len(lone.tokens) > SPLIT_KV_CELLS:
-            self._add_throwaway(lone)
-        else:
-            lone = None
+        lone = None  # one token in all, of a long sequence: a throw-away one follows (SPLIT_KV_CELLS)
+        if batch.n_tokens == 1:
+            (busy,) = [slot for slot in self.slots if slot.job is not None]
+            if len(busy.tokens) > SPLIT_KV_CELLS:
+                lone = busy
+                self._add(lone, batch.token[0], logits=False, keep=False)
         status = llama_cpp.llama_decode(self.ctx, batch)
         self.decodes += 1
         if lone is not None:  # free the throw-away token's cell
@@ -434,17 +434,8 @@ class BatchDecoder:
         )
         return 1 if chunk == 2 else chunk
 
-    def _add_throwaway(self, slot: _Slot) -> None:
-        """A token after the last one of ``slot``'s sequence, no logits, not kept in ``tokens``."""
-        batch, i = self.batch, self.batch.n_tokens
-        batch.token[i] = batch.token[i - 1]
-        batch.pos[i] = len(slot.tokens)
-        batch.n_seq_id[i] = 1
-        batch.seq_id[i][0] = slot.seq
-        batch.logits[i] = False
-        batch.n_tokens = i + 1
-
-    def _add(self, slot: _Slot, token: int, *, logits: bool) -> None:
+    def _add(self, slot: _Slot, token: int, *, logits: bool, keep: bool = True) -> None:
+        """Put ``token`` in the batch after ``slot``'s cached tokens (``keep``: and count it as one)."""
         batch, i = self.batch, self.batch.n_tokens
         batch.token[i] = token
         batch.pos[i] = len(slot.tokens)
@@ -454,7 +445,8 @@ class BatchDecoder:
         if logits:
             slot.row = i
         batch.n_tokens = i + 1
-        slot.tokens.append(token)
+        if keep:
+            slot.tokens.append(token)
 
     def _advance(self, slot: _Slot) -> None:
         job = slot.job
