@@ -88,6 +88,21 @@ def test_runs_compare_lists_the_changed_case_with_both_outputs_and_the_deltas(re
     assert "engine: calc → sloppy" in out and "cost $0.0000 → $0.0000" in out
 
 
+def test_runs_compare_json_holds_the_same_deltas_cases_and_config_as_the_table(recorded: Path) -> None:
+    code, out, _ = runs("compare", "a", "b", "--root", str(recorded), "--json")
+    assert code == 0, out
+    diff = json.loads(out)
+    assert (diff["a"]["id"], diff["b"]["id"]) == ("a", "b")
+    assert (diff["a"]["pass_rate"], diff["b"]["pass_rate"]) == (0.5, 0.25)
+    assert diff["pass_rate_delta"] == pytest.approx(-0.25)
+    assert [(c["id"], c["status_a"], c["status_b"]) for c in diff["changed"]] == [("mul", "pass", "fail")]
+    assert diff["changed"][0]["output_a"] == {"answer": 6.0} and diff["changed"][0]["output_b"] == {
+        "answer": 7.0
+    }
+    assert diff["config_diff"]["engine"] == {"a": "calc", "b": "sloppy"}
+    assert diff["only_a"] == [] and diff["only_b"] == []
+
+
 def test_runs_rerun_replays_the_run_from_the_ledger_without_engine_calls(recorded: Path) -> None:
     out_dir = recorded / "a-again"
     code, out, err = runs("rerun", "a", "--root", str(recorded), "-o", str(out_dir))

@@ -307,12 +307,17 @@ def compare(
     a: str = typer.Argument(..., help="Run A (the baseline)."),
     b: str = typer.Argument(..., help="Run B."),
     root: Path = RootOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """What changed from run A to run B: pass rate, cases (with both outputs), cost, time, config.
 
     [dim]Example:[/]  chainette runs compare calc-1 calc-2
+    [dim]Example:[/]  chainette runs compare calc-1 calc-2 --json
     """
     diff = compare_runs(_load(a, root), _load(b, root))
+    if as_json:
+        _print_json(diff.as_dict())
+        return
     out = _out()
     delta = "" if diff.pass_rate_delta is None else f" ({diff.pass_rate_delta * 100:+.1f} pts)"
     out.print(f"pass rate {_rate(diff.a.pass_rate)} → {_rate(diff.b.pass_rate)}{delta}")

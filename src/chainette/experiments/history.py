@@ -136,6 +136,41 @@ class RunComparison:
     config_diff: dict[str, tuple[Any, Any]]
     """Dotted key → (value in A, value in B); a key missing on one side has ``None`` there."""
 
+    def as_dict(self) -> dict[str, Any]:
+        """The comparison as plain JSON values (what ``chainette runs compare --json`` prints)."""
+
+        def side(run: RunRecord) -> dict[str, Any]:
+            return {
+                "id": run.id,
+                "path": str(run.path),
+                "pass_rate": run.pass_rate,
+                "cost_usd": run.cost_usd,
+                "duration_s": run.duration_s,
+            }
+
+        return {
+            "a": side(self.a),
+            "b": side(self.b),
+            "pass_rate_delta": self.pass_rate_delta,
+            "cost_delta": self.cost_delta,
+            "duration_delta": self.duration_delta,
+            "changed": [
+                {
+                    "id": c.id,
+                    "status_a": c.status_a,
+                    "status_b": c.status_b,
+                    "output_a": c.output_a,
+                    "output_b": c.output_b,
+                    "duration_delta": c.duration_delta,
+                    "cost_delta": c.cost_delta,
+                }
+                for c in self.changed
+            ],
+            "only_a": list(self.only_a),
+            "only_b": list(self.only_b),
+            "config_diff": {key: {"a": va, "b": vb} for key, (va, vb) in self.config_diff.items()},
+        }
+
 
 def list_runs(root: str | Path = "runs") -> list[RunRecord]:
     """Every experiment run folder under ``root``, newest first.
