@@ -88,22 +88,7 @@ def list_command(root: Path = RootOpt, as_json: bool = JsonOpt) -> None:
     """
     runs = list_runs(root)
     if as_json:
-        _print_json(
-            [
-                {
-                    "id": r.id,
-                    "path": str(r.path),
-                    "started_at": r.started_at,
-                    "experiment": r.experiment,
-                    "suite": (r.data.get("suite") or {}).get("path"),
-                    "pass_rate": r.pass_rate,
-                    "cases": r.totals.get("cases", len(r.cases)),
-                    "cost_usd": r.cost_usd,
-                    "duration_s": r.duration_s,
-                }
-                for r in runs
-            ]
-        )
+        _print_json([r.summary() for r in runs])
         return
     out = _out()
     if not runs:

@@ -88,6 +88,20 @@ class RunRecord:
     def cases(self) -> list[dict[str, Any]]:
         return list(self.data.get("cases") or [])
 
+    def summary(self) -> dict[str, Any]:
+        """The run in a line of plain JSON values (``runs list --json``, both sides of ``runs compare --json``)."""
+        return {
+            "id": self.id,
+            "path": str(self.path),
+            "started_at": self.started_at,
+            "experiment": self.experiment,
+            "suite": (self.data.get("suite") or {}).get("path"),
+            "pass_rate": self.pass_rate,
+            "cases": self.totals.get("cases", len(self.cases)),
+            "cost_usd": self.cost_usd,
+            "duration_s": self.duration_s,
+        }
+
     def case(self, case_id: str) -> dict[str, Any] | None:
         return next((c for c in self.cases if c.get("id") == case_id), None)
 
@@ -138,19 +152,9 @@ class RunComparison:
 
     def as_dict(self) -> dict[str, Any]:
         """The comparison as plain JSON values (what ``chainette runs compare --json`` prints)."""
-
-        def side(run: RunRecord) -> dict[str, Any]:
-            return {
-                "id": run.id,
-                "path": str(run.path),
-                "pass_rate": run.pass_rate,
-                "cost_usd": run.cost_usd,
-                "duration_s": run.duration_s,
-            }
-
         return {
-            "a": side(self.a),
-            "b": side(self.b),
+            "a": self.a.summary(),
+            "b": self.b.summary(),
             "pass_rate_delta": self.pass_rate_delta,
             "cost_delta": self.cost_delta,
             "duration_delta": self.duration_delta,
