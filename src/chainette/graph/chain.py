@@ -1,6 +1,8 @@
 """``ChainGraph``: what a chain is (its nodes in order; an inner list holds parallel branches).
 
-Running it is not this layer's business: :class:`chainette.Chain` (``chainette/pipeline.py``)
+It sits on top of ``graph/``: it imports the node kinds and the checks, and none of them
+imports it (they know a chain as :class:`~chainette.graph.contract.ChainBase`). Running it is not
+this layer's business: :class:`chainette.Chain` (``chainette/pipeline.py``)
 is a ``ChainGraph`` that can also ``run``; the runtime and the CLI take any ``ChainGraph``.
 """
 
@@ -9,21 +11,18 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
-
-from pydantic import BaseModel
+from typing import Any, Self
 
 from .._errors import ChainDefinitionError
+from .branch import Branch
 from .checks import CheckReport, check_chain
-from .nodes import Branch, Node, as_node, spliced
-
-if TYPE_CHECKING:
-    from .subflow import Subflow
+from .contract import ChainBase, Node, as_node, spliced
+from .subflow import Subflow
 
 __all__ = ["ChainGraph"]
 
 
-class ChainGraph:
+class ChainGraph(ChainBase):
     """A typed LLM pipeline, as a graph: what :class:`chainette.Chain` is, without running it
     (the arguments are documented there)."""
 
@@ -70,23 +69,16 @@ class ChainGraph:
     def from_yaml(cls, path: str | Path) -> Self:
         """A chain written in YAML (see :mod:`chainette.graph.yaml_chain` for the format); engines
         the file defines are registered."""
-        from .yaml_chain import read_chain_yaml
+        from .yaml_chain import read_chain_yaml  # here: PyYAML is imported only for YAML chains
 
-        name, steps, options = read_chain_yaml(path)
+        name, steps, options = read_chain_yaml(path, make_chain=ChainGraph)
         return cls(name, steps, **options)
 
     def as_node(self, id: str | None = None, *, name: str | None = None) -> Subflow:
         """This chain as one node of another chain (a subflow), under ``id`` (default: the chain's
         name): typed by its first input and last output; the same chain may appear several times
         under different ids. See :class:`chainette.Subflow`."""
-        from .subflow import Subflow
-
         return Subflow(id or self.name, self, name=name)
-
-    @property
-    def input_model(self) -> type[BaseModel] | None:
-        """The model each input record is validated into (the first node's input model)."""
-        return self.items[0].input_model
 
     def walk(self) -> Iterator[Node]:
         """Every node, containers included, depth first in definition order."""

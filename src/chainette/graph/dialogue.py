@@ -9,7 +9,7 @@ merged into one (separated by a blank line), so roles always alternate: some cha
 (Mistral's, for one) refuse two user messages in a row, and one form for every engine keeps
 ledger keys the same whichever engine answers.
 
-Each agent's turns run as an internal :class:`~chainette.graph.nodes.Step` (id
+Each agent's turns run as an internal :class:`~chainette.graph.step.Step` (id
 ``<dialogue>.<agent>``, not written), so every turn is one ledger-keyed request with the step's
 dedup, re-asks and failure handling; those ids carry the agents' request, token and cache
 counters in ``metadata.json``.
@@ -17,22 +17,20 @@ counters in ``metadata.json``.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import jinja2
 from pydantic import BaseModel, Field, create_model
 
-from .._errors import ChainDefinitionError, TemplateError, UnknownEngineError
+from .._errors import ChainDefinitionError, TemplateError
 from ..engines.base import SamplingParams
-from ..engines.registry import unknown_engine_message
-from .nodes import Node, Step, _check_id, _wants_record
+from .contract import Checker, Node, Scope
+from .hints import wants_record
+from .ids import check_id
+from .references import check_reference
+from .step import Step
 from .templates import Template
-
-if TYPE_CHECKING:
-    from .checks import Checker, Scope
 
 __all__ = ["DEFAULT_MAX_TURNS", "Agent", "AgentStep", "Dialogue", "StopReason", "Transcript", "Turn"]
 
@@ -117,7 +115,7 @@ class Agent:
         max_reasks: int = 2,
         max_chars: int | None = None,
     ) -> None:
-        self.name = _check_id(name, "Agent")
+        self.name = check_id(name, "Agent")
         if output_model is not None and not (
             isinstance(output_model, type) and issubclass(output_model, BaseModel)
         ):
@@ -268,7 +266,7 @@ class Dialogue(Node):
         name: str | None = None,
         write: bool = True,
     ) -> None:
-        self.id = _check_id(id, "Dialogue")
+        self.id = check_id(id, "Dialogue")
         self.name = name or id
         self.agents = list(agents)
         if len(self.agents) < 2 or not all(isinstance(a, Agent) for a in self.agents):
@@ -302,7 +300,7 @@ class Dialogue(Node):
                 f"Dialogue {id!r}: turns={turns} exceeds max_turns={self.max_turns}; raise max_turns."
             )
         self.until = until
-        self.until_wants_record = until is not None and _wants_record(until)
+        self.until_wants_record = until is not None and wants_record(until)
         if input_model is not None and not (
             isinstance(input_model, type) and issubclass(input_model, BaseModel)
         ):
@@ -329,11 +327,7 @@ class Dialogue(Node):
     ) -> type[BaseModel] | None:
         checker.check_input(self, self.input_model, current, prev)
         for agent in self.agents:
-            if checker.check_engines and not checker.engine_known(agent.engine_name):
-                where = f"Dialogue {self.id!r} agent {agent.name!r}"
-                checker.add(
-                    "error", self, unknown_engine_message(agent.engine_name, where), UnknownEngineError
-                )
+            checker.check_engine(self, agent.engine_name, f"Dialogue {self.id!r} agent {agent.name!r}")
         model = self.input_model or current
         unknown: list[str] = []
         templates = [(f"agent {a.name!r} system_prompt", a.system_template) for a in self.agents]
@@ -356,22 +350,12 @@ class Dialogue(Node):
         """The step's reference check, reported as this dialogue's. The record's fields are
         ``model``'s; with no model known, the names that are no earlier output are returned
         (left to run time)."""
-        probe = copy.copy(self.steps[0])
-        probe.id = self.id
-        probe.input_model = model or BaseModel
-        start = len(checker.report.issues)
         unknown = []
         for ref in template.references:
             if model is None and ref.name not in scope and ref.name not in checker.placement:
                 unknown.append(str(ref))
                 continue
-            checker.check_reference(probe, which, ref, scope)
-        issues = checker.report.issues
-        head = f"Step {self.id!r} {which}"
-        for k in range(start, len(issues)):
-            issues[k] = replace(
-                issues[k], message=issues[k].message.replace(head, f"Dialogue {self.id!r} {which}", 1)
-            )
+            check_reference(checker, self, f"Dialogue {self.id!r} {which}", model or BaseModel, ref, scope)
         return unknown
 
     def describe(self) -> dict[str, Any]:

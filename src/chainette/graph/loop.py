@@ -30,8 +30,11 @@ from jinja2 import nodes as jnodes
 from pydantic import BaseModel
 
 from .._errors import ChainDefinitionError, IncompatibleStepsError
-from .checks import Checker, CheckReport, Issue, Scope
-from .nodes import Node, Step, _check_id, _wants_record, as_node
+from .contract import Checker, Node, Scope, as_node
+from .hints import wants_record
+from .ids import check_id
+from .issues import CheckReport, Issue
+from .step import Step
 from .templates import Reference
 
 __all__ = ["DEFAULT_MAX_ITERATIONS", "Loop", "LoopState", "Repeat", "StopReason", "While"]
@@ -140,7 +143,7 @@ class Loop(Node):
         on_budget: OnBudget = "stop",
         name: str | None = None,
     ) -> None:
-        self.id = _check_id(id, "Loop")
+        self.id = check_id(id, "Loop")
         self.name = name or id
         items = list(body) if isinstance(body, (list, tuple)) else [body]
         if not items:
@@ -179,8 +182,8 @@ class Loop(Node):
         self.on_budget: OnBudget = on_budget
         self.condition = condition
         self.until = until
-        self.condition_wants_record = condition is not None and _wants_record(condition)
-        self.until_wants_record = until is not None and _wants_record(until)
+        self.condition_wants_record = condition is not None and wants_record(condition)
+        self.until_wants_record = until is not None and wants_record(until)
         self.times = times
         self.max_iterations = max_iterations
         self.cap = times if times is not None else (max_iterations or DEFAULT_MAX_ITERATIONS)

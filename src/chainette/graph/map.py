@@ -15,16 +15,14 @@ import difflib
 import re
 from collections.abc import Callable, Sequence
 from collections.abc import Sequence as AbcSequence
-from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, Field, create_model
 
 from .._errors import ChainDefinitionError
-from .checks import _unwrap_optional
-from .nodes import Node, _check_id, _wants_record, as_node
-
-if TYPE_CHECKING:
-    from .checks import Checker, Scope
+from .contract import Checker, Node, Scope, as_node
+from .hints import unwrap_optional, wants_record
+from .ids import check_id
 
 __all__ = ["Collected", "Map"]
 
@@ -110,7 +108,7 @@ class Map(Node):
         input_model: type[BaseModel] | None = None,
         name: str | None = None,
     ) -> None:
-        self.id = _check_id(id, "Map")
+        self.id = check_id(id, "Map")
         self.name = name or id
         nodes = list(body) if isinstance(body, (list, tuple)) else [body]
         if not nodes:
@@ -132,7 +130,7 @@ class Map(Node):
                 f"{', '.join(map(repr, CHILD_FAILURE_BEHAVIOURS))}, got {on_child_failure!r}."
             )
         self.over = over
-        self.over_wants_record = callable(over) and _wants_record(over)
+        self.over_wants_record = callable(over) and wants_record(over)
         self.join_k = join_k
         self.on_child_failure: OnChildFailure = on_child_failure
         self.child_batch = child_batch
@@ -195,7 +193,7 @@ class Map(Node):
                 f"{', '.join(fields) or 'none'}).{hint} Name a list field, or pass over=fn(value) returning the list.",
             )
             return None
-        annotation = _unwrap_optional(fields[self.over].annotation)
+        annotation = unwrap_optional(fields[self.over].annotation)
         if get_origin(annotation) not in _LISTS and annotation not in _LISTS:
             shown = getattr(annotation, "__name__", str(annotation))
             checker.add(

@@ -12,15 +12,15 @@ takes each, as ``<id>.<route>``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 
 from .._errors import ChainDefinitionError
-from .nodes import Branch, Node, _check_id, _wants_record
-
-if TYPE_CHECKING:
-    from .checks import Checker, Scope
+from .branch import Branch
+from .contract import Checker, Node, Scope
+from .hints import wants_record
+from .ids import check_id
 
 __all__ = ["Route", "Router"]
 
@@ -90,7 +90,7 @@ class Router(Node):
         fan_out: bool = False,
         name: str | None = None,
     ) -> None:
-        self.id = _check_id(id, "Router")
+        self.id = check_id(id, "Router")
         self.name = name or id
         if not routes:
             raise ChainDefinitionError(f"Router {id!r} has no routes.")
@@ -115,7 +115,7 @@ class Router(Node):
                 f"Router {id!r}: on_no_match must be 'fail' or 'filter', got {on_no_match!r}."
             )
         self.by = by
-        self.by_wants_record = callable(by) and _wants_record(by)
+        self.by_wants_record = callable(by) and wants_record(by)
         self.default = None if default is None else self._name_of(default)
         self.on_no_match: NoMatch = on_no_match
         self.fan_out = fan_out

@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ChainDefinitionError
-from .nodes import Node, _check_id
+from .contract import Checker, Node, Scope
+from .ids import check_id
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
-
-    from .checks import Checker, Scope
 
 __all__ = ["Shuffle", "StreamOp", "Take", "shuffle", "take"]
 
@@ -27,7 +26,7 @@ class StreamOp(Node):
     whole_stream = True
 
     def __init__(self, id: str, name: str | None) -> None:
-        self.id = _check_id(id, self.kind)
+        self.id = check_id(id, self.kind)
         self.name = name or id
         self.input_model = None
         self.output_model = None

@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 
 from .._errors import ChainDefinitionError
-from .nodes import Node, _check_id
-
-if TYPE_CHECKING:
-    from .chain import ChainGraph
-    from .checks import Checker, Scope
+from .contract import ChainBase, Checker, Node, Scope
+from .ids import check_id
 
 __all__ = ["Subflow"]
 
@@ -54,8 +51,8 @@ class Subflow(Node):
     counts_records = True
     opens_scope = True
 
-    def __init__(self, id: str, chain: ChainGraph, *, name: str | None = None) -> None:
-        self.id = _check_id(id, "Subflow")
+    def __init__(self, id: str, chain: ChainBase, *, name: str | None = None) -> None:
+        self.id = check_id(id, "Subflow")
         self.name = name or id
         if not hasattr(chain, "items") or not hasattr(chain, "walk"):
             raise ChainDefinitionError(f"Subflow {id!r}: expected a Chain, got {chain!r}.")

@@ -51,17 +51,25 @@ from pydantic import BaseModel, ValidationError
 from .._errors import ChainDefinitionError, ChainetteError
 from ..engines.base import SamplingParams
 from ..engines.registry import engines_from
+from .apply import Apply
+from .branch import Branch, Parallel
+from .contract import ChainBase, Node
 from .loop import Loop
 from .map import Map
-from .nodes import Apply, Branch, Node, Parallel, Step
 from .policy import Backoff, NodePolicy
 from .router import Router
+from .step import Step
 from .stream_ops import Shuffle, Take
 from .subflow import Subflow
 
 __all__ = ["KINDS", "YamlChainError", "on_sys_path", "read_chain_yaml"]
 
 CHAIN_KEYS = ("name", "batch_size", "emoji", "imports", "engines", "steps")
+
+MakeChain = Callable[..., ChainBase]
+"""Builds a chain from ``(name, nodes, **options)``: ``ChainGraph``, handed in by
+``ChainGraph.from_yaml`` (the chain sits above this module, which builds a chain only for a
+subflow written as another YAML file)."""
 
 
 class YamlChainError(ChainDefinitionError):
@@ -71,9 +79,12 @@ class YamlChainError(ChainDefinitionError):
 class _Reader:
     """Resolves names for one YAML file and builds its nodes."""
 
-    def __init__(self, path: Path, imports: list[str], within: tuple[Path, ...] = ()) -> None:
+    def __init__(
+        self, path: Path, imports: list[str], make_chain: MakeChain, within: tuple[Path, ...] = ()
+    ) -> None:
         self.path = path
         self.imports = imports
+        self.make_chain = make_chain
         self.within = within
         """The files whose subflows led here (a file may not use itself)."""
         self._modules: dict[str, ModuleType] = {}
@@ -345,10 +356,8 @@ def _subflow(r: _Reader, spec: Any, where: str) -> Node:
         path = (r.path.parent / ref).resolve()
         if path in (*r.within, r.path.resolve()):
             raise r.fail(f"{where}.chain", f"{ref!r} uses itself as a subflow (through {r.path.name}).")
-        name, nodes, options = _read(path, (*r.within, r.path.resolve()))
-        from .chain import ChainGraph  # here: chain.py imports this module when reading YAML
-
-        chain = ChainGraph(name, nodes, **options)
+        name, nodes, options = _read(path, r.make_chain, (*r.within, r.path.resolve()))
+        chain = r.make_chain(name, nodes, **options)
     else:
         chain = r.obj(ref, f"{where}.chain")
         if not hasattr(chain, "as_node"):
@@ -371,13 +380,18 @@ KINDS: dict[str, Callable[[_Reader, Any, str], Node]] = {
 """YAML node kind → ``build(reader, spec, where) -> Node``."""
 
 
-def read_chain_yaml(path: str | Path) -> tuple[str, list[Node | list[Branch]], dict[str, Any]]:
+def read_chain_yaml(
+    path: str | Path, *, make_chain: MakeChain
+) -> tuple[str, list[Node | list[Branch]], dict[str, Any]]:
     """Read a YAML chain file: its name, its nodes and the other chain options (``batch_size``,
-    ``emoji``). Engines it defines are registered. Raises :class:`YamlChainError`."""
-    return _read(Path(path), ())
+    ``emoji``). Engines it defines are registered; a subflow naming another YAML file becomes a
+    chain built with ``make_chain``. Raises :class:`YamlChainError`."""
+    return _read(Path(path), make_chain, ())
 
 
-def _read(path: Path, within: tuple[Path, ...]) -> tuple[str, list[Node | list[Branch]], dict[str, Any]]:
+def _read(
+    path: Path, make_chain: MakeChain, within: tuple[Path, ...]
+) -> tuple[str, list[Node | list[Branch]], dict[str, Any]]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -398,7 +412,7 @@ def _read(path: Path, within: tuple[Path, ...]) -> tuple[str, list[Node | list[B
         raise YamlChainError(f"{path}: 'imports' must be a list of module names, got {imports!r}.")
     if data.get("engines"):
         engines_from({"engines": data["engines"]}, str(path))
-    reader = _Reader(path, imports, within)
+    reader = _Reader(path, imports, make_chain, within)
     nodes = reader.nodes(data["steps"], "steps")
     options = {k: data[k] for k in ("batch_size", "emoji") if k in data}
     return str(data.get("name") or path.stem), nodes, options
