@@ -46,6 +46,57 @@ def test_scrub_text_masks_credentials_in_urls_and_headers(text: str, expected: s
     assert scrub_text(text) == expected
 
 
+# made-up credentials of real shapes: an Azure Functions key (base64), an OpenAI key, a JWT, a hex key
+AZURE_CODE = "aZ3kQ9vR2mXp7LwT0bNc5YhJ8dFs1GqE4uVo6iKy-Ab3Cd=="
+SK_KEY = "sk-proj-Xy7Qm2LpR9tV4kZs8NwB"
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+HEX_KEY = "3f9a1c7e5b2d4f6a8c0e1b3d5f7a9c2e"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        # Azure Functions' key parameter, by name, whatever the value looks like
+        ("https://fn.azurewebsites.net/api/qa?code=abc123", "https://fn.azurewebsites.net/api/qa?code=***"),
+        (
+            f"https://fn.azurewebsites.net/api/qa?code={AZURE_CODE}&page=2",
+            "https://fn.azurewebsites.net/api/qa?code=***&page=2",
+        ),
+        # values of a secret shape, whatever the parameter is called
+        (f"https://h/v1?x={SK_KEY}&page=2", "https://h/v1?x=***&page=2"),
+        (f"https://h/v1?jwt_value={JWT}", "https://h/v1?jwt_value=***"),
+        (f"https://h/v1?q={HEX_KEY}", "https://h/v1?q=***"),
+        (f"https://h/v1?id=1&s={AZURE_CODE}", "https://h/v1?id=1&s=***"),
+    ],
+)
+def test_query_values_of_a_secret_name_or_shape_are_masked(url: str, expected: str) -> None:
+    assert scrub_text(f"HTTP 401 from {url}") == f"HTTP 401 from {expected}"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://h/openai/deployments/gpt-4o/chat?api-version=2024-02-01",
+        "https://h/v1/items?page=2&per_page=50&sort=created_at&order=desc",
+        "https://h/v1?model=gpt-4o-mini-2024-07-18&stream=true",
+        "https://h/v1?model=TheBloke/Llama-2-7B-Chat-GGUF&revision=main",
+        "https://h/v1?deployment=MyDeployment2024Prod&q=hello%20world",
+        "https://h/v1?status_code=404&since=2024-02-01T10:00:00Z",
+    ],
+)
+def test_ordinary_query_values_stay_readable(url: str) -> None:
+    assert scrub_text(url) == url
+
+
+def test_a_secret_shaped_query_value_is_remembered_and_masked_in_free_text() -> None:
+    remember_secrets({"base_url": f"https://fn.azurewebsites.net/api/qa?code={AZURE_CODE}"})
+    assert scrub_text(f"server said: key {AZURE_CODE} is revoked") == "server said: key *** is revoked"
+
+
+def test_code_is_secret_only_as_a_query_parameter() -> None:
+    assert scrub({"status_code": 404, "code": "E42"}) == {"status_code": 404, "code": "E42"}
+
+
 def test_a_remembered_secret_is_masked_wherever_it_appears() -> None:
     remember_secrets({"extra_body": {"api_key": KEY}})
     assert scrub_text(f'server said: invalid key "{KEY}"') == 'server said: invalid key "***"'

@@ -8,9 +8,12 @@ hold them. Every one of those goes through this module:
 
 - :func:`scrub` masks the values of secret-looking keys at any depth of dicts and lists, and
   cleans every string with :func:`scrub_text` (engine options, ``serve.client``);
-- :func:`scrub_text` masks URL passwords (``user:***@host``), secret-looking query parameters
-  (``?api-key=***``), ``Bearer``/``Basic`` credentials, and every credential value seen so far
-  (:func:`remember_secrets`), wherever it appears in the text (a server that echoes the key);
+- :func:`scrub_text` masks URL passwords (``user:***@host``), query parameters with a secret-looking
+  name (``?api-key=***``, Azure Functions' ``?code=***``) or a secret-looking value whatever the
+  name (:func:`looks_like_token`: ``sk-...``, a JWT, a long random string), ``Bearer``/``Basic``
+  credentials, and every credential value seen so far (:func:`remember_secrets`), wherever it
+  appears in the text (a server that echoes the key). Ordinary values stay readable
+  (``api-version=2024-02-01``, ``page=2``, ``model=gpt-4o-mini``);
 - :func:`scrub_strings` applies :func:`scrub_text` to every string of a structure, keeping its
   keys (whole artefacts: a step may be called ``token_count``);
 - :func:`scrub_argv` masks the value after a secret-looking flag (``--api-key VALUE``).
@@ -27,13 +30,16 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
 import re
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote
 
 __all__ = [
     "MASK",
+    "looks_like_token",
     "looks_secret",
     "remember_secrets",
     "scrub",
@@ -73,6 +79,23 @@ _SECRET_ENDINGS = ("key", "token", "secret", "password", "passwd", "signature", 
 _NOT_SECRET_LAST = frozenset({"env", "ids", "tokens", "count", "limit", "len", "length", "type"})
 """A last word that makes the name a count, a kind or a variable name: ``max_tokens``,
 ``api_key_env`` (it names a variable), ``stop_token_ids``, ``token_type``."""
+_SECRET_QUERY_NAMES = frozenset({"code"})
+"""Names secret only as a URL's query parameter: Azure Functions' key (``?code=``), an OAuth
+authorization code. As a key of a structure ``code`` is ordinary (``status_code``, a step's ``code``)."""
+_TOKEN_PREFIX = re.compile(
+    r"^(?:sk-|sk_|rk_|pk_live_|ghp_|gho_|ghu_|ghs_|github_pat_|glpat-|xox[abposr]-|hf_|AKIA|ASIA|AIza|ya29\.)"
+    r"[A-Za-z0-9_\-.]{8,}$"
+)
+"""Credentials by their published prefix: OpenAI / Stripe (``sk-``, ``sk_``), GitHub, GitLab,
+Slack, Hugging Face, AWS access key ids, Google API keys and OAuth tokens."""
+_JWT = re.compile(r"^eyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*$")
+_TOKEN_CHARS = re.compile(r"^[A-Za-z0-9+/_\-.~]+=*$")
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+_LOWER_RUN = re.compile(r"[a-z]+")
+_CASE_TURN = re.compile(r"[a-z][A-Z]")
+_SEPARATORS = re.compile(r"[-._/~+]")
+_MIN_TOKEN = 20
+"""A random-looking value shorter than this is left readable (dates, versions, small ids)."""
 _MIN_REMEMBERED = 6
 """Shorter values are masked where they stand (under a secret key, in a URL) but not searched
 for in free text, where they would hit ordinary words."""
@@ -100,6 +123,53 @@ def looks_secret(name: str) -> bool:
     if not words or words[-1] in _NOT_SECRET_LAST:
         return False
     return any(w in _SECRET_WORDS or w.endswith(_SECRET_ENDINGS) for w in words)
+
+
+def looks_like_token(value: str) -> bool:
+    """Does a value look like a credential, whatever its name? A published key prefix
+    (``sk-...``, ``ghp_...``, ``hf_...``), a JWT, or a long random string: at least
+    :data:`_MIN_TOKEN` characters of a token alphabet, either 32+ hex digits (dashes allowed: a
+    UUID-shaped key) or upper and lower case interleaved as in base64 / base62 keys (Azure
+    Functions keys): lower-case runs of under 3.5 letters on average, where names and camelCase
+    words (``Meta-Llama-3.1-8B-Instruct``, ``createdAtTimestamp``) have longer ones. Words joined by dashes, dates and versions stay readable.
+
+    Example:
+        >>> [looks_like_token(v) for v in ("sk-proj-abc123def456", "Zm9vYmFyQmF6cXV4MTIzNDU2Nzg5MA==")]
+        [True, True]
+        >>> [looks_like_token(v) for v in ("2024-02-01", "2", "gpt-4o-mini-2024-07-18", "json")]
+        [False, False, False, False]
+    """
+    value = value.strip()
+    if _TOKEN_PREFIX.match(value) or _JWT.match(value):
+        return True
+    if len(value) < _MIN_TOKEN or not _TOKEN_CHARS.match(value):
+        return False
+    hex_digits = value.replace("-", "")
+    if len(hex_digits) >= 32 and _HEX.match(hex_digits):
+        return True
+    body = value.rstrip("=")
+    runs = _LOWER_RUN.findall(body)  # random base62 changes case every other letter; names do not
+    upper, lower = sum(c.isupper() for c in body), sum(map(len, runs))
+    if upper < 2 or lower < 2 or lower / len(runs) >= 3.5 or _entropy(body) < 3.5:
+        return False
+    parts = _SEPARATORS.split(body)  # a name in parts (``TheBloke/Llama-2-7B-Chat-GGUF``): each a word
+    return len(parts) < 3 or any(len(_CASE_TURN.findall(part)) > 1 for part in parts)
+
+
+def _entropy(text: str) -> float:
+    """Shannon entropy in bits per character (random base62: about 5; English words: about 4)."""
+    counts = Counter(text)
+    return -sum(n / len(text) * math.log2(n / len(text)) for n in counts.values())
+
+
+def _secret_param(name: str, value: str) -> bool:
+    """Is a URL query parameter a credential, by its name or by its value's shape?"""
+    name = unquote(name)
+    return (
+        looks_secret(name)
+        or name.strip().lower() in _SECRET_QUERY_NAMES
+        or (bool(value) and looks_like_token(unquote(value)))
+    )
 
 
 def remember_secrets(value: Any) -> None:
@@ -191,7 +261,9 @@ def _scrub_url(url: str) -> str:
         authority = f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"  # a lone user part is a token
     if "?" in tail or ";" in tail:
         tail = _QUERY_PARAM.sub(
-            lambda m: f"{m.group(1)}{m.group(2)}={MASK}" if looks_secret(unquote(m.group(2))) else m.group(0),
+            lambda m: (
+                f"{m.group(1)}{m.group(2)}={MASK}" if _secret_param(m.group(2), m.group(3)) else m.group(0)
+            ),
             tail,
         )
     return f"{scheme}{sep}{authority}{tail}"
@@ -223,5 +295,5 @@ def _url_secrets(url: str) -> Iterable[str]:
         user, colon, password = userinfo.partition(":")
         yield password if colon else user
     for match in _QUERY_PARAM.finditer(tail):
-        if looks_secret(unquote(match.group(2))) and match.group(3):
+        if match.group(3) and _secret_param(match.group(2), match.group(3)):
             yield match.group(3)

@@ -5,6 +5,7 @@ One place for both, so the writer, the id check and the ownership check never di
     <run>/
     ├── .chainette-run.json   marker: run id, chain, the folders this run created
     ├── .chainette-run.lock   held (flock) by the process writing the run
+    ├── .chainette-reserve    disk space held for the final metadata.json (while the run writes)
     ├── graph.json
     ├── metadata.json
     ├── failures.jsonl
@@ -36,6 +37,7 @@ __all__ = [
     "LOCK",
     "MARKER",
     "METADATA",
+    "RESERVE",
     "RESERVED_NAMES",
     "Ownership",
     "clear_run_folder",
@@ -46,6 +48,7 @@ __all__ = [
 
 MARKER = ".chainette-run.json"
 LOCK = ".chainette-run.lock"
+RESERVE = ".chainette-reserve"
 GRAPH = "graph.json"
 METADATA = "metadata.json"
 FAILURES = "failures.jsonl"
@@ -55,7 +58,7 @@ EXPERIMENT_RUNS = "experiment"
 """An experiment's nested run folders (``experiment/turn-2/``, ``experiment/judge-<name>/``):
 each is a run folder of its own, owned and cleared by the same rules."""
 
-_FILES = frozenset({MARKER, LOCK, GRAPH, METADATA, FAILURES, EXPERIMENT})
+_FILES = frozenset({MARKER, LOCK, RESERVE, GRAPH, METADATA, FAILURES, EXPERIMENT})
 _TEMP = frozenset(f"{name}.tmp" for name in (MARKER, GRAPH, METADATA, EXPERIMENT))
 RESERVED_NAMES = frozenset({"input", FLATTENED, "failures", "metadata", "graph", EXPERIMENT_RUNS})
 """Node ids that would collide with a run folder's own entries (or with ``{{ input.x }}``).

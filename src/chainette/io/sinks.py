@@ -2,13 +2,17 @@
 
 A sink only ever runs on the writer's flush thread, so it needs no locking. Files are named
 ``000.jsonl``, ``001.jsonl``, ...; a new part also starts when a CSV/Parquet row brings columns
-the current part's header lacks, so no field is ever dropped.
+the current part's header lacks, so no field is ever dropped. A JSONL or CSV write that fails
+(a full disk) is cut back off its file: a part holds whole rows only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,9 +74,26 @@ class JsonlSink(Sink):
 
     def _write(self, rows: list[dict[str, Any]]) -> int:
         data = b"".join(orjson.dumps(r, default=str) + b"\n" for r in rows)
-        with self.path(self.part).open("ab") as fh:
-            fh.write(data)
+        _append(self.path(self.part), data)
         return len(rows)
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path``, or nothing: a failed write (a full disk) is cut back off the
+    file, so it never keeps half a row (the error goes on)."""
+    fh = path.open("ab")
+    start = fh.tell()
+    try:
+        fh.write(data)
+        fh.close()
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            fh.close()  # flushing what is left fails too; the file is closed all the same
+        with contextlib.suppress(OSError):
+            os.truncate(path, start)  # needs no space: it frees some
+        if exc.filename is None:
+            exc.filename = str(path)  # the error names the file
+        raise
 
 
 def _cell(value: Any) -> Any:
@@ -97,11 +118,12 @@ class CsvSink(Sink):
             fits += 1
         path = self.path(self.part)
         new = not path.exists()
-        with path.open("a", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.header)
-            if new:
-                writer.writeheader()
-            writer.writerows({k: _cell(v) for k, v in r.items()} for r in rows[:fits])
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=self.header)
+        if new:
+            writer.writeheader()
+        writer.writerows({k: _cell(v) for k, v in r.items()} for r in rows[:fits])
+        _append(path, text.getvalue().encode("utf-8"))
         return fits
 
     def _close_part(self) -> None:

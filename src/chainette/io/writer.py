@@ -3,10 +3,20 @@
 Rows are buffered on the event loop and written whenever enough are pending, so memory stays
 bounded: on the loop while a write is quick, by a worker thread once one is not
 (:mod:`.offload`), so the loop waits on a slow disk at most once.
+
+A full disk (or any failed write) ends the run cleanly: the row being written is cut back off its
+file (files keep whole rows only; readers skip a cut last line anyway, see
+:func:`chainette.runtime.result.read_rows`), no further row is written, and the error names the
+file and what to do. So that the run's end can still be recorded, the writer holds
+:data:`RESERVE_BYTES` of the disk in ``.chainette-reserve`` from the start: the final
+``metadata.json`` (status ``failed``, and why) is written in that space when nothing else is left.
+The reserve is removed when the run lets go of the folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import time
@@ -16,15 +26,19 @@ from typing import Any
 import anyio
 
 from .._errors import RunFolderError
-from .layout import LOCK, Ownership, clear_run_folder, inspect_folder, write_marker
+from .layout import LOCK, RESERVE, Ownership, clear_run_folder, inspect_folder, write_marker
 from .lock import FolderLock
 from .offload import Offload
 from .sinks import FORMATS, Sink, make_sink
 
-__all__ = ["RunWriter", "fs_error"]
+__all__ = ["RESERVE_BYTES", "RunWriter", "fs_error"]
 
 FLUSH_ROWS = 4096
 FLUSH_SECONDS = 1.0
+RESERVE_BYTES = 256 * 1024
+"""Disk space held from the start of a run for its final ``metadata.json`` (a few KiB; hundreds of
+nodes' stats fit), so a run that fills the disk still records that it failed, and why."""
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class RunWriter:
@@ -80,6 +94,8 @@ class RunWriter:
         self._lock = anyio.Lock()
         self._writes = Offload()
         self._last_flush = time.monotonic()
+        self._broken: RunFolderError | None = None
+        """The error of the first failed write: no row is written after it."""
         self.failures = 0
         self.flattened = 0
 
@@ -107,10 +123,11 @@ class RunWriter:
             if taken:  # again under the lock: the folder may have changed since the first look
                 clear_run_folder(path, self._check_owned(path, resume=resume, overwrite=overwrite))
             write_marker(path, self.run_id, self.chain_name, self._folders)
+            _hold_reserve(path / RESERVE)
         except BaseException as exc:
             lock.release()
             if isinstance(exc, OSError):
-                raise fs_error(exc, f"replace the run in {str(path)!r}") from exc
+                raise fs_error(exc, f"prepare the run folder {str(path)!r}") from exc
             raise
         return lock
 
@@ -136,7 +153,10 @@ class RunWriter:
         return ownership
 
     def release(self) -> None:
-        """Let go of the folder's lock (at the very end of the run, after metadata.json)."""
+        """Give back the reserved space and let go of the folder's lock (at the very end of the
+        run, after metadata.json)."""
+        with contextlib.suppress(OSError):
+            (self.path / RESERVE).unlink(missing_ok=True)
         self._lock_file.release()
 
     # -- rows (called on the event loop) --------------------------------------------------
@@ -166,29 +186,63 @@ class RunWriter:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write every pending row."""
+        """Write every pending row.
+
+        Raises:
+            RunFolderError: a write failed (the disk is full...): it names the file and what to
+                do. Every later flush drops its rows (the run is ending; ``--resume`` rewrites
+                the folder) and raises the same error again.
+        """
         async with self._lock:
+            if self._broken is not None:
+                self._pending, self._pending_rows = {}, 0
+                raise self._broken
             if not self._pending_rows:
                 return
             taken, self._pending, self._pending_rows = self._pending, {}, 0
             self._last_flush = time.monotonic()
-            jobs = [(self._sink(key), rows) for key, rows in taken.items()]
-            await self._writes.run(_write_all, jobs)
+            try:
+                jobs = [(self._sink(key), rows) for key, rows in taken.items()]
+                await self._writes.run(_write_all, jobs)
+            except OSError as exc:
+                self._broken = fs_error(exc, f"write the run folder {str(self.path)!r}")
+                raise self._broken from exc
 
     # -- whole-file artefacts -----------------------------------------------------------
 
-    def write_json(self, name: str, data: Any) -> None:
-        """Write ``name`` atomically (temp file + rename), so a crash never leaves half a file."""
-        target = self.path / name
-        tmp = target.with_suffix(target.suffix + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, target)
+    def write_json(self, name: str, data: Any, *, final: bool = False) -> None:
+        """Write ``name`` atomically (temp file + rename), so a crash never leaves half a file.
+
+        ``final``: the run's last write (its closing ``metadata.json``): when the disk is full,
+        the space held in reserve is given back and the write tried once more; either way the
+        reserve is gone afterwards."""
+        text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+        reserve = self.path / RESERVE
+        try:
+            _write_atomic(self.path / name, text)
+        except OSError as exc:
+            if not (final and exc.errno in _DISK_FULL and reserve.exists()):
+                raise
+            reserve.unlink()
+            _write_atomic(self.path / name, text)
+        if final:
+            reserve.unlink(missing_ok=True)
 
     async def close(self) -> None:
-        """Flush and close every file (safe to call once, even after an error)."""
+        """Flush and close every file (safe to call once, even after an error).
+
+        Raises:
+            RunFolderError: a write failed, now or earlier (see :meth:`flush`); every file is
+                closed all the same.
+        """
         with anyio.CancelScope(shield=True):
-            await self.flush()
-            await anyio.to_thread.run_sync(_close_all, list(self._sinks.values()))
+            try:
+                await self.flush()
+            finally:
+                closed = await anyio.to_thread.run_sync(_close_all, list(self._sinks.values()))
+            if closed is not None and self._broken is None:
+                self._broken = fs_error(closed, f"write the run folder {str(self.path)!r}")
+                raise self._broken from closed
 
     def _sink(self, key: str) -> Sink:
         sink = self._sinks.get(key)
@@ -207,9 +261,18 @@ class RunWriter:
 
 
 def fs_error(exc: OSError, doing: str) -> RunFolderError:
-    """A file-system error at the start or end of a run, said plainly (no traceback)."""
+    """A file-system error of a run, said plainly (no traceback), with what to do."""
     what = exc.strerror or type(exc).__name__
     where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in _DISK_FULL:
+        code = errno.errorcode.get(exc.errno or 0, "ENOSPC")
+        full = "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is used up"
+        where = f", writing {exc.filename}" if exc.filename else ""
+        return RunFolderError(
+            f"Cannot {doing}: {full} ({code}: {what}{where}). Free space on that disk (or "
+            "write the run elsewhere with -o / output_dir), then run again with --resume "
+            "(resume=True): every answer already received comes from the ledger, nothing is sent twice."
+        )
     hint = (
         " Check the folder's permissions, or choose another folder."
         if isinstance(exc, PermissionError)
@@ -218,9 +281,40 @@ def fs_error(exc: OSError, doing: str) -> RunFolderError:
     return RunFolderError(f"Cannot {doing}: {what}{where}.{hint}")
 
 
-def _close_all(sinks: list[Sink]) -> None:
+def _hold_reserve(path: Path) -> None:
+    """Take :data:`RESERVE_BYTES` of the disk in ``path`` (random bytes: a compressing file system
+    would not hold zeros). A disk without even that much free fails the run here, before any
+    request is sent."""
+    try:
+        with path.open("wb") as fh:
+            fh.write(os.urandom(RESERVE_BYTES))
+    except OSError:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _write_atomic(target: Path, text: str) -> None:
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # half a temp file helps no one, and holds space
+        raise
+
+
+def _close_all(sinks: list[Sink]) -> OSError | None:
+    """Close every sink; the first error (a Parquet footer on a full disk), if any, is returned."""
+    first: OSError | None = None
     for sink in sinks:
-        sink.close()
+        try:
+            sink.close()
+        except OSError as exc:
+            first = first or exc
+    return first
 
 
 def _write_all(jobs: list[tuple[Sink, list[dict[str, Any]]]]) -> None:

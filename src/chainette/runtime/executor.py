@@ -28,7 +28,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pydantic import ValidationError
 
-from .._errors import ChainDefinitionError, InputError, InvalidInputError
+from .._errors import ChainDefinitionError, InputError, InvalidInputError, RunFolderError
 from ..engines.broker import EngineBroker
 from ..engines.registry import get_engine_config, is_available
 from ..engines.secrets import scrub_exception, scrub_strings, scrub_text
@@ -303,10 +303,10 @@ async def _finish(
     """Release the engines, flush the writer and write the final ``metadata.json`` (returned)."""
     broker = ctx.broker
     await broker.aclose()
-    write_error: OSError | None = None
+    write_error: RunFolderError | None = None
     try:
         await writer.close()
-    except OSError as exc:
+    except RunFolderError as exc:  # a write failed (the disk is full...): its message says what to do
         write_error = exc
     finished = time.time()
     meta.update(_summary(ctx, counts, writer, broker))
@@ -315,18 +315,18 @@ async def _finish(
     meta["finished_at"] = _iso(finished)
     meta["duration_s"] = round(finished - started, 3)
     ran_through = meta["status"] == "completed"
-    if write_error is not None:
-        meta["status"], meta["error"] = "failed", f"the run's files could not be written: {write_error}"
+    if write_error is not None and ran_through:
+        meta["status"], meta["error"] = "failed", f"{type(write_error).__name__}: {write_error}"
     meta = scrub_strings(meta)
-    try:
-        writer.write_json("metadata.json", meta)
+    try:  # final: on a full disk, written in the space the writer held in reserve
+        writer.write_json("metadata.json", meta, final=True)
     except OSError as exc:
-        write_error = write_error or exc
+        write_error = write_error or fs_error(exc, f"write the run folder {str(writer.path)!r}")
     ctx.on_event(
         "run_finished", {"status": meta["status"], "output_dir": str(writer.path), "counts": meta["counts"]}
     )
     if write_error is not None and ran_through:  # otherwise the error that stopped the run goes on
-        raise fs_error(write_error, f"write the run folder {str(writer.path)!r}") from write_error
+        raise write_error
     return meta
 
 

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._errors import RunFolderError
+
 if TYPE_CHECKING:
     from .record_trace import RecordTrace
 
 __all__ = ["RunResult", "read_rows"]
+
+_log = logging.getLogger("chainette")
 
 
 @dataclass
@@ -95,20 +101,74 @@ class RunResult:
 
 
 def read_rows(path: Path, fmt: str = "jsonl") -> Iterator[dict[str, Any]]:
-    """Iterate the rows of a file, or of every part file in a folder (in part order)."""
+    """Iterate the rows of a file, or of every part file in a folder (in part order).
+
+    A JSONL or CSV file's last line that does not end with a newline was cut short (the run
+    stopped while writing it: a full disk, a killed process): it never held a whole row, so it is
+    skipped, with a warning naming the file and line. A line that does not parse anywhere else
+    raises :class:`~chainette.RunFolderError` naming the file and line.
+    """
     files = sorted(p for p in path.iterdir() if p.suffix == f".{fmt}") if path.is_dir() else [path]
     for file in files:
         if fmt == "jsonl":
-            with file.open(encoding="utf-8") as fh:
-                for line in fh:
-                    if line.strip():
-                        yield json.loads(line)
+            yield from _jsonl_rows(file)
         elif fmt == "csv":
-            with file.open(newline="", encoding="utf-8") as fh:
-                yield from csv.DictReader(fh)
+            yield from _csv_rows(file)
         elif fmt == "parquet":
             import pyarrow.parquet as pq
 
             yield from pq.read_table(file).to_pylist()
         else:
             raise ValueError(f"unknown format {fmt!r}")
+
+
+def _jsonl_rows(file: Path) -> Iterator[dict[str, Any]]:
+    with file.open("rb") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                if not line.endswith(b"\n"):  # only the last line can lack one
+                    _cut_line(file, number)
+                    return
+                raise RunFolderError(
+                    f"{file} line {number} is not valid JSON ({exc}). The file was changed or damaged after "
+                    "the run wrote it: fix or remove that line, or run the chain again with --resume "
+                    "(resume=True), which rewrites the run folder."
+                ) from exc
+            yield row
+
+
+def _csv_rows(file: Path) -> Iterator[dict[str, Any]]:
+    cut = _ends_cut(file)
+    with file.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        reader = csv.DictReader(fh)
+        held: dict[str, Any] | None = None  # held back: the last row may be the cut one
+        for row in reader:
+            if held is not None:
+                yield held
+            held = row
+        if held is not None and cut:
+            _cut_line(file, reader.line_num)
+        elif held is not None:
+            yield held
+
+
+def _ends_cut(file: Path) -> bool:
+    """Does the file end in the middle of a line (a CSV writer ends every row with a newline)?"""
+    with file.open("rb") as fh:
+        if fh.seek(0, os.SEEK_END) == 0:
+            return False
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) != b"\n"
+
+
+def _cut_line(file: Path, number: int) -> None:
+    _log.warning(
+        "%s line %d was cut short (the run stopped while writing it, e.g. on a full disk): skipped, "
+        "it never held a whole row.",
+        file,
+        number,
+    )
