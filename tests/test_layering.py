@@ -8,9 +8,6 @@ Inside a folder too, modules import each other one way: no import loop among a f
 untangled and struck off:
 
 - experiments: report → report_compare → report
-- io: hf_datasets → inputs → hf_datasets; hf_datasets → inputs → shards → hf_datasets;
-  hf_datasets → tabular → inputs → hf_datasets; hf_datasets → tabular → inputs → shards → hf_datasets;
-  inputs → shards → inputs; inputs → shards → tabular → inputs
 - runtime: dispatch → loop_runner → dispatch; dispatch → map_runner → dispatch;
   dispatch → router_runner → dispatch; dispatch → subflow_runner → dispatch;
   executor → ray_executor → executor; executor → ray_executor → ray_worker → executor
@@ -93,14 +90,6 @@ FOLDERS = sorted(p.name for p in SRC.iterdir() if p.is_dir() and any(p.glob("*.p
 
 PENDING: dict[str, set[str]] = {
     "experiments": {"report → report_compare → report"},
-    "io": {
-        "hf_datasets → inputs → hf_datasets",
-        "hf_datasets → inputs → shards → hf_datasets",
-        "hf_datasets → tabular → inputs → hf_datasets",
-        "hf_datasets → tabular → inputs → shards → hf_datasets",
-        "inputs → shards → inputs",
-        "inputs → shards → tabular → inputs",
-    },
     "runtime": {
         "dispatch → loop_runner → dispatch",
         "dispatch → map_runner → dispatch",

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from chainette import InputError
-from chainette.io import inputs
+from chainette.io import jsonl
 from chainette.io.inputs import InputItem, iter_input_chunks, record_id
 
 
@@ -60,12 +60,12 @@ def test_strict_error_comes_after_the_chunks_before_it(tmp_path: Path) -> None:
 
 def test_read_ahead_stops_at_the_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     handle = io.BytesIO(b"".join(orjson.dumps({"text": "x" * 100}) + b"\n" for _ in range(50)))
-    monkeypatch.setattr(inputs, "READ_AHEAD_BYTES", 250)
+    monkeypatch.setattr(jsonl, "READ_AHEAD_BYTES", 250)
     state = {"lineno": 0, "index": 0}
-    chunks, error, eof = inputs._read_chunks(handle, "in.jsonl", 1, False, state, count=40)
+    chunks, error, eof = jsonl._read_chunks(handle, "in.jsonl", 1, False, state, count=40)
     assert error is None and not eof and len(chunks) == 3  # stopped by bytes, not by count
-    chunks, error, eof = inputs._read_chunks(handle, "in.jsonl", 20, False, state, count=40)
+    chunks, error, eof = jsonl._read_chunks(handle, "in.jsonl", 20, False, state, count=40)
     assert not eof and [len(c) for c in chunks] == [20]  # at least one chunk, however large
-    monkeypatch.setattr(inputs, "READ_AHEAD_BYTES", 1 << 20)
-    chunks, error, eof = inputs._read_chunks(handle, "in.jsonl", 20, False, state, count=40)
+    monkeypatch.setattr(jsonl, "READ_AHEAD_BYTES", 1 << 20)
+    chunks, error, eof = jsonl._read_chunks(handle, "in.jsonl", 20, False, state, count=40)
     assert eof and [len(c) for c in chunks] == [20, 7] and state == {"lineno": 50, "index": 50}

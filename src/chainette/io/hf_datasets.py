@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from .._errors import InputError, MissingDependencyError
 from .columns import ColumnMap, resolve_columns
-from .inputs import InputItem, InputSource, row_item
+from .items import InputItem, InputSource, row_item
 
 __all__ = ["DatasetInput", "datasets_module", "is_hf_dataset", "open_dataset", "open_saved"]
 

@@ -22,7 +22,8 @@ from pydantic import BaseModel
 
 from .._errors import InputError
 from .columns import resolve_columns
-from .inputs import InputItem, InputSource, _jsonl_chunks, _renamed
+from .items import InputItem, InputSource, renamed
+from .jsonl import jsonl_chunks
 
 __all__ = ["DATA_SUFFIXES", "JsonlShards", "file_kind", "open_path", "split_of"]
 
@@ -68,8 +69,8 @@ class JsonlShards(InputSource):
     async def chunks(self, batch_size: int, strict: bool) -> AsyncIterator[list[InputItem]]:
         state = {"index": 0}
         for path, shown in self.files:
-            async for chunk in _jsonl_chunks(path, batch_size, strict, shown, state):
-                yield _renamed(chunk, self.rename) if self.rename else chunk
+            async for chunk in jsonl_chunks(path, batch_size, strict, shown, state):
+                yield renamed(chunk, self.rename) if self.rename else chunk
 
 
 def open_path(

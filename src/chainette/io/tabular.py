@@ -6,7 +6,7 @@ whole row groups); a CSV file with pyarrow's streaming reader
 (``pyarrow.csv.open_csv``, one block of :data:`CSV_BLOCK_BYTES` at a time; a file with a row
 longer than that, a cell over 1 MiB, is read again with larger blocks). Neither ever loads
 the whole file: what is held is the batch being turned into items, plus the chunks of one
-read-ahead hop (:class:`~chainette.io.inputs.InputSource`).
+read-ahead hop (:class:`~chainette.io.items.InputSource`).
 
 Rows count from 0 in each file (``data.parquet row 17`` is the 18th row; in a CSV file the first
 row under the header is row 0), as pandas and ``datasets`` count them. Record indexes go on
@@ -26,7 +26,7 @@ from typing import Any
 
 from .._errors import InputError, MissingDependencyError
 from .columns import ColumnMap
-from .inputs import InputItem, InputSource, row_item
+from .items import InputItem, InputSource, row_item
 
 __all__ = [
     "CSV_BLOCK_BYTES",
