@@ -8,9 +8,7 @@ Inside a folder too, modules import each other one way: no import loop among a f
 untangled and struck off:
 
 - experiments: report → report_compare → report
-- runtime: dispatch → loop_runner → dispatch; dispatch → map_runner → dispatch;
-  dispatch → router_runner → dispatch; dispatch → subflow_runner → dispatch;
-  executor → ray_executor → executor; executor → ray_executor → ray_worker → executor
+- runtime: executor → ray_executor → executor; executor → ray_executor → ray_worker → executor
 """
 
 from __future__ import annotations
@@ -91,10 +89,6 @@ FOLDERS = sorted(p.name for p in SRC.iterdir() if p.is_dir() and any(p.glob("*.p
 PENDING: dict[str, set[str]] = {
     "experiments": {"report → report_compare → report"},
     "runtime": {
-        "dispatch → loop_runner → dispatch",
-        "dispatch → map_runner → dispatch",
-        "dispatch → router_runner → dispatch",
-        "dispatch → subflow_runner → dispatch",
         "executor → ray_executor → executor",
         "executor → ray_executor → ray_worker → executor",
     },

@@ -37,6 +37,7 @@ from ..graph.nodes import Node
 from ..graph.stream_ops import Take
 from ..io.inputs import InputItem, describe_inputs, iter_input_chunks, open_inputs
 from ..io.writer import RunWriter, fs_error
+from . import kinds  # noqa: F401  (importing it registers the built-in kinds' runners)
 from .accounting import cache_summary, cost_summary
 from .collector import run_collector
 from .context import EventHandler, RunContext

@@ -24,6 +24,7 @@ from .._errors import RecordError
 from ..graph.map import Map
 from ..graph.view import RecordView
 from .context import RunContext
+from .dispatch import run_sequence
 from .records import Record, describe_validation, owner_id
 
 __all__ = ["run_map"]
@@ -143,8 +144,6 @@ class _MapRun:
         return parent
 
     async def _run_body(self, spawned: Spawned) -> None:
-        from .dispatch import run_sequence  # here, not at the top: dispatch imports this module
-
         body_ctx = self.ctx.for_map_body()
         by_id = {child.id: (parent, k) for parent, k, child in spawned}
         outputs = await run_sequence(self.node.body, [child for _, _, child in spawned], body_ctx)
