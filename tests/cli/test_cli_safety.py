@@ -65,6 +65,33 @@ def test_chain_names_from_a_file_are_printed_as_escapes(tmp_path: Path) -> None:
     assert "\\x1b]0;PWNED\\x07" in invoke("inspect-dag", chain).output
 
 
+APPLY_CHAIN = """
+from pydantic import BaseModel
+from chainette import Chain, apply
+
+class Q(BaseModel):
+    text: str
+
+def boom(q: Q) -> Q:
+    raise ValueError("the model said " + {evil!r})
+
+chain = Chain(name="chain" + {evil!r}, steps=[apply(boom, input_model=Q, output_model=Q)])
+"""
+
+
+def test_run_prints_failure_messages_and_names_as_escapes(tmp_path: Path) -> None:
+    chain = tmp_path / "apply_chain.py"
+    chain.write_text(APPLY_CHAIN.format(evil=EVIL))
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"text": "hi"}\n')
+    for extra in ((), ("--json-logs",)):
+        done = invoke("run", chain, "-i", inputs, "-o", tmp_path / "out", "--overwrite", "--no-cache", *extra)
+        assert done.exit_code == 0, done.output
+        found = sorted({hex(ord(c)) for c in CONTROLS.findall(done.output)})
+        assert not found, f"run {extra} printed raw control characters {found}"
+    assert "the model said" in done.output
+
+
 def damaged_ledger(path: Path) -> Path:
     """A real ledger whose pages after the schema are overwritten: SQLite opens it, reading fails."""
     with Ledger(path) as ledger:
