@@ -198,16 +198,27 @@ class Ledger:
     # -- housekeeping ---------------------------------------------------------------------------
 
     def info(self) -> LedgerInfo:
-        with self._lock:
-            completions = self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
-            failures = self._db.execute("SELECT COUNT(*) FROM failures").fetchone()[0]
-            by_step = {
-                step: {"completions": n, "prompt_tokens": p or 0, "completion_tokens": c or 0}
-                for step, n, p, c in self._db.execute(
-                    "SELECT step, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens) "
-                    "FROM completions GROUP BY step ORDER BY step"
-                )
-            }
+        """Size, counts and per-step figures.
+
+        Raises:
+            LedgerError: the file is damaged (SQLite opened it, but its pages cannot be read).
+        """
+        try:
+            with self._lock:
+                completions = self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+                failures = self._db.execute("SELECT COUNT(*) FROM failures").fetchone()[0]
+                by_step = {
+                    step: {"completions": n, "prompt_tokens": p or 0, "completion_tokens": c or 0}
+                    for step, n, p, c in self._db.execute(
+                        "SELECT step, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens) "
+                        "FROM completions GROUP BY step ORDER BY step"
+                    )
+                }
+        except sqlite3.Error as exc:
+            raise LedgerError(
+                f"Cannot read the request ledger {str(self.path)!r}: {exc}. The file is damaged: move it "
+                "away (the next run starts a new ledger and sends its requests again)."
+            ) from exc
         size = sum(p.stat().st_size for p in self._files() if p.exists())
         return LedgerInfo(self.path, size, completions, failures, by_step)
 
