@@ -1,7 +1,8 @@
 """Running an LLM ``Step`` over a chunk: render, ask the ledger, call the engine, validate, re-ask.
 
 Each attempt is keyed (``ledger.keys.request_key``). What the ledger holds is answered from it;
-of identical requests in flight only one is sent. The rest go to the engine, started lazily on
+of identical requests in flight only one is sent, in this process and, through claims in the
+ledger, in every process sharing it (one sends, the others wait for its answer to land there). The rest go to the engine, started lazily on
 the first miss, in batches of ``engine.max_batch_size`` with at most ``engine.max_concurrency``
 batches in flight per engine across the whole run; answers are committed to the ledger as they
 arrive. A reply that is not valid JSON for the output model, or was cut off at ``max_tokens``,
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.abc
 import jinja2
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -248,7 +250,7 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
             else:
                 waiting.append((job, slot))
     if owned:
-        await _send(step, owned, ctx, decided)
+        await _send_claimed(step, owned, ctx, decided)
     for job, slot in waiting:
         if job.record.deadline is None:
             await slot.done.wait()
@@ -306,20 +308,98 @@ def _request(step: Step, job: _Job, sampling: SamplingParams) -> ChatRequest:
     )
 
 
+async def _send_claimed(
+    step: Step, owned: list[tuple[_Job, ChatRequest, str]], ctx: RunContext, decided: _Round
+) -> None:
+    """Claim the requests this process owns in the shared ledger, then send those granted and
+    wait for those another process is sending (answered from the ledger once they land there)."""
+    try:
+        answers, granted, held = await ctx.cache.claim_shared([key for _, _, key in owned])
+    except BaseException:
+        for _, _, key in owned:
+            ctx.cache.abandon(key)
+        raise
+    if not answers and not held:  # the usual case: nobody else is sending these
+        await _send(step, owned, ctx, decided)
+        return
+    by_key = {item[2]: item for item in owned}
+    _answered_elsewhere(step, by_key, answers, ctx, decided)
+    async with anyio.create_task_group() as tg:
+        if granted:
+            tg.start_soon(_send, step, [by_key.pop(key) for key in granted], ctx, decided)
+        await _wait_claimed(step, {key: by_key[key] for key in held}, ctx, decided, tg)
+
+
+async def _wait_claimed(
+    step: Step,
+    waiting: dict[str, tuple[_Job, ChatRequest, str]],
+    ctx: RunContext,
+    decided: _Round,
+    tg: anyio.abc.TaskGroup,
+) -> None:
+    """Poll the ledger (backing off to 2 s) for requests another process claimed: an answer that
+    landed settles its record, a claim released or expired (its owner failed or died) is taken
+    over and sent from here, a record past its deadline fails."""
+    delay = 0.05
+    try:
+        while waiting:
+            await anyio.sleep(delay)
+            delay = min(2.0, delay * 1.5)
+            now = time.monotonic()
+            for key, (job, _, _) in list(waiting.items()):
+                if job.record.deadline is not None and now >= job.record.deadline:
+                    del waiting[key]
+                    ctx.cache.abandon(key)
+                    job.attempts += 1
+                    error = budget_error(
+                        job.record, step.id, f"Step {step.id!r}", "deadline", ctx.record_deadline_s
+                    )
+                    error.attempts = job.attempts
+                    _give_up(step, job, error, ctx, decided, remember=False)
+            answers, granted, _ = await ctx.cache.claim_shared(list(waiting))
+            _answered_elsewhere(step, waiting, answers, ctx, decided)
+            if granted:
+                tg.start_soon(_send, step, [waiting.pop(key) for key in granted], ctx, decided)
+    finally:  # cancelled: identical requests of this process claim them again
+        for key in waiting:
+            ctx.cache.abandon(key)
+
+
+def _answered_elsewhere(
+    step: Step,
+    items: dict[str, tuple[_Job, ChatRequest, str]],
+    answers: dict[str, StoredAnswer],
+    ctx: RunContext,
+    decided: _Round,
+) -> None:
+    """Answers another process stored for requests this one claimed: settled like ledger hits."""
+    stats = ctx.node(step.id)
+    for key, answer in answers.items():
+        job, _, _ = items.pop(key)
+        ctx.cache.resolve(key, Completion(**answer._asdict()))
+        stats.cache_hits += 1
+        _settle(step, job, answer, ctx, stats, decided, sent=False)
+
+
 async def _send(
     step: Step, owned: list[tuple[_Job, ChatRequest, str]], ctx: RunContext, decided: _Round
 ) -> None:
     """Send the requests this step owns in engine-sized batches; resolve every claimed key."""
+    keys = [key for _, _, key in owned]
     try:
         engine, limiter = await ctx.engine(step.engine_name)
         size = max(1, engine.max_batch_size)
-        async with anyio.create_task_group() as tg:
-            for start in range(0, len(owned), size):
-                tg.start_soon(_call, step, engine, limiter, owned[start : start + size], ctx, decided)
+        async with anyio.create_task_group() as leases:
+            leases.start_soon(ctx.cache.keep_leases, keys)  # renewed in the ledger while in flight
+            async with anyio.create_task_group() as tg:
+                for start in range(0, len(owned), size):
+                    tg.start_soon(_call, step, engine, limiter, owned[start : start + size], ctx, decided)
+            leases.cancel_scope.cancel()
     finally:  # an engine that failed to start, or a cancelled send (a cancelled trace), must not
         # leave duplicates waiting: they claim the request again (and fail themselves if it cannot be sent)
-        for _, _, key in owned:
+        for key in keys:
             ctx.cache.abandon(key)
+        await ctx.cache.release(keys)  # those without a stored answer: another process may send them
 
 
 async def _call(
