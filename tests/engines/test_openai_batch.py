@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from chainette import ChatRequest, EngineConfigError, SamplingParams, load_engines
+from chainette.engines.batch_journal import BatchJournal
 from chainette.engines.openai_batch import OpenAIBatchEngine
 from chainette.engines.openai_http import OpenAIEngine
 from chainette.engines.registry import create_engine
@@ -288,3 +289,51 @@ def test_a_batch_cancelled_at_the_provider_fails_its_items_with_the_reason(
     (batch_id,) = stub.batches.batches
     assert stub.batches.stats["cancels"] == 1 and stub.batches.batches[batch_id]["status"] == "cancelled"
     assert out == [("error", f"batch {batch_id}: batch_cancelled: cancelled")] * 3
+
+
+def test_answers_downloaded_while_another_batch_runs_are_never_paid_for_again(
+    stub: StubServer, tmp_path: Path
+) -> None:
+    """The probe's sequence: a call cut after its batch is created; the next call (10 more
+    requests) attaches to it and submits a new batch, and is cut once the first is downloaded
+    while the new one still runs; the third call must neither resubmit the first 10 nor make a
+    third batch: each distinct request is paid for once."""
+    stub.batches.hold = True
+
+    async def cut_when(engine: OpenAIBatchEngine, reqs: list[ChatRequest], ready: Any) -> None:
+        await engine.start()
+        try:
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(engine.generate, reqs)
+                    while not ready():  # noqa: ASYNC110 - the stub's thread and the journal count
+                        await anyio.sleep(0.01)
+                    tg.cancel_scope.cancel()  # as a kill there: nothing handed over
+        finally:
+            await engine.close()
+
+    first = engine_for(stub, tmp_path)
+    anyio.run(cut_when, first, requests(10), lambda: stub.batches.stats["polls"] > 0)
+    stub.batches.hold, stub.batches.hold_new = False, True  # the first batch may end, the next is held
+    second = engine_for(stub, tmp_path)
+    journal = BatchJournal(tmp_path / "batches.sqlite")
+
+    def first_downloaded_second_running() -> bool:
+        return stub.batches.stats["batches_created"] == 2 and journal.counts().get("pending") == 10
+
+    anyio.run(cut_when, second, requests(20), first_downloaded_second_running)
+    first_batch, second_batch = stub.batches.batches.values()
+    assert first_batch["status"] == "completed" and second_batch["status"] == "in_progress"
+
+    stub.batches.held.clear()
+    stub.batches.hold_new = False
+    out = generate(engine_for(stub, tmp_path), requests(20))
+    assert stub.batches.stats["batches_created"] == 2 and stub.batches.stats["lines"] == 20
+    assert len({line["custom_id"].partition("-")[2] for line in stub.batches.lines}) == 20
+    expected = [
+        stub._answer(body, SCHEMA)["choices"][0]["message"]["content"]
+        for body in (line["body"] for line in stub.batches.lines)
+    ]
+    assert sorted(out) == sorted(("stop", text) for text in expected)
+    assert journal.counts() == {"delivered": 20}  # handed over and the engine closed: copies dropped
+    journal.close()

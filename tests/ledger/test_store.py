@@ -95,3 +95,22 @@ def test_an_unusable_path_says_what_to_do(tmp_path: Path) -> None:
     garbage.write_bytes(b"this is not a database" * 100)
     with pytest.raises(LedgerError, match=r"garbage\.sqlite"):
         Ledger(garbage)
+
+
+def test_a_claim_is_granted_once_held_for_others_ended_by_the_answer_and_taken_over_when_expired(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path) as one, Ledger(path) as two:  # two processes' connections to one file
+        assert one.claim(["a", "b"], "one", 60.0) == ({}, ["a", "b"], [])
+        assert two.claim(["a", "b", "c"], "two", 60.0) == ({}, ["c"], ["a", "b"])  # one's leases are live
+        assert one.claim(["a"], "one", 60.0) == ({}, ["a"], [])  # its own claim: still its to send
+        one.put([("a", "e", "s", Completion(text="A"))])  # the answer ends the claim
+        answers, granted, held = two.claim(["a", "b"], "two", 60.0)
+        assert answers["a"].text == "A" and granted == [] and held == ["b"]
+        one.release(["b"], "one")  # an error answer: the next claimant sends it
+        assert two.claim(["b"], "two", 60.0) == ({}, ["b"], [])
+        two.claim(["d"], "two", -1.0)  # a lease that already ran out: its owner died
+        assert one.claim(["d"], "one", 60.0) == ({}, ["d"], [])  # taken over
+        two.renew(["d"], "two", 60.0)  # no longer its claim: renewing does not take it back
+        assert two.claim(["d"], "two", 60.0) == ({}, [], ["d"])

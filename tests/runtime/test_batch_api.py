@@ -179,6 +179,56 @@ def test_a_cancelled_run_leaves_the_batch_running_and_the_rerun_picks_it_up(
     assert result.counts["records_out"] == 4 and stub.batches.stats["batches_created"] == 1
 
 
+def twenty_per_chunk() -> Chain:
+    from tests.helpers import qa_step
+
+    return Chain("batch qa", [qa_step("batch", prompt="Q: {{ text }}")], batch_size=20)
+
+
+def test_answers_of_a_batch_downloaded_before_a_kill_are_not_paid_for_again(
+    stub: StubServer, tmp_path: Path
+) -> None:
+    """The probe's sequence: a run cut after its batch is created; ``resume`` with 10 more records
+    in one chunk attaches to that batch and submits the 10 new ones, and is cut once the first
+    batch is downloaded but the new one still runs; the next resume must send nothing new."""
+    expected = reference(one_step("sync"), questions(20), tmp_path / "ref")
+    run_dir = tmp_path / "run"
+    journal = BatchJournal(Path(os.environ["CHAINETTE_LEDGER"]).parent / "batches.sqlite")
+
+    def cut(inputs: list[Question], ready: Any) -> None:
+        chain = twenty_per_chunk()  # one chunk: the resume's 20 records go in one engine call
+
+        async def main() -> None:
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(lambda: chain.arun(inputs, run_dir, resume=True))
+                    while not ready():  # noqa: ASYNC110 - the stub's thread and the journal count
+                        await anyio.sleep(0.01)
+                    tg.cancel_scope.cancel()  # as a kill there: nothing reaches the ledger
+
+        anyio.run(main)
+
+    stub.batches.hold = True
+    cut(questions(10), lambda: stub.batches.stats["polls"] > 0)
+    stub.batches.hold, stub.batches.hold_new = False, True  # the first batch may end, the second is held
+    cut(
+        questions(20),
+        lambda: stub.batches.stats["batches_created"] == 2 and journal.counts().get("pending") == 10,
+    )
+    first, second = stub.batches.batches.values()
+    assert first["status"] == "completed" and second["status"] == "in_progress"
+
+    stub.batches.held.clear()
+    stub.batches.hold_new = False
+    result = twenty_per_chunk().run(questions(20), run_dir, resume=True)
+    assert stub.batches.stats["batches_created"] == 2 and stub.batches.stats["lines"] == 20  # 3 and 30 before
+    assert sorted(asked(stub)) == sorted(f"Q: Question number {i}?" for i in range(20))
+    assert result.metadata["engines"]["batch"]["batches_from_journal"] == 10
+    assert read_jsonl(run_dir / "flattened") == expected
+    assert journal.counts() == {"delivered": 20}
+    journal.close()
+
+
 def test_a_create_refused_for_good_fails_every_record_naming_the_batch_create(
     stub: StubServer, tmp_path: Path
 ) -> None:

@@ -16,7 +16,6 @@ from typing import Annotated, Any
 import anyio
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -29,7 +28,7 @@ from ..io.inputs import open_inputs
 from ..runtime.events import Middleware
 from ..runtime.executor import run_chain
 from ..runtime.result import RunResult
-from ._common import exit_on_errors, stderr_console
+from ._common import checked_engines, exit_on_errors, json_text, shown, stderr_console, visible
 from .cache import cache_app
 from .experiment import experiment_app
 from .loading import count_jsonl_records, import_target, load_chain, split_target
@@ -210,7 +209,7 @@ def run(
             raise typer.BadParameter("--address is for --executor ray.")
         chain = load_chain(target)
         if engines is not None:
-            load_engines(engines)
+            load_engines(checked_engines(engines))
         if batch_size is not None:
             chain.batch_size = batch_size
         columns = _column_options(column)
@@ -291,7 +290,7 @@ def inspect(target: TargetArg, engines: EnginesOpt = None) -> None:
     with exit_on_errors(err):
         chain = load_chain(target)
         if engines is not None:
-            load_engines(engines)
+            load_engines(checked_engines(engines))
         report = chain.check(engine_known=is_available)  # what `run` accepts: warmup servers too
     out = Console(highlight=False)
     out.print(_tree(chain, report))
@@ -302,7 +301,7 @@ def inspect(target: TargetArg, engines: EnginesOpt = None) -> None:
         if issues:
             out.print(f"\n[bold {style}]{title} ({len(issues)})[/]")
             for issue in issues:
-                out.print(f"  [{style}]{mark}[/] {escape(issue.message)}", soft_wrap=True)
+                out.print(f"  [{style}]{mark}[/] {shown(issue.message)}", soft_wrap=True)
     if report.errors:
         out.print(f"\n[red]✗ {len(report.errors)} error(s): fix them before running.[/]")
         raise typer.Exit(1)
@@ -325,12 +324,13 @@ def inspect_dag(
     """
     with exit_on_errors(stderr_console()):
         chain = load_chain(target)
+    # names come from the chain's code or YAML file: control characters are shown as escapes
     if fmt is DagFormat.mermaid:
-        typer.echo(chain.to_mermaid())
+        typer.echo(visible(chain.to_mermaid()))
     elif fmt is DagFormat.dot:
-        typer.echo(chain.to_dot())
+        typer.echo(visible(chain.to_dot()))
     elif fmt is DagFormat.json:
-        typer.echo(json.dumps(chain.describe(), indent=2, ensure_ascii=False))
+        typer.echo(json_text(json.dumps(chain.describe(), indent=2, ensure_ascii=False)))
     else:
         Console(highlight=False).print(_tree(chain, None))
 
@@ -343,9 +343,9 @@ def _run_blocking(chain: ChainGraph, inputs: Path, output_dir: Path | None, **op
 
 
 def _tree(chain: ChainGraph, report: CheckReport | None) -> Tree:
-    tree = Tree(f"[bold]{escape(chain.name)}[/] [dim](batch size {chain.batch_size})[/]")
+    tree = Tree(f"[bold]{shown(chain.name)}[/] [dim](batch size {chain.batch_size})[/]")
     model = chain.input_model
-    tree.add(f"[dim]input[/] {model.__name__ if model else '?'}")
+    tree.add(f"[dim]input[/] {shown(model.__name__) if model else '?'}")
     for item in chain.items:
         _add(tree, item, report)
     return tree
@@ -358,14 +358,14 @@ def _add(tree: Tree, node: Node, report: CheckReport | None) -> None:
         return
     if isinstance(node, Branch) and node.kind == "branch":
         joined = (
-            f"joined as [bold]{escape(node.join_alias)}[/]"
+            f"joined as [bold]{shown(node.join_alias)}[/]"
             if node.join_alias
             else "[dim]not joined (side output)[/]"
         )
-        sub = tree.add(f"[magenta]branch[/] [bold]{escape(node.name)}[/] → {joined}")
+        sub = tree.add(f"[magenta]branch[/] [bold]{shown(node.name)}[/] → {joined}")
     else:
-        title = "" if node.kind == "parallel" else f" [bold]{escape(node.name)}[/]"
-        sub = tree.add(f"[magenta]{escape(node.kind)}[/]{title}")
+        title = "" if node.kind == "parallel" else f" [bold]{shown(node.name)}[/]"
+        sub = tree.add(f"[magenta]{shown(node.kind)}[/]{title}")
     for child in node.children():
         _add(sub, child, report)
 
@@ -375,11 +375,11 @@ def _label(node: Node, report: CheckReport | None) -> str:
         return model.__name__ if model is not None else "?"
 
     output = " | ".join(v.__name__ for v in node.output_variants) or "?"  # a union step: its variants
-    text = f"[bold]{escape(node.id)}[/] [cyan]{node.kind}[/] {name(node.input_model)} → {output}"
+    text = f"[bold]{shown(node.id)}[/] [cyan]{shown(node.kind)}[/] {shown(name(node.input_model))} → {shown(output)}"
     if node.name != node.id:
-        text += f" [dim]({escape(node.name)})[/]"
+        text += f" [dim]({shown(node.name)})[/]"
     if node.engine_name is not None:
-        text += f"  [dim]engine[/] {escape(node.engine_name)}"
+        text += f"  [dim]engine[/] {shown(node.engine_name)}"
     if report is not None:
         errors = sum(1 for i in report.errors if i.node_id == node.id)
         warnings = sum(1 for i in report.warnings if i.node_id == node.id)
@@ -407,7 +407,7 @@ def engines(
             if chain is None:
                 import_target(source)
         if engines_file is not None:
-            load_engines(engines_file)
+            load_engines(checked_engines(engines_file))
     users: dict[str, list[str]] = {}
     for node in chain.iter_nodes() if chain else ():
         if node.engine_name is not None:
@@ -419,10 +419,10 @@ def engines(
     for config in registered:
         options = ", ".join(f"{k}={v!r}" for k, v in config.public_options().items())
         row = [config.name, config.backend, config.model or "(default)", options]
-        table.add_row(*map(escape, row), *([escape(", ".join(users.get(config.name, [])))] if chain else []))
+        table.add_row(*map(shown, row), *([shown(", ".join(users.get(config.name, [])))] if chain else []))
     for missing in sorted(set(users) - {c.name for c in registered}):
         table.add_row(
-            f"[red]{escape(missing)}[/]", "[red]not registered[/]", "", "", escape(", ".join(users[missing]))
+            f"[red]{shown(missing)}[/]", "[red]not registered[/]", "", "", shown(", ".join(users[missing]))
         )
     out = Console(highlight=False)
     if table.row_count:

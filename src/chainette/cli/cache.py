@@ -6,11 +6,11 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from .._errors import ChainetteError
+from .._errors import LedgerError
 from ..ledger.store import Ledger, default_ledger_path
+from ._common import check_file, exit_on_errors, shown, stderr_console, visible
 
 __all__ = ["cache_app"]
 
@@ -26,14 +26,13 @@ LedgerOpt = typer.Option(
 
 def _open(path: Path | None) -> Ledger:
     target = path or default_ledger_path()
-    if not target.is_file():
-        Console(stderr=True).print(f"No ledger at {escape(str(target))} (nothing cached yet).")
+    if not target.exists():
+        stderr_console().print(f"No ledger at {shown(str(target))} (nothing cached yet).")
         raise typer.Exit(0)
-    try:
-        return Ledger(target)
-    except ChainetteError as exc:
-        Console(stderr=True).print(f"[bold red]Error:[/] [red]{escape(str(exc))}[/]", soft_wrap=True)
-        raise typer.Exit(1) from None
+    with exit_on_errors(stderr_console()):
+        check_file(target, "The ledger", LedgerError)  # a FIFO or device would block SQLite
+        store = Ledger(target)
+    return store
 
 
 @cache_app.command()
@@ -42,11 +41,11 @@ def info(ledger: Path | None = LedgerOpt) -> None:
 
     [dim]Example:[/]  chainette cache info --ledger .chainette/ledger.sqlite
     """
-    with _open(ledger) as store:
+    with _open(ledger) as store, exit_on_errors(stderr_console()):
         facts = store.info()
     out = Console(highlight=False)
     out.print(
-        f"Ledger {escape(str(facts.path))}: {facts.bytes / 1e6:,.2f} MB, "
+        f"Ledger {shown(str(facts.path))}: {facts.bytes / 1e6:,.2f} MB, "
         f"{facts.completions:,} completed requests, {facts.failures:,} remembered failures",
         soft_wrap=True,
     )
@@ -56,7 +55,7 @@ def info(ledger: Path | None = LedgerOpt) -> None:
             table.add_column(column, justify="left" if column == "step" else "right")
         for step, row in facts.by_step.items():
             table.add_row(
-                escape(step),
+                shown(step),
                 f"{row['completions']:,}",
                 f"{row['prompt_tokens']:,}",
                 f"{row['completion_tokens']:,}",
@@ -73,10 +72,12 @@ def clear(
 
     [dim]Example:[/]  chainette cache clear --yes
     """
-    with _open(ledger) as store:
-        if not yes and not typer.confirm(f"Delete every cached request in {store.path}?", default=False):
+    with _open(ledger) as store, exit_on_errors(stderr_console()):
+        if not yes and not typer.confirm(
+            f"Delete every cached request in {visible(str(store.path))}?", default=False
+        ):
             raise typer.Exit(1)
         count = store.clear()
     Console(stderr=True, highlight=False).print(
-        f"Cleared {count:,} cached requests from {escape(str(store.path))}."
+        f"Cleared {count:,} cached requests from {shown(str(store.path))}."
     )

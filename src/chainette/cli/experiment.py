@@ -13,13 +13,12 @@ from pathlib import Path
 import anyio
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from ..engines.registry import load_engines
 from ..experiments import Experiment, ExperimentResult, describe_config, load_suite
 from ..runtime.events import Middleware
-from ._common import exit_on_errors, stderr_console
+from ._common import checked_engines, exit_on_errors, shown, stderr_console, visible
 from .loading import load_object, split_target
 from .progress import JsonEventLog, ProgressDisplay, print_run_summary
 
@@ -76,7 +75,7 @@ def run_experiment(
     with exit_on_errors(err):
         experiment = load_experiment(target)
         if engines is not None:
-            load_engines(engines)
+            load_engines(checked_engines(engines))
         middleware: list[Middleware] = []
         if json_logs:
             middleware.append(JsonEventLog())
@@ -145,25 +144,26 @@ def list_config(
     config = experiment.config
     out = Console(highlight=False, soft_wrap=True)
     if config is None:
-        out.print(f"Experiment {escape(experiment.name)} has no config.")
+        out.print(f"Experiment {shown(experiment.name)} has no config.")
         return
-    table = Table(title=f"Config of {escape(experiment.name)}", title_justify="left")
+    table = Table(title=f"Config of {shown(experiment.name)}", title_justify="left")
     for column in ("key", "type", "default", "help"):
         table.add_column(column)
     model = config if isinstance(config, type) else type(config)
     for row in describe_config(model):
-        default = "[bold]required[/]" if row["required"] else escape(repr(row["default"]))
-        table.add_row(escape(row["path"]), escape(row["type"]), default, escape(row["help"]))
+        default = "[bold]required[/]" if row["required"] else shown(repr(row["default"]))
+        table.add_row(shown(row["path"]), shown(row["type"]), default, shown(row["help"]))
     out.print(table)
 
 
 def _table(result: ExperimentResult) -> Table:
-    table = Table(title=f"Experiment {escape(result.name)}", title_justify="left")
+    table = Table(title=f"Experiment {shown(result.name, lines=False)}", title_justify="left")
     for column in ("case", "status", "score", "reason"):
         table.add_column(column)
     for case in result.cases:
-        reason = case.reason if len(case.reason) <= _REASON else case.reason[: _REASON - 1] + "…"
+        reason = visible(case.reason, lines=False)  # a judge's reason is a model's text
+        reason = reason if len(reason) <= _REASON else reason[: _REASON - 1] + "…"
         score = "" if case.score is None else f"{case.score:g}"
         style = STATUS_STYLE[case.status]
-        table.add_row(escape(case.id), f"[{style}]{case.status}[/]", score, escape(reason))
+        table.add_row(shown(case.id, lines=False), f"[{style}]{case.status}[/]", score, shown(reason))
     return table

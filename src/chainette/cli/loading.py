@@ -21,6 +21,7 @@ from typing import NoReturn, TypeVar
 from .._errors import ChainetteError
 from ..graph.chain import ChainGraph
 from ..graph.yaml_chain import on_sys_path
+from ._common import check_file
 
 __all__ = ["TargetError", "count_jsonl_records", "import_target", "load_chain", "load_object", "split_target"]
 
@@ -64,6 +65,7 @@ def load_chain(target: str) -> ChainGraph:
     Without ``:name``, a module that defines exactly one Chain gives that one.
     """
     if target.endswith((".yaml", ".yml")):
+        check_file(Path(target), "TARGET", TargetError)  # /dev/zero, a FIFO: refused before reading
         return ChainGraph.from_yaml(target)
     return load_object(target, ChainGraph, "Chain", TARGET_FORMS, default_name="chain")
 

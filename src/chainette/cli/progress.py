@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from ..runtime.events import Event
+from ._common import json_text, shown
 
 if TYPE_CHECKING:
     from ..graph.chain import ChainGraph
@@ -177,7 +177,7 @@ class ProgressDisplay:
             self._depth = dict.fromkeys(node_ids, 0)
         for key, depth, label in self.rows:
             if key is None:
-                text = f"[dim]{escape(('  ' * depth + label).ljust(self._width))}[/]"
+                text = f"[dim]{shown(('  ' * depth + label).ljust(self._width))}[/]"
                 self._progress.add_task(text, total=None, heading=True)
             else:
                 self._task(key, label, depth)
@@ -194,7 +194,7 @@ class ProgressDisplay:
         if task is None:
             assert self._progress is not None
             depth = self._depth.get(node_id, 0) if depth is None else depth
-            text = f"[bold]{escape(('  ' * depth + (label or node_id)).ljust(self._width))}[/]"
+            text = f"[bold]{shown(('  ' * depth + (label or node_id)).ljust(self._width))}[/]"
             # inside a container a node sees a share of the records (a route) or more (a loop):
             # its count stands alone, without the input total
             total = self.total if depth == 0 else None
@@ -205,7 +205,7 @@ class ProgressDisplay:
 
     def _on_run_started(self, data: dict[str, Any]) -> None:
         self.console.print(
-            f"[bold]Running[/] {escape(str(data.get('chain', '')))} [dim]→ {escape(str(data.get('output_dir', '')))}[/]",
+            f"[bold]Running[/] {shown(str(data.get('chain', '')))} [dim]→ {shown(str(data.get('output_dir', '')))}[/]",
             soft_wrap=True,
         )
         self.start(list(data.get("nodes") or []))
@@ -236,14 +236,14 @@ class ProgressDisplay:
 
     def _on_engine_started(self, data: dict[str, Any]) -> None:
         self.console.print(
-            f"[dim]engine {escape(str(data.get('engine')))} started in {data.get('seconds', 0):.1f}s[/]"
+            f"[dim]engine {shown(str(data.get('engine')))} started in {data.get('seconds', 0):.1f}s[/]"
         )
 
     def _on_engine_failed(self, data: dict[str, Any]) -> None:
         message = str(data.get("message", ""))
         self.engine_errors.append(message)
         self.console.print(
-            f"[bold red]✗ engine {escape(str(data.get('engine')))} stopped[/]: {escape(message)}",
+            f"[bold red]✗ engine {shown(str(data.get('engine')))} stopped[/]: {shown(message)}",
             soft_wrap=True,
         )
 
@@ -254,7 +254,7 @@ class ProgressDisplay:
             return  # the engine's failure was shown once; its records are counted in the bars
         if self.failures_shown < _SHOWN_FAILURES:
             self.failures_shown += 1
-            self.console.print(f"[red]✗ {escape(node)}[/]: {escape(message)}", soft_wrap=True)
+            self.console.print(f"[red]✗ {shown(node)}[/]: {shown(message)}", soft_wrap=True)
             if self.failures_shown == _SHOWN_FAILURES:
                 self.console.print("[dim]  further failures are counted, not shown (see failures.jsonl)[/]")
 
@@ -266,9 +266,9 @@ class ProgressDisplay:
         status = data.get("status", "?")
         style = "green" if status == "completed" else "red"
         self.console.print(
-            f"[{style}]{escape(str(status))}[/]: {counts.get('records_in', 0):,} in, "
+            f"[{style}]{shown(str(status))}[/]: {counts.get('records_in', 0):,} in, "
             f"{counts.get('records_out', 0):,} out, {counts.get('failures', 0):,} failed, "
-            f"{counts.get('filtered', 0):,} filtered → {escape(str(data.get('output_dir', '')))}",
+            f"{counts.get('filtered', 0):,} filtered → {shown(str(data.get('output_dir', '')))}",
             soft_wrap=True,
         )
 
@@ -292,7 +292,7 @@ class JsonEventLog:
         else:
             head = {"ts": round(time.time(), 3), "event": event}
         line = orjson.dumps({**head, **(data or {})}, default=str)
-        sys.stderr.write(line.decode() + "\n")
+        sys.stderr.write(json_text(line.decode()) + "\n")  # C1 and bidi characters as \\u escapes
 
 
 def print_run_summary(console: Console, meta: dict[str, Any], path: Path, *, brief: bool = False) -> None:
@@ -303,12 +303,12 @@ def print_run_summary(console: Console, meta: dict[str, Any], path: Path, *, bri
     counts = meta["counts"]
     failed = counts.get("failures", 0)
     for warning in meta.get("warnings") or ():
-        console.print(f"[bold yellow]! {escape(warning)}[/]", soft_wrap=True)
+        console.print(f"[bold yellow]! {shown(warning)}[/]", soft_wrap=True)
     if brief:
         for name, engine in (meta.get("engines") or {}).items():
             if engine.get("error"):
                 console.print(
-                    f"[bold red]✗ engine {escape(name)} stopped[/]: {escape(engine['error'])}", soft_wrap=True
+                    f"[bold red]✗ engine {shown(name)} stopped[/]: {shown(engine['error'])}", soft_wrap=True
                 )
     if not brief:
         mark = "[yellow]![/]" if failed else "[green]✓[/]"
@@ -334,7 +334,7 @@ def print_run_summary(console: Console, meta: dict[str, Any], path: Path, *, bri
                 soft_wrap=True,
             )
     if failed:
-        where = escape(str(path / "failures.jsonl"))
+        where = shown(str(path / "failures.jsonl"))
         console.print(f"  [red]{failed:,} record(s) failed[/]; reasons in {where}", soft_wrap=True)
 
 

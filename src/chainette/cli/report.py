@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from ..experiments.report import write_report
-from ._common import exit_on_errors, stderr_console
+from ._common import exit_on_errors, shown, stderr_console
 
 __all__ = ["report"]
 
@@ -31,7 +31,10 @@ def report(
     [dim]Example:[/]  chainette report runs/calc --compare runs/calc-old -o report.html
     """
     err = stderr_console()
+    notes: list[str] = []
     with exit_on_errors(err):
-        written = write_report(run, output, compare, samples=samples, failures=failures)
-        err.print(f"Report of {run} written.")
-        typer.echo(str(written))
+        written = write_report(run, output, compare, samples=samples, failures=failures, notes=notes)
+    for note in notes:
+        err.print(f"[yellow]![/] {shown(note)}", soft_wrap=True)
+    err.print(f"Report of {shown(str(run))} written.", soft_wrap=True)
+    typer.echo(str(written))

@@ -15,14 +15,13 @@ from typing import Any
 import anyio
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from .._errors import ExperimentError
 from ..engines.registry import load_engines
 from ..experiments import ExperimentResult, public_config
-from ..experiments.history import RunRecord, compare_runs, flatten_config, list_runs, load_run, restrict
-from ._common import exit_on_errors, stderr_console
+from ..experiments.history import RunRecord, compare_runs, flatten_config, load_run, restrict, scan_runs
+from ._common import checked_engines, exit_on_errors, json_text, shown, stderr_console, visible
 from .experiment import STATUS_STYLE, load_experiment, print_result
 
 __all__ = ["runs_app"]
@@ -54,7 +53,10 @@ def _seconds(value: float | None) -> str:
 
 
 def _short(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    """``value`` on one line (controls and newlines as escapes), cut at ``_CUT`` characters."""
+    text = visible(
+        value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str), lines=False
+    )
     return text if len(text) <= _CUT else text[: _CUT - 1] + "…"
 
 
@@ -65,7 +67,7 @@ def _when(run: RunRecord) -> str:
 def _status(status: str | None) -> str:
     if status is None:
         return "—"
-    return f"[{STATUS_STYLE.get(status, 'dim')}]{escape(status)}[/]"
+    return f"[{STATUS_STYLE.get(status, 'dim')}]{shown(status, lines=False)}[/]"
 
 
 def _load(run: str, root: Path) -> RunRecord:
@@ -77,7 +79,7 @@ JsonOpt = typer.Option(False, "--json", help="Print JSON (machine-readable) inst
 
 
 def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+    typer.echo(json_text(json.dumps(value, indent=2, ensure_ascii=False, default=str)))
 
 
 @runs_app.command("list")
@@ -86,15 +88,18 @@ def list_command(root: Path = RootOpt, as_json: bool = JsonOpt) -> None:
 
     [dim]Example:[/]  chainette runs list --root runs
     """
-    runs = list_runs(root)
+    runs, damaged = scan_runs(root)
+    err = stderr_console()
+    for folder, reason in damaged:  # one damaged folder does not hide the others
+        err.print(f"[yellow]![/] skipped {shown(folder)}: {shown(reason)}", soft_wrap=True)
     if as_json:
         _print_json([r.summary() for r in runs])
         return
     out = _out()
     if not runs:
-        out.print(f"No experiment runs under {escape(str(root))} (no folder there has experiment.json).")
+        out.print(f"No experiment runs under {shown(str(root))} (no folder there has experiment.json).")
         return
-    table = Table(title=f"Experiment runs under {escape(str(root))}", title_justify="left")
+    table = Table(title=f"Experiment runs under {shown(str(root))}", title_justify="left")
     for column in ("id", "when", "experiment / suite", "pass rate", "cases", "cost", "duration"):
         right = column in ("pass rate", "cases", "cost", "duration")
         table.add_column(column, justify="right" if right else "left", no_wrap=column != "experiment / suite")
@@ -102,9 +107,9 @@ def list_command(root: Path = RootOpt, as_json: bool = JsonOpt) -> None:
         suite = run.data.get("suite") or {}
         where = Path(suite["path"]).name if suite.get("path") else "python"
         table.add_row(
-            escape(run.id),
+            shown(run.id, lines=False),
             _when(run),
-            f"{escape(run.experiment)} / {escape(where)}",
+            f"{shown(run.experiment, lines=False)} / {shown(where, lines=False)}",
             _rate(run.pass_rate),
             str(run.totals.get("cases", len(run.cases))),
             _money(run.cost_usd),
@@ -134,8 +139,8 @@ def show(
             close = difflib.get_close_matches(case, ids, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             stderr_console().print(
-                f"[red]Error:[/] run {escape(record.id)} has no case {escape(repr(case))}.{escape(hint)} "
-                f"Its cases: {escape(', '.join(ids[:20]))}{' …' if len(ids) > 20 else ''}.",
+                f"[red]Error:[/] run {shown(record.id, lines=False)} has no case {shown(repr(case))}.{shown(hint)} "
+                f"Its cases: {shown(', '.join(ids[:20]))}{' …' if len(ids) > 20 else ''}.",
                 soft_wrap=True,
             )
             raise typer.Exit(1)
@@ -149,22 +154,20 @@ def show(
         return
     out = _out()
     out.print(
-        f"[bold]{escape(record.experiment)}[/] run {escape(record.id)} ({_when(record)}) in {escape(str(record.path))}"
+        f"[bold]{shown(record.experiment, lines=False)}[/] run {shown(record.id, lines=False)} ({_when(record)}) in {shown(str(record.path))}"
     )
     git = record.data.get("git")
     if git:
-        out.print(f"git {escape(str(git.get('commit')))}{' (dirty)' if git.get('dirty') else ''}")
+        out.print(f"git {shown(str(git.get('commit')))}{' (dirty)' if git.get('dirty') else ''}")
     else:
         out.print("git: not recorded (not run in a git work tree)")
     suite = record.data.get("suite") or {}
     out.print(
-        f"suite {escape(str(suite.get('path') or '(built in Python)'))}, {suite.get('cases')} cases"
-        + (f", sha256 {suite['sha256'][:12]}" if suite.get("sha256") else "")
+        f"suite {shown(str(suite.get('path') or '(built in Python)'))}, {suite.get('cases')} cases"
+        + (f", sha256 {shown(suite['sha256'][:12])}" if suite.get("sha256") else "")
     )
     config = flatten_config(record.config or {})
-    out.print(
-        "config: " + (", ".join(f"{escape(k)}={escape(_short(v))}" for k, v in config.items()) or "none")
-    )
+    out.print("config: " + (", ".join(f"{shown(k)}={shown(_short(v))}" for k, v in config.items()) or "none"))
     table = Table(title_justify="left")
     for column in ("case", "status", "score", "time", "tokens", "cost", "reason"):
         table.add_column(column, justify="right" if column in ("score", "time", "tokens", "cost") else "left")
@@ -172,13 +175,13 @@ def show(
         score = "" if item.get("score") is None else f"{item['score']:g}"
         tokens = item.get("tokens") or {}
         table.add_row(
-            escape(str(item.get("id"))),
+            shown(str(item.get("id")), lines=False),
             _status(item.get("status")),
             score,
             "" if item.get("duration_s") is None else _seconds(item["duration_s"]),
-            str(tokens.get("prompt", 0) + tokens.get("completion", 0)) if tokens else "",
+            str((tokens.get("prompt") or 0) + (tokens.get("completion") or 0)) if tokens else "",
             _money((item.get("cost") or {}).get("usd")) if item.get("cost") else "",
-            escape(_short(item.get("reason") or "")),
+            shown(_short(item.get("reason") or "")),
         )
     out.print(table)
     out.print(_totals_line(record))
@@ -191,7 +194,7 @@ _BAR = 20
 def _show_case(out: Console, record: RunRecord, case: dict[str, Any]) -> None:
     """One case: status, output, expected, every assessment, tokens and cost per step, timeline."""
     out.print(
-        f"case [bold]{escape(str(case.get('id')))}[/] of run {escape(record.id)}: {_status(case.get('status'))}"
+        f"case [bold]{shown(str(case.get('id')), lines=False)}[/] of run {shown(record.id, lines=False)}: {_status(case.get('status'))}"
         + ("" if case.get("score") is None else f", score {case['score']:g}")
         + ("" if case.get("duration_s") is None else f", {_seconds(case['duration_s'])}")
     )
@@ -202,13 +205,11 @@ def _show_case(out: Console, record: RunRecord, case: dict[str, Any]) -> None:
         ("error", "error"),
     ):
         if case.get(key) not in (None, ""):
-            out.print(f"{label}: {escape(_short(case[key]) if key != 'output' else _full(case[key]))}")
+            out.print(f"{label}: {shown(_short(case[key]) if key != 'output' else _full(case[key]))}")
     for name, a in (case.get("assessments") or {}).items():
         metric = "" if a.get("metric") is None else f", metric {a['metric']:g}"
         score = "" if a.get("score") is None else f", score {a['score']:g}"
-        out.print(
-            f"  {escape(name)}: passed={a.get('passed')}{score}{metric} {escape(a.get('reason') or '')}"
-        )
+        out.print(f"  {shown(name)}: passed={a.get('passed')}{score}{metric} {shown(a.get('reason') or '')}")
     steps = case.get("by_step") or {}
     if steps:
         table = Table(title="tokens and cost by step", title_justify="left")
@@ -216,7 +217,7 @@ def _show_case(out: Console, record: RunRecord, case: dict[str, Any]) -> None:
             table.add_column(column, justify="left" if column == "step" else "right")
         for step, row in steps.items():
             table.add_row(
-                escape(step),
+                shown(step),
                 str(row.get("prompt")),
                 str(row.get("completion")),
                 str((row.get("saved_prompt") or 0) + (row.get("saved_completion") or 0)),
@@ -230,17 +231,17 @@ def _show_case(out: Console, record: RunRecord, case: dict[str, Any]) -> None:
         return
     end = max(float(s["end_s"]) for s in spans) or 1e-9
     table = Table(
-        title=f"timeline (seconds from the experiment's start, {escape(str(record.data.get('timeline_started_at')))})",
+        title=f"timeline (seconds from the experiment's start, {shown(str(record.data.get('timeline_started_at')))})",
         title_justify="left",
     )
     for column in ("node", "run", "start", "end", "chunk", ""):
         table.add_column(column, justify="right" if column in ("start", "end", "chunk") else "left")
     for span in spans:
-        a = int(float(span["start_s"]) / end * _BAR)
-        b = max(a + 1, round(float(span["end_s"]) / end * _BAR))
+        a = min(max(int(float(span["start_s"]) / end * _BAR), 0), _BAR - 1)  # clamped: hand-edited spans
+        b = min(max(a + 1, round(float(span["end_s"]) / end * _BAR)), _BAR)
         table.add_row(
-            escape(str(span["node"])),
-            escape(str(span.get("run", "run"))),
+            shown(str(span["node"])),
+            shown(str(span.get("run", "run"))),
             f"{float(span['start_s']):.4f}",
             f"{float(span['end_s']):.4f}",
             str(span.get("chunk", 1)),
@@ -283,7 +284,7 @@ def summarize(run: str = RunArg, root: Path = RootOpt) -> None:
         out.print("no failing or erroring cases")
     for case in failing:
         out.print(
-            f"  {_status(case.get('status'))} {escape(str(case.get('id')))}: {escape(_short(case.get('reason') or ''))}"
+            f"  {_status(case.get('status'))} {shown(str(case.get('id')), lines=False)}: {shown(_short(case.get('reason') or ''))}"
         )
 
 
@@ -317,10 +318,10 @@ def compare(
         for change in diff.changed:
             dt, dc = change.duration_delta, change.cost_delta
             row = [
-                escape(change.id),
+                shown(change.id, lines=False),
                 f"{_status(change.status_a)} → {_status(change.status_b)}",
-                escape(_short(change.output_a)),
-                escape(_short(change.output_b)),
+                shown(_short(change.output_a)),
+                shown(_short(change.output_b)),
             ]
             row += ["n/a" if dt is None else f"{dt:+,.3f}s"] * timed
             row += ["n/a" if dc is None else f"{dc:+,.6f} $"] * priced
@@ -329,9 +330,9 @@ def compare(
     else:
         out.print("no case changed status or output")
     if diff.only_a:
-        out.print(f"only in A: {escape(', '.join(diff.only_a))}")
+        out.print(f"only in A: {shown(', '.join(diff.only_a))}")
     if diff.only_b:
-        out.print(f"only in B: {escape(', '.join(diff.only_b))}")
+        out.print(f"only in B: {shown(', '.join(diff.only_b))}")
     cost = "n/a" if diff.cost_delta is None else f"{diff.cost_delta:+,.4f} $"
     duration = "n/a" if diff.duration_delta is None else f"{diff.duration_delta:+,.2f}s"
     out.print(
@@ -340,7 +341,7 @@ def compare(
     if diff.config_diff:
         out.print("config differences:")
         for key, (va, vb) in diff.config_diff.items():
-            out.print(f"  {escape(key)}: {escape(_short(va))} → {escape(_short(vb))}")
+            out.print(f"  {shown(key)}: {shown(_short(va))} → {shown(_short(vb))}")
     else:
         out.print("same config")
 
@@ -377,12 +378,14 @@ def rerun(
         overrides = [str(o) for o in how.get("overrides") or []]
         experiment = load_experiment(target)
         if how.get("engines"):
-            load_engines(Path(how["engines"]))
+            load_engines(checked_engines(Path(how["engines"])))
         _warn_config(err, record, public_config(c) if (c := experiment.resolve_config(overrides)) else None)
         if failed_only:
             ids = record.failed_ids()
             if not ids:
-                err.print(f"Run {escape(record.id)} has no failed or erroring case; nothing to rerun.")
+                err.print(
+                    f"Run {shown(record.id, lines=False)} has no failed or erroring case; nothing to rerun."
+                )
                 raise typer.Exit(0)
             experiment = restrict(experiment, ids)
         cache = record.totals.get("cache") or {}
@@ -408,7 +411,7 @@ def _warn_config(err: Console, record: RunRecord, now: dict[str, Any] | None) ->
     if keys:
         err.print(
             f"[yellow]Warning:[/] the experiment's code now gives a different config than run "
-            f"{escape(record.id)} stored ({escape(', '.join(keys))}); rerunning with the code's.",
+            f"{shown(record.id, lines=False)} stored ({shown(', '.join(keys))}); rerunning with the code's.",
             soft_wrap=True,
         )
 

@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 
 from .._errors import MissingDependencyError
 from ..engines.registry import load_engines
 from ..runtime.service import TERMINAL, TraceEvent
 from ..serving import DEFAULT_MAX_BODY, create_app
-from ._common import exit_on_errors, stderr_console
+from ._common import exit_on_errors, shown, stderr_console
 from .loading import load_chain
 
 __all__ = ["serve"]
@@ -101,6 +100,6 @@ def serve(
             when_full="refuse" if refuse_when_full else "wait",
             deadline_s=deadline_s,
         )
-        err.print(f"Serving [bold]{escape(chain.name)}[/] (engines start first)...")
+        err.print(f"Serving [bold]{shown(chain.name)}[/] (engines start first)...")
         config: dict[str, Any] = {"host": host, "port": port, "access_log": False, "log_level": "info"}
         uvicorn.run(app, **config)  # access_log off: query strings may carry a WebSocket token

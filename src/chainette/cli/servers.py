@@ -10,13 +10,12 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from .._errors import EngineConfigError
 from ..engines import servers
 from ..engines.registry import load_engines
-from ._common import exit_on_errors, stderr_console
+from ._common import exit_on_errors, shown, stderr_console
 
 __all__ = ["kill", "print_running_servers", "running_servers_table", "warmup"]
 
@@ -55,10 +54,10 @@ def warmup(
         if port is not None and len(names) > 1:
             raise EngineConfigError("--port needs a single engine (-e NAME).")
         for name in names:
-            err.print(f"Starting [bold]{escape(name)}[/] (waiting until it answers)...")
+            err.print(f"Starting [bold]{shown(name)}[/] (waiting until it answers)...")
             record = servers.warmup(configs[name], port=port, timeout=timeout)
             err.print(
-                f"[green]✓[/] {escape(name)}: pid {record.pid}, {escape(record.base_url)}; log {escape(record.log)}"
+                f"[green]✓[/] {shown(name)}: pid {record.pid}, {shown(record.base_url)}; log {shown(record.log)}"
             )
             typer.echo(record.base_url)
 
@@ -83,10 +82,10 @@ def kill(
         for name in targets:
             outcome = servers.kill_server(name)
             if outcome == "stopped":
-                err.print(f"[green]✓[/] stopped {escape(name)}")
+                err.print(f"[green]✓[/] stopped {shown(name)}")
             elif outcome == "stale":
                 err.print(
-                    f"[yellow]![/] {escape(name)} was no longer running (or its PID is now another program's); record removed"
+                    f"[yellow]![/] {shown(name)} was no longer running (or its PID is now another program's); record removed"
                 )
             else:
                 missing.append(name)
@@ -106,7 +105,7 @@ def running_servers_table() -> Table | None:
     for column in ("name", "kind", "pid", "base_url", "started", "log"):
         table.add_column(column)
     for r in records:
-        table.add_row(*map(escape, (r.name, r.kind, str(r.pid), r.base_url, r.started_at, r.log)))
+        table.add_row(*map(shown, (r.name, r.kind, str(r.pid), r.base_url, r.started_at, r.log)))
     return table
 
 
@@ -114,7 +113,7 @@ def print_running_servers(out: Console) -> None:
     try:
         table = running_servers_table()
     except EngineConfigError as exc:  # an unreadable state file should not hide the engines listing
-        stderr_console().print(f"[yellow]![/] {escape(str(exc))}", soft_wrap=True)
+        stderr_console().print(f"[yellow]![/] {shown(str(exc))}", soft_wrap=True)
         return
     if table is not None:
         out.print(table)

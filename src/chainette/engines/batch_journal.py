@@ -9,10 +9,13 @@ the create is found again: the next call looks for a batch made from that file. 
 next ``generate``, a request whose fingerprint is still *pending* in a batch is attached to that
 batch (polled, downloaded) instead of being sent again.
 
-An item's state: ``pending`` (sent, no answer handed over yet), ``delivered`` (its answer was
-returned to the runtime, which keeps it in the ledger from then on) or ``failed`` (expired,
-failed or missing: the next request with that fingerprint goes into a new batch). A batch's row
-keeps its last known status and reason.
+An item's state: ``pending`` (sent, no answer downloaded yet), ``answered`` (its batch ended and
+was downloaded: the answer is kept here, in the same transaction, so it is never paid for again
+even if the process dies before the runtime's ledger commit), ``delivered`` (its answer was handed
+to the runtime and the engine closed after: the ledger keeps it from then on, and the copy here is
+dropped) or ``failed`` (expired, failed or missing: the next request with that fingerprint goes
+into a new batch). The next call asking for an ``answered`` fingerprint gets the kept answer, with
+no batch and no poll. A batch's row keeps its last known status and reason.
 
 One SQLite file in WAL mode, shared by processes (default ``batches.sqlite`` beside the default
 ledger: see :func:`default_journal_path`). The engine layer never imports the ledger; this is
@@ -25,8 +28,9 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from .._errors import EngineError
 
@@ -47,6 +51,7 @@ CREATE TABLE IF NOT EXISTS items (
     batch_id TEXT NOT NULL,
     custom_id TEXT NOT NULL,
     state TEXT NOT NULL,
+    answer TEXT,
     PRIMARY KEY (fingerprint, batch_id)
 );
 CREATE INDEX IF NOT EXISTS items_pending ON items (fingerprint, state);
@@ -71,8 +76,11 @@ class BatchJournal:
         >>> journal.created("upload:file_1", "batch_1")
         >>> journal.pending(["fp1", "fp2"])
         {'fp1': ('batch_1', 'c1')}
-        >>> journal.settle("batch_1", "completed", None, delivered=["fp1"], failed=[])
-        >>> journal.pending(["fp1"])
+        >>> journal.settle("batch_1", "completed", None, answered={"fp1": '{"text": "{}"}'}, failed=[])
+        >>> journal.pending(["fp1"]), journal.answers(["fp1", "fp2"])
+        ({}, {'fp1': '{"text": "{}"}'})
+        >>> journal.delivered(["fp1"])
+        >>> journal.answers(["fp1"])
         {}
     """
 
@@ -84,6 +92,9 @@ class BatchJournal:
             self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
+            if "answer" not in columns:  # a journal written before answers were kept
+                self._db.execute("ALTER TABLE items ADD COLUMN answer TEXT")
         except (OSError, sqlite3.Error) as exc:
             raise EngineError(
                 f"openai_batch: cannot open the batch journal {self.path} ({exc}). Pass another file as the "
@@ -103,7 +114,7 @@ class BatchJournal:
                 (batch_id, endpoint, input_file_id, now, now),
             )
             self._db.executemany(
-                "INSERT OR REPLACE INTO items VALUES (?, ?, ?, 'pending')",
+                "INSERT OR REPLACE INTO items VALUES (?, ?, ?, 'pending', NULL)",
                 [(fp, batch_id, custom_id) for fp, custom_id in items],
             )
 
@@ -120,19 +131,34 @@ class BatchJournal:
     def pending(self, fingerprints: Iterable[str]) -> dict[str, tuple[str, str]]:
         """Of ``fingerprints``, those still pending in a batch: ``{fingerprint: (batch_id, custom_id)}``
         (the newest batch when there are several)."""
-        wanted = list(dict.fromkeys(fingerprints))
         found: dict[str, tuple[str, str]] = {}
+        for fp, batch_id, custom_id in self._items(
+            "SELECT i.fingerprint, i.batch_id, i.custom_id FROM items i JOIN batches b USING (batch_id) "
+            "WHERE i.state = 'pending' AND i.fingerprint IN ({}) ORDER BY b.created_at",
+            fingerprints,
+        ):
+            found[fp] = (batch_id, custom_id)
+        return found
+
+    def answers(self, fingerprints: Iterable[str]) -> dict[str, str]:
+        """Of ``fingerprints``, those whose answer was downloaded but not yet delivered:
+        ``{fingerprint: answer}`` (the JSON the engine kept, see :meth:`settle`)."""
+        return {
+            fp: answer
+            for fp, answer in self._items(
+                "SELECT fingerprint, answer FROM items WHERE state = 'answered' AND fingerprint IN ({})",
+                fingerprints,
+            )
+        }
+
+    def _items(self, sql: str, fingerprints: Iterable[str]) -> list[Any]:
+        wanted = list(dict.fromkeys(fingerprints))
+        rows: list[Any] = []
         with self._lock:
             for start in range(0, len(wanted), 500):
                 part = wanted[start : start + 500]
-                marks = ",".join("?" * len(part))
-                rows = self._db.execute(
-                    "SELECT i.fingerprint, i.batch_id, i.custom_id FROM items i JOIN batches b USING (batch_id) "
-                    f"WHERE i.state = 'pending' AND i.fingerprint IN ({marks}) ORDER BY b.created_at",
-                    part,
-                ).fetchall()
-                found.update((fp, (batch_id, custom_id)) for fp, batch_id, custom_id in rows)
-        return found
+                rows += self._db.execute(sql.format(",".join("?" * len(part))), part).fetchall()
+        return rows
 
     def status(self, batch_id: str) -> tuple[str, str | None] | None:
         """A batch's last known ``(status, reason)``, or None when it is not in the journal."""
@@ -156,21 +182,38 @@ class BatchJournal:
         status: str,
         reason: str | None,
         *,
-        delivered: Sequence[str],
+        answered: Mapping[str, str],
         failed: Sequence[str],
     ) -> None:
-        """The batch ended (``status``): these items' answers were handed over, those failed."""
+        """The batch ended (``status``) and was downloaded: these items' answers (``{fingerprint:
+        answer JSON}``) are kept until :meth:`delivered`, those items failed. One transaction."""
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "UPDATE batches SET status = ?, reason = ?, updated_at = ? WHERE batch_id = ?",
                 (status, reason, time.time(), batch_id),
             )
-            for state, fps in (("delivered", delivered), ("failed", failed)):
-                self._db.executemany(
-                    "UPDATE items SET state = ? WHERE batch_id = ? AND fingerprint = ?",
-                    [(state, batch_id, fp) for fp in fps],
-                )
+            self._db.executemany(
+                "UPDATE items SET state = 'answered', answer = ? WHERE batch_id = ? AND fingerprint = ?",
+                [(answer, batch_id, fp) for fp, answer in answered.items()],
+            )
+            self._db.executemany(
+                "UPDATE items SET state = 'failed' WHERE batch_id = ? AND fingerprint = ?",
+                [(batch_id, fp) for fp in failed],
+            )
+
+    def delivered(self, fingerprints: Iterable[str]) -> None:
+        """These answers were handed to the runtime, which has committed them to its ledger: drop
+        the copies kept here (a later request with one of these fingerprints is sent anew)."""
+        rows = [(fp,) for fp in dict.fromkeys(fingerprints)]
+        if not rows:
+            return
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "UPDATE items SET state = 'delivered', answer = NULL WHERE state = 'answered' AND fingerprint = ?",
+                rows,
+            )
 
     def counts(self) -> dict[str, int]:
         """Items by state (for tests and ``describe()``)."""

@@ -13,8 +13,12 @@ goes to ``failures.jsonl``; a batch that fails or expires as a whole gives every
 Never paying twice: the runtime sends only what the ledger does not hold; this engine keeps a
 journal (:mod:`.batch_journal`) of the batches it creates, written before the create, so a
 rerun after a crash or Ctrl-C between submit and download attaches its requests to the batch
-already at the provider instead of creating another. A cancelled run leaves the batch running
-there (cancelling it would throw away work that is being paid for).
+already at the provider instead of creating another. A downloaded batch's answers go into the
+journal (one transaction) before anything else happens to them, and stay there until the engine
+closes after handing them over (by then the runtime has committed them to its ledger): a run
+killed after the download, while the same call still waits for another batch, leaves them there,
+and the next call asking for them gets them from the journal, with no batch at all. A cancelled
+run leaves the batch running there (cancelling it would throw away work that is being paid for).
 
 Transport failures (429 with ``Retry-After``, 5xx, timeouts) of each HTTP exchange are retried
 with the ``openai`` back-end's backoff; a retried create first looks for a batch already made
@@ -126,8 +130,11 @@ class OpenAIBatchEngine(BatchClient):
         self.poll_max = poll_max
         self.journal_path = journal
         self.batch_stats: Counter[str] = Counter()
-        """``created``, ``attached`` (batches a rerun picked up), ``polls``, ``lines`` sent."""
+        """``created``, ``attached`` (batches a rerun picked up), ``from_journal`` (answers a rerun
+        got from the journal: downloaded, never handed over), ``polls``, ``lines`` sent."""
         self._journal: BatchJournal | None = None
+        self._handed: set[str] = set()
+        """Fingerprints whose journalled answers a ``generate`` call returned: delivered at :meth:`close`."""
 
     async def start(self) -> None:
         await super().start()
@@ -139,7 +146,13 @@ class OpenAIBatchEngine(BatchClient):
     async def close(self) -> None:
         await super().close()
         if self._journal is not None:
-            self._journal.close()
+            # The runtime commits what a call returned before the engine closes (under a shield):
+            # only now may the journal's copies go. A process that dies first keeps them here.
+            journal, handed = self._journal, list(self._handed)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(journal.delivered, handed)
+            self._handed.clear()
+            journal.close()
             self._journal = None
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[str | Completion, None]:
@@ -159,15 +172,15 @@ class OpenAIBatchEngine(BatchClient):
             fingerprint = self._fingerprint(body)
             bodies.setdefault(fingerprint, body)
             fingerprints.append(fingerprint)
+        results = await self._kept(list(bodies))
         try:
-            groups, attached = await self._attached(list(bodies))
+            groups, attached = await self._attached([fp for fp in bodies if fp not in results])
         except _Refused as exc:  # cannot tell whether an earlier create made its batch: send nothing
             return [_error(f"{exc.message}; nothing was sent, run again") for _ in requests]
         self.batch_stats["attached"] += len(groups)
         for batch_id, items in groups.items():
             _log.info("attaching %d request(s) to batch %s, submitted earlier", len(items), batch_id)
-        results: dict[str, Completion] = {}
-        fresh = [fp for fp in bodies if fp not in attached]
+        fresh = [fp for fp in bodies if fp not in attached and fp not in results]
         try:
             if fresh:
                 try:
@@ -180,7 +193,18 @@ class OpenAIBatchEngine(BatchClient):
                     tg.start_soon(self._collect, batch_id, items, results)
         except Exception as exc:  # a bug or an unexpected library error: fail the call, keep the cause
             raise EngineError(self._scrub(f"openai_batch: {type(exc).__name__}: {exc}")) from exc
+        self._handed.update(fp for fp, c in results.items() if c.finish_reason != "error")
         return [results[fp] for fp in fingerprints]
+
+    async def _kept(self, fingerprints: list[str]) -> dict[str, Completion]:
+        """The answers the journal keeps for ``fingerprints``: downloaded by an earlier call whose
+        process did not live to hand them over (or to close). Paid for once; returned as they are."""
+        assert self._journal is not None
+        kept = await anyio.to_thread.run_sync(self._journal.answers, fingerprints)
+        if kept:
+            self.batch_stats["from_journal"] += len(kept)
+            _log.info("%d answer(s) from the journal, downloaded earlier and never handed over", len(kept))
+        return {fp: Completion.model_validate_json(answer) for fp, answer in kept.items()}
 
     async def _attached(self, fingerprints: list[str]) -> tuple[dict[str, dict[str, str]], set[str]]:
         """The requests already in a batch (the journal's pending items): ``{batch id: {custom_id:
@@ -201,7 +225,7 @@ class OpenAIBatchEngine(BatchClient):
                 continue
             settle = functools.partial(journal.settle, placeholder, "never created", None)
             await anyio.to_thread.run_sync(
-                functools.partial(settle, delivered=[], failed=list(items.values()))
+                functools.partial(settle, answered={}, failed=list(items.values()))
             )
         return groups, {fp for items in groups.values() for fp in items.values()}
 
@@ -264,7 +288,7 @@ class OpenAIBatchEngine(BatchClient):
                 reason = f"batch {batch_id} is unknown to {self.public_url}: {exc.message}"
                 await anyio.to_thread.run_sync(
                     lambda: journal.settle(
-                        batch_id, "unknown", reason, delivered=[], failed=list(items.values())
+                        batch_id, "unknown", reason, answered={}, failed=list(items.values())
                     )
                 )
                 results.update(
@@ -276,18 +300,22 @@ class OpenAIBatchEngine(BatchClient):
             return
         status = str(batch.get("status"))
         missing = missing_reason(batch_id, batch, self.completion_window, notes)
-        delivered: list[str] = []
+        answered: dict[str, str] = {}
         failed: list[str] = []
+        got: dict[str, Completion] = {}
         for custom_id, fp in items.items():
-            completion = answers.get(custom_id) or _error(f"{missing} (custom_id {custom_id})")
-            results[fp] = completion
-            (failed if completion.finish_reason == "error" else delivered).append(fp)
+            completion = got[fp] = answers.get(custom_id) or _error(f"{missing} (custom_id {custom_id})")
+            if completion.finish_reason == "error":
+                failed.append(fp)
+            else:
+                answered[fp] = completion.model_dump_json(exclude={"attempts"})
         ended = missing if status != "completed" else None
-        with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):  # paid for: kept before anything else can happen to them
             await anyio.to_thread.run_sync(
-                lambda: journal.settle(batch_id, status, ended, delivered=delivered, failed=failed)
+                lambda: journal.settle(batch_id, status, ended, answered=answered, failed=failed)
             )
-        _log.info("batch %s %s: %d answered, %d failed", batch_id, status, len(delivered), len(failed))
+        results.update(got)
+        _log.info("batch %s %s: %d answered, %d failed", batch_id, status, len(answered), len(failed))
 
     async def _wait(self, batch_id: str) -> dict[str, Any]:
         """Poll the batch until it ends; its last state."""

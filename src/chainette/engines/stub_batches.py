@@ -8,7 +8,7 @@ request to its :class:`BatchStub` (``server.batches``):
 
 A batch is ``validating`` when created, ``in_progress`` from its first poll, and ends at the
 poll that comes once ``polls`` polls and ``delay`` seconds have passed (never while ``hold`` is
-set). Then each line is answered as ``POST /chat/completions`` would be (the stub's
+set, nor while its id is in ``held``; ``hold_new`` puts each batch created meanwhile there). Then each line is answered as ``POST /chat/completions`` would be (the stub's
 schema-valid answer, or the ``upstream`` server's), except the lines that :class:`BatchFaults`
 makes fail (HTTP 500 in the error file) or expire (``batch_expired`` in the error file, and the
 batch ends ``expired``); ``fail_batch`` fails the whole batch. ``stats`` counts files, batches
@@ -72,6 +72,10 @@ class BatchStub:
         """Seconds after creation before a batch may end."""
         self.hold = False
         """While True no batch ends (a test kills or cancels the client meanwhile)."""
+        self.held: set[str] = set()
+        """Ids of the batches that do not end while listed here (one batch held, another ending)."""
+        self.hold_new = False
+        """While True each batch created is added to ``held``."""
         self.stats: Counter[str] = Counter()
         """``files``, ``batches_created``, ``lines``, ``polls``, ``downloads``, ``cancels``, ``create_refused``."""
         self.create_times: list[float] = []
@@ -147,6 +151,8 @@ class BatchStub:
         self.stats["batches_created"] += 1
         self.stats["lines"] += len(lines)
         batch_id = f"batch_{next(self._ids)}"
+        if self.hold_new:
+            self.held.add(batch_id)
         self.batches[batch_id] = {
             "id": batch_id,
             "object": "batch",
@@ -173,7 +179,7 @@ class BatchStub:
             await self._finish(batch, cancelled=True)
         elif batch["status"] in ("validating", "in_progress"):
             due = self._polled[batch["id"]] > self.polls and time.time() - batch["created_at"] >= self.delay
-            if due and not self.hold:
+            if due and not self.hold and batch["id"] not in self.held:
                 await self._finish(batch)
             else:
                 batch["status"] = "in_progress"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from .._errors import ExperimentError
 from ..io.layout import EXPERIMENT, METADATA
 from .experiment import Experiment
+from .stored import StoredFileError, check_experiment, read_json_file
 from .suite import Suite, load_suite
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "list_runs",
     "load_run",
     "restrict",
+    "scan_runs",
 ]
 
 FAILED = ("fail", "error")
@@ -177,26 +180,35 @@ class RunComparison:
 
 
 def list_runs(root: str | Path = "runs") -> list[RunRecord]:
-    """Every experiment run folder under ``root``, newest first.
+    """Every experiment run folder under ``root``, newest first (folders that cannot be read are
+    left out: :func:`scan_runs` names them).
 
     Example:
         >>> [run.id for run in list_runs("runs")]  # doctest: +SKIP
         ['calc-2', 'calc-1']
     """
+    return scan_runs(root)[0]
+
+
+def scan_runs(root: str | Path = "runs") -> tuple[list[RunRecord], list[tuple[Path, str]]]:
+    """Every experiment run folder under ``root``, newest first, and the folders whose
+    ``experiment.json`` cannot be read, each with the reason: one damaged folder does not hide
+    the others."""
     base = Path(root)
     if not base.is_dir():
-        return []
+        return [], []
     found: list[RunRecord] = []
+    damaged: list[tuple[Path, str]] = []
     for folder, dirs, files in os.walk(base):
         if EXPERIMENT in files:
             dirs[:] = []  # a run folder holds no other runs (its experiment/ ones belong to it)
             try:
                 found.append(_read(Path(folder)))
-            except ExperimentError:
-                continue  # a damaged experiment.json is not a run to list
+            except ExperimentError as exc:
+                damaged.append((Path(folder), str(exc)))
         dirs.sort()
     found.sort(key=lambda r: r.started_at, reverse=True)
-    return found
+    return found, damaged
 
 
 def load_run(run: str | Path, root: str | Path = "runs") -> RunRecord:
@@ -207,7 +219,7 @@ def load_run(run: str | Path, root: str | Path = "runs") -> RunRecord:
     """
     candidates = [Path(run), Path(root) / run]
     for folder in candidates:
-        if (folder / EXPERIMENT).is_file():
+        if _exists(folder / EXPERIMENT):
             return _read(folder)
     names = [r.id for r in list_runs(root)][:10]
     listing = f" Runs under {root}: {', '.join(names)}." if names else f" {root} holds no experiment runs."
@@ -296,16 +308,28 @@ def restrict(experiment: Experiment, case_ids: list[str]) -> Experiment:
     )
 
 
+def _exists(path: Path) -> bool:
+    """Whether ``path`` is there as anything but a folder (a FIFO or device is then refused by
+    :func:`_read`, with the reason, instead of being taken for a missing file)."""
+    try:
+        return not stat.S_ISDIR(path.stat().st_mode)
+    except OSError:
+        return False
+
+
 def _read(folder: Path) -> RunRecord:
+    file = folder / EXPERIMENT
     try:
-        data = json.loads((folder / EXPERIMENT).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ExperimentError(f"{folder / EXPERIMENT} cannot be read: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ExperimentError(f"{folder / EXPERIMENT} does not hold an experiment (not a JSON object).")
+        data = read_json_file(file)
+        check_experiment(data)
+    except (OSError, StoredFileError) as exc:
+        raise ExperimentError(
+            f"{file} cannot be read: {exc}. It was changed by hand or damaged: restore it, or move the "
+            "folder out of the runs' root."
+        ) from exc
     try:
-        meta = json.loads((folder / METADATA).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        meta = read_json_file(folder / METADATA)
+    except (OSError, StoredFileError):
         meta = {}
     return RunRecord(folder, data, meta if isinstance(meta, dict) else {})
 

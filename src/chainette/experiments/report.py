@@ -15,9 +15,9 @@ changed).
 
 from __future__ import annotations
 
-import json
+import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 from itertools import islice
 from pathlib import Path
@@ -30,6 +30,7 @@ from .report_compare import compare_section
 from .report_graph import graph_svg
 from .report_html import CASES, CSS, as_text, cut, get, n_cell, num, rate, table
 from .report_timeline import timeline_section
+from .stored import StoredFileError, check_experiment, read_json_file
 
 __all__ = ["CASES", "SCAN", "RunView", "build_report", "load_run", "write_report"]
 
@@ -45,6 +46,9 @@ class RunView:
     meta: dict[str, Any]
     graph: dict[str, Any]
     experiment: dict[str, Any] | None
+    notes: list[str] = field(default_factory=list)
+    """What was left out of the report and why (a file pointing outside the run folder, not a
+    regular file): shown on the page and by the CLI."""
 
     @property
     def fmt(self) -> str:
@@ -55,21 +59,64 @@ class RunView:
         counts: dict[str, Any] = self.meta.get("counts", {})
         return counts
 
+    def inside(self, path: Path) -> bool:
+        """Whether ``path`` is a regular file or folder inside the run folder once links are
+        resolved; else a note says why it is left out. A step folder, part file or failures file
+        that is a link to elsewhere is not read: the report shows the run folder, nothing more."""
+        try:
+            resolved = path.resolve()
+            root = self.path.resolve()
+            mode = resolved.stat().st_mode
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of links
+            self.notes.append(f"{path} left out: it cannot be read ({exc}).")
+            return False
+        if not resolved.is_relative_to(root):
+            self.notes.append(f"{path} left out: it points outside the run folder (to {resolved}).")
+            return False
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            self.notes.append(f"{path} left out: it is not a regular file (a FIFO, device or socket).")
+            return False
+        return True
+
 
 def load_run(path: str | Path) -> RunView:
-    """Read ``metadata.json``, ``graph.json`` and (when there) ``experiment.json`` of a run folder."""
+    """Read ``metadata.json``, ``graph.json`` and (when there) ``experiment.json`` of a run folder.
+
+    Raises:
+        RunFolderError: a file cannot be read (not JSON, not a regular file, too large, damaged
+            ``experiment.json``, or a link out of the folder); the message names it.
+    """
     folder = Path(path)
-    if not (folder / METADATA).is_file():
+    if not (folder / METADATA).exists():
         raise RunFolderError(
             f"{folder} is not a run folder: it has no {METADATA}. Pass the folder a run wrote."
         )
+    view = RunView(folder, {}, {}, None)
 
-    def load(name: str) -> dict[str, Any] | None:
+    def load(name: str, required: bool = False) -> dict[str, Any] | None:
         file = folder / name
-        data: dict[str, Any] | None = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+        if not required and not file.exists():
+            return None
+        if not view.inside(file):
+            raise RunFolderError(f"{view.notes.pop()} Restore the run folder's own {name}.")
+        try:
+            data = read_json_file(file)
+            if name == EXPERIMENT:
+                check_experiment(data)
+        except (OSError, StoredFileError) as exc:
+            raise RunFolderError(
+                f"{file} cannot be read: {exc}. Restore it, or report on another run."
+            ) from exc
+        if not isinstance(data, dict):
+            raise RunFolderError(
+                f"{file} cannot be read: it holds a JSON {type(data).__name__}, not an object."
+            )
         return data
 
-    return RunView(folder, load(METADATA) or {}, load(GRAPH) or {}, load(EXPERIMENT))
+    view.meta = load(METADATA, required=True) or {}
+    view.graph = load(GRAPH) or {}
+    view.experiment = load(EXPERIMENT)
+    return view
 
 
 def write_report(
@@ -79,39 +126,61 @@ def write_report(
     *,
     samples: int = 5,
     failures: int = 200,
+    notes: list[str] | None = None,
 ) -> Path:
     """Write the report of ``run`` (against ``compare`` when given) to ``out``; returns ``out``.
+
+    ``notes``: when given, what was left out (and why) is appended to it.
+
+    Raises:
+        RunFolderError: a run folder cannot be read, or ``out`` cannot be written (the message
+            names the file and the reason: a read-only disk, no permission, a folder there).
 
     Example:
         >>> write_report("runs/qa", "report.html", compare="runs/qa-old")   # doctest: +SKIP
     """
     other = load_run(compare) if compare is not None else None
-    text = build_report(load_run(run), other, samples=samples, failures=failures)
+    view = load_run(run)
+    text = build_report(view, other, samples=samples, failures=failures)
     target = Path(out)
-    target.write_text(text, encoding="utf-8")
+    try:
+        target.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise RunFolderError(
+            f"Cannot write the report to {target}: {reason}. Pass -o with a writable file path."
+        ) from exc
+    if notes is not None:
+        notes.extend(view.notes + (other.notes if other is not None else []))
     return target
 
 
 # ---------------------------------------------------------------- reading, capped
 
 
-def _rows(path: Path, fmt: str) -> Iterator[dict[str, Any]]:
-    """The rows of a file or part folder, lazily (a Parquet part is read a batch at a time)."""
-    if not path.exists():
+def _rows(run: RunView, path: Path, fmt: str) -> Iterator[dict[str, Any]]:
+    """The rows of a file or part folder inside the run folder, lazily (a Parquet part is read a
+    batch at a time). Links out of the folder and non-regular files are left out, with a note."""
+    if not path.exists() and not path.is_symlink():
         return
-    if fmt != "parquet":
-        yield from read_rows(path, fmt)
+    if not run.inside(path):
         return
-    import pyarrow.parquet as pq
+    files = sorted(p for p in path.iterdir() if p.suffix == f".{fmt}") if path.is_dir() else [path]
+    for file in files:
+        if not run.inside(file) or not file.is_file():
+            continue
+        if fmt != "parquet":
+            yield from read_rows(file, fmt)
+            continue
+        import pyarrow.parquet as pq
 
-    for file in sorted(path.glob("*.parquet")) if path.is_dir() else [path]:
         for batch in pq.ParquetFile(file).iter_batches(batch_size=256):
             yield from batch.to_pylist()
 
 
-def _head(path: Path, fmt: str, limit: int) -> list[dict[str, Any]]:
+def _head(run: RunView, path: Path, fmt: str, limit: int) -> list[dict[str, Any]]:
     """The first ``limit`` rows of a file or part folder."""
-    return list(islice(_rows(path, fmt), max(limit, 0)))
+    return list(islice(_rows(run, path, fmt), max(limit, 0)))
 
 
 def _inputs_for(run: RunView, ids: set[str]) -> dict[str, dict[str, Any]]:
@@ -120,7 +189,7 @@ def _inputs_for(run: RunView, ids: set[str]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     if not ids:
         return found
-    for row in islice(_rows(run.path / FLATTENED, run.fmt), SCAN):
+    for row in islice(_rows(run, run.path / FLATTENED, run.fmt), SCAN):
         rid = str(row.get("_id", ""))
         inputs = {k[6:]: v for k, v in row.items() if k.startswith("input.")}
         parts = rid.split(".")
@@ -223,7 +292,7 @@ def _node_stats(run: RunView) -> str:
 
 
 def _failures(run: RunView, cap: int) -> str:
-    shown = _head(run.path / FAILURES, "jsonl", cap)
+    shown = _head(run, run.path / FAILURES, "jsonl", cap)
     total = run.counts.get("failures")
     if not shown:
         if isinstance(total, int) and total > 0:
@@ -256,7 +325,7 @@ def _samples(run: RunView, n: int) -> str:
         for node in run.graph.get("nodes", [])
         if str(node["id"]) not in reserved and (run.path / str(node["id"])).is_dir()
     ]
-    heads = {step: _head(run.path / step, run.fmt, n) for step in steps}
+    heads = {step: _head(run, run.path / step, run.fmt, n) for step in steps}
     inputs = _inputs_for(run, {str(r.get("_id")) for rows in heads.values() for r in rows})
     parts = []
     for step, rows in heads.items():
@@ -332,6 +401,10 @@ def build_report(run: RunView, other: RunView | None = None, *, samples: int = 5
         ("failures-section", f"Failures ({num(run.counts.get('failures'))})", _failures(run, failures)),
         ("samples", f"Samples (first {samples} rows of each step)", _samples(run, samples)),
     ]
+    left_out = run.notes + (other.notes if other is not None else [])  # filled while reading above
+    if left_out:
+        items = "".join(f"<li>{escape(note)}</li>" for note in left_out)
+        sections.append(("left-out", "Left out of this report", f'<ul id="left-out-notes">{items}</ul>'))
     body = "".join(
         f'<section id="{sid}"><h2>{escape(title)}</h2>{html}</section>' for sid, title, html in sections
     )

@@ -5,8 +5,13 @@ folder, or ``$CHAINETTE_LEDGER``). It runs in WAL mode, so readers never wait fo
 and several processes can share it; each ``put`` commits at once, so a run killed with
 SIGKILL loses at most the request that was completing at that instant.
 
-Two tables: ``completions`` (the engine's answer to a request) and ``failures`` (records that
-failed for good at a step with ``on_failure="stay"``, so reruns do not retry them).
+Three tables: ``completions`` (the engine's answer to a request), ``failures`` (records that
+failed for good at a step with ``on_failure="stay"``, so reruns do not retry them) and ``claims``
+(requests being sent right now: the key, the owner's id and when its lease ends). Processes
+sharing the file claim a request before sending it (:meth:`Ledger.claim`): a live claim by
+another owner means "wait for its answer to land here"; an expired one (its owner died) is taken
+over. The owner renews its lease while the request is in flight, and storing the answer (or
+:meth:`Ledger.release`, for an error answer) ends the claim.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ CREATE TABLE IF NOT EXISTS completions (
     completion_tokens INTEGER NOT NULL,
     reasoning TEXT,
     created_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS failures (
     key TEXT PRIMARY KEY,
@@ -170,7 +180,78 @@ class Ledger:
         ]
         if rows:
             verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
-            self._write(f"{verb} INTO completions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._write(
+                (f"{verb} INTO completions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows),
+                ("DELETE FROM claims WHERE key = ?", [(row[0],) for row in rows]),  # answered: claim over
+            )
+
+    # -- claims across processes ----------------------------------------------------------------
+
+    def claim(
+        self, keys: Sequence[str], owner: str, lease_s: float
+    ) -> tuple[dict[str, StoredAnswer], list[str], list[str]]:
+        """Claim ``keys`` for ``owner`` for ``lease_s`` seconds, in one transaction.
+
+        Returns the answers stored meanwhile (no claim needed), the keys now claimed by ``owner``
+        (free, expired, or already its own: it sends them) and the keys under another owner's
+        live lease (the caller waits for their answers and asks again).
+        """
+        if not keys:
+            return {}, [], []
+        answers: dict[str, StoredAnswer] = {}
+        granted: list[str] = []
+        held: list[str] = []
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    now = time.time()
+                    for start in range(0, len(keys), _CHUNK):
+                        part = keys[start : start + _CHUNK]
+                        marks = ",".join("?" * len(part))
+                        for row in self._db.execute(
+                            "SELECT key, text, finish_reason, prompt_tokens, completion_tokens, reasoning "
+                            f"FROM completions WHERE key IN ({marks})",
+                            part,
+                        ):
+                            answers[row[0]] = StoredAnswer(*row[1:])
+                        busy = {
+                            key
+                            for key, who, until in self._db.execute(
+                                f"SELECT key, owner, expires_at FROM claims WHERE key IN ({marks})", part
+                            )
+                            if who != owner and until > now
+                        }
+                        for key in part:
+                            if key not in answers:
+                                (held if key in busy else granted).append(key)
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO claims VALUES (?, ?, ?)",
+                        [(key, owner, now + lease_s) for key in granted],
+                    )
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise LedgerError(f"Cannot write to the request ledger {str(self.path)!r}: {exc}") from exc
+        return answers, granted, held
+
+    def renew(self, keys: Sequence[str], owner: str, lease_s: float) -> None:
+        """Extend ``owner``'s leases on ``keys`` (those it still holds) to ``lease_s`` from now."""
+        if keys:
+            until = time.time() + lease_s
+            self._write(
+                (
+                    "UPDATE claims SET expires_at = ? WHERE key = ? AND owner = ?",
+                    [(until, k, owner) for k in keys],
+                )
+            )
+
+    def release(self, keys: Sequence[str], owner: str) -> None:
+        """End ``owner``'s claims on ``keys`` without an answer: the next claimant sends them."""
+        if keys:
+            self._write(("DELETE FROM claims WHERE key = ? AND owner = ?", [(k, owner) for k in keys]))
 
     # -- final failures -----------------------------------------------------------------------
 
@@ -188,26 +269,37 @@ class Ledger:
         now = time.time()
         rows = [(k, f.step, f.error_type, f.message, f.raw, f.attempts, now) for k, f in entries]
         if rows:
-            self._write("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self._write(("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?, ?)", rows))
 
     def forget_failures(self, keys: Sequence[str]) -> None:
         """Drop stored failures (a refreshing run retries them)."""
         if keys:
-            self._write("DELETE FROM failures WHERE key = ?", [(k,) for k in keys])
+            self._write(("DELETE FROM failures WHERE key = ?", [(k,) for k in keys]))
 
     # -- housekeeping ---------------------------------------------------------------------------
 
     def info(self) -> LedgerInfo:
-        with self._lock:
-            completions = self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
-            failures = self._db.execute("SELECT COUNT(*) FROM failures").fetchone()[0]
-            by_step = {
-                step: {"completions": n, "prompt_tokens": p or 0, "completion_tokens": c or 0}
-                for step, n, p, c in self._db.execute(
-                    "SELECT step, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens) "
-                    "FROM completions GROUP BY step ORDER BY step"
-                )
-            }
+        """Size, counts and per-step figures.
+
+        Raises:
+            LedgerError: the file is damaged (SQLite opened it, but its pages cannot be read).
+        """
+        try:
+            with self._lock:
+                completions = self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+                failures = self._db.execute("SELECT COUNT(*) FROM failures").fetchone()[0]
+                by_step = {
+                    step: {"completions": n, "prompt_tokens": p or 0, "completion_tokens": c or 0}
+                    for step, n, p, c in self._db.execute(
+                        "SELECT step, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens) "
+                        "FROM completions GROUP BY step ORDER BY step"
+                    )
+                }
+        except sqlite3.Error as exc:
+            raise LedgerError(
+                f"Cannot read the request ledger {str(self.path)!r}: {exc}. The file is damaged: move it "
+                "away (the next run starts a new ledger and sends its requests again)."
+            ) from exc
         size = sum(p.stat().st_size for p in self._files() if p.exists())
         return LedgerInfo(self.path, size, completions, failures, by_step)
 
@@ -218,6 +310,7 @@ class Ledger:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM completions")
             self._db.execute("DELETE FROM failures")
+            self._db.execute("DELETE FROM claims")
             self._db.execute("COMMIT")
             self._db.execute("VACUUM")
         return count
@@ -249,12 +342,14 @@ class Ledger:
         except sqlite3.Error as exc:
             raise LedgerError(f"Cannot read the request ledger {str(self.path)!r}: {exc}") from exc
 
-    def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    def _write(self, *statements: tuple[str, list[tuple[Any, ...]]]) -> None:
+        """Each ``(sql, rows)`` run over its rows, all in one committed transaction."""
         try:
             with self._lock:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    self._db.executemany(sql, rows)
+                    for sql, rows in statements:
+                        self._db.executemany(sql, rows)
                 except BaseException:
                     self._db.execute("ROLLBACK")
                     raise

@@ -3,12 +3,18 @@
 ``RequestCache.lookup`` answers what the ledger already holds (one indexed read per chunk, on
 the loop); ``RequestCache.claim`` makes sure that of several identical requests in flight at once
 (duplicate prompts in one run, across chunks and branches) only one reaches the engine, the
-others wait for its answer; ``RequestCache.store`` commits answers as soon as they arrive, so a
-crash loses nothing already paid for. Error answers are never stored: a rerun sends them again.
+others wait for its answer; ``RequestCache.claim_shared`` does the same across processes that
+share the ledger file (a claim row with a lease: one process sends, the others poll the ledger
+for the answer, and take the request over if the owner's lease runs out); ``RequestCache.store``
+commits answers as soon as they arrive, so a crash loses nothing already paid for. Error answers
+are never stored: a rerun sends them again.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +30,11 @@ __all__ = ["CacheMode", "InFlight", "RequestCache"]
 CacheMode = Literal["use", "refresh", "off"]
 """``use``: read and write the ledger; ``refresh``: send everything again and overwrite what is
 stored; ``off``: neither read nor write (duplicates within the run are still sent once)."""
+
+LEASE_S = 60.0
+"""How long a claim in the ledger lasts unless renewed; the owner renews it every third of that
+while the request is in flight, so another process takes a request over only once its owner has
+been gone (killed, hung) this long."""
 
 
 @dataclass
@@ -44,6 +55,11 @@ class RequestCache:
         self.ledger = ledger if mode != "off" else None
         self.mode: CacheMode = mode
         self._inflight: dict[str, InFlight] = {}
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        """This run's name on its claims in the ledger."""
+        self.lease_s = LEASE_S
+        self._leased: set[str] = set()
+        """Keys this run holds claims on in the ledger (claimed, answer not stored yet)."""
 
     @classmethod
     def open(cls, path: str | Path | None, mode: CacheMode) -> RequestCache:
@@ -91,14 +107,53 @@ class RequestCache:
             slot.completion = completion
             slot.done.set()
 
+    async def claim_shared(self, keys: list[str]) -> tuple[dict[str, StoredAnswer], list[str], list[str]]:
+        """Claim ``keys`` (this process owns them: :meth:`claim`) in the ledger, for processes
+        sharing it: the answers stored meanwhile, the keys to send (claimed, leased to this run)
+        and the keys another live process is sending (wait, then ask again). Without a ledger,
+        or outside ``use`` mode, every key is to send."""
+        if self.ledger is None or self.mode != "use" or not keys:
+            return {}, keys, []
+        ledger, owner, lease = self.ledger, self.owner, self.lease_s
+        answers, granted, held = await anyio.to_thread.run_sync(lambda: ledger.claim(keys, owner, lease))
+        self._leased.update(granted)
+        return answers, granted, held
+
+    async def keep_leases(self, keys: Sequence[str]) -> None:
+        """Renew this run's claims on ``keys`` every third of the lease until none is left
+        (run in a task, cancelled once the keys are answered)."""
+        if self.ledger is None:
+            return
+        ledger, owner, lease = self.ledger, self.owner, self.lease_s
+        while True:
+            await anyio.sleep(lease / 3)
+            held = [key for key in keys if key in self._leased]
+            if not held:
+                return
+            await anyio.to_thread.run_sync(ledger.renew, held, owner, lease)
+
+    async def release(self, keys: Sequence[str]) -> None:
+        """End this run's claims on ``keys`` that no stored answer ended (error answers, a
+        cancelled send): processes waiting on them take them over at once."""
+        mine = [key for key in keys if key in self._leased]
+        if self.ledger is None or not mine:
+            return
+        self._leased.difference_update(mine)
+        ledger, owner = self.ledger, self.owner
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(lambda: ledger.release(mine, owner))
+
     async def store(self, entries: list[tuple[str, str, str, Completion]]) -> None:
-        """Commit ``(key, engine, step, completion)``; error answers are left out."""
+        """Commit ``(key, engine, step, completion)``; error answers are left out. Storing an
+        answer ends its claim in the ledger."""
         kept = [e for e in entries if e[3].finish_reason != "error"]
         if self.ledger is None or not kept:
             return
         ledger, replace = self.ledger, self.mode == "refresh"
         with anyio.CancelScope(shield=True):  # an answer that arrived is kept even on Ctrl-C
             await anyio.to_thread.run_sync(lambda: ledger.put(kept, replace=replace))
+        if self._leased:
+            self._leased.difference_update(e[0] for e in kept)
 
     async def store_failures(self, entries: list[tuple[str, StoredFailure]]) -> None:
         if self.ledger is None or not entries:

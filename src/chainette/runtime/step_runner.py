@@ -1,7 +1,8 @@
 """Running an LLM ``Step`` over a chunk: render, ask the ledger, call the engine, validate, re-ask.
 
 Each attempt is keyed (``ledger.keys.request_key``). What the ledger holds is answered from it;
-of identical requests in flight only one is sent. The rest go to the engine, started lazily on
+of identical requests in flight only one is sent, in this process and, through claims in the
+ledger, in every process sharing it (one sends, the others wait for its answer to land there). The rest go to the engine, started lazily on
 the first miss, in batches of ``engine.max_batch_size`` with at most ``engine.max_concurrency``
 batches in flight per engine across the whole run; answers are committed to the ledger as they
 arrive. A reply that is not valid JSON for the output model, or was cut off at ``max_tokens``,
@@ -32,25 +33,21 @@ from contextlib import aclosing
 from typing import Any
 
 import anyio
+import anyio.abc
 
-from .._errors import BudgetExceededError, EngineError, OutputValidationError, RecordError, RenderError
+from .._errors import BudgetExceededError, EngineError, RecordError, RenderError
 from ..engines.base import ChatRequest, Completion, Engine, Message, SamplingParams
 from ..graph.nodes import Step
 from ..ledger.keys import after_first, key_of, key_of_rest, key_prefix
-from ..ledger.store import StoredAnswer, StoredFailure
+from ..ledger.store import StoredAnswer
 from .budgets import budget_error, exceeded, time_left
-from .context import DeltaHandler, NodeStats, RunContext
+from .context import DeltaHandler, RunContext
 from .records import Record, dump, request_salt
 from .requests import InFlight
-from .step_io import _Job, _judge, _Round, parse_output, render_messages
+from .step_io import _Job, _Round, parse_output, render_messages
+from .step_outcome import _KINDS, _cut, _engine_failed, _give_up, _settle
 
 __all__ = ["iter_step", "parse_output", "render_messages", "run_step"]
-
-_KINDS: dict[str, type[RecordError]] = {
-    cls.kind: cls for cls in (OutputValidationError, EngineError, RenderError, RecordError)
-}
-"""A failure remembered in the ledger is raised again as the same kind of error."""
-
 
 SAMPLES_PER_PASS = 256
 """With ``samples > 1``, samples are made and sent this many at a time (or one chunk's worth,
@@ -204,7 +201,7 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
             else:
                 waiting.append((job, slot))
     if owned:
-        await _send(step, owned, ctx, decided)
+        await _send_claimed(step, owned, ctx, decided)
     for job, slot in waiting:
         if job.record.deadline is None:
             await slot.done.wait()
@@ -262,20 +259,98 @@ def _request(step: Step, job: _Job, sampling: SamplingParams) -> ChatRequest:
     )
 
 
+async def _send_claimed(
+    step: Step, owned: list[tuple[_Job, ChatRequest, str]], ctx: RunContext, decided: _Round
+) -> None:
+    """Claim the requests this process owns in the shared ledger, then send those granted and
+    wait for those another process is sending (answered from the ledger once they land there)."""
+    try:
+        answers, granted, held = await ctx.cache.claim_shared([key for _, _, key in owned])
+    except BaseException:
+        for _, _, key in owned:
+            ctx.cache.abandon(key)
+        raise
+    if not answers and not held:  # the usual case: nobody else is sending these
+        await _send(step, owned, ctx, decided)
+        return
+    by_key = {item[2]: item for item in owned}
+    _answered_elsewhere(step, by_key, answers, ctx, decided)
+    async with anyio.create_task_group() as tg:
+        if granted:
+            tg.start_soon(_send, step, [by_key.pop(key) for key in granted], ctx, decided)
+        await _wait_claimed(step, {key: by_key[key] for key in held}, ctx, decided, tg)
+
+
+async def _wait_claimed(
+    step: Step,
+    waiting: dict[str, tuple[_Job, ChatRequest, str]],
+    ctx: RunContext,
+    decided: _Round,
+    tg: anyio.abc.TaskGroup,
+) -> None:
+    """Poll the ledger (backing off to 2 s) for requests another process claimed: an answer that
+    landed settles its record, a claim released or expired (its owner failed or died) is taken
+    over and sent from here, a record past its deadline fails."""
+    delay = 0.05
+    try:
+        while waiting:
+            await anyio.sleep(delay)
+            delay = min(2.0, delay * 1.5)
+            now = time.monotonic()
+            for key, (job, _, _) in list(waiting.items()):
+                if job.record.deadline is not None and now >= job.record.deadline:
+                    del waiting[key]
+                    ctx.cache.abandon(key)
+                    job.attempts += 1
+                    error = budget_error(
+                        job.record, step.id, f"Step {step.id!r}", "deadline", ctx.record_deadline_s
+                    )
+                    error.attempts = job.attempts
+                    _give_up(step, job, error, ctx, decided, remember=False)
+            answers, granted, _ = await ctx.cache.claim_shared(list(waiting))
+            _answered_elsewhere(step, waiting, answers, ctx, decided)
+            if granted:
+                tg.start_soon(_send, step, [waiting.pop(key) for key in granted], ctx, decided)
+    finally:  # cancelled: identical requests of this process claim them again
+        for key in waiting:
+            ctx.cache.abandon(key)
+
+
+def _answered_elsewhere(
+    step: Step,
+    items: dict[str, tuple[_Job, ChatRequest, str]],
+    answers: dict[str, StoredAnswer],
+    ctx: RunContext,
+    decided: _Round,
+) -> None:
+    """Answers another process stored for requests this one claimed: settled like ledger hits."""
+    stats = ctx.node(step.id)
+    for key, answer in answers.items():
+        job, _, _ = items.pop(key)
+        ctx.cache.resolve(key, Completion(**answer._asdict()))
+        stats.cache_hits += 1
+        _settle(step, job, answer, ctx, stats, decided, sent=False)
+
+
 async def _send(
     step: Step, owned: list[tuple[_Job, ChatRequest, str]], ctx: RunContext, decided: _Round
 ) -> None:
     """Send the requests this step owns in engine-sized batches; resolve every claimed key."""
+    keys = [key for _, _, key in owned]
     try:
         engine, limiter = await ctx.engine(step.engine_name)
         size = max(1, engine.max_batch_size)
-        async with anyio.create_task_group() as tg:
-            for start in range(0, len(owned), size):
-                tg.start_soon(_call, step, engine, limiter, owned[start : start + size], ctx, decided)
+        async with anyio.create_task_group() as leases:
+            leases.start_soon(ctx.cache.keep_leases, keys)  # renewed in the ledger while in flight
+            async with anyio.create_task_group() as tg:
+                for start in range(0, len(owned), size):
+                    tg.start_soon(_call, step, engine, limiter, owned[start : start + size], ctx, decided)
+            leases.cancel_scope.cancel()
     finally:  # an engine that failed to start, or a cancelled send (a cancelled trace), must not
         # leave duplicates waiting: they claim the request again (and fail themselves if it cannot be sent)
-        for _, _, key in owned:
+        for key in keys:
             ctx.cache.abandon(key)
+        await ctx.cache.release(keys)  # those without a stored answer: another process may send them
 
 
 async def _call(
@@ -354,116 +429,3 @@ async def _stream(
     if completion is None:
         raise RuntimeError(f"engine {step.engine_name!r} ended a stream without its completion")
     return completion
-
-
-def _cut(
-    step: Step,
-    batch: list[tuple[_Job, ChatRequest, str]],
-    ctx: RunContext,
-    decided: _Round,
-    timeout: float | None,
-    *,
-    by_timeout: bool,
-) -> None:
-    """A call cut short: its records past their deadline fail, the others count an engine error
-    (cut by the policy's ``timeout_s``) or go round again (cut by another record's deadline)."""
-    now = time.monotonic() + 1e-3  # the cancel fires at the deadline, give or take the clock's tick
-    problem = f"timed out after {timeout:g} s" if timeout is not None else "timed out"
-    for job, _, key in batch:
-        ctx.cache.resolve(key, Completion(text=problem, finish_reason="error"))
-        job.attempts += 1
-        deadline = job.record.deadline
-        if deadline is not None and now >= deadline:
-            error: RecordError = budget_error(
-                job.record, step.id, f"Step {step.id!r}", "deadline", ctx.record_deadline_s
-            )
-            error.attempts = job.attempts
-            _give_up(step, job, error, ctx, decided, remember=False)
-        elif by_timeout:
-            message = f"Step {step.id!r}: engine {step.engine_name!r} {problem} (timeout_s of its policy)"
-            error = EngineError(message, node_id=step.id, record_id=job.record.id, attempts=job.attempts)
-            _engine_failed(step, job, error, problem, ctx, decided)
-        else:  # cut at a sibling's deadline, not its own: this call does not count against it
-            job.attempts -= 1
-            decided.retry.append(job)
-
-
-def _engine_failed(
-    step: Step, job: _Job, error: RecordError, problem: str, ctx: RunContext, decided: _Round
-) -> None:
-    """An engine error for ``job``: tried again after the policy's backoff while it has retries
-    left, else the record fails, the message saying how many attempts and the last error."""
-    policy = step.policy
-    job.failed_calls += 1
-    if policy is None:
-        _give_up(step, job, error, ctx, decided)
-        return
-    if job.failed_calls <= policy.retries:
-        ctx.node(step.id).retries += 1
-        job.ready_at = time.monotonic() + policy.backoff.delay(job.failed_calls, f"{step.id}/{job.record.id}")
-        decided.retry.append(job)
-        return
-    if policy.retries:
-        attempts = "attempt" if job.attempts == 1 else "attempts"
-        final = EngineError(
-            f"Step {step.id!r}: engine {step.engine_name!r} failed after {job.attempts} {attempts} "
-            f"({job.failed_calls} engine errors, retries={policy.retries} of its policy used up); "
-            f"last error: {problem}. Check the engine, or raise retries / timeout_s in the step's NodePolicy.",
-            node_id=step.id,
-            record_id=job.record.id,
-            raw=error.raw,
-            attempts=job.attempts,
-            details=error.details,
-        )
-        final.__cause__ = error.__cause__
-        error = final
-    _give_up(step, job, error, ctx, decided)
-
-
-def _settle(
-    step: Step,
-    job: _Job,
-    completion: Completion | StoredAnswer,
-    ctx: RunContext,
-    stats: NodeStats,
-    decided: _Round,
-    *,
-    sent: bool,
-) -> None:
-    """Count the answer (in ``stats``, the step's), accept it or plan the re-ask, or give up on
-    the record."""
-    job.record.tokens += completion.prompt_tokens + completion.completion_tokens  # a loop's max_tokens
-    if ctx.usage is not None:  # a traced run: tokens per input position
-        ctx.usage.add_usage(
-            step.id, job.record.index, completion.prompt_tokens, completion.completion_tokens, sent=sent
-        )
-    if sent:
-        stats.prompt_tokens += completion.prompt_tokens
-        stats.completion_tokens += completion.completion_tokens
-    else:
-        stats.saved_prompt_tokens += completion.prompt_tokens
-        stats.saved_completion_tokens += completion.completion_tokens
-    job.attempts += getattr(completion, "attempts", 1)  # a stored answer: one attempt
-    outcome = _judge(step, job, completion)
-    if outcome is None:
-        stats.done += 1
-    elif isinstance(outcome, EngineError):  # not an answer: retried under the policy, never re-asked
-        _engine_failed(step, job, outcome, completion.text, ctx, decided)
-    elif job.asks < step.max_reasks:
-        job.asks += 1
-        stats.reasks += 1
-        decided.retry.append(job)
-    else:
-        _give_up(step, job, outcome, ctx, decided)
-
-
-def _give_up(
-    step: Step, job: _Job, error: RecordError, ctx: RunContext, decided: _Round, *, remember: bool = True
-) -> None:
-    """The record fails here for good: to failures.jsonl, remembered or passed on per ``on_failure``."""
-    job.failure = error
-    ctx.fail(job.record, error, emitted=step.on_failure == "emit")
-    if step.on_failure == "stay" and remember and job.first_key:
-        decided.stays.append(
-            (job.first_key, StoredFailure(step.id, error.kind, error.message, error.raw, error.attempts))
-        )
