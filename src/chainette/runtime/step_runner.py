@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 from typing import Any
 
 import anyio
@@ -41,6 +41,7 @@ from ..graph.nodes import Step
 from ..ledger.keys import after_first, key_of, key_of_rest, key_prefix
 from ..ledger.store import StoredAnswer
 from .budgets import budget_error, exceeded, time_left
+from .coalesce import coalesces
 from .context import DeltaHandler, RunContext
 from .records import Record, dump, request_salt
 from .requests import InFlight
@@ -365,7 +366,7 @@ async def _call(
     timeout = step.policy.timeout_s if step.policy is not None else None
     limited = any(job.record.limited for job, _, _ in batch)
     try:
-        async with limiter:
+        async with nullcontext() if _gathered(engine, ctx) else limiter:  # gathered: the coalescer holds it
             if timeout is None and not limited:  # the usual call: no bound
                 completions = await _ask(step, engine, batch, ctx)
             else:  # bounded by the policy's timeout and the batch's earliest deadline, from now
@@ -410,7 +411,15 @@ async def _ask(
     on_delta = ctx.on_delta
     if on_delta is not None and engine.supports_streaming:
         return [await _stream(step, engine, job, request, on_delta) for job, request, _ in batch]
-    return await engine.generate([request for _, request, _ in batch])
+    requests = [request for _, request, _ in batch]
+    if coalesces(engine):  # with the requests of other records pending now, in one call
+        return await ctx.coalescer(step.engine_name, engine).generate(requests)
+    return await engine.generate(requests)
+
+
+def _gathered(engine: Engine, ctx: RunContext) -> bool:
+    """Whether :func:`_ask` goes through the engine's coalescer (which takes the call slots)."""
+    return coalesces(engine) and not (ctx.on_delta is not None and engine.supports_streaming)
 
 
 async def _stream(
