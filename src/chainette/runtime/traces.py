@@ -19,7 +19,7 @@ import math
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -206,7 +206,7 @@ class TraceHandle:
         answer.pieces.append(delta)
         answer.at = self._emit("chunk", {"node": node, "seq": seq, "delta": delta}).at
 
-    async def events(self) -> AsyncIterator[TraceEvent]:
+    async def events(self) -> AsyncGenerator[TraceEvent, None]:
         """Every event of the trace, from the first (a streamed answer so far as one snapshot),
         until the one that ends it."""
         replay = [e if isinstance(e, TraceEvent) else e.snapshot(self.trace_id) for e in self._history]

@@ -37,7 +37,7 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from importlib import resources
 from typing import Any
 
@@ -257,8 +257,9 @@ def create_app(
 async def _sse(handle: TraceHandle) -> AsyncIterator[str]:
     """The trace's events as Server-Sent Events; the client going away cancels the trace."""
     try:
-        async for event in handle.events():
-            yield _sse_event(event)
+        async with aclosing(handle.events()) as events:
+            async for event in events:
+                yield _sse_event(event)
     finally:
         if not handle.done.is_set():
             handle.cancel("the client went away")

@@ -48,16 +48,24 @@ class _Redact(logging.Filter):
         super().__init__()
         self.secrets: set[str] = set()
 
+    def scrub(self, text: str) -> str:
+        text = _QUERY_TOKEN.sub(r"\1[redacted]", text)
+        for secret in self.secrets:
+            text = text.replace(secret, "[redacted]")
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             text = record.getMessage()
         except Exception:  # a record that cannot format itself: let logging report it
             return True
-        clean = _QUERY_TOKEN.sub(r"\1[redacted]", text)
-        for secret in self.secrets:
-            clean = clean.replace(secret, "[redacted]")
-        if clean != text:
-            record.msg, record.args = clean, ()
+        if self.scrub(text) == text:
+            return True
+        if isinstance(record.args, tuple):  # scrub the arguments, keeping their shape (formatters
+            # such as uvicorn's access log unpack them)
+            record.args = tuple(self.scrub(a) if isinstance(a, str) else a for a in record.args)
+        if self.scrub(record.getMessage()) != record.getMessage():
+            record.msg, record.args = self.scrub(record.getMessage()), ()
         return True
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -160,6 +161,7 @@ class SocketSession:
         self._tg.start_soon(self._forward, handle)
 
     async def _forward(self, handle: TraceHandle) -> None:
-        async for event in handle.events():
-            await self.send(event.as_dict())
+        async with aclosing(handle.events()) as events:
+            async for event in events:
+                await self.send(event.as_dict())
         self.mine.pop(handle.trace_id, None)  # ended; a forward cut short leaves it for run() to cancel
