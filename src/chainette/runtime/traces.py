@@ -21,15 +21,12 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 
 from .._errors import InputError
 from .events import Event
-
-if TYPE_CHECKING:
-    from .service import ChainService
 
 __all__ = [
     "REPLAY_LIMIT",
@@ -161,10 +158,18 @@ class _Reader:
         self.changed = anyio.Event()
 
 
+class TraceOwner(Protocol):
+    """What a trace needs of the service that owns it (``ChainService``): no import of it."""
+
+    def _tell(self, event: TraceEvent) -> None: ...
+
+    def cancel(self, trace_id: str, reason: str = ...) -> bool: ...
+
+
 class TraceHandle:
     """A submitted record: its events (replayed from the start to every reader) and its result."""
 
-    def __init__(self, trace_id: str, service: ChainService) -> None:
+    def __init__(self, trace_id: str, service: TraceOwner) -> None:
         self.trace_id = trace_id
         self._service = service
         self._history: list[TraceEvent | _Answer] = []
