@@ -83,6 +83,8 @@ def worker_pids(nodes: Nodes) -> list[int]:
 
     out = []
     for node in nodes.workers:
+        if node not in nodes.cluster.worker_nodes:  # removed
+            continue
         raylet = node.all_processes[ray._private.ray_constants.PROCESS_TYPE_RAYLET][0].process
         try:
             children = psutil.Process(raylet.pid).children(recursive=True)
