@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from .._errors import RecordError
+from .._errors import BudgetExceededError, RecordError
 from ..engines.base import Engine
 from ..engines.broker import EngineBroker
 from ..engines.registry import get_engine_config
@@ -135,6 +135,15 @@ class RunContext:
             stats = self.stats[node_id] = NodeStats()
         return stats
 
+    def wants(self, kind: str) -> bool:
+        """Whether a listener asked for the per-record ``kind`` (``events.PER_RECORD``): the
+        runtime builds none of those events otherwise."""
+        return kind in getattr(self.on_event, "wanted", ())
+
+    def tell(self, kind: str, record: Record, node_id: str, **data: Any) -> None:
+        """Emit ``kind`` about ``record`` at ``node_id`` (its id and input position added)."""
+        self.on_event(kind, {"node": node_id, "record": record.id, "index": record.index, **data})
+
     def for_branch(self, group_failed: set[str]) -> RunContext:
         """A view for one branch of a group: same writer, broker and counters, own failure set.
 
@@ -206,6 +215,8 @@ class RunContext:
         if emitted:
             row["emitted"] = True
         self.writer.add_failure(row)
+        if isinstance(error, BudgetExceededError):
+            self.tell("budget_exceeded", record, error.node_id, limit=(error.details or {}).get("limit"))
         self.on_event("record_failed", {"node": error.node_id, "record": record.id, "message": error.message})
 
     def _parent_of(self, record: Record) -> dict[str, str]:
