@@ -217,22 +217,28 @@ class RunContext:
         self.writer.add_failure(row)
         if isinstance(error, BudgetExceededError):
             self.tell("budget_exceeded", record, error.node_id, limit=(error.details or {}).get("limit"))
-        self.on_event("record_failed", {"node": error.node_id, "record": record.id, "message": error.message})
+        told = {"node": error.node_id, "record": record.id, "message": error.message}
+        self.on_event("record_failed", {**told, "emitted": True} if emitted else told)
 
     def _parent_of(self, record: Record) -> dict[str, str]:
         """``{"_parent": id}`` for a map's child (``<parent id>/<k>``, or a fan-out of it), else nothing."""
         return {} if self.child_failures is None else {"_parent": record.id.rsplit("/", 1)[0]}
 
     def progress(self, node_id: str, detail: str | None = None) -> None:
-        """Tell listeners how far ``node_id`` is; ``detail`` is shown beside its count (a loop's
-        pass, a map's items)."""
+        """Tell listeners how far ``node_id`` is (``node_progress``: ``done``, ``failed``,
+        ``cached``, ``in``: records that entered it, ``filtered``, and for a step the tokens sent);
+        ``detail`` is shown beside its count (a map's items)."""
         stats = self.node(node_id)
         data: dict[str, Any] = {
             "node": node_id,
             "done": stats.done,
             "failed": stats.failed,
             "cached": stats.cache_hits + stats.deduped,
+            "in": stats.records_in,
+            "filtered": stats.filtered,
         }
+        if stats.prompt_tokens or stats.completion_tokens:  # tokens sent (what is paid)
+            data["prompt_tokens"], data["completion_tokens"] = stats.prompt_tokens, stats.completion_tokens
         if detail is not None:
             data["detail"] = detail
         self.on_event("node_progress", data)
