@@ -302,7 +302,7 @@ def test_rows_and_footer_show_rate_eta_in_flight_retries_reasks_and_tokens() -> 
     qa_line = next(line for line in lines if line.startswith("qa "))
     assert "50/100" in qa_line and "10.0 rec/s" in qa_line and "300 tok/s" in qa_line
     assert "eta 0:00:05" in qa_line  # 50 left at 10 a second
-    assert "14 in flight" in qa_line and "1 retry" in qa_line and "1 timeout" in qa_line
+    assert "14 in flight" in qa_line and "1 retry (1 timed out)" in qa_line
     assert "2 re-asks" in qa_line
     run_line = next(line for line in lines if line.startswith("run "))
     assert "14 in flight" in run_line and "300 tok/s" in run_line and "2 re-asks" in run_line

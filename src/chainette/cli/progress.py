@@ -29,9 +29,8 @@ from .progress_columns import (
     CachedColumn,
     CountColumn,
     DetailColumn,
-    Elapsed,
     FailedColumn,
-    FooterColumn,
+    FooterProgress,
     LiveColumn,
     Meter,
     RateColumn,
@@ -134,6 +133,7 @@ class ProgressDisplay:
         """The total each main-line row shows now."""
         self._grown: set[str] = set()
         """Rows whose count outgrew their total (a fan-out): shown as a count alone."""
+        self._started = clock()
         self._progress: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
         self._width = max((2 * depth + len(label) for _, depth, label in self.rows), default=0)
@@ -166,7 +166,7 @@ class ProgressDisplay:
         """Start drawing (done on ``run_started``; calling it twice is harmless)."""
         if self._progress is not None:
             return
-        self._progress = Progress(
+        self._progress = FooterProgress(
             TextColumn("{task.description}"),
             Bar(bar_width=30),
             CountColumn(),
@@ -175,9 +175,8 @@ class ProgressDisplay:
             CachedColumn(),
             RateColumn(),
             LiveColumn(),
-            FooterColumn(self.footer),
-            Elapsed(),
             console=self.console,
+            footer=self.footer,
             redirect_stdout=False,  # the chain's own prints stay on stdout
             refresh_per_second=8,
         )
@@ -192,8 +191,6 @@ class ProgressDisplay:
                 self._progress.add_task(text, total=None, heading=True)
             else:
                 self._task(key, label, depth)
-        if self.rows:
-            self._progress.add_task(f"[dim]{'run'.ljust(self._width)}[/]", total=None, footer=True)
         self._progress.start()
 
     def stop(self) -> None:
@@ -231,7 +228,13 @@ class ProgressDisplay:
                 self._shown_total[node_id] = total
             node = self._node(node_id)
             task = self._tasks[node_id] = self._progress.add_task(
-                text, total=total, failed=0, cached=0, nested=depth > 0, meter=node.meter, tokens=node.tokens
+                text,
+                total=total,
+                failed=0,
+                cached=0,
+                nested=depth > 0,
+                meter=node.meter,
+                tokens=node.tokens,
             )
         return task
 
@@ -261,14 +264,15 @@ class ProgressDisplay:
 
     def footer(self) -> str:
         """The run as a whole: records (out of the last main-line node) and tokens per second,
-        ETA, records in flight, retries / timeouts / re-asks, and the cost so far where priced."""
+        ETA; and records in flight, retries / timeouts / re-asks, the cost so far where priced."""
         main = self._main_line()
         last = self._nodes.get(main[-1]) if main else None
+        nodes = tuple(self._nodes.values())  # called from rich's refresh thread: a snapshot
         parts: list[str] = []
         rate = last.meter.rate() if last is not None else None
         if rate is not None:
             parts.append(rate_text(rate, "rec"))
-        token_rates = [r for r in (n.tokens.rate() for n in self._nodes.values() if n.tokens.value) if r]
+        token_rates = [r for r in (n.tokens.rate() for n in nodes if n.tokens.value) if r]
         if token_rates:
             parts.append(rate_text(sum(token_rates), "tok"))
         total = self._net_totals().get(main[-1]) if main else None
@@ -277,19 +281,20 @@ class ProgressDisplay:
         counts: dict[str, int] = {
             "in_flight": sum(self._nodes[k].in_flight for k in main if k in self._nodes)
         }
-        for node in self._nodes.values():
-            for key, count in node.counters.items():
+        for node in nodes:
+            for key, count in tuple(node.counters.items()):
                 counts[key] = counts.get(key, 0) + count
-        live = live_text(counts)
-        if live:
-            parts.append(live)
-        priced = [n for n in self._nodes.values() if n.price is not None and (n.prompt or n.completion)]
+        live = [live_text(counts)]
+        priced = [n for n in nodes if n.price is not None and (n.prompt or n.completion)]
         usd = sum(cost_usd(n.price, n.prompt, n.completion) or 0.0 for n in priced)
         if usd:
-            parts.append(f"${usd:,.4f}")
-        return " · ".join(p for p in parts if p)
+            live.append(f"${usd:,.4f} so far")
+        return " · ".join(
+            p for p in [f"run {_clock_text(self._clock() - self._started)}", *parts, *live] if p
+        )
 
     def _on_run_started(self, data: dict[str, Any]) -> None:
+        self._started = self._clock()
         self.console.print(
             f"[bold]Running[/] {escape(str(data.get('chain', '')))} [dim]→ {escape(str(data.get('output_dir', '')))}[/]",
             soft_wrap=True,
@@ -473,3 +478,8 @@ def _duration(seconds: float) -> str:
         return f"{seconds:.1f}s"
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def _clock_text(seconds: float) -> str:
+    whole = max(0, int(seconds))
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"

@@ -1,21 +1,23 @@
 """The columns of the live progress display, and the rate meter they read.
 
-Each column renders one task (a node's row, a heading, or the run's footer) from its fields;
-rich calls them on its own refresh timer, so what they compute (a rate over the last seconds,
-an ETA) costs nothing per event.
+Each column renders one task (a node's row or a heading) from its fields, and
+:class:`FooterProgress` adds the run's line under them; rich calls them on its own refresh
+timer, so what they compute (a rate over the last seconds, an ETA) costs nothing per event.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from rich.progress import BarColumn, ProgressColumn, Task, TimeElapsedColumn
+from rich.console import RenderableType
+from rich.progress import BarColumn, Progress, ProgressColumn, Task
+from rich.table import Column
 from rich.text import Text
 
-__all__ = ["Meter", "eta_text", "rate_text"]
+__all__ = ["FooterProgress", "Meter", "eta_text", "live_text", "rate_text"]
 
 Clock = Callable[[], float]
 
@@ -47,13 +49,13 @@ class Meter:
 
     def rate(self) -> float | None:
         """Per second over the window, up to now (it falls while nothing moves); None before two
-        samples."""
+        samples a second apart (a first burst would read as thousands a second)."""
         samples = self._samples
         if len(samples) < 2:
             return None
         start, first = samples[0]
         elapsed = self._clock() - start
-        return (self.value - first) / elapsed if elapsed > 0 else None
+        return (self.value - first) / elapsed if elapsed >= 1.0 else None
 
 
 def rate_text(rate: float | None, unit: str) -> str:
@@ -74,10 +76,32 @@ def eta_text(remaining: float | None, rate: float | None) -> str:
 
 
 def _is_row(task: Task) -> bool:
-    return not task.fields.get("heading") and not task.fields.get("footer")
+    return not task.fields.get("heading")
 
 
-class CountColumn(ProgressColumn):
+class FooterProgress(Progress):
+    """rich's ``Progress`` with one line under the rows: the run as a whole, from ``footer()``
+    at each redraw (empty: no line)."""
+
+    def __init__(self, *columns: ProgressColumn, footer: Callable[[], str], **options: Any) -> None:
+        self._footer = footer  # first: rich renders from its __init__
+        super().__init__(*columns, **options)
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        line = self._footer()
+        if line:
+            yield Text(line, style="bold", no_wrap=True, overflow="ellipsis")
+
+
+class _Column(ProgressColumn):
+    """A column that never wraps: a narrow terminal crops it."""
+
+    def __init__(self) -> None:
+        super().__init__(table_column=Column(no_wrap=True))
+
+
+class CountColumn(_Column):
     """``done/total``, or ``done`` while the total is unknown or was outgrown (fan-out)."""
 
     def render(self, task: Task) -> Text:
@@ -89,13 +113,13 @@ class CountColumn(ProgressColumn):
         return Text(text, style="progress.download")
 
 
-class FailedColumn(ProgressColumn):
+class FailedColumn(_Column):
     def render(self, task: Task) -> Text:
         failed = task.fields.get("failed", 0)
         return Text(f"{failed:,} failed", style="bold red") if failed else Text("")
 
 
-class CachedColumn(ProgressColumn):
+class CachedColumn(_Column):
     """How many of a step's answers came from the ledger or a duplicate in flight."""
 
     def render(self, task: Task) -> Text:
@@ -103,14 +127,14 @@ class CachedColumn(ProgressColumn):
         return Text(f"{cached:,} cached", style="dim cyan") if cached else Text("")
 
 
-class DetailColumn(ProgressColumn):
+class DetailColumn(_Column):
     """What a container reports beside its count (a loop's pass, a map's children)."""
 
     def render(self, task: Task) -> Text:
         return Text(str(task.fields.get("detail") or ""), style="magenta")
 
 
-class RateColumn(ProgressColumn):
+class RateColumn(_Column):
     """Records per second (and tokens per second for a step) over the last seconds, and the ETA
     of a row with a known total."""
 
@@ -127,11 +151,12 @@ class RateColumn(ProgressColumn):
             parts.append(rate_text(tokens.rate(), "tok"))
         if task.total is not None and not task.fields.get("grown") and task.completed < task.total:
             parts.append(eta_text(task.total - task.completed, rate))
-        return Text("  ".join(p for p in parts if p), style="cyan")
+        return Text(" · ".join(p for p in parts if p), style="cyan")
 
 
-class LiveColumn(ProgressColumn):
-    """What is happening now: records in flight, retries, timeouts, re-asks, budget hits."""
+class LiveColumn(_Column):
+    """What is happening now: records in flight, retries (timeouts among them), re-asks, budget
+    hits."""
 
     def render(self, task: Task) -> Text:
         if not _is_row(task):
@@ -143,29 +168,15 @@ def live_text(fields: dict[str, Any]) -> str:
     parts = []
     if fields.get("in_flight"):
         parts.append(f"{fields['in_flight']:,} in flight")
-    for key, one, many in (
-        ("retries", "retry", "retries"),
-        ("timeouts", "timeout", "timeouts"),
-        ("reasks", "re-ask", "re-asks"),
-        ("budget", "over budget", "over budget"),
-    ):
-        count = fields.get(key, 0)
-        if count:
-            parts.append(f"{count:,} {one if count == 1 else many}")
+    retries, timeouts = fields.get("retries", 0), fields.get("timeouts", 0)
+    if retries or timeouts:
+        cut = f" ({timeouts:,} timed out)" if timeouts else ""
+        parts.append(f"{retries:,} {'retry' if retries == 1 else 'retries'}{cut}")
+    if fields.get("reasks"):
+        parts.append(f"{fields['reasks']:,} re-ask{'s' if fields['reasks'] > 1 else ''}")
+    if fields.get("budget"):
+        parts.append(f"{fields['budget']:,} over budget")
     return " · ".join(parts)
-
-
-class FooterColumn(ProgressColumn):
-    """The run as a whole, on the footer row (``render_footer`` computes it at each redraw)."""
-
-    def __init__(self, render_footer: Callable[[], str]) -> None:
-        super().__init__()
-        self._render_footer = render_footer
-
-    def render(self, task: Task) -> Text:
-        if not task.fields.get("footer"):
-            return Text("")
-        return Text(self._render_footer(), style="bold")
 
 
 class Bar(BarColumn):
@@ -177,8 +188,3 @@ class Bar(BarColumn):
         if not _is_row(task) or task.fields.get("nested"):
             return Text("")
         return super().render(task)
-
-
-class Elapsed(TimeElapsedColumn):
-    def render(self, task: Task) -> Text:
-        return Text("") if task.fields.get("heading") else super().render(task)
