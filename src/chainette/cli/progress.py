@@ -2,9 +2,14 @@
 
 :class:`ProgressDisplay` and :class:`JsonEventLog` are middleware of the run's event stream
 (``middleware(event)``, see ``runtime/events.py``), so they plug into ``Chain.run(progress=True)``
-or ``middleware=[...]``; both also take the plain ``handler(kind, data)`` form of ``on_event=``. Each event is one dict lookup and at most one
-``Progress.update``; rich redraws on its own timer, so thousands of events per second are
-cheap. When stderr is not a terminal, rich prints the final state once instead of animating.
+or ``middleware=[...]``; both also take the plain ``handler(kind, data)`` form of ``on_event=``.
+Each event is one dict lookup and at most one ``Progress.update`` (or two, when a failure
+upstream changes the totals below it); rates, ETAs and the run's line are worked out when rich
+redraws, on its own timer, so thousands of events per second are cheap. The display reads the
+default events only (``node_progress`` carries what entered a node, hence what is in flight;
+``retry`` / ``timeout`` / ``reask`` / ``budget_exceeded`` are counted as they come), never the
+per-record ``node_started`` / ``node_finished``: showing progress costs a run nothing per
+record. When stderr is not a terminal, rich prints the final state once instead of animating.
 """
 
 from __future__ import annotations
@@ -101,6 +106,8 @@ class ProgressDisplay:
         total: Number of input records, when known (each bar then shows ``done/total``).
         console: Where to draw (default: a console on stderr).
         summary: Print a one-line outcome when the run finishes.
+        clock: Where rates and the run's time are read from (``time.monotonic``; tests pass
+            their own).
 
     Example:
         >>> display = ProgressDisplay(chain, total=1000)              # doctest: +SKIP
