@@ -42,6 +42,7 @@ from pydantic import BaseModel, ValidationError
 
 from .._errors import BudgetExceededError, EngineError, OutputValidationError, RecordError, RenderError
 from ..engines.base import ChatRequest, Completion, Engine, Message, SamplingParams
+from ..engines.secrets import scrub_text
 from ..graph.nodes import Step
 from ..ledger.keys import after_first, key_of, key_of_rest, key_prefix
 from ..ledger.store import StoredAnswer, StoredFailure
@@ -413,8 +414,10 @@ async def _call(
     stats = ctx.node(step.id)
     timeout = step.policy.timeout_s if step.policy is not None else None
     limited = any(job.record.limited for job, _, _ in batch)
+    began = 0.0
     try:
         async with limiter:
+            began = time.monotonic()
             if timeout is None and not limited:  # the usual call: no bound
                 completions = await _ask(step, engine, batch, ctx)
             else:  # bounded by the policy's timeout and the batch's earliest deadline, from now
@@ -423,6 +426,7 @@ async def _call(
                 with anyio.move_on_after(timeout if by_timeout else left) as scope:
                     completions = await _ask(step, engine, batch, ctx)
                 if scope.cancelled_caught:
+                    _attempts(step, batch, ctx, began, None)
                     _cut(step, batch, ctx, decided, timeout, by_timeout=by_timeout)
                     return
         stats.requests += sum(1 for c in completions if c.attempts > 0)  # answered (see NodeStats)
@@ -430,6 +434,7 @@ async def _call(
             raise RuntimeError(f"engine returned {len(completions)} completions for {len(batch)} requests")
     except Exception as exc:
         reason = Completion(text=f"{type(exc).__name__}: {exc}", finish_reason="error")
+        _attempts(step, batch, ctx, began, [reason] * len(batch))
         for job, _, key in batch:
             ctx.cache.resolve(key, reason)
             job.attempts += 1
@@ -442,6 +447,7 @@ async def _call(
             error.__cause__ = exc
             _engine_failed(step, job, error, f"{type(exc).__name__}: {exc}", ctx, decided)
         return
+    _attempts(step, batch, ctx, began, completions)
     await ctx.cache.store(
         [(key, step.engine_name, step.id, c) for (_, _, key), c in zip(batch, completions, strict=True)]
     )
@@ -449,6 +455,23 @@ async def _call(
         ctx.cache.resolve(key, completion)
         _settle(step, job, completion, ctx, stats, decided, sent=True)
     ctx.progress(step.id)
+
+
+def _attempts(
+    step: Step,
+    batch: list[tuple[_Job, ChatRequest, str]],
+    ctx: RunContext,
+    began: float,
+    completions: list[Completion] | None,
+) -> None:
+    """One ``attempt`` event per record of an engine call that ended (``completions`` None: cut
+    by a timeout), when a listener asked for them."""
+    if not ctx.wants("attempt"):
+        return
+    took = round(time.monotonic() - began, 6) if began else 0.0
+    for k, (job, _, _) in enumerate(batch):
+        outcome = "timeout" if completions is None else completions[k].finish_reason
+        ctx.tell("attempt", job.record, step.id, attempt=job.attempts + 1, duration_s=took, outcome=outcome)
 
 
 async def _ask(
@@ -504,6 +527,7 @@ def _cut(
             error.attempts = job.attempts
             _give_up(step, job, error, ctx, decided, remember=False)
         elif by_timeout:
+            ctx.tell("timeout", job.record, step.id, attempt=job.attempts, timeout_s=timeout)
             message = f"Step {step.id!r}: engine {step.engine_name!r} {problem} (timeout_s of its policy)"
             error = EngineError(message, node_id=step.id, record_id=job.record.id, attempts=job.attempts)
             _engine_failed(step, job, error, problem, ctx, decided)
@@ -524,7 +548,9 @@ def _engine_failed(
         return
     if job.failed_calls <= policy.retries:
         ctx.node(step.id).retries += 1
-        job.ready_at = time.monotonic() + policy.backoff.delay(job.failed_calls, f"{step.id}/{job.record.id}")
+        delay = policy.backoff.delay(job.failed_calls, f"{step.id}/{job.record.id}")
+        job.ready_at = time.monotonic() + delay
+        ctx.tell("retry", job.record, step.id, attempt=job.attempts, error=scrub_text(problem), delay_s=delay)
         decided.retry.append(job)
         return
     if policy.retries:
@@ -576,6 +602,14 @@ def _settle(
     elif job.asks < step.max_reasks:
         job.asks += 1
         stats.reasks += 1
+        ctx.tell(
+            "reask",
+            job.record,
+            step.id,
+            attempt=job.attempts,
+            reask=job.asks,
+            error=scrub_text(job.errors[-1]),
+        )
         decided.retry.append(job)
     else:
         _give_up(step, job, outcome, ctx, decided)
