@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -68,7 +69,7 @@ def test_bars_show_done_total_and_failures() -> None:
     qa_line = next(line for line in out.splitlines() if line.startswith("qa "))
     assert "10/10" in qa_line and "2 failed" in qa_line
     keep_line = next(line for line in out.splitlines() if line.startswith("keep "))
-    assert "8/10" in keep_line and "failed" not in keep_line
+    assert "8/8" in keep_line and "failed" not in keep_line  # net of the 2 that failed upstream
     assert "✗ qa: bad output number 0" in out
     assert "completed: 10 in, 8 out, 2 failed, 0 filtered → runs/x" in out
     assert not display.active
@@ -129,7 +130,7 @@ def test_unknown_total_shows_counts_and_stop_is_safe_twice() -> None:
     display.stop()
 
     qa_line = next(line for line in buffer.getvalue().splitlines() if line.startswith("qa "))
-    assert " 4 " in qa_line and "/" not in qa_line
+    assert " 4 " in qa_line and "4/" not in qa_line
 
 
 def test_chain_run_with_progress_uses_the_display(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -265,3 +266,82 @@ def test_detail_from_events_is_shown() -> None:
     display("node_progress", {"node": "tone", "done": 2, "failed": 0, "detail": "pass 3 of 5"})
     display("run_finished", {"status": "completed", "output_dir": "o", "counts": {}})
     assert "pass 3 of 5" in buffer.getvalue()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rows_and_footer_show_rate_eta_in_flight_retries_reasks_and_tokens() -> None:
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=False, width=200)
+    clock = Clock()
+    display = ProgressDisplay(make_chain(), total=100, console=console, summary=False, clock=clock)
+    display("run_started", {"chain": "c", "output_dir": "o", "nodes": ["qa", "keep"]})
+    for second in range(5):  # 10 records a second; 64 entered, 10 done at the last event
+        clock.now += 1.0
+        done = 10 * (second + 1)
+        tokens = {"prompt_tokens": 20 * done, "completion_tokens": 10 * done}
+        display("node_progress", {"node": "qa", "done": done, "failed": 0, "in": done + 14, **tokens})
+    display(
+        "retry", {"node": "qa", "record": "r1", "index": 1, "attempt": 1, "error": "timed out", "delay_s": 1}
+    )
+    display("timeout", {"node": "qa", "record": "r1", "index": 1, "attempt": 1, "timeout_s": 2.0})
+    for k in range(2):
+        display(
+            "reask", {"node": "qa", "record": f"r{k}", "index": k, "attempt": 1, "reask": 1, "error": "bad"}
+        )
+    display("node_progress", {"node": "keep", "done": 40, "failed": 0, "in": 40})
+    display("run_finished", {"status": "completed", "output_dir": "o", "counts": {}})
+
+    lines = buffer.getvalue().splitlines()
+    qa_line = next(line for line in lines if line.startswith("qa "))
+    assert "50/100" in qa_line and "10.0 rec/s" in qa_line and "300 tok/s" in qa_line
+    assert "eta 0:00:05" in qa_line  # 50 left at 10 a second
+    assert "14 in flight" in qa_line and "1 retry (1 timed out)" in qa_line
+    assert "2 re-asks" in qa_line
+    run_line = next(line for line in lines if line.startswith("run "))
+    assert "14 in flight" in run_line and "300 tok/s" in run_line and "2 re-asks" in run_line
+
+
+def test_a_loop_shows_its_pass() -> None:
+    console, buffer = file_console()
+    display = ProgressDisplay(make_chain(), total=4, console=console, summary=False)
+    display("run_started", {"chain": "c", "output_dir": "o", "nodes": ["qa", "keep"]})
+    display("loop_pass", {"node": "qa", "iteration": 2, "records": 3})
+    display("node_progress", {"node": "qa", "done": 1, "failed": 0, "in": 4})
+    display("run_finished", {"status": "completed", "output_dir": "o", "counts": {}})
+    qa_line = next(line for line in buffer.getvalue().splitlines() if line.startswith("qa "))
+    assert "pass 3: 3 looping" in qa_line
+
+
+def test_a_later_steps_total_is_net_of_records_that_failed_before_it(tmp_path: Path) -> None:
+    def fail_odd(request: Any) -> Any:
+        text = request.messages[-1]["content"]
+        return "not json" if int(text[1:]) % 2 else {"answer": text}
+
+    register_engine("fake", backend="fake", responder=fail_odd)
+    qa = Step(
+        id="qa",
+        input_model=Question,
+        output_model=Answer,
+        engine_name="fake",
+        user_prompt="{{ text }}",
+        max_reasks=0,
+    )
+    chain = Chain(name="net", steps=[qa, apply(keep)], batch_size=4)
+    console, buffer = file_console()
+    chain.run(
+        [Question(text=f"q{i}") for i in range(10)],
+        tmp_path / "run",
+        middleware=[ProgressDisplay(chain, total=10, console=console)],
+    )
+    lines = buffer.getvalue().splitlines()
+    qa_line = next(line for line in lines if line.startswith("qa "))
+    keep_line = next(line for line in lines if line.startswith("keep "))
+    assert "10/10" in qa_line and "5 failed" in qa_line
+    assert "5/5" in keep_line and "/10" not in keep_line

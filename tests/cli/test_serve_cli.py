@@ -46,7 +46,7 @@ def free_port() -> int:
 def test_chainette_serve_streams_a_run_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     (tmp_path / "served.py").write_text(CHAIN)
     port = free_port()
-    env = {**os.environ, "SERVE_TOKEN": "t0k3n"}
+    env = this_env(SERVE_TOKEN="t0k3n")
     cmd = [
         sys.executable,
         "-m",
@@ -86,3 +86,77 @@ def test_chainette_serve_streams_a_run_and_stops_on_ctrl_c(tmp_path: Path) -> No
     assert "Serving served-cli" in err
     assert "trace cli-1 output" in err  # each trace's ending is logged
     assert "t0k3n" not in out + err
+
+
+def this_env(**more: str) -> dict[str, str]:
+    """The environment, with the chainette this test imported first on the path (the process runs elsewhere)."""
+    import chainette
+
+    src = str(Path(chainette.__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), **more}
+
+
+def start(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """``chainette serve served.py:chain ARGS`` on a free port, once /health answers."""
+    (tmp_path / "served.py").write_text(CHAIN)
+    port = free_port()
+    cmd = [sys.executable, "-m", "chainette", "serve", "served.py:chain", "--port", str(port), *args]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=this_env(**(env or {})),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.1)
+
+
+@pytest.mark.timeout(60)
+def test_a_websocket_token_in_the_query_is_not_logged(tmp_path: Path) -> None:
+    from websockets.sync.client import connect
+
+    proc, url = start(tmp_path, "--token-env", "SERVE_TOKEN", env={"SERVE_TOKEN": "t0k3n-in-query"})
+    try:
+        with connect(url.replace("http", "ws") + "/ws?token=t0k3n-in-query") as ws:
+            ws.send(json.dumps({"input": {"text": "q"}, "trace_id": "ws-1"}))
+            while json.loads(ws.recv(timeout=20))["kind"] != "output":
+                pass
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert '"WebSocket /ws?token=[redacted]" [accepted]' in err  # uvicorn's line, without the token
+    assert "trace ws-1 output" in err
+    assert "t0k3n-in-query" not in out + err
+
+
+@pytest.mark.timeout(60)
+def test_record_to_a_folder_it_cannot_write_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "served.py").write_text(CHAIN)
+    (tmp_path / "a-file").write_text("not a folder")
+    target = tmp_path / "a-file" / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "chainette",
+        "serve",
+        "served.py:chain",
+        "--port",
+        "0",
+        "--record-to",
+        str(target),
+    ]
+    done = subprocess.run(cmd, cwd=tmp_path, env=this_env(), capture_output=True, text=True, timeout=50)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and str(target) in errors[0] and "choose another folder" in errors[0]

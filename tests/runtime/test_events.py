@@ -7,14 +7,17 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import pytest
 from pydantic import BaseModel
 from tests.helpers import Answer, Question, echo, qa_step
 
-from chainette import Chain, ChainService, Event, apply, register_engine
+from chainette import Backoff, Chain, ChainService, ChatRequest, Event, NodePolicy, apply, register_engine
+from chainette.engines import registry
+from chainette.engines.fake import FakeEngine
+from chainette.runtime.events import PER_RECORD
 
 
 class Note(BaseModel):
@@ -173,3 +176,97 @@ def test_a_node_that_fails_the_trace_says_so_in_node_finished() -> None:
     assert finished["boom"]["failed"] is True and "failed" not in finished["qa"]
     assert collect.kinds()[-1] == "failed" or "failed" in collect.kinds()
     assert [e.trace_id for e in collect.events if e.kind == "record_failed"] == ["t-2"]
+
+
+# --- per-record events in a batch run -------------------------------------------------------
+
+
+class SlowFirstCall(FakeEngine):
+    """A fake back-end whose first ``generate`` call (of all instances) takes 5 s, an await a
+    timeout cuts; the calls after it are answered at once."""
+
+    calls: ClassVar[int] = 0
+
+    async def generate(self, requests: Any) -> Any:
+        SlowFirstCall.calls += 1
+        if SlowFirstCall.calls == 1:
+            await anyio.sleep(5)
+        return await super().generate(requests)
+
+
+class Wants(Collect):
+    wants = frozenset(
+        {"attempt", "retry", "timeout", "reask", "budget_exceeded", "node_started", "node_finished"}
+    )
+
+
+def test_a_timeout_then_success_is_seen_as_attempts_a_timeout_and_a_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(registry.BACKENDS, "slow_first", f"{__name__}:SlowFirstCall")
+    monkeypatch.setattr(SlowFirstCall, "calls", 0)
+    register_engine("slow_first", backend="slow_first")
+    policy = NodePolicy(timeout_s=0.2, retries=1, backoff=Backoff(base_s=0.01, jitter=0.0))
+    collect, everything = Wants(), Collect()
+    chain = Chain("c", [qa_step("slow_first", policy=policy)])
+    result = chain.run([Question(text="a")], tmp_path / "run", middleware=[collect, everything])
+
+    assert result.counts["records_out"] == 1 and result.counts["failures"] == 0
+    record = result.metadata["nodes"]["qa"]
+    assert record["retries"] == 1
+    mine = [e for e in collect.events if e.kind != "node_progress"]
+    seen = [(e.kind, e.data.get("attempt"), e.data.get("outcome")) for e in mine if e.kind in Wants.wants]
+    assert seen == [
+        ("node_started", None, None),
+        ("attempt", 1, "timeout"),
+        ("timeout", 1, None),
+        ("retry", 1, None),
+        ("attempt", 2, "stop"),
+        ("node_finished", None, None),
+    ]
+    by_kind = {e.kind: e.data for e in mine}
+    rid = by_kind["node_started"]["record"]
+    assert all(
+        e.data["record"] == rid and e.data["index"] == 0 and e.data["node"] == "qa"
+        for e in mine
+        if e.kind in Wants.wants
+    )
+    assert by_kind["timeout"]["timeout_s"] == 0.2
+    assert "timed out after 0.2 s" in by_kind["retry"]["error"] and by_kind["retry"]["delay_s"] == 0.01
+    assert by_kind["node_finished"]["duration_s"] >= 0.2
+    # a middleware that does not ask gets the rare ones, never the per-record node and attempt events
+    kinds = set(everything.kinds())
+    assert {"timeout", "retry"} <= kinds and not kinds & PER_RECORD
+
+
+def test_an_invalid_then_valid_answer_is_seen_as_a_reask(tmp_path: Path) -> None:
+    asked: list[str] = []
+
+    def invalid_first(request: ChatRequest) -> Any:
+        asked.append(request.messages[-1]["content"])
+        return "not json" if len(asked) == 1 else {"answer": "fine", "confidence": 1.0}
+
+    register_engine("fake", backend="fake", responder=invalid_first)
+    collect = Wants()
+    result = Chain("c", [qa_step("fake", max_reasks=1)]).run(
+        [Question(text="a")], tmp_path / "run", middleware=[collect]
+    )
+
+    assert result.counts["records_out"] == 1
+    [reask] = [e.data for e in collect.events if e.kind == "reask"]
+    assert reask["node"] == "qa" and reask["attempt"] == 1 and reask["reask"] == 1 and reask["index"] == 0
+    assert "not valid JSON" in reask["error"]
+    outcomes = [e.data["outcome"] for e in collect.events if e.kind == "attempt"]
+    assert outcomes == ["stop", "stop"]  # the engine answered twice: the first answer was invalid
+
+
+def test_a_record_past_its_token_budget_is_told(tmp_path: Path) -> None:
+    register_engine("fake", backend="fake")
+    collect = Collect()
+    chain = Chain(
+        "c", [qa_step("fake"), apply(lambda a: a, id="keep", input_model=Answer, output_model=Answer)]
+    )
+    result = chain.run([Question(text="a")], tmp_path / "run", middleware=[collect], record_token_budget=1)
+    assert result.counts["failures"] == 1
+    [hit] = [e.data for e in collect.events if e.kind == "budget_exceeded"]
+    assert hit["limit"] == "token_budget" and hit["index"] == 0

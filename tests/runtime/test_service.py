@@ -64,7 +64,7 @@ async def test_a_trace_streams_its_events_and_returns_the_typed_output(echo_engi
         ("output", None),
     ]
     assert isinstance(answer, Answer) and answer.answer == "re: hello"
-    # the step's answer arrived in pieces, between its start and its end, each with the text so far
+    # the step's answer arrived in pieces, between its start and its end, each with the new text only
     chunks = [e.data for e in events if e.kind == "chunk"]
     kinds_in_order = [e.kind for e in events]
     assert len(chunks) > 1
@@ -73,10 +73,9 @@ async def test_a_trace_streams_its_events_and_returns_the_typed_output(echo_engi
         < kinds_in_order.index("chunk")
         < kinds_in_order.index("node_finished")
     )
-    assert "".join(c["delta"] for c in chunks) == chunks[-1]["text"]
-    assert Answer.model_validate_json(chunks[-1]["text"]) == answer
-    assert chunks[-1]["partial"] == answer.model_dump()
-    assert all(c["node"] == "qa" and c["text"].startswith(chunks[0]["text"]) for c in chunks)
+    assert [c["seq"] for c in chunks] == list(range(len(chunks)))
+    assert Answer.model_validate_json("".join(c["delta"] for c in chunks)) == answer
+    assert all(c["node"] == "qa" and set(c) == {"node", "seq", "delta"} for c in chunks)
 
 
 async def test_without_token_streaming_there_are_no_chunks(echo_engine: None) -> None:
@@ -421,3 +420,84 @@ async def test_nodes_inside_branches_report_their_own_start_and_end() -> None:
     assert finished["b"]["output"] == {"x": 20} and finished["c"]["output"] == {"x": -2}
     started = [e.data["node"] for e in events if e.kind == "node_started"]
     assert started.index("a") < started.index("b") and started.index("a") < started.index("c")
+
+
+async def test_a_refused_submission_holds_no_slot(echo_engine: None) -> None:
+    """Every check comes before the slot is taken, and a failure after it gives the slot back."""
+
+    def explode_on_boom(event: Any) -> None:
+        if event.trace_id == "boom":
+            raise RuntimeError("a listener that raised")
+
+    async with ChainService(qa_chain(), capacity=1, when_full="refuse", on_event=explode_on_boom) as service:
+        refused: list[dict[str, Any]] = [
+            {"deadline_s": "soon"},
+            {"deadline_s": float("nan")},
+            {"deadline_s": -1},
+            {"deadline_s": True},
+            {"trace_id": "evil\n00:00:00 trace admin output"},
+            {"trace_id": ""},
+            {"trace_id": "x" * 129},
+            {"trace_id": 7},
+        ]
+        for options in refused:
+            with pytest.raises(InputError, match=r"deadline_s must be a positive number|A-Z a-z 0-9"):
+                await service.submit({"text": "x"}, **options)
+        with pytest.raises(InputError):
+            await service.submit({"txt": "x"})
+        with pytest.raises(RuntimeError, match="a listener that raised"):
+            await service.submit({"text": "x"}, trace_id="boom")
+        assert service.open_traces == 0 and service.counts == {}
+        first = await service.submit({"text": "one"}, trace_id="ok.1:a_b-C")  # the one slot is free
+        with pytest.raises(ServiceFullError):
+            await service.submit({"text": "two"})
+        assert (await first.result()).answer == "re: one"
+
+
+async def test_a_long_streamed_answer_is_kept_once_for_late_readers() -> None:
+    """Live readers get each piece (``seq``, ``delta``); a reader that comes after gets one
+    snapshot of the answer, not the pieces: the replay buffer holds the text once."""
+    text = "abcdefghij" * 2000
+
+    register_engine("long", backend="fake", responder=lambda request: {"answer": text}, stream_pieces=2000)
+
+    class Long(BaseModel):
+        answer: str
+
+    from chainette import Step
+
+    step = Step(id="say", input_model=N, output_model=Long, engine_name="long", user_prompt="{{ x }}")
+    async with ChainService(Chain(name="long", steps=[step]), cache="off") as service:
+        trace = await service.submit({"x": 1})
+        live = [e async for e in trace.events()]
+        late = [e async for e in trace.events()]
+        history_size = len(trace._history)
+    pieces = [e.data for e in live if e.kind == "chunk"]
+    assert len(pieces) >= 1800 and [p["seq"] for p in pieces] == list(range(len(pieces)))
+    assert json.loads("".join(p["delta"] for p in pieces)) == {"answer": text}
+    snapshots = [e.data for e in late if e.kind == "chunk"]
+    assert len(snapshots) == 1 and snapshots[0]["snapshot"] is True
+    assert json.loads(snapshots[0]["text"]) == {"answer": text} and snapshots[0]["seq"] == len(pieces) - 1
+    assert [e.kind for e in late if e.kind != "chunk"] == [e.kind for e in live if e.kind != "chunk"]
+    assert history_size <= 7  # queued, started, node_started, the snapshot, node_finished, output
+
+
+async def test_a_reader_far_behind_gets_pieces_joined(echo_engine: None) -> None:
+    text = "x" * 3000
+    register_engine("many", backend="fake", responder=lambda request: {"answer": text}, stream_pieces=3000)
+
+    class Long(BaseModel):
+        answer: str
+
+    from chainette import Step
+
+    step = Step(id="say", input_model=N, output_model=Long, engine_name="many", user_prompt="{{ x }}")
+    async with ChainService(Chain(name="many", steps=[step]), cache="off") as service:
+        trace = await service.submit({"x": 1})
+        slow = trace.events()
+        first = await slow.__anext__()  # registered, then not read while the trace runs
+        await trace.done.wait()
+        rest = [first] + [e async for e in slow]
+    pieces = [e.data for e in rest if e.kind == "chunk"]
+    assert len(pieces) < 1000  # past 256 waiting, neighbouring pieces were joined
+    assert json.loads("".join(p["delta"] for p in pieces)) == {"answer": text}

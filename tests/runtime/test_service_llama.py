@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from tests.helpers import Question
 
 from chainette import Chain, ChainService, Router, SamplingParams, Step, TraceCancelledError, register_engine
+from chainette.runtime.partial import partial_json
 
 pytestmark = [pytest.mark.llama, pytest.mark.anyio]
 
@@ -119,8 +120,10 @@ async def test_tokens_stream_from_the_embedded_engine_as_chunk_events() -> None:
         answer = await trace.result()
     chunks = [e.data for e in events if e.kind == "chunk"]
     assert len(chunks) > 2  # token by token, not the whole answer at the end
-    assert "".join(c["delta"] for c in chunks) == chunks[-1]["text"]
-    assert Short.model_validate_json(chunks[-1]["text"]) == answer
-    partials = [c["partial"] for c in chunks if "partial" in c]
+    assert [c["seq"] for c in chunks] == list(range(len(chunks)))  # each the new text only
+    assert Short.model_validate_json("".join(c["delta"] for c in chunks)) == answer
+    # the object so far, as a client parses it from the deltas it has
+    so_far = ["".join(c["delta"] for c in chunks[: i + 1]) for i in range(len(chunks))]
+    partials = [p for p in map(partial_json, so_far) if p is not None]
     assert partials[-1] == answer.model_dump()
     assert any(p.get("answer") and p["answer"] != answer.answer for p in partials)  # seen while growing

@@ -8,12 +8,12 @@ from typing import Any
 
 
 class LiveServer:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, log_level: str = "warning") -> None:
         import uvicorn
 
         self.server = uvicorn.Server(
             uvicorn.Config(
-                app, host="127.0.0.1", port=0, access_log=False, log_level="warning", lifespan="on"
+                app, host="127.0.0.1", port=0, access_log=False, log_level=log_level, lifespan="on"
             )
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -79,7 +79,8 @@ def test_post_streams_the_trace_as_server_sent_events(live_server: Callable[[Any
         "output",
     ]
     chunks = [e for e in events if e["kind"] == "chunk"]
-    assert len(chunks) > 1 and chunks[-1]["partial"] == {"answer": "re: hi", "confidence": 1.0}
+    assert len(chunks) > 1 and [c["seq"] for c in chunks] == list(range(len(chunks)))
+    assert json.loads("".join(c["delta"] for c in chunks)) == {"answer": "re: hi", "confidence": 1.0}
     assert events[-1]["output"] == {"answer": "re: hi", "confidence": 1.0}
     assert {e["trace_id"] for e in events} == {"abc"}
 

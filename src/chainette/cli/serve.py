@@ -57,6 +57,18 @@ def serve(
     max_body_bytes: int = typer.Option(
         DEFAULT_MAX_BODY, "--max-body-bytes", min=1, help="Largest accepted body."
     ),
+    allow_origin: list[str] = typer.Option(
+        [],
+        "--allow-origin",
+        help="A web origin (https://app.example) whose pages may call the server (repeatable; '*': any). "
+        "Default: only the server's own page.",
+    ),
+    allow_host: list[str] = typer.Option(
+        [],
+        "--allow-host",
+        help="A name clients reach the server by, beyond localhost and the address it listens on "
+        "(a proxy's, a LAN name; repeatable; '*': any).",
+    ),
 ) -> None:
     """Serve a chain over HTTP: POST a record to [bold]/runs[/] and read its events as SSE, or use [bold]/ws[/].
 
@@ -91,6 +103,8 @@ def serve(
             on_event=log_ending,
             token_env=token_env,
             max_body_bytes=max_body_bytes,
+            allowed_origins=allow_origin,
+            allowed_hosts=allow_host,
             ledger=ledger,
             cache="off" if no_cache else "use",
             record_to=record_to,
@@ -101,5 +115,35 @@ def serve(
             deadline_s=deadline_s,
         )
         err.print(f"Serving [bold]{shown(chain.name)}[/] (engines start first)...")
+        # access_log off: a line per request is noise; create_app's filter scrubs tokens from the rest
         config: dict[str, Any] = {"host": host, "port": port, "access_log": False, "log_level": "info"}
-        uvicorn.run(app, **config)  # access_log off: query strings may carry a WebSocket token
+        try:
+            uvicorn.run(_QuietStartup(app), **config)
+        except SystemExit:
+            startup_error = getattr(app.state, "startup_error", None)
+            if startup_error is not None:
+                raise startup_error from None  # one line (exit_on_errors), not uvicorn's traceback
+            raise
+
+
+class _QuietStartup:
+    """The app, with a startup that failed on a ChainetteError (``--record-to`` a folder it cannot
+    write, an engine that cannot start) reported by the CLI as one line instead of uvicorn's
+    traceback of it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def quiet(message: Any) -> None:
+            if message["type"] == "lifespan.startup.failed" and getattr(
+                self.app.state, "startup_error", None
+            ):
+                message = {**message, "message": ""}
+            await send(message)
+
+        await self.app(scope, receive, quiet)

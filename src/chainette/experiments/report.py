@@ -15,9 +15,7 @@ changed).
 
 from __future__ import annotations
 
-import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from html import escape
 from itertools import islice
 from pathlib import Path
@@ -30,53 +28,13 @@ from .report_compare import compare_section
 from .report_graph import graph_svg
 from .report_html import CASES, CSS, as_text, cut, get, n_cell, num, rate, table
 from .report_timeline import timeline_section
+from .report_view import RunView
 from .stored import StoredFileError, check_experiment, read_json_file
 
 __all__ = ["CASES", "SCAN", "RunView", "build_report", "load_run", "write_report"]
 
 SCAN = 10_000
 """Flattened rows read at most to find the samples' inputs."""
-
-
-@dataclass
-class RunView:
-    """What the report reads of one run folder up front (the small files)."""
-
-    path: Path
-    meta: dict[str, Any]
-    graph: dict[str, Any]
-    experiment: dict[str, Any] | None
-    notes: list[str] = field(default_factory=list)
-    """What was left out of the report and why (a file pointing outside the run folder, not a
-    regular file): shown on the page and by the CLI."""
-
-    @property
-    def fmt(self) -> str:
-        return str(self.meta.get("config", {}).get("fmt", "jsonl"))
-
-    @property
-    def counts(self) -> dict[str, Any]:
-        counts: dict[str, Any] = self.meta.get("counts", {})
-        return counts
-
-    def inside(self, path: Path) -> bool:
-        """Whether ``path`` is a regular file or folder inside the run folder once links are
-        resolved; else a note says why it is left out. A step folder, part file or failures file
-        that is a link to elsewhere is not read: the report shows the run folder, nothing more."""
-        try:
-            resolved = path.resolve()
-            root = self.path.resolve()
-            mode = resolved.stat().st_mode
-        except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of links
-            self.notes.append(f"{path} left out: it cannot be read ({exc}).")
-            return False
-        if not resolved.is_relative_to(root):
-            self.notes.append(f"{path} left out: it points outside the run folder (to {resolved}).")
-            return False
-        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            self.notes.append(f"{path} left out: it is not a regular file (a FIFO, device or socket).")
-            return False
-        return True
 
 
 def load_run(path: str | Path) -> RunView:

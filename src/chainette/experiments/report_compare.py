@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .report_html import CASES, cut, delta, get, n_cell, rate, table
-
-if TYPE_CHECKING:
-    from .report import RunView
+from .report_view import RunView
 
 __all__ = ["compare_section"]
 

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from .._errors import RecordError
+from .._errors import BudgetExceededError, RecordError
 from ..engines.base import Engine
 from ..engines.broker import EngineBroker
 from ..engines.registry import get_engine_config
@@ -137,6 +137,15 @@ class RunContext:
             stats = self.stats[node_id] = NodeStats()
         return stats
 
+    def wants(self, kind: str) -> bool:
+        """Whether a listener asked for the per-record ``kind`` (``events.PER_RECORD``): the
+        runtime builds none of those events otherwise."""
+        return kind in getattr(self.on_event, "wanted", ())
+
+    def tell(self, kind: str, record: Record, node_id: str, **data: Any) -> None:
+        """Emit ``kind`` about ``record`` at ``node_id`` (its id and input position added)."""
+        self.on_event(kind, {"node": node_id, "record": record.id, "index": record.index, **data})
+
     def for_branch(self, group_failed: set[str]) -> RunContext:
         """A view for one branch of a group: same writer, broker and counters, own failure set.
 
@@ -216,22 +225,30 @@ class RunContext:
         if emitted:
             row["emitted"] = True
         self.writer.add_failure(row)
-        self.on_event("record_failed", {"node": error.node_id, "record": record.id, "message": error.message})
+        if isinstance(error, BudgetExceededError):
+            self.tell("budget_exceeded", record, error.node_id, limit=(error.details or {}).get("limit"))
+        told = {"node": error.node_id, "record": record.id, "message": error.message}
+        self.on_event("record_failed", {**told, "emitted": True} if emitted else told)
 
     def _parent_of(self, record: Record) -> dict[str, str]:
         """``{"_parent": id}`` for a map's child (``<parent id>/<k>``, or a fan-out of it), else nothing."""
         return {} if self.child_failures is None else {"_parent": record.id.rsplit("/", 1)[0]}
 
     def progress(self, node_id: str, detail: str | None = None) -> None:
-        """Tell listeners how far ``node_id`` is; ``detail`` is shown beside its count (a loop's
-        pass, a map's items)."""
+        """Tell listeners how far ``node_id`` is (``node_progress``: ``done``, ``failed``,
+        ``cached``, ``in``: records that entered it, ``filtered``, and for a step the tokens sent);
+        ``detail`` is shown beside its count (a map's items)."""
         stats = self.node(node_id)
         data: dict[str, Any] = {
             "node": node_id,
             "done": stats.done,
             "failed": stats.failed,
             "cached": stats.cache_hits + stats.deduped,
+            "in": stats.records_in,
+            "filtered": stats.filtered,
         }
+        if stats.prompt_tokens or stats.completion_tokens:  # tokens sent (what is paid)
+            data["prompt_tokens"], data["completion_tokens"] = stats.prompt_tokens, stats.completion_tokens
         if detail is not None:
             data["detail"] = detail
         self.on_event("node_progress", data)

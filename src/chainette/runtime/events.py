@@ -9,11 +9,30 @@ Where events come from:
 
 - a batch run (``runtime/executor.py`` and the runners through ``RunContext.on_event``):
   ``run_started``, ``node_progress``, ``loop_pass``, ``record_failed``, ``run_finished``;
+- a record at a step (``runtime/step_runner.py``), each with ``node``, ``record`` (its id),
+  ``index`` (its input position) and ``attempt`` (requests made for it at this step so far):
+  ``retry`` (an engine error tried again under the step's policy: ``error``, scrubbed, and
+  ``delay_s``), ``timeout`` (a call cut by the policy's ``timeout_s``: ``timeout_s``,
+  ``duration_s``), ``reask`` (an invalid or cut-off answer asked again: ``error``, scrubbed,
+  ``reask``: its number); and from any runner, through ``RunContext.fail`` or a loop that stops,
+  ``budget_exceeded`` (the record's deadline or token budget: ``limit``, ``stopped`` when a loop
+  ended on it rather than the record failing). These are rare, and go to every listener;
+- per record and node, only to listeners that ask for them (:data:`PER_RECORD`, see
+  :attr:`Middleware.wants <Middleware>`): ``node_started`` / ``node_finished`` (``node``,
+  ``record``, ``index``; finished adds ``duration_s``), once per record for every node it
+  enters, nested ones included (a record's span is its chunk's: records still move in chunks),
+  and ``attempt`` (one engine call ended for the record: ``attempt``, ``duration_s``,
+  ``outcome``: ``stop`` / ``length`` / ``error`` (an error answer, or the call raised) /
+  ``timeout``). A 100,000-record chain of three nodes makes 600,000 of the first two;
+  a listener that does not name them costs the run nothing for them;
 - the engine broker (``engines/broker.py``): ``engine_started``, ``engine_released``,
   ``engine_failed``;
 - a served trace (``runtime/service.py``): its ``TraceEvent`` kinds (``queued``, ``started``,
   ``node_started``, ``node_finished``, ``chunk``, ``output``, ``filtered``, ``failed``,
   ``cancelled``) and the runtime events above that happen inside it, each with its ``trace_id``.
+
+A served trace's own ``node_started`` / ``node_finished`` (one record per trace) go to every
+middleware, as they always did; :data:`PER_RECORD` applies to what the runtime emits.
 
 Middleware is called synchronously, on the event loop, in the order given, as each event
 happens: it must be quick (a counter, a span, a queue put; hand slow work to a thread). An
@@ -35,9 +54,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Event", "EventHandler", "EventStream", "Middleware"]
+__all__ = ["PER_RECORD", "Event", "EventHandler", "EventStream", "Middleware"]
 
 _log = logging.getLogger("chainette.events")
+
+PER_RECORD = frozenset({"node_started", "node_finished", "attempt"})
+"""Kinds the runtime emits once per record and node (or engine call): a listener receives them
+only when its ``wants`` names them, and the runtime builds them only when one does. Everything
+else goes to every listener whose ``wants`` is unset or names it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +96,11 @@ class Middleware(Protocol):
     Keep it quick and never block: it runs between the run's own steps. It may raise: the error
     is logged once for this middleware and the run goes on.
 
+    A middleware may have a ``wants`` attribute, a set of kinds: it then receives those kinds
+    only, and may name the per-record ones (:data:`PER_RECORD`: ``node_started``,
+    ``node_finished``, ``attempt``), which a middleware without ``wants`` never receives from a
+    batch run. The same holds for a plain ``on_event`` handler with a ``wants`` attribute.
+
     Example:
         >>> class CountFailures:
         ...     def __init__(self) -> None:
@@ -87,7 +116,8 @@ class Middleware(Protocol):
 EventHandler = Callable[[str, dict[str, Any]], None]
 """``handler(kind, data)``: the plain form of a listener (``on_event=``); kinds: run_started,
 node_progress, loop_pass, engine_started, engine_released, engine_failed (once per engine that
-stopped, with ``message``), record_failed, run_finished."""
+stopped, with ``message``), record_failed, retry, timeout, reask, budget_exceeded, run_finished;
+and, when its ``wants`` names them, the :data:`PER_RECORD` kinds."""
 
 
 class EventStream:
@@ -99,7 +129,7 @@ class EventStream:
     without knowing who listens; :meth:`for_trace` gives the same stream with a trace id set.
     """
 
-    __slots__ = ("_failed", "_handler", "_middleware", "trace_id")
+    __slots__ = ("_failed", "_handler", "_middleware", "_routes", "trace_id", "wanted")
 
     def __init__(
         self,
@@ -113,6 +143,10 @@ class EventStream:
         self._middleware = tuple(middleware)
         self.trace_id = trace_id
         self._failed: set[int] = _failed if _failed is not None else set()
+        self._routes: dict[tuple[str, bool], tuple[bool, tuple[Middleware, ...]]] = {}
+        asked = (_wants(x) for x in (handler, *self._middleware) if x is not None)
+        self.wanted: frozenset[str] = frozenset().union(*(PER_RECORD & w for w in asked if w is not None))
+        """The :data:`PER_RECORD` kinds some listener asks for (the runtime builds no other)."""
 
     @property
     def listened(self) -> bool:
@@ -123,15 +157,31 @@ class EventStream:
     def has_middleware(self) -> bool:
         return bool(self._middleware)
 
+    def _route(self, kind: str, runtime: bool) -> tuple[bool, tuple[Middleware, ...]]:
+        """Who receives ``kind``: (the plain handler?, the middleware), worked out once per kind."""
+        route = self._routes.get((kind, runtime))
+        if route is None:
+            opt_in = runtime and kind in PER_RECORD
+            handler = self._handler is not None and _takes(self._handler, kind, opt_in)
+            middleware = tuple(m for m in self._middleware if _takes(m, kind, opt_in))
+            route = self._routes[kind, runtime] = (handler, middleware)
+        return route
+
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
-        if self._handler is not None:
+        handler, middleware = self._route(kind, True)
+        if handler:
+            assert self._handler is not None
             self._handler(kind, data)
-        if self._middleware:
-            self.send(Event(kind, data, self.trace_id))
+        if middleware:
+            self._deliver(middleware, Event(kind, data, self.trace_id))
 
     def send(self, event: Event) -> None:
-        """Hand ``event`` to every middleware (not to the plain handler)."""
-        for middleware in self._middleware:
+        """Hand ``event`` (a served trace's own event) to every middleware that takes its kind
+        (not to the plain handler)."""
+        self._deliver(self._route(event.kind, False)[1], event)
+
+    def _deliver(self, middlewares: tuple[Middleware, ...], event: Event) -> None:
+        for middleware in middlewares:
             try:
                 middleware(event)
             except Exception:
@@ -148,3 +198,14 @@ class EventStream:
     def for_trace(self, trace_id: str, handler: EventHandler | None = None) -> EventStream:
         """The same middleware, for the events of one trace (``handler``: its plain listener)."""
         return EventStream(handler, self._middleware, trace_id=trace_id, _failed=self._failed)
+
+
+def _wants(listener: Any) -> frozenset[str] | None:
+    wants = getattr(listener, "wants", None)
+    return None if wants is None else frozenset(wants)
+
+
+def _takes(listener: Any, kind: str, opt_in: bool) -> bool:
+    """Whether ``listener`` receives ``kind`` (``opt_in``: a per-record kind, only when named)."""
+    wants = _wants(listener)
+    return (not opt_in) if wants is None else kind in wants

@@ -40,6 +40,7 @@ from .collector import run_collector
 from .context import EventHandler, RunContext
 from .dispatch import missing_runners
 from .events import EventStream, Middleware
+from .node_events import node_events
 from .record_trace import RecordTrace
 from .records import Record, coerce, describe_validation
 from .requests import CacheMode, RequestCache
@@ -207,6 +208,8 @@ async def _run_in_folder(
     trace = RecordTrace() if opts.record_trace else None
     if trace is not None:
         ctx.observe_nodes, ctx.usage = trace.observe, trace
+    if stream.wanted & {"node_started", "node_finished"}:  # per record and node: only when asked for
+        ctx.observe_nodes = node_events(ctx.observe_nodes)
     ctx.state[STOPS_INPUT] = _input_stoppers(chain)
     started = time.time()
     meta = _initial_metadata(chain, opts, writer, run_id, started)

@@ -102,6 +102,7 @@ async def run_loop(node: Loop, chunk: list[Record], ctx: RunContext) -> list[Rec
         if node.on_budget == "fail":
             fail(entry, budget_error(record, node.id, f"Loop {node.id!r}", limit, ctx.record_deadline_s))
             return
+        ctx.tell("budget_exceeded", record, node.id, limit=limit, stopped=True)
         reason: StopReason = "deadline" if limit == "deadline" else "max_tokens"
         record.tags = entry.outer_tags
         record.history[node.key] = _state(node, passes, entry.spent(), reason)

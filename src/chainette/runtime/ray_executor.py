@@ -13,11 +13,13 @@ the middle differs (:func:`run_on_ray` instead of the local stages). The driver 
    chunk's result comes back, whole, writes its rows through the run's one ``RunWriter`` and adds
    its node counters to the run's, which ``metadata.json`` reports as for a local run.
 
-A killed worker loses nothing and duplicates nothing: its actor is restarted and its chunks are
-run again there (``max_restarts`` / ``max_task_retries``); rows are written only from a result
-that arrived whole, and the answers the dead worker had already received are in the ledger, so
-the second try gets them from it. Past the restarts the run stops with :class:`ExecutorError`
-and ``--resume`` continues it.
+The actors are spread over the cluster's nodes. A killed worker (its process, or its whole node)
+loses nothing and duplicates nothing: the driver sends its chunks again to actors that answer,
+while Ray restarts it where there is room (``max_restarts``; its slots come back once it answers);
+rows are written only from a result that arrived whole, and the answers the dead worker had
+already received are in the ledger, so the second try gets them from it. A chunk lost more than
+``MAX_RESTARTS`` times, or every actor lost for ``REVIVE_TIMEOUT_S``, stops the run with
+:class:`ExecutorError`, and ``--resume`` continues it.
 
 Ray is imported here only, and this module only when a run asks for ``executor="ray"``.
 """
@@ -41,7 +43,7 @@ from .._errors import ChainDefinitionError, ExecutorError, MissingDependencyErro
 from ..engines.registry import get_engine_config
 from ..graph.chain import ChainGraph
 from .context import RunContext
-from .executor import RunOptions, read_records
+from .executor import RunOptions, _first_error, read_records
 from .ray_worker import ChainWorker, ChunkResult, RecordIn
 from .records import Record, dump
 
@@ -55,10 +57,12 @@ __all__ = [
 ]
 
 MAX_RESTARTS = 3
-"""Times an actor is restarted after its process died, and times a chunk it was running is tried
-again (a chunk is only ever written once: from the try that returned)."""
+"""Times an actor is restarted after its process (or its node) died, and times a chunk is sent
+again after its actor was lost (a chunk is only ever written once: from the try that returned)."""
 OBJECT_STORE_BYTES = 256 * 1024 * 1024
 """The object store of a local Ray instance: chunks and their results are small."""
+REVIVE_TIMEOUT_S = 120.0
+"""Seconds the run waits, once every actor is lost, for one of them to answer again."""
 CLOSE_TIMEOUT_S = 30.0
 """Seconds the workers get to release their engines at the end before they are killed."""
 
@@ -86,16 +90,19 @@ async def run_on_ray(
     """Run ``chain`` over ``inputs`` on Ray actors, writing through ``ctx.writer`` (see the module)."""
     ray = import_ray()
     started_here = _connect(ray, opts)
-    pids: set[int] = set()
+    seen: dict[str, Any] = {"pids": set(), "down": set(), "retried": 0}
     meta["ray"] = {"address": opts.ray_address, "replicas": opts.replicas, "version": ray.__version__}
     actors: list[Any] = []
     try:
         actors = _start_workers(ray, chain, opts, ctx)
-        await _stream(ray, chain, inputs, opts, ctx, counts, actors, pids)
+        await _stream(ray, chain, inputs, opts, ctx, counts, actors, seen)
+    except BaseExceptionGroup as group:  # the error that stopped the run, as a local run raises it
+        raise _first_error(group) from None
     finally:
-        meta["ray"]["worker_processes"] = len(pids)
+        meta["ray"]["worker_processes"] = len(seen["pids"])
+        meta["ray"]["chunks_retried"] = seen["retried"]
         with anyio.CancelScope(shield=True):
-            await _close_workers(ray, actors)
+            await _close_workers(ray, actors, seen["down"])
         if started_here:
             ray.shutdown()
 
@@ -149,8 +156,10 @@ def _connect(ray: Any, opts: RunOptions) -> bool:
 def _start_workers(ray: Any, chain: ChainGraph, opts: RunOptions, ctx: RunContext) -> list[Any]:
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
     per_actor = round(min(1.0, cpus / opts.replicas), 4)  # never more than the cluster has: no hang
+    # spread over the nodes (a node lost takes as few actors as can be); a lost actor's chunks
+    # are sent again by the driver (to any actor), not held by Ray until it is back
     worker = ray.remote(ChainWorker).options(
-        num_cpus=per_actor, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS
+        num_cpus=per_actor, max_restarts=MAX_RESTARTS, max_task_retries=0, scheduling_strategy="SPREAD"
     )
     engines = [get_engine_config(name) for name in chain.engine_names()]
     ledger = str(ctx.cache.path.resolve()) if ctx.cache.path is not None else None
@@ -169,32 +178,43 @@ async def _stream(
     ctx: RunContext,
     counts: dict[str, int],
     actors: list[Any],
-    pids: set[int],
+    seen: dict[str, Any],
 ) -> None:
-    """Read, send each chunk to a free slot, write each result as it comes back."""
-    per_actor = max(1, opts.workers)
-    free_send, free = anyio.create_memory_object_stream[int](len(actors) * per_actor)
-    for _ in range(per_actor):
-        for i in range(len(actors)):
-            free_send.send_nowait(i)
+    """Read, send each chunk to a free slot, write each result as it comes back; a chunk whose
+    actor was lost goes to another slot (see :class:`_Pool`)."""
 
-    async def one(slot: int, records: list[Record]) -> None:
-        try:
-            result = await _call(ray, actors[slot].run_chunk.remote(_records_in(records)), records)
-        finally:
-            free_send.send_nowait(slot)
-        pids.add(result.worker)
+    async def one(pool: _Pool, slot: int, records: list[Record]) -> None:
+        for attempt in range(MAX_RESTARTS + 1):
+            try:
+                result = await _call(ray, actors[slot].run_chunk.remote(_records_in(records)), records)
+            except ray.exceptions.RayActorError as exc:
+                pool.lost(slot)
+                if attempt == MAX_RESTARTS:
+                    raise _lost(records, exc) from exc
+                pool.retried += 1
+                slot = await pool.take()
+            else:
+                break
+        pool.give_back(slot)
+        seen["pids"].add(result.worker)
         _write(result, ctx)
         await ctx.writer.maybe_flush()
 
-    async with free_send, free, anyio.create_task_group() as tg:
-        async for records in read_records(chain, inputs, opts, ctx, counts):
-            slot = await free.receive()  # backpressure: wait for a chunk to come back
-            tg.start_soon(one, slot, records)
+    async with anyio.create_task_group() as keeper:  # the watchers of lost actors
+        pool = _Pool(ray, actors, max(1, opts.workers), keeper)
+        try:
+            async with anyio.create_task_group() as tg:
+                async for records in read_records(chain, inputs, opts, ctx, counts):
+                    slot = await pool.take()  # backpressure: wait for a chunk to come back
+                    tg.start_soon(one, pool, slot, records)
+        finally:
+            seen["down"], seen["retried"] = pool.down(), pool.retried
+            keeper.cancel_scope.cancel()  # every chunk is back: stop waiting for lost actors
+            await pool.aclose()
 
 
 async def _call(ray: Any, ref: Any, records: list[Record]) -> ChunkResult:
-    """The chunk's result; a worker's error raised as itself, a lost worker as ExecutorError."""
+    """The chunk's result; a worker's error raised as itself (a lost worker: ``RayActorError``)."""
     try:
         result: ChunkResult = await ref
     except ray.exceptions.RayTaskError as exc:
@@ -202,15 +222,97 @@ async def _call(ray: Any, ref: Any, records: list[Record]) -> ChunkResult:
         if isinstance(cause, Exception):
             raise cause from None  # the error a local run would have raised
         raise
-    except ray.exceptions.RayActorError as exc:
-        raise ExecutorError(
-            f"The Ray worker running records {records[0].id}..{records[-1].id} (inputs "
-            f"{records[0].index}..{records[-1].index}) died or could not start, and was restarted "
-            f"{MAX_RESTARTS} times: {exc}. "
-            "The run folder holds every chunk that finished; rerun with resume=True (--resume): "
-            "answers already in the ledger are not sent again."
-        ) from exc
     return result
+
+
+def _lost(records: list[Record], exc: BaseException) -> ExecutorError:
+    return ExecutorError(
+        f"The Ray workers running records {records[0].id}..{records[-1].id} (inputs "
+        f"{records[0].index}..{records[-1].index}) were lost {MAX_RESTARTS + 1} times (a process or "
+        f"a node died): {exc}. "
+        "The run folder holds every chunk that finished; rerun with resume=True (--resume): "
+        "answers already in the ledger are not sent again."
+    )
+
+
+class _Pool:
+    """The actors' slots (``workers`` per actor). A chunk takes a free slot and gives it back with
+    its result. A chunk whose actor is lost (its process or its node died: ``RayActorError``) parks
+    that slot and goes to another free one; the lost actor's slots come back once it answers
+    again (Ray restarts it where there is room, ``max_restarts``). If no actor answers for
+    ``REVIVE_TIMEOUT_S`` while all are lost, the run stops with :class:`ExecutorError`."""
+
+    def __init__(self, ray: Any, actors: list[Any], per_actor: int, tg: Any) -> None:
+        self.ray = ray
+        self.actors = actors
+        self.tg = tg
+        self.parked: dict[int, int] = {}
+        """Actor index → its slots waiting for it to answer again."""
+        self.gone: set[int] = set()
+        """Actors that will not come back (their restarts spent)."""
+        self.retried = 0
+        """Chunks sent again because their actor was lost."""
+        self._all_lost_since: float | None = None
+        self._send, self._free = anyio.create_memory_object_stream[int](len(actors) * per_actor)
+        for _ in range(per_actor):
+            for i in range(len(actors)):
+                self._send.send_nowait(i)
+
+    async def take(self) -> int:
+        return await self._free.receive()
+
+    def give_back(self, slot: int) -> None:
+        self._send.send_nowait(slot)
+
+    def lost(self, slot: int) -> None:
+        """``slot``'s actor did not answer: park the slot until it does (one watcher per actor)."""
+        self.parked[slot] = self.parked.get(slot, 0) + 1
+        if self.parked[slot] == 1:
+            self.tg.start_soon(self._revive, slot)
+
+    def down(self) -> set[int]:
+        """Actors not answering now: parked or gone."""
+        return set(self.parked) | self.gone
+
+    async def _revive(self, i: int) -> None:
+        exceptions = self.ray.exceptions
+        while True:
+            with anyio.move_on_after(1.0):  # a restart may wait for room on a node: check often
+                try:
+                    await self.actors[i].pid.remote()
+                except exceptions.ActorUnavailableError:  # not known dead yet: ask again
+                    await anyio.sleep(0.2)
+                except exceptions.RayActorError:  # dead for good
+                    self.gone.add(i)
+                    del self.parked[i]
+                    self._check_any_left()
+                    return
+                else:
+                    for _ in range(self.parked.pop(i)):
+                        self._send.send_nowait(i)
+                    self._all_lost_since = None
+                    return
+            self._check_any_left()
+
+    def _check_any_left(self) -> None:
+        if len(self.down()) < len(self.actors):
+            self._all_lost_since = None
+            return
+        now = time.monotonic()
+        if self._all_lost_since is None:
+            self._all_lost_since = now
+        if len(self.gone) == len(self.actors) or now - self._all_lost_since > REVIVE_TIMEOUT_S:
+            raise ExecutorError(
+                f"Every Ray worker of the run was lost ({len(self.actors)} actors) and none came back "
+                f"within {REVIVE_TIMEOUT_S:.0f} s (restarted {MAX_RESTARTS} times at most, where the "
+                "cluster has room for them). The run folder holds every chunk that finished; rerun "
+                "with resume=True (--resume) once the cluster has room: answers already in the "
+                "ledger are not sent again."
+            )
+
+    async def aclose(self) -> None:
+        await self._send.aclose()
+        await self._free.aclose()
 
 
 def _records_in(records: list[Record]) -> list[RecordIn]:
@@ -242,8 +344,9 @@ def _write(result: ChunkResult, ctx: RunContext) -> None:
         ctx.broker.described.setdefault(name, described)
 
 
-async def _close_workers(ray: Any, actors: list[Any]) -> None:
-    """Let each worker release its engines (for a while), then end it."""
+async def _close_workers(ray: Any, actors: list[Any], down: set[int]) -> None:
+    """Let each worker still answering release its engines (for a while), then end every one
+    (a lost one's restart too, if it is still waiting for room)."""
 
     async def close(actor: Any) -> None:
         with contextlib.suppress(Exception):  # a dead worker has nothing left to release
@@ -251,8 +354,9 @@ async def _close_workers(ray: Any, actors: list[Any]) -> None:
 
     with anyio.move_on_after(CLOSE_TIMEOUT_S):
         async with anyio.create_task_group() as tg:
-            for actor in actors:
-                tg.start_soon(close, actor)
+            for i, actor in enumerate(actors):
+                if i not in down:
+                    tg.start_soon(close, actor)
     for actor in actors:
         ray.kill(actor, no_restart=True)
 

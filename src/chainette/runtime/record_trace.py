@@ -11,6 +11,10 @@ is noted under each input position (``Record.index``) the chunk holds. Records r
 the span of a chunk applies to every record in it: a record's span says when the node worked on
 the chunk it was in, not on that record alone. The step runner notes each answer's tokens under
 the record's input position, split into sent and reused (ledger hit or shared duplicate).
+
+The per-record ``node_started`` / ``node_finished`` events (``runtime/node_events.py``) time the
+same chunk calls, so they give no finer spans: a case's own span waits for records to move
+through nodes one at a time (the executor's per-record flow).
 """
 
 from __future__ import annotations

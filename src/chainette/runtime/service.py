@@ -25,7 +25,7 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,111 +53,18 @@ from ..io.writer import RunWriter
 from .budgets import budget_error
 from .context import DeltaHandler, EventHandler, NodeObserver, NodeRun, RunContext
 from .dispatch import missing_runners, run_node
-from .events import Event, EventStream, Middleware
+from .events import EventStream, Middleware
 from .executor import RunOptions, _finish, _initial_metadata, _lay_out, flatten
-from .partial import partial_json
 from .records import Record, coerce, dump
 from .requests import CacheMode, RequestCache
+from .traces import TERMINAL as TERMINAL  # re-exported: the CLI and the OpenTelemetry middleware use it
+from .traces import TraceEvent, TraceHandle, TraceKind, check_deadline, check_trace_id
 
 __all__ = ["ChainService", "TraceEvent", "TraceHandle", "TraceKind"]
-
-TraceKind = Literal[
-    "queued", "started", "node_started", "node_finished", "chunk", "output", "filtered", "failed", "cancelled"
-]
-"""What a :class:`TraceEvent` says. ``output``, ``filtered``, ``failed`` and ``cancelled`` end a trace."""
 
 DEADLINE_GRACE = 0.1
 """Seconds past a trace's deadline before the service stops it from outside (the runners, which
 cut an engine call at the record's deadline and fail it naming the node, go first)."""
-
-TERMINAL: frozenset[str] = frozenset({"output", "filtered", "failed", "cancelled"})
-
-
-@dataclass(frozen=True, slots=True)
-class TraceEvent:
-    """One thing that happened to a trace.
-
-    ``data`` by kind: ``queued``: ``chain`` (its name), ``deadline_s`` when it has one; ``node_started`` / ``node_finished``: ``node`` (and, when finished,
-    ``duration_s``; ``output`` when the node produced one value; ``tokens``, the prompt and
-    completion tokens of the answers the record got in this node (from the ledger too), when the
-    node took one record; ``engine`` for a node that has one; ``failed: True`` when the record
-    failed there); ``chunk``: ``node``, ``delta``, ``text`` (the
-    step's text so far) and ``partial`` (the object parsed so far, when it parses); ``output``:
-    ``output`` (the final value, dumped; a list when the chain fanned out); ``failed``: ``node``,
-    ``error_type``, ``message``; ``cancelled``: ``reason``.
-    """
-
-    kind: TraceKind
-    trace_id: str
-    data: dict[str, Any]
-    at: float
-    """Seconds since the trace was submitted."""
-    ts: float = field(default_factory=time.time, compare=False)
-    """When, in seconds since the epoch (``time.time()``)."""
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``{"kind", "trace_id", "at", **data}``."""
-        return {"kind": self.kind, "trace_id": self.trace_id, "at": round(self.at, 4), **self.data}
-
-    def to_event(self) -> Event:
-        """The same event in the one event stream's form (``at``: wall-clock time)."""
-        return Event(self.kind, self.data, self.trace_id, self.ts)
-
-
-class TraceHandle:
-    """A submitted record: its events (replayed from the start to every reader) and its result."""
-
-    def __init__(self, trace_id: str, service: ChainService) -> None:
-        self.trace_id = trace_id
-        self._service = service
-        self._events: list[TraceEvent] = []
-        self._changed = anyio.Event()
-        self._submitted = time.monotonic()
-        self._outcome: Any = None
-        self._error: BaseException | None = None
-        self.done = anyio.Event()
-        """Set when the trace has ended (output, filtered, failed or cancelled)."""
-        self.cancel_requested = False
-        self.deadline_s: float | None = None
-        """Seconds from submission the trace may take (None: no deadline)."""
-        self._cancel_reason = "cancelled"
-        self._scope: anyio.CancelScope | None = None
-
-    def _emit(self, kind: TraceKind, data: dict[str, Any]) -> TraceEvent:
-        event = TraceEvent(kind, self.trace_id, data, time.monotonic() - self._submitted)
-        self._events.append(event)
-        changed, self._changed = self._changed, anyio.Event()
-        changed.set()
-        self._service._tell(event)
-        return event
-
-    async def events(self) -> AsyncIterator[TraceEvent]:
-        """Every event of the trace, from the first, until the one that ends it."""
-        seen = 0
-        while True:
-            while seen < len(self._events):
-                event = self._events[seen]
-                seen += 1
-                yield event
-                if event.kind in TERMINAL:
-                    return
-            await self._changed.wait()
-
-    async def result(self) -> Any:
-        """The chain's output for this record (a list when it fanned out; None when filtered).
-
-        Raises:
-            TraceFailedError: The record failed (node, kind and message say where and why).
-            TraceCancelledError: The trace was cancelled.
-        """
-        await self.done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._outcome
-
-    def cancel(self, reason: str = "cancelled") -> bool:
-        """Cancel this trace; False when it had already ended."""
-        return self._service.cancel(self.trace_id, reason)
 
 
 class _TraceSink:
@@ -348,18 +255,23 @@ class ChainService:
         """Start a trace for ``value`` (a dict or an instance of the chain's input model).
 
         Args:
-            trace_id: Its id (default: a new random one). Must not be in use.
-            deadline_s: Seconds from now after which the trace fails (default: the service's).
+            trace_id: Its id (default: a new random one): 1 to 128 of ``A-Z a-z 0-9 . _ : -``,
+                not in use.
+            deadline_s: Seconds from now after which the trace fails (default: the service's):
+                a positive finite number.
 
         Raises:
             InputError: ``value`` does not fit the chain's input model (``__cause__`` is the
-                pydantic ``ValidationError``, whose ``errors()`` list the fields).
+                pydantic ``ValidationError``, whose ``errors()`` list the fields), the trace id is
+                not 1 to 128 of ``A-Z a-z 0-9 . _ : -``, or ``deadline_s`` is not a positive number.
+            ServiceError: The trace id is in use by an open trace.
             ServiceFullError: The service is full and ``when_full="refuse"``.
         """
         if self._tg is None or self._ctx is None:
             raise ServiceError(
                 "The service is not running: use `async with ChainService(chain) as service:`."
             )
+        # everything is checked before a slot is taken: a refused submission holds nothing
         model = self.chain.input_model
         try:
             coerced = coerce(model, value)
@@ -368,9 +280,10 @@ class ChainService:
                 f"The submission does not fit the chain's input model {getattr(model, '__name__', model)}: "
                 f"{exc.errors(include_url=False)}"
             ) from exc
-        trace_id = trace_id or uuid.uuid4().hex
-        if trace_id in self._traces:
-            raise ServiceError(f"Trace id {trace_id!r} is already in use by a trace that has not ended.")
+        trace_id = uuid.uuid4().hex if trace_id is None else check_trace_id(trace_id)
+        limit = check_deadline(deadline_s)
+        limit = limit if limit is not None else self.deadline_s
+        self._check_free(trace_id)
         if self.when_full == "refuse":
             try:
                 self._room.acquire_nowait()
@@ -380,25 +293,42 @@ class ChainService:
                 ) from None
         else:
             await self._room.acquire()
+        try:
+            self._check_free(trace_id)  # again: another submission may have taken it while this one waited
+            handle = self._start(trace_id, coerced, limit)
+        except BaseException:
+            self._room.release()
+            raise
+        return handle
+
+    def _check_free(self, trace_id: str) -> None:
+        if trace_id in self._traces:
+            raise ServiceError(f"Trace id {trace_id!r} is already in use by a trace that has not ended.")
+
+    def _start(self, trace_id: str, coerced: Any, limit: float | None) -> TraceHandle:
+        """The trace, registered and started (the caller holds its slot, released when it ends)."""
+        assert self._tg is not None
         handle = TraceHandle(trace_id, self)
-        handle.deadline_s = deadline_s if deadline_s is not None else self.deadline_s
-        self._traces[trace_id] = handle
-        index = self._count
-        self._count += 1
-        if self._recording is not None:
-            self._recording.counts["records_in"] += 1
-        limit = handle.deadline_s
-        handle._emit(
-            "queued", {"chain": self.chain.name, **({"deadline_s": limit} if limit is not None else {})}
-        )
-        record = Record(trace_id, index, coerced, {"input": coerced})
+        handle.deadline_s = limit
+        record = Record(trace_id, self._count, coerced, {"input": coerced})
         deadline = math.inf
         if limit is not None:
             # the runners cut engine calls at the record's deadline and fail it there, naming the node;
             # the trace's own deadline, a moment later, stops whatever else is still running
             record.deadline = time.monotonic() + limit
             deadline = anyio.current_time() + limit + DEADLINE_GRACE
-        self._tg.start_soon(self._run_trace, handle, record, deadline)
+        self._traces[trace_id] = handle
+        try:
+            handle._emit(
+                "queued", {"chain": self.chain.name, **({"deadline_s": limit} if limit is not None else {})}
+            )
+        except BaseException:  # an on_event handler that raised: no trace, as if never submitted
+            del self._traces[trace_id]
+            raise
+        self._count += 1
+        if self._recording is not None:
+            self._recording.counts["records_in"] += 1
+        self._tg.start_soon(self._run_trace, handle, record, deadline)  # from here, it releases the slot
         return handle
 
     def cancel(self, trace_id: str, reason: str = "cancelled") -> bool:
@@ -547,14 +477,10 @@ class ChainService:
 
     @staticmethod
     def _delta_for(handle: TraceHandle) -> DeltaHandler:
-        """Pieces of a step's answer become the trace's ``chunk`` events (with the object so far)."""
+        """Pieces of a step's answer become the trace's ``chunk`` events: the new text only."""
 
         def handler(node_id: str, record_id: str, delta: str, text: str) -> None:
-            data: dict[str, Any] = {"node": node_id, "delta": delta, "text": text}
-            partial = partial_json(text)
-            if partial is not None:
-                data["partial"] = partial
-            handle._emit("chunk", data)
+            handle._emit_piece(node_id, delta, first=len(text) == len(delta))
 
         return handler
 

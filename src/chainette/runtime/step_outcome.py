@@ -10,6 +10,7 @@ import time
 
 from .._errors import EngineError, OutputValidationError, RecordError, RenderError
 from ..engines.base import ChatRequest, Completion
+from ..engines.secrets import scrub_text
 from ..graph.nodes import Step
 from ..ledger.store import StoredAnswer, StoredFailure
 from .budgets import budget_error
@@ -46,6 +47,7 @@ def _cut(
             error.attempts = job.attempts
             _give_up(step, job, error, ctx, decided, remember=False)
         elif by_timeout:
+            ctx.tell("timeout", job.record, step.id, attempt=job.attempts, timeout_s=timeout)
             message = f"Step {step.id!r}: engine {step.engine_name!r} {problem} (timeout_s of its policy)"
             error = EngineError(message, node_id=step.id, record_id=job.record.id, attempts=job.attempts)
             _engine_failed(step, job, error, problem, ctx, decided)
@@ -66,7 +68,9 @@ def _engine_failed(
         return
     if job.failed_calls <= policy.retries:
         ctx.node(step.id).retries += 1
-        job.ready_at = time.monotonic() + policy.backoff.delay(job.failed_calls, f"{step.id}/{job.record.id}")
+        delay = policy.backoff.delay(job.failed_calls, f"{step.id}/{job.record.id}")
+        job.ready_at = time.monotonic() + delay
+        ctx.tell("retry", job.record, step.id, attempt=job.attempts, error=scrub_text(problem), delay_s=delay)
         decided.retry.append(job)
         return
     if policy.retries:
@@ -118,6 +122,14 @@ def _settle(
     elif job.asks < step.max_reasks:
         job.asks += 1
         stats.reasks += 1
+        ctx.tell(
+            "reask",
+            job.record,
+            step.id,
+            attempt=job.attempts,
+            reask=job.asks,
+            error=scrub_text(job.errors[-1]),
+        )
         decided.retry.append(job)
     else:
         _give_up(step, job, outcome, ctx, decided)

@@ -365,8 +365,10 @@ async def _call(
     stats = ctx.node(step.id)
     timeout = step.policy.timeout_s if step.policy is not None else None
     limited = any(job.record.limited for job, _, _ in batch)
+    began = 0.0
     try:
         async with nullcontext() if _gathered(engine, ctx) else limiter:  # gathered: the coalescer holds it
+            began = time.monotonic()
             if timeout is None and not limited:  # the usual call: no bound
                 completions = await _ask(step, engine, batch, ctx)
             else:  # bounded by the policy's timeout and the batch's earliest deadline, from now
@@ -375,6 +377,7 @@ async def _call(
                 with anyio.move_on_after(timeout if by_timeout else left) as scope:
                     completions = await _ask(step, engine, batch, ctx)
                 if scope.cancelled_caught:
+                    _attempts(step, batch, ctx, began, None)
                     _cut(step, batch, ctx, decided, timeout, by_timeout=by_timeout)
                     return
         stats.requests += sum(1 for c in completions if c.attempts > 0)  # answered (see NodeStats)
@@ -382,6 +385,7 @@ async def _call(
             raise RuntimeError(f"engine returned {len(completions)} completions for {len(batch)} requests")
     except Exception as exc:
         reason = Completion(text=f"{type(exc).__name__}: {exc}", finish_reason="error")
+        _attempts(step, batch, ctx, began, [reason] * len(batch))
         for job, _, key in batch:
             ctx.cache.resolve(key, reason)
             job.attempts += 1
@@ -394,6 +398,7 @@ async def _call(
             error.__cause__ = exc
             _engine_failed(step, job, error, f"{type(exc).__name__}: {exc}", ctx, decided)
         return
+    _attempts(step, batch, ctx, began, completions)
     await ctx.cache.store(
         [(key, step.engine_name, step.id, c) for (_, _, key), c in zip(batch, completions, strict=True)]
     )
@@ -401,6 +406,23 @@ async def _call(
         ctx.cache.resolve(key, completion)
         _settle(step, job, completion, ctx, stats, decided, sent=True)
     ctx.progress(step.id)
+
+
+def _attempts(
+    step: Step,
+    batch: list[tuple[_Job, ChatRequest, str]],
+    ctx: RunContext,
+    began: float,
+    completions: list[Completion] | None,
+) -> None:
+    """One ``attempt`` event per record of an engine call that ended (``completions`` None: cut
+    by a timeout), when a listener asked for them."""
+    if not ctx.wants("attempt"):
+        return
+    took = round(time.monotonic() - began, 6) if began else 0.0
+    for k, (job, _, _) in enumerate(batch):
+        outcome = "timeout" if completions is None else completions[k].finish_reason
+        ctx.tell("attempt", job.record, step.id, attempt=job.attempts + 1, duration_s=took, outcome=outcome)
 
 
 async def _ask(

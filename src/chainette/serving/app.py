@@ -7,18 +7,27 @@ Routes (the service starts with the app, engines warm, and closes with it):
 - ``GET /schema``: the chain's input and output JSON schemas.
 - ``POST /runs``: the body is one input record (JSON); the answer is a Server-Sent Events stream
   of the trace's events (``event: <kind>``, ``data: <json>``), ending with ``output``,
-  ``filtered``, ``failed`` or ``cancelled``. ``?trace_id=`` names the trace (default: new, sent
-  in the ``X-Trace-Id`` header), ``?deadline_s=`` bounds it. 422 with the field errors when the
-  body does not fit the input model; 413 when it is over ``max_body_bytes``; 503 when full.
-  A client that goes away cancels its trace.
+  ``filtered``, ``failed`` or ``cancelled``; a streamed answer comes as ``chunk`` events with
+  the new text only (``seq``, ``delta``). ``?trace_id=`` names the trace (1 to 128 of
+  ``A-Z a-z 0-9 . _ : -``; default: new, sent in the ``X-Trace-Id`` header), ``?deadline_s=``
+  bounds it. 415 unless ``Content-Type: application/json``; 400 when the body is not JSON or is
+  nested deeper than 64 levels; 422 with the field errors when it does not fit the input model
+  (or the trace id or deadline is not allowed); 413 when it is over ``max_body_bytes``; 503 when
+  full. A client that goes away cancels its trace.
 - ``POST /runs/{trace_id}/cancel``: 200 ``{"cancelled": true}``, or 404.
 - ``WS /ws``: send ``{"input": {...}, "trace_id"?, "deadline_s"?}`` to start a trace, or
-  ``{"cancel": "<trace id>"}``; every event of the connection's traces comes back as JSON. A
-  closed connection cancels its traces.
+  ``{"cancel": "<trace id>"}``; every event of the connection's traces comes back as JSON, a bad
+  message an ``error`` frame (``status``, ``message``, the ``trace_id`` it named). A closed
+  connection cancels its traces and drops what it sent that was not read yet.
+
+Every request must come by this server's own address (``Host``: localhost, 127.0.0.1, [::1] or
+the address it listens on; more with ``allowed_hosts``) and, from a browser, from its own page or
+an origin in ``allowed_origins`` (``Origin``); otherwise 403 (see ``serving/checks.py``).
 
 With ``token_env`` set, every route but ``/`` and ``/health`` needs ``Authorization: Bearer
 <token>`` (a WebSocket may pass ``?token=`` instead: browsers cannot set its headers); the token
-is read from that environment variable and is never logged or echoed.
+is read from that environment variable and is never logged or echoed: a filter on uvicorn's and
+Chainette's loggers replaces it (and any ``token=`` query value) by ``[redacted]``.
 """
 
 from __future__ import annotations
@@ -27,18 +36,20 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from importlib import resources
 from typing import Any
 
-import anyio
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from .._errors import InputError, MissingDependencyError, ServiceError, ServiceFullError
+from .._errors import ChainetteError, InputError, MissingDependencyError, ServiceError, ServiceFullError
 from ..graph.chain import ChainGraph
 from ..runtime.records import describe_validation
 from ..runtime.service import ChainService, TraceEvent, TraceHandle
+from ..runtime.traces import check_deadline, check_trace_id
+from .checks import LocalGuard, load_json, printable, redact_logs
+from .ws import SocketSession
 
 __all__ = ["DEFAULT_MAX_BODY", "create_app"]
 
@@ -53,9 +64,15 @@ def create_app(
     *,
     token_env: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY,
+    allowed_origins: Sequence[str] = (),
+    allowed_hosts: Sequence[str] = (),
     **service_options: Any,
 ) -> Any:
     """The ASGI app serving ``chain``; ``service_options`` go to :class:`ChainService`.
+
+    ``allowed_origins``: web origins (``https://app.example``) whose pages may call it (CORS
+    answers included); ``allowed_hosts``: names it may be reached by beyond localhost and the
+    address it listens on. Both take ``"*"`` for any.
 
     Raises:
         MissingDependencyError: Starlette is not installed (``pip install 'chainette[serve]'``).
@@ -63,22 +80,30 @@ def create_app(
     """
     try:
         from starlette.applications import Starlette
+        from starlette.middleware import Middleware
+        from starlette.middleware.cors import CORSMiddleware
         from starlette.requests import Request
         from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
         from starlette.routing import Route, WebSocketRoute
-        from starlette.websockets import WebSocket, WebSocketDisconnect
+        from starlette.websockets import WebSocket
     except ImportError as exc:  # pragma: no cover - the extra is part of dev installs
         raise MissingDependencyError(
             "Serving needs Starlette and uvicorn: pip install 'chainette[serve]'."
         ) from exc
 
     token = _read_token(token_env)
+    redact_logs(token)
     holder: dict[str, ChainService] = {}
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        async with ChainService(chain, **service_options) as service:
-            holder["service"] = service
+        redact_logs(token)  # again: the server configured its loggers after create_app
+        async with AsyncExitStack() as stack:
+            try:
+                holder["service"] = await stack.enter_async_context(ChainService(chain, **service_options))
+            except ChainetteError as exc:  # a folder it cannot write, an engine that cannot start
+                app.state.startup_error = exc  # `chainette serve` prints it as one line
+                raise
             yield
         holder.clear()
 
@@ -132,41 +157,43 @@ def create_app(
             }
         )
 
+    def bad(status: int, error: str, message: str) -> Response:
+        return JSONResponse({"error": error, "message": message}, status_code=status)
+
     async def runs(request: Request) -> Response:
         if not authorized(request.headers):
             return refused()
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            return bad(
+                415, "unsupported_media_type", "Send the input as JSON: Content-Type: application/json."
+            )
+        query = request.query_params
+        try:
+            trace_id = check_trace_id(query["trace_id"]) if query.get("trace_id") else None
+            deadline = check_deadline(_number(query["deadline_s"])) if "deadline_s" in query else None
+        except InputError as exc:
+            return bad(422, "invalid_query", str(exc))
         body = await _read_body(request, max_body_bytes)
         if body is None:
-            return JSONResponse(
-                {"error": "too_large", "message": f"The body is over {max_body_bytes} bytes."},
-                status_code=413,
-            )
+            return bad(413, "too_large", f"The body is over {max_body_bytes} bytes.")
         try:
-            value = json.loads(body)
+            value = load_json(body)
         except (ValueError, UnicodeDecodeError) as exc:
-            return JSONResponse(
-                {"error": "invalid_json", "message": f"The body is not JSON: {exc}"}, status_code=400
-            )
+            return bad(400, "invalid_json", f"The body is not usable JSON: {exc}")
         problem = _validate(chain, value)
         if problem is not None:
             return JSONResponse(problem, status_code=422)
         try:
-            deadline = (
-                float(request.query_params["deadline_s"]) if "deadline_s" in request.query_params else None
-            )
-            handle = await service().submit(
-                value, trace_id=request.query_params.get("trace_id") or None, deadline_s=deadline
-            )
-        except ValueError:
-            return JSONResponse(
-                {"error": "bad_request", "message": "deadline_s must be a number."}, status_code=400
-            )
+            handle = await service().submit(value, trace_id=trace_id, deadline_s=deadline)
         except ServiceFullError as exc:
             return JSONResponse(
                 {"error": "full", "message": str(exc)}, status_code=503, headers={"Retry-After": "1"}
             )
-        except (InputError, ServiceError) as exc:
-            return JSONResponse({"error": "refused", "message": str(exc)}, status_code=409)
+        except InputError as exc:
+            return bad(422, "invalid_input", str(exc))
+        except ServiceError as exc:
+            return bad(409, "refused", str(exc))
         return StreamingResponse(
             _sse(handle),
             media_type="text/event-stream",
@@ -189,68 +216,32 @@ def create_app(
             await ws.close(code=4401, reason="unauthorized")
             return
         await ws.accept()
-        mine: dict[str, TraceHandle] = {}
-        send_lock = anyio.Lock()
-
-        async def send(data: dict[str, Any]) -> None:
-            async with send_lock:
-                await ws.send_text(json.dumps(data))
-
-        async def forward(handle: TraceHandle) -> None:
-            async for event in handle.events():
-                await send(event.as_dict())
-            mine.pop(handle.trace_id, None)
-
-        try:
-            async with anyio.create_task_group() as tg:
-                while True:
-                    try:
-                        message = json.loads(await ws.receive_text())
-                    except (ValueError, TypeError):
-                        await send(
-                            {"kind": "error", "message": 'Send JSON: {"input": {...}} or {"cancel": id}.'}
-                        )
-                        continue
-                    if not isinstance(message, dict):
-                        await send({"kind": "error", "message": "Send a JSON object."})
-                    elif "cancel" in message:
-                        ok = service().cancel(str(message["cancel"]), "cancelled by request")
-                        await send({"kind": "cancel", "trace_id": message["cancel"], "cancelled": ok})
-                    elif "input" in message:
-                        problem = _validate(chain, message["input"])
-                        if problem is not None:
-                            await send({"kind": "error", "status": 422, **problem})
-                            continue
-                        try:
-                            handle = await service().submit(
-                                message["input"],
-                                trace_id=message.get("trace_id"),
-                                deadline_s=message.get("deadline_s"),
-                            )
-                        except (InputError, ServiceError) as exc:
-                            await send({"kind": "error", "message": str(exc)})
-                            continue
-                        mine[handle.trace_id] = handle
-                        tg.start_soon(forward, handle)
-                    else:
-                        await send({"kind": "error", "message": "Unknown message: send 'input' or 'cancel'."})
-        except WebSocketDisconnect:
-            pass
-        finally:
-            for handle in mine.values():
-                handle.cancel("the client went away")
+        await SocketSession(ws, service(), lambda value: _validate(chain, value), max_body_bytes).run()
 
     def guarded(
         endpoint: Callable[[Request], Awaitable[Response]],
     ) -> Callable[[Request], Awaitable[Response]]:
         async def call(request: Request) -> Response:
             response = await endpoint(request)
-            log.info("%s %s %s", request.method, request.url.path, response.status_code)  # no query: no token
+            # no query (no token), the path escaped (a %0a in it cannot start a forged line)
+            log.info("%s %s %s", request.method, printable(request.url.path), response.status_code)
             return response
 
         return call
 
+    middleware = [Middleware(LocalGuard, allowed_origins=allowed_origins, allowed_hosts=allowed_hosts)]
+    if allowed_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(allowed_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"],
+                expose_headers=["X-Trace-Id"],
+            )
+        )
     return Starlette(
+        middleware=middleware,
         routes=[
             Route("/", guarded(page)),
             Route("/health", guarded(health)),
@@ -266,11 +257,20 @@ def create_app(
 async def _sse(handle: TraceHandle) -> AsyncIterator[str]:
     """The trace's events as Server-Sent Events; the client going away cancels the trace."""
     try:
-        async for event in handle.events():
-            yield _sse_event(event)
+        async with aclosing(handle.events()) as events:
+            async for event in events:
+                yield _sse_event(event)
     finally:
         if not handle.done.is_set():
             handle.cancel("the client went away")
+
+
+def _number(text: str) -> object:
+    """``text`` as a float when it reads as one (checked for range by the service), else as is."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _sse_event(event: TraceEvent) -> str:
