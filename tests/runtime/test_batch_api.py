@@ -162,7 +162,9 @@ def test_a_run_killed_between_submit_and_download_polls_the_same_batch_when_reru
     stub.batches.hold = False
     result = one_step("batch").run(questions(6), run_dir, resume=True)
     assert stub.batches.stats["batches_created"] == 1 and stub.batches.stats["lines"] == 6  # not paid twice
-    assert result.metadata["engines"]["batch"]["batches_attached"] == 1
+    # records reach the engine one by one: a busy machine may split them over two calls, each
+    # attaching to the journalled batch (never a new one: created stays 1, lines 6)
+    assert result.metadata["engines"]["batch"]["batches_attached"] >= 1
     assert by_index(read_jsonl(run_dir / "flattened")) == expected
     journal = BatchJournal(Path(os.environ["CHAINETTE_LEDGER"]).parent / "batches.sqlite")
     assert journal.counts() == {"delivered": 6}
