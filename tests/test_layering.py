@@ -7,9 +7,7 @@ Inside a folder too, modules import each other one way: no import loop among a f
 (lazy and ``TYPE_CHECKING`` imports count). To do: the loops still tolerated (``PENDING``), to be
 untangled and struck off:
 
-- runtime: dispatch → loop_runner → dispatch; dispatch → map_runner → dispatch;
-  dispatch → router_runner → dispatch; dispatch → subflow_runner → dispatch;
-  executor → ray_executor → executor; executor → ray_executor → ray_worker → executor
+- runtime: executor → ray_executor → executor; executor → ray_executor → ray_worker → executor
 """
 
 from __future__ import annotations
@@ -89,10 +87,6 @@ FOLDERS = sorted(p.name for p in SRC.iterdir() if p.is_dir() and any(p.glob("*.p
 
 PENDING: dict[str, set[str]] = {
     "runtime": {
-        "dispatch → loop_runner → dispatch",
-        "dispatch → map_runner → dispatch",
-        "dispatch → router_runner → dispatch",
-        "dispatch → subflow_runner → dispatch",
         "executor → ray_executor → executor",
         "executor → ray_executor → ray_worker → executor",
     },

@@ -20,7 +20,7 @@ def chunked(config: CalcConfig) -> Chain:
     return chain
 
 
-def test_each_case_records_its_tokens_cost_and_a_timeline_shared_within_its_chunk(
+def test_each_case_records_its_tokens_cost_and_a_timeline_of_its_own(
     calc_engine: str, tmp_path: Path
 ) -> None:
     set_price("calc", prompt=1_000_000.0, completion=2_000_000.0)  # $1 / $2 per token: easy sums
@@ -43,12 +43,11 @@ def test_each_case_records_its_tokens_cost_and_a_timeline_shared_within_its_chun
     assert sum(c["cost"]["usd"] for c in cases.values()) == meta["cost"]["usd"]
     for case in cases.values():
         [span] = case["timeline"]
-        assert span["node"] == "solve" and span["run"] == "run" and span["chunk"] == 2
+        assert (
+            span["node"] == "solve" and span["run"] == "run" and span["chunk"] == 1
+        )  # each record goes on its own
         assert 0 <= span["start_s"] <= span["end_s"]
         assert case["duration_s"] == round(span["end_s"] - span["start_s"], 6)
-    assert cases["add"]["timeline"] == cases["mul"]["timeline"]  # one chunk: one span, for both
-    assert cases["off"]["timeline"] == cases["boom"]["timeline"]
-    assert cases["add"]["timeline"][0]["start_s"] <= cases["off"]["timeline"][0]["start_s"]
     assert data["timeline_started_at"].startswith(meta["started_at"][:10])
     assert data["totals"]["cache"]["sent"] == 4 and data["totals"]["cache"]["runs"] == 1
 
@@ -130,7 +129,7 @@ def test_an_ordinary_run_keeps_no_trace_and_a_traced_one_times_nested_nodes(tmp_
     assert isinstance(trace, RecordTrace)
     nodes = {s.node for s in trace.spans_of(0)}
     assert {"up", "low"} <= nodes and len(nodes) >= 3  # the group and each branch's node
-    assert [s.size for s in trace.spans_of(3)] == [1] * len(trace.spans_of(3))  # the 2nd chunk
-    assert {s.size for s in trace.spans_of(0)} == {3}
+    # each record goes through the nodes on its own: a span of one, whatever batch_size is
+    assert {s.size for s in trace.spans_of(0)} == {s.size for s in trace.spans_of(3)} == {1}
     assert trace.usage == {} and trace.dropped == 0 and MAX_SPANS >= 100
-    assert [r["_id"] for r in plain.flattened()] == [r["_id"] for r in traced.flattened()]
+    assert sorted(r["_id"] for r in plain.flattened()) == sorted(r["_id"] for r in traced.flattened())

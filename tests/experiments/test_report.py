@@ -153,7 +153,9 @@ def test_the_report_draws_each_cases_timeline_as_inline_svg(calc_engine: str, tm
     for (_, svg), recorded in zip(rows, data["cases"], strict=True):
         [span] = recorded["timeline"]
         assert svg.count('<rect class="span" data-node="solve"') == 1
-        assert f"{span['start_s']:.4f}s → {span['end_s']:.4f}s, 3 record(s) in the chunk" in svg
+        assert (
+            f"{span['start_s']:.4f}s → {span['end_s']:.4f}s, 1 record(s) in the chunk" in svg
+        )  # each case its own span
     assert "http" not in timeline and "<script" not in page  # self-contained, no script
     cases = page[page.index('<table id="cases">') :].split("</table>")[0]
     assert "<th>time (s)</th><th>tokens</th><th>cost (USD)</th>" in cases

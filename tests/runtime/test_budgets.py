@@ -95,7 +95,9 @@ def test_deadline_fails_records_before_they_are_sent(run_dir: Path) -> None:
         [Question(text="a"), Question(text="b")], output_dir=run_dir, record_deadline_s=0.2
     )
     _, failures = assert_every_record_accounted_for(run_dir, 2)
-    assert sent == [] and {f["node"] for f in failures} == {"qa"}
+    # each record goes on its own: the first reaches qa past its deadline; the second's deadline
+    # may pass while the first's sync function holds the loop, before its own call of ``slow``
+    assert sent == [] and {f["node"] for f in failures} <= {"slow", "qa"} and failures[0]["node"] == "qa"
     assert all("deadline of 0.2 s passed" in f["message"] for f in failures)
     assert all(f["error_type"] == "budget_exceeded" for f in failures)
 

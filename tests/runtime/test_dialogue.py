@@ -164,7 +164,7 @@ def test_the_transcript_is_the_value_after_the_dialogue_and_is_written_to_its_fo
     )
     chain = Chain("c", [talk("ann", "bob", turns=2), apply(count), recap])
     assert chain.check().issues == []
-    result = chain.run([Topic(subject="tea"), Topic(subject="rain")], output_dir=run_dir)
+    result = chain.run([Topic(subject="tea"), Topic(subject="rain")], output_dir=run_dir, ordered=True)
     assert [r["count.summary"] for r in result.flattened()] == ["2 turns", "2 turns"]
     written = read_jsonl(run_dir / "talk")
     assert [len(w["turns"]) for w in written] == [2, 2] and {w["stop_reason"] for w in written} == {"turns"}
@@ -176,7 +176,9 @@ def test_until_stops_each_record_early_with_its_reason(recorder: Recorder, run_d
         return len(transcript.turns) >= len(record.input.subject)  # "ab": 2 turns, "abc": 3
 
     chain = Chain("c", [talk("ann", "bob", turns=None, until=enough)])
-    result = chain.run([Topic(subject="ab"), Topic(subject="abcd"), Topic(subject="abc")], output_dir=run_dir)
+    result = chain.run(
+        [Topic(subject="ab"), Topic(subject="abcd"), Topic(subject="abc")], output_dir=run_dir, ordered=True
+    )
     rows = list(result.flattened())
     assert [len(r["talk.turns"]) for r in rows] == [2, 4, 3]
     assert {r["talk.stop_reason"] for r in rows} == {"until"}
@@ -267,7 +269,7 @@ def test_a_failing_turn_fails_only_its_record_naming_the_turn_and_agent(mode: st
 
     register_engine("fake", backend="fake", responder=responder)
     result = Chain("c", [talk("ann", "bob", turns=5)]).run(
-        [Topic(subject=s) for s in ("tea", "rain", "owls")], output_dir=run_dir
+        [Topic(subject=s) for s in ("tea", "rain", "owls")], output_dir=run_dir, ordered=True
     )
     flat, failures = assert_every_record_accounted_for(run_dir, 3)
     assert [r["input.subject"] for r in flat] == ["tea", "owls"]
@@ -290,9 +292,9 @@ def test_a_failing_turn_fails_only_its_record_naming_the_turn_and_agent(mode: st
 def test_a_rerun_into_the_same_ledger_sends_nothing(recorder: Recorder, run_dir: Path) -> None:
     chain = Chain("c", [talk("ann", "bob", turns=4)])
     topics = [Topic(subject=s) for s in ("tea", "rain")]
-    first = chain.run(topics, output_dir=run_dir)
+    first = chain.run(topics, output_dir=run_dir, ordered=True)
     sent = len(recorder.requests)
-    second = chain.run(topics, output_dir=run_dir.parent / "rerun")
+    second = chain.run(topics, output_dir=run_dir.parent / "rerun", ordered=True)
     assert sent == 8 and len(recorder.requests) == sent
     assert second.metadata["cache"]["sent"] == 0 and second.metadata["cache"]["hits"] == 8
     assert list(second.flattened()) == list(first.flattened())

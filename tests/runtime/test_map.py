@@ -309,7 +309,7 @@ def test_join_k_sends_only_the_requests_it_needs_and_a_rerun_makes_the_same_choi
     body = summarise(max_reasks=0)
     chain = Chain("c", [Map("m", body, over="paragraphs", join_k=2, on_child_failure="skip", child_batch=64)])
     inputs = chapters(["a", "bad1", "b", "c", "d"], ["bad2", "bad3", "e"], ["f", "g", "h"])
-    result = chain.run(inputs, output_dir=run_dir)
+    result = chain.run(inputs, output_dir=run_dir, ordered=True)
     rows = collected(result)
     ids = [r["_id"] for r in result.flattened()]
     assert [[i["summary"] for i in r["items"]] for r in rows] == [["a", "b"], ["e"], ["f", "g"]]
@@ -327,7 +327,7 @@ def test_join_k_sends_only_the_requests_it_needs_and_a_rerun_makes_the_same_choi
     assert result.metadata["cache"]["sent"] == 8
 
     sent.clear()
-    again = chain.run(inputs, output_dir=tmp_path / "again")
+    again = chain.run(inputs, output_dir=tmp_path / "again", ordered=True)
     assert sent == [] and again.metadata["cache"]["sent"] == 0  # the ledger holds every answer needed
     assert collected(again) == rows
 
@@ -531,7 +531,7 @@ def test_a_huge_list_and_many_records_run_in_bounded_memory(run_dir: Path) -> No
     inputs = [Chapter(title="huge", paragraphs=["x" * (k % 7) for k in range(10_000)])]
     inputs += [Chapter(title=f"small {i}", paragraphs=["ab"] * (i % 4)) for i in range(2_000)]
     chain = Chain("c", [Map("m", body, over="paragraphs", child_batch=child_batch, concurrency=concurrency)])
-    result = chain.run(inputs, output_dir=run_dir)
+    result = chain.run(inputs, output_dir=run_dir, ordered=True)
 
     assert probe["entered"] == 10_000 + sum(i % 4 for i in range(2_000))
     assert 1 < probe["max_alive"] <= bound  # sub-chunks overlap, never more than the bound

@@ -59,7 +59,7 @@ def test_a_python_node_after_a_join_reads_both_branches_the_step_and_the_input(r
             apply(grade),
         ],
     )
-    result = chain.run([Question(text=f"q{i}") for i in range(5)], output_dir=run_dir)
+    result = chain.run([Question(text=f"q{i}") for i in range(5)], output_dir=run_dir, ordered=True)
     rows = list(result.flattened())
     assert len(rows) == 5 and result.counts["failures"] == 0
     for i, row in enumerate(rows):

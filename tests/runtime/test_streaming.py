@@ -33,10 +33,10 @@ def test_source_cannot_run_ahead_of_a_slow_stage(run_dir: Path) -> None:
         return n
 
     chain = Chain("c", [apply(slow), apply(slow, id="slow_again")], batch_size=2)
-    result = chain.run(numbers(), output_dir=run_dir, buffer=1)
+    result = chain.run(numbers(), output_dir=run_dir, buffer=1, max_in_flight=4)
     assert result.counts["records_out"] == 300 and len(lags) == 600
-    # Bounded by the chunks the source, the streams (buffer=1 each) and the stages hold, not by
-    # the input size: 7 records here. Without backpressure the source reads all 300 inputs while
+    # Bounded by the chunks the source, the streams (buffer=1 each) and the stages hold, and the
+    # records in flight (max_in_flight=4), not by the input size. Without backpressure the source reads all 300 inputs while
     # the first one sleeps (a lag of 296 when the streams are unbounded).
     assert max(lags) <= 12, max(lags)
 

@@ -11,7 +11,16 @@ import pytest
 from pydantic import BaseModel, Field
 from tests.helpers import Question, read_jsonl
 
-from chainette import Chain, ChainDefinitionError, ChatRequest, Router, Step, apply, register_engine
+from chainette import (
+    Chain,
+    ChainDefinitionError,
+    ChatRequest,
+    RecordView,
+    Router,
+    Step,
+    apply,
+    register_engine,
+)
 
 
 class Cat(BaseModel):
@@ -73,15 +82,15 @@ def route_by_variant() -> Router:
 def test_each_record_takes_the_route_of_its_variant_in_input_order(annotation: Any, run_dir: Path) -> None:
     register_engine("fake", backend="fake", responder=by_text)
     texts = ["cat a", "dog b", "dog c", "cat d", "cat e", "dog f"]
-    seen: list[type[BaseModel]] = []
+    seen: dict[str, type[BaseModel]] = {}
 
-    def look(value: Cat | Dog) -> Cat | Dog:
-        seen.append(type(value))
+    def look(value: Cat | Dog, record: RecordView) -> Cat | Dog:
+        seen[record.input.text] = type(value)
         return value
 
     chain = Chain("pets", [pet_step(annotation), apply(look, output_model=None), route_by_variant()])
     assert chain.check().errors == []
-    result = chain.run([Question(text=t) for t in texts], output_dir=run_dir)
+    result = chain.run([Question(text=t) for t in texts], output_dir=run_dir, ordered=True)
     rows = list(result.flattened())
     assert [r["by_kind.label"] for r in rows] == [
         "cat cat a (9 lives)",
@@ -91,7 +100,14 @@ def test_each_record_takes_the_route_of_its_variant_in_input_order(annotation: A
         "cat cat e (9 lives)",
         "dog dog f (good)",
     ]
-    assert seen == [Cat, Dog, Dog, Cat, Cat, Dog]  # the value after the step is the variant instance
+    assert [seen[t] for t in texts] == [
+        Cat,
+        Dog,
+        Dog,
+        Cat,
+        Cat,
+        Dog,
+    ]  # the value after the step is the variant
     assert [r["pet.kind"] for r in rows] == ["cat", "dog", "dog", "cat", "cat", "dog"]
     assert result.counts == {"records_in": 6, "records_out": 6, "failures": 0, "filtered": 0}
     assert sorted(r["kind"] for r in read_jsonl(run_dir / "pet")) == ["cat"] * 3 + ["dog"] * 3
@@ -162,13 +178,13 @@ def test_the_fake_engine_answers_any_variant_and_a_rerun_comes_from_the_ledger(
     register_engine("fake", backend="fake")  # random-but-valid answers: each picks a variant
     chain = Chain("pets", [pet_step(), route_by_variant()])
     inputs = [Question(text=f"pet {i}") for i in range(12)]
-    first = chain.run(inputs, output_dir=run_dir)
+    first = chain.run(inputs, output_dir=run_dir, ordered=True)
     rows = list(first.flattened())
     assert len(rows) == 12 and first.counts["failures"] == 0
     kinds = [r["pet.kind"] for r in rows]
     assert set(kinds) == {"cat", "dog"}
     assert all(r["by_kind.label"].startswith(k) for r, k in zip(rows, kinds, strict=True))
-    again = chain.run(inputs, output_dir=tmp_path / "again")
+    again = chain.run(inputs, output_dir=tmp_path / "again", ordered=True)
     assert again.metadata["cache"]["sent"] == 0  # a union step's requests key fine
     assert [r["pet.kind"] for r in again.flattened()] == kinds
 

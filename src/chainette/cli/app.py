@@ -151,10 +151,27 @@ def run(
         False, "--strict", help="Stop at the first unreadable input line (else: failures)."
     ),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", min=1, help="Records moved between nodes together (overrides chain.batch_size)."
+        None,
+        "--batch-size",
+        min=1,
+        help="Records read together (overrides chain.batch_size); each still goes on alone.",
     ),
     workers: int = typer.Option(
-        4, "--workers", min=1, help="Chunks in flight per LLM stage (with --executor ray: per replica)."
+        4,
+        "--workers",
+        min=1,
+        help="Sizes the default --max-in-flight (with --executor ray: chunks per replica).",
+    ),
+    max_in_flight: int | None = typer.Option(
+        None,
+        "--max-in-flight",
+        min=1,
+        help="Records in flight at once (default: max(256, batch size x workers, 2 x the largest max_concurrency)).",
+    ),
+    ordered: bool = typer.Option(
+        True,
+        "--ordered/--as-finished",
+        help="flattened/ in input order (a bounded reorder window), or rows as records finish (each has _index).",
     ),
     executor: ExecutorName = typer.Option(
         ExecutorName.local,
@@ -243,6 +260,8 @@ def run(
                 split=split,
                 columns=columns,
                 workers=workers,
+                max_in_flight=max_in_flight,
+                ordered=ordered,
                 executor=executor.value,
                 ray_address=address,
                 replicas=replicas,

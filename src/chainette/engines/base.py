@@ -81,6 +81,10 @@ class Engine(ABC):
     Attributes:
         max_batch_size: How many requests one ``generate`` call should receive.
         max_concurrency: How many ``generate`` calls the runtime may keep in flight.
+        gather_s: With ``max_batch_size > 1``: seconds a call waits, once it has a slot, for
+            more requests to join it (the runtime gathers whatever records have pending, see
+            ``runtime/coalesce.py``). 0 for most engines; a provider batch, slow and paid per
+            batch, waits a little so that records read together go in one batch.
         exclusive: The engine holds a scarce device (a GPU): the broker never runs two
             exclusive engines at once, and releases one before starting another.
         name: The name it was registered under (set by ``create_engine``), for messages.
@@ -95,6 +99,7 @@ class Engine(ABC):
     backend: ClassVar[str] = ""
     max_batch_size: int = 1
     max_concurrency: int = 1
+    gather_s: float = 0.0
     exclusive: bool = False
     name: str = ""
     fatal_error: str | None = None

@@ -265,6 +265,7 @@ class EngineHandle(Engine):
         self.backend = engine.backend  # type: ignore[misc]
         self.max_batch_size = engine.max_batch_size
         self.max_concurrency = engine.max_concurrency
+        self.gather_s = engine.gather_s
         self.exclusive = engine.exclusive
         self.supports_streaming = engine.supports_streaming
 

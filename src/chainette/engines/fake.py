@@ -36,7 +36,9 @@ class FakeEngine(Engine):
         model: Ignored; kept so the fake accepts any engine definition.
         responder: Optional ``fn(request) -> str | dict | Completion`` to script answers.
             An exception it raises fails that request (``finish_reason="error"``), not the batch.
-        latency: Seconds to sleep per request (to exercise concurrency).
+        latency: Seconds each ``generate`` call sleeps (to exercise concurrency), or
+            ``fn(request) -> seconds``: each request's own latency (a call sleeps as long as its
+            slowest request, as a batch would).
         max_concurrency: How many ``generate`` calls may run at once.
         max_batch_size: How many requests one ``generate`` call takes.
         stream_pieces: How many deltas :meth:`stream` cuts an answer into (fewer for a short one).
@@ -51,7 +53,7 @@ class FakeEngine(Engine):
         model: str | None = None,
         *,
         responder: Responder | None = None,
-        latency: float = 0.0,
+        latency: float | Callable[[ChatRequest], float] = 0.0,
         max_concurrency: int = 64,
         max_batch_size: int = 16,
         stream_pieces: int = 4,
@@ -76,8 +78,11 @@ class FakeEngine(Engine):
         self.closed = True
 
     async def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
-        if self.latency:
-            await anyio.sleep(self.latency)
+        latency = self.latency
+        if callable(latency):
+            latency = max((latency(request) for request in requests), default=0.0)
+        if latency:
+            await anyio.sleep(latency)
         out = []
         for request in requests:
             self.calls += 1

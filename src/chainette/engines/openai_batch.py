@@ -83,6 +83,7 @@ class OpenAIBatchEngine(BatchClient):
 
     backend: ClassVar[str] = "openai_batch"
     supports_streaming = False
+    gather_s = 0.25  # records read together go in one provider batch (their requests come one by one)
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ from ..engines.broker import EngineBroker
 from ..engines.registry import get_engine_config
 from ..engines.secrets import scrub_exception, scrub_strings, scrub_text
 from ..ledger.keys import engine_identity
+from .coalesce import Coalescer
 from .events import EventHandler
 from .records import Record, dump
 from .requests import RequestCache
@@ -112,6 +113,7 @@ class RunContext:
     failed; their rows in failures.jsonl carry ``_parent`` (the id of the record they came from)."""
     _limiters: dict[str, anyio.CapacityLimiter] = field(default_factory=dict)
     _identities: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _coalescers: dict[str, Coalescer] = field(default_factory=dict)
     threaded: set[str] = field(default_factory=set)
     """Sync ``apply`` nodes found too slow for the event loop: they run on worker threads."""
     state: dict[str, Any] = field(default_factory=dict)
@@ -175,6 +177,14 @@ class RunContext:
         if limiter is None:
             limiter = self._limiters[name] = anyio.CapacityLimiter(max(1, engine.max_concurrency))
         return engine, limiter
+
+    def coalescer(self, name: str, engine: Engine) -> Coalescer:
+        """What gathers the requests to engine ``name`` into calls (``runtime/coalesce.py``),
+        under the same limiter as :meth:`engine`'s."""
+        coalescer = self._coalescers.get(name)
+        if coalescer is None:  # one per engine name: a handle restarts an evicted engine itself
+            coalescer = self._coalescers[name] = Coalescer(engine, self._limiters[name])
+        return coalescer
 
     def fail(self, record: Record, error: RecordError, *, emitted: bool = False) -> None:
         """Write ``record`` to failures.jsonl with the reason; it goes no further unless ``emitted``.

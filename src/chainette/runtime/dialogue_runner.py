@@ -21,7 +21,8 @@ from ..graph.templates import Template
 from ..graph.view import RecordView
 from .context import RunContext
 from .records import Record, coerce, describe_validation, fields_of
-from .step_runner import _Job, _run_jobs
+from .step_io import _Job
+from .step_runner import _run_jobs
 
 __all__ = ["conversation", "run_dialogue"]
 

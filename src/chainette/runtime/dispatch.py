@@ -6,11 +6,10 @@ of a registered kind (``class MyStep(Step)``) uses its base's runner. A kind tha
 yields its outputs in passes. :func:`missing_runners` lists the nodes of a chain no runner
 handles, so a run refuses them before any request.
 
-A parallel group runs each branch over copies of the chunk concurrently, then joins: a record
-continues when every joined branch produced exactly one output for it, carrying that output
-under the join alias and everything the branch added to the history (its nodes' outputs by id,
-inner aliases). A record a joined branch
-filtered out is dropped (it is counted as filtered where it was filtered, not as a failure).
+This module imports no runner: the runners import it (a loop's body, a map's children, a
+subflow's nodes run through :func:`run_sequence`), and the built-in kinds are registered by
+``runtime/kinds.py``, which the executor imports. So nothing here knows the kinds, and the
+runners and the registry never import each other in a loop.
 """
 
 from __future__ import annotations
@@ -21,26 +20,19 @@ from typing import Any
 
 import anyio
 
-from .._errors import RecordError
-from ..graph.dialogue import Dialogue
-from ..graph.loop import Loop
-from ..graph.map import Map
-from ..graph.nodes import Apply, Branch, Node, Parallel, Seq, Step
-from ..graph.router import Router
-from ..graph.stream_ops import Shuffle, Take
-from ..graph.subflow import Subflow
-from .apply_runner import run_apply
+from ..graph.nodes import Node
 from .context import RunContext
-from .dialogue_runner import run_dialogue
-from .loop_runner import run_loop
-from .map_runner import run_map
 from .records import Record
-from .router_runner import run_router
-from .step_runner import iter_step, run_step
-from .stream_runner import flush_shuffle, run_shuffle, run_take
-from .subflow_runner import run_subflow
 
-__all__ = ["Runner", "missing_runners", "register_runner", "run_node", "runner_for"]
+__all__ = [
+    "Runner",
+    "missing_runners",
+    "register_runner",
+    "run_concurrently",
+    "run_node",
+    "run_sequence",
+    "runner_for",
+]
 
 RunFn = Callable[[Any, list[Record], RunContext], Awaitable[list[Record]]]
 StreamFn = Callable[[Any, list[Record], RunContext], AsyncIterator[list[Record]]]
@@ -125,79 +117,3 @@ async def run_concurrently(
         for name, (nodes, records, ctx) in jobs.items():
             tg.start_soon(one, name, nodes, records, ctx)
     return results
-
-
-async def run_parallel(group: Parallel, chunk: list[Record], ctx: RunContext) -> list[Record]:
-    group_failed = ctx.group_failed if ctx.group_failed is not None else set()  # one set per record id
-    views = {b.name: ctx.for_branch(group_failed) for b in group.branches}
-    results = await run_concurrently(
-        {b.name: (b.steps, [r.fork() for r in chunk], views[b.name]) for b in group.branches}
-    )
-
-    joined = group.joined
-    if not joined:
-        return chunk
-    by_origin: dict[str, dict[str, list[Record]]] = {}
-    for branch in joined:
-        grouped: dict[str, list[Record]] = {}
-        for rec in results[branch.name]:
-            grouped.setdefault(rec.origin or rec.id, []).append(rec)
-        by_origin[branch.name] = grouped
-
-    out: list[Record] = []
-    for record in chunk:
-        base, ok = record.tokens, True
-        for branch in joined:
-            outputs = by_origin[branch.name].get(record.id, [])
-            if len(outputs) == 1:
-                continue
-            ok = False
-            failed_inside = views[branch.name].failed_origins or set()
-            if record.id in failed_inside or not outputs:
-                break  # already in failures.jsonl (with the node and reason), or counted as filtered
-            ctx.fail(
-                record,
-                RecordError(
-                    f"Branch {branch.name!r} joined as {branch.join_alias!r} produced {len(outputs)} outputs "
-                    "(fan-out) for this record; a joined branch must produce exactly one output per record.",
-                    node_id=branch.join_alias or branch.name,
-                    record_id=record.id,
-                ),
-            )
-            break
-        if not ok:
-            continue
-        for branch in joined:
-            result = by_origin[branch.name][record.id][0]
-            record.history.update(result.history)  # its nodes' outputs, inner aliases included
-            record.tokens += result.tokens - base  # what the branch's requests cost (a loop's max_tokens)
-            assert branch.join_alias is not None
-            record.history[branch.join_alias] = result.value
-        out.append(record)
-    return out
-
-
-register_runner(Step, run_step, iter_step)
-register_runner(Apply, run_apply)
-
-
-async def run_branch(branch: Branch, chunk: list[Record], ctx: RunContext) -> list[Record]:
-    """A branch on its own is its nodes in sequence (in a group, :func:`run_parallel` forks first)."""
-    return await run_sequence(branch.steps, chunk, ctx)
-
-
-async def run_seq(seq: Seq, chunk: list[Record], ctx: RunContext) -> list[Record]:
-    """``a | b | c`` where one node is expected (a chain or branch splices it instead)."""
-    return await run_sequence(seq.nodes, chunk, ctx)
-
-
-register_runner(Branch, run_branch)
-register_runner(Seq, run_seq)
-register_runner(Parallel, run_parallel)
-register_runner(Router, run_router)
-register_runner(Take, run_take)
-register_runner(Shuffle, run_shuffle, flush=flush_shuffle)
-register_runner(Map, run_map)
-register_runner(Dialogue, run_dialogue)
-register_runner(Loop, run_loop)
-register_runner(Subflow, run_subflow)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import logging
-import platform
 import re
 import time
 import uuid
@@ -20,12 +19,11 @@ from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, fields
-from importlib import metadata as _importlib_metadata
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 from pydantic import ValidationError
 
 from .._errors import ChainDefinitionError, InputError, InvalidInputError, RunFolderError
@@ -33,23 +31,25 @@ from ..engines.broker import EngineBroker
 from ..engines.registry import get_engine_config, is_available
 from ..engines.secrets import scrub_exception, scrub_strings, scrub_text
 from ..graph.chain import ChainGraph
-from ..graph.nodes import Node
 from ..graph.stream_ops import Take
 from ..io.inputs import InputItem, describe_inputs, iter_input_chunks, open_inputs
 from ..io.writer import RunWriter, fs_error
+from . import kinds  # noqa: F401  (importing it registers the built-in kinds' runners)
 from .accounting import cache_summary, cost_summary
 from .collector import run_collector
 from .context import EventHandler, RunContext
-from .dispatch import missing_runners, runner_for
+from .dispatch import missing_runners
 from .events import EventStream, Middleware
 from .node_events import node_events
 from .record_trace import RecordTrace
-from .records import Record, coerce, describe_validation, dump
+from .records import Record, coerce, describe_validation
 from .requests import CacheMode, RequestCache
 from .result import RunResult
+from .run_meta import _graph, _iso, _summary, _versions
+from .stages import Flow, flatten, per_record, run_stage, stages
 from .stream_runner import STOPS_INPUT
 
-__all__ = ["Executor", "RunOptions", "run_chain"]
+__all__ = ["Executor", "RunOptions", "flatten", "run_chain"]
 
 _log = logging.getLogger("chainette")
 
@@ -89,9 +89,21 @@ class RunOptions:
     """``{field: column}``: the input column each field of the chain's input model reads, when it
     is not the field's own name (``{"text": "content"}``)."""
     workers: int = 4
-    """Chunks in flight per LLM stage (Python stages use one, which keeps input order)."""
+    """Kept for compatibility: no longer the unit of waiting (records move on one by one, see
+    ``runtime/stages.py``). Locally it only sizes the default ``max_in_flight`` (at least
+    ``batch_size × workers``); with ``executor="ray"``, chunks in flight per actor."""
     buffer: int = 4
     """Chunks buffered between two stages (backpressure bound)."""
+    max_in_flight: int | None = None
+    """Records in flight at once in a stage (each goes through the nodes on its own and is handed
+    on when done). None: ``max(256, batch_size × workers, 2 × the largest max_concurrency among
+    the chain's engines)``. The engines' ``max_concurrency`` and rate limits still bound requests."""
+    ordered: bool = True
+    """Write ``flattened/`` in input order: a finished record waits for those before it, in a
+    window of ``4 × max_in_flight`` finished records (its work never waits, only its row; a full
+    window pauses the reading). False: rows land as records finish (each has ``_index``), so a
+    slow record never holds a row back. A stage holding a streaming step (``samples > 1``) hands
+    its samples on as they are made, in completion order either way (memory flat in samples)."""
     on_event: EventHandler | None = field(default=None, repr=False)
     """``handler(kind, data)`` for every run event (see ``runtime/events.py``); its errors stop the run."""
     record_deadline_s: float | None = None
@@ -218,7 +230,7 @@ async def _run_in_folder(
 
             await run_on_ray(chain, inputs, opts, ctx, counts, meta)
         else:
-            await _pipeline(chain, inputs, opts, ctx, counts)
+            await _pipeline(chain, inputs, opts, ctx, counts, meta)
         meta["status"] = "completed"
         if counts["records_in"] == 0:
             warning = f"No input records: {describe_inputs(inputs)} held none (empty, or blank lines only), so nothing ran."
@@ -273,26 +285,55 @@ def _lay_out(chain: ChainGraph, writer: RunWriter, meta: dict[str, Any]) -> None
 
 
 async def _pipeline(
-    chain: ChainGraph, inputs: Any, opts: RunOptions, ctx: RunContext, counts: dict[str, int]
+    chain: ChainGraph,
+    inputs: Any,
+    opts: RunOptions,
+    ctx: RunContext,
+    counts: dict[str, int],
+    meta: dict[str, Any],
 ) -> None:
-    """The source and one task group per stage, joined by bounded streams; the first real error
-    (not the cancellations it caused) propagates."""
+    """The source and one task group per stage, joined by bounded streams (records go through a
+    stage one by one, ``runtime/stages.py``); the first real error (not the cancellations it
+    caused) propagates."""
+    limit = in_flight_limit(chain, opts)
+    flows: list[Flow] = []
     try:
         # entering the broker runs its idle-eviction timer for the length of the run
         async with ctx.broker, anyio.create_task_group() as tg:
             send, receive = anyio.create_memory_object_stream[Chunk](opts.buffer)
             tg.start_soon(_source, chain, inputs, opts, ctx, send, counts)
-            stages = _stages(chain)
-            for k, items in enumerate(stages):
-                last = k == len(stages) - 1
+            parts = stages(chain)
+            for k, items in enumerate(parts):
+                last = k == len(parts) - 1
                 next_send, next_receive = (
                     (None, None) if last else anyio.create_memory_object_stream[Chunk](opts.buffer)
                 )
-                tg.start_soon(_stage, items, ctx, receive, next_send, _workers(items, opts))
+                # a take or shuffle next means the first n, a seeded order: it gets the records in input order
+                feeds_whole = not last and parts[k + 1][0].whole_stream
+                # a streaming step (samples > 1) hands its samples on as they are made: not held for order
+                ordered = (opts.ordered and not any(item.streams for item in items)) or feeds_whole
+                flow = Flow(limit, ordered) if per_record(items) else None
+                if flow is not None:
+                    flows.append(flow)
+                tg.start_soon(run_stage, items, ctx, receive, next_send, flow)
                 if next_receive is not None:
                     receive = next_receive
     except BaseExceptionGroup as group:
         raise _first_error(group) from None
+    finally:
+        meta["in_flight"] = {"limit": limit, "peak": max((f.peak for f in flows), default=0)}
+
+
+def in_flight_limit(chain: ChainGraph, opts: RunOptions) -> int:
+    """``opts.max_in_flight``, or the default: enough to keep every engine of the chain full."""
+    if opts.max_in_flight is not None:
+        return opts.max_in_flight
+    largest = 0
+    for name in chain.engine_names():
+        stated = get_engine_config(name).options.get("max_concurrency")
+        if isinstance(stated, int) and not isinstance(stated, bool):
+            largest = max(largest, stated)
+    return max(256, chain.batch_size * max(1, opts.workers), 2 * largest)
 
 
 async def _finish(
@@ -383,6 +424,9 @@ def _check_record_limits(opts: RunOptions) -> None:
         raise ValueError(f"record_deadline_s must be a number of seconds > 0 (or None), got {deadline!r}.")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
         raise ValueError(f"record_token_budget must be an integer >= 1 (or None), got {budget!r}.")
+    bound = opts.max_in_flight
+    if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int) or bound < 1):
+        raise ValueError(f"max_in_flight must be an integer >= 1 (or None), got {bound!r}.")
 
 
 def _to_record(item: InputItem, model: Any, opts: RunOptions, ctx: RunContext) -> Record | None:
@@ -412,79 +456,6 @@ def _to_record(item: InputItem, model: Any, opts: RunOptions, ctx: RunContext) -
     return None
 
 
-async def _stage(
-    items: list[Node],
-    ctx: RunContext,
-    receive: MemoryObjectReceiveStream[Chunk],
-    send: MemoryObjectSendStream[Chunk] | None,
-    workers: int,
-) -> None:
-    """Run ``items`` in order over each chunk; pass the outputs on, or (last stage) write them."""
-
-    async def push(chunk: Chunk, start: int, send: MemoryObjectSendStream[Chunk] | None) -> None:
-        """Run ``items[start:]`` over ``chunk`` and hand the result on (or write it)."""
-        for i in range(start, len(items)):
-            if not chunk:
-                break
-            item = items[i]
-            runner = runner_for(item)
-            observe = ctx.observe_nodes  # a traced run: every node timed, its passes gathered
-            if observe is not None:
-                chunk = await observe(item, chunk, ctx, runner.run)
-                continue
-            if item.streams and runner.stream is not None:  # many outputs per record: a pass at a time
-                async for part in runner.stream(item, chunk, ctx):
-                    await push(part, i + 1, send)
-                return
-            chunk = await runner.run(item, chunk, ctx)
-        if send is None:
-            for record in chunk:
-                ctx.writer.add_flattened(flatten(record))
-        elif chunk:
-            await send.send(chunk)
-        await ctx.writer.maybe_flush()
-
-    async def worker(
-        receive: MemoryObjectReceiveStream[Chunk], send: MemoryObjectSendStream[Chunk] | None
-    ) -> None:
-        try:
-            async for chunk in receive:
-                await push(chunk, 0, send)
-        finally:  # closing our clones tells the next stage when every worker is done
-            receive.close()
-            if send is not None:
-                send.close()
-
-    try:
-        async with anyio.create_task_group() as tg:
-            for _ in range(workers):
-                tg.start_soon(worker, receive.clone(), send.clone() if send is not None else None)
-        flush = runner_for(items[0]).flush
-        if flush is not None:  # a whole-stream node hands on what it still holds
-            async for part in flush(items[0], ctx):
-                await push(part, 1, send)
-    finally:
-        receive.close()
-        if send is not None:
-            send.close()
-    for node in _nodes(items):
-        if node.engine_name is not None:
-            await ctx.broker.node_done(node.engine_name)
-
-
-def _stages(chain: ChainGraph) -> list[list[Node]]:
-    """Chain items grouped into stages: consecutive sync ``apply`` nodes share one stage (one task,
-    no stream between them: they are CPU-bound on the loop, so separate stages would only add
-    hand-offs); every other item is a stage of its own."""
-    stages: list[list[Node]] = []
-    for item in chain.items:
-        if item.fusable and stages and all(i.fusable for i in stages[-1]):
-            stages[-1].append(item)
-        else:
-            stages.append([item])
-    return stages
-
-
 def _input_stoppers(chain: ChainGraph) -> set[str]:
     """The ``take`` nodes that may stop the input once satisfied: none before them holds records."""
     out: set[str] = set()
@@ -494,24 +465,6 @@ def _input_stoppers(chain: ChainGraph) -> set[str]:
         elif item.whole_stream:
             break
     return out
-
-
-def _nodes(items: list[Node]) -> list[Node]:
-    return [n for item in items for n in item.leaves()]
-
-
-def flatten(record: Record) -> dict[str, Any]:
-    """One row merging the record's history: ``{"_id", "_index", "<key>.<field>": value, ...}``."""
-    row: dict[str, Any] = {"_id": record.id, "_index": record.index}
-    for key, value in record.history.items():
-        dumped = dump(value)
-        if isinstance(dumped, dict):
-            prefix = key + "."
-            for name, v in dumped.items():
-                row[prefix + name] = v
-        else:
-            row[key] = dumped
-    return row
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -528,64 +481,8 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return leaves[0] if leaves else group
 
 
-def _workers(items: list[Node], opts: RunOptions) -> int:
-    return max(1, opts.workers) if any(n.engine_name is not None for n in _nodes(items)) else 1
-
-
-def _graph(chain: ChainGraph) -> dict[str, Any]:
-    """``graph.json``: the chain's graph and its engines, with credentials masked."""
-    graph = chain.describe()
-    graph["engines"] = {
-        name: {"backend": c.backend, "model": c.model, "options": c.public_options()}
-        for name in chain.engine_names()
-        for c in [get_engine_config(name)]
-    }
-    scrubbed: dict[str, Any] = scrub_strings(graph)
-    return scrubbed
-
-
-def _summary(
-    ctx: RunContext, counts: dict[str, int], writer: RunWriter, broker: EngineBroker
-) -> dict[str, Any]:
-    nodes = {k: v.as_dict() for k, v in ctx.stats.items()}
-    tokens = {
-        k: {"prompt": v.prompt_tokens, "completion": v.completion_tokens}
-        for k, v in ctx.stats.items()
-        if v.requests
-    }
-    return {
-        "counts": {
-            "records_in": counts["records_in"],
-            "records_out": writer.flattened,
-            "failures": writer.failures,
-            "filtered": sum(v.filtered for v in ctx.stats.values()),
-        },
-        "nodes": nodes,
-        "tokens": {
-            "prompt": sum(t["prompt"] for t in tokens.values()),
-            "completion": sum(t["completion"] for t in tokens.values()),
-            "by_step": tokens,
-        },
-        "engines": broker.described,
-    }
-
-
 def _ignore_event(kind: str, data: dict[str, Any]) -> None:
     """The event handler of a run nobody listens to."""
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("chainette", "pydantic", "anyio", "jinja2", "llama-cpp-python"):
-        try:
-            out[dist] = _importlib_metadata.version(dist)
-        except _importlib_metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def _iso(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(ts, tz=_dt.UTC).isoformat()
 
 
 def _slug(name: str) -> str:

@@ -28,6 +28,7 @@ from ..graph.loop import LIMITS, Loop, LoopState, StopReason
 from ..graph.view import RecordView
 from .budgets import budget_error, limit_hit
 from .context import NodeStats, RunContext
+from .dispatch import run_sequence
 from .records import Record, iteration_tag, owner_id
 
 __all__ = ["LoopStats", "run_loop"]
@@ -65,8 +66,6 @@ class _Looping:
 
 
 async def run_loop(node: Loop, chunk: list[Record], ctx: RunContext) -> list[Record]:
-    from .dispatch import run_sequence  # here, not at the top: dispatch imports this module to register it
-
     stats = _stats(ctx, node.id)
     stats.records_in += len(chunk)
     failed = 0  # here, by the loop itself (counted locally: other chunks run meanwhile)

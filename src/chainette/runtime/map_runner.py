@@ -24,9 +24,22 @@ from .._errors import RecordError
 from ..graph.map import Map
 from ..graph.view import RecordView
 from .context import RunContext
+from .dispatch import run_sequence
 from .records import Record, describe_validation, owner_id
 
 __all__ = ["run_map"]
+
+
+def _slots(node: Map, ctx: RunContext) -> anyio.Semaphore:
+    """``node.concurrency`` sub-chunks in flight for the whole node: records go through a chain
+    one by one, several at once, and all of them share the bound (children alive stay bounded)."""
+    key = f"{node.id}:map_slots"
+    slots = ctx.state.get(key)
+    if slots is None:
+        slots = ctx.state[key] = anyio.Semaphore(node.concurrency)
+    assert isinstance(slots, anyio.Semaphore)
+    return slots
+
 
 Spawned = list[tuple["_Parent", int, Record]]
 
@@ -75,21 +88,33 @@ class _MapRun:
         self._wake = anyio.Event()
 
     async def run(self) -> list[Record]:
+        slots = _slots(self.node, self.ctx)
         async with anyio.create_task_group() as tg:
             while True:
                 if self.in_flight >= self.node.concurrency:
                     await self._wait()
                     continue
+                if self.in_flight and not self._can_spawn():
+                    await self._wait()
+                    continue
+                await slots.acquire()  # the node's sub-chunks in flight, across every record in flight
                 spawned = self._spawn()
                 if spawned:
                     self.in_flight += 1
                     tg.start_soon(self._run_body, spawned)
-                elif self.in_flight:
+                    del spawned  # not kept alive here while this record waits (many records map at once)
+                    continue
+                slots.release()
+                if self.in_flight:
                     await self._wait()
                 else:
                     break
         assert not self.open and not self.waiting
         return [r for r in self.results if r is not None]
+
+    def _can_spawn(self) -> bool:
+        """Whether :meth:`_spawn` would start a child now (without starting one)."""
+        return bool(self.waiting) or any(parent.wants(self.node) for parent in self.open)
 
     async def _wait(self) -> None:
         self._wake = anyio.Event()  # no await between the check and here: no completion is missed
@@ -143,11 +168,13 @@ class _MapRun:
         return parent
 
     async def _run_body(self, spawned: Spawned) -> None:
-        from .dispatch import run_sequence  # here, not at the top: dispatch imports this module
-
         body_ctx = self.ctx.for_map_body()
         by_id = {child.id: (parent, k) for parent, k, child in spawned}
-        outputs = await run_sequence(self.node.body, [child for _, _, child in spawned], body_ctx)
+        try:
+            outputs = await run_sequence(self.node.body, [child for _, _, child in spawned], body_ctx)
+        except BaseException:
+            _slots(self.node, self.ctx).release()
+            raise
         for parent, _, _ in spawned:
             parent.running -= 1
         for record in outputs:
@@ -167,6 +194,7 @@ class _MapRun:
                 self._collect(parent)
         self.in_flight -= 1
         self._wake.set()
+        _slots(self.node, self.ctx).release()  # last: this sub-chunk's children are done with
 
     def _collect(self, parent: _Parent) -> None:
         """Hand ``parent`` on with its collected outputs under the map's id, or fail it."""

@@ -10,16 +10,13 @@ from .._errors import RecordError
 from ..graph.router import Router
 from ..graph.view import RecordView
 from .context import RunContext
+from .dispatch import run_concurrently
 from .records import Record, owner_id
 
 __all__ = ["run_router"]
 
 
 async def run_router(node: Router, chunk: list[Record], ctx: RunContext) -> list[Record]:
-    from .dispatch import (
-        run_concurrently,  # here, not at the top: dispatch imports this module to register it
-    )
-
     stats = ctx.node(node.id)
     stats.records_in += len(chunk)
     failed_here = 0  # counted locally: chunks run concurrently, and ctx.fail counts a failure as done

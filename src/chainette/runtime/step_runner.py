@@ -27,77 +27,28 @@ them fails with ``BudgetExceededError`` (never remembered in the ledger nor emit
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from contextlib import aclosing, nullcontext
 from typing import Any
 
 import anyio
 import anyio.abc
-import jinja2
-import orjson
-from pydantic import BaseModel, ValidationError
 
-from .._errors import BudgetExceededError, EngineError, OutputValidationError, RecordError, RenderError
+from .._errors import BudgetExceededError, EngineError, RecordError, RenderError
 from ..engines.base import ChatRequest, Completion, Engine, Message, SamplingParams
-from ..engines.secrets import scrub_text
 from ..graph.nodes import Step
 from ..ledger.keys import after_first, key_of, key_of_rest, key_prefix
-from ..ledger.store import StoredAnswer, StoredFailure
+from ..ledger.store import StoredAnswer
 from .budgets import budget_error, exceeded, time_left
-from .context import DeltaHandler, NodeStats, RunContext
-from .records import Record, coerce, describe_validation, dump, fields_of, request_salt
+from .coalesce import coalesces
+from .context import DeltaHandler, RunContext
+from .records import Record, dump, request_salt
 from .requests import InFlight
+from .step_io import _Job, _Round, parse_output, render_messages
+from .step_outcome import _KINDS, _cut, _engine_failed, _give_up, _settle
 
 __all__ = ["iter_step", "parse_output", "render_messages", "run_step"]
-
-REASK_INVALID = (
-    "Your reply was not valid: {error}. Reply again with only a JSON object that matches the schema."
-)
-REASK_TRUNCATED = (
-    "Your reply was cut off after {max_tokens} tokens, before the JSON was complete. "
-    "Reply again with a shorter JSON object that matches the schema."
-)
-
-_KINDS: dict[str, type[RecordError]] = {
-    cls.kind: cls for cls in (OutputValidationError, EngineError, RenderError, RecordError)
-}
-"""A failure remembered in the ledger is raised again as the same kind of error."""
-
-
-@dataclass(slots=True)
-class _Job:
-    record: Record
-    messages: list[Message]
-    sample: int = 0
-    asks: int = 0
-    """Re-asks made so far: the budget ``Step.max_reasks`` counts these."""
-    attempts: int = 0
-    """Requests made for this record here, as failures.jsonl reports them: each answer's sends
-    (``Completion.attempts``: transport retries included, 0 if never sent), 1 for an answer from
-    the ledger or an identical request, 1 for a call that raised."""
-    first_key: str = ""
-    """Ledger key of the first attempt: where a final failure is remembered (``on_failure="stay"``)."""
-    raw: str | None = None
-    errors: list[str] = field(default_factory=list)
-    output: BaseModel | None = None
-    reasoning: str | None = None
-    failure: RecordError | None = None
-    failed_calls: int = 0
-    """Engine errors so far (a raise, an error answer, a timeout): what the policy's retries count."""
-    ready_at: float = 0.0
-    """``time.monotonic()`` before which a retry is not sent (its backoff)."""
-
-
-@dataclass
-class _Round:
-    """What one pass over the pending jobs decided."""
-
-    retry: list[_Job] = field(default_factory=list)
-    stays: list[tuple[str, StoredFailure]] = field(default_factory=list)
-
 
 SAMPLES_PER_PASS = 256
 """With ``samples > 1``, samples are made and sent this many at a time (or one chunk's worth,
@@ -416,7 +367,7 @@ async def _call(
     limited = any(job.record.limited for job, _, _ in batch)
     began = 0.0
     try:
-        async with limiter:
+        async with nullcontext() if _gathered(engine, ctx) else limiter:  # gathered: the coalescer holds it
             began = time.monotonic()
             if timeout is None and not limited:  # the usual call: no bound
                 completions = await _ask(step, engine, batch, ctx)
@@ -482,7 +433,15 @@ async def _ask(
     on_delta = ctx.on_delta
     if on_delta is not None and engine.supports_streaming:
         return [await _stream(step, engine, job, request, on_delta) for job, request, _ in batch]
-    return await engine.generate([request for _, request, _ in batch])
+    requests = [request for _, request, _ in batch]
+    if coalesces(engine):  # with the requests of other records pending now, in one call
+        return await ctx.coalescer(step.engine_name, engine).generate(requests)
+    return await engine.generate(requests)
+
+
+def _gathered(engine: Engine, ctx: RunContext) -> bool:
+    """Whether :func:`_ask` goes through the engine's coalescer (which takes the call slots)."""
+    return coalesces(engine) and not (ctx.on_delta is not None and engine.supports_streaming)
 
 
 async def _stream(
@@ -501,251 +460,3 @@ async def _stream(
     if completion is None:
         raise RuntimeError(f"engine {step.engine_name!r} ended a stream without its completion")
     return completion
-
-
-def _cut(
-    step: Step,
-    batch: list[tuple[_Job, ChatRequest, str]],
-    ctx: RunContext,
-    decided: _Round,
-    timeout: float | None,
-    *,
-    by_timeout: bool,
-) -> None:
-    """A call cut short: its records past their deadline fail, the others count an engine error
-    (cut by the policy's ``timeout_s``) or go round again (cut by another record's deadline)."""
-    now = time.monotonic() + 1e-3  # the cancel fires at the deadline, give or take the clock's tick
-    problem = f"timed out after {timeout:g} s" if timeout is not None else "timed out"
-    for job, _, key in batch:
-        ctx.cache.resolve(key, Completion(text=problem, finish_reason="error"))
-        job.attempts += 1
-        deadline = job.record.deadline
-        if deadline is not None and now >= deadline:
-            error: RecordError = budget_error(
-                job.record, step.id, f"Step {step.id!r}", "deadline", ctx.record_deadline_s
-            )
-            error.attempts = job.attempts
-            _give_up(step, job, error, ctx, decided, remember=False)
-        elif by_timeout:
-            ctx.tell("timeout", job.record, step.id, attempt=job.attempts, timeout_s=timeout)
-            message = f"Step {step.id!r}: engine {step.engine_name!r} {problem} (timeout_s of its policy)"
-            error = EngineError(message, node_id=step.id, record_id=job.record.id, attempts=job.attempts)
-            _engine_failed(step, job, error, problem, ctx, decided)
-        else:  # cut at a sibling's deadline, not its own: this call does not count against it
-            job.attempts -= 1
-            decided.retry.append(job)
-
-
-def _engine_failed(
-    step: Step, job: _Job, error: RecordError, problem: str, ctx: RunContext, decided: _Round
-) -> None:
-    """An engine error for ``job``: tried again after the policy's backoff while it has retries
-    left, else the record fails, the message saying how many attempts and the last error."""
-    policy = step.policy
-    job.failed_calls += 1
-    if policy is None:
-        _give_up(step, job, error, ctx, decided)
-        return
-    if job.failed_calls <= policy.retries:
-        ctx.node(step.id).retries += 1
-        delay = policy.backoff.delay(job.failed_calls, f"{step.id}/{job.record.id}")
-        job.ready_at = time.monotonic() + delay
-        ctx.tell("retry", job.record, step.id, attempt=job.attempts, error=scrub_text(problem), delay_s=delay)
-        decided.retry.append(job)
-        return
-    if policy.retries:
-        attempts = "attempt" if job.attempts == 1 else "attempts"
-        final = EngineError(
-            f"Step {step.id!r}: engine {step.engine_name!r} failed after {job.attempts} {attempts} "
-            f"({job.failed_calls} engine errors, retries={policy.retries} of its policy used up); "
-            f"last error: {problem}. Check the engine, or raise retries / timeout_s in the step's NodePolicy.",
-            node_id=step.id,
-            record_id=job.record.id,
-            raw=error.raw,
-            attempts=job.attempts,
-            details=error.details,
-        )
-        final.__cause__ = error.__cause__
-        error = final
-    _give_up(step, job, error, ctx, decided)
-
-
-def _settle(
-    step: Step,
-    job: _Job,
-    completion: Completion | StoredAnswer,
-    ctx: RunContext,
-    stats: NodeStats,
-    decided: _Round,
-    *,
-    sent: bool,
-) -> None:
-    """Count the answer (in ``stats``, the step's), accept it or plan the re-ask, or give up on
-    the record."""
-    job.record.tokens += completion.prompt_tokens + completion.completion_tokens  # a loop's max_tokens
-    if ctx.usage is not None:  # a traced run: tokens per input position
-        ctx.usage.add_usage(
-            step.id, job.record.index, completion.prompt_tokens, completion.completion_tokens, sent=sent
-        )
-    if sent:
-        stats.prompt_tokens += completion.prompt_tokens
-        stats.completion_tokens += completion.completion_tokens
-    else:
-        stats.saved_prompt_tokens += completion.prompt_tokens
-        stats.saved_completion_tokens += completion.completion_tokens
-    job.attempts += getattr(completion, "attempts", 1)  # a stored answer: one attempt
-    outcome = _judge(step, job, completion)
-    if outcome is None:
-        stats.done += 1
-    elif isinstance(outcome, EngineError):  # not an answer: retried under the policy, never re-asked
-        _engine_failed(step, job, outcome, completion.text, ctx, decided)
-    elif job.asks < step.max_reasks:
-        job.asks += 1
-        stats.reasks += 1
-        ctx.tell(
-            "reask",
-            job.record,
-            step.id,
-            attempt=job.attempts,
-            reask=job.asks,
-            error=scrub_text(job.errors[-1]),
-        )
-        decided.retry.append(job)
-    else:
-        _give_up(step, job, outcome, ctx, decided)
-
-
-def _give_up(
-    step: Step, job: _Job, error: RecordError, ctx: RunContext, decided: _Round, *, remember: bool = True
-) -> None:
-    """The record fails here for good: to failures.jsonl, remembered or passed on per ``on_failure``."""
-    job.failure = error
-    ctx.fail(job.record, error, emitted=step.on_failure == "emit")
-    if step.on_failure == "stay" and remember and job.first_key:
-        decided.stays.append(
-            (job.first_key, StoredFailure(step.id, error.kind, error.message, error.raw, error.attempts))
-        )
-
-
-def render_messages(step: Step, record: Record) -> list[Message]:
-    """The chat messages for ``record``: rendered system prompt + schema instruction, user prompt."""
-    value: Any
-    if step.policy is not None and not step.policy.validates_input:  # the value as it is
-        return _messages(step, record, {**record.history, **fields_of(record.value)})
-    try:
-        value = coerce(step.input_model, record.value)
-    except ValidationError as exc:
-        if not step.reads_input_fields:  # the templates read earlier outputs only: nothing to fit
-            return _messages(step, record, dict(record.history))
-        raise RenderError(
-            f"Step {step.id!r}: the record does not fit its input model {step.input_model.__name__} "
-            f"({describe_validation(exc)}).",
-            node_id=step.id,
-            record_id=record.id,
-        ) from exc
-    return _messages(step, record, {**record.history, **fields_of(value)})
-
-
-def _messages(step: Step, record: Record, variables: dict[str, Any]) -> list[Message]:
-    try:
-        system = step.system_template.render(variables) if step.fixed_system is None else ""
-        user = step.user_template.render(variables)
-    except jinja2.UndefinedError as exc:
-        raise RenderError(
-            f"Step {step.id!r}: template failed on record {record.id}: {exc.message}. "
-            "A referenced value is missing or None for this record; guard it with {% if ... %}.",
-            node_id=step.id,
-            record_id=record.id,
-        ) from exc
-    except Exception as exc:  # jinja filters can raise anything; keep it on this record
-        raise RenderError(
-            f"Step {step.id!r}: template failed on record {record.id}: {type(exc).__name__}: {exc}",
-            node_id=step.id,
-            record_id=record.id,
-        ) from exc
-    if step.fixed_system is not None:
-        system = step.fixed_system
-    elif step.schema_instruction:
-        system = f"{system}\n\n{step.schema_instruction}" if system else step.schema_instruction
-    messages: list[Message] = []
-    if system:
-        messages.append({"role": "system", "content": system})
-    messages.append({"role": "user", "content": user})
-    return messages
-
-
-def _judge(step: Step, job: _Job, completion: Completion | StoredAnswer) -> RecordError | None:
-    """Accept the completion into ``job`` (None), or say why not and prepare the re-ask."""
-    job.raw = completion.text
-    if completion.finish_reason == "error":
-        sent = getattr(completion, "attempts", 1)
-        earlier = (
-            f" ({job.attempts} attempt(s) for this record, re-asks included)" if sent < job.attempts else ""
-        )
-        return EngineError(
-            f"Step {step.id!r}: engine reported an error: {completion.text}{earlier}",
-            node_id=step.id,
-            record_id=job.record.id,
-            attempts=job.attempts,
-        )
-    if completion.finish_reason == "length":
-        problem = f"cut off at max_tokens={step.sampling.max_tokens} (finish_reason='length')"
-        reask = REASK_TRUNCATED.format(max_tokens=step.sampling.max_tokens)
-    else:
-        output, problem = parse_output(step, completion.text)
-        if output is not None:
-            job.output = output
-            job.reasoning = completion.reasoning
-            return None
-        reask = REASK_INVALID.format(error=problem)
-    job.errors.append(problem)
-    job.messages = [
-        *job.messages,
-        {"role": "assistant", "content": completion.text},
-        {"role": "user", "content": reask},
-    ]
-    return OutputValidationError(
-        f"Step {step.id!r}: output invalid after {job.attempts} attempt(s): {problem}",
-        node_id=step.id,
-        record_id=job.record.id,
-        raw=completion.text,
-        attempts=job.attempts,
-        details={"errors": list(job.errors)},
-    )
-
-
-def parse_output(target: type[BaseModel] | Step, text: str) -> tuple[BaseModel | None, str]:
-    """Parse and validate ``text`` into ``target`` (a model class, or a step's output: its
-    model, or the variant of its union that matches); on failure return ``(None, reason)``.
-
-    Raw control characters inside strings are accepted (small models emit them), and a
-    Markdown code fence around the JSON is stripped.
-    """
-    if isinstance(target, Step) and not text.startswith("```"):
-        try:  # the usual answer: JSON that fits (surrounding whitespace is fine), parsed and checked at once
-            return target.validate_output_json(text), ""
-        except ValidationError:
-            pass  # lenient parsing below, and the error message
-    body = text.strip()
-    if body.startswith("```"):
-        body = body.split("\n", 1)[1] if "\n" in body else ""
-        body = body.rsplit("```", 1)[0]
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        try:  # the slower parser accepts raw control characters inside strings, as small models write them
-            data = json.loads(body, strict=False)
-        except json.JSONDecodeError as exc:
-            return None, f"not valid JSON ({exc.msg} at character {exc.pos})"
-    validate: Callable[[Any], BaseModel]
-    if isinstance(target, Step):
-        validate, variants = target.validate_output, target.variants
-    else:
-        validate, variants = target.model_validate, (target,)
-    try:
-        return validate(data), ""
-    except ValidationError as exc:
-        if len(variants) > 1:
-            tried = ", ".join(v.__name__ for v in variants)
-            return None, f"matches none of the variants {tried}: {describe_validation(exc)}"
-        return None, f"does not match {variants[0].__name__}: {describe_validation(exc)}"

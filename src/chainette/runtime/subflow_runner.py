@@ -9,14 +9,13 @@ from pydantic import ValidationError
 from .._errors import InvalidInputError
 from ..graph.subflow import Subflow
 from .context import RunContext
+from .dispatch import run_sequence
 from .records import Record, coerce, describe_validation, owner_id
 
 __all__ = ["run_subflow"]
 
 
 async def run_subflow(node: Subflow, chunk: list[Record], ctx: RunContext) -> list[Record]:
-    from .dispatch import run_sequence  # here, not at the top: dispatch imports this module
-
     stats = ctx.node(node.id)
     stats.records_in += len(chunk)
     by_id: dict[str, Record] = {}

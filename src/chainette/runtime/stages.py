@@ -1,0 +1,328 @@
+"""How records move through a chain's stages: each on its own, so none waits for a sibling.
+
+The chain's items are cut into stages only at whole-stream nodes (``take``, ``shuffle``: they
+see the stream, so they are stages of their own, run chunk by chunk). Every other run of items
+is one stage, and in it *each record is its own task*: it goes through the stage's nodes as a
+chunk of one and is handed on (or written) the moment it is done, whatever its siblings do. A
+slow request holds back its own record only: a loop's passes, deadline and token budget are the
+record's own, a join waits for that record's branches, and the engines see as many requests as
+records are in flight. What still waits for siblings is what the construct means: a map's
+collect and ``join_k`` (the children of one record), ``take`` / ``shuffle``, and a provider
+batch (the engine's call, fed by ``runtime/coalesce.py`` from whatever is pending).
+
+In flight: a stage starts a record only once it holds one of ``max_in_flight`` slots
+(:class:`Flow`), given back when the record's outputs are handed on, so a slow writer or stage
+downstream stops the reading (backpressure) and memory stays flat. A stage of sync ``apply``
+nodes only (no waiting in it) runs chunk by chunk, as reading hands them on: batching pays there.
+
+Order: rows land in completion order, each with ``_index`` (its input position). A stage that
+feeds a ``take`` or ``shuffle`` hands records on in the order they came in (``take(n)`` is the
+first ``n``, a seeded shuffle the same every run). With ``ordered=True`` every stage does so (a finished record waits,
+holding its slot, for those before it: memory still bounded by ``max_in_flight``; throughput as
+slow as the slowest record in a window of ``max_in_flight``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ..graph.chain import ChainGraph
+from ..graph.nodes import Node
+from .context import RecordSink, RunContext
+from .dispatch import runner_for
+from .records import Record, dump
+
+__all__ = ["Flow", "flatten", "run_stage", "stages"]
+
+Chunk = list[Record]
+
+
+REORDER = 4
+"""With ``ordered``: finished records that may wait for those before them, per record in flight."""
+
+
+@dataclass
+class Flow:
+    """Records in flight in one per-record stage: at most ``limit`` being worked on (``peak``: the
+    most seen); with ``ordered``, at most ``REORDER × limit`` more finished and waiting for their
+    turn to be handed on."""
+
+    limit: int
+    ordered: bool = False
+    in_flight: int = 0
+    peak: int = 0
+    _slots: anyio.Semaphore | None = field(default=None, repr=False)
+    _window: anyio.Semaphore | None = field(default=None, repr=False)
+
+    async def enter(self) -> None:
+        """Take a slot (and, ordered, a place in the window); without yielding when one is free,
+        so the records of a chunk start in the same moment (their identical requests are sent
+        once, their engine calls gathered)."""
+        if self.ordered:
+            if self._window is None:
+                self._window = anyio.Semaphore(self.limit * (1 + REORDER))
+            await _take(self._window)
+        if self._slots is None:
+            self._slots = anyio.Semaphore(self.limit)
+        await _take(self._slots)
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+
+    def done(self) -> None:
+        """The record's work is done: its slot goes to the next record."""
+        assert self._slots is not None
+        self.in_flight -= 1
+        self._slots.release()
+
+    def handed_on(self) -> None:
+        """(ordered) The record was handed on: its place in the window goes to the next."""
+        assert self._window is not None
+        self._window.release()
+
+
+async def _take(semaphore: anyio.Semaphore) -> None:
+    try:
+        semaphore.acquire_nowait()
+    except anyio.WouldBlock:
+        await semaphore.acquire()
+
+
+class _Passed:
+    """Which items of a per-record stage every record is done with, so that an engine no later
+    item uses is released as soon as the last record has passed the items that use it."""
+
+    def __init__(self, items: list[Node], ctx: RunContext) -> None:
+        self.items, self.ctx = items, ctx
+        self.before = [0] * len(items)
+        """Records in flight that have not passed item ``i`` yet."""
+        self.ended = False
+        self.released = 0
+        """Items ``0 .. released-1`` are done for good: their engines were told (``node_done``)."""
+
+    def start(self) -> list[int]:
+        for i in range(len(self.before)):
+            self.before[i] += 1
+        return [0]  # the record's own mark: the next item it has not passed
+
+    async def passed(self, mark: list[int], upto: int) -> None:
+        """The record of ``mark`` is done with items ``< upto`` (``len(items)``: with all)."""
+        for i in range(mark[0], upto):
+            self.before[i] -= 1
+        mark[0] = max(mark[0], upto)
+        await self.release()
+
+    async def end_of_input(self) -> None:
+        self.ended = True
+        await self.release()
+
+    async def release(self) -> None:
+        while self.ended and self.released < len(self.items) and self.before[self.released] == 0:
+            item = self.items[self.released]
+            self.released += 1
+            for node in item.leaves():
+                if node.engine_name is not None:
+                    await self.ctx.broker.node_done(node.engine_name)
+
+
+def stages(chain: ChainGraph) -> list[list[Node]]:
+    """Chain items grouped into stages: a whole-stream node is a stage of its own; every run of
+    other items between them is one stage."""
+    out: list[list[Node]] = []
+    for item in chain.items:
+        if item.whole_stream or not out or out[-1][0].whole_stream:
+            out.append([item])
+        else:
+            out[-1].append(item)
+    return out
+
+
+def per_record(items: Sequence[Node]) -> bool:
+    """Whether a stage runs record by record: it holds something that waits (an engine call, an
+    async function, a control-flow kind); a stage of sync ``apply`` nodes only runs chunkwise."""
+    return not items[0].whole_stream and not all(i.fusable for i in items)
+
+
+async def run_stage(
+    items: list[Node],
+    ctx: RunContext,
+    receive: MemoryObjectReceiveStream[Chunk],
+    send: MemoryObjectSendStream[Chunk] | None,
+    flow: Flow | None,
+) -> None:
+    """Run ``items`` over what ``receive`` brings, per record when ``flow`` is given, else chunk
+    by chunk; hand the outputs on to ``send``, or (last stage) write them."""
+    try:
+        if flow is None:
+            async for chunk in receive:
+                await _push(items, ctx, chunk, 0, send)
+            flush = runner_for(items[0]).flush
+            if flush is not None:  # a whole-stream node hands on what it still holds
+                async for part in flush(items[0], ctx):
+                    await _push(items, ctx, part, 1, send)
+            done = 0
+        else:
+            passed = _Passed(items, ctx)
+            await _per_record(items, ctx, receive, send, flow, passed)
+            done = passed.released  # those items' engines were told already
+    finally:
+        receive.close()
+        if send is not None:
+            send.close()
+    for node in (n for item in items[done:] for n in item.leaves()):
+        if node.engine_name is not None:
+            await ctx.broker.node_done(node.engine_name)
+
+
+async def _per_record(
+    items: list[Node],
+    ctx: RunContext,
+    receive: MemoryObjectReceiveStream[Chunk],
+    send: MemoryObjectSendStream[Chunk] | None,
+    flow: Flow,
+    passed: _Passed,
+) -> None:
+    """Each record its own task, started once it holds a slot; handed on as soon as it is done
+    (or, ``flow.ordered``, once those that came in before it have been)."""
+    if not flow.ordered:
+
+        async def one(record: Record) -> None:
+            mark = passed.start()
+            try:
+                await _push(items, ctx, [record], 0, send, passed=(passed, mark))
+            finally:
+                flow.done()
+            await passed.passed(mark, len(items))
+
+        async with anyio.create_task_group() as tg:
+            async for chunk in receive:
+                for record in chunk:
+                    await flow.enter()
+                    tg.start_soon(one, record)
+            await passed.end_of_input()
+        return
+
+    turn = 0  # the next position to hand on
+    lock = anyio.Lock()
+
+    done: dict[int, tuple[Chunk, _HeldRows]] = {}
+
+    async def ordered(record: Record, position: int) -> None:
+        nonlocal turn
+        outputs: Chunk = []
+        mark = passed.start()
+        held = _HeldRows(ctx.writer)  # its step rows too wait for their turn
+        try:
+            await _push(
+                items, replace(ctx, writer=held), [record], 0, None, collect=outputs, passed=(passed, mark)
+            )
+        finally:
+            flow.done()  # the next record may start working; this one waits in the window
+        done[position] = (outputs, held)
+        await passed.passed(mark, len(items))
+        async with lock:  # whoever completes the head hands on the run of finished records
+            while turn in done:
+                ready, rows = done.pop(turn)
+                turn += 1
+                rows.release()
+                await _hand_on(ready, ctx, send)
+                flow.handed_on()
+
+    position = 0
+    async with anyio.create_task_group() as tg:
+        async for chunk in receive:
+            for record in chunk:
+                await flow.enter()
+                tg.start_soon(ordered, record, position)
+                position += 1
+        await passed.end_of_input()
+
+
+class _HeldRows:
+    """A record's node rows, held until the record's turn to be handed on (``ordered``), so the
+    step folders are in input order too; failures go through at once."""
+
+    def __init__(self, sink: RecordSink) -> None:
+        self.sink = sink
+        self.rows: list[tuple[str, dict[str, Any]]] = []
+
+    def add(self, key: str, row: dict[str, Any]) -> None:
+        self.rows.append((key, row))
+
+    def add_failure(self, row: dict[str, Any]) -> None:
+        self.sink.add_failure(row)
+
+    def add_flattened(self, row: dict[str, Any]) -> None:
+        self.sink.add_flattened(row)
+
+    def open_folder(self, key: str) -> None:
+        self.sink.open_folder(key)
+
+    async def maybe_flush(self) -> None:
+        """Nothing to flush before its turn."""
+
+    def release(self) -> None:
+        for key, row in self.rows:
+            self.sink.add(key, row)
+        self.rows = []
+
+
+async def _push(
+    items: list[Node],
+    ctx: RunContext,
+    chunk: Chunk,
+    start: int,
+    send: MemoryObjectSendStream[Chunk] | None,
+    *,
+    collect: Chunk | None = None,
+    passed: tuple[_Passed, list[int]] | None = None,
+) -> None:
+    """Run ``items[start:]`` over ``chunk`` and hand the result on (or write it, or, given
+    ``collect``, keep it there)."""
+    for i in range(start, len(items)):
+        if not chunk:
+            break
+        item = items[i]
+        runner = runner_for(item)
+        observe = ctx.observe_nodes  # a traced run: every node timed, its passes gathered
+        if observe is not None:
+            chunk = await observe(item, chunk, ctx, runner.run)
+            continue
+        if item.streams and runner.stream is not None:  # many outputs per record: a pass at a time
+            async for part in runner.stream(item, chunk, ctx):
+                await _push(items, ctx, part, i + 1, send, collect=collect)
+            return
+        chunk = await runner.run(item, chunk, ctx)
+        if passed is not None:
+            await passed[0].passed(passed[1], i + 1)
+    if collect is not None:
+        collect.extend(chunk)
+    else:
+        await _hand_on(chunk, ctx, send)
+
+
+async def _hand_on(chunk: Chunk, ctx: RunContext, send: MemoryObjectSendStream[Chunk] | None) -> None:
+    if send is None:
+        for record in chunk:
+            ctx.writer.add_flattened(flatten(record))
+    elif chunk:
+        await send.send(chunk)
+    await ctx.writer.maybe_flush()
+
+
+def flatten(record: Record) -> dict[str, Any]:
+    """One row merging the record's history: ``{"_id", "_index", "<key>.<field>": value, ...}``."""
+    row: dict[str, Any] = {"_id": record.id, "_index": record.index}
+    for key, value in record.history.items():
+        dumped = dump(value)
+        if isinstance(dumped, dict):
+            prefix = key + "."
+            for name, v in dumped.items():
+                row[prefix + name] = v
+        else:
+            row[key] = dumped
+    return row

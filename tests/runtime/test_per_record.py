@@ -1,0 +1,223 @@
+"""Records never wait for their siblings: each goes through a stage on its own, under one bound on
+records in flight, and is written when it is done (``runtime/stages.py``, ``runtime/coalesce.py``)."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anyio
+import pytest
+from pydantic import BaseModel
+from tests.helpers import (
+    Answer,
+    Question,
+    assert_every_record_accounted_for,
+    ledger_keys,
+    load_module,
+    read_jsonl,
+)
+
+from chainette import Chain, ChatRequest, Loop, Step, apply, register_engine
+from chainette.engines import registry
+from chainette.engines.fake import FakeEngine
+from chainette.runtime.records import Record
+
+
+def slow_if(word: str, seconds: float) -> Any:
+    """A fake engine's per-request latency: ``seconds`` for a prompt containing ``word``, else none."""
+    return lambda request: seconds if word in request.messages[-1]["content"] else 0.0
+
+
+def qa(engine: str = "lat") -> Step:
+    return Step(
+        id="qa", input_model=Question, output_model=Answer, engine_name=engine, user_prompt="{{ text }}"
+    )
+
+
+def test_a_fast_record_is_written_before_a_slow_one_of_the_same_chunk_finishes(run_dir: Path) -> None:
+    register_engine("lat", backend="fake", latency=slow_if("slow", 1.0), max_batch_size=1)
+    texts = ["slow one", *(f"fast {i}" for i in range(9))]
+    result = Chain("c", [qa()], batch_size=64).run(
+        [Question(text=t) for t in texts], output_dir=run_dir, ordered=False
+    )
+    rows = read_jsonl(run_dir / "flattened")
+    # one chunk of 10: the nine fast records went on (and were written) while the slow one waited
+    assert [r["input.text"] for r in rows][-1] == "slow one" and rows[-1]["_index"] == 0
+    assert sorted(r["_index"] for r in rows) == list(range(10)) and result.counts["failures"] == 0
+    # by default rows are written in input order: the fast ones wait (only their rows, in the
+    # reorder window) for the slow one; its work started with theirs, not after
+    started: dict[str, float] = {}
+
+    def note(request: ChatRequest) -> float:
+        started[request.messages[-1]["content"]] = time.monotonic()
+        return 1.0 if "slow" in request.messages[-1]["content"] else 0.0
+
+    register_engine("lat", backend="fake", latency=note, max_batch_size=1)
+    again = Chain("c", [qa()], batch_size=64).run(
+        [Question(text=t) for t in texts], output_dir=run_dir.parent / "o", cache="off"
+    )
+    assert [r["input.text"] for r in again.flattened()] == texts
+    assert max(started.values()) - min(started.values()) < 0.9  # all sent before the slow one answered
+
+
+class Text(BaseModel):
+    text: str
+
+
+def grow_step() -> Step:
+    return Step(id="grow", input_model=Text, output_model=Text, engine_name="echo", user_prompt="{{ text }}")
+
+
+def test_a_loops_passes_and_stop_reasons_do_not_depend_on_batch_size_under_a_deadline(run_dir: Path) -> None:
+    # every pass of "slow" takes 1 s, the others none; deadline 1.5 s; stop after 3 passes.
+    # In lockstep, the fast records of slow's chunk waited for it and hit the deadline too.
+    register_engine(
+        "echo",
+        backend="fake",
+        latency=slow_if("slow", 1.0),
+        max_batch_size=1,
+        responder=lambda r: {"text": r.messages[-1]["content"] + "+"},
+    )
+    texts = ["slow", "a", "b", "c"]
+
+    def outcome(batch_size: int) -> dict[str, tuple[int, str]]:
+        loop = Loop(
+            "l", grow_step(), until=lambda t: t.text.count("+") >= 3, deadline_s=1.5, max_iterations=10
+        )
+        result = Chain("c", [loop], batch_size=batch_size).run(
+            [Text(text=t) for t in texts], output_dir=run_dir / str(batch_size), cache="off"
+        )
+        rows = read_jsonl(run_dir / str(batch_size) / "flattened")
+        assert result.counts["records_out"] == 4
+        return {r["input.text"]: (r["l.iterations"], r["l.stop_reason"]) for r in rows}
+
+    one, many = outcome(1), outcome(64)
+    assert one == many
+    assert many == {"slow": (2, "deadline"), "a": (3, "until"), "b": (3, "until"), "c": (3, "until")}
+
+
+class Counting(FakeEngine):
+    """A fake back-end that notes how many requests it has in hand at once."""
+
+    now: ClassVar[int] = 0
+    most: ClassVar[int] = 0
+
+    async def generate(self, requests: Any) -> Any:
+        Counting.now += len(requests)
+        Counting.most = max(Counting.most, Counting.now)
+        try:
+            await anyio.sleep(0.02)
+            return await super().generate(requests)
+        finally:
+            Counting.now -= len(requests)
+
+
+def test_records_in_flight_never_pass_the_bound_and_fill_it(run_dir: Path) -> None:
+    registry.BACKENDS["counting_inflight"] = f"{__name__}:Counting"
+    try:
+        register_engine("lat", backend="counting_inflight", max_concurrency=64, max_batch_size=1)
+        Counting.now = Counting.most = 0
+        alive: list[int] = []
+
+        def census(a: Answer) -> Answer:
+            if len(alive) < 12 and Counting.now:  # a few samples while requests are out
+                alive.append(sum(1 for o in gc.get_objects() if type(o) is Record))
+            return a
+
+        chain = Chain("c", [qa(), apply(census)], batch_size=64)
+        result = chain.run([Question(text=f"q{i}") for i in range(400)], output_dir=run_dir, max_in_flight=8)
+        assert result.counts["records_out"] == 400
+        assert Counting.most == 8  # the engine allows 64: the bound on records is what holds them
+        assert result.metadata["in_flight"] == {"limit": 8, "peak": 8}
+        # memory: the records alive are those in flight and in the streams (a chunk of 64 read
+        # ahead, the buffers), not the input's 400
+        assert alive and max(alive) <= 8 + 64 * 6, alive
+    finally:
+        registry.BACKENDS.pop("counting_inflight", None)
+
+
+def test_a_bad_max_in_flight_is_refused(run_dir: Path) -> None:
+    register_engine("lat", backend="fake")
+    with pytest.raises(ValueError, match="max_in_flight must be an integer >= 1"):
+        Chain("c", [qa()]).run([Question(text="q")], output_dir=run_dir, max_in_flight=0)
+
+
+def test_the_default_bound_keeps_every_engine_full(run_dir: Path) -> None:
+    register_engine("lat", backend="fake", max_concurrency=300)
+    result = Chain("c", [qa()]).run([Question(text="q")], output_dir=run_dir)
+    assert result.metadata["in_flight"]["limit"] == 600  # 2 x the largest max_concurrency (> 256)
+
+
+CHAIN_FILE = """
+import sys
+from pydantic import BaseModel, Field
+from chainette import Chain, Step, register_engine
+
+class Question(BaseModel):
+    text: str
+
+class Answer(BaseModel):
+    answer: str = Field(max_length=80)
+    confidence: float
+
+def build(latency=None):
+    # odd questions take a minute (killed before they are answered), even ones none
+    slow = latency if latency is not None else (lambda r: 60.0 if r.messages[-1]["content"].endswith("odd") else 0.0)
+    register_engine("lat", backend="fake", latency=slow, max_batch_size=1)
+    step = Step(id="qa", input_model=Question, output_model=Answer, engine_name="lat", user_prompt="{{ text }}")
+    return Chain("c", [step], batch_size=4)
+
+def inputs():
+    return [Question(text=f"question {i} " + ("odd" if i % 2 else "even")) for i in range(12)]
+
+if __name__ == "__main__":
+    build().run(inputs(), sys.argv[1], ledger=sys.argv[2], resume=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_with_answers_out_of_order_then_resume_is_exact(tmp_path: Path) -> None:
+    chain_file = tmp_path / "crash_chain.py"
+    chain_file.write_text(CHAIN_FILE)
+    run_dir, ledger = tmp_path / "run", tmp_path / "ledger.sqlite"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    proc = subprocess.Popen([sys.executable, str(chain_file), str(run_dir), str(ledger)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while len(ledger_keys(ledger)) < 6:  # every even answer, each beside an odd one in flight
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no progress within 60 s"
+            time.sleep(0.05)
+        time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    paid = ledger_keys(ledger)
+    assert len(paid) == 6  # the even ones, answered out of input order; the odd ones never
+
+    module = load_module(chain_file)
+    sent: list[str] = []
+
+    def quick(request: ChatRequest) -> float:
+        sent.append(request.messages[-1]["content"])
+        return 0.0
+
+    resumed = module.build(latency=quick).run(module.inputs(), run_dir, ledger=ledger, resume=True)
+    cache = resumed.metadata["cache"]
+    assert cache["hits"] == 6 and cache["sent"] == 6  # nothing answered is sent again
+    assert sorted(sent) == sorted(f"question {i} odd" for i in range(1, 12, 2))
+    flat, failures = assert_every_record_accounted_for(run_dir, 12)
+    assert failures == [] and sorted(r["_index"] for r in flat) == list(range(12))  # nothing lost, once each
+    reference = module.build(latency=lambda r: 0.0).run(
+        module.inputs(), tmp_path / "ref", ledger=tmp_path / "fresh.sqlite"
+    )
+    key = lambda rows: sorted(rows, key=lambda r: r["_index"])  # noqa: E731
+    assert key(flat) == key(read_jsonl(reference.path / "flattened"))
