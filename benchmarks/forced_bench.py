@@ -258,16 +258,19 @@ def _ceiling(args: argparse.Namespace) -> bool:
     shaped = argparse.Namespace(
         **{**vars(args), "shape": "quick", "batch_n": min(args.batch_n, args.parallel)}
     )
-    engine = _sides(shaped, ["ff-alone", "ff-batched"])
+    # the completion token counts for the raw side come from a first batched run; then every side
+    # runs in each round, interleaved, so that the engine and the raw API see the same machine
+    first = spawn("ff-batched", shaped, quiet=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(first["completion_tokens"], f)
+    sides = ["ff-alone", "ff-batched", "ff-raw-alone", "ff-raw-batched"]
+    engine = raw = _sides(argparse.Namespace(**{**vars(shaped), "counts": f.name}), sides)
+    Path(f.name).unlink()
     mismatched = sum(
         a != b
-        for run in engine["ff-batched"]
+        for run in [first, *engine["ff-batched"]]
         for a, b in zip(run["outputs"], engine["ff-alone"][0]["outputs"], strict=True)
     )
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(engine["ff-batched"][0]["completion_tokens"], f)
-    raw = _sides(argparse.Namespace(**{**vars(shaped), "counts": f.name}), ["ff-raw-alone", "ff-raw-batched"])
-    Path(f.name).unlink()
     ratio = _tps(engine["ff-batched"]) / _tps(engine["ff-alone"])
     ceiling = _tps(raw["ff-raw-batched"]) / _tps(raw["ff-raw-alone"])
     print(

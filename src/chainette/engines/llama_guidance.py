@@ -161,7 +161,7 @@ class TokenChooser:
 
         Empty without a grammar, or when the model has a choice to make."""
         matcher = self.matcher
-        if matcher is None:
+        if matcher is None or matcher.is_stopped():
             return []
         tokens = list(matcher.compute_ff_tokens())
         if not tokens:
