@@ -71,7 +71,7 @@ from llama_cpp._internals import LlamaModel
 from .base import ChatRequest, Completion
 from .llama_chat import ChatPrompter
 from .llama_guidance import Guidance, TokenChooser
-from .llama_passes import PROMPT_CHUNK, SPLIT_KV_CELLS, plan
+from .llama_passes import PROMPT_CHUNK, SPLIT_KV_CELLS, passes, plan
 from .thread_feed import Feed
 
 __all__ = ["PROMPT_CHUNK", "SPLIT_KV_CELLS", "BatchDecoder", "Job"]
@@ -177,6 +177,8 @@ class BatchDecoder:
         """Running jobs moved to a lower slot (see :meth:`_compact`)."""
         self.throwaways = 0
         """Decodes given a throw-away token (see :data:`SPLIT_KV_CELLS`)."""
+        self.passes = 0
+        """Passes over the weights llama.cpp cut the decodes into (:func:`.llama_passes.passes`)."""
         self.forced_tokens = 0
         """Answer tokens the grammar forced (fast-forward): each one a decode with logits saved."""
         self.generated_tokens = 0
@@ -411,7 +413,9 @@ class BatchDecoder:
             [slot.seq for slot in busy],
             [len(slot.job.seq) - slot.fed for slot in busy if slot.job is not None],
             self.n_batch,
+            forced=[i for i, slot in enumerate(busy) if slot.job and slot.fed >= len(slot.job.prompt)],
         )
+        self.passes += passes([slot.seq for slot in busy], counts)
         rows: list[_Slot] = []
         for slot in self.slots:
             slot.row = -1

@@ -257,7 +257,7 @@ class LlamaCppEngine(Engine):
     def counters(self) -> dict[str, int]:
         """Decodes and answer tokens so far, summed over instances (``grammar="llguidance"``):
         ``forced_tokens`` of the ``generated_tokens`` came from the grammar, not from logits."""
-        names = ("decodes", "generated_tokens", "forced_tokens", "throwaways", "prefix_copies")
+        names = ("decodes", "passes", "generated_tokens", "forced_tokens", "throwaways", "prefix_copies")
         return {name: sum(getattr(d, name) for d in self._decoders) for name in names}
 
     def _least_busy(self) -> Any:

@@ -36,12 +36,21 @@ second, throw-away token of the same sequence (:meth:`.llama_batch.BatchDecoder.
 that a lone sequence is computed as it is beside others."""
 
 
-def plan(seqs: list[int], waiting: list[int], budget: int) -> list[int]:
+def plan(
+    seqs: list[int], waiting: list[int], budget: int, forced: tuple[int, ...] | list[int] = ()
+) -> list[int]:
     """Tokens to decode now for each sequence (``seqs``: ids, increasing; ``waiting``: tokens each has left, >= 1).
 
     A sequence with one token left gets it; the others share what ``budget`` leaves, at most
     :data:`PROMPT_CHUNK` each, then lose one token at a time where a pass would hold one token
     of one sequence alone.
+
+    ``forced``: indexes whose waiting tokens are a forced run (not a prompt). Each run of
+    consecutive sequences with tokens left after the first pass is one more pass over the
+    weights, which costs about a lone token's decode (measured: at parallel 64 scattered forced
+    runs made each decode twice as long). So forced runs go in whole only while they add at
+    most one pass to the decode; the others go one token per decode (no logits until the last),
+    beside the tokens the other sequences decode anyway.
 
     Example:
         >>> plan([0, 1], [3, 2], 2048)  # 2 + 2 tokens, then the 3rd of sequence 0 alone: no
@@ -51,12 +60,26 @@ def plan(seqs: list[int], waiting: list[int], budget: int) -> list[int]:
     """
     multi = sum(1 for n in waiting if n > 1)
     share = max(1, (budget - (len(waiting) - multi)) // multi) if multi else 1
-    counts = [n if n == 1 else min(n, PROMPT_CHUNK, share) for n in waiting]
+    full = [n if n == 1 else min(n, PROMPT_CHUNK, share) for n in waiting]
+    counts = list(full)
+    if forced and len(seqs) > 1:
+        for i in forced:
+            counts[i] = 1
+        allowed = passes(seqs, counts) + 1
+        for i in forced:
+            counts[i] = full[i]
+            if passes(seqs, counts) > allowed:
+                counts[i] = 1
     while True:
         alone = lone_pass(seqs, counts)
         if alone is None or counts[alone] <= 1:
             return counts
         counts[alone] -= 1
+
+
+def passes(seqs: list[int], counts: list[int]) -> int:
+    """How many passes llama.cpp cuts a decode of ``counts`` tokens per sequence into."""
+    return len(_passes(seqs, counts))
 
 
 def lone_pass(seqs: list[int], counts: list[int]) -> int | None:
@@ -65,18 +88,26 @@ def lone_pass(seqs: list[int], counts: list[int]) -> int | None:
     token instead)."""
     if sum(counts) <= 1:
         return None
+    for run, take in _passes(seqs, counts):
+        if len(run) == 1 and take == 1:
+            return run[0]
+    return None
+
+
+def _passes(seqs: list[int], counts: list[int]) -> list[tuple[list[int], int]]:
+    """llama.cpp's passes (``split_equal``, sequential): the indexes in each and the tokens each gives."""
+    out: list[tuple[list[int], int]] = []
     left = list(counts)
     while True:
         live = [i for i, n in enumerate(left) if n > 0]
         if not live:
-            return None
+            return out
         run = [live[0]]
         for i in live[1:]:
             if seqs[i] != seqs[run[-1]] + 1:
                 break
             run.append(i)
         take = min(left[i] for i in run)
-        if len(run) == 1 and take == 1:
-            return run[0]
+        out.append((run, take))
         for i in run:
             left[i] -= take
