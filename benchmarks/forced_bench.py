@@ -217,7 +217,8 @@ def forced_section(args: argparse.Namespace) -> bool:
         print(
             f"    forced: {counters_on['forced_tokens']} of {counters_on['generated_tokens']} answer tokens "
             f"({share:.0%}); decodes {counters_on['decodes']} with fast-forward, {counters_off['decodes']} without "
-            f"({counters_off['decodes'] - counters_on['decodes']} passes saved)"
+            f"({counters_off['decodes'] - counters_on['decodes']} saved); passes over the weights "
+            f"{counters_on['passes']} / {counters_off['passes']}"
         )
         print(
             f"    GOAL {'MET' if ratio >= FORCED_GOAL else 'MISSED'}: schema-bound / free = {ratio:.2f} (goal >= {FORCED_GOAL})"
