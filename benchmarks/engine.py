@@ -36,7 +36,17 @@ Two more sections measure the default decoder (``grammar="llguidance"``, batched
   ``parallel`` with the same messages (the chain's, rendered by ``render_messages``); completion
   tokens/s. Goal >= 0.9x.
 
-    python benchmarks/engine.py                       # all three sections
+- ``forced``: fast-forward of the tokens the schema forces (``fast_forward``, default on). In one
+  run, each side a fresh process, medians of ``--repeat``: schema-bound (fast-forward on) against
+  free decoding, completion tokens/s, for the quickstart's ``Answer`` and ``Facts`` (nested
+  object, enums, a list), goal >= 1.25; the quickstart chain (``examples/quickstart.py`` on
+  ``examples/quickstart.jsonl``), wall time (model load excluded) with fast-forward off / on,
+  goal >= 1.3; the share of answer tokens that were forced and the decodes saved; greedy answers
+  on / off compared request by request (every difference printed; goal >= 62 of 64 equal);
+  batched / one-at-a-time (fast-forward on) against the same ratio on the raw llama.cpp API for
+  the same prompt and completion token counts (the ceiling), goal >= 0.9 of it.
+
+    python benchmarks/engine.py                       # all sections
     python benchmarks/engine.py --sections overhead --n 5 --repeat 3
     python benchmarks/engine.py --sections batching,schema --repeat 2
     python benchmarks/engine.py --sections batching --shapes long
@@ -61,10 +71,26 @@ from pydantic import BaseModel, Field
 from chainette import Chain, SamplingParams, Step, register_engine
 from chainette.engines.llama_cpp import default_model_path
 
+FORCED_CHILDREN = [
+    "ff-free",
+    "ff-on",
+    "ff-off",
+    "ff-alone",
+    "ff-batched",
+    "ff-raw-alone",
+    "ff-raw-batched",
+    "ff-quickstart-on",
+    "ff-quickstart-off",
+]
+
 RATIO_GOAL = 0.95
 BATCH_GOAL = 2.0
 SCHEMA_GOAL = 0.9
-SECTIONS = ("overhead", "batching", "schema")
+SECTIONS = ("overhead", "batching", "schema", "forced")
+FORCED_GOAL = 1.25
+QUICKSTART_GOAL = 1.3
+CEILING_GOAL = 0.9
+SAME_GOAL = 62 / 64
 SYSTEM_PROMPT = "Answer the question briefly."
 QUESTIONS = [
     "What is the capital of France?",
@@ -105,10 +131,35 @@ class Explained(BaseModel):
     explanation: str = Field(max_length=400)
 
 
+class QuickAnswer(BaseModel):
+    """The quickstart's ``Answer``."""
+
+    answer: str = Field(max_length=60, description="A short answer")
+    confidence: float = Field(ge=0, le=1, description="How sure you are, between 0 and 1")
+
+
+class Place(BaseModel):
+    city: str = Field(max_length=30)
+    country: str = Field(max_length=30)
+
+
+class Facts(BaseModel):
+    """Nested object, enums and a list."""
+
+    answer: str = Field(max_length=40)
+    kind: Literal["person", "place", "thing", "number", "other"]
+    where: Place
+    tags: list[Literal["science", "geography", "history", "culture", "other"]] = Field(
+        min_length=1, max_length=2
+    )
+
+
 SHAPES: dict[str, tuple[type[BaseModel], str, int | None]] = {
     # output model, system prompt, max_tokens (None: --max-tokens)
     "short": (Answer, SYSTEM_PROMPT, None),
     "long": (Explained, "Answer the question, then explain the answer in two or three sentences.", 256),
+    "quick": (QuickAnswer, SYSTEM_PROMPT, None),
+    "nested": (Facts, SYSTEM_PROMPT, 128),
 }
 
 
@@ -236,7 +287,13 @@ def register_bench_engine(model: Path, args: argparse.Namespace, parallel: int |
 
 
 def run_engine_free_vs_schema(
-    step: Step, texts: list[str], model: Path, args: argparse.Namespace, schema: bool
+    step: Step,
+    texts: list[str],
+    model: Path,
+    args: argparse.Namespace,
+    schema: bool,
+    fast_forward: bool = True,
+    parallel: int | None = None,
 ) -> dict[str, Any]:
     """Every request in flight at once through the engine (as the step runner sends them)."""
     import anyio
@@ -257,7 +314,13 @@ def run_engine_free_vs_schema(
         )
 
     async def main() -> dict[str, Any]:
-        engine = LlamaCppEngine(str(model), n_ctx=args.n_ctx, n_threads=args.threads, parallel=args.parallel)
+        engine = LlamaCppEngine(
+            str(model),
+            n_ctx=args.n_ctx,
+            n_threads=args.threads,
+            parallel=parallel or args.parallel,
+            fast_forward=fast_forward,
+        )
         load_started = time.perf_counter()
         await engine.start()
         load_s = time.perf_counter() - load_started
@@ -271,8 +334,13 @@ def run_engine_free_vs_schema(
             for i in range(len(requests)):
                 tg.start_soon(one, i)
         seconds = time.perf_counter() - started
+        counters = engine.counters()
+        prompt_tokens = [c.prompt_tokens for c in completions]
         await engine.close()
         return {
+            "counters": counters,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": [c.completion_tokens for c in completions],
             "seconds": seconds,
             "load_s": load_s,
             "tokens": sum(c.completion_tokens for c in completions),
@@ -294,6 +362,10 @@ def child(args: argparse.Namespace) -> None:
     )
     if args.child in ("free", "schema"):
         run = run_engine_free_vs_schema(step, texts, model, args, schema=args.child == "schema")
+    elif args.child.startswith("ff-"):
+        from forced_bench import run_forced_child
+
+        run = run_forced_child(args.child, step, texts, model, args)
     elif args.child == "direct":
         run = run_direct(step, texts, model, args.threads, args.n_ctx)
     else:
@@ -341,6 +413,8 @@ def spawn(side: str, args: argparse.Namespace, quiet: bool = False) -> dict[str,
         cmd += ["--model", args.model]
     if args.no_fast_grammar:
         cmd.append("--no-fast-grammar")
+    if getattr(args, "counts", None):
+        cmd += ["--counts", args.counts]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
@@ -477,9 +551,10 @@ def main() -> None:
         help=f"Answer shapes of the batching section, from {', '.join(SHAPES)} (default: all)",
     )
     parser.add_argument("--shape", choices=list(SHAPES), default="short", help=argparse.SUPPRESS)
+    parser.add_argument("--counts", help=argparse.SUPPRESS)
     parser.add_argument(
         "--child",
-        choices=["direct", "chain", "one-at-a-time", "batched", "free", "schema"],
+        choices=["direct", "chain", "one-at-a-time", "batched", "free", "schema", *FORCED_CHILDREN],
         help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
@@ -500,6 +575,10 @@ def main() -> None:
         batching_section(args)
     if "schema" in sections:
         schema_section(args)
+    if "forced" in sections:
+        from forced_bench import forced_section
+
+        forced_section(args)
     print(f"\ntotal benchmark time: {time.perf_counter() - total_started:.1f} s")
     sys.stdout.flush()
 

@@ -12,11 +12,21 @@ Each turn of the loop:
    differs, and when another sequence holds a longer start of the prompt, its cache stream is
    copied into the slot (``llama_memory_seq_cp``) instead: a system prompt shared by a step's
    requests is evaluated once, not once per slot;
-3. decodes one batch: each generating sequence's last token, plus prompt tokens of the newly
-   admitted ones up to ``n_batch``;
+3. decodes one batch: each generating sequence's last token, or its last token and the tokens
+   its grammar forced after it, plus prompt tokens of the newly admitted ones up to ``n_batch``
+   (:func:`.llama_passes.plan`), with logits only where a sequence has a choice to make;
 4. picks each sequence's next token (:class:`~.llama_guidance.TokenChooser`: grammar, greedy or
-   sampling) and finishes those that hit an end-of-generation token, a stop string, the end of
+   sampling), appends the tokens the grammar forces after it (fast-forward, ``fast_forward``)
+   and finishes those that hit an end-of-generation token, a stop string, the end of
    their grammar or ``max_tokens``; their slots take the next waiting jobs on the next turn.
+
+Fast-forward: in a JSON answer much of the text is the schema's (braces, quotes, keys,
+``", "category": "``, the tail of an enum value). Those tokens are not chosen one decode each:
+llguidance names them (``compute_ff_tokens``) and they enter the next decode as several
+positions of their sequence, like a prompt chunk, under the same limits
+(:mod:`.llama_passes`), so answers stay the same batched or alone. Once the grammar accepts
+nothing but the end, the job finishes without another decode. ``fast_forward=False`` chooses
+every token from logits as before.
 
 A job's answer depends only on its own tokens: the batch size is a throughput knob. That is
 why each sequence has its own stream rather than one cache shared by all (llama.cpp's
@@ -61,28 +71,14 @@ from llama_cpp._internals import LlamaModel
 from .base import ChatRequest, Completion
 from .llama_chat import ChatPrompter
 from .llama_guidance import Guidance, TokenChooser
+from .llama_passes import PROMPT_CHUNK, SPLIT_KV_CELLS, passes, plan
 from .thread_feed import Feed
 
-__all__ = ["BatchDecoder", "Job"]
+__all__ = ["PROMPT_CHUNK", "SPLIT_KV_CELLS", "BatchDecoder", "Job"]
 
 MIN_COPY = 32
 """Shortest shared prompt start worth copying another sequence's cache for (a copy moves the
 whole stream, ``n_ctx`` cells: about 47 MB on the bundled model at n_ctx=2048, a few ms)."""
-
-
-PROMPT_CHUNK = 63
-"""Most prompt tokens of one sequence per decode. llama.cpp's CPU flash attention switches to a
-tiled kernel, with other rounding, for 64 (``GGML_FA_TILE_Q``) or more query tokens of one
-sequence in a batch; below that every token is computed the same way however its prompt is
-split, so an answer does not depend on what was cached or decoded alongside it."""
-
-SPLIT_KV_CELLS = 256
-"""Cells above which llama.cpp's CPU flash attention takes another path, with other rounding
-(it splits the cache over threads, ``use_split_kv_path``), for a pass that holds one token of
-one sequence and nothing else: the whole pass is that token once its sequence holds more than
-this many cells (``n_kv`` is padded to 256, the path starts at 512). Such a decode gets a
-second, throw-away token of the same sequence (:meth:`BatchDecoder._step`), so that a lone
-sequence is computed as it is beside others."""
 
 
 @dataclass(eq=False)
@@ -98,6 +94,8 @@ class Job:
     """Where a streamed job's deltas and completion go (None: only ``done`` is set)."""
     # loop-thread state
     prompt: list[int] = field(default_factory=list)
+    seq: list[int] = field(default_factory=list)
+    """The prompt, then the answer's tokens: what the sequence's cache will hold, in order."""
     stops: tuple[str, ...] = ()
     max_new: int = 0
     chooser: TokenChooser | None = None
@@ -117,7 +115,7 @@ class _Slot:
     """Tokens whose KV cells this sequence holds, in order."""
     job: Job | None = None
     fed: int = 0
-    """How many of ``job.prompt`` are in the cache."""
+    """How many of ``job.seq`` (prompt, then answer) are in the cache."""
     row: int = -1
     """Row of this sequence's logits in the last decoded batch (-1: none)."""
 
@@ -135,6 +133,7 @@ class BatchDecoder:
         n_gpu_layers: int = 0,
         chat_format: str | None = None,
         n_batch: int = 2048,
+        fast_forward: bool = True,
         verbose: bool = False,
     ) -> None:
         _logger.set_verbose(verbose)
@@ -158,6 +157,7 @@ class BatchDecoder:
         self.n_ctx = int(llama_cpp.llama_n_ctx(self.ctx)) // parallel
         """Cells per sequence: the longest prompt + answer of one request."""
         self.n_batch = n_batch
+        self.fast_forward = fast_forward
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, parallel)
         self._piece = ctypes.create_string_buffer(256)
@@ -177,6 +177,12 @@ class BatchDecoder:
         """Running jobs moved to a lower slot (see :meth:`_compact`)."""
         self.throwaways = 0
         """Decodes given a throw-away token (see :data:`SPLIT_KV_CELLS`)."""
+        self.passes = 0
+        """Passes over the weights llama.cpp cut the decodes into (:func:`.llama_passes.passes`)."""
+        self.forced_tokens = 0
+        """Answer tokens the grammar forced (fast-forward): each one a decode with logits saved."""
+        self.generated_tokens = 0
+        """Answer tokens, forced or chosen."""
         self._thread = threading.Thread(target=self._run, name="chainette-llama-decode", daemon=True)
         self._thread.start()
 
@@ -280,10 +286,10 @@ class BatchDecoder:
             if not free:
                 return
             job = self._waiting[0]
-            if not job.prompt and not self._prepare(job):
+            if not job.seq and not self._prepare(job):
                 self._waiting.popleft()
                 continue
-            cached = {s.seq: _common_prefix(s.tokens, job.prompt) for s in self.slots}
+            cached = {s.seq: _common_prefix(s.tokens, job.seq) for s in self.slots}
             slot = free[0]  # the lowest free slot: running sequences stay in one run of ids
             own = cached[slot.seq]
             # another sequence (running or idle) may hold a longer start of this prompt: copy its cache
@@ -291,7 +297,7 @@ class BatchDecoder:
             shared = cached[source.seq]
             feeding = max(
                 (
-                    _common_prefix(s.job.prompt, job.prompt)
+                    _common_prefix(s.job.seq, job.seq)
                     for s in self.slots
                     if s.job is not None and s.fed < len(s.job.prompt)
                 ),
@@ -303,7 +309,7 @@ class BatchDecoder:
                 self._copy(source, slot)
                 own = shared
                 self.prefix_copies += 1
-            keep = min(own, len(job.prompt) - 1)
+            keep = min(own, len(job.seq) - 1)
             self._forget(slot, keep)
             self._waiting.popleft()
             slot.job, slot.fed = job, keep
@@ -369,39 +375,64 @@ class BatchDecoder:
         job.chooser = TokenChooser(
             self.guidance, matcher, sampling.temperature, sampling.top_p, sampling.seed
         )
+        job.seq = list(prompt.tokens)
+        try:
+            forced = job.chooser.forced() if self.fast_forward else []  # '{"' 'answer' '":' ...
+        except Exception as exc:  # the grammar engine failed on this request only
+            self._answer(
+                job, Completion(text=f"llama_cpp: token choice failed: {exc}", finish_reason="error")
+            )
+            return False
+        self.forced_tokens += len(forced)
+        for token in forced:
+            finish = self._append(job, token, grammar_done=False)
+            if finish:
+                self._answer(job, self._completion(job, finish))
+                return False
         return True
+
+    def _append(self, job: Job, token: int, *, grammar_done: bool) -> str | None:
+        """Add ``token`` to the answer; the finish reason if the answer ends with it, else stream it on."""
+        job.out.append(token)
+        job.seq.append(token)
+        job.text += self.pieces[token]
+        self.generated_tokens += 1
+        if (job.stops and self._cut_at_stop(job)) or grammar_done:
+            return "stop"
+        if len(job.out) >= job.max_new:
+            return "length"
+        if job.feed is not None:
+            self._stream(job, self.pieces[token])
+        return None
 
     def _step(self) -> None:
         batch = self.batch
         batch.n_tokens = 0
-        rows: list[_Slot] = []
-        generating = [slot.job is not None and slot.fed == len(slot.job.prompt) for slot in self.slots]
-        chunk = self._prompt_chunk(
-            [s for s, g in zip(self.slots, generating, strict=True) if s.job is not None and not g],
-            budget=self.n_batch - sum(generating),  # each generating sequence's next token comes first
+        busy = [slot for slot in self.slots if slot.job is not None]
+        counts = plan(
+            [slot.seq for slot in busy],
+            [len(slot.job.seq) - slot.fed for slot in busy if slot.job is not None],
+            self.n_batch,
+            forced=[i for i, slot in enumerate(busy) if slot.job and slot.fed >= len(slot.job.prompt)],
         )
-        # in sequence order: llama.cpp decodes one token of each of consecutive sequences in one pass
-        for slot, next_token in zip(self.slots, generating, strict=True):
+        self.passes += passes([slot.seq for slot in busy], counts)
+        rows: list[_Slot] = []
+        for slot in self.slots:
             slot.row = -1
+        # in sequence order: llama.cpp decodes one token of each of consecutive sequences in one pass
+        for slot, count in zip(busy, counts, strict=True):
             job = slot.job
-            if job is None:
-                continue
-            if next_token:
-                self._add(slot, job.out[-1], logits=True)
+            assert job is not None
+            end = slot.fed + count
+            for position in range(slot.fed, end):  # logits only where the sequence has a choice
+                self._add(slot, job.seq[position], logits=position == len(job.seq) - 1)
+            slot.fed = end
+            if end == len(job.seq):
                 rows.append(slot)
-            else:  # the next chunk of its prompt
-                end = slot.fed + chunk
-                for position in range(slot.fed, end):
-                    self._add(slot, job.prompt[position], logits=position == len(job.prompt) - 1)
-                slot.fed = end
-                if end == len(job.prompt):
-                    rows.append(slot)
         lone = None  # one token in all, of a long sequence: a throw-away one follows (SPLIT_KV_CELLS)
-        if batch.n_tokens == 1:
-            (busy,) = [slot for slot in self.slots if slot.job is not None]
-            if len(busy.tokens) > SPLIT_KV_CELLS:
-                lone = busy
-                self._add(lone, batch.token[0], logits=False, keep=False)
+        if batch.n_tokens == 1 and len(busy[0].tokens) > SPLIT_KV_CELLS:
+            lone = busy[0]
+            self._add(lone, batch.token[0], logits=False, keep=False)
         status = llama_cpp.llama_decode(self.ctx, batch)
         self.decodes += 1
         if lone is not None:  # free the throw-away token's cell
@@ -412,27 +443,6 @@ class BatchDecoder:
             return
         for slot in rows:
             self._advance(slot)
-
-    @staticmethod
-    def _prompt_chunk(feeding: list[_Slot], budget: int) -> int:
-        """Prompt tokens each sequence still evaluating its prompt gets this turn: the same for all.
-
-        llama.cpp decodes the batch in passes, each taking as many tokens from every sequence
-        of a run of consecutive ones as the shortest can give: first one token of every
-        sequence (the generating ones have just one), then the rest of the prompt chunks. With
-        equal chunks of 1 or at least 3 tokens (at most :data:`PROMPT_CHUNK`), only a batch of
-        one token in all is a pass of a single token of a single sequence (see
-        :data:`SPLIT_KV_CELLS`). The shortest remaining prompt sets the pace: a long prompt
-        admitted beside short ones waits a few more turns, the work stays the same.
-        """
-        if not feeding:
-            return 0
-        chunk = min(
-            PROMPT_CHUNK,
-            budget // len(feeding),
-            min(len(slot.job.prompt) - slot.fed for slot in feeding if slot.job is not None),
-        )
-        return 1 if chunk == 2 else chunk
 
     def _add(self, slot: _Slot, token: int, *, logits: bool, keep: bool = True) -> None:
         """Put ``token`` in the batch after ``slot``'s cached tokens (``keep``: and count it as one)."""
@@ -456,22 +466,23 @@ class BatchDecoder:
         )
         try:
             token = job.chooser.choose(logits)
+            eog = llama_cpp.llama_vocab_is_eog(self.vocab, token)
+            forced = job.chooser.forced() if self.fast_forward and not eog else []
         except Exception as exc:  # the grammar engine failed on this sequence only
             self._finish(
                 slot, Completion(text=f"llama_cpp: token choice failed: {exc}", finish_reason="error")
             )
             return
-        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+        if eog:
             self._finish(slot, self._completion(job, "stop"))
             return
-        job.out.append(token)
-        job.text += self.pieces[token]
-        if (job.stops and self._cut_at_stop(job)) or job.chooser.finished:
-            self._finish(slot, self._completion(job, "stop"))
-        elif len(job.out) >= job.max_new:
-            self._finish(slot, self._completion(job, "length"))
-        elif job.feed is not None:
-            self._stream(job, self.pieces[token])
+        self.forced_tokens += len(forced)
+        for i, next_token in enumerate([token, *forced]):
+            # the grammar's end is known once the forced tokens are all in (the matcher has them)
+            finish = self._append(job, next_token, grammar_done=i == len(forced) and job.chooser.finished)
+            if finish:
+                self._finish(slot, self._completion(job, finish))
+                return
 
     @staticmethod
     def _stream(job: Job, piece: bytes) -> None:

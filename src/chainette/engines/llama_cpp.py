@@ -10,6 +10,9 @@ Two decoders, chosen by ``grammar``:
   in one llama.cpp context (continuous batching, a KV cache of ``n_ctx`` cells shared by the
   sequences, a cached prompt prefix reused per sequence), and :mod:`.llama_guidance` binds each
   one to its JSON schema with llguidance, which also enforces numeric bounds and ``pattern``.
+  Tokens the schema forces (braces, quotes, keys, the rest of an enum value) go into the next
+  decode together, without a pass with logits each (``fast_forward``, on by default). With
+  ``parallel=1`` this is the one-sequence decoder.
 - ``"gbnf"``: the step's schema becomes llama-cpp-python's GBNF grammar and each ``Llama``
   decodes one sequence at a time (``fast_grammar`` checks the best token first). Numeric
   bounds are not enforced there; the runtime validates every reply and re-asks.
@@ -102,6 +105,11 @@ class LlamaCppEngine(Engine):
             sequence at a time, llama-cpp-python's grammar).
         n_gpu_layers: Layers to offload to a GPU when llama.cpp was built with one.
         chat_format: Override the chat template (default: the one inside the GGUF).
+        fast_forward: With ``grammar="llguidance"``, tokens the schema forces enter the next
+            decode together, with logits only where the model has a choice (llguidance's
+            fast-forward tokens), and a finished grammar stops without another decode.
+            ``False`` chooses every token from the model's logits. ``"gbnf"`` has no such
+            path (llama.cpp's grammar sampler cannot name the tokens it forces).
         fast_grammar: With ``grammar="gbnf"``, greedy decoding checks the best token against the
             grammar before masking the whole vocabulary (same output, 2-3x faster on small
             models); ``False`` uses llama-cpp-python's sampler as is.
@@ -123,6 +131,7 @@ class LlamaCppEngine(Engine):
         n_gpu_layers: int = 0,
         chat_format: str | None = None,
         fast_grammar: bool = True,
+        fast_forward: bool = True,
         verbose: bool = False,
     ) -> None:
         if instances < 1:
@@ -142,6 +151,7 @@ class LlamaCppEngine(Engine):
         self.n_gpu_layers = n_gpu_layers
         self.chat_format = chat_format
         self.fast_grammar = fast_grammar
+        self.fast_forward = fast_forward
         self.verbose = verbose
         # batched: one request per call, enough calls in flight to refill a slot as soon as one frees
         self.max_concurrency = instances * (2 * self.parallel if grammar == "llguidance" else 1)
@@ -213,6 +223,7 @@ class LlamaCppEngine(Engine):
                 n_threads=self.n_threads,
                 n_gpu_layers=self.n_gpu_layers,
                 chat_format=self.chat_format,
+                fast_forward=self.fast_forward,
                 verbose=self.verbose,
             )
 
@@ -242,6 +253,12 @@ class LlamaCppEngine(Engine):
         async with aclosing(self._least_busy().stream(request)) as items:
             async for item in items:
                 yield item
+
+    def counters(self) -> dict[str, int]:
+        """Decodes and answer tokens so far, summed over instances (``grammar="llguidance"``):
+        ``forced_tokens`` of the ``generated_tokens`` came from the grammar, not from logits."""
+        names = ("decodes", "passes", "generated_tokens", "forced_tokens", "throwaways", "prefix_copies")
+        return {name: sum(getattr(d, name) for d in self._decoders) for name in names}
 
     def _least_busy(self) -> Any:
         if len(self._decoders) == 1:
@@ -352,4 +369,6 @@ class LlamaCppEngine(Engine):
         )
         if self.grammar_engine == "gbnf":
             info["fast_grammar"] = self.fast_grammar
+        else:
+            info["fast_forward"] = self.fast_forward
         return info

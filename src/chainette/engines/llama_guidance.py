@@ -25,6 +25,14 @@ there only what ends the number is allowed, unless the grammar allows nothing bu
 JSON is written the way models usually write it (``", "`` and ``": "`` between items, no other
 whitespace), so a small model cannot wander into whitespace until ``max_tokens``.
 
+Tokens the grammar forces (braces, quotes, keys, ``", "category": "``, the rest of an enum value)
+are not chosen one decode pass at a time: :meth:`TokenChooser.forced` asks llguidance for its
+fast-forward tokens, and the decoder feeds them in one multi-token pass with logits only for the
+last one. Their tokenization is llguidance's (``compute_ff_tokens``): the forced bytes tokenized
+canonically, minus the last tokens, which a longer token starting with the same bytes could
+still replace (the grammar forces ``{"answer": "`` and fast-forward gives ``{"`` ``answer``
+``":``; the model itself picks how `` "`` continues).
+
 Imported only when the ``llama_cpp`` back-end starts.
 """
 
@@ -147,6 +155,24 @@ class TokenChooser:
         if matcher is not None:
             scores = np.where(self._allowed(logits.shape[0], capped), scores, -np.inf)
         return self._consume(self._sample(scores))
+
+    def forced(self) -> list[int]:
+        """The tokens the grammar forces next (llguidance's fast-forward tokens), already consumed.
+
+        Empty without a grammar, or when the model has a choice to make."""
+        matcher = self.matcher
+        if matcher is None or matcher.is_stopped():
+            return []
+        tokens = list(matcher.compute_ff_tokens())
+        if not tokens:
+            return []
+        if not matcher.consume_tokens(tokens):
+            raise GrammarError(f"the grammar rejected its own forced tokens ({matcher.get_error()})")
+        pieces = self._guidance.pieces
+        for token in tokens:
+            if token < len(pieces):
+                self._track(pieces[token])
+        return tokens
 
     def _allowed(self, n: int, capped: bool) -> Any:
         assert self.matcher is not None and self._mask is not None
