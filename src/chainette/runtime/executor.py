@@ -16,36 +16,36 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import aclosing
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
-from pydantic import ValidationError
 
-from .._errors import ChainDefinitionError, InputError, InvalidInputError, RunFolderError
+from .._errors import ChainDefinitionError, RunFolderError
 from ..engines.broker import EngineBroker
 from ..engines.registry import get_engine_config, is_available
 from ..engines.secrets import scrub_exception, scrub_strings, scrub_text
 from ..graph.chain import ChainGraph
 from ..graph.stream_ops import Take
-from ..io.inputs import InputItem, describe_inputs, iter_input_chunks, open_inputs
+from ..io.inputs import describe_inputs, open_inputs
 from ..io.writer import RunWriter, fs_error
 from . import kinds  # noqa: F401  (importing it registers the built-in kinds' runners)
 from .accounting import cache_summary, cost_summary
 from .collector import run_collector
 from .context import EventHandler, RunContext
 from .dispatch import missing_runners
-from .events import EventStream, Middleware
+from .events import EventStream
 from .node_events import node_events
+from .options import _LISTENERS, Executor, RunOptions, _check_executor, _check_record_limits
 from .record_trace import RecordTrace
-from .records import Record, coerce, describe_validation
+from .records import Record
 from .requests import CacheMode, RequestCache
 from .result import RunResult
 from .run_meta import _graph, _iso, _summary, _versions
+from .run_shared import first_error as _first_error
+from .run_shared import read_records
 from .stages import Flow, flatten, per_record, run_stage, stages
 from .stream_runner import STOPS_INPUT
 
@@ -54,85 +54,6 @@ __all__ = ["Executor", "RunOptions", "flatten", "run_chain"]
 _log = logging.getLogger("chainette")
 
 Chunk = list[Record]
-
-Executor = Literal["local", "ray"]
-"""Where a run's records go through the chain: this process, or a pool of Ray actors."""
-
-_LISTENERS = frozenset({"on_event", "middleware"})
-"""Options that are listeners, not configuration: kept out of ``metadata.json``."""
-
-
-@dataclass
-class RunOptions:
-    """Options of ``Chain.run`` / ``Chain.arun``."""
-
-    overwrite: bool = False
-    """Replace an existing, non-empty output folder."""
-    resume: bool = False
-    """Continue a run folder of this chain (interrupted, crashed or finished): the run is replayed,
-    every request the ledger holds is answered from it, only what is missing is sent, and the
-    folder is rewritten to what an uninterrupted run gives."""
-    ledger: str | Path | None = None
-    """The request ledger (SQLite). Default ``$CHAINETTE_LEDGER`` or ``.chainette/ledger.sqlite``."""
-    cache: CacheMode = "use"
-    """``use`` the ledger, ``refresh`` it (send again, overwrite), or ``off``."""
-    fmt: str = "jsonl"
-    """Output format of step folders and ``flattened/``: jsonl, csv or parquet."""
-    max_lines_per_file: int = 100_000
-    """Rows per file part before rolling to the next (``000.jsonl``, ``001.jsonl``, ...)."""
-    strict_inputs: bool = False
-    """Raise on the first unreadable input record instead of writing it to failures."""
-    split: str | None = None
-    """The split to read from an input dataset with several (a ``DatasetDict``, a ``save_to_disk``
-    folder, a folder of ``train-*.parquet`` / ``test-*.parquet`` files)."""
-    columns: Mapping[str, str] | None = None
-    """``{field: column}``: the input column each field of the chain's input model reads, when it
-    is not the field's own name (``{"text": "content"}``)."""
-    workers: int = 4
-    """Kept for compatibility: no longer the unit of waiting (records move on one by one, see
-    ``runtime/stages.py``). Locally it only sizes the default ``max_in_flight`` (at least
-    ``batch_size × workers``); with ``executor="ray"``, chunks in flight per actor."""
-    buffer: int = 4
-    """Chunks buffered between two stages (backpressure bound)."""
-    max_in_flight: int | None = None
-    """Records in flight at once in a stage (each goes through the nodes on its own and is handed
-    on when done). None: ``max(256, batch_size × workers, 2 × the largest max_concurrency among
-    the chain's engines)``. The engines' ``max_concurrency`` and rate limits still bound requests."""
-    ordered: bool = True
-    """Write ``flattened/`` in input order: a finished record waits for those before it, in a
-    window of ``4 × max_in_flight`` finished records (its work never waits, only its row; a full
-    window pauses the reading). False: rows land as records finish (each has ``_index``), so a
-    slow record never holds a row back. A stage holding a streaming step (``samples > 1``) hands
-    its samples on as they are made, in completion order either way (memory flat in samples)."""
-    on_event: EventHandler | None = field(default=None, repr=False)
-    """``handler(kind, data)`` for every run event (see ``runtime/events.py``); its errors stop the run."""
-    record_deadline_s: float | None = None
-    """Seconds each record may take through the whole chain, from when it is read (None: no
-    limit). A record past it fails with ``BudgetExceededError`` at the next node that would work
-    on it, an engine call in flight is cut at it, and a loop ends there (``Loop.on_budget``)."""
-    record_token_budget: int | None = None
-    """Prompt + completion tokens each record may spend through the whole chain (None: no
-    limit), answers from the ledger included so a rerun decides the same way. Checked before
-    each request and function call: a record that has spent that many fails with
-    ``BudgetExceededError`` (a request in flight finishes; the last one may go over)."""
-    record_trace: bool = False
-    """Note, per input record, when each node worked on it and its requests' tokens (an
-    experiment's per-case timeline and cost): ``RunResult.trace``. Off: nothing is noted, at no
-    cost. On, a streaming step (``samples > 1``) hands its samples on once all are done."""
-    middleware: Sequence[Middleware] = field(default=(), repr=False)
-    """Receive every run event as an :class:`~chainette.runtime.events.Event`, after ``on_event``,
-    in this order; quick, on the event loop, and never fatal (errors are logged once each)."""
-    executor: Executor = "local"
-    """``local``: the stages above, in this process. ``ray``: chunks of records go to ``replicas``
-    Ray actors that hold the engines and run the whole chain over each chunk; this process still
-    reads the inputs and is the only writer of the run folder (see ``runtime/ray_executor.py``)."""
-    ray_address: str | None = None
-    """With ``executor="ray"``: the cluster to join (``auto``, ``host:6379``, ``ray://host:10001``).
-    None starts a local Ray instance for the run (this machine's CPUs, a small object store, no
-    dashboard), unless this process is already connected to one."""
-    replicas: int = 2
-    """With ``executor="ray"``: how many actors run chunks, each with its own engines; at most
-    ``replicas × workers`` chunks are out at once (backpressure)."""
 
 
 async def run_chain(
@@ -387,75 +308,6 @@ async def _source(
             await send.send(records)
 
 
-async def read_records(
-    chain: ChainGraph, inputs: Any, opts: RunOptions, ctx: RunContext, counts: dict[str, int]
-) -> AsyncIterator[Chunk]:
-    """The inputs as chunks of records (never empty); an input that cannot be read or does not fit
-    the chain's input model is written to failures here (``node: input``) and counted in."""
-    model = chain.input_model
-    reader = iter_input_chunks(inputs, chain.batch_size, strict=opts.strict_inputs, columns=opts.columns)
-    async with aclosing(reader):  # a head ``take`` stops early: the file is closed then
-        async for items in reader:
-            if ctx.input_stop[0]:  # a ``take`` at the head of the chain has all it needs
-                break
-            counts["records_in"] += len(items)
-            records = [r for r in (_to_record(item, model, opts, ctx) for item in items) if r is not None]
-            if records:
-                yield records
-
-
-def _check_executor(opts: RunOptions) -> None:
-    if opts.executor not in get_args(Executor):
-        raise ValueError(
-            f"executor must be one of {', '.join(map(repr, get_args(Executor)))}, got {opts.executor!r}."
-        )
-    replicas = opts.replicas
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-        raise ValueError(f"replicas must be an integer >= 1, got {replicas!r}.")
-    if opts.executor != "ray" and opts.ray_address is not None:
-        raise ValueError("ray_address is for executor='ray' (CLI: --executor ray --address ADDR).")
-
-
-def _check_record_limits(opts: RunOptions) -> None:
-    deadline, budget = opts.record_deadline_s, opts.record_token_budget
-    if deadline is not None and (
-        isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not deadline > 0
-    ):
-        raise ValueError(f"record_deadline_s must be a number of seconds > 0 (or None), got {deadline!r}.")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise ValueError(f"record_token_budget must be an integer >= 1 (or None), got {budget!r}.")
-    bound = opts.max_in_flight
-    if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int) or bound < 1):
-        raise ValueError(f"max_in_flight must be an integer >= 1 (or None), got {bound!r}.")
-
-
-def _to_record(item: InputItem, model: Any, opts: RunOptions, ctx: RunContext) -> Record | None:
-    if item.error is None:
-        try:
-            value = coerce(model, item.value)
-            if opts.record_deadline_s is None and opts.record_token_budget is None:
-                return Record(item.id, item.index, value, {"input": value})
-            deadline = None if opts.record_deadline_s is None else time.monotonic() + opts.record_deadline_s
-            return Record(
-                item.id,
-                item.index,
-                value,
-                {"input": value},
-                deadline=deadline,
-                budget=opts.record_token_budget,
-            )
-        except ValidationError as exc:
-            item.error = (
-                f"{item.where}: does not fit the chain's input model {model.__name__} "
-                f"({describe_validation(exc)}). Fix the record or the input model."
-            )
-            if opts.strict_inputs:
-                raise InputError(item.error) from exc
-    record = Record(item.id, item.index, item.value, {})  # ``input``: the parsed value, when there is one
-    ctx.fail(record, InvalidInputError(item.error or "", node_id="input", record_id=item.id, raw=item.raw))
-    return None
-
-
 def _input_stoppers(chain: ChainGraph) -> set[str]:
     """The ``take`` nodes that may stop the input once satisfied: none before them holds records."""
     out: set[str] = set()
@@ -465,20 +317,6 @@ def _input_stoppers(chain: ChainGraph) -> set[str]:
         elif item.whole_stream:
             break
     return out
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error that stopped the run (the others are cancellations it caused)."""
-    cancelled = anyio.get_cancelled_exc_class()
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(reversed(exc.exceptions))
-        elif not isinstance(exc, cancelled):
-            leaves.append(exc)
-    return leaves[0] if leaves else group
 
 
 def _ignore_event(kind: str, data: dict[str, Any]) -> None:

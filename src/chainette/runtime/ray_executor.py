@@ -3,7 +3,7 @@
 ``run_chain(..., executor="ray")`` lays out and locks the run folder as a local run does; only
 the middle differs (:func:`run_on_ray` instead of the local stages). The driver (this process)
 
-1. reads the inputs with :func:`~chainette.runtime.executor.read_records` (the same ids, the same
+1. reads the inputs with :func:`~chainette.runtime.run_shared.read_records` (the same ids, the same
    failures for unreadable or unfitting inputs, written here);
 2. starts ``replicas`` actors (:class:`~chainette.runtime.ray_worker.ChainWorker`): each gets the
    chain (pickled once, ``ray.put``), the engine definitions registered here and the ledger's
@@ -43,9 +43,11 @@ from .._errors import ChainDefinitionError, ExecutorError, MissingDependencyErro
 from ..engines.registry import get_engine_config
 from ..graph.chain import ChainGraph
 from .context import RunContext
-from .executor import RunOptions, _first_error, read_records
+from .options import RunOptions
 from .ray_worker import ChainWorker, ChunkResult, RecordIn
 from .records import Record, dump
+from .run_shared import first_error as _first_error
+from .run_shared import read_records
 
 __all__ = [
     "MAX_RESTARTS",

@@ -25,9 +25,9 @@ from ..engines.registry import EngineConfig, register_config
 from ..graph.chain import ChainGraph
 from .context import RunContext
 from .dispatch import run_node
-from .executor import flatten
 from .records import Record, coerce
 from .requests import CacheMode, RequestCache
+from .stages import flatten
 
 __all__ = ["ChainWorker", "ChunkResult", "ChunkSink", "RecordIn"]
 
