@@ -53,10 +53,10 @@ def test_ctrl_c_stops_the_run_promptly_and_resume_finishes_it(tmp_path: Path) ->
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": f"q{i}"}) + "\n" for i in range(N)))
     run_dir, ledger = tmp_path / "run", tmp_path / "ledger.sqlite"
     args = [CHAINETTE, "run", "chain.py:chain", "-i", "in.jsonl", "-o", "run", "--ledger", "ledger.sqlite"]
-    # 0.1 s per record, one at a time: 10 s if nobody stops it
+    # 0.1 s per record, one record in flight at a time: 10 s if nobody stops it
     env = {**os.environ, "FAKE_LATENCY": "0.1"}
     proc = subprocess.Popen(
-        [*args, "--workers", "1", "--quiet"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+        [*args, "--max-in-flight", "1", "--quiet"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
     )
     try:
         deadline = time.monotonic() + 60
