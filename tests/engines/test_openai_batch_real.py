@@ -50,8 +50,9 @@ def test_a_chain_with_a_join_runs_on_a_real_model_through_the_batch_api(
         Translation(translated=row["french.translated"])
         Translation(translated=row["spanish.translated"])
         Summary(summary=row["summary.summary"])
-    # each step's chunk went in batches, the lines to the real server, whose usage came back
-    assert proxy.batches.stats["batches_created"] >= 4 and proxy.stats["requests"] == 0
+    # the steps' requests went in batches (the join's two branches may share one: qa, the
+    # branches, summary), the lines to the real server, whose usage came back
+    assert proxy.batches.stats["batches_created"] >= 3 and proxy.stats["requests"] == 0
     assert all(line["body"]["response_format"]["type"] == "json_object" for line in proxy.batches.lines)
     assert result.metadata["tokens"]["by_step"]["qa"]["completion"] > 0
     assert result.metadata["engines"]["batch"]["batches_created"] == proxy.batches.stats["batches_created"]
