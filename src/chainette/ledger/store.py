@@ -20,7 +20,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -201,40 +202,31 @@ class Ledger:
         answers: dict[str, StoredAnswer] = {}
         granted: list[str] = []
         held: list[str] = []
-        try:
-            with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    now = time.time()
-                    for start in range(0, len(keys), _CHUNK):
-                        part = keys[start : start + _CHUNK]
-                        marks = ",".join("?" * len(part))
-                        for row in self._db.execute(
-                            "SELECT key, text, finish_reason, prompt_tokens, completion_tokens, reasoning "
-                            f"FROM completions WHERE key IN ({marks})",
-                            part,
-                        ):
-                            answers[row[0]] = StoredAnswer(*row[1:])
-                        busy = {
-                            key
-                            for key, who, until in self._db.execute(
-                                f"SELECT key, owner, expires_at FROM claims WHERE key IN ({marks})", part
-                            )
-                            if who != owner and until > now
-                        }
-                        for key in part:
-                            if key not in answers:
-                                (held if key in busy else granted).append(key)
-                    self._db.executemany(
-                        "INSERT OR REPLACE INTO claims VALUES (?, ?, ?)",
-                        [(key, owner, now + lease_s) for key in granted],
+        with self._transaction():
+            now = time.time()
+            for start in range(0, len(keys), _CHUNK):
+                part = keys[start : start + _CHUNK]
+                marks = ",".join("?" * len(part))
+                for row in self._db.execute(
+                    "SELECT key, text, finish_reason, prompt_tokens, completion_tokens, reasoning "
+                    f"FROM completions WHERE key IN ({marks})",
+                    part,
+                ):
+                    answers[row[0]] = StoredAnswer(*row[1:])
+                busy = {
+                    key
+                    for key, who, until in self._db.execute(
+                        f"SELECT key, owner, expires_at FROM claims WHERE key IN ({marks})", part
                     )
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise LedgerError(f"Cannot write to the request ledger {str(self.path)!r}: {exc}") from exc
+                    if who != owner and until > now
+                }
+                for key in part:
+                    if key not in answers:
+                        (held if key in busy else granted).append(key)
+            self._db.executemany(
+                "INSERT OR REPLACE INTO claims VALUES (?, ?, ?)",
+                [(key, owner, now + lease_s) for key in granted],
+            )
         return answers, granted, held
 
     def renew(self, keys: Sequence[str], owner: str, lease_s: float) -> None:
@@ -344,12 +336,19 @@ class Ledger:
 
     def _write(self, *statements: tuple[str, list[tuple[Any, ...]]]) -> None:
         """Each ``(sql, rows)`` run over its rows, all in one committed transaction."""
+        with self._transaction():
+            for sql, rows in statements:
+                self._db.executemany(sql, rows)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction (``BEGIN IMMEDIATE``), committed, or rolled back on any error;
+        SQLite errors become :class:`LedgerError`."""
         try:
             with self._lock:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    for sql, rows in statements:
-                        self._db.executemany(sql, rows)
+                    yield
                 except BaseException:
                     self._db.execute("ROLLBACK")
                     raise
