@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any, ClassVar
 import anyio
 from pydantic import BaseModel, Field
 
+import chainette
 from chainette.engines.fake import FakeEngine
 
 
@@ -265,3 +268,19 @@ def ray_worker_pids() -> list[int]:
         except psutil.Error:
             continue
     return out
+
+
+def cli_with_memory_cap(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``chainette ARGS`` in a child capped at 3 GB of address space: a reader that tries to read
+    ``/dev/zero`` whole fails fast with MemoryError there instead of eating the machine's memory."""
+    src = Path(chainette.__file__).parents[1]
+    command = " ".join(f"'{a}'" for a in args)
+    return subprocess.run(
+        ["bash", "-c", f"ulimit -v 3000000; exec '{sys.executable}' -m chainette {command}"],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(src), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

@@ -3,17 +3,14 @@ printed as escapes, a damaged ledger and device files give a message (exit 1), n
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from tests.helpers import cli_with_memory_cap
 from typer.testing import CliRunner, Result
 
-import chainette
 from chainette.cli import app
 from chainette.engines.base import Completion
 from chainette.ledger.store import Ledger
@@ -114,22 +111,6 @@ def test_cache_info_on_a_damaged_or_garbage_ledger_is_a_message(tmp_path: Path) 
         assert isinstance(done.exception, SystemExit), f"not a message but {done.exception!r}"
         assert done.exit_code == 1 and str(ledger) in done.stderr, done.output
         assert "Traceback" not in done.output
-
-
-def cli_with_memory_cap(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``chainette ARGS`` in a child capped at 3 GB of address space: a reader that tries to read
-    ``/dev/zero`` whole fails fast with MemoryError there instead of eating the machine's memory."""
-    src = Path(chainette.__file__).parents[1]
-    command = " ".join(f"'{a}'" for a in args)
-    return subprocess.run(
-        ["bash", "-c", f"ulimit -v 3000000; exec '{sys.executable}' -m chainette {command}"],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(src), "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize("what", ["--engines", "yaml"])

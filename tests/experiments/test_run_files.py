@@ -10,16 +10,14 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 from tests.experiments.shared import CASES, CalcConfig, build_chain
+from tests.helpers import cli_with_memory_cap
 from typer.testing import CliRunner, Result
 
-import chainette
 from chainette import Experiment, numeric
 from chainette.cli import app
 
@@ -120,22 +118,6 @@ def test_a_fifo_named_experiment_json_is_refused_not_waited_on(runs_root: Path) 
     assert done.exit_code == 0 and "good" in done.stdout, done.output
     assert "not a regular file" in " ".join(done.stderr.split())
     assert_message(invoke("runs", "show", runs_root / "bad"), "not a regular file")
-
-
-def cli_with_memory_cap(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``chainette ARGS`` in a child capped at 3 GB of address space: a reader that tries to read
-    ``/dev/zero`` whole fails fast with MemoryError there instead of eating the machine's memory."""
-    src = Path(chainette.__file__).parents[1]
-    command = " ".join(f"'{a}'" for a in args)
-    return subprocess.run(
-        ["bash", "-c", f"ulimit -v 3000000; exec '{sys.executable}' -m chainette {command}"],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(src), "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_an_experiment_json_linked_to_dev_zero_is_refused(runs_root: Path) -> None:
