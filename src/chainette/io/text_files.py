@@ -122,53 +122,70 @@ def _parts(path: Path, spec: TextFiles) -> Iterator[tuple[int, str, str | None]]
     except OSError as exc:
         yield 0, "", f"cannot be read ({exc.strerror or type(exc).__name__}); check its permissions."
         return
+    split = _Splitter(spec.per)
     decoder = codecs.getincrementaldecoder(spec.encoding)(errors="strict")
     offset = 0
-    pending = ""
-    paragraph: list[str] = []
-    paragraphs = 0
-    line_no = 0
     with handle:
         while True:
             try:
                 block = handle.read(_BLOCK)
-                held = len(decoder.getstate()[0])
-                text = decoder.decode(block, final=not block)
-            except UnicodeDecodeError as exc:
-                at = offset - held + exc.start
-                yield (
-                    0,
-                    "",
-                    f"is not {spec.encoding} text (byte {exc.object[exc.start]:#04x} at byte offset {at}); "
-                    "convert it, or read it with text_files(..., encoding=...).",
-                )
-                return
             except OSError as exc:
                 yield 0, "", f"cannot be read ({exc.strerror or type(exc).__name__})."
                 return
-            offset += len(block)
-            if spec.per == "file":
-                pending += text
-                if not block:
-                    yield 1, pending, None
-                    return
-                continue
-            pending += text
-            lines = pending.split("\n")
-            pending = lines.pop() if block else ""
-            for line in lines:
-                line = line.rstrip("\r")
-                line_no += 1
-                if spec.per == "line":
-                    if line.strip():
-                        yield line_no, line, None
-                elif line.strip():
-                    paragraph.append(line)
-                elif paragraph:
-                    paragraphs += 1
-                    yield paragraphs, "\n".join(paragraph), None
-                    paragraph = []
-            if not block:
-                if paragraph:
-                    yield paragraphs + 1, "\n".join(paragraph), None
+            held = decoder.getstate()[0]
+            try:
+                text = decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                if spec.per != "file":  # the records before the bad bytes go on
+                    yield from split.feed(codecs.decode(exc.object[: exc.start], spec.encoding))
+                yield (
+                    0,
+                    "",
+                    f"is not {spec.encoding} text (byte {exc.object[exc.start]:#04x} at byte offset "
+                    f"{offset - len(held) + exc.start}); convert it, or read it with text_files(..., encoding=...).",
+                )
                 return
+            offset += len(block)
+            yield from split.feed(text)
+            if not block:
+                yield from split.end()
+                return
+
+
+class _Splitter:
+    """Text in, records out: the whole text, its paragraphs or its non-blank lines."""
+
+    def __init__(self, per: str) -> None:
+        self.per = per
+        self.pending = ""
+        self.paragraph: list[str] = []
+        self.paragraphs = 0
+        self.line_no = 0
+
+    def feed(self, text: str) -> Iterator[tuple[int, str, None]]:
+        self.pending += text
+        if self.per == "file":
+            return
+        *lines, self.pending = self.pending.split("\n")
+        yield from self._lines(lines)
+
+    def end(self) -> Iterator[tuple[int, str, None]]:
+        if self.per == "file":
+            yield 1, self.pending, None
+            return
+        rest, self.pending = self.pending, ""
+        yield from self._lines([rest, ""])
+
+    def _lines(self, lines: list[str]) -> Iterator[tuple[int, str, None]]:
+        for raw in lines:
+            line = raw.rstrip("\r")
+            self.line_no += 1
+            if self.per == "line":
+                if line.strip():
+                    yield self.line_no, line, None
+            elif line.strip():
+                self.paragraph.append(line)
+            elif self.paragraph:
+                self.paragraphs += 1
+                yield self.paragraphs, "\n".join(self.paragraph), None
+                self.paragraph = []
