@@ -58,9 +58,6 @@ class Show(Node):
         self.input_model = None
         self.output_model = None
 
-    def defines(self) -> list[str]:
-        return []
-
     def check(
         self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
     ) -> type[BaseModel] | None:

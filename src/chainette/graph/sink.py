@@ -94,9 +94,6 @@ class Sink(Node):
         self.output_model = None
         self.writes_to = target
 
-    def defines(self) -> list[str]:
-        return []
-
     def check(
         self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
     ) -> type[BaseModel] | None:

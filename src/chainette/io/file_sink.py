@@ -79,6 +79,7 @@ class _ParquetFile(_FileSink):
             ) from exc
         self._pa, self._pq = pa, pq
         self._writer: Any = None
+        self._schema: Any = None
 
     def _write(self, rows: list[dict[str, Any]]) -> int:
         pa = self._pa
@@ -88,7 +89,8 @@ class _ParquetFile(_FileSink):
                 pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in table.schema
             )
             self._writer = self._pq.ParquetWriter(self.file, schema)
-        schema = self._writer.schema_arrow
+            self._schema = schema
+        schema = self._schema
         texts = {f.name for f in schema if pa.types.is_string(f.type)}
         fitted = [
             {
