@@ -29,7 +29,9 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def _folder(root: Path) -> Path:
     folder = root / "my_dataset"
     folder.mkdir()
-    (folder / "train.jsonl").write_text("".join(json.dumps({"text": f"q{i}", "id": i}) + "\n" for i in range(3)))
+    (folder / "train.jsonl").write_text(
+        "".join(json.dumps({"text": f"q{i}", "id": i}) + "\n" for i in range(3))
+    )
     (folder / "test.jsonl").write_text(json.dumps({"text": "t0", "id": 9}) + "\n")
     return folder
 
@@ -62,5 +64,9 @@ def test_cli_reads_hf_name_with_split(tmp_path: Path, monkeypatch: pytest.Monkey
         app, ["run", "chain_qa.py:chain", "-i", f"hf:{folder.name}", "--split", "test", "-o", "run", "-q"]
     )
     assert result.exit_code == 0, result.output
-    rows = [json.loads(x) for f in (tmp_path / "run" / "flattened").glob("*.jsonl") for x in f.read_text().splitlines()]
+    rows = [
+        json.loads(x)
+        for f in (tmp_path / "run" / "flattened").glob("*.jsonl")
+        for x in f.read_text().splitlines()
+    ]
     assert [r["qa.answer"] for r in rows] == ["re: t0"]
