@@ -139,3 +139,23 @@ def test_show_goes_to_a_display_that_takes_its_lines(
     Chain("qa", [qa_step(), Show()]).run(QUESTIONS[:2], tmp_path / "run", middleware=[Display()])
     assert len(got) == 2 and "re: q" in got[0].data["text"]
     assert "[show]" not in capsys.readouterr().out
+
+
+def test_show_under_the_live_display_prints_on_its_console(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    from chainette.cli.progress import ProgressDisplay
+
+    chain = Chain("qa", [qa_step(), Show(["answer"])])
+    screen = io.StringIO()
+    display = ProgressDisplay(chain, total=2, console=Console(file=screen, width=200), summary=False)
+    try:
+        chain.run(QUESTIONS[:2], tmp_path / "run", middleware=[display])
+    finally:
+        display.stop()
+    assert screen.getvalue().count("answer=re: q") == 2
+    assert "[show]" not in capsys.readouterr().out
