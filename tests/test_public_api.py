@@ -53,6 +53,8 @@ EXPECTED = [
     "SamplingParams",
     "ServiceError",
     "ServiceFullError",
+    "Show",
+    "Sink",
     "Step",
     "Subflow",
     "Suite",
@@ -79,6 +81,7 @@ EXPECTED = [
     "set_price",
     "shuffle",
     "take",
+    "text_files",
     "unregister_engine",
 ]
 

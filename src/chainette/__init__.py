@@ -59,9 +59,12 @@ from .graph.map import Collected, Map
 from .graph.nodes import Apply, Branch, Step, apply
 from .graph.policy import Backoff, NodePolicy
 from .graph.router import Router
+from .graph.show import Show
+from .graph.sink import Sink
 from .graph.stream_ops import shuffle, take
 from .graph.subflow import Subflow
 from .graph.view import RecordView
+from .io.text_files import text_files
 from .ledger.costs import set_discount, set_price
 from .ledger.store import Ledger
 from .pipeline import Chain
@@ -122,6 +125,8 @@ __all__ = [
     "SamplingParams",
     "ServiceError",
     "ServiceFullError",
+    "Show",
+    "Sink",
     "Step",
     "Subflow",
     "Suite",
@@ -148,5 +153,6 @@ __all__ = [
     "set_price",
     "shuffle",
     "take",
+    "text_files",
     "unregister_engine",
 ]

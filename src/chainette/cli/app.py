@@ -24,7 +24,8 @@ from ..engines.registry import BACKENDS, is_available, list_engines, load_engine
 from ..graph.chain import ChainGraph
 from ..graph.checks import CheckReport
 from ..graph.nodes import Branch, Node
-from ..io.inputs import open_inputs
+from ..io.inputs import HF_PREFIX, open_inputs
+from ..io.text_files import TextFiles, text_files
 from ..runtime.events import Middleware
 from ..runtime.executor import run_chain
 from ..runtime.result import RunResult
@@ -84,6 +85,12 @@ class ExecutorName(StrEnum):
     ray = "ray"
 
 
+class TextPer(StrEnum):
+    file = "file"
+    paragraph = "paragraph"
+    line = "line"
+
+
 class DagFormat(StrEnum):
     tree = "tree"
     mermaid = "mermaid"
@@ -109,12 +116,19 @@ def _main(
 @app.command()
 def run(
     target: TargetArg,
-    inputs: Path = typer.Option(
+    inputs: str = typer.Option(
         ...,
         "--inputs",
         "-i",
-        help="JSONL file (one JSON object per line), Parquet or CSV file, a folder of such files, or a "
-        "dataset folder written by datasets' save_to_disk.",
+        help="JSONL file (one JSON object per line), Parquet or CSV file, a folder of such files, a "
+        "dataset folder written by datasets' save_to_disk, hf:NAME (a Hugging Face dataset by name or "
+        "local dataset folder, through datasets.load_dataset), or with --per a glob of text / Markdown files.",
+    ),
+    per: TextPer | None = typer.Option(
+        None,
+        "--per",
+        help="Read -i as a glob of text / Markdown files ('notes/*.md'): one record per file, paragraph "
+        "or line, with the fields text, path, part.",
     ),
     split: str | None = typer.Option(
         None, "--split", help="The split to read from a dataset or folder with several (train, test, ...)."
@@ -230,14 +244,15 @@ def run(
         if batch_size is not None:
             chain.batch_size = batch_size
         columns = _column_options(column)
+        spec = _input_spec(inputs, per)
         # the file's kind, split and columns are checked now, before engines start or a display shows
-        source = open_inputs(inputs, split=split, columns=columns, model=chain.input_model)
+        source = open_inputs(spec, split=split, columns=columns, model=chain.input_model)
         middleware: list[Middleware] = []  # the log or the display read the run's one event stream
         if json_logs:
             middleware.append(JsonEventLog())
         elif not quiet:
             total = (
-                count_jsonl_records(inputs) if isinstance(source, Path) else getattr(source, "total", None)
+                count_jsonl_records(source) if isinstance(source, Path) else getattr(source, "total", None)
             )
             display = ProgressDisplay(chain, total=total, console=err, summary=False)
             middleware.append(display)
@@ -249,7 +264,7 @@ def run(
         try:
             result = _run_blocking(
                 chain,
-                inputs,
+                source,
                 output_dir,
                 overwrite=overwrite,
                 resume=resume,
@@ -281,6 +296,20 @@ def run(
     else:
         print_run_summary(err, meta, result.path, brief=quiet)
     typer.echo(str(result.path))
+
+
+def _input_spec(inputs: str, per: TextPer | None) -> Path | str | TextFiles:
+    """What ``-i`` names: text files (with ``--per``), a dataset by name (``hf:``), or a path."""
+    if per is not None:
+        return text_files(inputs, per=per.value)
+    if inputs.startswith(HF_PREFIX):
+        return inputs
+    if any(c in inputs for c in "*?[") and not Path(inputs).exists():
+        raise typer.BadParameter(
+            f"-i {inputs!r} is a glob: to read text or Markdown files, add --per file|paragraph|line; "
+            "for shards of one dataset, pass their folder."
+        )
+    return Path(inputs)
 
 
 def _column_options(values: list[str]) -> dict[str, str] | None:
@@ -354,7 +383,7 @@ def inspect_dag(
         Console(highlight=False).print(_tree(chain, None))
 
 
-def _run_blocking(chain: ChainGraph, inputs: Path, output_dir: Path | None, **options: Any) -> RunResult:
+def _run_blocking(chain: ChainGraph, inputs: Any, output_dir: Path | None, **options: Any) -> RunResult:
     async def main() -> RunResult:
         return await run_chain(chain, inputs, output_dir, **options)
 

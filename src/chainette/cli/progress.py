@@ -153,9 +153,13 @@ class ProgressDisplay:
             "record_failed": self._on_record_failed,
             "loop_pass": self._on_loop_pass,
             "run_finished": self._on_run_finished,
+            "show": self._on_show,  # a Show node's line, printed above the bars
         }
         for kind in _COUNTED:
             self._handlers[kind] = self._on_counted(kind)
+
+    displays_shown = True
+    """It prints a ``Show`` node's lines (``show`` events) above its bars, so they do not break them."""
 
     def __call__(self, event: Event | str, data: dict[str, Any] | None = None) -> None:
         """Take one event: an :class:`Event` (middleware) or ``(kind, data)`` (``on_event=``)."""
@@ -380,6 +384,9 @@ class ProgressDisplay:
             f"[bold red]✗ engine {shown(str(data.get('engine')))} stopped[/]: {shown(message)}",
             soft_wrap=True,
         )
+
+    def _on_show(self, data: dict[str, Any]) -> None:
+        self.console.print(shown(str(data.get("text", ""))), soft_wrap=True, markup=False, highlight=False)
 
     def _on_record_failed(self, data: dict[str, Any]) -> None:
         node = str(data.get("node", ""))

@@ -56,6 +56,9 @@ class Node:
     """Cheap synchronous work: consecutive fusable nodes share one runtime stage."""
     passes_through: bool = False
     """The value after this node is the value before it (outputs go to the history only)."""
+    writes_to: str | None = None
+    """A file this node's rows go to instead of ``<run>/<id>/`` (a ``Sink``): a file name in the
+    run folder, or an absolute path; the run writer opens it when the run starts."""
     whole_stream: bool = False
     """Works on the stream of records, not record by record (``take``, ``shuffle``): allowed at a
     chain's top level only; its runner has a ``flush`` for the end of the input."""

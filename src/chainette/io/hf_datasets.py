@@ -23,7 +23,7 @@ from .._errors import InputError, MissingDependencyError
 from .columns import ColumnMap, resolve_columns
 from .items import InputItem, InputSource, row_item
 
-__all__ = ["DatasetInput", "datasets_module", "is_hf_dataset", "open_dataset", "open_saved"]
+__all__ = ["DatasetInput", "datasets_module", "is_hf_dataset", "open_dataset", "open_named", "open_saved"]
 
 _KINDS = frozenset({"Dataset", "IterableDataset", "DatasetDict", "IterableDatasetDict"})
 
@@ -61,6 +61,44 @@ def open_saved(
     return open_dataset(loaded, split=split, columns=columns, model=model, label=path.name)
 
 
+def open_named(
+    name: str, *, split: str | None, columns: Mapping[str, str] | None, model: type[BaseModel] | None
+) -> InputSource:
+    """A dataset by name (``org/name`` on the Hub, or a local dataset folder or data file), loaded
+    with ``datasets.load_dataset``: streamed (``streaming=True``, an ``IterableDataset``) when
+    online; offline (``HF_DATASETS_OFFLINE=1`` / ``HF_HUB_OFFLINE=1``) a Hub dataset is read from
+    the local cache (memory-mapped Arrow files, never loaded whole)."""
+    datasets = datasets_module()
+    if not name.strip():
+        raise InputError("hf: needs a dataset name after it, e.g. hf:org/name (or hf:./local_folder).")
+    local = Path(name).exists()
+    offline = bool(getattr(datasets.config, "HF_HUB_OFFLINE", False)) or bool(
+        getattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+    )
+    streaming = local or not offline
+    try:
+        loaded = datasets.load_dataset(name, split=split, streaming=streaming)
+    except (ValueError, KeyError) as exc:
+        text = str(exc)
+        if split is not None and "split" in text.lower():
+            raise InputError(
+                f"The dataset {name!r} has no split {split!r} ({text}). Drop --split / split= to see its "
+                "splits, or name one of them."
+            ) from exc
+        raise InputError(f"Cannot load the dataset {name!r}: {type(exc).__name__}: {text}") from exc
+    except (OSError, ConnectionError, FileNotFoundError) as exc:
+        where = (
+            "it is not in the local cache and Hugging Face is offline (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE): "
+            "load it once online (or unset those), or pass a local dataset folder (hf:./folder)"
+            if offline and not local
+            else "check the name (org/name), your network, or pass a local dataset folder (hf:./folder)"
+        )
+        raise InputError(f"Cannot load the dataset {name!r} ({type(exc).__name__}: {exc}); {where}.") from exc
+    return open_dataset(
+        loaded, split=None, columns=columns, model=model, label=name, title=f"The dataset {name!r}"
+    )
+
+
 def open_dataset(
     obj: Any,
     *,
@@ -68,10 +106,12 @@ def open_dataset(
     columns: Mapping[str, str] | None,
     model: type[BaseModel] | None,
     label: str = "dataset",
+    title: str | None = None,
 ) -> InputSource:
     """One split of ``obj``, its columns checked against ``model`` and ``columns``."""
     kind = next(c.__name__ for c in type(obj).__mro__ if c.__name__ in _KINDS)
-    title = "The dataset" if label == "dataset" else f"The dataset saved in {label!r}"
+    if title is None:
+        title = "The dataset" if label == "dataset" else f"The dataset saved in {label!r}"
     if kind.endswith("Dict"):
         splits = sorted(obj.keys())
         if split is None:

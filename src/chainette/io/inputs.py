@@ -34,8 +34,14 @@ from .items import (
     row_item,
 )
 from .jsonl import READ_AHEAD_BYTES, jsonl_chunks
+from .text_files import TextFiles, open_text_files
+
+HF_PREFIX = "hf:"
+"""``"hf:<name>"`` as inputs: a Hugging Face dataset by name (or a local dataset folder), loaded
+with ``datasets.load_dataset``; a path that really starts with ``hf:`` is written ``./hf:...``."""
 
 __all__ = [
+    "HF_PREFIX",
     "RAW_LIMIT",
     "READ_AHEAD_BYTES",
     "READ_AHEAD_LINES",
@@ -64,7 +70,9 @@ def open_inputs(
 
     Args:
         inputs: A path (JSONL, Parquet, CSV, a folder of shards, a ``save_to_disk`` folder), a
-            ``datasets.Dataset`` / ``IterableDataset`` / ``DatasetDict``, or an iterable.
+            ``datasets.Dataset`` / ``IterableDataset`` / ``DatasetDict``, ``"hf:<name>"`` (a
+            dataset by name, through ``datasets.load_dataset``), text files
+            (:func:`~chainette.io.text_files.text_files`), or an iterable.
         split: The split to read from a dataset with several (``"train"``).
         columns: ``{field: column}``: the column each field of the input model reads (other
             fields read the column of their own name).
@@ -78,6 +86,14 @@ def open_inputs(
     if isinstance(inputs, InputSource):
         return inputs
     columns = _check_columns_option(columns)
+    if isinstance(inputs, TextFiles):
+        if split is not None:
+            raise InputError(f"split={split!r} was given, but text files have no splits: drop split.")
+        return open_text_files(inputs, columns=columns, model=model)
+    if isinstance(inputs, str) and inputs.startswith(HF_PREFIX):
+        from .hf_datasets import open_named
+
+        return open_named(inputs[len(HF_PREFIX) :], split=split, columns=columns, model=model)
     if isinstance(inputs, (str, Path)):
         from .shards import open_path
 
@@ -110,6 +126,10 @@ def describe_inputs(inputs: Any) -> str:
     """``the input file 'x.parquet'``, ``the dataset 'train'``, ``the input``: for messages."""
     if isinstance(inputs, InputSource):
         return inputs.name
+    if isinstance(inputs, TextFiles):
+        return f"the text files {inputs.pattern!r}"
+    if isinstance(inputs, str) and inputs.startswith(HF_PREFIX):
+        return f"the dataset {inputs[len(HF_PREFIX) :]!r}"
     if isinstance(inputs, (str, Path)):
         return f"the input file {str(inputs)!r}"
     return "the input"

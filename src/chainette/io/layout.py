@@ -85,9 +85,19 @@ class Ownership:
     """The run's ``metadata.json`` (or ``graph.json`` when that is missing), if readable."""
 
 
-def write_marker(folder: Path, run_id: str, chain: str, folders: list[str]) -> None:
-    """Write (atomically) the marker that lets a later run recognise this folder as its own."""
-    data = {"tool": "chainette", "run_id": run_id, "chain": chain, "folders": sorted(set(folders))}
+def write_marker(
+    folder: Path, run_id: str, chain: str, folders: list[str], files: list[str] | None = None
+) -> None:
+    """Write (atomically) the marker that lets a later run recognise this folder as its own
+    (``files``: the files its ``Sink`` nodes write in it)."""
+    data: dict[str, Any] = {
+        "tool": "chainette",
+        "run_id": run_id,
+        "chain": chain,
+        "folders": sorted(set(folders)),
+    }
+    if files:
+        data["files"] = sorted(set(files))
     _write_json(folder / MARKER, data)
 
 
@@ -103,8 +113,11 @@ def inspect_folder(folder: Path) -> Ownership:
             f"its metadata.json names run {previous.get('run_id')!r} but its marker names {marker['run_id']!r}",
         )
     folders = {FLATTENED, *(f for f in marker.get("folders", []) if isinstance(f, str))}
+    files = _sink_files(marker)
     foreign: list[str] = []
     for entry in _entries(folder):
+        if entry.name in files and entry.is_file(follow_symlinks=False):
+            continue
         if entry.name in _FILES or entry.name in _TEMP:
             if entry.is_dir(follow_symlinks=False):
                 foreign.append(entry.name + "/")
@@ -128,8 +141,11 @@ def clear_run_folder(folder: Path, ownership: Ownership) -> None:
     """Remove what the run in ``folder`` wrote, and nothing else (the lock file stays: it is held)."""
     assert ownership.owned and ownership.marker is not None
     folders = {FLATTENED, *ownership.marker.get("folders", [])}
+    files = _sink_files(ownership.marker)
     for entry in _entries(folder):
-        if entry.name in folders and entry.is_dir(follow_symlinks=False):
+        if entry.name in files and entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)
+        elif entry.name in folders and entry.is_dir(follow_symlinks=False):
             for inner in _entries(entry.path):
                 if _PART.match(inner.name):
                     os.unlink(inner.path)
@@ -143,6 +159,16 @@ def clear_run_folder(folder: Path, ownership: Ownership) -> None:
             os.rmdir(entry.path)
         elif entry.name != LOCK and (entry.name in _FILES or entry.name in _TEMP):
             os.unlink(entry.path)
+
+
+def _sink_files(marker: dict[str, Any]) -> set[str]:
+    """The files a run's sinks wrote in its folder (plain names: never a path out of it)."""
+    names = marker.get("files", [])
+    return (
+        {n for n in (names if isinstance(names, list) else []) if isinstance(n, str) and n == Path(n).name}
+        - _FILES
+        - {LOCK}
+    )
 
 
 def _foreign_nested(folder: Path) -> list[str]:

@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 
 from .._errors import RunFolderError
+from .file_sink import open_file_sink
 from .layout import LOCK, RESERVE, Ownership, clear_run_folder, inspect_folder, write_marker
 from .lock import FolderLock
 from .offload import Offload
@@ -87,6 +88,9 @@ class RunWriter:
         self.previous: dict[str, Any] | None = None
         """The replaced run's metadata.json (when resuming or overwriting a run folder)."""
         self._folders: list[str] = []
+        self._files: list[str] = []
+        """Files a sink node writes in the run folder (accounted for in the marker)."""
+        self._targets: dict[Path, str] = {}
         self._lock_file = self._take_folder(overwrite=overwrite, resume=resume)
         self._sinks: dict[str, Sink] = {}
         self._pending: dict[str, list[dict[str, Any]]] = {}
@@ -178,6 +182,29 @@ class RunWriter:
         """Create ``<key>/`` now, so a node that outputs nothing still has its folder."""
         self._sink(key)
 
+    def open_file(self, key: str, target: str) -> Path:
+        """Send ``key``'s rows to one file instead of ``<key>/`` (a ``Sink`` node): ``target`` is a
+        file name in the run folder, or an absolute path; its format comes from its suffix. The
+        file is started empty now; returns its path.
+
+        Raises:
+            RunFolderError: Two sinks name the same file.
+        """
+        relative = not Path(target).is_absolute()
+        path = (self.path / target) if relative else Path(target)
+        resolved = path.resolve()
+        other = self._targets.get(resolved)
+        if other is not None and other != key:
+            raise RunFolderError(
+                f"Sinks {other!r} and {key!r} both write {str(path)!r}: give each its own file."
+            )
+        self._targets[resolved] = key
+        if relative and target not in self._files:  # recorded before it exists, like a folder
+            self._files.append(target)
+            write_marker(self.path, self.run_id, self.chain_name, self._folders, self._files)
+        self._sinks[key] = open_file_sink(path)
+        return path
+
     async def maybe_flush(self) -> None:
         """Flush when enough rows are pending, or the oldest has waited ``FLUSH_SECONDS``."""
         if self._pending_rows >= FLUSH_ROWS or (
@@ -253,7 +280,7 @@ class RunWriter:
                 folder = self.path / key
                 if key not in self._folders:  # recorded before it exists: a crash leaves nothing unaccounted
                     self._folders.append(key)
-                    write_marker(self.path, self.run_id, self.chain_name, self._folders)
+                    write_marker(self.path, self.run_id, self.chain_name, self._folders, self._files)
                 folder.mkdir(parents=True, exist_ok=True)
                 sink = make_sink(self.fmt, folder, self.max_lines)
             self._sinks[key] = sink

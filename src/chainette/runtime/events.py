@@ -154,6 +154,12 @@ class EventStream:
         return self._handler is not None or bool(self._middleware)
 
     @property
+    def displays_shown(self) -> bool:
+        """Whether a listener prints the ``show`` events (a ``Show`` node's lines) itself, as the
+        CLI's live display does (``displays_shown = True`` on it); else the node prints them."""
+        return any(getattr(x, "displays_shown", False) for x in (self._handler, *self._middleware))
+
+    @property
     def has_middleware(self) -> bool:
         return bool(self._middleware)
 

@@ -201,6 +201,8 @@ def _lay_out(chain: ChainGraph, writer: RunWriter, meta: dict[str, Any]) -> None
         for node in chain.iter_nodes():
             if node.write:
                 writer.open_folder(node.id)
+            if node.writes_to is not None:
+                writer.open_file(node.id, node.writes_to)
     except OSError as exc:
         raise fs_error(exc, f"write the run folder {str(writer.path)!r}") from exc
 

@@ -13,6 +13,8 @@ from ..graph.loop import Loop
 from ..graph.map import Map
 from ..graph.nodes import Apply, Branch, Parallel, Seq, Step
 from ..graph.router import Router
+from ..graph.show import Show
+from ..graph.sink import Sink
 from ..graph.stream_ops import Shuffle, Take
 from ..graph.subflow import Subflow
 from .apply_runner import run_apply
@@ -22,6 +24,7 @@ from .group_runner import run_branch, run_parallel, run_seq
 from .loop_runner import run_loop
 from .map_runner import run_map
 from .router_runner import run_router
+from .sink_runner import run_show, run_sink
 from .step_runner import iter_step, run_step
 from .stream_runner import flush_shuffle, run_shuffle, run_take
 from .subflow_runner import run_subflow
@@ -40,3 +43,5 @@ register_runner(Map, run_map)
 register_runner(Dialogue, run_dialogue)
 register_runner(Loop, run_loop)
 register_runner(Subflow, run_subflow)
+register_runner(Sink, run_sink)
+register_runner(Show, run_show)
