@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import BaseModel, ConfigDict
-from tests.helpers import Answer, Question, echo, qa_step
+from tests.helpers import Answer, echo, qa_step
 from tests.serving.live import LiveServer
 from websockets.sync.client import connect
 
@@ -23,12 +23,19 @@ from chainette.serving.page_data import read_examples
 def branched_chain() -> Chain:
     def step(id: str) -> Step:
         return Step(
-            id=id, input_model=Answer, output_model=Answer, engine_name="echo", user_prompt=id + ": {{ answer }}"
+            id=id,
+            input_model=Answer,
+            output_model=Answer,
+            engine_name="echo",
+            user_prompt=id + ": {{ answer }}",
         )
 
     return Chain(
         name="branched",
-        steps=[qa_step("echo"), [Branch(name="fr", steps=[step("fr")]), Branch(name="es", steps=[step("es")])]],
+        steps=[
+            qa_step("echo"),
+            [Branch(name="fr", steps=[step("fr")]), Branch(name="es", steps=[step("es")])],
+        ],
     )
 
 
@@ -68,7 +75,9 @@ def test_schema_offers_given_examples_then_the_models_own() -> None:
     chain = Chain(
         name="ex",
         steps=[
-            Step(id="qa", input_model=Asked, output_model=Answer, engine_name="echo", user_prompt="{{ text }}")
+            Step(
+                id="qa", input_model=Asked, output_model=Answer, engine_name="echo", user_prompt="{{ text }}"
+            )
         ],
     )
     app = create_app(chain, examples=[{"text": "given"}, Asked(text="an instance")])

@@ -75,7 +75,9 @@ def check_examples(chain: ChainGraph, examples: Sequence[Any]) -> list[Any]:
         try:
             json.dumps(value)
         except (TypeError, ValueError) as exc:
-            raise InputError(f"Example {n} is not JSON-ready ({exc}): pass dicts, lists and scalars.") from None
+            raise InputError(
+                f"Example {n} is not JSON-ready ({exc}): pass dicts, lists and scalars."
+            ) from None
         out.append(value)
     return out
 

@@ -104,9 +104,7 @@ class SocketSession:
             log.debug("WebSocket send failed: %s", type(exc).__name__)
             self._leave()
 
-    async def _error(
-        self, status: int, error: str, message: str, trace_id: Any = None, **more: Any
-    ) -> None:
+    async def _error(self, status: int, error: str, message: str, trace_id: Any = None, **more: Any) -> None:
         """An error frame: always ``kind``, ``trace_id`` (null when none was named), ``status``,
         ``error`` and ``message``, so a client tells its submissions' errors apart."""
         named = trace_id if isinstance(trace_id, str) else None
@@ -117,7 +115,9 @@ class SocketSession:
     async def _handle(self, frame: dict[str, Any]) -> None:
         text = frame.get("text")
         if text is None:
-            await self._error(400, "invalid_frame", 'Send text frames of JSON: {"input": {...}} or {"cancel": id}.')
+            await self._error(
+                400, "invalid_frame", 'Send text frames of JSON: {"input": {...}} or {"cancel": id}.'
+            )
             return
         if len(text) > self.max_bytes or len(text.encode()) > self.max_bytes:
             await self._error(413, "too_large", f"The message is over {self.max_bytes} bytes.")
