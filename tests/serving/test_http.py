@@ -90,7 +90,9 @@ def test_bad_bodies_get_422_413_and_400_with_the_reason(live_server: Callable[[A
     with live_server(app) as server, httpx.Client(base_url=server.url) as client:
         wrong = client.post("/runs", json={"txt": "hi"})
         assert wrong.status_code == 422
-        assert wrong.json()["errors"] == [{"field": "text", "message": "Field required", "type": "missing"}]
+        assert wrong.json()["errors"] == [
+            {"field": "text", "loc": ["text"], "message": "Field required", "type": "missing"}
+        ]
         assert client.post("/runs", json={"text": 5}).json()["errors"][0]["field"] == "text"
         big = client.post("/runs", json={"text": "x" * 5000})
         assert big.status_code == 413 and "1000 bytes" in big.json()["message"]

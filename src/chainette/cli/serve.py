@@ -15,6 +15,7 @@ from .._errors import MissingDependencyError
 from ..engines.registry import load_engines
 from ..runtime.service import TERMINAL, TraceEvent
 from ..serving import DEFAULT_MAX_BODY, create_app
+from ..serving.page_data import read_examples
 from ._common import exit_on_errors, shown, stderr_console
 from .loading import load_chain
 
@@ -69,6 +70,11 @@ def serve(
         help="A name clients reach the server by, beyond localhost and the address it listens on "
         "(a proxy's, a LAN name; repeatable; '*': any).",
     ),
+    example: list[Path] = typer.Option(
+        [],
+        "--example",
+        help="A JSON file of example inputs the page offers (one object, a list, or .jsonl; repeatable).",
+    ),
 ) -> None:
     """Serve a chain over HTTP: POST a record to [bold]/runs[/] and read its events as SSE, or use [bold]/ws[/].
 
@@ -105,6 +111,7 @@ def serve(
             max_body_bytes=max_body_bytes,
             allowed_origins=allow_origin,
             allowed_hosts=allow_host,
+            examples=[value for path in example for value in read_examples(path)],
             ledger=ledger,
             cache="off" if no_cache else "use",
             record_to=record_to,

@@ -4,7 +4,10 @@ Routes (the service starts with the app, engines warm, and closes with it):
 
 - ``GET /``: a small page to type an input and watch the steps and tokens arrive.
 - ``GET /health``: ``{"status": "ok", "chain", "open_traces"}`` (never needs the token).
-- ``GET /schema``: the chain's input and output JSON schemas.
+- ``GET /schema``: the chain's input and output JSON schemas, and ``examples`` (inputs the page
+  offers: ``create_app(examples=...)`` first, then the input model's own schema examples).
+- ``GET /graph``: the chain's graph before any run (``graph.json``'s ``nodes`` and ``edges``, and
+  ``tree``: each item with its ``children``, for the page to draw branches and routes nested).
 - ``POST /runs``: the body is one input record (JSON); the answer is a Server-Sent Events stream
   of the trace's events (``event: <kind>``, ``data: <json>``), ending with ``output``,
   ``filtered``, ``failed`` or ``cancelled``; a streamed answer comes as ``chunk`` events with
@@ -17,7 +20,9 @@ Routes (the service starts with the app, engines warm, and closes with it):
 - ``POST /runs/{trace_id}/cancel``: 200 ``{"cancelled": true}``, or 404.
 - ``WS /ws``: send ``{"input": {...}, "trace_id"?, "deadline_s"?}`` to start a trace, or
   ``{"cancel": "<trace id>"}``; every event of the connection's traces comes back as JSON, a bad
-  message an ``error`` frame (``status``, ``message``, the ``trace_id`` it named). A closed
+  message an ``error`` frame of one shape: ``{"kind": "error", "trace_id", "status", "error",
+"message"}`` (``trace_id`` the one it named, else null; ``error`` the same code as the HTTP
+answer's: ``invalid_input`` also has ``errors``, each field's ``field``, ``loc``, ``message``). A closed
   connection cancels its traces and drops what it sent that was not read yet.
 
 Every request must come by this server's own address (``Host``: localhost, 127.0.0.1, [::1] or
@@ -49,6 +54,7 @@ from ..runtime.records import describe_validation
 from ..runtime.service import ChainService, TraceEvent, TraceHandle
 from ..runtime.traces import check_deadline, check_trace_id
 from .checks import LocalGuard, load_json, printable, redact_logs
+from .page_data import check_examples, outline, schema_examples
 from .ws import SocketSession
 
 __all__ = ["DEFAULT_MAX_BODY", "create_app"]
@@ -66,17 +72,20 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY,
     allowed_origins: Sequence[str] = (),
     allowed_hosts: Sequence[str] = (),
+    examples: Sequence[Any] = (),
     **service_options: Any,
 ) -> Any:
     """The ASGI app serving ``chain``; ``service_options`` go to :class:`ChainService`.
 
     ``allowed_origins``: web origins (``https://app.example``) whose pages may call it (CORS
     answers included); ``allowed_hosts``: names it may be reached by beyond localhost and the
-    address it listens on. Both take ``"*"`` for any.
+    address it listens on. Both take ``"*"`` for any. ``examples``: inputs (dicts or input-model
+    instances) the page offers to fill its form with, checked against the input model here.
 
     Raises:
         MissingDependencyError: Starlette is not installed (``pip install 'chainette[serve]'``).
         ServiceError: ``token_env`` names an environment variable that is not set.
+        InputError: an example does not fit the chain's input model.
     """
     try:
         from starlette.applications import Starlette
@@ -93,6 +102,8 @@ def create_app(
 
     token = _read_token(token_env)
     redact_logs(token)
+    offered = check_examples(chain, examples) + schema_examples(chain.input_model)
+    graph = outline(chain)
     holder: dict[str, ChainService] = {}
 
     @asynccontextmanager
@@ -153,9 +164,15 @@ def create_app(
                 "chain": chain.name,
                 "input": _schema(chain.input_model),
                 "output": _schema(chain.items[-1].output_model),
+                "examples": offered,
                 "token_required": token is not None,
             }
         )
+
+    async def graph_route(request: Request) -> Response:
+        if not authorized(request.headers):
+            return refused()
+        return JSONResponse(graph)
 
     def bad(status: int, error: str, message: str) -> Response:
         return JSONResponse({"error": error, "message": message}, status_code=status)
@@ -246,6 +263,7 @@ def create_app(
             Route("/", guarded(page)),
             Route("/health", guarded(health)),
             Route("/schema", guarded(schema)),
+            Route("/graph", guarded(graph_route)),
             Route("/runs", guarded(runs), methods=["POST"]),
             Route("/runs/{trace_id}/cancel", guarded(cancel), methods=["POST"]),
             WebSocketRoute("/ws", websocket),
@@ -302,7 +320,12 @@ def _validate(chain: ChainGraph, value: Any) -> dict[str, Any] | None:
             "error": "invalid_input",
             "message": f"The body does not fit {getattr(model, '__name__', 'the input model')}: {describe_validation(exc)}",
             "errors": [
-                {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"], "type": e["type"]}
+                {
+                    "field": ".".join(str(p) for p in e["loc"]),
+                    "loc": list(e["loc"]),
+                    "message": e["msg"],
+                    "type": e["type"],
+                }
                 for e in exc.errors(include_url=False)
             ],
         }

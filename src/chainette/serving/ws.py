@@ -4,7 +4,9 @@ A reader task takes the client's frames as they come (up to :data:`READ_AHEAD` a
 submissions), so a close behind a backlog is seen at once: the backlog is dropped and the
 connection's traces are cancelled, nothing is submitted for nobody. A bad frame (binary, not
 JSON, nested too deep, too large, not an object, an input that does not fit) gets an error frame
-with the ``trace_id`` it named, and the connection stays open. A close is quiet.
+of one shape, ``{"kind": "error", "trace_id", "status", "error", "message"}`` (``trace_id`` the
+one it named, else null; ``error`` the HTTP answer's code; ``errors`` too for ``invalid_input``),
+and the connection stays open. A close is quiet.
 """
 
 from __future__ import annotations
@@ -102,30 +104,35 @@ class SocketSession:
             log.debug("WebSocket send failed: %s", type(exc).__name__)
             self._leave()
 
-    async def _error(self, message: str, trace_id: Any = None, **more: Any) -> None:
-        data: dict[str, Any] = {"kind": "error", "message": message, **more}
-        if isinstance(trace_id, str):
-            data["trace_id"] = trace_id
-        await self.send(data)
+    async def _error(self, status: int, error: str, message: str, trace_id: Any = None, **more: Any) -> None:
+        """An error frame: always ``kind``, ``trace_id`` (null when none was named), ``status``,
+        ``error`` and ``message``, so a client tells its submissions' errors apart."""
+        named = trace_id if isinstance(trace_id, str) else None
+        await self.send(
+            {"kind": "error", "trace_id": named, "status": status, "error": error, "message": message, **more}
+        )
 
     async def _handle(self, frame: dict[str, Any]) -> None:
         text = frame.get("text")
         if text is None:
-            await self._error('Send text frames of JSON: {"input": {...}} or {"cancel": id}.', status=400)
+            await self._error(
+                400, "invalid_frame", 'Send text frames of JSON: {"input": {...}} or {"cancel": id}.'
+            )
             return
         if len(text) > self.max_bytes or len(text.encode()) > self.max_bytes:
-            await self._error(f"The message is over {self.max_bytes} bytes.", status=413)
+            await self._error(413, "too_large", f"The message is over {self.max_bytes} bytes.")
             return
         try:
             message = load_json(text)
         except ValueError as exc:
             await self._error(
+                400,
+                "invalid_json",
                 f'The message is not usable JSON ({exc}): send {{"input": {{...}}}} or {{"cancel": id}}.',
-                status=400,
             )
             return
         if not isinstance(message, dict):
-            await self._error("Send a JSON object.", status=400)
+            await self._error(400, "invalid_message", "Send a JSON object.")
         elif "cancel" in message:
             target = message["cancel"]
             ok = isinstance(target, str) and self.service.cancel(target, "cancelled by request")
@@ -134,27 +141,28 @@ class SocketSession:
             await self._submit(message)
         else:
             await self._error(
-                "Unknown message: send 'input' or 'cancel'.", message.get("trace_id"), status=400
+                400, "invalid_message", "Unknown message: send 'input' or 'cancel'.", message.get("trace_id")
             )
 
     async def _submit(self, message: dict[str, Any]) -> None:
         named = message.get("trace_id")
         problem = self.validate(message["input"])
         if problem is not None:
-            await self._error(problem.pop("message"), named, status=422, **problem)
+            code, text = problem.pop("error"), problem.pop("message")
+            await self._error(422, code, text, named, **problem)
             return
         try:
             handle = await self.service.submit(
                 message["input"], trace_id=named, deadline_s=message.get("deadline_s")
             )
         except InputError as exc:
-            await self._error(str(exc), named, status=422)
+            await self._error(422, "invalid_input", str(exc), named)
             return
         except ServiceFullError as exc:
-            await self._error(str(exc), named, status=503)
+            await self._error(503, "full", str(exc), named)
             return
         except ServiceError as exc:
-            await self._error(str(exc), named, status=409)
+            await self._error(409, "refused", str(exc), named)
             return
         self.mine[handle.trace_id] = handle
         assert self._tg is not None
