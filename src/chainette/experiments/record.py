@@ -32,6 +32,10 @@ class CaseResult:
     reason: str = ""
     output: Any = None
     expected: Any = None
+    input: Any = None
+    """The case's input (its first turn's, for a multi-turn case): the report shows it beside the output."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """The case's metadata from the suite (the report groups cases by one of its keys)."""
     record_id: str | None = None
     """The ``_id`` of the case's record in the run folder (its first turn's)."""
     assessments: dict[str, Assessment] = field(default_factory=dict)
