@@ -53,7 +53,7 @@ class CaseResult:
     """The same figures per step (the judge's step too)."""
     timeline: list[dict[str, Any]] = field(default_factory=list)
     """``{"node", "run", "start_s", "end_s", "chunk"}`` per node span, seconds from the experiment's
-    start; ``chunk``: how many records shared the span (records run in chunks)."""
+    start; ``chunk``: how many records shared the span (1: the case's record alone)."""
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -203,7 +203,7 @@ def _header(run: RunView) -> str:
         if key == "pass-rate":
             return rate(get(run.experiment, "totals", "pass_rate"))
         if key in ("cost", "saved-cost"):
-            return money(value, used if key == "cost" else saved_tokens)
+            return money(value, used if key == "cost" else used + saved_tokens)
         return num(value)
 
     html = "".join(

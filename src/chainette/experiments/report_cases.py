@@ -72,7 +72,16 @@ def _verdict(found: Any) -> str:
     return f"#v={value}#{text}{why}"
 
 
-def _run_cells(case: dict[str, Any] | None, assessors: list[str]) -> list[str]:
+def _unpriced(exp: dict[str, Any]) -> bool:
+    """Whether the experiment's engines have no price (its cost is None, or 0 for tokens used)."""
+    totals = exp.get("totals") or {}
+    tokens = totals.get("tokens") or {}
+    used = int(tokens.get("prompt") or 0) + int(tokens.get("completion") or 0)
+    usd = get(totals, "cost", "usd")
+    return usd is None or (usd == 0 and used > 0)
+
+
+def _run_cells(case: dict[str, Any] | None, assessors: list[str], unpriced: bool) -> list[str]:
     if case is None:
         return ['<span class="muted">absent</span>'] + ["#v=#—"] * (5 + len(assessors))
     status = escape(str(case.get("status")))
@@ -85,7 +94,7 @@ def _run_cells(case: dict[str, Any] | None, assessors: list[str]) -> list[str]:
     tokens = _tokens(case)
     cells.append(_n(tokens))
     usd = get(case, "cost", "usd")
-    cells.append(_n(usd, money(usd, tokens)))
+    cells.append(_n(None, money(None)) if unpriced else _n(usd, money(usd, tokens)))
     return cells
 
 
@@ -95,6 +104,7 @@ def cases_section(views: list[RunView], labels: list[str], group_by: str | None 
     by_id = [{str(c.get("id")): c for c in v.experiment.get("cases") or []} for v, _ in runs if v.experiment]
     ids = case_ids([v for v, _ in runs])
     assessors = _assessors([v for v, _ in runs])
+    free = [_unpriced(v.experiment or {}) for v, _ in runs]
     lines = []
     for view, label in runs:
         exp = view.experiment or {}
@@ -124,8 +134,8 @@ def cases_section(views: list[RunView], labels: list[str], group_by: str | None 
         if group_by:
             cells.append(f"<td>{escape(group)}</td>")
         cells += [f"<td>{cut(known.get('input'))}</td>", f"<td>{cut(known.get('expected'))}</td>"]
-        for case in cases:
-            cells += [cell(c) for c in _run_cells(case, assessors)]
+        for case, unpriced in zip(cases, free, strict=True):
+            cells += [cell(c) for c in _run_cells(case, assessors, unpriced)]
         rows.append(
             f'<tr data-case="{escape(cid)}" data-status="{escape(" ".join(sorted(statuses)))}"'
             f' data-group="{escape(group)}"{" class=changed" if changed else ""}>{"".join(cells)}</tr>'

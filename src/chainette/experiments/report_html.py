@@ -55,6 +55,8 @@ details summary{cursor:pointer;color:#1a73e8}.better{color:#188038;font-weight:6
 th.sortable::after{content:" \\2195";color:#9aa0a6}th[data-dir=asc]::after{content:" \\25B2"}
 th[data-dir=desc]::after{content:" \\25BC"}tr.changed td:first-child{border-left:3px solid #e37400}
 th.run{text-align:center;background:#e8f0fe}.legend span{margin-right:12px}
+#cases td:has(code){min-width:120px}#cases code{word-break:normal;overflow-wrap:anywhere}
+.charts{display:flex;flex-wrap:wrap;gap:24px}
 """
 
 
