@@ -174,7 +174,7 @@ def test_compare_shows_the_pass_rate_change_and_the_changed_cases(calc_engine: s
     changed = page[page.index('<table id="changed-cases"') :].split("</table>")[0]
     assert "<code>mul</code>" in changed and "<code>add</code>" not in changed
     assert "{&quot;answer&quot;: 21.0}" in changed and "{&quot;answer&quot;: 20.0}" in changed
-    assert "Cases that changed from old (1)" in page
+    assert 'Cases that changed (1) <span class="muted">from old</span>' in page
     assert "<th>time Δ (s)</th><th>cost Δ (USD)</th>" in changed
 
 

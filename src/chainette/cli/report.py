@@ -22,7 +22,7 @@ def report(
     run: Path = typer.Argument(..., help="The run folder (what chainette run or experiment run wrote)."),
     more: list[Path] | None = typer.Argument(
         None,
-        metavar="[MORE]...",
+        metavar="MORE",
         help="More run folders to compare with, after --compare (--compare B C).",
         show_default=False,
     ),

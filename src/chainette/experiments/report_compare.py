@@ -175,7 +175,8 @@ def changed_cases(a_exp: dict[str, Any], b_exp: dict[str, Any], label: str, *, f
     if not rows:
         none = ' id="no-changed-cases"' if first else ""
         return f'<p class="muted"{none}>No case changed status or output from {escape(label)}.</p>'
-    return f"<h3>Cases that changed from {escape(label)} ({num(len(rows))})</h3>" + table(
+    heading = f'Cases that changed ({num(len(rows))}) <span class="muted">from {escape(label)}</span>'
+    return f"<h3>{heading}</h3>" + table(
         [
             "case",
             f"status ({label})",
