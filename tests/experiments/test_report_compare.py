@@ -267,3 +267,23 @@ def test_cases_of_one_chunk_get_their_own_spans_and_bars(tmp_path: Path) -> None
     page = build_report(load_run(tmp_path / "run"))
     widths = re.findall(r'<rect class="span" data-node="solve" x="[\d.]+" y="\d+" width="([\d.]+)"', page)
     assert len(widths) == 4 and len(set(widths)) > 1
+
+
+def test_what_the_new_sections_show_from_a_run_folder_is_escaped(tmp_path: Path) -> None:
+    evil = "<img src=x onerror=alert(1)>"
+    case = {
+        "id": evil,
+        "status": "fail",
+        "input": {"q": evil},
+        "metadata": {"topic": evil},
+        "assessments": {evil: {"passed": False, "score": 0.0, "reason": evil}},
+    }
+    exp = {
+        "experiment": evil,
+        "config": {evil: evil},
+        "git": {"commit": evil, "dirty": True},
+        "cases": [case],
+    }
+    view = RunView(tmp_path / evil.replace("/", "_"), {"engines": {evil: {"model": evil}}}, {}, exp)
+    page = build_report(view, [view], group_by="topic")
+    assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
