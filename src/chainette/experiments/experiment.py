@@ -310,7 +310,14 @@ def _outcomes(run: RunResult, key: str, count: int) -> list[dict[str, Any]]:
 
 
 def _case_result(case: Case, outcome: dict[str, Any], conversation: list[dict[str, Any]]) -> CaseResult:
-    result = CaseResult(case.id, "unscored", expected=case.expected, record_id=outcome.get("record_id"))
+    result = CaseResult(
+        case.id,
+        "unscored",
+        expected=case.expected,
+        input=case.input,
+        metadata=dict(case.metadata),
+        record_id=outcome.get("record_id"),
+    )
     if case.turns:
         result.turns = [t["output"] for t in conversation]
     if "error" in outcome:

@@ -32,6 +32,10 @@ class CaseResult:
     reason: str = ""
     output: Any = None
     expected: Any = None
+    input: Any = None
+    """The case's input (its first turn's, for a multi-turn case): the report shows it beside the output."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """The case's metadata from the suite (the report groups cases by one of its keys)."""
     record_id: str | None = None
     """The ``_id`` of the case's record in the run folder (its first turn's)."""
     assessments: dict[str, Assessment] = field(default_factory=dict)
@@ -49,7 +53,7 @@ class CaseResult:
     """The same figures per step (the judge's step too)."""
     timeline: list[dict[str, Any]] = field(default_factory=list)
     """``{"node", "run", "start_s", "end_s", "chunk"}`` per node span, seconds from the experiment's
-    start; ``chunk``: how many records shared the span (records run in chunks)."""
+    start; ``chunk``: how many records shared the span (1: the case's record alone)."""
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -15,7 +15,7 @@ changed).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from html import escape
 from itertools import islice
 from pathlib import Path
@@ -24,11 +24,15 @@ from typing import Any
 from .._errors import RunFolderError
 from ..io.layout import EXPERIMENT, FAILURES, FLATTENED, GRAPH, METADATA
 from ..runtime.result import read_rows
+from .report_cases import cases_section
+from .report_chart import groups_section
 from .report_compare import compare_section
+from .report_config import config_section, git_text
 from .report_graph import graph_svg
-from .report_html import CASES, CSS, as_text, cut, get, n_cell, num, rate, table
+from .report_html import CASES, CSS, as_text, cut, get, money, n_cell, num, rate, table
+from .report_script import SCRIPT
 from .report_timeline import timeline_section
-from .report_view import RunView
+from .report_view import RunView, labels
 from .stored import StoredFileError, check_experiment, read_json_file
 
 __all__ = ["CASES", "SCAN", "RunView", "build_report", "load_run", "write_report"]
@@ -80,15 +84,18 @@ def load_run(path: str | Path) -> RunView:
 def write_report(
     run: str | Path,
     out: str | Path,
-    compare: str | Path | None = None,
+    compare: str | Path | Sequence[str | Path] | None = None,
     *,
     samples: int = 5,
     failures: int = 200,
     notes: list[str] | None = None,
+    group_by: str | None = None,
 ) -> Path:
-    """Write the report of ``run`` (against ``compare`` when given) to ``out``; returns ``out``.
+    """Write the report of ``run`` (against ``compare``: one run folder or several) to ``out``;
+    returns ``out``.
 
-    ``notes``: when given, what was left out (and why) is appended to it.
+    ``notes``: when given, what was left out (and why) is appended to it. ``group_by``: a case
+    metadata key to group an experiment's cases by (a table and a chart per group).
 
     Raises:
         RunFolderError: a run folder cannot be read, or ``out`` cannot be written (the message
@@ -97,9 +104,10 @@ def write_report(
     Example:
         >>> write_report("runs/qa", "report.html", compare="runs/qa-old")   # doctest: +SKIP
     """
-    other = load_run(compare) if compare is not None else None
+    folders = [] if compare is None else [compare] if isinstance(compare, str | Path) else list(compare)
+    others = [load_run(folder) for folder in folders]
     view = load_run(run)
-    text = build_report(view, other, samples=samples, failures=failures)
+    text = build_report(view, others, samples=samples, failures=failures, group_by=group_by)
     target = Path(out)
     try:
         target.write_text(text, encoding="utf-8")
@@ -109,7 +117,7 @@ def write_report(
             f"Cannot write the report to {target}: {reason}. Pass -o with a writable file path."
         ) from exc
     if notes is not None:
-        notes.extend(view.notes + (other.notes if other is not None else []))
+        notes.extend(note for v in (view, *others) for note in v.notes)
     return target
 
 
@@ -180,17 +188,26 @@ def _header(run: RunView) -> str:
         ("filtered", "filtered", counts.get("filtered")),
         ("prompt-tokens", "prompt tokens", tokens.get("prompt")),
         ("completion-tokens", "completion tokens", tokens.get("completion")),
-        ("cost", "cost (USD)", cost.get("usd")),
-        ("saved-cost", "saved (USD)", cost.get("saved_usd")),
+        ("cost", "cost", cost.get("usd")),
+        ("saved-cost", "saved by the ledger", cost.get("saved_usd")),
         ("cache-sent", "requests sent", cache.get("sent")),
         ("cache-hits", "from the ledger", cache.get("hits")),
         ("cache-deduped", "shared", cache.get("deduped")),
     ]
     if run.experiment is not None:
         cards.insert(0, ("pass-rate", "pass rate", None))
+    used = sum(int(tokens.get(k) or 0) for k in ("prompt", "completion"))
+    saved_tokens = sum(int((cache.get("saved_tokens") or {}).get(k) or 0) for k in ("prompt", "completion"))
+
+    def shown(key: str, value: Any) -> str:
+        if key == "pass-rate":
+            return rate(get(run.experiment, "totals", "pass_rate"))
+        if key in ("cost", "saved-cost"):
+            return money(value, used if key == "cost" else used + saved_tokens)
+        return num(value)
+
     html = "".join(
-        f'<div class="card"><span class="muted">{escape(label)}</span><b id="{key}">'
-        f"{rate(get(run.experiment, 'totals', 'pass_rate')) if key == 'pass-rate' else num(value)}</b></div>"
+        f'<div class="card"><span class="muted">{escape(label)}</span><b id="{key}">{shown(key, value)}</b></div>'
         for key, label, value in cards
     )
     saved = get(cache, "saved_tokens") or {}
@@ -201,6 +218,7 @@ def _header(run: RunView) -> str:
         ("finished", meta.get("finished_at")),
         ("duration", f"{num(meta.get('duration_s'))} s"),
         ("folder", str(run.path)),
+        ("git commit", git_text(run) or "not recorded"),
         ("ledger", f"{cache.get('ledger', '—')} ({cache.get('mode', '—')})"),
         (
             "tokens saved by the ledger",
@@ -299,79 +317,51 @@ def _samples(run: RunView, n: int) -> str:
     return "".join(parts) or '<p class="muted">No step wrote a folder.</p>'
 
 
-def _experiment(exp: dict[str, Any]) -> str:
-    totals = exp.get("totals") or {}
-    cases = exp.get("cases") or []
-    summary = " · ".join(
-        f'<span class="{s}">{s} {num(totals.get(s))}</span>' for s in ("pass", "fail", "error", "unscored")
-    )
-    rows = [
-        [
-            f"<code>{escape(str(c.get('id')))}</code>",
-            f'<span class="{escape(str(c.get("status")))}">{escape(str(c.get("status")))}</span>',
-            n_cell(c.get("score")),
-            cut(c.get("reason")),
-            cut(c.get("expected")),
-            cut(c.get("output")),
-            n_cell(c.get("duration_s")),
-            n_cell(_case_tokens(c)),
-            n_cell(get(c, "cost", "usd")),
-        ]
-        for c in cases[:CASES]
-    ]
-    more = (
-        f'<p class="muted">{len(cases) - CASES:,} more cases are not shown.</p>' if len(cases) > CASES else ""
-    )
-    return (
-        f"<p>Experiment <b>{escape(str(exp.get('experiment')))}</b>: pass rate "
-        f"<b id='experiment-pass-rate'>{rate(totals.get('pass_rate'))}</b> of {num(totals.get('cases'))} cases "
-        f"({summary}).</p>"
-        + table(
-            ["case", "status", "score", "reason", "expected", "output", "time (s)", "tokens", "cost (USD)"],
-            rows,
-            ' id="cases"',
-        )
-        + more
-    )
-
-
-def _case_tokens(case: dict[str, Any]) -> int | None:
-    tokens = case.get("tokens")
-    if not isinstance(tokens, dict):
-        return None
-    return int(tokens.get("prompt") or 0) + int(tokens.get("completion") or 0)
-
-
-def build_report(run: RunView, other: RunView | None = None, *, samples: int = 5, failures: int = 200) -> str:
-    """The whole page for ``run`` (and its comparison with ``other``) as a string."""
+def build_report(
+    run: RunView,
+    other: RunView | Sequence[RunView] | None = None,
+    *,
+    samples: int = 5,
+    failures: int = 200,
+    group_by: str | None = None,
+) -> str:
+    """The whole page for ``run`` (compared with ``other``: one run or several) as a string.
+    ``group_by``: a case metadata key to group an experiment's cases by."""
+    others = [] if other is None else [other] if isinstance(other, RunView) else list(other)
+    views = [run, *others]
+    names = labels(views)
     chain = str(run.meta.get("chain") or run.graph.get("name") or run.path.name)
     sections = [
         ("summary", "Summary", _header(run)),
+        ("config", "Config" + (" and what differs" if others else ""), config_section(views, names)),
         ("graph", "Graph", _graph(run)),
         ("nodes", "Per node", _node_stats(run)),
     ]
+    if others:
+        title = "Compared with " + ("another run" if len(others) == 1 else f"{len(others)} other runs")
+        sections.append(("compare", title, compare_section(views, names)))
     if run.experiment is not None:
-        sections.append(("experiment", "Experiment", _experiment(run.experiment)))
+        sections.append(("experiment", "Cases", cases_section(views, names, group_by)))
+        if group_by:
+            sections.append(("groups-section", f"By {group_by}", groups_section(views, names, group_by)))
         sections.append(("timeline-section", "Per-case timeline", timeline_section(run.experiment)))
-    if other is not None:
-        sections.append(("compare", "Compared with another run", compare_section(run, other)))
     sections += [
         ("failures-section", f"Failures ({num(run.counts.get('failures'))})", _failures(run, failures)),
         ("samples", f"Samples (first {samples} rows of each step)", _samples(run, samples)),
     ]
-    left_out = run.notes + (other.notes if other is not None else [])  # filled while reading above
+    left_out = [note for view in views for note in view.notes]  # filled while reading above
     if left_out:
         items = "".join(f"<li>{escape(note)}</li>" for note in left_out)
         sections.append(("left-out", "Left out of this report", f'<ul id="left-out-notes">{items}</ul>'))
     body = "".join(
         f'<section id="{sid}"><h2>{escape(title)}</h2>{html}</section>' for sid, title, html in sections
     )
-    title = f"{chain} · {run.meta.get('run_id', '')} · Chainette report"
+    title = f"{chain} · {names[0]} · Chainette report"
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
-        f'<h1>{escape(chain)} <span class="muted">run {escape(str(run.meta.get("run_id", "")))} · '
-        f"{escape(str(run.meta.get('status', '')))}</span></h1>{body}"
-        '<p class="muted">Written by chainette report.</p></body></html>\n'
+        f'<h1>{escape(chain)} <span class="muted">{escape(names[0])} · run '
+        f"{escape(str(run.meta.get('run_id', '')))} · {escape(str(run.meta.get('status', '')))}</span></h1>{body}"
+        f'<p class="muted">Written by chainette report.</p><script>{SCRIPT}</script></body></html>\n'
     )

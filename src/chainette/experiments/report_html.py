@@ -8,9 +8,28 @@ from __future__ import annotations
 
 import json
 from html import escape
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["CASES", "CSS", "as_text", "cell", "cut", "delta", "get", "n_cell", "num", "rate", "table"]
+__all__ = [
+    "CASES",
+    "CSS",
+    "Better",
+    "as_text",
+    "cell",
+    "cut",
+    "delta",
+    "get",
+    "money",
+    "n_cell",
+    "num",
+    "priced",
+    "rate",
+    "table",
+]
+
+Better = Literal["higher", "lower"] | None
+"""Which way a figure is better: ``higher`` (pass rate, score), ``lower`` (time, tokens, cost), or
+None (neither: records in, answers from the ledger)."""
 
 CASES = 500
 """Experiment cases shown at most."""
@@ -28,8 +47,16 @@ text-align:left;vertical-align:top}th{background:#f1f3f4}td.n{text-align:right;f
 border-radius:6px;padding:6px 12px;min-width:90px}.card b{display:block;font-size:18px}
 .pass{color:#188038}.fail{color:#c5221f}.error{color:#a142f4}.unscored{color:#5f6368}
 code,pre{font:12px ui-monospace,monospace;white-space:pre-wrap;word-break:break-word;margin:0}
-details summary{cursor:pointer;color:#1a73e8}.up{color:#188038}.down{color:#c5221f}
-.case-timeline{margin:4px 0}.tl-head{font-size:12px}.case-timeline svg{display:block}
+details summary{cursor:pointer;color:#1a73e8}.better{color:#188038;font-weight:600}
+.worse{color:#c5221f;font-weight:600}.neutral{color:#5f6368}.caveat{color:#b06000;font-size:12px;display:block}
+.case-timeline{margin:2px 0}.tl-head{font-size:12px}.case-timeline svg{display:block}
+.scroll{overflow-x:auto}.controls{display:flex;gap:8px;align-items:center;margin:6px 0;flex-wrap:wrap}
+.controls input,.controls select{font:inherit;padding:2px 6px}th.sortable{cursor:pointer;user-select:none}
+th.sortable::after{content:" \\2195";color:#9aa0a6}th[data-dir=asc]::after{content:" \\25B2"}
+th[data-dir=desc]::after{content:" \\25BC"}tr.changed td:first-child{border-left:3px solid #e37400}
+th.run{text-align:center;background:#e8f0fe}.legend span{margin-right:12px}
+#cases td:has(code){min-width:120px}#cases code{word-break:normal;overflow-wrap:anywhere}
+.charts{display:flex;flex-wrap:wrap;gap:24px}
 """
 
 
@@ -67,15 +94,39 @@ def rate(value: Any) -> str:
     return f"{value * 100:.1f}%" if isinstance(value, int | float) else "—"
 
 
-def delta(a: Any, b: Any, *, points: bool = False) -> str:
-    """``a − b`` with a sign (``pp`` for rates), or ``—`` when either is not a number."""
+def delta(a: Any, b: Any, *, points: bool = False, better: Better = None) -> str:
+    """``a − b`` with a sign (``pp`` for rates), or ``—`` when either is not a number; coloured
+    by meaning, not by sign: ``better`` says which way is better (class ``better`` / ``worse``),
+    None leaves it ``neutral``."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return "—"
     if not (isinstance(a, int | float) and isinstance(b, int | float)):
         return "—"
     d = (a - b) * (100 if points else 1)
-    if not d:
-        return "0"
+    if not round(d, 6):
+        return '<span class="neutral">0</span>'
     shown = f"{d:+.1f} pp" if points else ("+" if d > 0 else "−") + num(abs(round(d, 6)))
-    return f'<span class="{"up" if d > 0 else "down"}">{escape(shown)}</span>'
+    if better is None:
+        return f'<span class="neutral">{escape(shown)}</span>'
+    good = (d > 0) == (better == "higher")
+    word = "better" if good else "worse"
+    return f'<span class="{word}" title="{word}">{escape(shown)}</span>'
+
+
+def money(usd: Any, tokens: Any = None) -> str:
+    """Dollars (``$0.0012``), or *not priced* where the engine has no price: ``usd`` None, or 0
+    for tokens that were used (a local model counts as free: its cost is unknown, not zero)."""
+    unpriced = usd is None or (usd == 0 and isinstance(tokens, int) and tokens > 0)
+    if unpriced or isinstance(usd, bool) or not isinstance(usd, int | float):
+        return '<span class="muted" title="no price is set for this engine (set_price)">not priced</span>'
+    return "$" + (f"{usd:,.6f}".rstrip("0").rstrip(".") if usd else "0")
+
+
+def priced(usd: Any, tokens: Any = None) -> float | None:
+    """``usd`` when it is a real price (see :func:`money`), else None (so no delta is drawn)."""
+    if not isinstance(usd, int | float) or isinstance(usd, bool):
+        return None
+    return None if usd == 0 and isinstance(tokens, int) and tokens > 0 else float(usd)
 
 
 def table(head: list[str], rows: list[list[str]], attrs: str = "") -> str:
@@ -86,7 +137,15 @@ def table(head: list[str], rows: list[list[str]], attrs: str = "") -> str:
 
 
 def cell(cell: str) -> str:
-    return f'<td class="n">{cell[3:]}</td>' if cell.startswith("#n:") else f"<td>{cell}</td>"
+    """A ``<td>``: ``#n:`` makes it a right-aligned number; ``#v=<value>#`` before it gives the
+    value the page's sort uses (``data-v``)."""
+    attrs = ""
+    if cell.startswith("#v="):
+        value, _, cell = cell[3:].partition("#")
+        attrs = f' data-v="{escape(value)}"'
+    if cell.startswith("#n:"):
+        return f'<td class="n"{attrs}>{cell[3:]}</td>'
+    return f"<td{attrs}>{cell}</td>"
 
 
 def n_cell(value: Any) -> str:

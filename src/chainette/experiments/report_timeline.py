@@ -1,7 +1,8 @@
 """The report's per-case timeline: for each case, one inline SVG with a lane per node and a bar per
-span (when the node worked on the chunk holding the case), all cases on one time scale, so cases
-that shared a chunk show the same bars. No script, no network: a ``<title>`` on each bar says
-the node, the run (turn, judge), the times and how many records shared the chunk."""
+span (when the node worked on that case's record), all cases on one time scale with a seconds axis
+on top. Records go through a chain each on their own, so each case has its own bars: a slow case
+stands out. A ``<title>`` on each bar says the node, the run (turn, judge), the times and, where
+a node still took several records at once (a whole-stream node), how many shared the span."""
 
 from __future__ import annotations
 
@@ -33,11 +34,30 @@ def timeline_section(exp: dict[str, Any]) -> str:
         else ""
     )
     started = exp.get("timeline_started_at")
+    legend = "".join(
+        f'<span><svg width="10" height="10"><rect width="10" height="10" fill="{colour[n]}"/></svg> '
+        f"{escape(str(n))}</span>"
+        for n in nodes
+    )
     return (
         f'<p class="muted">Seconds from the experiment\'s start ({escape(str(started))}), 0 to '
-        f"{num(round(end, 4))} s for every case. Records run in chunks: a bar is when the node worked "
-        "on the chunk holding the case (hover it for how many records shared it).</p>"
-        f'<div id="timeline">{rows}</div>{more}'
+        f"{num(round(end, 4))} s for every case: each bar is when a node worked on that case "
+        "(hover it for the times).</p>"
+        f'<p class="legend">{legend}</p>{_axis(end)}<div id="timeline">{rows}</div>{more}'
+    )
+
+
+def _axis(end: float) -> str:
+    """A seconds scale over the lanes (five ticks)."""
+    scale = (_WIDTH - _LABEL - 10) / end
+    ticks = "".join(
+        f'<line x1="{_LABEL + t * end * scale:.1f}" y1="12" x2="{_LABEL + t * end * scale:.1f}" y2="18" '
+        f'stroke="#5f6368"/><text x="{_LABEL + t * end * scale:.1f}" y="10" text-anchor="middle" '
+        f'font-size="10">{num(round(t * end, 3))} s</text>'
+        for t in (0, 0.25, 0.5, 0.75, 1)
+    )
+    return (
+        f'<svg id="timeline-axis" width="{_WIDTH}" height="20" role="img" aria-label="seconds">{ticks}</svg>'
     )
 
 
@@ -57,9 +77,11 @@ def _case_row(case: dict[str, Any], end: float, colour: dict[str, str]) -> str:
         k = lanes.index(f"{s['node']}@{s.get('run', 'run')}")
         x = _LABEL + float(s["start_s"]) * scale
         w = max(1.5, (float(s["end_s"]) - float(s["start_s"])) * scale)
+        took = float(s["end_s"]) - float(s["start_s"])
+        shared = int(s.get("chunk") or 1)
         tip = (
-            f"{s['node']} ({s.get('run', 'run')}): {float(s['start_s']):.4f}s → {float(s['end_s']):.4f}s, "
-            f"{s.get('chunk', 1)} record(s) in the chunk"
+            f"{s['node']} ({s.get('run', 'run')}): {float(s['start_s']):.4f}s → {float(s['end_s']):.4f}s "
+            f"({took:.4f} s)" + (f", with {shared - 1} other record(s) at once" if shared > 1 else "")
         )
         parts.append(
             f'<rect class="span" data-node="{escape(str(s["node"]))}" x="{x:.1f}" y="{k * _LANE + 2}" '

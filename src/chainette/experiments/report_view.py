@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunView"]
+__all__ = ["RunView", "labels"]
 
 
 @dataclass
@@ -50,3 +50,15 @@ class RunView:
             self.notes.append(f"{path} left out: it is not a regular file (a FIFO, device or socket).")
             return False
         return True
+
+
+def labels(views: list[RunView]) -> list[str]:
+    """A column label per run: its folder's name (``runs/qa-old`` → ``qa-old``); where two share
+    a name, enough of their paths to tell them apart (``a/run``, ``b/run``)."""
+    parts = [v.path.resolve().parts for v in views]
+    depth = 1
+    while True:
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names) or depth >= max(len(p) for p in parts):
+            return names
+        depth += 1

@@ -6,9 +6,9 @@ position, each node's spans and each step's tokens. :func:`case_figures` maps po
 cases and puts every run's spans on one clock: seconds from the start of the experiment's first
 run (``timeline_started_at`` in ``experiment.json`` is that instant, UTC).
 
-Records run in chunks: a node's span for a chunk is noted for each record of the chunk (``chunk``
-says how many shared it). So a case's timeline says when each node worked on the chunk holding the
-case; two cases of one chunk show the same span. That is what happened, not an estimate per record.
+Records go through the chain each on their own: a node's span is noted for the one record it ran
+over, so each case's timeline is its own (``chunk`` is 1; more only where a node still saw several
+records at once, such as a stage of sync ``apply`` nodes).
 
 A case's ``duration_s`` is from its first span's start to its last span's end in the chain's
 runs (turns included, judges not); its tokens and cost include its judges' (``by_step`` tells

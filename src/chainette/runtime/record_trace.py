@@ -6,15 +6,14 @@ an ordinary batch run needs none of it and pays nothing for it (``RunContext.tra
 ``is None`` test each).
 
 With ``record_trace`` on, the run's :class:`RecordTrace` is the context's node observer: every
-node run over a chunk, nested ones included, is timed once (``time.monotonic()``), and the span
-is noted under each input position (``Record.index``) the chunk holds. Records run in chunks, so
-the span of a chunk applies to every record in it: a record's span says when the node worked on
-the chunk it was in, not on that record alone. The step runner notes each answer's tokens under
-the record's input position, split into sent and reused (ledger hit or shared duplicate).
-
-The per-record ``node_started`` / ``node_finished`` events (``runtime/node_events.py``) time the
-same chunk calls, so they give no finer spans: a case's own span waits for records to move
-through nodes one at a time (the executor's per-record flow).
+node run, nested ones included, is timed once (``time.monotonic()``), and the span is noted under
+the input position (``Record.index``) of each record it ran over. Records go through a chain's
+stages each on their own (``runtime/stages.py``), so a node's run is over one record and its span
+is that record's own: two records read in one chunk get different spans when their requests take
+different times. Only a node that sees several records at once (a stage of sync ``apply`` nodes
+run chunk by chunk, a map's children) notes one span for all of them, with ``size`` saying how
+many shared it. The step runner notes each answer's tokens under the record's input position,
+split into sent and reused (ledger hit or shared duplicate).
 """
 
 from __future__ import annotations
@@ -34,8 +33,8 @@ MAX_SPANS = 200
 
 @dataclass(frozen=True)
 class Span:
-    """A node's work on one chunk: ``start`` / ``end`` are ``time.monotonic()`` values; ``size``
-    is how many records the chunk held (1: the span is this record's alone)."""
+    """A node's work on a record: ``start`` / ``end`` are ``time.monotonic()`` values; ``size``
+    is how many records the node ran over at once (1: the span is this record's alone)."""
 
     node: str
     start: float
