@@ -31,6 +31,7 @@ from ._errors import (
     UnknownEngineError,
 )
 from .engines.base import ChatRequest, Completion, Engine, SamplingParams
+from .engines.client import EngineSession, engine, generate
 from .engines.fake import FakeEngine
 from .engines.registry import (
     EngineConfig,
@@ -93,6 +94,7 @@ __all__ = [
     "EngineConfig",
     "EngineConfigError",
     "EngineError",
+    "EngineSession",
     "Event",
     "ExecutorError",
     "Experiment",
@@ -136,7 +138,9 @@ __all__ = [
     "While",
     "__version__",
     "apply",
+    "engine",
     "exact",
+    "generate",
     "get_engine_config",
     "list_engines",
     "llm_judge",
