@@ -68,6 +68,7 @@ EXPECTED = [
     "While",
     "__version__",
     "apply",
+    "emit_chunk",
     "engine",
     "exact",
     "generate",

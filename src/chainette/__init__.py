@@ -66,6 +66,7 @@ from .graph.view import RecordView
 from .ledger.costs import set_discount, set_price
 from .ledger.store import Ledger
 from .pipeline import Chain
+from .runtime.chunks import emit_chunk
 from .runtime.events import Event, Middleware
 from .runtime.result import RunResult
 from .runtime.service import ChainService, TraceEvent, TraceHandle
@@ -138,6 +139,7 @@ __all__ = [
     "While",
     "__version__",
     "apply",
+    "emit_chunk",
     "engine",
     "exact",
     "generate",
