@@ -31,6 +31,7 @@ from ._errors import (
     UnknownEngineError,
 )
 from .engines.base import ChatRequest, Completion, Engine, SamplingParams
+from .engines.client import EngineSession, engine, generate
 from .engines.fake import FakeEngine
 from .engines.registry import (
     EngineConfig,
@@ -68,6 +69,7 @@ from .io.text_files import text_files
 from .ledger.costs import set_discount, set_price
 from .ledger.store import Ledger
 from .pipeline import Chain
+from .runtime.chunks import emit_chunk
 from .runtime.events import Event, Middleware
 from .runtime.result import RunResult
 from .runtime.service import ChainService, TraceEvent, TraceHandle
@@ -96,6 +98,7 @@ __all__ = [
     "EngineConfig",
     "EngineConfigError",
     "EngineError",
+    "EngineSession",
     "Event",
     "ExecutorError",
     "Experiment",
@@ -141,7 +144,10 @@ __all__ = [
     "While",
     "__version__",
     "apply",
+    "emit_chunk",
+    "engine",
     "exact",
+    "generate",
     "get_engine_config",
     "list_engines",
     "llm_judge",

@@ -75,7 +75,8 @@ async def test_a_trace_streams_its_events_and_returns_the_typed_output(echo_engi
     )
     assert [c["seq"] for c in chunks] == list(range(len(chunks)))
     assert Answer.model_validate_json("".join(c["delta"] for c in chunks)) == answer
-    assert all(c["node"] == "qa" and set(c) == {"node", "seq", "delta"} for c in chunks)
+    assert all(c["node"] == "qa" and set(c) == {"node", "seq", "delta", "final"} for c in chunks)
+    assert [c["final"] for c in chunks] == [False] * (len(chunks) - 1) + [True]  # an empty piece ends it
 
 
 async def test_without_token_streaming_there_are_no_chunks(echo_engine: None) -> None:

@@ -9,6 +9,11 @@ merged into one (separated by a blank line), so roles always alternate: some cha
 (Mistral's, for one) refuse two user messages in a row, and one form for every engine keeps
 ledger keys the same whichever engine answers.
 
+An agent may have per-turn instructions (BatchFactory's ``Teacher("...", k)``): the one for its
+k-th turn ends the last user message of that turn, after what the others said. A dialogue may
+end with a closing turn (``closing=("teacher", "Sum up.")``): once it stops, that agent speaks
+once more with that instruction, and the turn is the transcript's last.
+
 Each agent's turns run as an internal :class:`~chainette.graph.step.Step` (id
 ``<dialogue>.<agent>``, not written), so every turn is one ledger-keyed request with the step's
 dedup, re-asks and failure handling; those ids carry the agents' request, token and cache
@@ -17,7 +22,8 @@ counters in ``metadata.json``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import difflib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import jinja2
@@ -97,6 +103,10 @@ class Agent:
         max_chars: For a free-text agent, the longest reply in characters. Free text is asked for
             as ``{"text": ...}`` (see the module notes); the bound goes into that schema, so
             grammar-constrained engines stop there (small models otherwise ramble to max_tokens).
+        instructions: What it is told to do on its own turns (Jinja2 templates rendered against
+            the record like ``system_prompt``), added at the end of the turn's last user
+            message: one string for every turn; a list, the k-th entry for its k-th turn
+            (0-based) and the last one for every turn after; or ``{k: text}`` for those turns only.
 
     Example:
         >>> teacher = Agent("teacher", "You are {{ teacher_name }}, a patient teacher.", "local")
@@ -114,6 +124,7 @@ class Agent:
         sampling: SamplingParams | None = None,
         max_reasks: int = 2,
         max_chars: int | None = None,
+        instructions: str | Sequence[str] | Mapping[int, str] | None = None,
     ) -> None:
         self.name = check_id(name, "Agent")
         if output_model is not None and not (
@@ -138,13 +149,43 @@ class Agent:
         self.sampling = sampling or SamplingParams()
         self.max_reasks = max_reasks
         self.max_chars = max_chars
-        try:
-            self.system_template = Template(system_prompt)
-        except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(
-                f"Agent {name!r} system_prompt line {exc.lineno}: template syntax error: {exc.message}. "
-                "Fix the Jinja2 syntax ({{ name }} for values, {% ... %} for logic)."
-            ) from exc
+        self.system_template = _template(f"Agent {name!r} system_prompt", system_prompt)
+        self.instructions: dict[int, Template] = {}
+        """The instruction of the agent's k-th turn (0-based), by k."""
+        self.later: Template | None = None
+        """The instruction of every turn after those in :attr:`instructions`."""
+        if isinstance(instructions, str):
+            self.later = _template(f"Agent {name!r} instructions", instructions)
+        elif isinstance(instructions, Mapping):
+            for k, text in instructions.items():
+                if not isinstance(k, int) or isinstance(k, bool) or k < 0 or not isinstance(text, str):
+                    raise ChainDefinitionError(
+                        f"Agent {name!r}: instructions maps the agent's turn (0, 1, ...) to a text, got {k!r}: "
+                        f"{text!r}."
+                    )
+                self.instructions[k] = _template(f"Agent {name!r} instructions[{k}]", text)
+        elif instructions is not None:
+            texts = list(instructions)
+            if not texts or not all(isinstance(t, str) for t in texts):
+                raise ChainDefinitionError(
+                    f"Agent {name!r}: instructions must be a text, a list of texts (one per turn of the "
+                    f"agent) or {{turn: text}}, got {instructions!r}."
+                )
+            for k, text in enumerate(texts):
+                self.instructions[k] = _template(f"Agent {name!r} instructions[{k}]", text)
+            self.later = self.instructions[len(texts) - 1]
+
+    def instruction(self, k: int) -> Template | None:
+        """The instruction template of the agent's ``k``-th turn (0-based), if it has one."""
+        return self.instructions.get(k, self.later if k >= len(self.instructions) else None)
+
+    def templates(self) -> list[tuple[str, Template]]:
+        """Its templates, each with where it is (for checks)."""
+        found = [(f"agent {self.name!r} system_prompt", self.system_template)]
+        found.extend((f"agent {self.name!r} instructions[{k}]", t) for k, t in self.instructions.items())
+        if self.later is not None and self.later not in self.instructions.values():
+            found.append((f"agent {self.name!r} instructions", self.later))
+        return found
 
     @property
     def reply_model(self) -> type[BaseModel]:
@@ -164,10 +205,26 @@ class Agent:
             "max_chars": self.max_chars,
             "sampling": self.sampling.model_dump(mode="json"),
             "max_reasks": self.max_reasks,
+            **(
+                {"instructions": {str(k): t.source for k, t in self.instructions.items()}}
+                if self.instructions
+                else {}
+            ),
+            **({"later": self.later.source} if self.later is not None else {}),
         }
 
     def __repr__(self) -> str:
         return f"Agent(name={self.name!r}, engine_name={self.engine_name!r})"
+
+
+def _template(where: str, source: str) -> Template:
+    try:
+        return Template(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(
+            f"{where} line {exc.lineno}: template syntax error: {exc.message}. "
+            "Fix the Jinja2 syntax ({{ name }} for values, {% ... %} for logic)."
+        ) from exc
 
 
 class Utterance(BaseModel):
@@ -233,6 +290,10 @@ class Dialogue(Node):
             every turn: true stops the dialogue there (``stop_reason="until"``).
         max_turns: The cap, always on: default ``turns`` when given, else
             :data:`DEFAULT_MAX_TURNS` (``stop_reason="max_turns"``).
+        closing: ``(agent name, instruction)``: once the dialogue stops (whatever the reason),
+            that agent speaks once more, told the instruction (a template rendered against the
+            record), and its turn is the transcript's last (``{{ id.turns[-1].text }}``). It is
+            not counted by ``turns`` / ``max_turns`` nor asked ``until``.
         input_model: The model the record is validated into before the templates read its
             fields (None: whatever value reaches the dialogue).
         name: Display name (defaults to ``id``).
@@ -262,6 +323,7 @@ class Dialogue(Node):
         turns: int | None = None,
         until: Callable[..., Any] | None = None,
         max_turns: int | None = None,
+        closing: tuple[str, str] | None = None,
         input_model: type[BaseModel] | None = None,
         name: str | None = None,
         write: bool = True,
@@ -310,13 +372,24 @@ class Dialogue(Node):
         self.input_model = input_model
         self.output_model = Transcript
         self.write = write
-        try:
-            self.opening = Template(opening)
-        except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(
-                f"Dialogue {id!r} opening line {exc.lineno}: template syntax error: {exc.message}. "
-                "Fix the Jinja2 syntax ({{ name }} for values, {% ... %} for logic)."
-            ) from exc
+        self.opening = _template(f"Dialogue {id!r} opening", opening)
+        self.closing: tuple[int, Template] | None = None
+        """The closing turn: the index of its agent, and its instruction."""
+        if closing is not None:
+            if not (
+                isinstance(closing, tuple) and len(closing) == 2 and all(isinstance(c, str) for c in closing)
+            ):
+                raise ChainDefinitionError(
+                    f"Dialogue {id!r}: closing must be (agent name, instruction), got {closing!r}."
+                )
+            if closing[0] not in names:
+                close = difflib.get_close_matches(closing[0], names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ChainDefinitionError(
+                    f"Dialogue {id!r}: closing names agent {closing[0]!r}, which is not one of its agents "
+                    f"({', '.join(names)}){hint}."
+                )
+            self.closing = (names.index(closing[0]), _template(f"Dialogue {id!r} closing", closing[1]))
         self.steps = [AgentStep(self.id, agent, input_model) for agent in self.agents]
 
     def children(self) -> Sequence[Node]:
@@ -330,7 +403,9 @@ class Dialogue(Node):
             checker.check_engine(self, agent.engine_name, f"Dialogue {self.id!r} agent {agent.name!r}")
         model = self.input_model or current
         unknown: list[str] = []
-        templates = [(f"agent {a.name!r} system_prompt", a.system_template) for a in self.agents]
+        templates = [found for a in self.agents for found in a.templates()]
+        if self.closing is not None:
+            templates.append(("closing", self.closing[1]))
         for which, template in [*templates, ("opening", self.opening)]:
             unknown.extend(self._check_template(checker, which, template, model, scope))
         if unknown:
@@ -367,4 +442,9 @@ class Dialogue(Node):
             "turns": self.turns,
             "until": until,
             "max_turns": self.max_turns,
+            **(
+                {"closing": [self.agents[self.closing[0]].name, self.closing[1].source]}
+                if self.closing is not None
+                else {}
+            ),
         }

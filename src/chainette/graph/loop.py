@@ -16,8 +16,12 @@ The record's own limits across the chain (``Record.deadline``, ``Record.budget``
 (``"stop"``) and failing the record (``"fail"``).
 
 Inside the body the outputs of the previous pass are in the history by id (the last pass wins),
-and ``{{ <loop id>.iteration }}`` is the current pass (0-based); after the loop ``<loop id>``
-holds the record's :class:`LoopState` (passes, stop reason, hops, tokens).
+``{{ <loop id>.iteration }}`` is the current pass (0-based) and ``<loop id>.carry`` the value the
+pass started from (the state carried from pass to pass); after the loop ``<loop id>`` holds the
+record's :class:`LoopState` (passes, stop reason, hops, tokens).
+
+``max_hops``, ``max_tokens`` and ``deadline_s`` may come from each record: a field name or a
+function of the record (``graph/loop_limits.py``), read when the record enters the loop.
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ from typing import Any, Literal, get_args
 
 import jinja2
 from jinja2 import nodes as jnodes
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .._errors import ChainDefinitionError, IncompatibleStepsError
 from .contract import Checker, Node, Scope, as_node
 from .hints import wants_record
 from .ids import check_id
 from .issues import CheckReport, Issue
+from .loop_limits import RecordLimit, limit_problem
 from .step import Step
 from .templates import Reference
 
@@ -71,6 +76,11 @@ class LoopState(BaseModel):
     tokens: int = 0
     """Prompt + completion tokens of every answer the record got inside the loop (answers from
     the ledger or shared with an identical request included, so a rerun decides the same way)."""
+    carry: Any = Field(default=None, exclude=True)
+    """Inside the body: the value the current pass started from (the previous pass's output; the
+    loop's input on the first pass), so a node late in the body can read the state it carries
+    on: ``record["<loop id>"].carry`` in Python, ``{{ <loop id>.carry.field }}`` in templates.
+    None after the loop; never written to rows."""
 
 
 class Loop(Node):
@@ -93,7 +103,11 @@ class Loop(Node):
             ``"max_iterations"``.
         max_hops: Body nodes a record may run inside the loop; one hop is one top-level body
             node run on the record, so a pass costs ``len(body)`` hops. A pass that would go
-            over the budget is not started (limit ``"max_hops"``).
+            over the budget is not started (limit ``"max_hops"``). This and ``max_tokens`` /
+            ``deadline_s`` may also be per record: a field name (``max_hops="hops"``, checked
+            against the model entering the loop before any request) or ``fn(value)`` /
+            ``fn(value, record)``, read when the record enters the loop (None: no such limit for
+            that record; a missing field or a value that is no valid limit fails the record).
         max_tokens: Prompt + completion tokens a record may spend inside the loop, counting
             answers from the ledger or shared with an identical request as well (so a rerun
             stops at the same pass). Checked before each pass: the loop stops once the record
@@ -136,9 +150,9 @@ class Loop(Node):
         until: Callable[..., Any] | None = None,
         times: int | None = None,
         max_iterations: int | None = None,
-        max_hops: int | None = None,
-        max_tokens: int | None = None,
-        deadline_s: float | None = None,
+        max_hops: int | str | Callable[..., Any] | None = None,
+        max_tokens: int | str | Callable[..., Any] | None = None,
+        deadline_s: float | str | Callable[..., Any] | None = None,
         on_limit: OnLimit = "continue",
         on_budget: OnBudget = "stop",
         name: str | None = None,
@@ -155,20 +169,24 @@ class Loop(Node):
                     f"Loop {id!r}: {label} must be a function of the value (or of the value and the "
                     f"record), got {fn!r}."
                 )
-        for label, count in (("times", times), ("max_iterations", max_iterations), ("max_hops", max_hops)):
+        for label, count in (("times", times), ("max_iterations", max_iterations)):
             if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
                 raise ChainDefinitionError(f"Loop {id!r}: {label} must be an integer >= 1, got {count!r}.")
-        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-            raise ChainDefinitionError(
-                f"Loop {id!r}: max_tokens must be an integer >= 1, got {max_tokens!r}."
-            )
-        if deadline_s is not None and not (isinstance(deadline_s, (int, float)) and deadline_s > 0):
-            raise ChainDefinitionError(f"Loop {id!r}: deadline_s must be a number > 0, got {deadline_s!r}.")
+        self.per_record: dict[str, RecordLimit] = {}
+        """The limits read from each record, by name (``max_hops``, ``max_tokens``, ``deadline_s``)."""
+        for label, limit in (("max_hops", max_hops), ("max_tokens", max_tokens), ("deadline_s", deadline_s)):
+            if (isinstance(limit, str) and limit.isidentifier()) or callable(limit):
+                self.per_record[label] = RecordLimit(id, label, limit)
+            elif limit is not None and (problem := limit_problem(label, limit)) is not None:
+                raise ChainDefinitionError(
+                    f"Loop {id!r}: {label} {problem}. Give a number, a field name of the record or a "
+                    "function of the record."
+                )
         if times is not None and max_iterations is not None:
             raise ChainDefinitionError(
                 f"Loop {id!r}: times={times} already bounds the passes; leave out max_iterations."
             )
-        if max_hops is not None and max_hops < len(self.body):
+        if isinstance(max_hops, int) and max_hops < len(self.body):
             raise ChainDefinitionError(
                 f"Loop {id!r}: max_hops={max_hops} is less than one pass ({len(self.body)} body nodes, "
                 "one hop each), so no pass could run. Raise max_hops."
@@ -188,9 +206,10 @@ class Loop(Node):
         self.max_iterations = max_iterations
         self.cap = times if times is not None else (max_iterations or DEFAULT_MAX_ITERATIONS)
         """Passes at most: ``times``, else ``max_iterations``, else the default cap."""
-        self.max_hops = max_hops
-        self.max_tokens = max_tokens
-        self.deadline_s = deadline_s
+        self.max_hops = max_hops if isinstance(max_hops, int) else None
+        self.max_tokens = max_tokens if isinstance(max_tokens, int) else None
+        self.deadline_s = deadline_s if isinstance(deadline_s, int | float) else None
+        """The loop-wide limits (None where the limit is per record, see :attr:`per_record`)."""
         self.on_limit: OnLimit = on_limit
         self.input_model = self.body[0].input_model
         self.output_model = self.body[-1].output_model
@@ -204,6 +223,10 @@ class Loop(Node):
         """Checks the body where the previous pass's outputs and the loop's state are visible,
         then that what a pass ends with can start the next; after the loop the body's outputs
         and ``<id>`` are in ``scope``."""
+        for limit in self.per_record.values():
+            problem = limit.missing_field(current)
+            if problem is not None:
+                checker.add("error", self, problem)
         inner = dict(scope)
         inner[self.id] = LoopState
         probe = dict(inner)
@@ -294,8 +317,14 @@ class Loop(Node):
                 parts.append(f"{word} {getattr(fn, '__name__', 'function')}")
         if self.times is None:
             parts.append(f"at most {self.cap}")
-        for label, value in (("hops", self.max_hops), ("tokens", self.max_tokens), ("s", self.deadline_s)):
-            if value is not None:
+        for label, key, value in (
+            ("hops", "max_hops", self.max_hops),
+            ("tokens", "max_tokens", self.max_tokens),
+            ("s", "deadline_s", self.deadline_s),
+        ):
+            if key in self.per_record:
+                parts.append(f"≤ {self.per_record[key].describe()} {label}")
+            elif value is not None:
                 parts.append(f"≤ {value} {label}")
         return ", ".join(parts)
 
@@ -311,9 +340,10 @@ class Loop(Node):
             "until": fn_name(self.until),
             "times": self.times,
             "max_iterations": self.cap,
-            "max_hops": self.max_hops,
-            "max_tokens": self.max_tokens,
-            "deadline_s": self.deadline_s,
+            **{
+                key: self.per_record[key].describe() if key in self.per_record else getattr(self, key)
+                for key in ("max_hops", "max_tokens", "deadline_s")
+            },
             "on_limit": self.on_limit,
             "on_budget": self.on_budget,
         }

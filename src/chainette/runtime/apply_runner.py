@@ -13,7 +13,9 @@ function in a worker thread, abandoned when it runs over), retried after the pol
 The calls stay one at a time, in order; the waits of a chunk's records overlap, so a chunk
 whose records all fail once waits one backoff, not one per record. ``validate`` chooses whether
 values are fitted into the input and output models. A record past its deadline or token budget
-(``Record.deadline`` / ``budget``) fails before its call.
+(``Record.deadline`` / ``budget``) fails before its call. Where a served trace listens
+(``ctx.on_chunk``), each call is bound to the record's emitter, so ``emit_chunk`` inside the
+function reaches the trace (``runtime/chunks.py``); otherwise nothing is bound.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ..graph.nodes import Apply
 from ..graph.policy import NodePolicy
 from ..graph.view import RecordView
 from .budgets import exceeded
+from .chunks import ChunkEmitter, bound
 from .context import RunContext
 from .records import Record, coerce, describe_validation, dump
 
@@ -76,21 +79,25 @@ async def run_apply(node: Apply, chunk: list[Record], ctx: RunContext) -> list[R
         inputs.append(value)
         ready.append(record)
     views = [RecordView(r.id, r.index, r.history) for r in ready] if node.wants_record else None
+    fns: list[Any] | None = None  # each record's call bound to its chunk emitter (a trace listens)
+    if ctx.on_chunk is not None:
+        fns = [bound(node.fn, ChunkEmitter(ctx.on_chunk, node.id, r.id), node.is_async) for r in ready]
     results: list[Any]
     if policy is not None and (policy.timeout_s is not None or policy.retries):
-        results = await call_with_policy(node, policy, ready, inputs, views, ctx)
+        results = await call_with_policy(node, policy, ready, inputs, views, ctx, fns)
     elif node.is_async:
         results = []
         for k, value in enumerate(inputs):
+            fn = node.fn if fns is None else fns[k]
             try:
-                results.append(await (node.fn(value, views[k]) if views is not None else node.fn(value)))
+                results.append(await (fn(value, views[k]) if views is not None else fn(value)))
             except Exception as exc:
                 results.append(_Raised(exc))
     elif node.id in ctx.threaded:
-        results = await anyio.to_thread.run_sync(_call_all, node.fn, inputs, views)
+        results = await anyio.to_thread.run_sync(_call_all, fns or node.fn, inputs, views)
     else:
         started = time.perf_counter()
-        results = _call_all(node.fn, inputs, views)
+        results = _call_all(fns or node.fn, inputs, views)
         if time.perf_counter() - started > INLINE_BUDGET_S:
             ctx.threaded.add(node.id)
     out: list[Record] = []
@@ -114,17 +121,19 @@ def _model_or_none(model: Any) -> type[BaseModel] | None:
 
 
 def _call_all(fn: Any, inputs: Sequence[Any], views: Sequence[RecordView] | None = None) -> list[Any]:
+    """``fn`` over ``inputs`` (``fn``: one function, or a list of one per input)."""
     results: list[Any] = []
+    fns = fn if isinstance(fn, list) else None
     if views is not None:
-        for value, view in zip(inputs, views, strict=True):
+        for k, (value, view) in enumerate(zip(inputs, views, strict=True)):
             try:
-                results.append(fn(value, view))
+                results.append((fn if fns is None else fns[k])(value, view))
             except Exception as exc:
                 results.append(_Raised(exc))
         return results
-    for value in inputs:
+    for k, value in enumerate(inputs):
         try:
-            results.append(fn(value))
+            results.append((fn if fns is None else fns[k])(value))
         except Exception as exc:
             results.append(_Raised(exc))
     return results
@@ -214,6 +223,7 @@ async def call_with_policy(
     inputs: Sequence[Any],
     views: Sequence[RecordView] | None,
     ctx: RunContext,
+    fns: Sequence[Any] | None = None,
 ) -> list[Any]:
     """Each record's result (or :class:`_Raised`) under ``policy``: in rounds, one try per
     record still failing per round, each waiting out its own backoff (so the waits overlap)."""
@@ -234,7 +244,8 @@ async def call_with_policy(
                     results[k] = _Over(over)
                     continue
             view = views[k] if views is not None else None
-            result = await _try(node, policy.timeout_s, inputs[k], view, ctx)
+            fn = node.fn if fns is None else fns[k]
+            result = await _try(node, fn, policy.timeout_s, inputs[k], view, ctx)
             if isinstance(result, _Raised):
                 result.attempts = attempt
                 if attempt < policy.tries:
@@ -257,10 +268,10 @@ class _Over:
 
 
 async def _try(
-    node: Apply, timeout_s: float | None, value: Any, view: RecordView | None, ctx: RunContext
+    node: Apply, fn: Any, timeout_s: float | None, value: Any, view: RecordView | None, ctx: RunContext
 ) -> Any:
-    """One call of the node's function, bounded by ``timeout_s``; its result or :class:`_Raised`."""
-    call = functools.partial(node.fn, value, view) if view is not None else functools.partial(node.fn, value)
+    """One call of ``fn`` (the node's function), bounded by ``timeout_s``; its result or :class:`_Raised`."""
+    call = functools.partial(fn, value, view) if view is not None else functools.partial(fn, value)
     try:
         if timeout_s is None:
             if node.is_async:

@@ -14,12 +14,21 @@ from ..engines.broker import EngineBroker
 from ..engines.registry import get_engine_config
 from ..engines.secrets import scrub_exception, scrub_strings, scrub_text
 from ..ledger.keys import engine_identity
+from .chunks import ChunkHandler
 from .coalesce import Coalescer
 from .events import EventHandler
 from .records import Record, dump
 from .requests import RequestCache
 
-__all__ = ["DeltaHandler", "EventHandler", "NodeStats", "RecordSink", "RunContext", "UsageSink"]
+__all__ = [
+    "ChunkHandler",
+    "DeltaHandler",
+    "EventHandler",
+    "NodeStats",
+    "RecordSink",
+    "RunContext",
+    "UsageSink",
+]
 
 NodeRun = Callable[[Any, list[Record], "RunContext"], Awaitable[list[Record]]]
 """A runner's ``run(node, chunk, ctx)``."""
@@ -28,8 +37,9 @@ NodeObserver = Callable[[Any, list[Record], "RunContext", NodeRun], Awaitable[li
 """``observer(node, chunk, ctx, run)`` runs ``run(node, chunk, ctx)`` and may watch it (a served
 trace emits ``node_started`` / ``node_finished`` around every node, nested ones included)."""
 
-DeltaHandler = Callable[[str, str, str, str], None]
-"""``handler(node_id, record_id, delta, text_so_far)``: a step's answer arriving, piece by piece."""
+DeltaHandler = Callable[[str, str, str, str, bool], None]
+"""``handler(node_id, record_id, delta, text_so_far, final)``: a step's answer arriving, piece by
+piece, then one empty ``final`` piece when the answer is complete."""
 
 
 class UsageSink(Protocol):
@@ -126,6 +136,9 @@ class RunContext:
     on_delta: DeltaHandler | None = None
     """Set (a served trace that streams tokens): steps send one request at a time through
     ``Engine.stream`` where the engine streams, and report each piece of the answer here."""
+    on_chunk: ChunkHandler | None = None
+    """Set (a served trace): ``emit_chunk`` inside an ``apply`` reports pieces here
+    (``runtime/chunks.py``); None in a batch run, where ``emit_chunk`` does nothing."""
     usage: UsageSink | None = None
     """Set (a traced batch run, ``record_trace=True``): told every answer's tokens per record."""
     record_deadline_s: float | None = None

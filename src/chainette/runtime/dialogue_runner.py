@@ -2,6 +2,10 @@
 lockstep (turn ``t`` of every record still talking is one batch of requests, so engines batch),
 each turn through the step runner's request machinery (ledger, dedup, re-asks, failures).
 
+An agent's per-turn instructions (rendered once per record) end the last user message of its
+turn; once a record's dialogue stops, the closing turn (``Dialogue.closing``) runs the same way
+for the records that stopped, and is appended to their transcripts.
+
 A record whose turn fails leaves the dialogue there: it is written to failures.jsonl under the
 dialogue's id, the message naming the turn and the agent. The others go on.
 """
@@ -35,6 +39,9 @@ class _Talk:
     systems: list[str]
     """Each agent's system message (prompt + schema instruction), rendered once per record."""
     opening: str
+    instructions: list[dict[int, str]] = field(default_factory=list)
+    """Each agent's rendered instructions by its turn (see :func:`_instruction`)."""
+    closing: str | None = None
     turns: list[Turn] = field(default_factory=list)
     stop: StopReason | None = None
     failed: bool = False
@@ -56,22 +63,17 @@ async def run_dialogue(node: Dialogue, chunk: list[Record], ctx: RunContext) -> 
         if not live:
             break
         k = t % len(node.agents)
-        step = node.steps[k]
-        jobs = [
-            _Job(
-                _shadow(talk.record), conversation(step.agent.name, talk.systems[k], talk.opening, talk.turns)
-            )
-            for talk in live
-        ]
-        ctx.node(step.id).records_in += len(jobs)
-        await _run_jobs(step, jobs, _TurnContext.around(ctx, node, t + 1, step))
-        for talk, job in zip(live, jobs, strict=True):
-            if job.output is None:  # failed: already in failures.jsonl, under the dialogue
-                talk.failed = True
-                continue
-            talk.turns.append(_turn(step, job.output))
-            talk.stop = _stop(node, talk, t + 1, ctx)
+        own = t // len(node.agents)  # the agent's own turn
+        await _speak(node, k, live, [_instruction(node, talk, k, own) for talk in live], t + 1, ctx)
+        for talk in live:
+            if not talk.failed:
+                talk.stop = _stop(node, talk, t + 1, ctx)
         ctx.progress(node.id)
+    if node.closing is not None:
+        closing = [talk for talk in talks if talk.stop is not None and not talk.failed]
+        for turn in sorted({len(talk.turns) + 1 for talk in closing}):  # one batch per turn number
+            same = [talk for talk in closing if len(talk.turns) + 1 == turn]
+            await _speak(node, node.closing[0], same, [talk.closing for talk in same], turn, ctx)
     out: list[Record] = []
     for talk in talks:
         if talk.failed or talk.stop is None:
@@ -87,10 +89,43 @@ async def run_dialogue(node: Dialogue, chunk: list[Record], ctx: RunContext) -> 
     return out
 
 
-def conversation(speaker: str, system: str, opening: str, turns: list[Turn]) -> list[Message]:
+async def _speak(
+    node: Dialogue, k: int, talks: list[_Talk], instructions: list[str | None], turn: int, ctx: RunContext
+) -> None:
+    """Agent ``k`` takes turn ``turn`` in each of ``talks`` (one batch of requests)."""
+    step = node.steps[k]
+    jobs = [
+        _Job(
+            _shadow(talk.record),
+            conversation(step.agent.name, talk.systems[k], talk.opening, talk.turns, instruction),
+        )
+        for talk, instruction in zip(talks, instructions, strict=True)
+    ]
+    ctx.node(step.id).records_in += len(jobs)
+    await _run_jobs(step, jobs, _TurnContext.around(ctx, node, turn, step))
+    for talk, job in zip(talks, jobs, strict=True):
+        if job.output is None:  # failed: already in failures.jsonl, under the dialogue
+            talk.failed = True
+        else:
+            talk.turns.append(_turn(step, job.output))
+
+
+def _instruction(node: Dialogue, talk: _Talk, k: int, own: int) -> str | None:
+    """Agent ``k``'s rendered instruction for its ``own``-th turn in ``talk``."""
+    template = node.agents[k].instruction(own)
+    if template is None:
+        return None
+    by_turn = talk.instructions[k]
+    return by_turn.get(own) if own in by_turn else by_turn.get(-1)
+
+
+def conversation(
+    speaker: str, system: str, opening: str, turns: list[Turn], instruction: str | None = None
+) -> list[Message]:
     """The chat messages for ``speaker``'s next turn: its system message, the opening, then the
     earlier turns (its own as ``assistant``, the others' as ``user`` ``"<name>: <text>"``), with
-    consecutive user messages merged so roles alternate."""
+    consecutive user messages merged so roles alternate; ``instruction`` (the agent's for this
+    turn) ends the last user message."""
     messages: list[Message] = [{"role": "system", "content": system}] if system else []
     heard = [opening]
     for turn in turns:
@@ -101,6 +136,8 @@ def conversation(speaker: str, system: str, opening: str, turns: list[Turn]) -> 
             messages.append({"role": "assistant", "content": turn.text})
         else:
             heard.append(f"{turn.speaker}: {turn.text}")
+    if instruction:
+        heard.append(instruction)
     if heard:
         messages.append({"role": "user", "content": "\n\n".join(heard)})
     return messages
@@ -154,7 +191,20 @@ def _start(node: Dialogue, record: Record) -> _Talk:
         if step.schema_instruction:
             system = f"{system}\n\n{step.schema_instruction}" if system else step.schema_instruction
         systems.append(system)
-    return _Talk(record, systems, _render(node, "opening", node.opening, variables, record))
+    instructions: list[dict[int, str]] = []
+    for agent in node.agents:
+        rendered = {
+            k: _render(node, f"agent {agent.name!r} instructions[{k}]", t, variables, record)
+            for k, t in agent.instructions.items()
+        }
+        if agent.later is not None:  # -1: every later turn
+            rendered[-1] = _render(node, f"agent {agent.name!r} instructions", agent.later, variables, record)
+        instructions.append(rendered)
+    closing = None
+    if node.closing is not None:
+        closing = _render(node, "closing", node.closing[1], variables, record)
+    opening = _render(node, "opening", node.opening, variables, record)
+    return _Talk(record, systems, opening, instructions, closing)
 
 
 def _render(node: Dialogue, which: str, template: Template, variables: dict[str, Any], record: Record) -> str:

@@ -8,6 +8,11 @@ carry that column and its requests get keys of their own (``records.request_salt
 records go on in input order, with the value of their last pass and ``history[<loop id>]`` =
 their :class:`~chainette.graph.loop.LoopState`.
 
+A loop's ``max_hops`` / ``max_tokens`` / ``deadline_s`` read from each record
+(``Loop.per_record``) are read as the record enters: a record whose value is missing or no valid
+limit fails there (``InvalidInputError``, naming the record, the limit and the field), before
+any pass. During each pass ``history[<loop id>].carry`` is the value the pass started from.
+
 A record's own deadline and token budget (``runtime/budgets.py``) are asked before each pass,
 after the loop's own reasons: reached, the loop ends (``on_budget="stop"``: stop reason
 ``"deadline"`` / ``"max_tokens"``, the record goes on) or the record fails (``"fail"``). With
@@ -23,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .._errors import BudgetExceededError, RecordError
+from .._errors import ApplyError, BudgetExceededError, InvalidInputError, RecordError
 from ..graph.loop import LIMITS, Loop, LoopState, StopReason
 from ..graph.view import RecordView
 from .budgets import budget_error, limit_hit
@@ -50,13 +55,26 @@ class LoopStats(NodeStats):
 class _Looping:
     """One record's place in the loop: where it was in the chunk, what to restore after."""
 
-    __slots__ = ("outer_tags", "position", "record", "saved", "tokens_in")
+    __slots__ = (
+        "deadline_s",
+        "max_hops",
+        "max_tokens",
+        "outer_tags",
+        "position",
+        "record",
+        "saved",
+        "tokens_in",
+    )
 
-    def __init__(self, position: int, record: Record) -> None:
+    def __init__(self, position: int, record: Record, node: Loop) -> None:
         self.position = position
         self.record = record
         self.outer_tags = record.tags
         self.tokens_in = record.tokens
+        self.max_hops: int | None = node.max_hops
+        self.max_tokens: int | None = node.max_tokens
+        self.deadline_s: float | None = node.deadline_s
+        """The record's limits: the loop's, or its own (:func:`_read_limits`)."""
         self.saved: tuple[Any, dict[str, Any]] | None = None
         """The value and history after the last completed pass (kept only while a budget could
         stop the record in the middle of a pass)."""
@@ -73,7 +91,7 @@ async def run_loop(node: Loop, chunk: list[Record], ctx: RunContext) -> list[Rec
     finished: list[Record | None] = [None] * len(chunk)
     hops_per_pass = len(node.body)
     tag = iteration_tag(node.id)
-    looping = [_Looping(k, record) for k, record in enumerate(chunk)]
+    looping = [_Looping(k, record, node) for k, record in enumerate(chunk)]
     for entry in looping:
         entry.record.history[node.key] = LoopState()
 
@@ -92,7 +110,7 @@ async def run_loop(node: Loop, chunk: list[Record], ctx: RunContext) -> list[Rec
         record.history[node.key] = _state(node, passes, entry.spent(), reason)
         stats.stop_reasons[reason] = stats.stop_reasons.get(reason, 0) + 1
         if reason in LIMITS and node.on_limit == "fail":
-            fail(entry, _limit_error(node, record, passes, entry.spent(), reason))
+            fail(entry, _limit_error(node, entry, passes, entry.spent(), reason))
         else:
             finished[entry.position] = record
 
@@ -108,6 +126,16 @@ async def run_loop(node: Loop, chunk: list[Record], ctx: RunContext) -> list[Rec
         record.history[node.key] = _state(node, passes, entry.spent(), reason)
         stats.stop_reasons[reason] = stats.stop_reasons.get(reason, 0) + 1
         finished[entry.position] = record
+
+    if node.per_record:
+        readable = []
+        for entry in looping:
+            error = _read_limits(node, entry)
+            if error is None:
+                readable.append(entry)
+            else:
+                fail(entry, error)
+        looping = readable
 
     body_ctx = ctx
     stops: dict[str, BudgetExceededError] = {}
@@ -144,6 +172,7 @@ async def run_loop(node: Loop, chunk: list[Record], ctx: RunContext) -> list[Rec
                 stop_reason=None,
                 hops=passes * hops_per_pass,
                 tokens=entry.spent(),
+                carry=record.value,
             )
         outputs = await run_sequence(node.body, [e.record for e in going], body_ctx)
         stats.passes += 1
@@ -227,11 +256,11 @@ def _stop_before(node: Loop, entry: _Looping, passes: int, started: float) -> St
         return "condition"
     if passes >= node.cap:
         return "max_iterations"
-    if node.max_hops is not None and (passes + 1) * len(node.body) > node.max_hops:
+    if entry.max_hops is not None and (passes + 1) * len(node.body) > entry.max_hops:
         return "max_hops"
-    if node.max_tokens is not None and entry.spent() >= node.max_tokens:
+    if entry.max_tokens is not None and entry.spent() >= entry.max_tokens:
         return "max_tokens"
-    if node.deadline_s is not None and time.monotonic() - started >= node.deadline_s:
+    if entry.deadline_s is not None and time.monotonic() - started >= entry.deadline_s:
         return "deadline"
     return None
 
@@ -307,13 +336,43 @@ _LIMIT_HINTS = {
 }
 
 
-def _limit_error(node: Loop, record: Record, passes: int, tokens: int, reason: str) -> RecordError:
+def _read_limits(node: Loop, entry: _Looping) -> RecordError | None:
+    """Set ``entry``'s limits read from its record; the error to fail it with when one cannot be read."""
+    record = entry.record
+    view = RecordView(record.id, record.index, record.history)
+    for label, limit in node.per_record.items():
+        try:
+            value = limit.read(record.value, view)
+        except (LookupError, ValueError) as exc:
+            return InvalidInputError(
+                f"Loop {node.id!r}: record {record.id} has no valid {label} ({limit.describe()}): {exc}. "
+                f"Give every record a valid {label} (None for no limit), or a default in its model.",
+                node_id=node.id,
+                record_id=record.id,
+                details={"limit": label, "field": limit.field},
+            )
+        except Exception as exc:
+            return ApplyError(
+                f"Loop {node.id!r}: {label} ({limit.describe()}) raised {type(exc).__name__}: {exc} "
+                f"on record {record.id}. Fix the function, or make it handle such records.",
+                node_id=node.id,
+                record_id=record.id,
+                details={"limit": label},
+            )
+        setattr(entry, label, value)
+    return None
+
+
+def _limit_error(node: Loop, entry: _Looping, passes: int, tokens: int, reason: str) -> RecordError:
+    record = entry.record
+    own = {key: f" (record's {limit.describe()})" for key, limit in node.per_record.items()}
     detail = {
         "max_iterations": f"it still wanted another pass after max_iterations={node.cap}",
-        "max_hops": f"another pass would take it past max_hops={node.max_hops} "
+        "max_hops": f"another pass would take it past max_hops={entry.max_hops}{own.get('max_hops', '')} "
         f"({passes * len(node.body)} hops used, {len(node.body)} per pass)",
-        "max_tokens": f"it spent {tokens} tokens in the loop (max_tokens={node.max_tokens})",
-        "deadline": f"deadline_s={node.deadline_s} passed since it entered the loop",
+        "max_tokens": f"it spent {tokens} tokens in the loop (max_tokens={entry.max_tokens}"
+        f"{own.get('max_tokens', '')})",
+        "deadline": f"deadline_s={entry.deadline_s}{own.get('deadline_s', '')} passed since it entered the loop",
     }[reason]
     return RecordError(
         f"Loop {node.id!r} stopped this record at its {reason} limit after {passes} pass(es)"

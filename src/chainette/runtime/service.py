@@ -51,7 +51,7 @@ from ..engines.secrets import scrub_strings
 from ..graph.chain import ChainGraph
 from ..io.writer import RunWriter
 from .budgets import budget_error
-from .context import DeltaHandler, EventHandler, NodeObserver, NodeRun, RunContext
+from .context import ChunkHandler, DeltaHandler, EventHandler, NodeObserver, NodeRun, RunContext
 from .dispatch import missing_runners, run_node
 from .events import EventStream, Middleware
 from .executor import RunOptions, _finish, _initial_metadata, _lay_out, flatten
@@ -366,6 +366,7 @@ class ChainService:
             writer=sink,
             on_event=self._run_event_for(handle),
             on_delta=self._delta_for(handle) if self._stream_tokens else None,
+            on_chunk=self._chunk_for(handle),
             record_deadline_s=handle.deadline_s,
         )
         timed_out = False
@@ -479,8 +480,17 @@ class ChainService:
     def _delta_for(handle: TraceHandle) -> DeltaHandler:
         """Pieces of a step's answer become the trace's ``chunk`` events: the new text only."""
 
-        def handler(node_id: str, record_id: str, delta: str, text: str) -> None:
-            handle._emit_piece(node_id, delta, first=len(text) == len(delta))
+        def handler(node_id: str, record_id: str, delta: str, text: str, final: bool) -> None:
+            handle._emit_piece(node_id, delta, first=len(text) == len(delta), final=final)
+
+        return handler
+
+    @staticmethod
+    def _chunk_for(handle: TraceHandle) -> ChunkHandler:
+        """Pieces an ``apply`` sends with ``emit_chunk`` become the trace's ``chunk`` events."""
+
+        def handler(node_id: str, record_id: str, delta: str, first: bool, final: bool) -> None:
+            handle._emit_piece(node_id, delta, first=first, final=final)
 
         return handler
 

@@ -456,7 +456,8 @@ async def _stream(
                 completion = item
             elif item:
                 text += item
-                on_delta(step.id, job.record.id, item, text)
+                on_delta(step.id, job.record.id, item, text, False)
     if completion is None:
         raise RuntimeError(f"engine {step.engine_name!r} ended a stream without its completion")
+    on_delta(step.id, job.record.id, "", text, True)  # the answer is complete
     return completion

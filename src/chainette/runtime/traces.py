@@ -1,7 +1,9 @@
 """A served trace as its readers see it: typed events, replayed to late readers, and a result.
 
 A step that streams sends its answer as ``chunk`` events, each with the new piece only
-(``delta``) and its place in the node's answer (``seq``, from 0 at each new answer). Nothing
+(``delta``), its place in the node's answer (``seq``, from 0 at each new answer) and whether it
+ends the answer (``final``: the last piece of an answer is an empty one with ``final: true``);
+an ``apply`` calling ``emit_chunk`` sends its pieces the same way. Nothing
 keeps every piece: the replay buffer holds the trace's other events (at most
 :data:`REPLAY_LIMIT`) and one snapshot per node of its latest answer, so a reader that joins late
 gets ``{"seq", "text", "snapshot": true}`` (the answer so far) in place of the pieces it missed,
@@ -92,9 +94,9 @@ class TraceEvent:
     completion tokens of the answers the record got in this node (from the ledger too), when the
     node took one record; ``engine`` for a node that has one; ``failed: True`` when the record
     failed there); ``chunk``: ``node``, ``seq`` (the place of the piece in the node's answer,
-    0 at the start of each answer: begin a new text there) and ``delta`` (the new text), or,
-    for a reader that joined late, ``seq``, ``text`` (the answer up to piece ``seq``) and
-    ``snapshot: True``; ``output``: ``output`` (the final value, dumped; a list when the chain
+    0 at the start of each answer: begin a new text there), ``delta`` (the new text) and
+    ``final`` (True on the piece that ends the answer), or, for a reader that joined late,
+    ``seq``, ``text`` (the answer up to piece ``seq``), ``final`` and ``snapshot: True``; ``output``: ``output`` (the final value, dumped; a list when the chain
     fanned out); ``failed``: ``node``, ``error_type``, ``message``; ``cancelled``: ``reason``.
     """
 
@@ -118,18 +120,20 @@ class TraceEvent:
 class _Answer:
     """One node's streamed answer so far: the snapshot a late reader gets."""
 
-    __slots__ = ("at", "node", "pieces")
+    __slots__ = ("at", "final", "node", "pieces")
 
     def __init__(self, node: str) -> None:
         self.node = node
         self.pieces: list[str] = []
         self.at = 0.0
+        self.final = False
 
     def snapshot(self, trace_id: str) -> TraceEvent:
         data = {
             "node": self.node,
             "seq": len(self.pieces) - 1,
             "text": "".join(self.pieces),
+            "final": self.final,
             "snapshot": True,
         }
         return TraceEvent("chunk", trace_id, data, self.at)
@@ -147,7 +151,11 @@ class _Reader:
         if event.kind == "chunk" and len(queue) >= COALESCE_AFTER and event.data["seq"] > 0:
             last = queue[-1]
             if last.kind == "chunk" and last.data["node"] == event.data["node"] and "delta" in last.data:
-                data = {**last.data, "delta": last.data["delta"] + event.data["delta"]}
+                data = {
+                    **last.data,
+                    "delta": last.data["delta"] + event.data["delta"],
+                    "final": event.data.get("final", False),
+                }
                 queue[-1] = TraceEvent("chunk", last.trace_id, data, event.at, event.ts)
                 return
         queue.append(event)
@@ -199,8 +207,8 @@ class TraceHandle:
         self._service._tell(event)
         return event
 
-    def _emit_piece(self, node: str, delta: str, first: bool) -> None:
-        """A piece of ``node``'s answer (``first``: a new answer starts with it)."""
+    def _emit_piece(self, node: str, delta: str, first: bool, final: bool = False) -> None:
+        """A piece of ``node``'s answer (``first``: a new answer starts with it; ``final``: it ends it)."""
         answer = self._answers.get(node)
         if first or answer is None:
             if answer is not None:  # one snapshot per node: its latest answer
@@ -209,7 +217,8 @@ class TraceHandle:
             self._history.append(answer)
         seq = len(answer.pieces)
         answer.pieces.append(delta)
-        answer.at = self._emit("chunk", {"node": node, "seq": seq, "delta": delta}).at
+        answer.final = final
+        answer.at = self._emit("chunk", {"node": node, "seq": seq, "delta": delta, "final": final}).at
 
     async def events(self) -> AsyncGenerator[TraceEvent, None]:
         """Every event of the trace, from the first (a streamed answer so far as one snapshot),

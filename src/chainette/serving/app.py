@@ -11,7 +11,8 @@ Routes (the service starts with the app, engines warm, and closes with it):
 - ``POST /runs``: the body is one input record (JSON); the answer is a Server-Sent Events stream
   of the trace's events (``event: <kind>``, ``data: <json>``), ending with ``output``,
   ``filtered``, ``failed`` or ``cancelled``; a streamed answer comes as ``chunk`` events with
-  the new text only (``seq``, ``delta``). ``?trace_id=`` names the trace (1 to 128 of
+  the new text only (``seq``, ``delta``, ``final`` on the piece that ends it; an ``apply`` calling
+  ``emit_chunk`` sends the same). ``?trace_id=`` names the trace (1 to 128 of
   ``A-Z a-z 0-9 . _ : -``; default: new, sent in the ``X-Trace-Id`` header), ``?deadline_s=``
   bounds it. 415 unless ``Content-Type: application/json``; 400 when the body is not JSON or is
   nested deeper than 64 levels; 422 with the field errors when it does not fit the input model
