@@ -39,6 +39,18 @@ class Route(Branch):
         self.router = router
         self.model = model
 
+    def layout(self, previous: list[str], out: dict[str, list[dict[str, Any]]]) -> list[str]:
+        """As a branch's, but its nodes name the router and the route (drawn as a route that
+        goes on down the main line, not as a side output)."""
+        start = len(out["nodes"])
+        last = previous
+        for node in self.steps:
+            last = node.layout(last, out)
+        for entry in out["nodes"][start:]:
+            if "branch" not in entry:  # the innermost branch or route names a node's place
+                entry.update({"branch": self.name, "join_alias": None, "router": self.router, "route": self.name})
+        return last
+
     def placement(self) -> str | None:
         return (
             f"inside route {self.name!r} of router {self.router!r} (only the records routed there have it; "
@@ -203,8 +215,13 @@ class Router(Node):
             ends.extend(route.layout([self.id], out))
             for edge in out["edges"][start:]:
                 if edge["from"] == self.id:
-                    edge["label"] = route.name
+                    edge["label"] = self._edge_label(route.name)
         return ends
+
+    def _edge_label(self, name: str) -> str:
+        """What takes a record down route ``name``: its name, the field's value, or default."""
+        label = f"{self.by} = {name}" if isinstance(self.by, str) else name
+        return f"{label} (default)" if name == self.default else label
 
     def describe(self) -> dict[str, Any]:
         by = (
