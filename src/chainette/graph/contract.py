@@ -12,6 +12,8 @@ which ``Branch`` answers), and a chain inside a chain through :meth:`ChainBase.a
 
 from __future__ import annotations
 
+import functools
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
@@ -20,6 +22,7 @@ from pydantic import BaseModel
 
 from .._errors import ChainDefinitionError, IncompatibleStepsError, UnknownEngineError
 from ..engines.registry import is_registered, unknown_engine_message
+from .hints import input_variants
 from .ids import ID_RE
 from .issues import CheckReport, Issue
 from .policy import NodePolicy
@@ -288,11 +291,34 @@ class ChainBase(ABC):
 
     name: str
     items: list[Node]
+    declared_input: Any = None
+    """``Chain(input_model=...)``: a model or a union of models; None: the first node says."""
+
+    @property
+    def input_type(self) -> Any:
+        """What each input record is validated into: the declared ``input_model`` (a model, or a
+        union of models: ``A | B``, ``Union[A, B]``, ``Annotated[A | B, Field(discriminator=...)]``);
+        else a first router keyed by model classes (and no ``by``) takes the union of its classes;
+        else the first node's input model (None: any value)."""
+        if self.declared_input is not None:
+            return self.declared_input
+        first = self.items[0]
+        keyed = [getattr(r, "model", None) for r in first.children()] if first.kind == "router" else []
+        if keyed and all(keyed) and getattr(first, "by", "") is None:
+            return functools.reduce(operator.or_, keyed)  # A | B | ...
+        return first.input_model
 
     @property
     def input_model(self) -> type[BaseModel] | None:
-        """The model each input record is validated into (the first node's input model)."""
-        return self.items[0].input_model
+        """The model each input record is validated into, when it is one model (None for a union:
+        see :attr:`input_type` and :attr:`input_variants`)."""
+        tp = self.input_type
+        return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+    @property
+    def input_variants(self) -> tuple[type[BaseModel], ...]:
+        """The model classes an input record may be (several for a union input; none when any value)."""
+        return input_variants(self.input_type) or ()
 
     @abstractmethod
     def as_node(self, id: str | None = None, *, name: str | None = None) -> Node:

@@ -48,7 +48,9 @@ class Route(Branch):
             last = node.layout(last, out)
         for entry in out["nodes"][start:]:
             if "branch" not in entry:  # the innermost branch or route names a node's place
-                entry.update({"branch": self.name, "join_alias": None, "router": self.router, "route": self.name})
+                entry.update(
+                    {"branch": self.name, "join_alias": None, "router": self.router, "route": self.name}
+                )
         return last
 
     def placement(self) -> str | None:

@@ -248,7 +248,14 @@ async def call_with_policy(
                     delay = policy.backoff.delay(attempt, f"{node.id}/{record.id}")
                     ready_at[k] = time.monotonic() + delay
                     ctx.node(node.id).retries += 1  # counted as a step counts its retries
-                    ctx.tell("retry", record, node.id, attempt=attempt, error=scrub_text(_problem(result)), delay_s=delay)
+                    ctx.tell(
+                        "retry",
+                        record,
+                        node.id,
+                        attempt=attempt,
+                        error=scrub_text(_problem(result)),
+                        delay_s=delay,
+                    )
             results[k] = result
         pending = failed
         if not pending:

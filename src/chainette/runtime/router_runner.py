@@ -82,10 +82,16 @@ def _choose(node: Router, record: Record, ctx: RunContext) -> list[str] | None:
     if node.on_no_match == "filter":
         ctx.node(node.id).filtered += 1
         return None
+    keyed = [r.model.__name__ for r in node.routes if r.model is not None]
+    what = (
+        f"the value is a {type(record.value).__name__}, none of {', '.join(keyed)}"
+        if node.by is None and keyed
+        else f"routes: {', '.join(node.route_names)}"
+    )
     ctx.fail(
         record,
         RecordError(
-            f"Router {node.id!r}: no route matches this record (routes: {', '.join(node.route_names)}). "
+            f"Router {node.id!r}: no route matches this record ({what}). "
             "Give the router a default= route, or on_no_match='filter' to drop such records.",
             node_id=node.id,
             record_id=record.id,
