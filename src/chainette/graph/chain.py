@@ -125,6 +125,10 @@ class ChainGraph(ChainBase):
         previous = ["input"]
         for item in self.items:
             previous = item.layout(previous, out)
+        passing = {n["id"] for n in out["nodes"] if n.get("kind") == "router" and n.get("passes_unmatched")}
+        for edge in out["edges"]:  # a router's edge that takes no route: the unchanged record's way on
+            if edge["from"] in passing and "label" not in edge:
+                edge["label"] = "no match: unchanged"
         return {"name": self.name, "batch_size": self.batch_size, **out}
 
     def to_mermaid(self) -> str:

@@ -141,6 +141,12 @@ class Node:
         unknown, several for a step whose output is a union (its ``output_model`` is then None)."""
         return () if self.output_model is None else (self.output_model,)
 
+    def variant_advice(self) -> str | None:
+        """When the value after this node may be one of several models (:attr:`output_variants`)
+        and each must fit what comes next: what to do when one does not (None: fit checked per
+        record at run time, a warning)."""
+        return None
+
     def check(
         self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
     ) -> type[BaseModel] | None:
@@ -388,6 +394,26 @@ class Checker:
                 self.placement.pop(node.key, None)
         return current
 
+    def _check_variants_fit(self, node: Node, wanted: type[BaseModel], prev: Node) -> None:
+        """Every model ``prev`` may hand on has the required fields of ``wanted`` (an error
+        naming the one that lacks them and ``prev``'s advice otherwise)."""
+        variants = prev.output_variants
+        union = " | ".join(v.__name__ for v in variants)
+        for variant in variants:
+            if issubclass(variant, wanted):
+                continue
+            have = variant.model_fields
+            missing = [n for n, f in wanted.model_fields.items() if f.is_required() and n not in have]
+            if missing:
+                self.add(
+                    "error",
+                    node,
+                    f"{node.kind} {node.id!r} needs {wanted.__name__}, but {prev.kind} {prev.id!r} may hand "
+                    f"on {variant.__name__} (one of {union}), which lacks required field(s) "
+                    f"{', '.join(repr(m) for m in missing)}. {prev.variant_advice()}",
+                    IncompatibleStepsError,
+                )
+
     def check_input(
         self,
         node: Node,
@@ -401,6 +427,9 @@ class Checker:
         if wanted is None:
             return
         if current is None:
+            if prev is not None and prev.variant_advice() is not None and len(prev.output_variants) > 1:
+                self._check_variants_fit(node, wanted, prev)
+                return
             if prev is not None:
                 variants = prev.output_variants
                 known = (

@@ -24,7 +24,7 @@ from .ids import check_id
 
 __all__ = ["Route", "Router"]
 
-NoMatch = Literal["fail", "filter"]
+NoMatch = Literal["fail", "filter", "pass"]
 RouteKey = str | type[BaseModel]
 
 
@@ -71,7 +71,9 @@ class Router(Node):
             Leave it out when the routes are keyed by model classes: the value's class decides.
         default: The route for a record that matches none.
         on_no_match: Without a default: ``"fail"`` (the record goes to failures.jsonl with the
-            reason; default) or ``"filter"`` (dropped and counted as filtered).
+            reason; default), ``"filter"`` (dropped and counted as filtered) or ``"pass"`` (it goes
+            on unchanged, as if through an empty route: an "if" without an "else"; what follows
+            must take both the routes' output and the unchanged record).
         fan_out: ``by`` may return several routes; the record takes each, with id ``<id>.<route>``.
 
     Example:
@@ -126,7 +128,7 @@ class Router(Node):
             )
         if on_no_match not in get_args(NoMatch):
             raise ChainDefinitionError(
-                f"Router {id!r}: on_no_match must be 'fail' or 'filter', got {on_no_match!r}."
+                f"Router {id!r}: on_no_match must be 'fail', 'filter' or 'pass', got {on_no_match!r}."
             )
         self.by = by
         self.by_wants_record = callable(by) and wants_record(by)
@@ -136,7 +138,28 @@ class Router(Node):
         inputs = {r.input_model for r in self.routes if r.model is None}
         self.input_model = inputs.pop() if len(inputs) == 1 and not any(by_class) else None
         outputs = {r.output_model for r in self.routes}
+        if self.passes_unmatched:  # the unchanged record is one more way through
+            outputs.add(self.input_model)
         self.output_model = outputs.pop() if len(outputs) == 1 else None
+        self._variants: tuple[type[BaseModel], ...] = ()  # what may go on (set by check)
+
+    @property
+    def passes_unmatched(self) -> bool:
+        """A record that matches no route goes on unchanged (``on_no_match="pass"``, no default)."""
+        return self.on_no_match == "pass" and self.default is None
+
+    @property
+    def output_variants(self) -> tuple[type[BaseModel], ...]:
+        return self._variants or super().output_variants
+
+    def variant_advice(self) -> str | None:
+        if not self.passes_unmatched:
+            return None
+        return (
+            f"Records that match no route of router {self.id!r} go on unchanged: make every route end in "
+            "a model that fits what comes next (the one it came in with, say), convert with an apply(...) "
+            "after the router, or give the router a default= route."
+        )
 
     def _name_of(self, key: RouteKey) -> str:
         name = key.__name__ if isinstance(key, type) else key
@@ -165,7 +188,15 @@ class Router(Node):
             if union is not None and route.model is not None and isinstance(view.get(union.key), tuple):
                 view[union.key] = route.model  # the route's records are that variant
             outputs.append(checker.walk(route.steps, view, route.model or current, prev, in_branch=True))
+        if self.passes_unmatched:
+            outputs.append(current)  # the unchanged record goes on too
         models = {o for o in outputs if o is not None}
+        self._variants = ()
+        if len(models) > 1 and self.passes_unmatched:  # each must fit what follows: checked there
+            self._variants = tuple(dict.fromkeys(o for o in outputs if o is not None))
+            scope[self.key] = None if None in outputs else self._variants
+            checker.placement.pop(self.key, None)
+            return None
         if len(models) > 1:
             names = ", ".join(sorted(m.__name__ for m in models))
             checker.add(
@@ -211,7 +242,7 @@ class Router(Node):
     def layout(self, previous: list[str], out: dict[str, list[dict[str, Any]]]) -> list[str]:
         out["nodes"].append(self.describe())
         out["edges"].extend({"from": p, "to": self.id} for p in previous)
-        ends: list[str] = []
+        ends: list[str] = [self.id] if self.passes_unmatched else []  # the unchanged record's way on
         for route in self.routes:
             start = len(out["edges"])
             ends.extend(route.layout([self.id], out))
@@ -237,5 +268,6 @@ class Router(Node):
             "by": by,
             "default": self.default,
             "on_no_match": self.on_no_match,
+            "passes_unmatched": self.passes_unmatched,
             "fan_out": self.fan_out,
         }
