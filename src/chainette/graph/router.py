@@ -227,7 +227,7 @@ class Router(Node):
                     f"variant of {source}'s output ({union}), so no record can take it. Key it by one of "
                     f"{union}, or remove it.",
                 )
-        if self.default is not None or self.on_no_match == "filter":
+        if self.default is not None or self.on_no_match in ("filter", "pass"):
             return
         for variant in variants:
             if not any(issubclass(variant, m) for m in keyed):
@@ -236,7 +236,7 @@ class Router(Node):
                     self,
                     f"Router {self.id!r}: {source} can answer {variant.__name__} (its output is {union}), "
                     f"but no route takes {variant.__name__}. Add a route keyed by {variant.__name__}, a "
-                    "default= route, or on_no_match='filter'.",
+                    "default= route, or on_no_match='filter' (or 'pass').",
                 )
 
     def layout(self, previous: list[str], out: dict[str, list[dict[str, Any]]]) -> list[str]:
