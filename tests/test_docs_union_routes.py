@@ -19,7 +19,11 @@ def test_the_pages_blocks_run_and_print_what_they_say(
     monkeypatch.chdir(tmp_path)
     for k, code in enumerate(blocks):
         # dont_inherit: each block runs as a script would, without this file's __future__ import
-        exec(compile(code, f"{PAGE.name} block {k + 1}", "exec", dont_inherit=True), {"__name__": f"page_{k}"})
+        exec(
+            compile(code, f"{PAGE.name} block {k + 1}", "exec", dont_inherit=True), {"__name__": f"page_{k}"}
+        )
         printed = capsys.readouterr().out.splitlines()
-        expected = [line.split("  # ", 1)[1] for line in code.splitlines() if line.strip().startswith("print(")]
+        expected = [
+            line.split("  # ", 1)[1] for line in code.splitlines() if line.strip().startswith("print(")
+        ]
         assert printed == expected, f"block {k + 1}"

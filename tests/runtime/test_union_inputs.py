@@ -243,3 +243,26 @@ def test_cli_run_reads_union_inputs(tmp_path: Path) -> None:
     rows = read_jsonl(tmp_path / "run" / "flattened" / "000.jsonl")
     assert sorted(r["_index"] for r in rows) == [0, 1]
     assert "variants tried: Cat, Dog" in failure(tmp_path / "run")["message"]
+
+
+class Bird(BaseModel):
+    kind: Literal["bird"] = "bird"
+    wings: int
+
+
+def test_a_declared_union_input_needs_a_route_for_each_variant_before_any_request(tmp_path: Path) -> None:
+    chain = Chain("pets", [pets()], input_model=Cat | Dog | Bird)
+    [error] = chain.check().errors
+    assert error.message == (
+        "Router 'pet': the chain's input may be Bird (it is Cat | Dog | Bird), but no route takes Bird. "
+        "Add a route keyed by Bird, a default= route, or on_no_match='filter' (or 'pass')."
+    )
+    with pytest.raises(ChainDefinitionError, match="no route takes Bird"):
+        chain.run([{"name": "Tom"}], output_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    stray = Chain("pets", [pets()], input_model=Cat | Bird)
+    messages = [e.message for e in stray.check().errors]
+    assert (
+        "route 'Dog' is keyed by Dog, which is not a variant of the chain's input (Cat | Bird)" in messages[0]
+    )
+    assert "no route takes Bird" in messages[1] and len(messages) == 2

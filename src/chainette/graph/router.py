@@ -181,7 +181,7 @@ class Router(Node):
     ) -> type[BaseModel] | None:
         union = prev if prev is not None and self.by is None and len(prev.output_variants) > 1 else None
         if union is not None:  # right after a union step, routed by variant
-            self._check_variants(checker, union, union.output_variants)
+            self.check_variants(checker, f"{union.kind} {union.id!r}", union.output_variants)
         outputs: list[type[BaseModel] | None] = []
         for route in self.routes:
             view = dict(scope)  # a route's outputs exist only for the records it took
@@ -210,12 +210,15 @@ class Router(Node):
         checker.placement.pop(self.key, None)
         return out
 
-    def _check_variants(self, checker: Checker, prev: Node, variants: tuple[type[BaseModel], ...]) -> None:
-        """Routes keyed by model classes right after a union step: every variant has a route
-        (unless a default or ``on_no_match='filter'`` takes the rest), and every route's class is
-        one the step can answer."""
+    def check_variants(
+        self, checker: Checker, source: str, variants: tuple[type[BaseModel], ...], *, is_input: bool = False
+    ) -> None:
+        """Routes keyed by model classes right after a union step (or first in a chain whose
+        input is a union; ``source`` names it): every variant has a route (unless a default or
+        ``on_no_match='filter'`` / ``'pass'`` takes the rest), and every route's class is one
+        ``source`` can hand on."""
         union = " | ".join(v.__name__ for v in variants)
-        source = f"{prev.kind} {prev.id!r}"
+        of = source if is_input else f"{source}'s output"
         keyed = [r.model for r in self.routes if r.model is not None]
         for route in self.routes:
             model = route.model
@@ -224,7 +227,7 @@ class Router(Node):
                     "error",
                     self,
                     f"Router {self.id!r}: route {route.name!r} is keyed by {model.__name__}, which is not a "
-                    f"variant of {source}'s output ({union}), so no record can take it. Key it by one of "
+                    f"variant of {of} ({union}), so no record can take it. Key it by one of "
                     f"{union}, or remove it.",
                 )
         if self.default is not None or self.on_no_match in ("filter", "pass"):
@@ -234,7 +237,8 @@ class Router(Node):
                 checker.add(
                     "error",
                     self,
-                    f"Router {self.id!r}: {source} can answer {variant.__name__} (its output is {union}), "
+                    f"Router {self.id!r}: {source} {'may be' if is_input else 'can answer'} {variant.__name__} "
+                    f"({'it' if is_input else 'its output'} is {union}), "
                     f"but no route takes {variant.__name__}. Add a route keyed by {variant.__name__}, a "
                     "default= route, or on_no_match='filter' (or 'pass').",
                 )
