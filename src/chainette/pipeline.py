@@ -28,6 +28,11 @@ class Chain(ChainGraph):
             parallel on copies of each record.
         batch_size: Records moved between nodes together. Larger is faster for Python steps;
             LLM steps keep ``engine.max_concurrency`` requests in flight regardless.
+        input_model: What each input record is validated into, when the first node does not
+            say: a model, or a union of models (``A | B``, ``Union[A, B]``, or
+            ``Annotated[A | B, Field(discriminator="kind")]``): a dict from any source becomes the
+            variant it fits (by the discriminator when given). A chain whose first node is a
+            :class:`Router` keyed by model classes takes the union of those classes by itself.
 
     Example:
         >>> from pydantic import BaseModel

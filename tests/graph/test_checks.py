@@ -257,7 +257,7 @@ def test_a_variant_without_a_route_is_an_error_before_any_request(run_dir: Path)
     assert error.node_id == "by_kind"
     assert error.message == (
         "Router 'by_kind': step 'pet' can answer Dog (its output is Cat | Dog), but no route takes Dog. "
-        "Add a route keyed by Dog, a default= route, or on_no_match='filter'."
+        "Add a route keyed by Dog, a default= route, or on_no_match='filter' (or 'pass')."
     )
     with pytest.raises(ChainDefinitionError, match="no route takes Dog"):
         chain.run([Question(text="q")], output_dir=run_dir)
@@ -266,7 +266,7 @@ def test_a_variant_without_a_route_is_an_error_before_any_request(run_dir: Path)
 
 def test_a_default_or_filtering_lets_a_variant_go_without_a_route() -> None:
     only_cat = {Cat: apply(to_summary, id="c"), Bird: apply(to_summary, id="b")}
-    for options in ({"default": Cat}, {"on_no_match": "filter"}):
+    for options in ({"default": Cat}, {"on_no_match": "filter"}, {"on_no_match": "pass"}):
         messages = [
             e.message for e in Chain("c", [pet_step(), variant_router(only_cat, **options)]).check().errors
         ]

@@ -444,3 +444,61 @@ def test_graphviz_lays_out_nested_constructs() -> None:
         "nowhere": {"lost"},
     }
     assert rendered["nodes"]["route"] == ["route", "(router)"]
+
+
+# --- a router's routes: routes that go on down the main line, not side outputs ----------------
+
+
+class Ticket(BaseModel):
+    text: str
+    kind: str
+
+
+def page(t: Ticket) -> Ticket:
+    return t
+
+
+def queue(t: Ticket) -> Ticket:
+    return t
+
+
+def after(t: Ticket) -> Ticket:
+    return t
+
+
+def routed_chain() -> Chain:
+    from chainette import Router
+
+    triage = Router("triage", {"page": apply(page), "queue": [apply(queue)]}, by="kind", default="queue")
+    return Chain("routed", [triage, apply(after)])
+
+
+def test_router_routes_are_drawn_as_routes_joining_the_main_line_in_mermaid() -> None:
+    """Issue 27: each route was drawn as ``subgraph ... "branch page (side output)"``."""
+    text = routed_chain().to_mermaid()
+    assert "side output" not in text
+    assert '["route page of triage"]' in text and '["route queue of triage"]' in text
+    assert 'triage -->|"kind = page"| page' in text
+    assert 'triage -->|"kind = queue (default)"| queue' in text
+    assert "page --> after" in text and "queue --> after" in text  # both join the main line
+
+
+def test_router_routes_are_drawn_as_routes_joining_the_main_line_in_dot() -> None:
+    text = routed_chain().to_dot()
+    assert "side output" not in text
+    assert 'label="route page of triage";' in text and 'label="route queue of triage";' in text
+    assert '"triage" -> "page" [label="kind = page"];' in text
+    assert '"page" -> "after";' in text and '"queue" -> "after";' in text
+
+
+def test_two_routers_with_the_same_route_names_get_a_subgraph_each() -> None:
+    from chainette import Router
+
+    first = Router("first", {"a": apply(page), "b": apply(queue)}, by="kind")
+    second = Router("second", {"a": apply(after, id="after2"), "b": apply(tidy_ticket)}, by="kind")
+    text = Chain("two", [first, second]).to_mermaid()
+    assert '["route a of first"]' in text and '["route a of second"]' in text
+
+
+def tidy_ticket(t: Ticket) -> Ticket:
+    return t

@@ -204,6 +204,26 @@ def test_apply_exhausted_retries_land_in_failures_with_the_last_error(run_dir: P
     assert "ValueError: bad value 3" in failure["message"]  # the last error, not the first
 
 
+def test_apply_retries_are_counted_in_metadata_as_a_steps_are(run_dir: Path) -> None:
+    """Issue 27: an apply failing once then succeeding was called twice but counted 0 retries."""
+    calls: list[str] = []
+
+    def flaky(t: Text) -> Text:
+        calls.append(t.text)
+        if len(calls) == 1:
+            raise ConnectionError("try again")
+        return t
+
+    events: list[str] = []
+    node = apply(flaky, policy=NodePolicy(retries=2, backoff=FAST))
+    Chain("c", [node]).run(
+        [Text(text="x")], output_dir=run_dir, on_event=lambda kind, data: events.append(kind)
+    )
+    assert len(calls) == 2
+    assert meta(run_dir)["nodes"]["flaky"]["retries"] == 1
+    assert events.count("retry") == 1  # the progress display counts retries from these
+
+
 class Loose(BaseModel):
     text: str
     n: int

@@ -20,9 +20,17 @@ from rich.table import Table
 from rich.tree import Tree
 
 from .. import __version__
-from ..engines.registry import BACKENDS, is_available, list_engines, load_engines
+from ..engines.registry import (
+    BACKENDS,
+    is_available,
+    list_engines,
+    load_engines,
+    replaced_by_server,
+    replaced_message,
+)
 from ..graph.chain import ChainGraph
 from ..graph.checks import CheckReport
+from ..graph.hints import type_label
 from ..graph.nodes import Branch, Node
 from ..io.inputs import HF_PREFIX, open_inputs
 from ..io.text_files import TextFiles, text_files
@@ -340,16 +348,18 @@ def inspect(target: TargetArg, engines: EnginesOpt = None) -> None:
         if engines is not None:
             load_engines(checked_engines(engines))
         report = chain.check(engine_known=is_available)  # what `run` accepts: warmup servers too
+        # an engine registered in code that a warmup server replaces: said as a run says it
+        replaced = [replaced_message(n, r) for n in chain.engine_names() if (r := replaced_by_server(n))]
     out = Console(highlight=False)
     out.print(_tree(chain, report))
-    for title, issues, style, mark in (
-        ("Errors", report.errors, "red", "✗"),
-        ("Warnings", report.warnings, "yellow", "!"),
+    for title, messages, style, mark in (
+        ("Errors", [i.message for i in report.errors], "red", "✗"),
+        ("Warnings", replaced + [i.message for i in report.warnings], "yellow", "!"),
     ):
-        if issues:
-            out.print(f"\n[bold {style}]{title} ({len(issues)})[/]")
-            for issue in issues:
-                out.print(f"  [{style}]{mark}[/] {shown(issue.message)}", soft_wrap=True)
+        if messages:
+            out.print(f"\n[bold {style}]{title} ({len(messages)})[/]")
+            for message in messages:
+                out.print(f"  [{style}]{mark}[/] {shown(message)}", soft_wrap=True)
     if report.errors:
         out.print(f"\n[red]✗ {len(report.errors)} error(s): fix them before running.[/]")
         raise typer.Exit(1)
@@ -392,8 +402,8 @@ def _run_blocking(chain: ChainGraph, inputs: Any, output_dir: Path | None, **opt
 
 def _tree(chain: ChainGraph, report: CheckReport | None) -> Tree:
     tree = Tree(f"[bold]{shown(chain.name)}[/] [dim](batch size {chain.batch_size})[/]")
-    model = chain.input_model
-    tree.add(f"[dim]input[/] {shown(model.__name__) if model else '?'}")
+    model = chain.input_type  # a model, a union of models (A | B), or None
+    tree.add(f"[dim]input[/] {shown(type_label(model)) if model is not None else '?'}")
     for item in chain.items:
         _add(tree, item, report)
     return tree

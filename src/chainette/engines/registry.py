@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ __all__ = [
     "load_engines",
     "register_config",
     "register_engine",
+    "replaced_by_server",
+    "replaced_message",
     "running_engine_config",
     "unregister_engine",
 ]
@@ -189,6 +191,36 @@ def running_engine_config(name: str) -> EngineConfig | None:
     registered = _REGISTRY.get(name)
     options = server_state.client_engine_options(record, registered.options if registered else None)
     return EngineConfig(name=name, backend="openai", model=record.model, options=options)
+
+
+def replaced_by_server(name: str) -> dict[str, Any] | None:
+    """What a running ``chainette warmup`` server puts in place of the engine registered in this
+    process under ``name`` (the server wins: :func:`get_engine_config`); None when nothing is
+    replaced (no such server, or nothing registered under that name)."""
+    registered = _REGISTRY.get(name)
+    if registered is None:
+        return None
+    record = server_state.running_server(name)
+    if record is None:
+        return None
+    return {
+        "kind": record.kind,
+        "base_url": record.base_url,
+        "pid": record.pid,
+        "model": record.model,
+        "registered": {"backend": registered.backend, "model": registered.model},
+    }
+
+
+def replaced_message(name: str, replaced: Mapping[str, Any]) -> str:
+    """The warning for an engine a warmup server replaces (see :func:`replaced_by_server`)."""
+    registered = replaced["registered"]
+    return (
+        f"Engine {name!r} is registered in code (backend {registered['backend']}), but a server started by "
+        f"`chainette warmup` answers to that name ({replaced['kind']} at {replaced['base_url']}, pid "
+        f"{replaced['pid']}): requests to {name!r} go to that server. Run `chainette kill {name}` to use "
+        "the registered engine, or register it under another name."
+    )
 
 
 def unknown_engine_message(name: str, where: str = "") -> str:

@@ -17,6 +17,7 @@ from .._errors import ChainDefinitionError
 from .branch import Branch
 from .checks import CheckReport, check_chain
 from .contract import ChainBase, Node, as_node, spliced
+from .hints import input_variants
 from .subflow import Subflow
 
 __all__ = ["ChainGraph"]
@@ -33,6 +34,7 @@ class ChainGraph(ChainBase):
         *,
         batch_size: int = 64,
         emoji: str | None = None,
+        input_model: Any = None,
     ) -> None:
         if not steps:
             raise ChainDefinitionError(f"Chain {name!r} has no steps.")
@@ -44,6 +46,12 @@ class ChainGraph(ChainBase):
         self.items: list[Node] = [
             as_node(item, f"Chain {name!r} steps[{i}]") for i, item in enumerate(spliced(list(steps)))
         ]
+        if input_model is not None and input_variants(input_model) is None:
+            raise ChainDefinitionError(
+                f"Chain {name!r}: input_model must be a pydantic model or a union of models (A | B, "
+                f"Union[A, B], Annotated[A | B, Field(discriminator='kind')]), got {input_model!r}."
+            )
+        self.declared_input = input_model
         self._check_unique_names()
         nested = [n for item in self.items for n in item.walk() if n.whole_stream and n is not item]
         if nested:
@@ -117,6 +125,10 @@ class ChainGraph(ChainBase):
         previous = ["input"]
         for item in self.items:
             previous = item.layout(previous, out)
+        passing = {n["id"] for n in out["nodes"] if n.get("kind") == "router" and n.get("passes_unmatched")}
+        for edge in out["edges"]:  # a router's edge that takes no route: the unchanged record's way on
+            if edge["from"] in passing and "label" not in edge:
+                edge["label"] = "no match: unchanged"
         return {"name": self.name, "batch_size": self.batch_size, **out}
 
     def to_mermaid(self) -> str:

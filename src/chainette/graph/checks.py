@@ -15,6 +15,7 @@ from collections.abc import Callable
 from ..engines.registry import is_registered
 from .contract import ChainBase, Checker, Scope
 from .issues import CheckReport, Issue
+from .router import Router
 
 __all__ = ["CheckReport", "Checker", "Issue", "Scope", "check_chain"]
 
@@ -24,5 +25,8 @@ def check_chain(
 ) -> CheckReport:
     """Check ``chain`` statically; see the module docstring for what is checked."""
     checker = Checker(chain, check_engines, engine_known or is_registered)
+    first = chain.items[0]
+    if isinstance(first, Router) and first.by is None and len(chain.input_variants) > 1:
+        first.check_variants(checker, "the chain's input", chain.input_variants, is_input=True)
     checker.walk(chain.items, {"input": chain.input_model}, chain.input_model, prev=None)
     return checker.report

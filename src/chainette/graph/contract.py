@@ -12,6 +12,8 @@ which ``Branch`` answers), and a chain inside a chain through :meth:`ChainBase.a
 
 from __future__ import annotations
 
+import functools
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
@@ -20,6 +22,7 @@ from pydantic import BaseModel
 
 from .._errors import ChainDefinitionError, IncompatibleStepsError, UnknownEngineError
 from ..engines.registry import is_registered, unknown_engine_message
+from .hints import input_variants
 from .ids import ID_RE
 from .issues import CheckReport, Issue
 from .policy import NodePolicy
@@ -140,6 +143,12 @@ class Node:
         """The model classes the value after this node can be: ``(output_model,)``, none when
         unknown, several for a step whose output is a union (its ``output_model`` is then None)."""
         return () if self.output_model is None else (self.output_model,)
+
+    def variant_advice(self) -> str | None:
+        """When the value after this node may be one of several models (:attr:`output_variants`)
+        and each must fit what comes next: what to do when one does not (None: fit checked per
+        record at run time, a warning)."""
+        return None
 
     def check(
         self, checker: Checker, scope: Scope, current: type[BaseModel] | None, prev: Node | None
@@ -291,11 +300,34 @@ class ChainBase(ABC):
 
     name: str
     items: list[Node]
+    declared_input: Any = None
+    """``Chain(input_model=...)``: a model or a union of models; None: the first node says."""
+
+    @property
+    def input_type(self) -> Any:
+        """What each input record is validated into: the declared ``input_model`` (a model, or a
+        union of models: ``A | B``, ``Union[A, B]``, ``Annotated[A | B, Field(discriminator=...)]``);
+        else a first router keyed by model classes (and no ``by``) takes the union of its classes;
+        else the first node's input model (None: any value)."""
+        if self.declared_input is not None:
+            return self.declared_input
+        first = self.items[0]
+        keyed = [getattr(r, "model", None) for r in first.children()] if first.kind == "router" else []
+        if keyed and all(keyed) and getattr(first, "by", "") is None:
+            return functools.reduce(operator.or_, keyed)  # A | B | ...
+        return first.input_model
 
     @property
     def input_model(self) -> type[BaseModel] | None:
-        """The model each input record is validated into (the first node's input model)."""
-        return self.items[0].input_model
+        """The model each input record is validated into, when it is one model (None for a union:
+        see :attr:`input_type` and :attr:`input_variants`)."""
+        tp = self.input_type
+        return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+    @property
+    def input_variants(self) -> tuple[type[BaseModel], ...]:
+        """The model classes an input record may be (several for a union input; none when any value)."""
+        return input_variants(self.input_type) or ()
 
     @abstractmethod
     def as_node(self, id: str | None = None, *, name: str | None = None) -> Node:
@@ -365,6 +397,26 @@ class Checker:
                 self.placement.pop(node.key, None)
         return current
 
+    def _check_variants_fit(self, node: Node, wanted: type[BaseModel], prev: Node) -> None:
+        """Every model ``prev`` may hand on has the required fields of ``wanted`` (an error
+        naming the one that lacks them and ``prev``'s advice otherwise)."""
+        variants = prev.output_variants
+        union = " | ".join(v.__name__ for v in variants)
+        for variant in variants:
+            if issubclass(variant, wanted):
+                continue
+            have = variant.model_fields
+            missing = [n for n, f in wanted.model_fields.items() if f.is_required() and n not in have]
+            if missing:
+                self.add(
+                    "error",
+                    node,
+                    f"{node.kind} {node.id!r} needs {wanted.__name__}, but {prev.kind} {prev.id!r} may hand "
+                    f"on {variant.__name__} (one of {union}), which lacks required field(s) "
+                    f"{', '.join(repr(m) for m in missing)}. {prev.variant_advice()}",
+                    IncompatibleStepsError,
+                )
+
     def check_input(
         self,
         node: Node,
@@ -378,6 +430,9 @@ class Checker:
         if wanted is None:
             return
         if current is None:
+            if prev is not None and prev.variant_advice() is not None and len(prev.output_variants) > 1:
+                self._check_variants_fit(node, wanted, prev)
+                return
             if prev is not None:
                 variants = prev.output_variants
                 known = (

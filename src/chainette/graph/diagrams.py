@@ -16,7 +16,9 @@ graph of that shape, whatever node kinds it holds:
 - containers: a node whose ``"parent"`` names another id is drawn inside a subgraph for that
   parent (Mermaid ``subgraph``, DOT ``subgraph cluster_N``), nested as the parents nest; a node
   without a parent but with a ``"branch"`` is drawn inside a subgraph for its branch, labelled
-  with its ``join_alias`` (or as a side output). A parent that is itself a node labels its
+  with its ``join_alias`` (or as a side output); a node on a router's route (``"router"`` and
+  ``"route"``) inside a subgraph for that route, labelled ``route <name> of <router>``: its
+  output goes on down the main line. A parent that is itself a node labels its
   subgraph, and is drawn as a node inside it only when an edge touches it.
 
 Ids are emitted safely whatever they hold: DOT quotes and escapes every id; Mermaid keeps an id
@@ -200,6 +202,8 @@ class _Layout:
             return None
         if node.get("parent") is not None:
             return ("node", str(node["parent"]))
+        if node.get("router") is not None and node.get("route") is not None:
+            return ("route", f"{node['router']}\x00{node['route']}")
         if node.get("branch") is not None:
             return ("branch", str(node["branch"]))
         return None
@@ -220,6 +224,9 @@ class _Layout:
 
     def _cluster_label(self, key: tuple[str, str]) -> str:
         what, name = key
+        if what == "route":  # its output goes on down the main line, under the router's id
+            router, route = name.split("\x00", 1)
+            return f"route {route} of {router}"
         if what == "branch":
             alias = next(
                 (n.get("join_alias") for n in self.nodes.values() if str(n.get("branch")) == name), None

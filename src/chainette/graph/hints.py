@@ -10,13 +10,21 @@ import inspect
 import typing
 from collections.abc import Callable
 from types import UnionType
-from typing import Any, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
 from .view import RecordView
 
-__all__ = ["models_from_hints", "return_variants", "signature_target", "unwrap_optional", "wants_record"]
+__all__ = [
+    "input_variants",
+    "models_from_hints",
+    "return_variants",
+    "signature_target",
+    "type_label",
+    "unwrap_optional",
+    "wants_record",
+]
 
 
 def signature_target(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -85,3 +93,27 @@ def _models_in(hint: Any) -> tuple[type[BaseModel], ...]:
         return ()
     found = [m for a in get_args(hint) if a is not type(None) for m in _models_in(a)]
     return tuple(dict.fromkeys(found))
+
+
+def input_variants(tp: Any) -> tuple[type[BaseModel], ...] | None:
+    """The model classes an input type admits: ``A`` → ``(A,)``; ``A | B``, ``Union[A, B]`` and
+    ``Annotated[A | B, Field(discriminator=...)]`` → ``(A, B)``; None for anything else (a union
+    holding a non-model, ``list[A]``...)."""
+    if get_origin(tp) is Annotated:
+        return input_variants(get_args(tp)[0])
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return (tp,)
+    if get_origin(tp) not in (Union, UnionType):
+        return None
+    args = get_args(tp)
+    if not args or not all(isinstance(a, type) and issubclass(a, BaseModel) for a in args):
+        return None
+    return tuple(args)
+
+
+def type_label(tp: Any) -> str:
+    """A model's name, or a union's variants as ``A | B`` (for messages)."""
+    variants = input_variants(tp)
+    if variants:
+        return " | ".join(v.__name__ for v in variants)
+    return getattr(tp, "__name__", None) or str(tp)

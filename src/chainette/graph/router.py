@@ -24,7 +24,7 @@ from .ids import check_id
 
 __all__ = ["Route", "Router"]
 
-NoMatch = Literal["fail", "filter"]
+NoMatch = Literal["fail", "filter", "pass"]
 RouteKey = str | type[BaseModel]
 
 
@@ -38,6 +38,20 @@ class Route(Branch):
         super().__init__(name, steps)
         self.router = router
         self.model = model
+
+    def layout(self, previous: list[str], out: dict[str, list[dict[str, Any]]]) -> list[str]:
+        """As a branch's, but its nodes name the router and the route (drawn as a route that
+        goes on down the main line, not as a side output)."""
+        start = len(out["nodes"])
+        last = previous
+        for node in self.steps:
+            last = node.layout(last, out)
+        for entry in out["nodes"][start:]:
+            if "branch" not in entry:  # the innermost branch or route names a node's place
+                entry.update(
+                    {"branch": self.name, "join_alias": None, "router": self.router, "route": self.name}
+                )
+        return last
 
     def placement(self) -> str | None:
         return (
@@ -57,7 +71,9 @@ class Router(Node):
             Leave it out when the routes are keyed by model classes: the value's class decides.
         default: The route for a record that matches none.
         on_no_match: Without a default: ``"fail"`` (the record goes to failures.jsonl with the
-            reason; default) or ``"filter"`` (dropped and counted as filtered).
+            reason; default), ``"filter"`` (dropped and counted as filtered) or ``"pass"`` (it goes
+            on unchanged, as if through an empty route: an "if" without an "else"; what follows
+            must take both the routes' output and the unchanged record).
         fan_out: ``by`` may return several routes; the record takes each, with id ``<id>.<route>``.
 
     Example:
@@ -112,7 +128,7 @@ class Router(Node):
             )
         if on_no_match not in get_args(NoMatch):
             raise ChainDefinitionError(
-                f"Router {id!r}: on_no_match must be 'fail' or 'filter', got {on_no_match!r}."
+                f"Router {id!r}: on_no_match must be 'fail', 'filter' or 'pass', got {on_no_match!r}."
             )
         self.by = by
         self.by_wants_record = callable(by) and wants_record(by)
@@ -122,7 +138,28 @@ class Router(Node):
         inputs = {r.input_model for r in self.routes if r.model is None}
         self.input_model = inputs.pop() if len(inputs) == 1 and not any(by_class) else None
         outputs = {r.output_model for r in self.routes}
+        if self.passes_unmatched:  # the unchanged record is one more way through
+            outputs.add(self.input_model)
         self.output_model = outputs.pop() if len(outputs) == 1 else None
+        self._variants: tuple[type[BaseModel], ...] = ()  # what may go on (set by check)
+
+    @property
+    def passes_unmatched(self) -> bool:
+        """A record that matches no route goes on unchanged (``on_no_match="pass"``, no default)."""
+        return self.on_no_match == "pass" and self.default is None
+
+    @property
+    def output_variants(self) -> tuple[type[BaseModel], ...]:
+        return self._variants or super().output_variants
+
+    def variant_advice(self) -> str | None:
+        if not self.passes_unmatched:
+            return None
+        return (
+            f"Records that match no route of router {self.id!r} go on unchanged: make every route end in "
+            "a model that fits what comes next (the one it came in with, say), convert with an apply(...) "
+            "after the router, or give the router a default= route."
+        )
 
     def _name_of(self, key: RouteKey) -> str:
         name = key.__name__ if isinstance(key, type) else key
@@ -144,14 +181,22 @@ class Router(Node):
     ) -> type[BaseModel] | None:
         union = prev if prev is not None and self.by is None and len(prev.output_variants) > 1 else None
         if union is not None:  # right after a union step, routed by variant
-            self._check_variants(checker, union, union.output_variants)
+            self.check_variants(checker, f"{union.kind} {union.id!r}", union.output_variants)
         outputs: list[type[BaseModel] | None] = []
         for route in self.routes:
             view = dict(scope)  # a route's outputs exist only for the records it took
             if union is not None and route.model is not None and isinstance(view.get(union.key), tuple):
                 view[union.key] = route.model  # the route's records are that variant
             outputs.append(checker.walk(route.steps, view, route.model or current, prev, in_branch=True))
+        if self.passes_unmatched:
+            outputs.append(current)  # the unchanged record goes on too
         models = {o for o in outputs if o is not None}
+        self._variants = ()
+        if len(models) > 1 and self.passes_unmatched:  # each must fit what follows: checked there
+            self._variants = tuple(dict.fromkeys(o for o in outputs if o is not None))
+            scope[self.key] = None if None in outputs else self._variants
+            checker.placement.pop(self.key, None)
+            return None
         if len(models) > 1:
             names = ", ".join(sorted(m.__name__ for m in models))
             checker.add(
@@ -165,12 +210,15 @@ class Router(Node):
         checker.placement.pop(self.key, None)
         return out
 
-    def _check_variants(self, checker: Checker, prev: Node, variants: tuple[type[BaseModel], ...]) -> None:
-        """Routes keyed by model classes right after a union step: every variant has a route
-        (unless a default or ``on_no_match='filter'`` takes the rest), and every route's class is
-        one the step can answer."""
+    def check_variants(
+        self, checker: Checker, source: str, variants: tuple[type[BaseModel], ...], *, is_input: bool = False
+    ) -> None:
+        """Routes keyed by model classes right after a union step (or first in a chain whose
+        input is a union; ``source`` names it): every variant has a route (unless a default or
+        ``on_no_match='filter'`` / ``'pass'`` takes the rest), and every route's class is one
+        ``source`` can hand on."""
         union = " | ".join(v.__name__ for v in variants)
-        source = f"{prev.kind} {prev.id!r}"
+        of = source if is_input else f"{source}'s output"
         keyed = [r.model for r in self.routes if r.model is not None]
         for route in self.routes:
             model = route.model
@@ -179,32 +227,38 @@ class Router(Node):
                     "error",
                     self,
                     f"Router {self.id!r}: route {route.name!r} is keyed by {model.__name__}, which is not a "
-                    f"variant of {source}'s output ({union}), so no record can take it. Key it by one of "
+                    f"variant of {of} ({union}), so no record can take it. Key it by one of "
                     f"{union}, or remove it.",
                 )
-        if self.default is not None or self.on_no_match == "filter":
+        if self.default is not None or self.on_no_match in ("filter", "pass"):
             return
         for variant in variants:
             if not any(issubclass(variant, m) for m in keyed):
                 checker.add(
                     "error",
                     self,
-                    f"Router {self.id!r}: {source} can answer {variant.__name__} (its output is {union}), "
+                    f"Router {self.id!r}: {source} {'may be' if is_input else 'can answer'} {variant.__name__} "
+                    f"({'it' if is_input else 'its output'} is {union}), "
                     f"but no route takes {variant.__name__}. Add a route keyed by {variant.__name__}, a "
-                    "default= route, or on_no_match='filter'.",
+                    "default= route, or on_no_match='filter' (or 'pass').",
                 )
 
     def layout(self, previous: list[str], out: dict[str, list[dict[str, Any]]]) -> list[str]:
         out["nodes"].append(self.describe())
         out["edges"].extend({"from": p, "to": self.id} for p in previous)
-        ends: list[str] = []
+        ends: list[str] = [self.id] if self.passes_unmatched else []  # the unchanged record's way on
         for route in self.routes:
             start = len(out["edges"])
             ends.extend(route.layout([self.id], out))
             for edge in out["edges"][start:]:
                 if edge["from"] == self.id:
-                    edge["label"] = route.name
+                    edge["label"] = self._edge_label(route.name)
         return ends
+
+    def _edge_label(self, name: str) -> str:
+        """What takes a record down route ``name``: its name, the field's value, or default."""
+        label = f"{self.by} = {name}" if isinstance(self.by, str) else name
+        return f"{label} (default)" if name == self.default else label
 
     def describe(self) -> dict[str, Any]:
         by = (
@@ -218,5 +272,6 @@ class Router(Node):
             "by": by,
             "default": self.default,
             "on_no_match": self.on_no_match,
+            "passes_unmatched": self.passes_unmatched,
             "fan_out": self.fan_out,
         }

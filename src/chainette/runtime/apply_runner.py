@@ -30,6 +30,7 @@ import anyio
 from pydantic import BaseModel, ValidationError
 
 from .._errors import ApplyError, RecordError
+from ..engines.secrets import scrub_text
 from ..graph.nodes import Apply
 from ..graph.policy import NodePolicy
 from ..graph.view import RecordView
@@ -199,14 +200,19 @@ def _coerce(node: Apply, record: Record, model: type[BaseModel] | None, value: A
         )
 
 
-def _raised_error(node: Apply, record: Record, raised: _Raised) -> ApplyError:
+def _problem(raised: _Raised) -> str:
+    """What went wrong in one call: its timeout, or the exception and where it was raised."""
     exc = raised.exc
     if raised.timeout_s is not None:
-        problem = f"timed out after {raised.timeout_s:g} s"
-    else:
-        tb = traceback.extract_tb(exc.__traceback__)
-        where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""
-        problem = f"raised {type(exc).__name__}: {exc}{where}"
+        return f"timed out after {raised.timeout_s:g} s"
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""
+    return f"raised {type(exc).__name__}: {exc}{where}"
+
+
+def _raised_error(node: Apply, record: Record, raised: _Raised) -> ApplyError:
+    exc = raised.exc
+    problem = _problem(raised)
     if raised.attempts > 1:
         message = f"apply {node.id!r} failed after {raised.attempts} attempts; the last one {problem}"
     else:
@@ -250,7 +256,17 @@ async def call_with_policy(
                 result.attempts = attempt
                 if attempt < policy.tries:
                     failed.append(k)
-                    ready_at[k] = time.monotonic() + policy.backoff.delay(attempt, f"{node.id}/{record.id}")
+                    delay = policy.backoff.delay(attempt, f"{node.id}/{record.id}")
+                    ready_at[k] = time.monotonic() + delay
+                    ctx.node(node.id).retries += 1  # counted as a step counts its retries
+                    ctx.tell(
+                        "retry",
+                        record,
+                        node.id,
+                        attempt=attempt,
+                        error=scrub_text(_problem(result)),
+                        delay_s=delay,
+                    )
             results[k] = result
         pending = failed
         if not pending:

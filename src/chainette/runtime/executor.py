@@ -43,7 +43,7 @@ from .record_trace import RecordTrace
 from .records import Record
 from .requests import CacheMode, RequestCache
 from .result import RunResult
-from .run_meta import _graph, _iso, _summary, _versions
+from .run_meta import _graph, _iso, _start_warnings, _summary, _versions
 from .run_shared import first_error as _first_error
 from .run_shared import read_records
 from .stages import Flow, flatten, per_record, run_stage, stages
@@ -65,7 +65,8 @@ async def run_chain(
     except TypeError as exc:
         known = ", ".join(RunOptions.__dataclass_fields__)
         raise TypeError(f"{exc}. Known run options: {known}.") from None
-    chain.check(engine_known=is_available).raise_for_errors()
+    report = chain.check(engine_known=is_available)
+    report.raise_for_errors()
     unrunnable = missing_runners(chain.walk())
     if unrunnable:
         raise ChainDefinitionError("\n".join(unrunnable))
@@ -104,7 +105,8 @@ async def run_chain(
         raise
     try:
         with run_collector():
-            return await _run_in_folder(chain, source, opts, writer, cache, users, run_id)
+            notes = _start_warnings(chain, report)
+            return await _run_in_folder(chain, source, opts, writer, cache, users, run_id, notes)
     finally:
         cache.close()
         writer.release()
@@ -118,6 +120,7 @@ async def _run_in_folder(
     cache: RequestCache,
     users: Counter[str],
     run_id: str,
+    notes: tuple[list[str], dict[str, dict[str, Any]]] = ([], {}),
 ) -> RunResult:
     """The run proper, in the locked ``writer.path``: lay out the folder, stream the records
     through the stages, then record how it ended in ``metadata.json``."""
@@ -134,6 +137,13 @@ async def _run_in_folder(
     ctx.state[STOPS_INPUT] = _input_stoppers(chain)
     started = time.time()
     meta = _initial_metadata(chain, opts, writer, run_id, started)
+    warnings, replaced = notes
+    if warnings:  # said before the run starts (so before a progress display), and kept
+        meta["warnings"] = list(warnings)
+        for warning in warnings:
+            _log.warning(warning)
+    if replaced:
+        meta["engines"] = {name: {"replaced_by_server": info} for name, info in replaced.items()}
     _lay_out(chain, writer, meta)
     counts = {"records_in": 0}
     emit(
@@ -143,6 +153,7 @@ async def _run_in_folder(
             "run_id": run_id,
             "output_dir": str(writer.path),
             "nodes": [n.id for n in chain.iter_nodes()],
+            "warnings": list(warnings),
         },
     )
     try:
@@ -155,7 +166,7 @@ async def _run_in_folder(
         meta["status"] = "completed"
         if counts["records_in"] == 0:
             warning = f"No input records: {describe_inputs(inputs)} held none (empty, or blank lines only), so nothing ran."
-            meta["warnings"] = [warning]
+            meta.setdefault("warnings", []).append(warning)
             _log.warning(warning)
     except BaseException as exc:
         meta["status"] = (
@@ -276,7 +287,12 @@ async def _finish(
     except RunFolderError as exc:  # a write failed (the disk is full...): its message says what to do
         write_error = exc
     finished = time.time()
+    replaced = {
+        n: e["replaced_by_server"] for n, e in meta.get("engines", {}).items() if "replaced_by_server" in e
+    }
     meta.update(_summary(ctx, counts, writer, broker))
+    for name, info in replaced.items():  # the engine as it ran, and what it replaced
+        meta["engines"].setdefault(name, {})["replaced_by_server"] = info
     meta["cache"] = cache_summary(ctx)
     meta["cost"] = cost_summary(chain, ctx)
     meta["finished_at"] = _iso(finished)

@@ -124,7 +124,7 @@ class ChainWorker:
         base = self._context()
         result = ChunkResult(worker=os.getpid())
         ctx = replace(base, writer=ChunkSink(result), stats={})  # limiters, broker, ledger: shared
-        model = self.chain.input_model
+        model = self.chain.input_type
         now = time.monotonic()
         chunk = []
         for rid, index, dumped, left, budget in records:

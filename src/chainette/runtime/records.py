@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Container
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from ..graph.hints import input_variants, type_label
 
 __all__ = [
     "Record",
@@ -13,9 +15,11 @@ __all__ = [
     "describe_validation",
     "dump",
     "fields_of",
+    "input_mismatch",
     "iteration_tag",
     "owner_id",
     "request_salt",
+    "type_label",
 ]
 
 
@@ -167,15 +171,40 @@ def fields_of(value: Any) -> dict[str, Any]:
     return {"value": value}
 
 
-def coerce(model: type[BaseModel] | None, value: Any) -> Any:
-    """``value`` as an instance of ``model`` (unchanged when no model or already one).
+def coerce(model: Any, value: Any) -> Any:
+    """``value`` as an instance of ``model`` (unchanged when no model or already one). ``model``
+    may also be a union of models (a chain's union input): the value becomes the variant it fits,
+    by the union's discriminator when it has one, else by pydantic's smart union.
 
     Raises:
-        pydantic.ValidationError: When the value does not fit.
+        pydantic.ValidationError: When the value does not fit (for a union: fits no variant).
     """
-    if model is None or isinstance(value, model):
+    if model is None:
         return value
-    return model.model_validate(value, from_attributes=True)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return value if isinstance(value, model) else model.model_validate(value, from_attributes=True)
+    variants = input_variants(model) or ()
+    if isinstance(value, variants):
+        return value
+    return _adapter(model).validate_python(value, from_attributes=True)
+
+
+_ADAPTERS: dict[int, tuple[Any, TypeAdapter[Any]]] = {}
+
+
+def _adapter(tp: Any) -> TypeAdapter[Any]:
+    """One ``TypeAdapter`` per type (built once: building one costs far more than validating)."""
+    held = _ADAPTERS.get(id(tp))
+    if held is None or held[0] is not tp:
+        held = _ADAPTERS[id(tp)] = (tp, TypeAdapter(tp))
+    return held[1]
+
+
+def input_mismatch(model: Any, exc: ValidationError) -> str:
+    """Why a value does not fit ``model``: the fields, and for a union the variants tried."""
+    variants = input_variants(model) or ()
+    tried = f"; variants tried: {', '.join(v.__name__ for v in variants)}" if len(variants) > 1 else ""
+    return describe_validation(exc) + tried
 
 
 def describe_validation(exc: ValidationError, limit: int = 5) -> str:

@@ -21,6 +21,7 @@ async def run_router(node: Router, chunk: list[Record], ctx: RunContext) -> list
     stats.records_in += len(chunk)
     failed_here = 0  # counted locally: chunks run concurrently, and ctx.fail counts a failure as done
     groups: dict[str, list[Record]] = {name: [] for name in node.route_names}
+    passed: list[Record] = []  # matched no route, and the router passes such records on unchanged
     order: dict[str, int] = {}
     for k, record in enumerate(chunk):
         failed = stats.failed
@@ -28,13 +29,17 @@ async def run_router(node: Router, chunk: list[Record], ctx: RunContext) -> list
         failed_here += stats.failed - failed  # no await in between: only this record's failure
         if names is None:
             continue
+        if not names:
+            order[record.id] = k
+            passed.append(record)
+            continue
         for name in names:
             copy = record if len(names) == 1 else _copy(record, f"{record.id}.{name}")
             order[copy.id] = k
             groups[name].append(copy)
 
     done = await run_concurrently({r.name: (r.steps, groups[r.name], ctx) for r in node.routes})
-    out = [r for route in node.routes for r in done[route.name]]
+    out = [r for route in node.routes for r in done[route.name]] + passed
     out.sort(key=lambda r: _position(order, r.id))  # input order (stable: route order within a record)
     for record in out:
         record.advance(node.key, record.value)
@@ -45,7 +50,8 @@ async def run_router(node: Router, chunk: list[Record], ctx: RunContext) -> list
 
 
 def _choose(node: Router, record: Record, ctx: RunContext) -> list[str] | None:
-    """The routes ``record`` takes, or None when it failed or was filtered (handled here)."""
+    """The routes ``record`` takes (none: it goes on unchanged), or None when it failed or was
+    filtered (handled here)."""
     try:
         chosen = _chosen(node, record)
     except Exception as exc:
@@ -79,13 +85,21 @@ def _choose(node: Router, record: Record, ctx: RunContext) -> list[str] | None:
         return names
     if node.default is not None:
         return [node.default]
+    if node.on_no_match == "pass":
+        return []  # goes on unchanged
     if node.on_no_match == "filter":
         ctx.node(node.id).filtered += 1
         return None
+    keyed = [r.model.__name__ for r in node.routes if r.model is not None]
+    what = (
+        f"the value is a {type(record.value).__name__}, none of {', '.join(keyed)}"
+        if node.by is None and keyed
+        else f"routes: {', '.join(node.route_names)}"
+    )
     ctx.fail(
         record,
         RecordError(
-            f"Router {node.id!r}: no route matches this record (routes: {', '.join(node.route_names)}). "
+            f"Router {node.id!r}: no route matches this record ({what}). "
             "Give the router a default= route, or on_no_match='filter' to drop such records.",
             node_id=node.id,
             record_id=record.id,

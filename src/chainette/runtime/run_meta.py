@@ -9,9 +9,10 @@ from importlib import metadata as _importlib_metadata
 from typing import Any
 
 from ..engines.broker import EngineBroker
-from ..engines.registry import get_engine_config
+from ..engines.registry import get_engine_config, replaced_by_server, replaced_message
 from ..engines.secrets import scrub_strings
 from ..graph.chain import ChainGraph
+from ..graph.issues import CheckReport
 from ..io.writer import RunWriter
 from .context import RunContext
 
@@ -28,6 +29,18 @@ def _graph(chain: ChainGraph) -> dict[str, Any]:
     }
     scrubbed: dict[str, Any] = scrub_strings(graph)
     return scrubbed
+
+
+def _start_warnings(chain: ChainGraph, report: CheckReport) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """What a run says at its start (logged, and kept in ``metadata.json``'s ``warnings``): each
+    engine registered in code that a ``chainette warmup`` server replaces, then the check's
+    warnings. Also the replaced engines, for ``metadata.json``'s ``engines.<name>.replaced_by_server``."""
+    replaced = {n: r for n in chain.engine_names() if (r := replaced_by_server(n)) is not None}
+    messages = [replaced_message(n, r) for n, r in replaced.items()]
+    messages += [
+        f"{issue.node_id}: {issue.message}" if issue.node_id else issue.message for issue in report.warnings
+    ]
+    return messages, replaced
 
 
 def _summary(

@@ -17,7 +17,7 @@ from ..graph.chain import ChainGraph
 from ..io.inputs import InputItem, iter_input_chunks
 from .context import RunContext
 from .options import RunOptions
-from .records import Record, coerce, describe_validation
+from .records import Record, coerce, input_mismatch, type_label
 
 __all__ = ["first_error", "read_records"]
 
@@ -29,7 +29,7 @@ async def read_records(
 ) -> AsyncIterator[Chunk]:
     """The inputs as chunks of records (never empty); an input that cannot be read or does not fit
     the chain's input model is written to failures here (``node: input``) and counted in."""
-    model = chain.input_model
+    model = chain.input_type  # a model, a union of models, or None
     reader = iter_input_chunks(inputs, chain.batch_size, strict=opts.strict_inputs, columns=opts.columns)
     async with aclosing(reader):  # a head ``take`` stops early: the file is closed then
         async for items in reader:
@@ -58,8 +58,8 @@ def _to_record(item: InputItem, model: Any, opts: RunOptions, ctx: RunContext) -
             )
         except ValidationError as exc:
             item.error = (
-                f"{item.where}: does not fit the chain's input model {model.__name__} "
-                f"({describe_validation(exc)}). Fix the record or the input model."
+                f"{item.where}: does not fit the chain's input model {type_label(model)} "
+                f"({input_mismatch(model, exc)}). Fix the record or the input model."
             )
             if opts.strict_inputs:
                 raise InputError(item.error) from exc

@@ -55,7 +55,7 @@ from .context import ChunkHandler, DeltaHandler, EventHandler, NodeObserver, Nod
 from .dispatch import missing_runners, run_node
 from .events import EventStream, Middleware
 from .executor import RunOptions, _finish, _initial_metadata, _lay_out, flatten
-from .records import Record, coerce, dump
+from .records import Record, coerce, dump, input_mismatch, type_label
 from .requests import CacheMode, RequestCache
 from .traces import TERMINAL as TERMINAL  # re-exported: the CLI and the OpenTelemetry middleware use it
 from .traces import TraceEvent, TraceHandle, TraceKind, check_deadline, check_trace_id
@@ -272,13 +272,13 @@ class ChainService:
                 "The service is not running: use `async with ChainService(chain) as service:`."
             )
         # everything is checked before a slot is taken: a refused submission holds nothing
-        model = self.chain.input_model
+        model = self.chain.input_type  # a model, a union of models, or None
         try:
             coerced = coerce(model, value)
         except ValidationError as exc:
             raise InputError(
-                f"The submission does not fit the chain's input model {getattr(model, '__name__', model)}: "
-                f"{exc.errors(include_url=False)}"
+                f"The submission does not fit the chain's input model {type_label(model)} "
+                f"({input_mismatch(model, exc)}): {exc.errors(include_url=False)}"
             ) from exc
         trace_id = uuid.uuid4().hex if trace_id is None else check_trace_id(trace_id)
         limit = check_deadline(deadline_s)

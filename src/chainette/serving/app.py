@@ -51,7 +51,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .._errors import ChainetteError, InputError, MissingDependencyError, ServiceError, ServiceFullError
 from ..graph.chain import ChainGraph
-from ..runtime.records import describe_validation
+from ..runtime.records import coerce, input_mismatch, type_label
 from ..runtime.service import ChainService, TraceEvent, TraceHandle
 from ..runtime.traces import check_deadline, check_trace_id
 from .checks import LocalGuard, load_json, printable, redact_logs
@@ -163,7 +163,7 @@ def create_app(
         return JSONResponse(
             {
                 "chain": chain.name,
-                "input": _schema(chain.input_model),
+                "input": _schema(chain.input_type),  # a union: anyOf (oneOf with a discriminator)
                 "output": _schema(chain.items[-1].output_model),
                 "examples": offered,
                 "token_required": token is not None,
@@ -311,15 +311,15 @@ async def _read_body(request: Any, limit: int) -> bytes | None:
 
 def _validate(chain: ChainGraph, value: Any) -> dict[str, Any] | None:
     """None if ``value`` fits the chain's input model, else the 422 body naming each field."""
-    model = chain.input_model
+    model = chain.input_type  # a model, a union of models (validated into its variant), or None
     if model is None:  # the first node takes any value
         return None
     try:
-        model.model_validate(value)
+        coerce(model, value)
     except ValidationError as exc:
         return {
             "error": "invalid_input",
-            "message": f"The body does not fit {getattr(model, '__name__', 'the input model')}: {describe_validation(exc)}",
+            "message": f"The body does not fit {type_label(model)}: {input_mismatch(model, exc)}",
             "errors": [
                 {
                     "field": ".".join(str(p) for p in e["loc"]),
