@@ -1,4 +1,5 @@
-"""``chainette runs list | show | summarize | compare | rerun``: experiment run history.
+"""``chainette runs list | show | summarize | compare | rerun``: run history (``list``: every run
+folder, plain ``chainette run`` ones too; the others: experiment runs).
 
 Reads the run folders' ``experiment.json`` (see :mod:`chainette.experiments.history`); RUN is a
 run folder, or a folder name under ``--root``. ``rerun`` imports the experiment again from the
@@ -28,7 +29,7 @@ from .progress import ProgressDisplay, print_run_summary
 __all__ = ["runs_app"]
 
 runs_app = typer.Typer(
-    help="Experiment run history: list, show, summarize, compare and rerun recorded runs.",
+    help="Run history: list every run folder; show, summarize, compare and rerun experiment runs.",
     no_args_is_help=True,
 )
 
