@@ -25,6 +25,7 @@ def test_rerun_with_resume_sends_nothing_and_reports_the_cache(tmp_path: Path, l
         "ledger": str(ledger_path),
         "mode": "use",
         "sent": 0,
+        "unsent": 0,
         "hits": 10,
         "deduped": 0,
         "saved_tokens": None,

@@ -191,7 +191,7 @@ def test_run_record_limits_reach_the_run(tmp_path: Path) -> None:
 
     result = invoke("run", f"{chain_file}:chain", "-i", inputs, "-o", run_dir, *args)
 
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 3, result.stderr  # every record failed (exit codes: cli/_common.py)
     config = json.loads((run_dir / "metadata.json").read_text())["config"]
     assert config["record_deadline_s"] == 60 and config["record_token_budget"] == 1
     failures = [json.loads(line) for line in (run_dir / "failures.jsonl").read_text().splitlines()]
@@ -460,7 +460,7 @@ def test_an_engine_refusing_the_key_is_reported_once(
         args = ["run", chain_file, "-i", inputs, "-o", tmp_path / "run", "--engines", engines]
         result = invoke(*args, *(["--quiet"] if quiet else []))
 
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 3, result.stderr  # every record failed
     assert stub.stats["requests"] == 1
     reason = "authentication failed (HTTP 401) for engine 'remote': check the API key in $WRONG_KEY"
     assert result.stderr.count(reason) == 1, result.stderr

@@ -57,7 +57,7 @@ def test_runs_list_shows_both_runs_newest_first_and_says_when_there_are_none(
         and "calc /" in rows[0]  # its suite ("python") wraps onto the next line at 80 columns
     )
     code, out, _ = runs("list", "--root", str(tmp_path / "empty"))
-    assert code == 0 and "No experiment runs under" in out
+    assert code == 0 and "No runs under" in out
 
 
 def test_runs_show_prints_the_config_the_cases_and_the_totals(recorded: Path) -> None:

@@ -1,8 +1,9 @@
 """What every command shares: the stderr console, how errors end a command, and how text from a
 model, a file or a run folder is shown.
 
-Exit codes: 1 for a ChainetteError (message only, no traceback), 130 for Ctrl-C. Other
-exceptions are bugs and keep their traceback.
+Exit codes (:data:`EXIT_CODES`, also in ``chainette --help``): 0 done, 1 a ChainetteError (a
+definition error or a run that stopped; message only, no traceback), 2 bad usage (click's), 3 a
+run in which every record failed, 130 Ctrl-C. Other exceptions are bugs and keep their traceback.
 
 Text that came from a model, a file or a run folder (outputs, reasons, case ids, names, paths,
 error messages that echo input) goes through :func:`visible` before it is printed: a terminal
@@ -29,14 +30,45 @@ from .._errors import ChainetteError, EngineConfigError
 from ..engines.secrets import scrub_text
 
 __all__ = [
+    "EXIT_ALL_FAILED",
+    "EXIT_CODES",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
     "check_file",
     "checked_engines",
+    "every_record_failed",
     "exit_on_errors",
     "json_text",
     "shown",
     "stderr_console",
     "visible",
 ]
+
+EXIT_ERROR = 1
+"""A ChainetteError: the chain, an engine definition, an input or the run folder is wrong, or the
+run stopped. The message says what to do."""
+EXIT_ALL_FAILED = 3
+"""The run ended, but every record failed (e.g. the server is down): nothing came out."""
+EXIT_INTERRUPTED = 130
+EXIT_CODES = (
+    "Exit codes: 0 done (some records may have failed: see failures.jsonl); 1 an error in the chain, "
+    "an engine definition, the inputs or the run folder, or a run that stopped; 2 bad usage (an "
+    "unknown option, a missing argument); 3 the run ended but every record failed; 130 interrupted."
+)
+"""What each exit status means, for ``--help`` and the docs."""
+
+
+def every_record_failed(meta: dict[str, Any]) -> bool:
+    """Did a finished run (its ``metadata.json``) read records and fail every one of them, so that
+    nothing was written and nothing filtered?"""
+    counts: dict[str, int] = meta.get("counts") or {}
+    return bool(
+        counts.get("records_in", 0) > 0
+        and counts.get("failures", 0) > 0
+        and counts.get("records_out", 0) == 0
+        and counts.get("filtered", 0) == 0
+    )
+
 
 _CONTROLS = re.compile(
     "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
@@ -128,9 +160,9 @@ def exit_on_errors(err: Console, run_folder: dict[str, Any] | None = None) -> It
         err.print(f"[bold red]Error:[/] [red]{shown(scrub_text(str(exc)))}[/]{shown(where)}", soft_wrap=True)
         for note in getattr(exc, "__notes__", ()):
             err.print(f"[dim]{shown(scrub_text(note))}[/]", soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_ERROR) from None
     except KeyboardInterrupt:
         if run_folder and run_folder.get("output_dir"):
             where = f" Partial results are in {run_folder['output_dir']} (metadata.json status: interrupted)."
         err.print(f"[yellow]Interrupted.[/]{shown(where)}", soft_wrap=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -2,8 +2,8 @@
 
 Output discipline: what a command produces goes to stdout (for ``run``, only the run folder, as
 the last line, so ``out=$(chainette run ...)`` works); progress, summaries and errors go to
-stderr. Exit codes: 0 done, 1 a ChainetteError (message only, no traceback), 2 bad usage,
-130 interrupted.
+stderr. Exit codes (``_common.EXIT_CODES``): 0 done, 1 a ChainetteError (message only, no
+traceback), 2 bad usage, 3 every record of the run failed, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -37,9 +37,20 @@ from ..io.text_files import TextFiles, text_files
 from ..runtime.events import Middleware
 from ..runtime.executor import run_chain
 from ..runtime.result import RunResult
-from ._common import checked_engines, exit_on_errors, json_text, shown, stderr_console, visible
+from ._common import (
+    EXIT_ALL_FAILED,
+    EXIT_CODES,
+    checked_engines,
+    every_record_failed,
+    exit_on_errors,
+    json_text,
+    shown,
+    stderr_console,
+    visible,
+)
 from .cache import cache_app
 from .experiment import experiment_app
+from .help_format import install as install_help_format
 from .loading import count_jsonl_records, import_target, load_chain, split_target
 from .progress import JsonEventLog, ProgressDisplay, print_run_summary
 from .report import report
@@ -48,6 +59,8 @@ from .serve import serve
 from .servers import kill, print_running_servers, warmup
 
 __all__ = ["app"]
+
+install_help_format()  # flags shown as flags, option names never cut (see help_format.py)
 
 app = typer.Typer(
     name="chainette",
@@ -59,7 +72,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals may hold API keys
     # The seed's README spells options with underscores (--output_dir): accept both spellings.
     context_settings={"token_normalize_func": lambda token: token.replace("_", "-")},
-    epilog="Options may also be written with underscores: --output_dir is --output-dir.",
+    epilog=f"{EXIT_CODES}\n\nOptions may also be written with underscores: --output_dir is --output-dir.",
 )
 
 app.add_typer(cache_app, name="cache")
@@ -198,7 +211,7 @@ def run(
     executor: ExecutorName = typer.Option(
         ExecutorName.local,
         "--executor",
-        help="Where the chain runs: this process, or Ray actors (needs chainette[ray]).",
+        help="Where the chain runs: this process, or Ray actors (needs chainette\\[ray]).",
     ),
     address: str | None = typer.Option(
         None,
@@ -234,7 +247,8 @@ def run(
     """Run a chain over a JSONL, Parquet or CSV file (or a folder, or a saved dataset) and write a run folder.
 
     Progress is shown on stderr; the run folder is printed on stdout as the [bold]last line[/].
-    Records that fail are written to [bold]failures.jsonl[/] and do not stop the run (exit 0).
+    Records that fail are written to [bold]failures.jsonl[/] and do not stop the run (exit 0);
+    when every record failed (e.g. the server is down) the exit status is 3.
 
     [dim]Example:[/]  chainette run examples/quickstart.py:chain -i examples/quickstart.jsonl -o runs/quickstart
     """
@@ -304,6 +318,13 @@ def run(
     else:
         print_run_summary(err, meta, result.path, brief=quiet)
     typer.echo(str(result.path))
+    if every_record_failed(meta):
+        err.print(
+            f"[bold red]Every record failed[/] ({meta['counts']['failures']:,}): exit status {EXIT_ALL_FAILED}. "
+            f"Reasons in {shown(str(result.path / 'failures.jsonl'))}.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_ALL_FAILED)
 
 
 def _input_spec(inputs: str, per: TextPer | None) -> Path | str | TextFiles:

@@ -148,7 +148,7 @@ def list_config(
         return
     table = Table(title=f"Config of {shown(experiment.name)}", title_justify="left")
     for column in ("key", "type", "default", "help"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a key is never cut: it is what -c takes
     model = config if isinstance(config, type) else type(config)
     for row in describe_config(model):
         default = "[bold]required[/]" if row["required"] else shown(repr(row["default"]))

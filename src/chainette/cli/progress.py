@@ -470,14 +470,17 @@ def print_run_summary(console: Console, meta: dict[str, Any], path: Path, *, bri
         if tokens.get("by_step"):
             console.print(f"  tokens: {tokens['prompt']:,} prompt + {tokens['completion']:,} completion")
         cache = meta.get("cache") or {}
-        if cache.get("sent") or cache.get("hits") or cache.get("deduped"):
+        if cache.get("sent") or cache.get("unsent") or cache.get("hits") or cache.get("deduped"):
             saved = cache.get("saved_tokens") or {}
+            unsent = (
+                f"{cache['unsent']:,} failed to send (no server reached), " if cache.get("unsent") else ""
+            )
             cost = meta.get("cost") or {}
             dollars = ""
             if cost.get("usd") is not None and (cost["usd"] or cost.get("saved_usd")):  # local engines: no $0
                 dollars = f"; cost ${cost['usd']:,.4f}, saved ${cost.get('saved_usd') or 0:,.4f}"
             console.print(
-                f"  requests: {cache.get('sent', 0):,} sent, {cache.get('hits', 0):,} from the ledger, "
+                f"  requests: {cache.get('sent', 0):,} sent, {unsent}{cache.get('hits', 0):,} from the ledger, "
                 f"{cache.get('deduped', 0):,} duplicates shared "
                 f"(saved {saved.get('prompt', 0) + saved.get('completion', 0):,} tokens{dollars})",
                 soft_wrap=True,

@@ -1,4 +1,5 @@
-"""``chainette runs list | show | summarize | compare | rerun``: experiment run history.
+"""``chainette runs list | show | summarize | compare | rerun``: run history (``list``: every run
+folder, plain ``chainette run`` ones too; the others: experiment runs).
 
 Reads the run folders' ``experiment.json`` (see :mod:`chainette.experiments.history`); RUN is a
 run folder, or a folder name under ``--root``. ``rerun`` imports the experiment again from the
@@ -19,15 +20,16 @@ from rich.table import Table
 
 from .._errors import ExperimentError
 from ..engines.registry import load_engines
-from ..experiments import ExperimentResult, public_config
+from ..experiments import ExperimentResult, load_suite, public_config
 from ..experiments.history import RunRecord, compare_runs, flatten_config, load_run, restrict, scan_runs
 from ._common import checked_engines, exit_on_errors, json_text, shown, stderr_console, visible
 from .experiment import STATUS_STYLE, load_experiment, print_result
+from .progress import ProgressDisplay, print_run_summary
 
 __all__ = ["runs_app"]
 
 runs_app = typer.Typer(
-    help="Experiment run history: list, show, summarize, compare and rerun recorded runs.",
+    help="Run history: list every run folder; show, summarize, compare and rerun experiment runs.",
     no_args_is_help=True,
 )
 
@@ -84,11 +86,12 @@ def _print_json(value: Any) -> None:
 
 @runs_app.command("list")
 def list_command(root: Path = RootOpt, as_json: bool = JsonOpt) -> None:
-    """Every experiment run under --root, newest first: when, experiment, pass rate, cases, cost, time.
+    """Every run folder under --root, newest first: kind (experiment or run), when, experiment or
+    chain, pass rate, cases or records, cost, time.
 
     [dim]Example:[/]  chainette runs list --root runs
     """
-    runs, damaged = scan_runs(root)
+    runs, damaged = scan_runs(root, plain=True)
     err = stderr_console()
     for folder, reason in damaged:  # one damaged folder does not hide the others
         err.print(f"[yellow]![/] skipped {shown(folder)}: {shown(reason)}", soft_wrap=True)
@@ -97,25 +100,38 @@ def list_command(root: Path = RootOpt, as_json: bool = JsonOpt) -> None:
         return
     out = _out()
     if not runs:
-        out.print(f"No experiment runs under {shown(str(root))} (no folder there has experiment.json).")
+        out.print(f"No runs under {shown(str(root))} (no folder there has experiment.json or metadata.json).")
         return
-    table = Table(title=f"Experiment runs under {shown(str(root))}", title_justify="left")
-    for column in ("id", "when", "experiment / suite", "pass rate", "cases", "cost", "duration"):
+    table = Table(title=f"Runs under {shown(str(root))}", title_justify="left")
+    for column in ("id", "kind", "when", "experiment / suite", "pass rate", "cases", "cost", "duration"):
         right = column in ("pass rate", "cases", "cost", "duration")
-        table.add_column(column, justify="right" if right else "left", no_wrap=column != "experiment / suite")
+        wraps = column in ("experiment / suite", "when")  # a date and a time: two lines when narrow
+        table.add_column(column, justify="right" if right else "left", no_wrap=not wraps)
     for run in runs:
-        suite = run.data.get("suite") or {}
-        where = Path(suite["path"]).name if suite.get("path") else "python"
+        if run.kind == "experiment":
+            suite = run.data.get("suite") or {}
+            where = Path(suite["path"]).name if suite.get("path") else "python"
+            what = f"{shown(run.experiment, lines=False)} / {shown(where, lines=False)}"
+        else:  # a plain run: its chain, and its status when it did not complete
+            status = str(run.metadata.get("status") or "?")
+            what = shown(run.experiment, lines=False) + (
+                "" if status == "completed" else f" ({shown(status)})"
+            )
         table.add_row(
             shown(run.id, lines=False),
+            run.kind,
             _when(run),
-            f"{shown(run.experiment, lines=False)} / {shown(where, lines=False)}",
+            what,
             _rate(run.pass_rate),
-            str(run.totals.get("cases", len(run.cases))),
+            "" if run.size is None else str(run.size),
             _money(run.cost_usd),
             _seconds(run.duration_s),
         )
     out.print(table)
+    if any(run.kind == "run" for run in runs):
+        out.print(
+            "[dim]kind run: a plain `chainette run` (cases: records read); see it with chainette report RUN[/]"
+        )
 
 
 @runs_app.command("show")
@@ -358,8 +374,13 @@ def rerun(
     ledger: Path | None = typer.Option(
         None, "--ledger", help="Request ledger [dim]\\[default: the run's own][/]."
     ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress, no run summary; the cases table and pass rate only."
+    ),
 ) -> None:
     """Run a recorded experiment again, with the same target and overrides (answers from the ledger).
+
+    Progress is shown on stderr as for [bold]chainette experiment run[/] (none with --quiet).
 
     [dim]Example:[/]  chainette runs rerun calc-1 --failed-only -o runs/calc-1-retry
     """
@@ -390,6 +411,11 @@ def rerun(
             experiment = restrict(experiment, ids)
         cache = record.totals.get("cache") or {}
         use_ledger = ledger or (Path(cache["ledger"]) if cache.get("ledger") else None)
+        display = (
+            None
+            if quiet
+            else ProgressDisplay(total=len(load_suite(experiment.suite)), console=err, summary=False)
+        )
 
         async def main() -> ExperimentResult:
             return await experiment.arun(
@@ -399,9 +425,16 @@ def rerun(
                 engines=how.get("engines"),
                 overwrite=overwrite,
                 ledger=use_ledger,
+                middleware=[display] if display is not None else [],
             )
 
-        result = anyio.run(main)
+        try:
+            result = anyio.run(main)
+        finally:
+            if display is not None:
+                display.stop()
+    if not quiet:
+        print_run_summary(err, result.run.metadata, result.path)
     print_result(result)
 
 

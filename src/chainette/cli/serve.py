@@ -5,13 +5,15 @@ The app is :func:`chainette.serving.create_app`; this module parses, prints and 
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from .._errors import MissingDependencyError
+from .._errors import MissingDependencyError, ServiceError
 from ..engines.registry import load_engines
 from ..runtime.service import TERMINAL, TraceEvent
 from ..serving import DEFAULT_MAX_BODY, create_app
@@ -92,6 +94,7 @@ def serve(
         chain = load_chain(target)
         if engines is not None:
             load_engines(engines)
+        _check_port(host, port)  # before engines start: uvicorn would only log it, after starting them
         log = logging.getLogger("chainette.serving")
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
@@ -131,6 +134,29 @@ def serve(
             if startup_error is not None:
                 raise startup_error from None  # one line (exit_on_errors), not uvicorn's traceback
             raise
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port another process listens on, saying which and what to do. Bound the way
+    uvicorn binds (``SO_REUSEADDR``), so a port in TIME_WAIT after a server just stopped is free."""
+    if port == 0:
+        return
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except OSError:
+        return  # an unknown host: uvicorn's own message says so
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise ServiceError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.") from exc
+            raise ServiceError(
+                f"Port {port} on {host} is already in use (another server, or an earlier `chainette serve` "
+                f"still running). Stop it, or pick another port: --port {port + 1 if port < 65535 else 8000}, "
+                "or --port 0 for a free one."
+            ) from None
 
 
 class _QuietStartup:

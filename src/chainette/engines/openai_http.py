@@ -187,6 +187,7 @@ class OpenAIEngine(Engine):
             sum(len(m["content"]) for m in request.messages), request.sampling.max_tokens
         )
         attempt = 0
+        reached = False  # did any attempt get to the server (else the request was never sent)
         while True:
             dialect = self.current_dialect
             await self.limits.acquire(estimate)
@@ -200,8 +201,9 @@ class OpenAIEngine(Engine):
             if problem is _NEXT_DIALECT:
                 attempt -= 1  # trying another dialect is not a transport retry
                 continue
+            reached = reached or not isinstance(problem, _NotSent)
             if wait is None or attempt > self.max_retries:
-                return self._give_up(problem, wait, attempt)
+                return self._give_up(problem, wait, attempt, sent=reached)
             self.stats["retries"] += 1
             await anyio.sleep(wait)
 
@@ -216,6 +218,7 @@ class OpenAIEngine(Engine):
         await self._slots.acquire_on_behalf_of(borrower)
         try:
             attempt = 0
+            reached = False  # as in _complete
             while True:
                 dialect = self.current_dialect
                 await self.limits.acquire(estimate)
@@ -265,12 +268,13 @@ class OpenAIEngine(Engine):
                 if problem is _NEXT_DIALECT:
                     attempt -= 1  # trying another dialect is not a transport retry
                     continue
+                reached = reached or not isinstance(problem, _NotSent)
                 if answer.parts:  # a retry would send the same deltas again: the stream ends here
                     streamed = sum(map(len, answer.parts))
                     yield self._give_up(problem, wait, attempt, f"{streamed} characters were streamed")
                     return
                 if wait is None or attempt > self.max_retries:
-                    yield self._give_up(problem, wait, attempt)
+                    yield self._give_up(problem, wait, attempt, sent=reached)
                     return
                 self.stats["retries"] += 1
                 await anyio.sleep(wait)
@@ -301,18 +305,26 @@ class OpenAIEngine(Engine):
         return self._refused(response, dialect, attempt, backoff)
 
     def _transport_problem(self, exc: httpx.TransportError) -> str:
+        if isinstance(exc, _NEVER_SENT):
+            return _NotSent(f"connection failed ({type(exc).__name__}: {exc}) to {self.public_url}")
         if isinstance(exc, httpx.TimeoutException):
             return f"timed out after {self.timeout:g} s ({type(exc).__name__})"
         return f"connection failed ({type(exc).__name__}: {exc}) to {self.public_url}"
 
-    def _give_up(self, problem: Any, wait: float | None, attempt: int, streamed: str = "") -> Completion:
-        """The error completion of a request that is not sent again (``streamed``: what went out first)."""
+    def _give_up(
+        self, problem: Any, wait: float | None, attempt: int, streamed: str = "", *, sent: bool = True
+    ) -> Completion:
+        """The error completion of a request that is not sent again (``streamed``: what went out
+        first). ``sent`` False: no attempt reached the server (connection refused, no such host),
+        so ``attempts`` is 0 and the run counts the request as failed to send, not sent."""
         self.stats["errors"] += 1
         if streamed:
             tries = f"after {streamed} (not retried)"
         else:
             tries = f"after {attempt} attempt(s)" if wait is not None else "(not retried)"
-        return Completion(text=self._scrub(f"{problem} {tries}"), finish_reason="error", attempts=attempt)
+        return Completion(
+            text=self._scrub(f"{problem} {tries}"), finish_reason="error", attempts=attempt if sent else 0
+        )
 
     def _refused(
         self, response: httpx.Response, dialect: str, attempt: int, backoff: float
@@ -405,6 +417,13 @@ class OpenAIEngine(Engine):
 
 
 _NEXT_DIALECT = object()
+
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+"""Transport errors raised before the request left: no server received it."""
+
+
+class _NotSent(str):
+    """The reason of an attempt that never reached the server (see :data:`_NEVER_SENT`)."""
 
 
 def chat_body(model: str, request: ChatRequest, dialect: str) -> dict[str, Any]:

@@ -12,14 +12,16 @@ working folder. This module never imports :mod:`.servers` (which imports it).
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from .._errors import EngineConfigError, MissingDependencyError, UnknownEngineError
 from . import server_state
@@ -88,7 +90,11 @@ class EngineConfig(BaseModel):
     @classmethod
     def _known_backend(cls, value: str) -> str:
         if value not in BACKENDS:
-            raise ValueError(f"unknown backend {value!r}; known backends: {', '.join(sorted(BACKENDS))}")
+            close = difflib.get_close_matches(value, sorted(BACKENDS), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"unknown backend {value!r}{hint}; known backends: {', '.join(sorted(BACKENDS))}"
+            )
         return value
 
     def model_post_init(self, context: Any, /) -> None:
@@ -310,12 +316,16 @@ def _describe_validation(exc: ValidationError, where: str) -> str:
     parts = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"field '{field}': {err['msg']}")
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"field '{field}': {message}")
     return f"{where}: " + "; ".join(parts)
 
 
 def check_options(config: EngineConfig, where: str, *, assumed: str = "") -> None:
-    """Reject options the back-end does not take, naming the option (with a did-you-mean).
+    """Reject a definition the back-end class cannot be built from, before any request: an option
+    it does not take (with a did-you-mean), a required option missing (``base_url`` for
+    ``openai``), or a value of the wrong type. Each message names the engine, the option and what
+    to write instead.
 
     ``assumed`` ends the message when the back-end was inferred rather than named.
 
@@ -327,8 +337,15 @@ def check_options(config: EngineConfig, where: str, *, assumed: str = "") -> Non
     except MissingDependencyError:
         return
     params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        _check_known(config, where, params, assumed)
+    _check_required(config, where, params)
+    _check_types(config, where, cls, params)
+
+
+def _check_known(
+    config: EngineConfig, where: str, params: Mapping[str, inspect.Parameter], assumed: str
+) -> None:
     known = sorted(k for k in params if k not in ("self", "model"))
     for option in config.backend_options:
         if option in params and option != "self":
@@ -345,6 +362,60 @@ def check_options(config: EngineConfig, where: str, *, assumed: str = "") -> Non
             f"{where}: unknown option {option!r} for backend {config.backend!r}{hint}. "
             f"Known options: {', '.join(known + sorted(LIFECYCLE_OPTIONS))}.{assumed}"
         )
+
+
+def _check_required(config: EngineConfig, where: str, params: Mapping[str, inspect.Parameter]) -> None:
+    """An option the back-end class needs (no default) and the definition lacks. A ``serve:``
+    section stands in for ``base_url``: ``chainette warmup`` starts the server and fills it in."""
+    served = "serve" in config.options
+    for name, param in params.items():
+        if name in ("self", "model") or param.default is not inspect.Parameter.empty:
+            continue
+        if param.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
+            continue
+        if name in config.backend_options or (served and name == "base_url"):
+            continue
+        example = _REQUIRED_EXAMPLES.get(name, f"{name}=...")
+        raise EngineConfigError(
+            f"{where}: backend {config.backend!r} needs option {name!r}, which is missing. "
+            f"Add it to the definition (e.g. {example}, or '{name}:' in engines.yml)."
+        )
+
+
+_REQUIRED_EXAMPLES = {"base_url": "base_url='http://127.0.0.1:8000/v1'"}
+"""How a missing required option is written, for the message."""
+
+
+def _check_types(
+    config: EngineConfig, where: str, cls: type[Engine], params: Mapping[str, inspect.Parameter]
+) -> None:
+    """Each option's value against the back-end's annotation (pydantic, strict: ``"4096"`` is not
+    an int, ``60`` is a float). An annotation that cannot be resolved is not checked."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # a name only imported under TYPE_CHECKING: check nothing rather than guess
+        hints = {}
+    for option, value in config.backend_options.items():
+        hint = hints.get(option)
+        if hint is None or option not in params:
+            continue
+        try:
+            adapter = _adapter(hint)
+        except Exception:  # pydantic cannot build a validator for this annotation: not checked
+            continue
+        try:
+            adapter.validate_python(value, strict=True)
+        except ValidationError as exc:
+            expected = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+            raise EngineConfigError(
+                f"{where}: option {option!r} of backend {config.backend!r} is {value!r} "
+                f"({type(value).__name__}): {exc.errors()[0]['msg']}. Give a value of type {expected}."
+            ) from None
+
+
+@functools.lru_cache(maxsize=256)
+def _adapter(hint: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(hint)
 
 
 def _load_backend_class(backend: str) -> type[Engine]:

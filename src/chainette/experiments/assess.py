@@ -1,7 +1,10 @@
 """Assessors: how an experiment scores each case's output (GoTaglio's ``assess`` stage).
 
-An assessor is called with ``(case, output)`` (``output``: the chain's final output as a dict,
-or a list of dicts after a fan-out) and returns an :class:`Assessment`. Built in:
+An assessor is called with ``(case, output)`` and returns an :class:`Assessment`. ``output`` is
+the chain's final output as its typed model (a list of them after a fan-out): ``out.answer`` is
+typed, and ``out["answer"]`` still reads the JSON value as the dict of earlier versions did
+(:func:`typed_output`; an output that does not validate stays the dict it was).
+``case.expected`` is given as the suite wrote it (it may be partial, or a bare value). Built in:
 
 - :func:`exact`: the output (or one field) equals ``expected`` (or the same field of it),
   optionally ignoring case and surrounding / repeated whitespace;
@@ -17,12 +20,13 @@ Assessors of one experiment all see every case; :func:`combine` folds their verd
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from .._errors import ExperimentError
 from ..graph.nodes import Step
@@ -38,6 +42,7 @@ __all__ = [
     "function",
     "llm_judge",
     "numeric",
+    "typed_output",
 ]
 
 
@@ -55,6 +60,72 @@ class Assessment:
     score: float | None = None
     reason: str = ""
     metric: float | None = None
+
+
+class _ItemAccess:
+    """Mixed into an output model for assessors: item access reads the JSON form, as when the
+    output was a dict (``out["answer"]``, ``out.get("answer")``, ``"answer" in out``, ``out ==
+    {...}``), while attributes stay typed."""
+
+    def _json(self) -> dict[str, Any]:
+        dumped: dict[str, Any] = self.model_dump(mode="json")  # type: ignore[attr-defined]
+        return dumped
+
+    def __getitem__(self, key: str) -> Any:
+        return self._json()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._json().get(key, default)
+
+    def keys(self) -> Iterator[str]:
+        return iter(self._json())
+
+    def values(self) -> Iterator[Any]:
+        return iter(self._json().values())
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        return iter(self._json().items())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._json()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, dict):
+            return self._json() == other
+        if isinstance(other, BaseModel) and (isinstance(self, type(other)) or isinstance(other, type(self))):
+            return self._json() == other.model_dump(mode="json")  # Answer(...) == the typed output
+        return bool(super().__eq__(other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@functools.cache
+def _readable(model: type[BaseModel]) -> type[BaseModel]:
+    """``model`` with :class:`_ItemAccess` (same name, same fields: ``isinstance(out, model)``)."""
+    return type(model.__name__, (_ItemAccess, model), {"__module__": model.__module__})
+
+
+def typed_output(value: Any, models: Sequence[type[BaseModel]]) -> Any:
+    """``value`` (a chain's final output read back as JSON: a dict, or a list after a fan-out) as
+    the first of ``models`` it validates into, with dict-style item access kept; else unchanged.
+
+    Example:
+        >>> class Answer(BaseModel):
+        ...     answer: int
+        >>> out = typed_output({"answer": 5}, [Answer])
+        >>> isinstance(out, Answer), out.answer, out["answer"]
+        (True, 5, 5)
+    """
+    if isinstance(value, list):
+        return [typed_output(item, models) for item in value]
+    if not isinstance(value, dict):
+        return value
+    for model in models:
+        try:
+            return _readable(model).model_validate(value)
+        except ValidationError:
+            continue
+    return value
 
 
 def check_score(score: Any, who: str) -> float:

@@ -27,8 +27,13 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import difflib
+import functools
+import inspect
+import itertools
 import json
+import textwrap
 import types
 import typing
 from collections.abc import Iterator, Sequence
@@ -126,10 +131,50 @@ def describe_config(model_cls: type[BaseModel]) -> list[dict[str, Any]]:
                 "type": _type_name(info.annotation),
                 "default": None if info.is_required() else info.get_default(call_default_factory=True),
                 "required": required,
-                "help": _required_help(info) or info.description or "",
+                "help": _required_help(info) or info.description or _field_doc(model_cls, path),
             }
         )
     return rows
+
+
+def _field_doc(model_cls: type[BaseModel], path: str) -> str:
+    """The attribute docstring of the field at ``path`` (the string literal written under it in
+    its class, the project's way of describing config fields; pydantic keeps it only with
+    ``use_attribute_docstrings``), or ``""``."""
+    *parents, name = path.split(".")
+    owner: type[BaseModel] | None = model_cls
+    for part in parents:
+        info = owner.model_fields.get(part) if owner is not None else None
+        owner = _model_of(info) if info is not None else None
+    if owner is None:
+        return ""
+    for cls in owner.__mro__:  # an inherited field: the docstring is in the class that declares it
+        if isinstance(cls, type) and issubclass(cls, BaseModel) and cls is not BaseModel:
+            doc = _attribute_docs(cls).get(name)
+            if doc:
+                return doc
+    return ""
+
+
+@functools.cache
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """``{field: docstring}`` read from ``cls``'s source; ``{}`` when the source is not at hand."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError, SyntaxError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs: dict[str, str] = {}
+    for node, after in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return docs
 
 
 # -- the fields, by dotted path -------------------------------------------------------------

@@ -30,7 +30,7 @@ from ..graph.chain import ChainGraph
 from ..io.layout import EXPERIMENT_RUNS
 from ..runtime.executor import run_chain
 from ..runtime.result import RunResult
-from .assess import Assessor, JudgeAssessor, combine, function
+from .assess import Assessor, JudgeAssessor, combine, function, typed_output
 from .config import merge_overrides, public_config
 from .record import CaseResult, ExperimentResult, command_line, git_info, totals, write_experiment_json
 from .suite import HISTORY_FIELD, Case, Suite, load_suite
@@ -170,7 +170,7 @@ class Experiment:
             for j, outcome in enumerate(_outcomes(sub, key, len(todo))):
                 outcomes[todo[j]] = {**outcome, "record_id": outcomes[todo[j]]["record_id"]}
         results = [_case_result(c, outcomes[i], conversations[i]) for i, c in enumerate(cases)]
-        judged = await self._assess(results, cases, run.path, nested)
+        judged = await self._assess(results, cases, run.path, nested, _output_models(chain, key))
         for result in results:
             if result.status != "error":
                 result.status, result.score, result.reason = combine(list(result.assessments.values()))
@@ -191,9 +191,15 @@ class Experiment:
         return self._finish(run, results, config, suite, started, rerun, nested_metas, timeline)
 
     async def _assess(
-        self, results: list[CaseResult], cases: list[Case], path: Path, options: dict[str, Any]
+        self,
+        results: list[CaseResult],
+        cases: list[Case],
+        path: Path,
+        options: dict[str, Any],
+        models: Sequence[type[BaseModel]] = (),
     ) -> list[tuple[str, RunResult, list[int], JudgeAssessor]]:
-        """Run every assessor; the judges' runs (label, run, case index of each input, judge)."""
+        """Run every assessor (each gets the output typed as one of ``models``: ``typed_output``);
+        the judges' runs (label, run, case index of each input, judge)."""
         judged: list[tuple[str, RunResult, list[int], JudgeAssessor]] = []
         for assessor in self.assessors:
             live = [i for i, r in enumerate(results) if r.status != "error"]
@@ -206,7 +212,8 @@ class Experiment:
                 continue
             for i in live:
                 try:
-                    results[i].assessments[assessor.name] = assessor(cases[i], results[i].output)
+                    output = typed_output(results[i].output, models)
+                    results[i].assessments[assessor.name] = assessor(cases[i], output)
                 except Exception as exc:  # a broken assessor marks the case, it does not stop the others
                     _mark_error(results[i], f"assess:{assessor.name}", type(exc).__name__, str(exc))
         return judged
@@ -268,6 +275,14 @@ def _output_key(chain: ChainGraph) -> str:
         if not item.passes_through:
             return item.id
     return "input"
+
+
+def _output_models(chain: ChainGraph, key: str) -> tuple[type[BaseModel], ...]:
+    """The models the final output (history key ``key``) may be: its node's output variants."""
+    for node in chain.iter_nodes():
+        if node.id == key:
+            return tuple(node.output_variants)
+    return ()
 
 
 def _output_of(row: dict[str, Any], key: str) -> Any:

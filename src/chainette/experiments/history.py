@@ -2,7 +2,9 @@
 
 An experiment run is a folder with ``experiment.json`` (see :mod:`.record`). ``list_runs`` finds
 them under a root (newest first; the nested ``experiment/`` runs of turns and judges are part of
-their run, never runs of their own), ``load_run`` reads one, ``compare_runs`` says what changed
+their run, never runs of their own); with ``plain=True`` also the folders of plain runs
+(``chainette run``: ``metadata.json`` and no ``experiment.json``), whose :attr:`RunRecord.kind`
+is ``"run"``. ``load_run`` reads one experiment run, ``compare_runs`` says what changed
 between two. ``experiment.json``'s ``rerun`` entry (the ``path.py:name`` target, the overrides,
 the engines file) is what ``chainette runs rerun`` needs to build the experiment again.
 """
@@ -45,6 +47,9 @@ class RunRecord:
     path: Path
     data: dict[str, Any]
     metadata: dict[str, Any] = field(default_factory=dict, repr=False)
+    kind: str = "experiment"
+    """``"experiment"`` (``experiment.json``), or ``"run"``: a plain run folder (``chainette run``),
+    whose ``data`` is empty and whose counts, cost and time come from ``metadata.json``."""
 
     @property
     def id(self) -> str:
@@ -53,7 +58,8 @@ class RunRecord:
 
     @property
     def experiment(self) -> str:
-        return str(self.data.get("experiment") or "?")
+        """The experiment's name (for a plain run: its chain's)."""
+        return str(self.data.get("experiment") or self.metadata.get("chain") or "?")
 
     @property
     def started_at(self) -> str:
@@ -61,7 +67,8 @@ class RunRecord:
         started = (self.data.get("run") or {}).get("started_at") or self.metadata.get("started_at")
         if started:
             return str(started)
-        return datetime.fromtimestamp((self.path / EXPERIMENT).stat().st_mtime, UTC).isoformat()
+        file = self.path / (EXPERIMENT if self.kind == "experiment" else METADATA)
+        return datetime.fromtimestamp(file.stat().st_mtime, UTC).isoformat()
 
     @property
     def totals(self) -> dict[str, Any]:
@@ -74,13 +81,19 @@ class RunRecord:
 
     @property
     def cost_usd(self) -> float | None:
-        cost = self.totals.get("cost") or {}
-        return None if cost.get("usd") is None else float(cost["usd"])
+        cost = (self.totals if self.kind == "experiment" else self.metadata).get("cost") or {}
+        return _number(cost.get("usd"))
 
     @property
     def duration_s(self) -> float | None:
-        duration = self.totals.get("duration_s")
-        return None if duration is None else float(duration)
+        return _number((self.totals if self.kind == "experiment" else self.metadata).get("duration_s"))
+
+    @property
+    def size(self) -> int | None:
+        """Cases of an experiment run; records read by a plain run."""
+        if self.kind == "experiment":
+            return int(self.totals.get("cases", len(self.cases)))
+        return _number_int((self.metadata.get("counts") or {}).get("records_in"))
 
     @property
     def config(self) -> dict[str, Any] | None:
@@ -93,8 +106,21 @@ class RunRecord:
 
     def summary(self) -> dict[str, Any]:
         """The run in a line of plain JSON values (``runs list --json``, both sides of ``runs compare --json``)."""
+        if self.kind != "experiment":
+            return {
+                "id": self.id,
+                "kind": self.kind,
+                "path": str(self.path),
+                "started_at": self.started_at,
+                "chain": self.metadata.get("chain"),
+                "status": self.metadata.get("status"),
+                "records": self.size,
+                "cost_usd": self.cost_usd,
+                "duration_s": self.duration_s,
+            }
         return {
             "id": self.id,
+            "kind": self.kind,
             "path": str(self.path),
             "started_at": self.started_at,
             "experiment": self.experiment,
@@ -179,21 +205,24 @@ class RunComparison:
         }
 
 
-def list_runs(root: str | Path = "runs") -> list[RunRecord]:
+def list_runs(root: str | Path = "runs", *, plain: bool = False) -> list[RunRecord]:
     """Every experiment run folder under ``root``, newest first (folders that cannot be read are
-    left out: :func:`scan_runs` names them).
+    left out: :func:`scan_runs` names them); ``plain``: plain run folders too (``kind="run"``).
 
     Example:
         >>> [run.id for run in list_runs("runs")]  # doctest: +SKIP
         ['calc-2', 'calc-1']
     """
-    return scan_runs(root)[0]
+    return scan_runs(root, plain=plain)[0]
 
 
-def scan_runs(root: str | Path = "runs") -> tuple[list[RunRecord], list[tuple[Path, str]]]:
+def scan_runs(
+    root: str | Path = "runs", *, plain: bool = False
+) -> tuple[list[RunRecord], list[tuple[Path, str]]]:
     """Every experiment run folder under ``root``, newest first, and the folders whose
     ``experiment.json`` cannot be read, each with the reason: one damaged folder does not hide
-    the others."""
+    the others. ``plain``: the folders of plain runs too (``metadata.json``, no
+    ``experiment.json``; ``kind="run"``)."""
     base = Path(root)
     if not base.is_dir():
         return [], []
@@ -206,6 +235,14 @@ def scan_runs(root: str | Path = "runs") -> tuple[list[RunRecord], list[tuple[Pa
                 found.append(_read(Path(folder)))
             except ExperimentError as exc:
                 damaged.append((Path(folder), str(exc)))
+        elif METADATA in files:
+            dirs[:] = []  # nor does a plain run's folder
+            if plain:
+                meta = _read_metadata(Path(folder))
+                if meta is None:
+                    damaged.append((Path(folder), f"{METADATA} cannot be read"))
+                else:
+                    found.append(RunRecord(Path(folder), {}, meta, kind="run"))
         dirs.sort()
     found.sort(key=lambda r: r.started_at, reverse=True)
     return found, damaged
@@ -221,6 +258,13 @@ def load_run(run: str | Path, root: str | Path = "runs") -> RunRecord:
     for folder in candidates:
         if _exists(folder / EXPERIMENT):
             return _read(folder)
+    for folder in candidates:
+        if _exists(folder / METADATA):
+            raise ExperimentError(
+                f"{folder} is a plain run (made by `chainette run`), not an experiment run: it has no "
+                f"{EXPERIMENT}, which this command reads. See it with `chainette report {folder}`; "
+                "`chainette runs show / compare / rerun` take the runs of `chainette experiment run`."
+            )
     names = [r.id for r in list_runs(root)][:10]
     listing = f" Runs under {root}: {', '.join(names)}." if names else f" {root} holds no experiment runs."
     raise ExperimentError(
@@ -327,11 +371,15 @@ def _read(folder: Path) -> RunRecord:
             f"{file} cannot be read: {exc}. It was changed by hand or damaged: restore it, or move the "
             "folder out of the runs' root."
         ) from exc
+    return RunRecord(folder, data, _read_metadata(folder) or {})
+
+
+def _read_metadata(folder: Path) -> dict[str, Any] | None:
     try:
         meta = read_json_file(folder / METADATA)
     except (OSError, StoredFileError):
-        meta = {}
-    return RunRecord(folder, data, meta if isinstance(meta, dict) else {})
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def _canon(value: Any) -> str:
@@ -340,6 +388,10 @@ def _canon(value: Any) -> str:
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _number_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _delta(a: float | None, b: float | None) -> float | None:

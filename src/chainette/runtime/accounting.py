@@ -14,12 +14,14 @@ __all__ = ["cache_summary", "cost_summary", "total_usd"]
 
 
 def cache_summary(ctx: RunContext) -> dict[str, Any]:
-    """Requests sent, answered from the ledger, and shared between identical requests."""
+    """Requests sent (that reached a server), failed to send (``unsent``: connection refused...),
+    answered from the ledger, and shared between identical requests."""
     stats = ctx.stats.values()
     return {
         "ledger": str(ctx.cache.path) if ctx.cache.path is not None else None,
         "mode": ctx.cache.mode,
         "sent": sum(s.requests for s in stats),
+        "unsent": sum(s.unsent for s in stats),
         "hits": sum(s.cache_hits for s in stats),
         "deduped": sum(s.deduped for s in stats),
         "saved_tokens": {

@@ -88,6 +88,9 @@ class NodeStats:
     received it), one answered without being sent (``Completion.attempts == 0``, e.g. after an
     authentication failure), and a batch whose engine call raised. This is ``cache.sent`` and
     what ``cost`` is computed from."""
+    unsent: int = 0
+    """Requests that failed without reaching a server (``Completion.attempts == 0``: connection
+    refused, no such host, or an engine stopped after an authentication failure): ``cache.unsent``."""
     cache_hits: int = 0
     """Answers read from the ledger instead of sent."""
     deduped: int = 0

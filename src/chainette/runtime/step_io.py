@@ -116,7 +116,9 @@ def _judge(step: Step, job: _Job, completion: Completion | StoredAnswer) -> Reco
     if completion.finish_reason == "error":
         sent = getattr(completion, "attempts", 1)
         earlier = (
-            f" ({job.attempts} attempt(s) for this record, re-asks included)" if sent < job.attempts else ""
+            f" ({job.attempts} attempt(s) for this record, re-asks included)"
+            if 0 < sent < job.attempts
+            else ""
         )
         return EngineError(
             f"Step {step.id!r}: engine reported an error: {completion.text}{earlier}",

@@ -381,6 +381,7 @@ async def _call(
                     _cut(step, batch, ctx, decided, timeout, by_timeout=by_timeout)
                     return
         stats.requests += sum(1 for c in completions if c.attempts > 0)  # answered (see NodeStats)
+        stats.unsent += sum(1 for c in completions if c.attempts == 0 and c.finish_reason == "error")
         if len(completions) != len(batch):
             raise RuntimeError(f"engine returned {len(completions)} completions for {len(batch)} requests")
     except Exception as exc:
