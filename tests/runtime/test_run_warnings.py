@@ -6,18 +6,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx
 import pytest
 from pydantic import BaseModel
+from tests.cli.test_serve_cli import free_port, this_env
 from tests.helpers import Answer, Question, echo
 from typer.testing import CliRunner
 
-from chainette import Chain, Step, apply, register_engine
+from chainette import Chain, ChainService, Step, apply, register_engine
 from chainette.cli import app
 from chainette.engines import server_state
 from chainette.engines.stub_server import StubServer
@@ -160,3 +166,67 @@ def test_inspect_and_cli_run_say_the_engine_is_replaced(
     assert ran.exit_code == 0, ran.output
     said = ran.stderr.find("Engine 'local' is registered in code")
     assert 0 <= said < ran.stderr.find("1 records in"), ran.stderr  # before the run's summary
+
+
+def test_a_served_chain_says_its_start_warnings_once_and_records_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 28: ``ChainService`` (``chainette serve``) said none of what a batch run says at its start."""
+
+    async def serve() -> list[str]:
+        async with ChainService(unchecked_chain(), record_to=tmp_path / "served") as service:
+            trace = await service.submit({"text": "a"})
+            await trace.result()
+            return service.warnings
+
+    with caplog.at_level(logging.WARNING, logger="chainette"):
+        warnings = anyio.run(serve)
+    [warning] = warnings
+    assert warning.startswith("qa: ") and CHECK_WARNING in warning
+    assert caplog.text.count(CHECK_WARNING) == 1  # once, when the service started: not per trace
+    meta = json.loads((tmp_path / "served" / "metadata.json").read_text())
+    assert meta["mode"] == "service" and meta["warnings"] == [warning]
+
+
+def test_a_served_chain_says_its_engine_is_replaced_by_a_warmup_server(
+    tmp_path: Path, warmed: StubServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def serve() -> None:
+        async with ChainService(qa_chain(), record_to=tmp_path / "served") as service:
+            await (await service.submit({"text": "a"})).result()
+
+    with caplog.at_level(logging.WARNING, logger="chainette"):
+        anyio.run(serve)
+    assert warmed.stats["requests"] >= 1
+    said = "Engine 'local' is registered in code (backend fake), but a server started by `chainette warmup`"
+    assert caplog.text.count(said) == 1
+    meta = json.loads((tmp_path / "served" / "metadata.json").read_text())
+    assert meta["engines"]["local"]["replaced_by_server"]["base_url"] == warmed.base_url
+    assert any(said in w for w in meta["warnings"])
+
+
+@pytest.mark.timeout(60)
+def test_chainette_serve_says_the_start_warnings_in_its_startup_output(
+    tmp_path: Path, warmed: StubServer, chain_module: Path
+) -> None:
+    port = free_port()
+    cmd = [sys.executable, "-m", "chainette", "serve", f"{chain_module}:chain", "--port", str(port)]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=this_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    said = err.find("! Engine 'local' is registered in code (backend fake)")
+    assert 0 <= said < err.find("Application startup complete"), err  # before it listens
+    assert err.count("is registered in code") == 1, err

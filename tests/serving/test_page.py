@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,10 @@ def test_a_person_types_an_input_and_watches_the_answer_arrive(tmp_path: Path) -
     with LiveServer(create_app(chain)) as server, sync_playwright() as pw:
         browser, page, problems = browser_page(pw, tmp_path)
         try:
+            frames: list[dict[str, Any]] = []
+            page.on(
+                "websocket", lambda ws: ws.on("framereceived", lambda data: frames.append(json.loads(data)))
+            )
             page.goto(server.url + "/")
             assert page.title() == "Ask me · Chainette"
             page.fill("#f-text", "why is the sky blue")
@@ -70,6 +75,10 @@ def test_a_person_types_an_input_and_watches_the_answer_arrive(tmp_path: Path) -
             assert page.text_content("#live dl.obj dt") == "answer"
             assert page.text_content("#live dl.obj dd").startswith("re: why")
             assert page.evaluate("window.chunksSeen") > 1  # it arrived in pieces
+            # the answer ends with an empty `final` piece: the view still shows the whole answer
+            last = [f for f in frames if f.get("kind") == "chunk"][-1]
+            assert last["final"] is True and last["delta"] == ""
+            assert page.text_content("#live dl.obj dd") == "re: why is the sky blue"
             assert page.text_content("#graph [data-node='qa'] > .head .state").endswith(" s")
             assert page.text_content("#status").startswith("Done in")
             shot = tmp_path / "page.png"

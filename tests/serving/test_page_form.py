@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pytest
-from pydantic import BaseModel, Field, RootModel
+from pydantic import BaseModel, Field
 from tests.helpers import Answer, echo, qa_step
 from tests.serving.live import LiveServer
 from tests.serving.test_page import CHROMIUM, browser_page
 
-from chainette import Branch, Chain, Step, apply, register_engine
+from chainette import Branch, Chain, Router, Step, apply, register_engine
 from chainette.serving import create_app
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
@@ -289,25 +289,69 @@ def test_a_union_gets_a_variant_select_then_that_variants_fields(
             "shape": {"kind": "square", "side": 4},
         }
         shot(page, shots, "union-field")
+    assert [p for p in problems if "422" not in p] == []
 
-        # a chain whose input is itself a union (what /schema serves for Chain(input_model=A | B)),
-        # stood in for by its schema
-        top = RootModel[Annotated[Circle | Square, Field(discriminator="kind")]].model_json_schema()
-        stub = json.dumps(
-            {"chain": "Shapes", "input": top, "output": None, "examples": [{"kind": "square", "side": 2}]}
-        )
-        page.route(
-            "**/schema", lambda route: route.fulfill(status=200, content_type="application/json", body=stub)
-        )
-        page.reload()
+
+class Area(BaseModel):
+    shape: str
+    area: float
+
+
+def circle_area(circle: Circle) -> Area:
+    return Area(shape="circle", area=round(3.0 * circle.radius**2, 2))
+
+
+def square_area(square: Square) -> Area:
+    return Area(shape="square", area=float(square.side**2))
+
+
+def shapes_chain(discriminated: bool) -> Chain:
+    """``Chain(input_model=A | B)``: declared with a discriminator, or inferred (a plain smart
+    union) from a first router keyed by the classes."""
+    router = Router("by_shape", {Circle: apply(circle_area), Square: apply(square_area)})
+    if discriminated:
+        return Chain("Shapes", [router], input_model=Annotated[Circle | Square, Field(discriminator="kind")])
+    return Chain("Shapes", [router])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("discriminated", [True, False], ids=["discriminated", "smart"])
+def test_a_served_union_input_picks_a_variant_and_runs_its_route(
+    browser: tuple[Any, list[str]], shots: Path, discriminated: bool
+) -> None:
+    """Issue 27: the page built from the real ``/schema`` of a union input, run over the real
+    server: the chosen variant's fields, its route's output, its errors beside its fields (a smart
+    union's 422 also lists the other variants' misfits: not shown)."""
+    page, problems = browser
+    chain = shapes_chain(discriminated)
+    names = ["circle", "square"] if discriminated else ["Circle", "Square"]
+    with LiveServer(create_app(chain, examples=[{"kind": "square", "side": 2}])) as server:
+        page.goto(server.url + "/")
         page.wait_for_selector("#f-variant")
-        assert page.eval_on_selector("#f-variant", "e => [...e.options].map(o => o.text)") == [
-            "circle",
-            "square",
-        ]
-        page.fill("#f-radius", "1.5")
-        assert page.evaluate("root.get()") == {"kind": "circle", "radius": 1.5}
-        page.click("#examples button")
+        assert page.eval_on_selector("#f-variant", "e => [...e.options].map(o => o.text)") == names
+        assert page.is_visible("#f-radius")
+        page.click("#examples button")  # an example picks its variant
         assert page.input_value("#f-variant") == "1" and page.input_value("#f-side") == "2"
-        shot(page, shots, "union-top")
+
+        page.select_option("#f-variant", label=names[0])
+        page.fill("#f-radius", "-1")  # refused by the server, shown beside the field
+        page.click("#send")
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('422')", timeout=20000
+        )
+        assert "greater than 0" in error_beside(page, "#f-radius")
+        assert page.text_content("#form-errors") == ""  # the other variant's misfits are not shown
+        shot(page, shots, f"union-input-{'discriminated' if discriminated else 'smart'}-error")
+
+        page.select_option("#f-variant", label=names[1])
+        assert page.is_visible("#f-side") and page.query_selector("#f-radius") is None
+        page.fill("#f-side", "4")
+        page.click("#send")
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('Done')", timeout=20000
+        )
+        assert json.loads(page.text_content("#answer")) == {"shape": "square", "area": 16.0}
+        done = page.eval_on_selector_all("#graph .node.done", "es => es.map(e => e.dataset.node)")
+        assert "square_area" in done and "circle_area" not in done  # the square's route ran
+        shot(page, shots, f"union-input-{'discriminated' if discriminated else 'smart'}")
     assert [p for p in problems if "422" not in p] == []

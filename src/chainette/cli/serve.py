@@ -101,6 +101,9 @@ def serve(
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+        said = logging.StreamHandler()  # the service's start warnings (and any other), timed alike
+        said.setFormatter(logging.Formatter("%(asctime)s ! %(message)s", "%H:%M:%S"))
+        logging.getLogger("chainette").addHandler(said)
 
         def log_ending(event: TraceEvent) -> None:
             if event.kind in TERMINAL:

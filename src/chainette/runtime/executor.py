@@ -43,7 +43,7 @@ from .record_trace import RecordTrace
 from .records import Record
 from .requests import CacheMode, RequestCache
 from .result import RunResult
-from .run_meta import _graph, _iso, _start_warnings, _summary, _versions
+from .run_meta import _graph, _iso, _keep_start_warnings, _start_warnings, _summary, _versions
 from .run_shared import first_error as _first_error
 from .run_shared import read_records
 from .stages import Flow, flatten, per_record, run_stage, stages
@@ -137,13 +137,10 @@ async def _run_in_folder(
     ctx.state[STOPS_INPUT] = _input_stoppers(chain)
     started = time.time()
     meta = _initial_metadata(chain, opts, writer, run_id, started)
-    warnings, replaced = notes
-    if warnings:  # said before the run starts (so before a progress display), and kept
-        meta["warnings"] = list(warnings)
-        for warning in warnings:
-            _log.warning(warning)
-    if replaced:
-        meta["engines"] = {name: {"replaced_by_server": info} for name, info in replaced.items()}
+    warnings = notes[0]
+    for warning in warnings:  # said before the run starts (so before a progress display), and kept
+        _log.warning(warning)
+    _keep_start_warnings(meta, notes)
     _lay_out(chain, writer, meta)
     counts = {"records_in": 0}
     emit(

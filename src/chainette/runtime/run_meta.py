@@ -31,7 +31,11 @@ def _graph(chain: ChainGraph) -> dict[str, Any]:
     return scrubbed
 
 
-def _start_warnings(chain: ChainGraph, report: CheckReport) -> tuple[list[str], dict[str, dict[str, Any]]]:
+StartNotes = tuple[list[str], dict[str, dict[str, Any]]]
+"""What a run says at its start, and the engines a warmup server replaces (:func:`_start_warnings`)."""
+
+
+def _start_warnings(chain: ChainGraph, report: CheckReport) -> StartNotes:
     """What a run says at its start (logged, and kept in ``metadata.json``'s ``warnings``): each
     engine registered in code that a ``chainette warmup`` server replaces, then the check's
     warnings. Also the replaced engines, for ``metadata.json``'s ``engines.<name>.replaced_by_server``."""
@@ -41,6 +45,16 @@ def _start_warnings(chain: ChainGraph, report: CheckReport) -> tuple[list[str], 
         f"{issue.node_id}: {issue.message}" if issue.node_id else issue.message for issue in report.warnings
     ]
     return messages, replaced
+
+
+def _keep_start_warnings(meta: dict[str, Any], notes: StartNotes) -> None:
+    """Keep :func:`_start_warnings`' notes in ``metadata.json``: ``warnings`` and each replaced
+    engine's ``engines.<name>.replaced_by_server``."""
+    warnings, replaced = notes
+    if warnings:
+        meta["warnings"] = list(warnings)
+    if replaced:
+        meta["engines"] = {name: {"replaced_by_server": info} for name, info in replaced.items()}
 
 
 def _summary(

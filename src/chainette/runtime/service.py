@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
@@ -57,10 +58,13 @@ from .events import EventStream, Middleware
 from .executor import RunOptions, _finish, _initial_metadata, _lay_out, flatten
 from .records import Record, coerce, dump, input_mismatch, type_label
 from .requests import CacheMode, RequestCache
+from .run_meta import StartNotes, _keep_start_warnings, _start_warnings
 from .traces import TERMINAL as TERMINAL  # re-exported: the CLI and the OpenTelemetry middleware use it
 from .traces import TraceEvent, TraceHandle, TraceKind, check_deadline, check_trace_id
 
 __all__ = ["ChainService", "TraceEvent", "TraceHandle", "TraceKind"]
+
+_log = logging.getLogger("chainette")
 
 DEADLINE_GRACE = 0.1
 """Seconds past a trace's deadline before the service stops it from outside (the runners, which
@@ -172,6 +176,8 @@ class ChainService:
         self._ctx: RunContext | None = None
         self._recording: _Recording | None = None
         self._stack = AsyncExitStack()
+        self.warnings: list[str] = []
+        """Said (logged) at the start: the check's warnings, engines a warmup server replaces."""
         self.counts: Counter[str] = Counter()
         """Traces by how they ended (``output``, ``filtered``, ``failed``, ``cancelled``)."""
 
@@ -179,7 +185,9 @@ class ChainService:
 
     async def __aenter__(self) -> ChainService:
         chain = self.chain
-        chain.check(engine_known=is_available).raise_for_errors()
+        report = chain.check(engine_known=is_available)
+        report.raise_for_errors()
+        notes = _start_warnings(chain, report)
         problems = missing_runners(chain.walk())
         problems += [
             f"{n.kind} {n.id!r} needs the whole input stream; a served chain takes one record at a time."
@@ -188,11 +196,14 @@ class ChainService:
         ]
         if problems:
             raise ChainDefinitionError("\n".join(problems))
+        self.warnings = notes[0]
+        for warning in self.warnings:  # said once, as a batch run says them at its start
+            _log.warning(warning)
         users = Counter(n.engine_name for n in chain.iter_nodes() if n.engine_name is not None)
         cache = RequestCache.open(self._ledger, self._cache_mode if users else "off")
         stack = AsyncExitStack()
         try:
-            writer = self._open_recording(cache)
+            writer = self._open_recording(cache, notes)
             broker = EngineBroker(users, on_event=self._events, idle_timeout=None)
             self._ctx = RunContext(writer or _TraceSink(None), broker, self._events, cache)
             await stack.enter_async_context(broker)
@@ -232,7 +243,7 @@ class ChainService:
                 self._recording.writer.release()
             self._tg = None
 
-    def _open_recording(self, cache: RequestCache) -> RunWriter | None:
+    def _open_recording(self, cache: RequestCache, notes: StartNotes) -> RunWriter | None:
         if self._record_to is None:
             return None
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
@@ -243,6 +254,7 @@ class ChainService:
         opts = RunOptions(ledger=cache.path, cache=cache.mode)
         meta = _initial_metadata(self.chain, opts, writer, run_id, started)
         meta["mode"] = "service"
+        _keep_start_warnings(meta, notes)
         self._recording = _Recording(writer, meta, started)
         _lay_out(self.chain, writer, meta)
         return writer
