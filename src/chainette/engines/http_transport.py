@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
@@ -98,9 +99,20 @@ class HttpTransport:
             connector=connector,
             headers=dict(headers),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(timeout, 10.0), sock_read=timeout),
-            trust_env=True,  # proxies and .netrc from the environment, as httpx did
         )
         self._urls: dict[str, yarl.URL] = {}
+        self._proxies: dict[str, str | None] = {}
+
+    def _proxy(self, url: yarl.URL) -> str | None:
+        """The proxy the environment names for ``url`` (``HTTP(S)_PROXY``, ``NO_PROXY``), as httpx
+        honoured them; looked up once per host (aiohttp's ``trust_env`` does it for every request,
+        reading ``.netrc`` in a thread each time)."""
+        key = f"{url.scheme}://{url.host}"
+        if key not in self._proxies:
+            proxies = urllib.request.getproxies()
+            bypass = url.host is None or urllib.request.proxy_bypass(url.host)
+            self._proxies[key] = None if bypass else proxies.get(url.scheme)
+        return self._proxies[key]
 
     def _url(self, url: str) -> yarl.URL:
         found = self._urls.get(url)
@@ -111,7 +123,8 @@ class HttpTransport:
     async def post(self, url: str, body: bytes) -> Reply:
         """The whole answer to one POST."""
         try:
-            async with self._session.post(self._url(url), data=body) as response:
+            target = self._url(url)
+            async with self._session.post(target, data=body, proxy=self._proxy(target)) as response:
                 return Reply(response, await response.read())
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _failure(exc) from exc
@@ -121,7 +134,8 @@ class HttpTransport:
         """One POST whose body is read as it comes (``Reply.aiter_lines``). Leaving before the end
         (a closed generator, a cancelled task) closes the connection, so the server stops."""
         try:
-            response = await self._session.post(self._url(url), data=body)
+            target = self._url(url)
+            response = await self._session.post(target, data=body, proxy=self._proxy(target))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _failure(exc) from exc
         try:
