@@ -59,7 +59,7 @@ the goals with MET / MISSED, and a last line of JSON with every figure.
     python benchmarks/latency.py                                   # 2,000 records, 2 runs per side
     python benchmarks/latency.py --shapes fixed,tail --repeat 3
     python benchmarks/latency.py --no-curator --records 200        # quick: no Curator side
-    python benchmarks/latency.py --loop-client httpx               # the loop on Chainette's client
+    python benchmarks/latency.py --loop-client httpx               # the loop on httpx
 """
 
 from __future__ import annotations
@@ -530,6 +530,10 @@ def goals(
     if "tail" in rates and {"chainette", "curator"} <= set(rates["tail"]):
         mine, peer = rates["tail"]["chainette"], rates["tail"]["curator"]
         add("tail: chainette / curator", mine, peer, CURATOR_GOAL, f"{mine:.1f} / {peer:.1f} req/s")
+    for name, sides in rates.items():  # the hand loop is the machine's own ceiling, measured alongside
+        if {"chainette", "loop"} <= set(sides):
+            mine, loop = sides["chainette"], sides["loop"]
+            add(f"{name}: chainette / loop", mine, loop, None, f"{mine:.1f} / {loop:.1f} req/s")
     if "tail3" in rates and "none3" in rates:
         tail3 = SHAPES["tail3"]
         bound = min(concurrency, requests["tail3"]) / tail3.mean_latency

@@ -33,6 +33,8 @@ class _Refused(Exception):
 class BatchClient(OpenAIEngine):
     """An ``openai`` engine's connection, used for the files and batches endpoints."""
 
+    _uses_httpx = True
+
     async def _http(
         self,
         what: str,

@@ -1,6 +1,7 @@
 """Any server that speaks the OpenAI chat-completions API: vLLM, llama.cpp, Ollama, SGLang, hosted APIs.
 
-One HTTP request per chat request, at most ``max_concurrency`` in flight, paced by optional
+One HTTP request per chat request (aiohttp, :mod:`.http_transport`; the batch back-end's files and
+batches calls use httpx), at most ``max_concurrency`` in flight, paced by optional
 ``rpm`` / ``tpm`` budgets. Transport failures (429, 5xx, timeouts, dropped connections) are
 retried here with exponential backoff and jitter, honouring ``Retry-After``; that loop is
 separate from the runtime's schema re-asks. A request that still fails gets
@@ -46,6 +47,7 @@ import orjson
 
 from .._errors import EngineConfigError, EngineError
 from .base import ChatRequest, Completion, Engine
+from .http_transport import HttpTransport, Reply, TransportFailure
 from .limits import RateLimits, backoff_delay, estimate_tokens, parse_retry_after
 from .openai_sse import StreamedAnswer, StreamError
 from .secrets import remember_secrets, scrub_text
@@ -84,6 +86,7 @@ class OpenAIEngine(Engine):
 
     backend: ClassVar[str] = "openai"
     max_batch_size = 1
+    _uses_httpx: ClassVar[bool] = False
     supports_streaming = True
 
     def __init__(
@@ -131,6 +134,8 @@ class OpenAIEngine(Engine):
         self._settled = dialect != "auto"
         self._secret: str | None = None
         self._client: httpx.AsyncClient | None = None
+        """httpx, for the batch back-end's files and batches calls only (``_uses_httpx``)."""
+        self._wire: HttpTransport | None = None
         self._slots = anyio.CapacityLimiter(max_concurrency)
         self._rng = random.Random()
 
@@ -146,15 +151,24 @@ class OpenAIEngine(Engine):
             self._secret = secret
             remember_secrets({"api_key": secret})
             headers["authorization"] = f"Bearer {secret}"
-        self._client = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-            limits=httpx.Limits(
-                max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
-            ),
+        verify = httpx.create_ssl_context()  # the CA bundle httpx trusts (certifi, SSL_CERT_FILE)
+        self._wire = HttpTransport(
+            headers, timeout=self.timeout, max_connections=self.max_concurrency, verify=verify
         )
+        if self._uses_httpx:
+            self._client = httpx.AsyncClient(
+                headers=headers,
+                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                limits=httpx.Limits(
+                    max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
+                ),
+                verify=verify,
+            )
 
     async def close(self) -> None:
+        if self._wire is not None:
+            await self._wire.close()
+            self._wire = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -166,7 +180,7 @@ class OpenAIEngine(Engine):
         return _AUTO_ORDER[self._auto] if self.dialect == "auto" else self.dialect
 
     async def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
-        if self._client is None:
+        if self._wire is None:
             raise EngineError("openai: generate() called before start() (or after close()).")
         out: list[Completion] = [Completion(text="", finish_reason="error")] * len(requests)
 
@@ -209,7 +223,7 @@ class OpenAIEngine(Engine):
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[str | Completion, None]:
         """Content deltas as the server sends them, then the completion (see the module docstring)."""
-        if self._client is None:
+        if self._wire is None:
             raise EngineError("openai: stream() called before start() (or after close()).")
         estimate = estimate_tokens(
             sum(len(m["content"]) for m in request.messages), request.sampling.max_tokens
@@ -236,7 +250,7 @@ class OpenAIEngine(Engine):
                 if dialect != "ollama":
                     body.setdefault("stream_options", {"include_usage": True})
                 try:
-                    async with self._client.stream("POST", url, content=orjson.dumps(body)) as response:
+                    async with self._wire.stream(url, orjson.dumps(body)) as response:
                         if response.status_code != 200:
                             await response.aread()
                             problem, wait = self._refused(response, dialect, attempt, backoff)
@@ -249,7 +263,7 @@ class OpenAIEngine(Engine):
                                     yield delta
                             if not answer.complete:
                                 problem, wait = "the stream ended before the answer did", backoff
-                except httpx.TransportError as exc:  # timeouts included
+                except TransportFailure as exc:  # timeouts included
                     problem, wait = self._transport_problem(exc), backoff
                 except StreamError as exc:
                     problem, wait = f"the server ended the stream with an error: {exc}", backoff
@@ -285,12 +299,12 @@ class OpenAIEngine(Engine):
         self, request: ChatRequest, dialect: str, estimate: float, attempt: int
     ) -> tuple[Any, float | None]:
         """One HTTP exchange: ``(Completion, None)``, ``(reason, seconds to wait or None if final)``."""
-        assert self._client is not None
+        assert self._wire is not None
         url, body = self._request(request, dialect)
         backoff = backoff_delay(attempt, base=self.backoff_base, cap=self.backoff_max, rng=self._rng)
         try:
-            response = await self._client.post(url, content=orjson.dumps(body))
-        except httpx.TransportError as exc:  # timeouts included
+            response = await self._wire.post(url, orjson.dumps(body))
+        except TransportFailure as exc:  # timeouts included
             return self._transport_problem(exc), backoff
         status = response.status_code
         if status == 200:
@@ -304,12 +318,16 @@ class OpenAIEngine(Engine):
             return completion, None
         return self._refused(response, dialect, attempt, backoff)
 
-    def _transport_problem(self, exc: httpx.TransportError) -> str:
-        if isinstance(exc, _NEVER_SENT):
-            return _NotSent(f"connection failed ({type(exc).__name__}: {exc}) to {self.public_url}")
-        if isinstance(exc, httpx.TimeoutException):
-            return f"timed out after {self.timeout:g} s ({type(exc).__name__})"
-        return f"connection failed ({type(exc).__name__}: {exc}) to {self.public_url}"
+    def _transport_problem(self, exc: TransportFailure | httpx.TransportError) -> str:
+        if isinstance(exc, TransportFailure):
+            name, timed_out = exc.name, exc.timed_out
+        else:
+            name, timed_out = type(exc).__name__, isinstance(exc, httpx.TimeoutException)
+        if name in _NEVER_SENT:
+            return _NotSent(f"connection failed ({name}: {exc}) to {self.public_url}")
+        if timed_out:
+            return f"timed out after {self.timeout:g} s ({name})"
+        return f"connection failed ({name}: {exc}) to {self.public_url}"
 
     def _give_up(
         self, problem: Any, wait: float | None, attempt: int, streamed: str = "", *, sent: bool = True
@@ -327,7 +345,7 @@ class OpenAIEngine(Engine):
         )
 
     def _refused(
-        self, response: httpx.Response, dialect: str, attempt: int, backoff: float
+        self, response: Reply | httpx.Response, dialect: str, attempt: int, backoff: float
     ) -> tuple[Any, float | None]:
         """A non-200 answer (its body read): ``(Completion or _NEXT_DIALECT, None)`` or ``(reason, wait)``."""
         status = response.status_code
@@ -418,8 +436,8 @@ class OpenAIEngine(Engine):
 
 _NEXT_DIALECT = object()
 
-_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
-"""Transport errors raised before the request left: no server received it."""
+_NEVER_SENT = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout", "UnsupportedProtocol"})
+"""Names of the transport failures raised before the request left: no server received it."""
 
 
 class _NotSent(str):
@@ -456,7 +474,7 @@ def chat_body(model: str, request: ChatRequest, dialect: str) -> dict[str, Any]:
     return body
 
 
-def _parse(response: httpx.Response) -> Completion:
+def _parse(response: Reply) -> Completion:
     return parse_chat_completion(orjson.loads(response.content))
 
 
@@ -475,7 +493,7 @@ def parse_chat_completion(data: Any) -> Completion:
     )
 
 
-def _parse_ollama(response: httpx.Response) -> Completion:
+def _parse_ollama(response: Reply) -> Completion:
     data = orjson.loads(response.content)
     message = data["message"]
     return Completion(
@@ -487,7 +505,7 @@ def _parse_ollama(response: httpx.Response) -> Completion:
     )
 
 
-def _error_text(response: httpx.Response) -> str:
+def _error_text(response: Reply | httpx.Response) -> str:
     """The server's error message, short."""
     try:
         data = orjson.loads(response.content)
