@@ -1,0 +1,64 @@
+"""The documentation site builds with no warning, and every page's code blocks run as written.
+
+How blocks run, and the two markers that change it, is in ``tests/docs_blocks.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.docs_blocks import ROOT, blocks, has_llama_blocks, pages, run_page
+
+PAGES = pages()
+IDS = [str(p.relative_to(ROOT)) for p in PAGES]
+
+
+@pytest.mark.timeout(180)
+def test_site_builds_with_strict_warnings(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), DISABLE_MKDOCS_2_WARNING="true", NO_MKDOCS_2_WARNING="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", "mkdocs.yml", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    warnings = [line for line in done.stderr.splitlines() if line.startswith(("WARNING", "ERROR"))]
+    assert done.returncode == 0 and warnings == [], done.stderr[-5000:]
+    assert (tmp_path / "site" / "reference" / "api" / "index.html").read_text().count("doc-heading") > 50
+
+
+@pytest.mark.parametrize("page", PAGES, ids=IDS)
+@pytest.mark.timeout(300)
+def test_page_blocks_run_in_order(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    run_page(page, tmp_path, llama=False)
+
+
+LLAMA_PAGES = [p for p in PAGES if has_llama_blocks(p)]
+
+
+@pytest.mark.llama
+@pytest.mark.parametrize("page", LLAMA_PAGES, ids=[str(p.relative_to(ROOT)) for p in LLAMA_PAGES])
+@pytest.mark.timeout(1200)
+def test_page_blocks_run_in_order_with_the_embedded_engine(
+    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run_page(page, tmp_path, llama=True)
+
+
+def test_skipped_blocks_are_few_and_say_why() -> None:
+    skipped = [b for p in PAGES for b in blocks(p) if b.marker == "no-run"]
+    assert [b.where for b in skipped if not b.why] == []
+    assert len(skipped) <= 12, [b.where for b in skipped]
+
+
+def test_every_runnable_language_is_run_or_marked() -> None:
+    """A python or bash block is run, or carries a marker: none is silently left out."""
+    langs = {b.lang for p in PAGES for b in blocks(p)}
+    assert not langs & {"py", "sh", "shell", "console", "python3"}, "write ```python or ```bash"
