@@ -115,35 +115,46 @@ def run_page(page: Path, folder: Path, *, llama: bool) -> list[Block]:
     shutil.copytree(ROOT / "examples", folder / "examples", ignore=shutil.ignore_patterns("__pycache__"))
     namespace: dict[str, object] = {"__name__": "__main__"}
     ran: list[Block] = []
-    for block in blocks(page):
-        if block.marker == "no-run" or (block.marker == "llama" and not llama):
-            continue
-        if block.title:
-            target = folder / block.title
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(block.body, encoding="utf-8")
-        if block.lang == "python":
-            code = compile(block.body, block.where, "exec", dont_inherit=True)
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out):
-                exec(code, namespace)
-            sys.stdout.write(out.getvalue())
-            if DOCS / "features" not in page.parents:
-                check_prints(block, out.getvalue().splitlines())
-        elif block.lang == "bash":
-            done = subprocess.run(
-                ["bash", "-euo", "pipefail", "-c", block.body],
-                cwd=folder,
-                env=command_env(),
-                capture_output=True,
-                text=True,
-                timeout=600 if block.marker == "llama" else 120,
-            )
-            assert done.returncode == 0, (
-                f"{block.where}: exit {done.returncode}\n{block.body}\n--- stdout\n{done.stdout[-3000:]}"
-                f"\n--- stderr\n{done.stderr[-3000:]}"
-            )
-        else:
-            continue
-        ran.append(block)
+    saved_env = dict(os.environ)
+    try:
+        for block in blocks(page):
+            if _run_block(block, folder, namespace, llama=llama):
+                ran.append(block)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
     return ran
+
+
+def _run_block(block: Block, folder: Path, namespace: dict[str, object], *, llama: bool) -> bool:
+    """Runs one block (or leaves it out, by its marker); says whether it ran."""
+    if block.marker == "no-run" or (block.marker == "llama" and not llama):
+        return False
+    if block.title:
+        target = folder / block.title
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(block.body, encoding="utf-8")
+    if block.lang == "python":
+        code = compile(block.body, block.where, "exec", dont_inherit=True)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(code, namespace)
+        sys.stdout.write(out.getvalue())
+        if DOCS / "features" not in block.page.parents:
+            check_prints(block, out.getvalue().splitlines())
+    elif block.lang == "bash":
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block.body],
+            cwd=folder,
+            env=command_env(),
+            capture_output=True,
+            text=True,
+            timeout=600 if block.marker == "llama" else 120,
+        )
+        assert done.returncode == 0, (
+            f"{block.where}: exit {done.returncode}\n{block.body}\n--- stdout\n{done.stdout[-3000:]}"
+            f"\n--- stderr\n{done.stderr[-3000:]}"
+        )
+    else:
+        return False
+    return True
