@@ -3,7 +3,8 @@
 A page's blocks run in order, from a fresh temporary folder, as a reader copying them would:
 
 - ```python blocks run in one namespace per page (``__name__ == "__main__"``, as a script);
-- ```bash blocks run with ``bash -euo pipefail`` in the same folder, with this checkout's
+- ```bash (``sh``, ``shell``) blocks run with ``bash -euo pipefail`` in the same folder (a
+  ```console block: its ``$ `` lines, the rest being their output), with this checkout's
   ``chainette`` and ``python`` first on ``PATH`` (``PYTHONPATH`` points at this checkout's ``src``);
 - a block whose info string has ``title="path"`` (```python title="pipeline.py") is first written
   to that file (any language), so later commands can name it; a titled ```python block also runs.
@@ -35,7 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-RUN_LANGS = {"python", "bash"}
+PYTHON = {"python", "py", "python3"}
+SHELL = {"bash", "sh", "shell", "console"}
 
 _FENCE = re.compile(r"^```(?P<info>[^\n`]*)\n(?P<body>.*?)^```[ \t]*$", re.M | re.S)
 _MARKER = re.compile(r"<!--\s*(?P<kind>no-run|llama)\b(?::\s*(?P<why>.*?))?\s*-->")
@@ -64,7 +66,11 @@ def pages() -> list[Path]:
 
 
 def blocks(page: Path) -> list[Block]:
-    text = page.read_text(encoding="utf-8")
+    return parse(page.read_text(encoding="utf-8"), page)
+
+
+def parse(text: str, page: Path) -> list[Block]:
+    """The fenced blocks of ``text`` (the Markdown of ``page``), with the marker above each."""
     found: list[Block] = []
     previous_end = 0
     for match in _FENCE.finditer(text):
@@ -102,6 +108,13 @@ def command_env() -> dict[str, str]:
     return env
 
 
+def shell_script(block: Block) -> str:
+    """The commands of a shell block: all of it, or a console block's ``$ `` lines."""
+    if block.lang != "console":
+        return block.body
+    return "\n".join(line[2:] for line in block.body.splitlines() if line.startswith("$ "))
+
+
 def check_prints(block: Block, printed: list[str]) -> None:
     """Each ``print(...)  # text`` comment is a line of the output, in order."""
     expected = [m["says"].strip() for m in _PRINTS.finditer(block.body)]
@@ -134,7 +147,7 @@ def _run_block(block: Block, folder: Path, namespace: dict[str, object], *, llam
         target = folder / block.title
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(block.body, encoding="utf-8")
-    if block.lang == "python":
+    if block.lang in PYTHON:
         code = compile(block.body, block.where, "exec", dont_inherit=True)
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
@@ -142,9 +155,9 @@ def _run_block(block: Block, folder: Path, namespace: dict[str, object], *, llam
         sys.stdout.write(out.getvalue())
         if DOCS / "features" not in block.page.parents:
             check_prints(block, out.getvalue().splitlines())
-    elif block.lang == "bash":
+    elif block.lang in SHELL:
         done = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", block.body],
+            ["bash", "-euo", "pipefail", "-c", shell_script(block)],
             cwd=folder,
             env=command_env(),
             capture_output=True,

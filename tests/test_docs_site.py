@@ -11,7 +11,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.docs_blocks import ROOT, blocks, has_llama_blocks, pages, run_page
+from tests.docs_blocks import (
+    ROOT,
+    blocks,
+    check_prints,
+    has_llama_blocks,
+    pages,
+    parse,
+    run_page,
+    shell_script,
+)
 
 PAGES = pages()
 IDS = [str(p.relative_to(ROOT)) for p in PAGES]
@@ -60,7 +69,27 @@ def test_skipped_blocks_are_few_and_say_why() -> None:
     assert len(skipped) <= 12, [b.where for b in skipped]
 
 
-def test_every_runnable_language_is_run_or_marked() -> None:
-    """A python or bash block is run, or carries a marker: none is silently left out."""
-    langs = {b.lang for p in PAGES for b in blocks(p)}
-    assert not langs & {"py", "sh", "shell", "console", "python3"}, "write ```python or ```bash"
+def test_a_console_block_runs_its_prompt_lines() -> None:
+    [block] = parse("```console\n$ chainette --version\nchainette 0.1.0\n$ echo ok\nok\n```\n", ROOT / "x.md")
+    assert shell_script(block) == "chainette --version\necho ok"
+
+
+def test_the_runner_catches_a_false_comment_and_honours_markers(tmp_path: Path) -> None:
+    page = ROOT / "docs" / "probe.md"  # only parsed, never written
+    text = (
+        "<!-- no-run: a server -->\n```bash\nexit 1\n```\n\n"
+        "<!-- llama -->\n```python\nraise SystemExit('needs the model')\n```\n\n"
+        '```python title="made.py"\nprint(6 * 7)  # 42\n```\n\n'
+        "```python\nprint(6 * 7)  # 41\n```\n"
+    )
+    found = parse(text, page)
+    assert [(b.lang, b.marker, b.title) for b in found] == [
+        ("bash", "no-run", None),
+        ("python", "llama", None),
+        ("python", None, "made.py"),
+        ("python", None, None),
+    ]
+    assert found[0].why == "a server"
+    check_prints(found[2], ["42"])
+    with pytest.raises(AssertionError, match="the comments say"):
+        check_prints(found[3], ["42"])
