@@ -159,6 +159,8 @@ class ChainService:
         ]
         if problems:
             raise ChainDefinitionError("\n".join(problems))
+        if self._record_to is None:  # a Sink writes through the run folder's writer: none, no file
+            notes[0].extend(_unwritten_sinks(chain))
         self.warnings = notes[0]
         for warning in self.warnings:  # said once, as a batch run says them at its start
             _log.warning(warning)
@@ -461,3 +463,15 @@ class ChainService:
             self._on_event(event)
         if self._events.has_middleware:
             self._events.send(event.to_event())
+
+
+def _unwritten_sinks(chain: ChainGraph) -> list[str]:
+    """A start warning per node that writes to a file (a ``Sink``), for a service that records to
+    no run folder: its rows go nowhere."""
+    return [
+        f"{node.id}: this {node.kind} writes to {node.writes_to!r} only when the service records to a "
+        "run folder; served without one, it writes nothing. Pass record_to= to ChainService "
+        "(chainette serve --record-to DIR), or remove the node."
+        for node in chain.iter_nodes()
+        if node.writes_to is not None
+    ]
