@@ -131,3 +131,24 @@ def test_experiment_run_shows_the_run_summary_and_quiet_does_not(tmp_path: Path)
     quiet = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "b"), "--quiet"])
     assert quiet.exit_code == 0 and quiet.stderr == ""
     assert "pass rate 33.3%" in quiet.stdout
+
+
+def test_experiment_run_and_runs_rerun_exit_3_when_every_case_errored(tmp_path: Path) -> None:
+    module = write_experiment(tmp_path)
+    (tmp_path / "cases.jsonl").write_text(
+        '{"id": "boom", "input": {"question": "boom 1 + 1"}, "expected": {"answer": 2}}\n'
+        '{"id": "bang", "input": {"question": "boom 2 + 2"}, "expected": {"answer": 4}}\n'
+    )
+    out = tmp_path / "runs" / "all-errors"
+    args = ["experiment", "run", f"{module}:calc", "-c", "engine=calc", "-o", str(out), "-q"]
+    result = CliRunner().invoke(app, [*args, "--ledger", str(tmp_path / "ledger.sqlite")])
+    assert result.exit_code == 3, result.output
+    assert result.stdout.splitlines()[-1] == str(out)  # the table and the folder are printed first
+    assert "Every case errored (2): exit status 3" in result.stderr
+    again = CliRunner().invoke(app, ["runs", "rerun", str(out), "-o", str(tmp_path / "again"), "-q"])
+    assert again.exit_code == 3, again.output
+    assert "Every case errored (2)" in again.stderr
+    # one case that passes is enough for 0, as `chainette run` exits 0 when some record came out
+    write_experiment(tmp_path)
+    some = CliRunner().invoke(app, [*args[:-3], "-o", str(tmp_path / "some"), "-q"])
+    assert some.exit_code == 0, some.output

@@ -384,3 +384,109 @@ def test_a_policy_in_yaml_is_the_nodes_policy(project: Path) -> None:
         Chain.from_yaml(
             write(project, "imports: [yaml_models]\nsteps:\n  - apply: {fn: label, policy: {retry: 1}}\n")
         )
+
+
+DIALOGUE_MODELS = """
+from pydantic import BaseModel
+
+from chainette import register_engine
+
+heard = []
+
+
+def respond(request):
+    heard.append(request.messages[-1]["content"].split("\\n\\n")[-1])
+    return {"text": f"reply {len(heard)}"}
+
+
+register_engine("yaml_talk", backend="fake", responder=respond)
+
+
+class Lesson(BaseModel):
+    text: str
+
+
+def said_three(transcript):
+    return len(transcript.turns) >= 3
+"""
+
+DIALOGUE_YAML = """
+imports: [talk_models]
+steps:
+  - dialogue:
+      id: lesson
+      input_model: Lesson
+      opening: "Today's text: {{ text }}"
+      turns: 4
+      agents:
+        - name: teacher
+          system_prompt: You are a patient teacher.
+          engine: yaml_talk
+          instructions: ["Explain {{ text }} first.", "Answer the question."]
+        - name: student
+          system_prompt: You are a curious student.
+          engine: yaml_talk
+          instructions: {"1": "Ask why."}
+      closing: {agent: teacher, instruction: "Sum up {{ text }}."}
+"""
+
+
+def test_a_dialogue_in_yaml_takes_instructions_and_a_closing(tmp_path: Path) -> None:
+    """YAML chains had no ``dialogue`` kind: 'unknown node kind'."""
+    (tmp_path / "talk_models.py").write_text(DIALOGUE_MODELS)
+    (tmp_path / "talk.yaml").write_text(DIALOGUE_YAML)
+    (tmp_path / "until.yaml").write_text(
+        DIALOGUE_YAML.replace("turns: 4", "until: talk_models:said_three")
+        .replace('{"1": "Ask why."}', "Ask one question.")
+        .replace("closing: {agent: teacher, instruction: ", "closing: [teacher, ")
+        .replace('."}', '."]')
+    )
+    (tmp_path / "typo.yaml").write_text(DIALOGUE_YAML.replace("closing:", "closin:"))
+    try:
+        chain = Chain.from_yaml(tmp_path / "talk.yaml")
+        heard = sys.modules["talk_models"].heard
+        [row] = chain.run([{"text": "the tides"}], tmp_path / "run").flattened()
+        said = list(heard)
+        heard.clear()
+        [again] = (
+            Chain.from_yaml(tmp_path / "until.yaml").run([{"text": "waves"}], tmp_path / "r2").flattened()
+        )
+        said_until = list(heard)
+        with pytest.raises(YamlChainError, match=r"steps\[0\]\.dialogue: unknown key 'closin'.*'closing'"):
+            Chain.from_yaml(tmp_path / "typo.yaml")
+    finally:
+        sys.modules.pop("talk_models", None)
+    assert len(row["lesson.turns"]) == 5 and row["lesson.stop_reason"] == "turns"
+    # teacher turn 0, student turn 0 (no instruction), teacher turn 1, student turn 1, closing
+    assert said[0] == "Explain the tides first." and said[2] == "Answer the question."
+    assert said[3] == "Ask why." and said[4] == "Sum up the tides."
+    assert not said[1].startswith(("Explain", "Answer", "Ask", "Sum"))
+    assert again["lesson.stop_reason"] == "until" and len(again["lesson.turns"]) == 4
+    assert said_until[1] == "Ask one question." and said_until[-1] == "Sum up waves."
+
+
+def test_a_loops_per_record_limits_in_yaml_read_a_field_or_a_function(tmp_path: Path) -> None:
+    (tmp_path / "loop_models.py").write_text(
+        LOOP_MODELS.replace(
+            "class Num(BaseModel):\n    x: int", "class Num(BaseModel):\n    x: int\n    hops: int = 2"
+        )
+        + "\n\ndef one_hop(n: Num) -> int:\n    return 1\n"
+    )
+    (tmp_path / "field.yaml").write_text(
+        "imports: [loop_models]\nsteps:\n"
+        "  - loop: {id: grow, body: [{apply: inc}], until: loop_models:big, max_iterations: 10, max_hops: hops}\n"
+    )
+    (tmp_path / "fn.yaml").write_text(
+        "imports: [loop_models]\nsteps:\n"
+        "  - loop: {id: grow, body: [{apply: inc}], until: loop_models:big, max_iterations: 10,"
+        " max_hops: 'loop_models:one_hop'}\n"
+    )
+    try:
+        by_field = Chain.from_yaml(tmp_path / "field.yaml").run([{"x": 0, "hops": 2}], tmp_path / "a")
+        by_fn = Chain.from_yaml(tmp_path / "fn.yaml").run([{"x": 0}], tmp_path / "b")
+    finally:
+        sys.modules.pop("loop_models", None)
+    [a] = read_jsonl(by_field.path / "flattened")
+    [b] = read_jsonl(by_fn.path / "flattened")
+    assert (a["inc.x"], a["grow.iterations"], a["grow.stop_reason"]) == (2, 2, "max_hops")
+    assert (b["inc.x"], b["grow.iterations"], b["grow.stop_reason"]) == (1, 1, "max_hops")

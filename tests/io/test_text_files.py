@@ -150,3 +150,30 @@ def test_cli_reads_a_glob_per_paragraph(tmp_path: Path, monkeypatch: pytest.Monk
     glob_alone = runner.invoke(app, ["run", "chain_notes.py:chain", "-i", "notes/*.md", "-o", "run2"])
     assert glob_alone.exit_code != 0
     assert "--per" in glob_alone.output
+
+
+def test_a_markdown_or_text_file_without_per_is_refused_naming_per(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("notes.md").write_text("# Notes\n\nSome text.\n")
+    Path("notes.txt").write_text("\nplain words\n")
+    Path("rows.txt").write_text('{"text": "a JSONL file under a .txt name"}\n')
+    Path("chain_notes.py").write_text(
+        "from pydantic import BaseModel\n"
+        "from chainette import Chain, apply\n"
+        "class Doc(BaseModel):\n    text: str\n"
+        "def same(d: Doc) -> Doc:\n    return d\n"
+        "chain = Chain('notes', [apply(same)])\n"
+    )
+    runner = CliRunner()
+    for name in ("notes.md", "notes.txt"):
+        result = runner.invoke(app, ["run", "chain_notes.py:chain", "-i", name, "-o", f"run-{name}", "-q"])
+        assert result.exit_code == 1, result.output
+        assert "text or Markdown file" in result.stderr and "--per file|paragraph|line" in result.stderr
+        assert f"text_files('{name}', per='paragraph')" in " ".join(result.stderr.split())
+        assert not Path(f"run-{name}").exists()  # refused before the run folder is made
+    with pytest.raises(InputError, match="--per file"):
+        _values(tmp_path / "notes.md")
+    jsonl = runner.invoke(app, ["run", "chain_notes.py:chain", "-i", "rows.txt", "-o", "run-rows", "-q"])
+    assert jsonl.exit_code == 0, jsonl.output  # JSONL under a .txt name still reads as JSONL

@@ -230,3 +230,31 @@ def test_chainette_serve_says_the_start_warnings_in_its_startup_output(
     said = err.find("! Engine 'local' is registered in code (backend fake)")
     assert 0 <= said < err.find("Application startup complete"), err  # before it listens
     assert err.count("is registered in code") == 1, err
+
+
+def test_a_served_sink_without_a_run_folder_is_said_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``Sink`` writes through the recording's writer: served without ``record_to=`` it wrote
+    nothing, silently."""
+    from chainette import Sink
+
+    monkeypatch.chdir(tmp_path)
+    qa = Step(
+        id="qa", input_model=Question, output_model=Answer, engine_name="local", user_prompt="{{ text }}"
+    )
+    chain = Chain("sunk", [qa, Sink("answers.jsonl", id="export", fields=["answer"])])
+
+    async def serve(record_to: Path | None) -> list[str]:
+        async with ChainService(chain, record_to=record_to) as service:
+            await (await service.submit({"text": "a"})).result()
+            return service.warnings
+
+    with caplog.at_level(logging.WARNING, logger="chainette"):
+        [warning] = anyio.run(serve, None)
+    assert warning.startswith("export: this sink writes to 'answers.jsonl' only when the service records")
+    assert "record_to=" in warning and "--record-to" in warning
+    assert caplog.text.count("only when the service records to a run folder") == 1
+    assert not list(tmp_path.rglob("answers.jsonl"))  # what the warning says: nothing written
+    assert anyio.run(serve, tmp_path / "served") == []  # recorded: the Sink writes, nothing to say
+    assert (tmp_path / "served" / "answers.jsonl").read_text().strip()

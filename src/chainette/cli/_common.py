@@ -48,12 +48,14 @@ EXIT_ERROR = 1
 """A ChainetteError: the chain, an engine definition, an input or the run folder is wrong, or the
 run stopped. The message says what to do."""
 EXIT_ALL_FAILED = 3
-"""The run ended, but every record failed (e.g. the server is down): nothing came out."""
+"""The run ended, but every record failed (e.g. the server is down): nothing came out. For an
+experiment (``experiment run``, ``runs rerun``): every case errored."""
 EXIT_INTERRUPTED = 130
 EXIT_CODES = (
     "Exit codes: 0 done (some records may have failed: see failures.jsonl); 1 an error in the chain, "
     "an engine definition, the inputs or the run folder, or a run that stopped; 2 bad usage (an "
-    "unknown option, a missing argument); 3 the run ended but every record failed; 130 interrupted."
+    "unknown option, a missing argument); 3 the run ended but every record failed (an experiment: "
+    "every case errored); 130 interrupted."
 )
 """What each exit status means, for ``--help`` and the docs."""
 

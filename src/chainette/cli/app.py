@@ -17,7 +17,6 @@ import anyio
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.tree import Tree
 
 from .. import __version__
 from ..engines.registry import (
@@ -29,9 +28,6 @@ from ..engines.registry import (
     replaced_message,
 )
 from ..graph.chain import ChainGraph
-from ..graph.checks import CheckReport
-from ..graph.hints import type_label
-from ..graph.nodes import Branch, Node
 from ..io.inputs import HF_PREFIX, open_inputs
 from ..io.text_files import TextFiles, text_files
 from ..runtime.events import Middleware
@@ -50,6 +46,7 @@ from ._common import (
 )
 from .cache import cache_app
 from .experiment import experiment_app
+from .graph_tree import chain_tree
 from .help_format import install as install_help_format
 from .loading import count_jsonl_records, import_target, load_chain, split_target
 from .progress import JsonEventLog, ProgressDisplay, print_run_summary
@@ -372,7 +369,7 @@ def inspect(target: TargetArg, engines: EnginesOpt = None) -> None:
         # an engine registered in code that a warmup server replaces: said as a run says it
         replaced = [replaced_message(n, r) for n in chain.engine_names() if (r := replaced_by_server(n))]
     out = Console(highlight=False)
-    out.print(_tree(chain, report))
+    out.print(chain_tree(chain, report))
     for title, messages, style, mark in (
         ("Errors", [i.message for i in report.errors], "red", "✗"),
         ("Warnings", replaced + [i.message for i in report.warnings], "yellow", "!"),
@@ -411,7 +408,7 @@ def inspect_dag(
     elif fmt is DagFormat.json:
         typer.echo(json_text(json.dumps(chain.describe(), indent=2, ensure_ascii=False)))
     else:
-        Console(highlight=False).print(_tree(chain, None))
+        Console(highlight=False).print(chain_tree(chain, None))
 
 
 def _run_blocking(chain: ChainGraph, inputs: Any, output_dir: Path | None, **options: Any) -> RunResult:
@@ -419,52 +416,6 @@ def _run_blocking(chain: ChainGraph, inputs: Any, output_dir: Path | None, **opt
         return await run_chain(chain, inputs, output_dir, **options)
 
     return anyio.run(main)
-
-
-def _tree(chain: ChainGraph, report: CheckReport | None) -> Tree:
-    tree = Tree(f"[bold]{shown(chain.name)}[/] [dim](batch size {chain.batch_size})[/]")
-    model = chain.input_type  # a model, a union of models (A | B), or None
-    tree.add(f"[dim]input[/] {shown(type_label(model)) if model is not None else '?'}")
-    for item in chain.items:
-        _add(tree, item, report)
-    return tree
-
-
-def _add(tree: Tree, node: Node, report: CheckReport | None) -> None:
-    """``node`` under ``tree``: a leaf as one line, a container as a sub-tree of its children."""
-    if not node.children():
-        tree.add(_label(node, report))
-        return
-    if isinstance(node, Branch) and node.kind == "branch":
-        joined = (
-            f"joined as [bold]{shown(node.join_alias)}[/]"
-            if node.join_alias
-            else "[dim]not joined (side output)[/]"
-        )
-        sub = tree.add(f"[magenta]branch[/] [bold]{shown(node.name)}[/] → {joined}")
-    else:
-        title = "" if node.kind == "parallel" else f" [bold]{shown(node.name)}[/]"
-        sub = tree.add(f"[magenta]{shown(node.kind)}[/]{title}")
-    for child in node.children():
-        _add(sub, child, report)
-
-
-def _label(node: Node, report: CheckReport | None) -> str:
-    def name(model: Any) -> str:
-        return model.__name__ if model is not None else "?"
-
-    output = " | ".join(v.__name__ for v in node.output_variants) or "?"  # a union step: its variants
-    text = f"[bold]{shown(node.id)}[/] [cyan]{shown(node.kind)}[/] {shown(name(node.input_model))} → {shown(output)}"
-    if node.name != node.id:
-        text += f" [dim]({shown(node.name)})[/]"
-    if node.engine_name is not None:
-        text += f"  [dim]engine[/] {shown(node.engine_name)}"
-    if report is not None:
-        errors = sum(1 for i in report.errors if i.node_id == node.id)
-        warnings = sum(1 for i in report.warnings if i.node_id == node.id)
-        text += f"  [red]✗ {errors} error(s)[/]" if errors else ""
-        text += f"  [yellow]! {warnings} warning(s)[/]" if warnings else ""
-    return text
 
 
 @app.command()

@@ -4,6 +4,8 @@
 ``run`` shows the live progress of the chain's run on stderr (or ``--json-logs``: one JSON line
 per event), then prints a table of the cases (id, status, score, reason cut short) and the pass
 rate, then the run folder as the last stdout line, as ``run`` does; the run's summary goes to stderr.
+Like ``run``, it exits with status 3 (``EXIT_ALL_FAILED``) when every case errored, so nothing was
+assessed (``chainette runs rerun`` too: :func:`exit_if_every_case_errored`).
 """
 
 from __future__ import annotations
@@ -18,11 +20,18 @@ from rich.table import Table
 from ..engines.registry import load_engines
 from ..experiments import Experiment, ExperimentResult, describe_config, load_suite
 from ..runtime.events import Middleware
-from ._common import checked_engines, exit_on_errors, shown, stderr_console, visible
+from ._common import EXIT_ALL_FAILED, checked_engines, exit_on_errors, shown, stderr_console, visible
 from .loading import load_object, split_target
 from .progress import JsonEventLog, ProgressDisplay, print_run_summary
 
-__all__ = ["STATUS_STYLE", "experiment_app", "load_experiment", "print_result", "resolved_target"]
+__all__ = [
+    "STATUS_STYLE",
+    "exit_if_every_case_errored",
+    "experiment_app",
+    "load_experiment",
+    "print_result",
+    "resolved_target",
+]
 
 experiment_app = typer.Typer(
     help="Run an experiment: a chain over a suite of cases, each case assessed.", no_args_is_help=True
@@ -116,6 +125,20 @@ def run_experiment(
     elif not quiet:
         print_run_summary(err, result.run.metadata, result.path)
     print_result(result)
+    exit_if_every_case_errored(err, result)
+
+
+def exit_if_every_case_errored(err: Console, result: ExperimentResult) -> None:
+    """Exit with status 3 (as ``chainette run`` does when every record failed) when the experiment
+    had cases and every one of them errored (the chain or an assessor failed on it)."""
+    cases, errors = result.totals.get("cases", 0), result.totals.get("error", 0)
+    if cases and errors == cases:
+        err.print(
+            f"[bold red]Every case errored[/] ({errors:,}): exit status {EXIT_ALL_FAILED}. The reasons "
+            f"are in the table above and in [bold]chainette runs show {shown(str(result.path))}[/].",
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_ALL_FAILED)
 
 
 def print_result(result: ExperimentResult) -> None:

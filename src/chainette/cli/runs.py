@@ -23,7 +23,7 @@ from ..engines.registry import load_engines
 from ..experiments import ExperimentResult, load_suite, public_config
 from ..experiments.history import RunRecord, compare_runs, flatten_config, load_run, restrict, scan_runs
 from ._common import checked_engines, exit_on_errors, json_text, shown, stderr_console, visible
-from .experiment import STATUS_STYLE, load_experiment, print_result
+from .experiment import STATUS_STYLE, exit_if_every_case_errored, load_experiment, print_result
 from .progress import ProgressDisplay, print_run_summary
 
 __all__ = ["runs_app"]
@@ -436,6 +436,7 @@ def rerun(
     if not quiet:
         print_run_summary(err, result.run.metadata, result.path)
     print_result(result)
+    exit_if_every_case_errored(err, result)
 
 
 def _warn_config(err: Console, record: RunRecord, now: dict[str, Any] | None) -> None:

@@ -22,6 +22,19 @@
       - router: {id: triage, by: kind, routes: {a: [...], b: [...]}, default: b}
       - map: {id: parts, over: paragraphs, body: [...], join_k: 3}
       - loop: {id: refine, body: [...], until: checks:good_enough, max_iterations: 4}
+                                      # max_hops / max_tokens / deadline_s: a number, a field of the
+                                      # record (hops), or a function (checks:budget_of), per record
+      - dialogue:                     # agents talking in turns (graph/dialogue.py)
+          id: lesson
+          opening: "Today's text: {{ text }}"
+          turns: 4                    # and/or until: checks:done, max_turns: 8
+          agents:
+            - name: teacher
+              system_prompt: You are a patient teacher.
+              engine: local
+              instructions: ["Explain {{ text }}.", "Answer the question."]   # or a text, or {0: ..., 2: ...}
+            - {name: student, system_prompt: You are curious., engine: local, instructions: Ask one question.}
+          closing: {agent: teacher, instruction: "Sum up {{ text }}."}
       - take: 100
       - shuffle: {seed: 1, buffer: 1000}
       - subflow: {id: review, chain: review.yaml}   # another chain (a YAML file, or module:chain)
@@ -36,11 +49,8 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
-import importlib.util
 import operator
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -54,6 +64,7 @@ from ..engines.registry import engines_from
 from .apply import Apply
 from .branch import Branch, Parallel
 from .contract import ChainBase, Node
+from .dialogue import Agent, Dialogue
 from .loop import Loop
 from .map import Map
 from .policy import Backoff, NodePolicy
@@ -61,6 +72,7 @@ from .router import Router
 from .step import Step
 from .stream_ops import Shuffle, Take
 from .subflow import Subflow
+from .yaml_imports import import_file, on_sys_path
 
 __all__ = ["KINDS", "YamlChainError", "on_sys_path", "read_chain_yaml"]
 
@@ -96,7 +108,7 @@ class _Reader:
         if name not in self._modules:
             try:
                 if name.endswith(".py"):
-                    self._modules[name] = _import_file(self.path.parent / name)
+                    self._modules[name] = import_file(self.path.parent / name)
                 else:
                     with on_sys_path(self.path.parent):
                         self._modules[name] = importlib.import_module(name)
@@ -222,12 +234,8 @@ def _step(r: _Reader, spec: Any, where: str) -> Node:
         raise r.fail(
             where, "missing 'engine' (the name of a registered engine, or one in this file's 'engines:')."
         )
-    sampling = f.pop("sampling", None)
-    if sampling is not None:
-        try:
-            f["sampling"] = SamplingParams(**sampling)
-        except (TypeError, ValidationError) as exc:
-            raise r.fail(f"{where}.sampling", f"{exc}") from exc
+    if "sampling" in f:
+        f["sampling"] = _sampling(r, f["sampling"], f"{where}.sampling")
     if "policy" in f:
         f["policy"] = _policy(r, f["policy"], f"{where}.policy")
     return Step(
@@ -237,6 +245,13 @@ def _step(r: _Reader, spec: Any, where: str) -> Node:
         engine_name=engine,
         **f,
     )
+
+
+def _sampling(r: _Reader, spec: Any, where: str) -> SamplingParams:
+    try:
+        return SamplingParams(**spec)
+    except (TypeError, ValidationError) as exc:
+        raise r.fail(where, f"{exc}") from exc
 
 
 def _policy(r: _Reader, spec: Any, where: str) -> NodePolicy:
@@ -334,7 +349,52 @@ def _loop(r: _Reader, spec: Any, where: str) -> Node:
     for key in ("condition", "until"):
         if key in f:
             f[key] = r.function(f[key], f"{where}.{key}")
+    for key in ("max_hops", "max_tokens", "deadline_s"):  # per record: a field name, or module:function
+        if isinstance(f.get(key), str) and ":" in f[key]:
+            f[key] = r.function(f[key], f"{where}.{key}")
     return Loop(f.pop("id"), r.nodes(f.pop("body"), f"{where}.body"), **f)
+
+
+def _dialogue(r: _Reader, spec: Any, where: str) -> Node:
+    keys = ("turns", "until", "max_turns", "closing", "input_model", "name", "write")
+    f = r.fields(spec, where, ("id", "agents", "opening"), keys)
+    agents = f.pop("agents")
+    if not isinstance(agents, list) or not agents:
+        raise r.fail(f"{where}.agents", "expected a list of agents, each '- {name, system_prompt, engine}'.")
+    f["agents"] = [_agent(r, a, f"{where}.agents[{k}]") for k, a in enumerate(agents)]
+    if "until" in f:
+        f["until"] = r.function(f["until"], f"{where}.until")
+    if "input_model" in f:
+        f["input_model"] = r.model(f["input_model"], f"{where}.input_model")
+    closing = f.get("closing")
+    if isinstance(closing, dict):
+        c = r.fields(closing, f"{where}.closing", ("agent", "instruction"), ())
+        closing = (c["agent"], c["instruction"])
+    if closing is not None:
+        if not (isinstance(closing, (list, tuple)) and len(closing) == 2):
+            raise r.fail(f"{where}.closing", f"expected {{agent: name, instruction: text}}, got {closing!r}.")
+        f["closing"] = tuple(closing)
+    return Dialogue(f.pop("id"), f.pop("agents"), opening=f.pop("opening"), **f)
+
+
+def _agent(r: _Reader, spec: Any, where: str) -> Agent:
+    """``{name, system_prompt, engine, output_model, sampling, max_reasks, max_chars, instructions}``;
+    ``instructions`` a text, a list (one per turn of the agent) or ``{turn: text}`` (turns from 0)."""
+    keys = ("output_model", "sampling", "max_reasks", "max_chars", "instructions")
+    f = r.fields(spec, where, ("name", "system_prompt"), ("engine", "engine_name", *keys))
+    engine = f.pop("engine", None) or f.pop("engine_name", None)
+    if engine is None:
+        raise r.fail(
+            where, "missing 'engine' (the name of a registered engine, or one in this file's 'engines:')."
+        )
+    if "output_model" in f:
+        f["output_model"] = r.model(f["output_model"], f"{where}.output_model")
+    if "sampling" in f:
+        f["sampling"] = _sampling(r, f["sampling"], f"{where}.sampling")
+    turns = f.get("instructions")
+    if isinstance(turns, dict):  # YAML keys may be written "0": the agent's turns count from 0
+        f["instructions"] = {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in turns.items()}
+    return Agent(f.pop("name"), f.pop("system_prompt"), engine, **f)
 
 
 def _take(r: _Reader, spec: Any, where: str) -> Node:
@@ -373,6 +433,7 @@ KINDS: dict[str, Callable[[_Reader, Any, str], Node]] = {
     "router": _router,
     "map": _map,
     "loop": _loop,
+    "dialogue": _dialogue,
     "take": _take,
     "shuffle": _shuffle,
     "subflow": _subflow,
@@ -416,37 +477,3 @@ def _read(
     nodes = reader.nodes(data["steps"], "steps")
     options = {k: data[k] for k in ("batch_size", "emoji") if k in data}
     return str(data.get("name") or path.stem), nodes, options
-
-
-@contextmanager
-def on_sys_path(folder: Path) -> Iterator[None]:
-    """``folder`` (resolved) first on ``sys.path`` for the block, so modules next to a chain file
-    import; removed afterwards unless it was there before."""
-    entry = str(folder.resolve())
-    added = entry not in sys.path
-    if added:
-        sys.path.insert(0, entry)
-    try:
-        yield
-    finally:
-        if added and entry in sys.path:
-            sys.path.remove(entry)
-
-
-def _import_file(path: Path) -> ModuleType:
-    resolved = path.resolve()
-    name = f"_chainette_yaml_{resolved.stem}_{abs(hash(str(resolved))):x}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, resolved)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"{resolved} is not an importable Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # pydantic resolves forward references through sys.modules
-    try:
-        with on_sys_path(resolved.parent):
-            spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    return module

@@ -1,7 +1,9 @@
 """An input given by path: which reader a file or a folder goes to, and a folder's splits.
 
 - ``*.parquet`` / ``*.pq`` → Parquet, ``*.csv`` → CSV (``tabular.py``); any other file is JSONL,
-  as it always was.
+  as it always was, except a text or Markdown file (``.md``, ``.txt``, ...) whose first line is not
+  a JSON object: it is refused, naming ``--per file|paragraph|line`` / ``text_files`` (``text_files.py``),
+  before any record is read.
 - A folder written by ``datasets``' ``save_to_disk`` (``dataset_dict.json`` or ``state.json``)
   → ``hf_datasets.py``.
 - Any other folder: its data files (``.parquet``, ``.csv`` or ``.jsonl``, one kind, found in
@@ -38,11 +40,29 @@ _SPLIT_WORDS = {
 _HUB_SHARD = re.compile(r"^(?P<split>\w+?)-\d{5}-of-\d{5}")
 """``train-00000-of-00003.parquet``: how the Hub names a split's shards, any split name."""
 _WORD = re.compile(r"[-._ 0-9]+")
+_TEXT_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".text", ".rst"})
+"""Suffixes of prose: such a file is read as JSONL only when its first line is a JSON object."""
 
 
 def file_kind(path: Path) -> str:
     """``parquet``, ``csv`` or ``jsonl``, by the file's suffix (anything else reads as JSONL)."""
     return DATA_SUFFIXES.get(path.suffix.lower(), "jsonl")
+
+
+def _refuse_prose(path: Path) -> None:
+    """Refuse a text or Markdown file that is not JSONL, saying how to read it as text."""
+    if path.suffix.lower() not in _TEXT_SUFFIXES:
+        return
+    with path.open("rb") as handle:
+        first = next((line.strip() for line in handle if line.strip()), b"")
+    if not first or first.startswith(b"{"):
+        return  # empty, or JSONL written under a .txt name: read as JSONL, as before
+    raise InputError(
+        f"Input file {str(path)!r} is a text or Markdown file, not JSONL (its first line is not a JSON "
+        "object). To read its text, add --per file|paragraph|line (one record per file, per paragraph "
+        f"or per line, with fields text, path, part); from Python, pass text_files({str(path)!r}, "
+        "per='paragraph'). For records, pass a JSONL, Parquet or CSV file."
+    )
 
 
 def split_of(relative: Path) -> str | None:
@@ -99,6 +119,7 @@ def open_path(
             "or pass the folder that holds a file per split."
         )
     if kind == "jsonl":
+        _refuse_prose(path)
         return path
     return _tabular([(path, path.name)], kind, columns, model, f"the input file {str(path)!r}")
 

@@ -28,7 +28,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -55,10 +55,11 @@ from .budgets import budget_error
 from .context import ChunkHandler, DeltaHandler, EventHandler, NodeObserver, NodeRun, RunContext
 from .dispatch import missing_runners, run_node
 from .events import EventStream, Middleware
-from .executor import RunOptions, _finish, _initial_metadata, _lay_out, flatten
+from .executor import flatten
 from .records import Record, coerce, dump, input_mismatch, type_label
 from .requests import CacheMode, RequestCache
-from .run_meta import StartNotes, _keep_start_warnings, _start_warnings
+from .run_meta import StartNotes, _start_warnings
+from .service_recording import Recording, TraceSink, open_recording
 from .traces import TERMINAL as TERMINAL  # re-exported: the CLI and the OpenTelemetry middleware use it
 from .traces import TraceEvent, TraceHandle, TraceKind, check_deadline, check_trace_id
 
@@ -69,44 +70,6 @@ _log = logging.getLogger("chainette")
 DEADLINE_GRACE = 0.1
 """Seconds past a trace's deadline before the service stops it from outside (the runners, which
 cut an engine call at the record's deadline and fail it naming the node, go first)."""
-
-
-class _TraceSink:
-    """What the runners write for one trace: failures kept for the trace's ending, every row
-    passed on to the service's run folder when it records."""
-
-    def __init__(self, writer: RunWriter | None) -> None:
-        self.writer = writer
-        self.failures: list[dict[str, Any]] = []
-
-    def add(self, key: str, row: dict[str, Any]) -> None:
-        if self.writer is not None:
-            self.writer.add(key, row)
-
-    def add_failure(self, row: dict[str, Any]) -> None:
-        self.failures.append(row)
-        if self.writer is not None:
-            self.writer.add_failure(row)
-
-    def add_flattened(self, row: dict[str, Any]) -> None:
-        if self.writer is not None:
-            self.writer.add_flattened(row)
-
-    def open_folder(self, key: str) -> None:
-        if self.writer is not None:
-            self.writer.open_folder(key)
-
-    async def maybe_flush(self) -> None:
-        if self.writer is not None:
-            await self.writer.maybe_flush()
-
-
-@dataclass
-class _Recording:
-    writer: RunWriter
-    meta: dict[str, Any]
-    started: float
-    counts: dict[str, int] = field(default_factory=lambda: {"records_in": 0})
 
 
 class ChainService:
@@ -174,7 +137,7 @@ class ChainService:
         self._count = 0
         self._tg: TaskGroup | None = None
         self._ctx: RunContext | None = None
-        self._recording: _Recording | None = None
+        self._recording: Recording | None = None
         self._stack = AsyncExitStack()
         self.warnings: list[str] = []
         """Said (logged) at the start: the check's warnings, engines a warmup server replaces."""
@@ -196,6 +159,8 @@ class ChainService:
         ]
         if problems:
             raise ChainDefinitionError("\n".join(problems))
+        if self._record_to is None:  # a Sink writes through the run folder's writer: none, no file
+            notes[0].extend(_unwritten_sinks(chain))
         self.warnings = notes[0]
         for warning in self.warnings:  # said once, as a batch run says them at its start
             _log.warning(warning)
@@ -205,7 +170,7 @@ class ChainService:
         try:
             writer = self._open_recording(cache, notes)
             broker = EngineBroker(users, on_event=self._events, idle_timeout=None)
-            self._ctx = RunContext(writer or _TraceSink(None), broker, self._events, cache)
+            self._ctx = RunContext(writer or TraceSink(None), broker, self._events, cache)
             await stack.enter_async_context(broker)
             # entered after the broker, so it ends (every trace done) before the engines close
             self._tg = await stack.enter_async_context(anyio.create_task_group())
@@ -232,11 +197,8 @@ class ChainService:
         try:
             await self._stack.__aexit__(kind, exc, tb)  # the traces end (cancelled), then the engines
             if self._recording is not None:
-                rec = self._recording
-                rec.meta["status"] = "completed" if kind is None else "interrupted"
-                rec.meta["served"] = dict(self.counts)
                 with anyio.CancelScope(shield=True):
-                    await _finish(self.chain, ctx, rec.writer, rec.counts, rec.meta, rec.started)
+                    await self._recording.finish(self.chain, ctx, kind is None, self.counts)
         finally:
             ctx.cache.close()
             if self._recording is not None:
@@ -246,18 +208,8 @@ class ChainService:
     def _open_recording(self, cache: RequestCache, notes: StartNotes) -> RunWriter | None:
         if self._record_to is None:
             return None
-        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        writer = RunWriter(
-            Path(self._record_to), overwrite=self._overwrite, chain_name=self.chain.name, run_id=run_id
-        )
-        started = time.time()
-        opts = RunOptions(ledger=cache.path, cache=cache.mode)
-        meta = _initial_metadata(self.chain, opts, writer, run_id, started)
-        meta["mode"] = "service"
-        _keep_start_warnings(meta, notes)
-        self._recording = _Recording(writer, meta, started)
-        _lay_out(self.chain, writer, meta)
-        return writer
+        self._recording = open_recording(self.chain, Path(self._record_to), self._overwrite, cache, notes)
+        return self._recording.writer
 
     # ---------------------------------------------------------------- traces
 
@@ -372,7 +324,7 @@ class ChainService:
 
     async def _run_trace(self, handle: TraceHandle, record: Record, deadline: float) -> None:
         assert self._ctx is not None
-        sink = _TraceSink(self._recording.writer if self._recording is not None else None)
+        sink = TraceSink(self._recording.writer if self._recording is not None else None)
         ctx = replace(
             self._ctx,
             writer=sink,
@@ -411,7 +363,7 @@ class ChainService:
             self._room.release()
 
     async def _run_nodes(
-        self, handle: TraceHandle, chunk: list[Record], ctx: RunContext, sink: _TraceSink
+        self, handle: TraceHandle, chunk: list[Record], ctx: RunContext, sink: TraceSink
     ) -> list[Record]:
         ctx = replace(ctx, observe_nodes=self._observer(handle, sink))
         for node in self.chain.items:
@@ -424,7 +376,7 @@ class ChainService:
         return chunk
 
     @staticmethod
-    def _observer(handle: TraceHandle, sink: _TraceSink) -> NodeObserver:
+    def _observer(handle: TraceHandle, sink: TraceSink) -> NodeObserver:
         """``node_started`` / ``node_finished`` around every node of the trace, nested ones too."""
 
         async def observe(node: Any, chunk: list[Record], ctx: RunContext, run: NodeRun) -> list[Record]:
@@ -447,7 +399,7 @@ class ChainService:
 
         return observe
 
-    def _settle(self, handle: TraceHandle, records: list[Record], sink: _TraceSink) -> None:
+    def _settle(self, handle: TraceHandle, records: list[Record], sink: TraceSink) -> None:
         if records:
             values = [r.value for r in records]
             handle._outcome = values[0] if len(values) == 1 else values
@@ -511,3 +463,15 @@ class ChainService:
             self._on_event(event)
         if self._events.has_middleware:
             self._events.send(event.to_event())
+
+
+def _unwritten_sinks(chain: ChainGraph) -> list[str]:
+    """A start warning per node that writes to a file (a ``Sink``), for a service that records to
+    no run folder: its rows go nowhere."""
+    return [
+        f"{node.id}: this {node.kind} writes to {node.writes_to!r} only when the service records to a "
+        "run folder; served without one, it writes nothing. Pass record_to= to ChainService "
+        "(chainette serve --record-to DIR), or remove the node."
+        for node in chain.iter_nodes()
+        if node.writes_to is not None
+    ]
