@@ -31,7 +31,7 @@ def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[
     monkeypatch.chdir(tmp_path)
     started: list[Any] = []
     monkeypatch.setattr("uvicorn.run", lambda app, **config: started.append(app))  # no server: the app
-    result = CliRunner().invoke(app, ["serve", "served.py:chain", *args])
+    result = CliRunner().invoke(app, ["serve", "served.py:chain", "--port", "0", *args])
     return result, started
 
 
