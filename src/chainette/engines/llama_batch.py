@@ -262,8 +262,10 @@ class BatchDecoder:
                 ),
                 default=0,
             )
-            if feeding >= max(own, shared) + MIN_COPY:
-                return  # a prompt being evaluated starts the same way: copy it next turn, once it is cached
+            if feeding >= own + MIN_COPY and feeding > shared:
+                # a prompt being evaluated starts the same way: copy that start once it is all
+                # cached, not the part cached so far (every copy would evaluate the rest again)
+                return
             if source is not slot and shared >= own + MIN_COPY:
                 self._copy(source, slot)
                 own = shared
