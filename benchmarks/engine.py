@@ -43,8 +43,15 @@ Two more sections measure the default decoder (``grammar="llguidance"``, batched
   ``examples/quickstart.jsonl``), wall time (model load excluded) with fast-forward off / on,
   goal >= 1.3; the share of answer tokens that were forced and the decodes saved; greedy answers
   on / off compared request by request (every difference printed; goal >= 62 of 64 equal);
-  batched / one-at-a-time (fast-forward on) against the same ratio on the raw llama.cpp API for
-  the same prompt and completion token counts (the ceiling), goal >= 0.9 of it.
+  batched / one-at-a-time (fast-forward on) against the same ratio on the raw llama.cpp API
+  replaying the same work (the ceiling: the same prompts, and per request the same tokens per
+  decode, a chosen token plus the run it forced), goal >= 0.9 of it; the engine fed by a stream
+  of records (one every ``--arrival-ms``): mean sequences per decode against mean requests
+  pending (issue 24). Every side also reports its process CPU time over the timed span, and
+  its decode loop's CPU time outside ``llama_decode``; ratios are given in wall and CPU time
+  with the load average. On a busy machine run it with ``--threads 1``: llama.cpp's OpenMP
+  threads spin-wait at each barrier, and with other processes on the cores both their wall
+  and CPU time swing by 2-4x; one thread has no barrier.
 
     python benchmarks/engine.py                       # all sections
     python benchmarks/engine.py --sections overhead --n 5 --repeat 3
