@@ -44,6 +44,8 @@ The loop runs in one long-lived thread on purpose: llama.cpp's OpenMP thread tea
 thread that calls it, and a second calling thread makes it stop spin-waiting (2x slower on 2
 cores, see ENGINE_NOTES).
 
+A job, its sequence slot and the text its tokens make are in :mod:`.llama_jobs`.
+
 Imported only when the ``llama_cpp`` back-end starts.
 """
 
