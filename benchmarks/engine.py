@@ -43,8 +43,15 @@ Two more sections measure the default decoder (``grammar="llguidance"``, batched
   ``examples/quickstart.jsonl``), wall time (model load excluded) with fast-forward off / on,
   goal >= 1.3; the share of answer tokens that were forced and the decodes saved; greedy answers
   on / off compared request by request (every difference printed; goal >= 62 of 64 equal);
-  batched / one-at-a-time (fast-forward on) against the same ratio on the raw llama.cpp API for
-  the same prompt and completion token counts (the ceiling), goal >= 0.9 of it.
+  batched / one-at-a-time (fast-forward on) against the same ratio on the raw llama.cpp API
+  replaying the same work (the ceiling: the same prompts, and per request the same tokens per
+  decode, a chosen token plus the run it forced), goal >= 0.9 of it; the engine fed by a stream
+  of records (one every ``--arrival-ms``): mean sequences per decode against mean requests
+  pending (issue 24). Every side also reports its process CPU time over the timed span, and
+  its decode loop's CPU time outside ``llama_decode``; ratios are given in wall and CPU time
+  with the load average. On a busy machine run it with ``--threads 1``: llama.cpp's OpenMP
+  threads spin-wait at each barrier, and with other processes on the cores both their wall
+  and CPU time swing by 2-4x; one thread has no barrier.
 
     python benchmarks/engine.py                       # all sections
     python benchmarks/engine.py --sections overhead --n 5 --repeat 3
@@ -81,6 +88,7 @@ FORCED_CHILDREN = [
     "ff-raw-batched",
     "ff-quickstart-on",
     "ff-quickstart-off",
+    "ff-stream",
 ]
 
 RATIO_GOAL = 0.95
@@ -329,11 +337,11 @@ def run_engine_free_vs_schema(
         async def one(i: int) -> None:
             completions[i] = (await engine.generate([requests[i]]))[0]
 
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         async with anyio.create_task_group() as tg:
             for i in range(len(requests)):
                 tg.start_soon(one, i)
-        seconds = time.perf_counter() - started
+        seconds, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
         counters = engine.counters()
         prompt_tokens = [c.prompt_tokens for c in completions]
         await engine.close()
@@ -342,6 +350,7 @@ def run_engine_free_vs_schema(
             "prompt_tokens": prompt_tokens,
             "completion_tokens": [c.completion_tokens for c in completions],
             "seconds": seconds,
+            "cpu_s": cpu_s,
             "load_s": load_s,
             "tokens": sum(c.completion_tokens for c in completions),
             "requests": len(requests),
@@ -415,14 +424,16 @@ def spawn(side: str, args: argparse.Namespace, quiet: bool = False) -> dict[str,
         cmd.append("--no-fast-grammar")
     if getattr(args, "counts", None):
         cmd += ["--counts", args.counts]
+    cmd += ["--arrival-ms", str(args.arrival_ms)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"{side} run failed with exit code {proc.returncode}")
     run: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     if quiet:
+        cpu = f", CPU {run['cpu_s']:.2f} s" if "cpu_s" in run else ""
         print(
-            f"  {side:<14}{run['seconds']:8.2f} s {run['tokens'] / run['seconds']:8.1f} completion tok/s "
+            f"  {side:<14}{run['seconds']:8.2f} s{cpu} {run['tokens'] / run['seconds']:8.1f} completion tok/s "
             f"({run['tokens']} tokens, {run['requests']} requests, model load {run['load_s']:.2f} s excluded)",
             flush=True,
         )
@@ -552,6 +563,12 @@ def main() -> None:
     )
     parser.add_argument("--shape", choices=list(SHAPES), default="short", help=argparse.SUPPRESS)
     parser.add_argument("--counts", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--arrival-ms",
+        type=float,
+        default=100.0,
+        help="forced section, stream line: one request arriving every this many ms (default 100)",
+    )
     parser.add_argument(
         "--child",
         choices=["direct", "chain", "one-at-a-time", "batched", "free", "schema", *FORCED_CHILDREN],

@@ -296,3 +296,34 @@ def test_two_instances_share_the_requests() -> None:
     assert len(decodes) == 2 and all(d > 0 for d in decodes)  # the least busy decoder took work
     assert all(c.finish_reason in ("stop", "length") for c in completions)
     assert any(c.finish_reason == "stop" for c in completions)
+
+
+@pytest.mark.timeout(300)
+def test_a_shared_prompt_start_is_evaluated_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight requests with a system prompt longer than one prompt chunk: its tokens are evaluated
+    once and copied whole to the other sequences, not copied a chunk short and the rest evaluated
+    again by each of them (issue 26: 6 tokens per request on the benchmark's prompts)."""
+    import llama_cpp
+
+    fed: list[int] = []
+    decode = llama_cpp.llama_decode
+
+    def counting(ctx: Any, batch: Any) -> int:
+        fed.append(int(batch.n_tokens))
+        return int(decode(ctx, batch))
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", counting)
+    requests = [ask_long(q) for q in QUESTIONS[:8]]
+
+    async def together(engine: LlamaCppEngine) -> tuple[list[Completion], list[list[int]]]:
+        prompter = engine._decoders[0].prompter
+        return await all_at_once(engine, requests), [prompter(r.messages).tokens for r in requests]
+
+    completions, prompts = with_engine(together, parallel=8)
+    shared = 0
+    while all(len(p) > shared and p[shared] == prompts[0][shared] for p in prompts):
+        shared += 1
+    assert shared > 63  # longer than one prompt chunk (llama_passes.PROMPT_CHUNK)
+    # the shared start once, each prompt's own rest, then at most one decode per answer token
+    most = shared + sum(len(p) - shared for p in prompts) + sum(c.completion_tokens for c in completions)
+    assert sum(fed) <= most, f"{sum(fed)} tokens decoded, at most {most} needed"

@@ -44,20 +44,19 @@ The loop runs in one long-lived thread on purpose: llama.cpp's OpenMP thread tea
 thread that calls it, and a second calling thread makes it stop spin-waiting (2x slower on 2
 cores, see ENGINE_NOTES).
 
+A job, its sequence slot and the text its tokens make are in :mod:`.llama_jobs`.
+
 Imported only when the ``llama_cpp`` back-end starts.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import ctypes
 import queue
 import threading
 from collections import deque
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 import anyio.from_thread
@@ -71,6 +70,7 @@ from llama_cpp._internals import LlamaModel
 from .base import ChatRequest, Completion
 from .llama_chat import ChatPrompter
 from .llama_guidance import Guidance, TokenChooser
+from .llama_jobs import Job, Slot, common_prefix, completion_of, cut_at_stop, stream_piece
 from .llama_passes import PROMPT_CHUNK, SPLIT_KV_CELLS, passes, plan
 from .thread_feed import Feed
 
@@ -79,45 +79,6 @@ __all__ = ["PROMPT_CHUNK", "SPLIT_KV_CELLS", "BatchDecoder", "Job"]
 MIN_COPY = 32
 """Shortest shared prompt start worth copying another sequence's cache for (a copy moves the
 whole stream, ``n_ctx`` cells: about 47 MB on the bundled model at n_ctx=2048, a few ms)."""
-
-
-@dataclass(eq=False)
-class Job:
-    """One request on its way through the decoder. Written by the loop thread, read after ``done``."""
-
-    request: ChatRequest
-    token: Any  # the submitting event loop (anyio EventLoopToken)
-    done: anyio.Event = field(default_factory=anyio.Event)
-    cancelled: bool = False
-    completion: Completion | None = None
-    feed: Feed[str | Completion] | None = None
-    """Where a streamed job's deltas and completion go (None: only ``done`` is set)."""
-    # loop-thread state
-    prompt: list[int] = field(default_factory=list)
-    seq: list[int] = field(default_factory=list)
-    """The prompt, then the answer's tokens: what the sequence's cache will hold, in order."""
-    stops: tuple[str, ...] = ()
-    max_new: int = 0
-    chooser: TokenChooser | None = None
-    out: list[int] = field(default_factory=list)
-    text: bytearray = field(default_factory=bytearray)
-    utf8: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("ignore"))
-    held: str = ""
-    """Decoded text not streamed yet: it may be the start of a stop string."""
-    streamed: int = 0
-    """Characters streamed so far."""
-
-
-@dataclass(eq=False)
-class _Slot:
-    seq: int
-    tokens: list[int] = field(default_factory=list)
-    """Tokens whose KV cells this sequence holds, in order."""
-    job: Job | None = None
-    fed: int = 0
-    """How many of ``job.seq`` (prompt, then answer) are in the cache."""
-    row: int = -1
-    """Row of this sequence's logits in the last decoded batch (-1: none)."""
 
 
 class BatchDecoder:
@@ -164,7 +125,7 @@ class BatchDecoder:
         self.prompter = ChatPrompter(self.model, chat_format, verbose)
         self.pieces = [self._piece_of(token) for token in range(self.n_vocab)]
         self.guidance = Guidance(self.vocab, self.n_vocab, self.pieces)
-        self.slots = [_Slot(seq) for seq in range(parallel)]
+        self.slots = [Slot(seq) for seq in range(parallel)]
         self.metadata: dict[str, str] = self.model.metadata()
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._waiting: deque[Job] = deque()
@@ -274,7 +235,7 @@ class BatchDecoder:
                 slot.job = None
                 self._forget(slot, 0)
 
-    def _forget(self, slot: _Slot, keep: int) -> None:
+    def _forget(self, slot: Slot, keep: int) -> None:
         """Free the slot's cells from position ``keep`` on."""
         if keep < len(slot.tokens):
             llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, keep, -1)
@@ -289,7 +250,7 @@ class BatchDecoder:
             if not job.seq and not self._prepare(job):
                 self._waiting.popleft()
                 continue
-            cached = {s.seq: _common_prefix(s.tokens, job.seq) for s in self.slots}
+            cached = {s.seq: common_prefix(s.tokens, job.seq) for s in self.slots}
             slot = free[0]  # the lowest free slot: running sequences stay in one run of ids
             own = cached[slot.seq]
             # another sequence (running or idle) may hold a longer start of this prompt: copy its cache
@@ -297,14 +258,16 @@ class BatchDecoder:
             shared = cached[source.seq]
             feeding = max(
                 (
-                    _common_prefix(s.job.seq, job.seq)
+                    common_prefix(s.job.seq, job.seq)
                     for s in self.slots
                     if s.job is not None and s.fed < len(s.job.prompt)
                 ),
                 default=0,
             )
-            if feeding >= max(own, shared) + MIN_COPY:
-                return  # a prompt being evaluated starts the same way: copy it next turn, once it is cached
+            if feeding >= own + MIN_COPY and feeding > shared:
+                # a prompt being evaluated starts the same way: copy that start once it is all
+                # cached, not the part cached so far (every copy would evaluate the rest again)
+                return
             if source is not slot and shared >= own + MIN_COPY:
                 self._copy(source, slot)
                 own = shared
@@ -314,7 +277,7 @@ class BatchDecoder:
             self._waiting.popleft()
             slot.job, slot.fed = job, keep
 
-    def _copy(self, source: _Slot, target: _Slot) -> None:
+    def _copy(self, source: Slot, target: Slot) -> None:
         """Give ``target`` a copy of ``source``'s cache stream (llama.cpp copies it before the next decode)."""
         llama_cpp.llama_memory_seq_rm(self.memory, target.seq, -1, -1)
         llama_cpp.llama_memory_seq_cp(self.memory, source.seq, target.seq, -1, -1)
@@ -387,7 +350,7 @@ class BatchDecoder:
         for token in forced:
             finish = self._append(job, token, grammar_done=False)
             if finish:
-                self._answer(job, self._completion(job, finish))
+                self._answer(job, completion_of(job, finish))
                 return False
         return True
 
@@ -397,12 +360,12 @@ class BatchDecoder:
         job.seq.append(token)
         job.text += self.pieces[token]
         self.generated_tokens += 1
-        if (job.stops and self._cut_at_stop(job)) or grammar_done:
+        if (job.stops and cut_at_stop(job)) or grammar_done:
             return "stop"
         if len(job.out) >= job.max_new:
             return "length"
         if job.feed is not None:
-            self._stream(job, self.pieces[token])
+            stream_piece(job, self.pieces[token])
         return None
 
     def _step(self) -> None:
@@ -416,7 +379,7 @@ class BatchDecoder:
             forced=[i for i, slot in enumerate(busy) if slot.job and slot.fed >= len(slot.job.prompt)],
         )
         self.passes += passes([slot.seq for slot in busy], counts)
-        rows: list[_Slot] = []
+        rows: list[Slot] = []
         for slot in self.slots:
             slot.row = -1
         # in sequence order: llama.cpp decodes one token of each of consecutive sequences in one pass
@@ -444,7 +407,7 @@ class BatchDecoder:
         for slot in rows:
             self._advance(slot)
 
-    def _add(self, slot: _Slot, token: int, *, logits: bool, keep: bool = True) -> None:
+    def _add(self, slot: Slot, token: int, *, logits: bool, keep: bool = True) -> None:
         """Put ``token`` in the batch after ``slot``'s cached tokens (``keep``: and count it as one)."""
         batch, i = self.batch, self.batch.n_tokens
         batch.token[i] = token
@@ -458,7 +421,7 @@ class BatchDecoder:
         if keep:
             slot.tokens.append(token)
 
-    def _advance(self, slot: _Slot) -> None:
+    def _advance(self, slot: Slot) -> None:
         job = slot.job
         assert job is not None and job.chooser is not None
         logits = np.ctypeslib.as_array(
@@ -474,51 +437,21 @@ class BatchDecoder:
             )
             return
         if eog:
-            self._finish(slot, self._completion(job, "stop"))
+            self._finish(slot, completion_of(job, "stop"))
             return
         self.forced_tokens += len(forced)
         for i, next_token in enumerate([token, *forced]):
             # the grammar's end is known once the forced tokens are all in (the matcher has them)
             finish = self._append(job, next_token, grammar_done=i == len(forced) and job.chooser.finished)
             if finish:
-                self._finish(slot, self._completion(job, finish))
+                self._finish(slot, completion_of(job, finish))
                 return
-
-    @staticmethod
-    def _stream(job: Job, piece: bytes) -> None:
-        """Hand on the text ``piece`` completes, except a tail that may begin a stop string."""
-        assert job.feed is not None
-        job.held += job.utf8.decode(piece)
-        ready = len(job.held) - _stop_start(job.held, job.stops)
-        if ready > 0:
-            job.feed.put(job.held[:ready])
-            job.held = job.held[ready:]
-            job.streamed += ready
 
     def _piece_of(self, token: int) -> bytes:
         n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
         return self._piece.raw[:n] if n > 0 else b""
 
-    @staticmethod
-    def _cut_at_stop(job: Job) -> bool:
-        tail = bytes(job.text[-256:]).decode("utf-8", errors="ignore")
-        for stop in job.stops:
-            if stop and stop in tail:
-                text = bytes(job.text).decode("utf-8", errors="ignore")
-                job.text = bytearray(text[: text.index(stop)].encode("utf-8"))
-                return True
-        return False
-
-    @staticmethod
-    def _completion(job: Job, finish_reason: str) -> Completion:
-        return Completion(
-            text=bytes(job.text).decode("utf-8", errors="ignore"),
-            finish_reason=finish_reason,
-            prompt_tokens=len(job.prompt),
-            completion_tokens=len(job.out),
-        )
-
-    def _finish(self, slot: _Slot, completion: Completion) -> None:
+    def _finish(self, slot: Slot, completion: Completion) -> None:
         job = slot.job
         assert job is not None
         slot.job = None
@@ -551,22 +484,3 @@ class BatchDecoder:
             return
         with contextlib.suppress(RuntimeError):  # its event loop is gone: nobody is waiting any more
             anyio.from_thread.run_sync(job.done.set, token=job.token)
-
-
-def _stop_start(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest end of ``text`` that a stop string starts with (0: none)."""
-    longest = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:n]):
-                longest = n
-                break
-    return longest
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
