@@ -4,6 +4,7 @@ so its siblings' requests are sent once."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
@@ -112,3 +113,25 @@ def test_a_cancelled_record_does_not_make_its_siblings_in_a_call_send_again() ->
         assert set(answers) == {"b", "c"} and calls == [1]
     finally:
         registry.BACKENDS.pop("sent_once", None)
+
+
+def test_in_input_order_a_slow_first_record_lets_sixteen_windows_of_records_finish_behind_it(
+    run_dir: Path,
+) -> None:
+    # 2 records in flight; the first takes 1 s. In input order its row holds the others' rows,
+    # not their work: up to 16 x 2 finished records wait behind it (at 4 x 2 the reading paused
+    # after 10, and the rest waited for the slow one)
+    sent: list[tuple[str, float]] = []
+
+    def latency(request: ChatRequest) -> float:
+        sent.append((request.messages[-1]["content"], time.monotonic()))
+        return 1.0 if request.messages[-1]["content"] == "q0" else 0.0
+
+    register_engine("head", backend="fake", max_batch_size=1, latency=latency)
+    result = Chain("c", [qa("head")]).run(
+        [Question(text=f"q{i}") for i in range(60)], output_dir=run_dir, max_in_flight=2, cache="off"
+    )
+    assert [r["input.text"] for r in result.flattened()] == [f"q{i}" for i in range(60)]
+    head = dict(sent)["q0"]
+    while_slow = sum(1 for text, at in sent if text != "q0" and at < head + 0.9)
+    assert while_slow >= 30, while_slow
