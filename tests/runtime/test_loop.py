@@ -103,7 +103,7 @@ def test_repeat_sends_one_request_per_pass_and_a_rerun_sends_none(
     assert sorted((r["_id"], r["r.iteration"]) for r in rows) == sorted(
         (f["_id"], k) for f in first.flattened() for k in range(3)
     )
-    assert list(rows[0])[:2] == ["_id", "r.iteration"]
+    assert list(rows[0])[:3] == ["_id", "_index", "r.iteration"]  # the input position, then the pass
     flat = list(first.flattened())
     assert [(r["r.iterations"], r["r.iteration"], r["r.stop_reason"], r["r.hops"]) for r in flat] == [
         (3, 2, "times", 3)
@@ -168,7 +168,8 @@ def test_templates_in_the_body_read_the_pass_and_after_the_loop_the_stop_reason(
     assert seen == ["hi #0", "hi #1", "times after 2: hi #1"]
     assert next(result.flattened())["report.answer"] == "times after 2: hi #1"
     [report] = read_jsonl(run_dir / "report")
-    assert list(report) == ["_id", "answer", "confidence"]  # after the loop, rows have no pass column
+    # after the loop, rows have no pass column
+    assert list(report) == ["_id", "_index", "answer", "confidence"]
 
 
 def test_the_default_cap_stops_a_loop_that_never_ends_and_on_limit_decides(run_dir: Path) -> None:

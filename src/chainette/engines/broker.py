@@ -27,10 +27,10 @@ import contextlib
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import aclosing, asynccontextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -38,6 +38,8 @@ from anyio.abc import TaskGroup
 from .base import ChatRequest, Completion, Engine
 from .registry import EngineConfig, create_engine, get_engine_config
 from .secrets import scrub, scrub_text
+
+T = TypeVar("T")
 
 __all__ = ["DEFAULT_IDLE_TIMEOUT", "EngineBroker", "EngineHandle"]
 
@@ -81,6 +83,7 @@ class EngineBroker:
         self.failed: dict[str, str] = {}
         """Engines stopped for good in this run (``Engine.fatal_error``), with the reason."""
         self._stopped: dict[str, Engine] = {}
+        self._handles: dict[str, EngineHandle] = {}
         self.described: dict[str, dict[str, Any]] = {}
         """What each started engine said about itself, and its options, scrubbed of credentials (for
         metadata.json)."""
@@ -105,8 +108,12 @@ class EngineBroker:
         stopped = self._stopped.get(name)
         if stopped is not None:  # never started again: its handle answers with the reason
             return EngineHandle(self, name, stopped)
+        handle = self._handles.get(name)
+        if handle is not None and self._engines.get(name) is handle.engine and not self._has_idle():
+            return handle  # the usual case, once per request: the engine runs, nothing to evict
         async with self.lease(name) as engine:
-            return EngineHandle(self, name, engine)
+            handle = self._handles[name] = EngineHandle(self, name, engine)
+            return handle
 
     @asynccontextmanager
     async def lease(self, name: str) -> AsyncIterator[Engine]:
@@ -116,15 +123,24 @@ class EngineBroker:
             >>> async with broker.lease("local") as engine:          # doctest: +SKIP
             ...     completions = await engine.generate(requests)
         """
-        engine = await self._acquire(name)
+        engine = self._running(name) or await self._acquire(name)
         try:
             yield engine
         finally:
-            with anyio.CancelScope(shield=True):
-                async with self._changed:
-                    self._in_flight[name] -= 1
-                    self._last_used[name] = self._clock()
-                    self._changed.notify_all()
+            self._in_flight[name] -= 1
+            self._last_used[name] = self._clock()
+            if self._changed.statistics().tasks_waiting:  # someone waits for a call to end
+                with anyio.CancelScope(shield=True):
+                    async with self._changed:
+                        self._changed.notify_all()
+
+    def spawn(self, fn: Callable[[T], Coroutine[Any, Any, None]], arg: T) -> bool:
+        """Start ``fn(arg)`` in the broker's task group (it lives while the broker is entered: the
+        run); False when the broker is not entered (nothing started)."""
+        if self._tg is None:
+            return False
+        self._tg.start_soon(fn, arg)
+        return True
 
     async def node_done(self, name: str) -> None:
         """A node that uses ``name`` has finished all its records."""
@@ -149,9 +165,12 @@ class EngineBroker:
                 for name in self._engines
                 if self._in_flight[name] == 0 and now - self._last_used.get(name, now) >= self._timeouts[name]
             ]
+            released = []
             for name in idle:
-                await self._release(name, reason="idle")
-            return idle
+                if self._in_flight[name] == 0:  # not taken again while the one before was closing
+                    await self._release(name, reason="idle")
+                    released.append(name)
+            return released
 
     def _has_idle(self) -> bool:
         now = self._clock()
@@ -174,6 +193,16 @@ class EngineBroker:
     def running(self) -> list[str]:
         """Names of the engines started and not yet released."""
         return list(self._engines)
+
+    def _running(self, name: str) -> Engine | None:
+        """The usual case, taken without a lock or a checkpoint: ``name`` is running, no switch
+        to another exclusive engine pending, nothing idle to evict. (Who releases an engine checks
+        that it has no call in flight and pops it in one step, with no checkpoint in between.)"""
+        engine = self._engines.get(name)
+        if engine is None or (self._switching and engine.exclusive) or self._has_idle():
+            return None
+        self._in_flight[name] += 1
+        return engine
 
     async def _acquire(self, name: str) -> Engine:
         if self._has_idle():

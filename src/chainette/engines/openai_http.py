@@ -190,9 +190,12 @@ class OpenAIEngine(Engine):
                 out[i] = await self._complete(request)
 
         try:
-            async with anyio.create_task_group() as tg:
-                for i, request in enumerate(requests):
-                    tg.start_soon(one, i, request)
+            if len(requests) == 1:  # the usual call (a record's request): no task of its own
+                await one(0, requests[0])
+            else:
+                async with anyio.create_task_group() as tg:
+                    for i, request in enumerate(requests):
+                        tg.start_soon(one, i, request)
         except Exception as exc:  # a bug or an unexpected library error: fail the batch, keep the cause
             raise EngineError(self._scrub(f"openai: {type(exc).__name__}: {exc}")) from exc
         return out

@@ -308,7 +308,7 @@ def _samples(run: RunView, n: int) -> str:
         body = []
         for row in rows:
             rid = str(row.get("_id"))
-            output = {k: v for k, v in row.items() if k != "_id"}
+            output = {k: v for k, v in row.items() if k not in ("_id", "_index")}
             body.append([f"<code>{escape(rid)}</code>", cut(_lookup(inputs, rid)), cut(output)])
         rows_html = table(["record", "input", "output"], body, f' class="samples" data-step="{escape(step)}"')
         parts.append(

@@ -37,7 +37,7 @@ from ..graph.view import RecordView
 from .budgets import exceeded
 from .chunks import ChunkEmitter, bound
 from .context import RunContext
-from .records import Record, coerce, describe_validation, dump
+from .records import Record, coerce, describe_validation, dump, node_row
 
 __all__ = ["INLINE_BUDGET_S", "run_apply"]
 
@@ -177,7 +177,7 @@ def _outputs(
 
 def _write(node: Apply, record: Record, ctx: RunContext) -> None:
     if node.write:
-        row = {"_id": record.id, **record.tags} if record.tags else {"_id": record.id}  # tags: a loop's pass
+        row = node_row(record)  # tags: a loop's pass
         row.update(_as_row(record.value))
         ctx.writer.add(node.id, row)
 

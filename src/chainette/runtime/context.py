@@ -199,7 +199,7 @@ class RunContext:
         under the same limiter as :meth:`engine`'s."""
         coalescer = self._coalescers.get(name)
         if coalescer is None:  # one per engine name: a handle restarts an evicted engine itself
-            coalescer = self._coalescers[name] = Coalescer(engine, self._limiters[name])
+            coalescer = self._coalescers[name] = Coalescer(engine, self._limiters[name], self.broker.spawn)
         return coalescer
 
     def fail(self, record: Record, error: RecordError, *, emitted: bool = False) -> None:

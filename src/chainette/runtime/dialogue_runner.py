@@ -81,7 +81,9 @@ async def run_dialogue(node: Dialogue, chunk: list[Record], ctx: RunContext) -> 
         transcript = Transcript(turns=talk.turns, stop_reason=talk.stop)
         record = talk.record.advance(node.key, transcript)
         if node.write:
-            ctx.writer.add(node.id, {"_id": record.id, **transcript.model_dump(mode="json")})
+            ctx.writer.add(
+                node.id, {"_id": record.id, "_index": record.index, **transcript.model_dump(mode="json")}
+            )
         out.append(record)
     stats.records_out += len(out)
     stats.done += len(out)

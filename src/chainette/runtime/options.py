@@ -60,7 +60,7 @@ class RunOptions:
     the chain's engines)``. The engines' ``max_concurrency`` and rate limits still bound requests."""
     ordered: bool = True
     """Write ``flattened/`` in input order: a finished record waits for those before it, in a
-    window of ``4 × max_in_flight`` finished records (its work never waits, only its row; a full
+    window of ``16 × max_in_flight`` finished records (its work never waits, only its row; a full
     window pauses the reading). False: rows land as records finish (each has ``_index``), so a
     slow record never holds a row back. A stage holding a streaming step (``samples > 1``) hands
     its samples on as they are made, in completion order either way (memory flat in samples)."""

@@ -17,6 +17,7 @@ __all__ = [
     "fields_of",
     "input_mismatch",
     "iteration_tag",
+    "node_row",
     "owner_id",
     "request_salt",
     "type_label",
@@ -151,6 +152,15 @@ def request_salt(tags: dict[str, Any] | None) -> str:
     if not tags:
         return ""
     return ";".join(f"{k}={v}" for k, v in tags.items() if v and k.endswith(".iteration"))
+
+
+def node_row(record: Record) -> dict[str, Any]:
+    """The start of a row in a node's folder: the record's id, its input position (``_index``)
+    and, inside a loop, its pass (the record's tags); the node's output fields follow."""
+    row: dict[str, Any] = {"_id": record.id, "_index": record.index}
+    if record.tags:
+        row.update(record.tags)
+    return row
 
 
 def dump(value: Any) -> Any:

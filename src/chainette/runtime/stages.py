@@ -42,8 +42,10 @@ __all__ = ["Flow", "flatten", "run_stage", "stages"]
 Chunk = list[Record]
 
 
-REORDER = 4
-"""With ``ordered``: finished records that may wait for those before them, per record in flight."""
+REORDER = 16
+"""With ``ordered``: finished records that may wait for those before them, per record in flight.
+At 4 it throttled a 10 % / 2 s tail: at the 640 requests/s that 128 slots allow, 1,280 records
+finish behind a head that takes 2 s, which filled 5 × 256 and paused the reading."""
 
 
 @dataclass

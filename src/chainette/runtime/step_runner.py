@@ -27,8 +27,9 @@ them fails with ``BudgetExceededError`` (never remembered in the ledger nor emit
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, nullcontext
 from typing import Any
 
@@ -43,7 +44,7 @@ from ..ledger.store import StoredAnswer
 from .budgets import budget_error, exceeded, time_left
 from .coalesce import coalesces
 from .context import DeltaHandler, RunContext
-from .records import Record, dump, request_salt
+from .records import Record, dump, node_row, request_salt
 from .requests import InFlight
 from .step_io import _Job, _Round, parse_output, render_messages
 from .step_outcome import _KINDS, _cut, _engine_failed, _give_up, _settle
@@ -125,7 +126,7 @@ async def _run_jobs(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Recor
         output = job.output
         if output is not None:
             record = job.record.advance(key, output)
-            row = {"_id": record.id, **record.tags} if record.tags else {"_id": record.id}
+            row = node_row(record)
             row.update(dump(output))
             if job.reasoning:
                 row["_reasoning"] = job.reasoning
@@ -137,7 +138,7 @@ async def _run_jobs(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Recor
             # passed on marked as failed: the value stays the step's input, the step's slot holds the reason
             record = job.record
             record.history[key] = {"_error": job.failure.message}
-            row = {"_id": record.id, **record.tags} if record.tags else {"_id": record.id}
+            row = node_row(record)
             row["_error"] = job.failure.message
         else:
             continue
@@ -341,6 +342,9 @@ async def _send(
     try:
         engine, limiter = await ctx.engine(step.engine_name)
         size = max(1, engine.max_batch_size)
+        if len(owned) <= size and ctx.cache.ledger is None:  # one call, no ledger claims to renew
+            await _call(step, engine, limiter, owned, ctx, decided)
+            return
         async with anyio.create_task_group() as leases:
             leases.start_soon(ctx.cache.keep_leases, keys)  # renewed in the ledger while in flight
             async with anyio.create_task_group() as tg:
@@ -371,6 +375,24 @@ async def _call(
             began = time.monotonic()
             if timeout is None and not limited:  # the usual call: no bound
                 completions = await _ask(step, engine, batch, ctx)
+            elif _gathered(engine, ctx) and timeout is not None:  # the timeout starts when the call is sent
+                left = time_left(job.record for job, _, _ in batch) if limited else None
+                until = math.inf if left is None else anyio.current_time() + left  # the deadline: from now
+                scope = anyio.CancelScope(deadline=until)
+                by_timeout = False
+
+                def sent() -> None:  # the coalescer took the batch into a call: the request's own time
+                    nonlocal began, by_timeout
+                    began = time.monotonic()
+                    by_timeout = anyio.current_time() + timeout <= until
+                    scope.deadline = min(until, anyio.current_time() + timeout)
+
+                with scope:
+                    completions = await _ask(step, engine, batch, ctx, sent)
+                if scope.cancelled_caught:
+                    _attempts(step, batch, ctx, began, None)
+                    _cut(step, batch, ctx, decided, timeout, by_timeout=by_timeout)
+                    return
             else:  # bounded by the policy's timeout and the batch's earliest deadline, from now
                 left = time_left(job.record for job, _, _ in batch) if limited else None
                 by_timeout = left is None or (timeout is not None and timeout <= left)
@@ -427,16 +449,21 @@ def _attempts(
 
 
 async def _ask(
-    step: Step, engine: Engine, batch: list[tuple[_Job, ChatRequest, str]], ctx: RunContext
+    step: Step,
+    engine: Engine,
+    batch: list[tuple[_Job, ChatRequest, str]],
+    ctx: RunContext,
+    on_sent: Callable[[], None] | None = None,
 ) -> list[Completion]:
     """The engine's answers to ``batch``: streamed one request at a time when a served trace
-    wants the pieces and the engine streams, else one ``generate`` call."""
+    wants the pieces and the engine streams, else one ``generate`` call (through the engine's
+    coalescer, which calls ``on_sent`` as the call that holds them starts)."""
     on_delta = ctx.on_delta
     if on_delta is not None and engine.supports_streaming:
         return [await _stream(step, engine, job, request, on_delta) for job, request, _ in batch]
     requests = [request for _, request, _ in batch]
     if coalesces(engine):  # with the requests of other records pending now, in one call
-        return await ctx.coalescer(step.engine_name, engine).generate(requests)
+        return await ctx.coalescer(step.engine_name, engine).generate(requests, on_sent)
     return await engine.generate(requests)
 
 
