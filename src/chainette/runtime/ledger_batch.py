@@ -29,7 +29,7 @@ __all__ = ["GATHER_TICKS", "Gatherer"]
 P = TypeVar("P")
 R = TypeVar("R")
 
-GATHER_TICKS = 2
+GATHER_TICKS = 1
 """Loop turns the runner of a call lets pass before taking its batch: the records of a chunk just
 read reach the ledger in the same moment."""
 
