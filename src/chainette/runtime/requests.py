@@ -7,7 +7,8 @@ others wait for its answer; ``RequestCache.claim_shared`` does the same across p
 share the ledger file (a claim row with a lease: one process sends, the others poll the ledger
 for the answer, and take the request over if the owner's lease runs out); ``RequestCache.store``
 commits answers as soon as they arrive, so a crash loses nothing already paid for. Error answers
-are never stored: a rerun sends them again.
+are never stored: a rerun sends them again. Lookups, claims and puts of the records in flight at
+one moment are gathered into one read / one transaction (``runtime/ledger_batch.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import anyio
 
 from ..engines.base import Completion
 from ..ledger.store import Ledger, StoredAnswer, StoredFailure, default_ledger_path
+from .ledger_batch import Gatherer
 
 __all__ = ["CacheMode", "InFlight", "RequestCache"]
 
@@ -60,6 +62,13 @@ class RequestCache:
         self.lease_s = LEASE_S
         self._leased: set[str] = set()
         """Keys this run holds claims on in the ledger (claimed, answer not stored yet)."""
+        Lookup = tuple[Sequence[str], Sequence[str]]
+        Found = tuple[dict[str, StoredAnswer], dict[str, StoredFailure]]
+        Claimed = tuple[dict[str, StoredAnswer], list[str], list[str]]
+        Entries = list[tuple[str, str, str, Completion]]
+        self._reads: Gatherer[Lookup, Found] = Gatherer(self._read_all)
+        self._claims: Gatherer[list[str], Claimed] = Gatherer(self._claim_all)
+        self._puts: Gatherer[Entries, None] = Gatherer(self._put_all)
 
     @classmethod
     def open(cls, path: str | Path | None, mode: CacheMode) -> RequestCache:
@@ -77,13 +86,26 @@ class RequestCache:
     ) -> tuple[dict[str, StoredAnswer], dict[str, StoredFailure]]:
         """Stored answers among ``keys`` and stored final failures among ``first_keys``.
 
-        Read on the event loop, on purpose: an indexed read of a chunk's keys takes about 0.5 ms
-        (64 keys, 200k-row ledger), while a worker-thread hop costs up to the 5 ms GIL switch
-        interval whenever the loop is busy, which made cached reruns 3x slower.
+        Gathered with the lookups of the other records in flight into one read, on the event
+        loop, on purpose: an indexed read of a chunk's keys takes about 0.5 ms (64 keys,
+        200k-row ledger), while a worker-thread hop costs up to the 5 ms GIL switch interval
+        whenever the loop is busy, which made cached reruns 3x slower.
         """
         if self.ledger is None or self.mode != "use" or not (keys or first_keys):
             return {}, {}
-        found = self.ledger.get_answers(keys)
+        answers, failures = await self._reads.submit((keys, first_keys), len(keys) + len(first_keys))
+        return (
+            {key: answers[key] for key in keys if key in answers},
+            {key: failures[key] for key in first_keys if key in failures} if first_keys else {},
+        )
+
+    async def _read_all(
+        self, lookups: list[tuple[Sequence[str], Sequence[str]]]
+    ) -> tuple[dict[str, StoredAnswer], dict[str, StoredFailure]]:
+        assert self.ledger is not None
+        keys = [key for part, _ in lookups for key in part]
+        first_keys = [key for _, part in lookups for key in part]
+        found = self.ledger.get_answers(keys) if keys else {}
         return found, (self.ledger.get_failures(first_keys) if first_keys else {})
 
     def claim(self, key: str) -> tuple[InFlight, bool]:
@@ -114,10 +136,23 @@ class RequestCache:
         or outside ``use`` mode, every key is to send."""
         if self.ledger is None or self.mode != "use" or not keys:
             return {}, keys, []
-        ledger, owner, lease = self.ledger, self.owner, self.lease_s
-        answers, granted, held = await anyio.to_thread.run_sync(lambda: ledger.claim(keys, owner, lease))
+        answers, granted, held = await self._claims.submit(keys, len(keys))
+        mine = set(keys)
+        granted = [key for key in granted if key in mine]
         self._leased.update(granted)
-        return answers, granted, held
+        return (
+            {key: answers[key] for key in keys if key in answers},
+            granted,
+            [key for key in held if key in mine],
+        )
+
+    async def _claim_all(
+        self, parts: list[list[str]]
+    ) -> tuple[dict[str, StoredAnswer], list[str], list[str]]:
+        ledger, owner, lease = self.ledger, self.owner, self.lease_s
+        assert ledger is not None
+        keys = [key for part in parts for key in part]
+        return await anyio.to_thread.run_sync(lambda: ledger.claim(keys, owner, lease))
 
     async def keep_leases(self, keys: Sequence[str]) -> None:
         """Renew this run's claims on ``keys`` every third of the lease until none is left
@@ -149,11 +184,16 @@ class RequestCache:
         kept = [e for e in entries if e[3].finish_reason != "error"]
         if self.ledger is None or not kept:
             return
-        ledger, replace = self.ledger, self.mode == "refresh"
         with anyio.CancelScope(shield=True):  # an answer that arrived is kept even on Ctrl-C
-            await anyio.to_thread.run_sync(lambda: ledger.put(kept, replace=replace))
+            await self._puts.submit(kept, len(kept))
         if self._leased:
             self._leased.difference_update(e[0] for e in kept)
+
+    async def _put_all(self, parts: list[list[tuple[str, str, str, Completion]]]) -> None:
+        ledger, replace = self.ledger, self.mode == "refresh"
+        assert ledger is not None
+        entries = [entry for part in parts for entry in part]
+        await anyio.to_thread.run_sync(lambda: ledger.put(entries, replace=replace))
 
     async def store_failures(self, entries: list[tuple[str, StoredFailure]]) -> None:
         if self.ledger is None or not entries:
