@@ -171,3 +171,25 @@ def _run_block(block: Block, folder: Path, namespace: dict[str, object], *, llam
     else:
         return False
     return True
+
+
+def run_blocks_as_scripts(page: Path, folder: Path) -> list[tuple[str, list[str]]]:
+    """A feature page's own check: each ```python block (untitled) runs as a script of its own (a
+    fresh namespace, without the caller's ``__future__`` imports) in ``folder``, in page order;
+    returns each block's code with the lines it printed."""
+    out: list[tuple[str, list[str]]] = []
+    with contextlib.chdir(folder):
+        for k, code in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), re.S)):
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                exec(
+                    compile(code, f"{page.name} block {k + 1}", "exec", dont_inherit=True),
+                    {"__name__": f"page_{k}"},
+                )
+            out.append((code, printed.getvalue().splitlines()))
+    return out
+
+
+def said_by_prints(code: str) -> list[str]:
+    """What a block's ``print(...)  # text`` lines say it prints, exactly and in order."""
+    return [line.split("  # ", 1)[1] for line in code.splitlines() if line.strip().startswith("print(")]

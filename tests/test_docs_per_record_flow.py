@@ -3,27 +3,15 @@ empty folder, and prints what its comments say."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import pytest
+from tests.docs_blocks import run_blocks_as_scripts, said_by_prints
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "features" / "per-record-flow.md"
 
 
-def test_the_pages_blocks_run_and_print_what_they_say(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
+def test_the_pages_blocks_run_and_print_what_they_say(tmp_path: Path) -> None:
+    blocks = run_blocks_as_scripts(PAGE, tmp_path)
     assert len(blocks) == 2
-    monkeypatch.chdir(tmp_path)
-    for k, code in enumerate(blocks):
-        # dont_inherit: each block runs as a script would, without this file's __future__ import
-        exec(
-            compile(code, f"{PAGE.name} block {k + 1}", "exec", dont_inherit=True), {"__name__": f"page_{k}"}
-        )
-        printed = capsys.readouterr().out.splitlines()
-        expected = [
-            line.split("  # ", 1)[1] for line in code.splitlines() if line.strip().startswith("print(")
-        ]
-        assert printed == expected, f"block {k + 1}"
+    for k, (code, printed) in enumerate(blocks):
+        assert printed == said_by_prints(code), f"block {k + 1}"
