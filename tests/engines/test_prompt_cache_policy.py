@@ -29,21 +29,21 @@ def copies(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
 
 def test_a_prompt_is_kept_once_per_family_and_found_again(copies: list[tuple[int, int]]) -> None:
     cache = PromptCache(memory=None, first_seq=2, size=2)
-    cache.offer(0, A + [1, 2, 3], kept=0)
+    cache.offer(0, [*A, 1, 2, 3], kept=0)
     assert copies == [(0, 2)] and cache.saves == 1
     # another question under the same system prompt: the entry holds its start already
-    cache.offer(1, A + [4, 5, 6], kept=0)
+    cache.offer(1, [*A, 4, 5, 6], kept=0)
     assert cache.saves == 1
-    entry, shared = cache.best(A + [7])
+    entry, shared = cache.best([*A, 7])
     assert entry is not None and entry.seq == 2 and shared == len(A)
-    assert cache.take(entry, 0) == A + [1, 2, 3]
+    assert cache.take(entry, 0) == [*A, 1, 2, 3]
     assert copies[-1] == (2, 0) and cache.hits == 1
 
 
 def test_a_short_tail_or_what_the_slot_keeps_is_not_copied(copies: list[tuple[int, int]]) -> None:
     cache = PromptCache(memory=None, first_seq=2, size=2)
     cache.offer(0, list(range(MIN_COPY - 1)), kept=0)  # too short to be worth a copy
-    cache.offer(0, A + [1], kept=len(A))  # the slot's next request keeps the start itself
+    cache.offer(0, [*A, 1], kept=len(A))  # the slot's next request keeps the start itself
     assert copies == [] and cache.saves == 0
 
 
