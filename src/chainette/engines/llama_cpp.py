@@ -77,6 +77,8 @@ DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GRAMMARS = ("llguidance", "gbnf")
 PROMPT_CACHE = 4
 """Prompts kept across requests by default (``prompt_cache=True``)."""
+MAX_SEQUENCES = 256
+"""llama.cpp's limit on sequences per context (``LLAMA_MAX_SEQ``): slots and cached prompts together."""
 
 
 def default_model_path() -> Path:
@@ -236,7 +238,7 @@ class LlamaCppEngine(Engine):
                 n_gpu_layers=self.n_gpu_layers,
                 chat_format=self.chat_format,
                 fast_forward=self.fast_forward,
-                prompt_cache=self.prompt_cache,
+                prompt_cache=min(self.prompt_cache, max(0, MAX_SEQUENCES - self.parallel)),
                 verbose=self.verbose,
             )
 
