@@ -88,6 +88,7 @@ FORCED_CHILDREN = [
     "ff-raw-batched",
     "ff-quickstart-on",
     "ff-quickstart-off",
+    "ff-quickstart-nocache",
     "ff-stream",
 ]
 

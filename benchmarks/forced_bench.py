@@ -31,35 +31,46 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_forced_child(
     child: str, step: Step, texts: list[str], model: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
-    stats = instrument(texts)
+    stats = instrument(record=child in ("ff-alone", "ff-batched"))
     run = _run_child(child, step, texts, model, args)
     run["decode_s"], run["decode_cpu_s"] = stats["decode_s"], stats["decode_cpu_s"]
-    run["loop_cpu_s"] = stats["loop_cpu_s"]
-    logs = stats["schedule"]
-    run["schedule"] = [schedule_of(logs[text]) if text in logs else None for text in texts]
+    run["loop_cpu_s"], run["prompt_cpu_s"] = stats["loop_cpu_s"], stats["prompt_cpu_s"]
+    run["fed"], run["prompt_fed"] = stats["fed"], stats["prompt_fed"]
+    if stats["ops"]:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(stats["ops"], f)
+        run["ops_file"] = f.name
     if stats["steps"]:
         run["mean_sequences"] = stats["sequences"] / stats["steps"]
         run["mean_pending"] = stats["pending"] / stats["steps"]
     return run
 
 
-def instrument(texts: list[str]) -> dict[str, Any]:
+def instrument(record: bool = False) -> dict[str, Any]:
     """Patch this child process to measure itself: wall and CPU time inside ``llama_decode``, the decode
-    loop thread's CPU time, sequences and pending jobs at each decode, and each request's schedule.
-
-    A request's schedule is ``[forced, runs]``: the tokens its grammar forced before the first
-    choice (fed with the prompt), then the tokens each decode after that fed for it, one chosen
-    token plus the run it forced (the last choice needs no decode). The raw API replays it."""
+    loop thread's CPU time, sequences and pending jobs at each decode, and the CPU time that went to
+    prompt tokens (each decode's time shared out by the tokens it fed). ``record``: also log every
+    llama.cpp call that changes the cache (each decode's tokens, positions, sequences and logits
+    flags; each sequence removal and copy), in order, for :func:`run_replay`."""
     import llama_cpp
 
     from chainette.engines import llama_batch
-    from chainette.engines.llama_guidance import TokenChooser
 
-    stats: dict[str, Any] = {"decode_s": 0.0, "decode_cpu_s": 0.0, "loop_cpu_s": 0.0}
-    stats.update(steps=0, sequences=0, pending=0, schedule={})
-    decode = llama_cpp.llama_decode
+    stats: dict[str, Any] = {"decode_s": 0.0, "decode_cpu_s": 0.0, "loop_cpu_s": 0.0, "prompt_cpu_s": 0.0}
+    stats.update(steps=0, sequences=0, pending=0, fed=0, prompt_fed=0, ops=[])
+    decode, seq_rm, seq_cp = (
+        llama_cpp.llama_decode,
+        llama_cpp.llama_memory_seq_rm,
+        llama_cpp.llama_memory_seq_cp,
+    )
+    ops: list[Any] = stats["ops"]
 
     def timed_decode(ctx: Any, batch: Any) -> int:
+        if record:
+            rows = range(batch.n_tokens)
+            ops.append(
+                ["d", [[batch.token[i], batch.pos[i], batch.seq_id[i][0], batch.logits[i]] for i in rows]]
+            )
         wall, cpu = time.perf_counter(), time.thread_time()
         try:
             return int(decode(ctx, batch))
@@ -67,9 +78,23 @@ def instrument(texts: list[str]) -> dict[str, Any]:
             stats["decode_s"] += time.perf_counter() - wall
             stats["decode_cpu_s"] += time.thread_time() - cpu
 
+    def logged_rm(memory: Any, seq: int, p0: int, p1: int) -> Any:
+        ops.append(["rm", seq, p0, p1])
+        return seq_rm(memory, seq, p0, p1)
+
+    def logged_cp(memory: Any, source: int, target: int, p0: int, p1: int) -> Any:
+        ops.append(["cp", source, target, p0, p1])
+        return seq_cp(memory, source, target, p0, p1)
+
     llama_cpp.llama_decode = timed_decode
+    if record:
+        llama_cpp.llama_memory_seq_rm, llama_cpp.llama_memory_seq_cp = logged_rm, logged_cp
     decoder = llama_batch.BatchDecoder
-    run, step, prepare = decoder._run, decoder._step, decoder._prepare
+    run, step, init = decoder._run, decoder._step, decoder.__init__
+
+    def logged_init(self: Any, *a: Any, **kw: Any) -> None:
+        init(self, *a, **kw)
+        ops.append(["init", len(self.slots), len(self.cache.entries), self.n_batch])
 
     def timed_run(self: Any) -> None:
         cpu = time.thread_time()
@@ -82,43 +107,17 @@ def instrument(texts: list[str]) -> dict[str, Any]:
         stats["steps"] += 1
         stats["sequences"] += self.busy_sequences()
         stats["pending"] += self.load()
+        prompt, cpu = self.prompt_tokens, stats["decode_cpu_s"]
         step(self)
+        fed = int(self.batch.n_tokens)
+        stats["fed"] += fed
+        stats["prompt_fed"] += self.prompt_tokens - prompt
+        stats["prompt_cpu_s"] += (stats["decode_cpu_s"] - cpu) * (self.prompt_tokens - prompt) / max(1, fed)
 
-    events: dict[Any, list[Any]] = {}
-    choose, forced = TokenChooser.choose, TokenChooser.forced
-
-    def logged_choose(self: Any, logits: Any) -> int:
-        events.setdefault(self, []).append("choice")
-        return choose(self, logits)
-
-    def logged_forced(self: Any) -> list[int]:
-        tokens = forced(self)
-        events.setdefault(self, []).append(len(tokens))
-        return tokens
-
-    users = {f"Question: {text}": text for text in texts}
-
-    def mapped_prepare(self: Any, job: Any) -> bool:
-        answered = prepare(self, job)
-        text = users.get(str(job.request.messages[-1].get("content", "")))
-        if job.chooser is not None and text is not None:
-            stats["schedule"][text] = events.setdefault(job.chooser, [])
-        return bool(answered)
-
-    decoder._run, decoder._step, decoder._prepare = timed_run, counted_step, mapped_prepare  # type: ignore[method-assign]
-    TokenChooser.choose, TokenChooser.forced = logged_choose, logged_forced  # type: ignore[method-assign]
+    decoder._run, decoder._step = timed_run, counted_step  # type: ignore[method-assign]
+    if record:
+        decoder.__init__ = logged_init  # type: ignore[method-assign]
     return stats
-
-
-def schedule_of(events: list[Any]) -> list[Any]:
-    """``[forced before the first choice, [tokens fed per decode after it]]`` from a chooser's log."""
-    first = events[0] if events and events[0] != "choice" else 0
-    runs: list[int] = []
-    for i, event in enumerate(events):
-        if event == "choice":
-            after = events[i + 1] if i + 1 < len(events) and events[i + 1] != "choice" else 0
-            runs.append(1 + after)
-    return [first, runs[:-1]]
 
 
 def _run_child(
@@ -134,10 +133,11 @@ def _run_child(
         parallel = 1 if child == "ff-alone" else args.parallel
         return run_engine_free_vs_schema(step, texts, model, args, schema=True, parallel=parallel)
     if child in ("ff-raw-alone", "ff-raw-batched"):
-        work = json.loads(Path(args.counts).read_text())
-        run = run_raw(step, texts, model, args, work["schedule"], batched=child == "ff-raw-batched")
-        return {**run, "tokens": sum(work["completion"])}
-    return run_quickstart(args, fast_forward=child == "ff-quickstart-on")
+        work = json.loads(Path(args.counts).read_text())[child.removeprefix("ff-raw-")]
+        return {**run_replay(model, args, work["ops"]), "tokens": work["tokens"], "requests": len(texts)}
+    return run_quickstart(
+        args, fast_forward=child != "ff-quickstart-off", prompt_cache=child != "ff-quickstart-nocache"
+    )
 
 
 def run_stream(step: Step, texts: list[str], model: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -190,8 +190,8 @@ def run_stream(step: Step, texts: list[str], model: Path, args: argparse.Namespa
     return anyio.run(main)
 
 
-def run_quickstart(args: argparse.Namespace, fast_forward: bool) -> dict[str, Any]:
-    """The quickstart chain on its inputs, its engine with ``fast_forward`` on or off."""
+def run_quickstart(args: argparse.Namespace, fast_forward: bool, prompt_cache: bool = True) -> dict[str, Any]:
+    """The quickstart chain on its inputs, its engine with ``fast_forward`` and ``prompt_cache`` on or off."""
     from chainette import register_engine
     from chainette.engines.llama_cpp import LlamaCppEngine
 
@@ -200,7 +200,12 @@ def run_quickstart(args: argparse.Namespace, fast_forward: bool) -> dict[str, An
     quickstart = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(quickstart)
     register_engine(
-        "local", backend="llama_cpp", n_ctx=2048, n_threads=args.threads, fast_forward=fast_forward
+        "local",
+        backend="llama_cpp",
+        n_ctx=2048,
+        n_threads=args.threads,
+        fast_forward=fast_forward,
+        prompt_cache=prompt_cache,
     )
     counters: dict[str, int] = {}
     close = LlamaCppEngine.close
@@ -238,93 +243,46 @@ def run_quickstart(args: argparse.Namespace, fast_forward: bool) -> dict[str, An
     }
 
 
-def run_raw(
-    step: Step, texts: list[str], model: Path, args: argparse.Namespace, schedule: list[Any], batched: bool
-) -> dict[str, Any]:
-    """The engine's work replayed on the raw llama.cpp API: the same prompts, and for each request the
-    same tokens per decode as the engine fed it (:func:`schedule_of`: the forced tokens with the
-    prompt, then one chosen token plus its forced run per decode). No grammar, no sampling, no
-    Python per token beyond filling the batch: the kernels' ceiling for this work. Batched, every
-    request's next run goes into one decode, in lock step, as many decodes as the longest needs."""
+def run_replay(model: Path, args: argparse.Namespace, ops: list[Any]) -> dict[str, Any]:
+    """An engine run's llama.cpp work replayed on the raw API: the same decodes (tokens, positions,
+    sequences, logits rows) and cache removals and copies, in the same order, on a context of the
+    same shape, with nothing else in between: the kernels' ceiling for that run."""
     import llama_cpp
 
-    from chainette.engines.llama_batch import PROMPT_CHUNK, BatchDecoder
-    from chainette.runtime.records import Record
-    from chainette.runtime.step_runner import render_messages
+    from chainette.engines.llama_batch import BatchDecoder
 
-    parallel = len(texts) if batched else 1
+    (_, parallel, cached, n_batch), *work = ops
     load_started = time.perf_counter()
-    decoder = BatchDecoder(str(model), parallel=parallel, n_ctx=args.n_ctx, n_threads=args.threads)
+    decoder = BatchDecoder(
+        str(model),
+        parallel=parallel,
+        n_ctx=args.n_ctx,
+        n_threads=args.threads,
+        n_batch=n_batch,
+        prompt_cache=cached,
+    )
     load_s = time.perf_counter() - load_started
-    prompts = []
-    for i, text in enumerate(texts):
-        value = Question(text=text)
-        prompts.append(
-            decoder.prompter(render_messages(step, Record(str(i), i, value, {"input": value}))).tokens
-        )
-    ctx, batch, memory = decoder.ctx, decoder.batch, decoder.memory
-    cells = [0] * parallel
-
-    def decode(items: list[tuple[int, list[int]]]) -> None:
-        batch.n_tokens = 0
-        for seq, tokens in items:
-            for k, token in enumerate(tokens):
-                i = batch.n_tokens
-                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, cells[seq], 1
-                batch.seq_id[i][0] = seq
-                batch.logits[i] = k == len(tokens) - 1
-                batch.n_tokens = i + 1
-                cells[seq] += 1
-        assert llama_cpp.llama_decode(ctx, batch) == 0
-
-    def feed(seq: int, tokens: list[int]) -> None:
-        for start in range(0, len(tokens), PROMPT_CHUNK):
-            decode([(seq, tokens[start : start + PROMPT_CHUNK])])
-
-    # the forced tokens before the first choice go in with the prompt; any token stands for them
-    heads = [prompt + prompt[-1:] * first for prompt, (first, _) in zip(prompts, schedule, strict=True)]
-    runs = [list(r) for _, r in schedule]
     started, cpu_started = time.perf_counter(), time.process_time()
-    shared = len(_common_prefix_all(prompts))
-    if not batched:
-        cached: list[int] = []
-        for prompt, head, left in zip(prompts, heads, runs, strict=True):
-            keep = min(len(_common_prefix_all([cached, prompt])), len(prompt) - 1)
-            llama_cpp.llama_memory_seq_rm(memory, 0, keep, -1)
-            cells[0] = keep
-            feed(0, head[keep:])
-            for n in left:
-                feed(0, prompt[-1:] * n)
-            cached = list(prompt)
-    else:
-        feed(0, prompts[0][:shared])  # the shared system prompt once, then copied
-        for seq in range(1, parallel):
-            llama_cpp.llama_memory_seq_cp(memory, 0, seq, -1, -1)
-            cells[seq] = shared
-        rest = [head[shared:] for head in heads]
-        chunk = min(PROMPT_CHUNK, decoder.n_batch // parallel)
-        while any(rest):
-            decode([(seq, r[:chunk]) for seq, r in enumerate(rest) if r])
-            rest = [r[chunk:] for r in rest]
-        while any(runs):
-            decode([(seq, prompts[seq][-1:] * min(r[0], chunk)) for seq, r in enumerate(runs) if r])
-            for r in runs:
-                if r:
-                    r[0] -= min(r[0], chunk)
-                    if not r[0]:
-                        r.pop(0)
+    replay(work, llama_cpp, decoder.ctx, decoder.batch, decoder.memory)
     seconds, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
     decoder.close()
-    return {"seconds": seconds, "cpu_s": cpu_s, "load_s": load_s, "requests": len(texts)}
+    return {"seconds": seconds, "cpu_s": cpu_s, "load_s": load_s}
 
 
-def _common_prefix_all(sequences: list[list[int]]) -> list[int]:
-    first = sequences[0]
-    n = min(len(s) for s in sequences)
-    i = 0
-    while i < n and all(s[i] == first[i] for s in sequences):
-        i += 1
-    return first[:i]
+def replay(ops: list[Any], api: Any, ctx: Any, batch: Any, memory: Any) -> None:
+    """Make the calls ``ops`` logged (:func:`instrument`) through ``api`` (the ``llama_cpp`` module)."""
+    for op in ops:
+        if op[0] == "rm":
+            api.llama_memory_seq_rm(memory, *op[1:])
+        elif op[0] == "cp":
+            api.llama_memory_seq_cp(memory, *op[1:])
+        else:
+            for i, (token, pos, seq, logits) in enumerate(op[1]):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+                batch.seq_id[i][0], batch.logits[i] = seq, logits
+            batch.n_tokens = len(op[1])
+            if api.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("the replayed decode failed")
 
 
 def _sides(
@@ -433,6 +391,18 @@ def forced_section(args: argparse.Namespace) -> bool:
     )
     off_cpu = statistics.median(r["cpu_s"] for r in runs["ff-quickstart-off"])
     on_cpu = statistics.median(r["cpu_s"] for r in runs["ff-quickstart-on"])
+    nocache = spawn("ff-quickstart-nocache", args, quiet=True)
+    for label, run in (
+        ("on", runs["ff-quickstart-on"][0]),
+        ("off", runs["ff-quickstart-off"][0]),
+        ("on, no prompt cache", nocache),
+    ):
+        print(
+            f"    prompt evaluation, fast-forward {label}: {run['prompt_cpu_s']:.2f} of {run['decode_cpu_s']:.2f} decode "
+            f"CPU-s ({run['prompt_cpu_s'] / max(run['decode_cpu_s'], 1e-9):.0%}, shared out by tokens fed); prompt tokens "
+            f"{run['prompt_fed']} of {run['fed']} fed; prompt cache hits {run['counters']['prompt_cache_hits']}, "
+            f"copies from another sequence {run['counters']['prefix_copies']}; CPU {run['cpu_s']:.2f} s"
+        )
     print(
         f"    GOAL {'MET' if off_s / on_s >= QUICKSTART_GOAL else 'MISSED'}: off / on = {off_s / on_s:.2f} wall, "
         f"{off_cpu / on_cpu:.2f} CPU time ({off_cpu:.2f} / {on_cpu:.2f} CPU-s) (goal >= {QUICKSTART_GOAL}); {_load()}"
@@ -459,17 +429,27 @@ def _ceiling(args: argparse.Namespace) -> bool:
     shaped = argparse.Namespace(
         **{**vars(args), "shape": "quick", "batch_n": min(args.batch_n, args.parallel)}
     )
-    # the completion token counts for the raw side come from a first batched run; then every side
+    # the raw sides replay the llama.cpp calls of a first run of each engine side; then every side
     # runs in each round, interleaved, so that the engine and the raw API see the same machine
-    first = spawn("ff-batched", shaped, quiet=True)
+    first = {side: spawn(side, shaped, quiet=True) for side in ("ff-alone", "ff-batched")}
+    work = {
+        side.removeprefix("ff-"): {
+            "ops": json.loads(Path(run["ops_file"]).read_text()),
+            "tokens": run["tokens"],
+        }
+        for side, run in first.items()
+    }
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"schedule": first["schedule"], "completion": first["completion_tokens"]}, f)
+        json.dump(work, f)
     sides = ["ff-alone", "ff-batched", "ff-raw-alone", "ff-raw-batched"]
     engine = raw = _sides(argparse.Namespace(**{**vars(shaped), "counts": f.name}), sides)
     Path(f.name).unlink()
+    for run in [*first.values(), *engine["ff-alone"], *engine["ff-batched"]]:
+        Path(run["ops_file"]).unlink(missing_ok=True)
+    decodes = {side: sum(op[0] == "d" for op in w["ops"]) for side, w in work.items()}
     mismatched = sum(
         a != b
-        for run in [first, *engine["ff-batched"]]
+        for run in [first["ff-batched"], *engine["ff-batched"]]
         for a, b in zip(run["outputs"], engine["ff-alone"][0]["outputs"], strict=True)
     )
     ratio = _tps(engine["ff-batched"]) / _tps(engine["ff-alone"])
@@ -481,7 +461,8 @@ def _ceiling(args: argparse.Namespace) -> bool:
         f"({_spread(engine['ff-alone'])}), batched {_tps(engine['ff-batched']):.1f} ({_spread(engine['ff-batched'])}): {ratio:.2f}"
     )
     print(
-        f"    raw llama.cpp API replaying the same work (prompts, then each request's tokens per decode): one-at-a-time {_tps(raw['ff-raw-alone']):.1f} "
+        f"    raw llama.cpp API replaying the engine's own calls ({decodes['alone']} / {decodes['batched']} decodes, the same "
+        f"tokens, positions, logits rows, cache copies and removals): one-at-a-time {_tps(raw['ff-raw-alone']):.1f} "
         f"({_spread(raw['ff-raw-alone'])}), batched {_tps(raw['ff-raw-batched']):.1f} ({_spread(raw['ff-raw-batched'])}): {ceiling:.2f}"
     )
     print(

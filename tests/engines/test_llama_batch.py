@@ -131,13 +131,14 @@ def test_answers_do_not_depend_on_what_was_cached_or_decoded_alongside() -> None
     filler = ask("Say hello.")
 
     async def cold(engine: LlamaCppEngine) -> list[Completion]:
-        # the filler's prompt replaces the cached one: each request is evaluated from its start
+        # the filler's prompt replaces the cached one (and no prompt is kept beside it): each
+        # request is evaluated from its start
         return [(await one_by_one(engine, [filler, request]))[1] for request in requests]
 
     async def together(engine: LlamaCppEngine) -> tuple[list[Completion], int]:
         return await all_at_once(engine, requests), engine._decoders[0].prefix_copies
 
-    first = with_engine(cold, parallel=1)
+    first = with_engine(cold, parallel=1, prompt_cache=False)
     warm = with_engine(lambda engine: one_by_one(engine, requests), parallel=1)
     batched, copies = with_engine(together, parallel=8)
     assert copies >= 1  # the batch copied the cached system prompt instead of evaluating it again

@@ -11,7 +11,8 @@ Each turn of the loop:
    prompt that starts the same way, such as a shared system prompt, only evaluates what
    differs, and when another sequence holds a longer start of the prompt, its cache stream is
    copied into the slot (``llama_memory_seq_cp``) instead: a system prompt shared by a step's
-   requests is evaluated once, not once per slot;
+   requests is evaluated once, not once per slot; and earlier requests' prompts are kept
+   beside the slots (:class:`.llama_cache.PromptCache`) for requests that come later;
 3. decodes one batch: each generating sequence's last token, or its last token and the tokens
    its grammar forced after it, plus prompt tokens of the newly admitted ones up to ``n_batch``
    (:func:`.llama_passes.plan`), with logits only where a sequence has a choice to make;
@@ -68,6 +69,7 @@ from llama_cpp import _logger
 from llama_cpp._internals import LlamaModel
 
 from .base import ChatRequest, Completion
+from .llama_cache import MIN_COPY, PromptCache, copy_stream
 from .llama_chat import ChatPrompter
 from .llama_guidance import Guidance, TokenChooser
 from .llama_jobs import Job, Slot, common_prefix, completion_of, cut_at_stop, stream_piece
@@ -75,10 +77,6 @@ from .llama_passes import PROMPT_CHUNK, SPLIT_KV_CELLS, passes, plan
 from .thread_feed import Feed
 
 __all__ = ["PROMPT_CHUNK", "SPLIT_KV_CELLS", "BatchDecoder", "Job"]
-
-MIN_COPY = 32
-"""Shortest shared prompt start worth copying another sequence's cache for (a copy moves the
-whole stream, ``n_ctx`` cells: about 47 MB on the bundled model at n_ctx=2048, a few ms)."""
 
 
 class BatchDecoder:
@@ -95,6 +93,7 @@ class BatchDecoder:
         chat_format: str | None = None,
         n_batch: int = 2048,
         fast_forward: bool = True,
+        prompt_cache: int = 0,
         verbose: bool = False,
     ) -> None:
         _logger.set_verbose(verbose)
@@ -106,16 +105,17 @@ class BatchDecoder:
         self.vocab = self.model.vocab
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_ctx * parallel
+        streams = parallel + prompt_cache  # the slots, then the cached prompts
+        params.n_ctx = n_ctx * streams
         params.n_batch = params.n_ubatch = n_batch
-        params.n_seq_max = parallel
+        params.n_seq_max = streams
         params.n_threads = params.n_threads_batch = n_threads
         params.kv_unified = False
         params.flash_attn_type = 1  # enabled (measured 1.3x faster than without at 32 sequences)
         self.ctx = llama_cpp.llama_init_from_model(self.model.model, params)
         if not self.ctx:
             raise RuntimeError(f"llama.cpp could not create a context (n_ctx={n_ctx}, parallel={parallel})")
-        self.n_ctx = int(llama_cpp.llama_n_ctx(self.ctx)) // parallel
+        self.n_ctx = int(llama_cpp.llama_n_ctx(self.ctx)) // streams
         """Cells per sequence: the longest prompt + answer of one request."""
         self.n_batch = n_batch
         self.fast_forward = fast_forward
@@ -126,6 +126,7 @@ class BatchDecoder:
         self.pieces = [self._piece_of(token) for token in range(self.n_vocab)]
         self.guidance = Guidance(self.vocab, self.n_vocab, self.pieces)
         self.slots = [Slot(seq) for seq in range(parallel)]
+        self.cache = PromptCache(self.memory, parallel, prompt_cache)
         self.metadata: dict[str, str] = self.model.metadata()
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._waiting: deque[Job] = deque()
@@ -144,6 +145,8 @@ class BatchDecoder:
         """Answer tokens the grammar forced (fast-forward): each one a decode with logits saved."""
         self.generated_tokens = 0
         """Answer tokens, forced or chosen."""
+        self.prompt_tokens = 0
+        """Prompt tokens decoded (the rest of the prompts came from a slot's or the cache's cells)."""
         self._thread = threading.Thread(target=self._run, name="chainette-llama-decode", daemon=True)
         self._thread.start()
 
@@ -256,6 +259,7 @@ class BatchDecoder:
             # another sequence (running or idle) may hold a longer start of this prompt: copy its cache
             source = max(self.slots, key=lambda s: cached[s.seq])
             shared = cached[source.seq]
+            entry, stored = self.cache.best(job.seq)
             feeding = max(
                 (
                     common_prefix(s.job.seq, job.seq)
@@ -264,23 +268,29 @@ class BatchDecoder:
                 ),
                 default=0,
             )
-            if feeding >= own + MIN_COPY and feeding > shared:
+            if feeding >= own + MIN_COPY and feeding > max(shared, stored):
                 # a prompt being evaluated starts the same way: copy that start once it is all
                 # cached, not the part cached so far (every copy would evaluate the rest again)
                 return
-            if source is not slot and shared >= own + MIN_COPY:
-                self._copy(source, slot)
-                own = shared
-                self.prefix_copies += 1
             keep = min(own, len(job.seq) - 1)
+            if entry is not None and stored > shared and stored >= own + MIN_COPY:
+                self.cache.offer(slot.seq, slot.tokens, keep, exclude=entry)  # before it is replaced
+                slot.tokens = self.cache.take(entry, slot.seq)
+                keep = min(stored, len(job.seq) - 1)
+            elif source is not slot and shared >= own + MIN_COPY:
+                self.cache.offer(slot.seq, slot.tokens, keep)
+                self._copy(source, slot)
+                keep = min(shared, len(job.seq) - 1)
+                self.prefix_copies += 1
+            else:
+                self.cache.offer(slot.seq, slot.tokens, keep)
             self._forget(slot, keep)
             self._waiting.popleft()
             slot.job, slot.fed = job, keep
 
     def _copy(self, source: Slot, target: Slot) -> None:
         """Give ``target`` a copy of ``source``'s cache stream (llama.cpp copies it before the next decode)."""
-        llama_cpp.llama_memory_seq_rm(self.memory, target.seq, -1, -1)
-        llama_cpp.llama_memory_seq_cp(self.memory, source.seq, target.seq, -1, -1)
+        copy_stream(self.memory, source.seq, target.seq)
         target.tokens = list(source.tokens)
 
     def _compact(self) -> None:
@@ -298,6 +308,7 @@ class BatchDecoder:
             if not busy or not free or free[0].seq > busy[-1].seq:
                 return
             source, target = busy[-1], free[0]
+            self.cache.offer(target.seq, target.tokens, common_prefix(target.tokens, source.tokens))
             self._copy(source, target)
             target.job, target.fed = source.job, source.fed
             source.job = None
@@ -389,6 +400,7 @@ class BatchDecoder:
             end = slot.fed + count
             for position in range(slot.fed, end):  # logits only where the sequence has a choice
                 self._add(slot, job.seq[position], logits=position == len(job.seq) - 1)
+            self.prompt_tokens += max(0, min(end, len(job.prompt)) - slot.fed)
             slot.fed = end
             if end == len(job.seq):
                 rows.append(slot)
@@ -460,6 +472,7 @@ class BatchDecoder:
 
     def _fail_running(self, text: str) -> None:
         """Answer every running job with ``text`` and clear their sequences (their cache is unknown)."""
+        self.cache.clear()
         for slot in self.slots:
             llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)
             slot.tokens.clear()

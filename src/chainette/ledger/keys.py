@@ -51,6 +51,7 @@ THROUGHPUT_OPTIONS = frozenset(
         "latency",
         "verbose",
         "fast_grammar",
+        "prompt_cache",
         "parallel",
         "lazy",
         # hardware placement
