@@ -209,13 +209,16 @@ def system_messages() -> dict[str, str]:
     return found
 
 
-def run_chainette(shape: Shape, src: Path, dest: Path, base_url: str, concurrency: int) -> Result:
+def run_chainette(
+    shape: Shape, src: Path, dest: Path, base_url: str, concurrency: int, max_in_flight: int | None = None
+) -> Result:
     from chainette import register_engine
 
     register_engine("bench", backend="openai", model="m", base_url=base_url, max_concurrency=concurrency)
     chain = chainette_chain(shape)
+    options = {} if max_in_flight is None else {"max_in_flight": max_in_flight}
     started = time.perf_counter()
-    result = chain.run(src, output_dir=dest, cache="off")
+    result = chain.run(src, output_dir=dest, cache="off", **options)
     seconds = time.perf_counter() - started
     return {
         "seconds": seconds,
@@ -376,7 +379,7 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "chainette":
         import chainette.runtime.executor  # noqa: F401 - imports stay outside the timed region
 
-        out = run_chainette(shape, src, dest, args.base_url, args.concurrency)
+        out = run_chainette(shape, src, dest, args.base_url, args.concurrency, args.max_in_flight)
     elif args.child == "curator":
         out = run_curator(src, dest, args.base_url, args.concurrency, systems)
     else:
@@ -475,6 +478,8 @@ def measure(side: str, name: str, records: int, work: Path, python: Path, args: 
     cmd += ["--input", str(src), "--output", str(dest), "--base-url", base_url]
     cmd += ["--concurrency", str(args.concurrency), "--systems", str(work / "systems.json")]
     cmd += ["--loop-client", args.loop_client]
+    if args.max_in_flight is not None:
+        cmd += ["--max-in-flight", str(args.max_in_flight)]
     env = dict(os.environ)
     if python != Path(sys.executable):
         env.pop("PYTHONPATH", None)  # the peer sees its own venv only
@@ -620,6 +625,9 @@ def main() -> None:
         default="auto",
         help="The hand loop's HTTP client: aiohttp runs in the Curator venv when there, else in this "
         "interpreter; auto: aiohttp when either has it, else httpx",
+    )
+    parser.add_argument(
+        "--max-in-flight", type=int, help="Chainette's max_in_flight (default: its own default)"
     )
     parser.add_argument("--workdir", help="Where inputs and outputs go (default: a temp dir, removed after)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
