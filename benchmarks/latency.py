@@ -586,7 +586,9 @@ def bound_goals(
                 drawn, records=records, steps=shape.steps, concurrency=concurrency, cost=cost
             )
             goal = BOUND_GOALS.get(name) if side == "chainette" else None
-            spent = f"{1000 * cost:.2f} ms/request ({twin} {zero:.0f} req/s)" if zero else f"no {twin} run: 0 ms"
+            spent = (
+                f"{1000 * cost:.2f} ms/request ({twin} {zero:.0f} req/s)" if zero else f"no {twin} run: 0 ms"
+            )
             ratio = rate / bound
             found.append(
                 {

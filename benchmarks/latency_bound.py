@@ -36,7 +36,9 @@ RANKS = {  # rank of each stage under each policy: a lower rank goes first, then
 }
 
 
-def drawn_latencies(count: int, rate_slow: float, slow_seconds: float, seed: int = 0, skip: int = 0) -> list[float]:
+def drawn_latencies(
+    count: int, rate_slow: float, slow_seconds: float, seed: int = 0, skip: int = 0
+) -> list[float]:
     """The latency of each of ``count`` chat requests in arrival order, after ``skip`` earlier ones.
 
     The stub's ``_draw`` with only ``rate_slow`` set: one ``random()`` per request, slow below it."""

@@ -81,8 +81,9 @@ def test_goals_are_judged_against_the_ideal_the_same_run_and_the_peer() -> None:
 
 
 def test_the_bound_draws_the_latencies_the_stub_server_draws() -> None:
-    from chainette.engines.stub_server import Faults, StubServer
     from latency_bound import drawn_latencies
+
+    from chainette.engines.stub_server import Faults, StubServer
 
     server = StubServer(faults=Faults(rate_slow=0.1, slow_seconds=2.0))
     served = [2.0 if server._draw() == "slow" else 0.0 for _ in range(2001)]
@@ -164,7 +165,9 @@ def test_chainette_is_judged_against_its_own_bound_and_the_others_reported() -> 
     assert judged["tail: loop / bound"]["bound"] > tail["bound"]  # a cheaper client, a higher bound
     assert judged["tail: loop / bound"]["verdict"] == ""  # reported, not judged
     # no zero-latency run for these sides: the bound of the latencies alone
-    assert judged["tail: curator / bound"]["bound"] <= 500.0 and "0 ms" in judged["tail: curator / bound"]["how"]
+    assert (
+        judged["tail: curator / bound"]["bound"] <= 500.0 and "0 ms" in judged["tail: curator / bound"]["how"]
+    )
     assert judged["tail3: loop / bound"]["bound"] > judged["tail3: chainette / bound"]["bound"]
     assert judged["tail3: chainette / bound"]["target"] == 0.8
     assert judged["tail3: chainette / bound"]["verdict"] in ("MET", "MISSED")
