@@ -59,7 +59,7 @@ Those two references leave out the schedule itself (the last slow answers drain 
 So every side is also judged against **the bound of its own run** (``latency_bound.py``): the
 stub's latency draws in request order (its fault RNG is seeded), ``--concurrency`` slots, and one
 CPU spending 1 / (that side's rate on ``none`` / ``none3``, same run) per request; for 3 steps the
-dependencies (draft -> pro and con -> final per record), the better of three orders. Goals:
+dependencies (draft -> pro and con -> final per record), the best of three orders. Goals:
 ``tail``: Chainette >= 0.85 of its bound; ``tail3``: Chainette >= 0.8 of its bound.
 
 Printed: a table of req/s per shape and side (median of ``--repeat`` interleaved runs, min-max),
