@@ -27,8 +27,9 @@ messages Chainette's steps send, schema instruction included) and the same sampl
 
 - **loop**: a hand-written asyncio loop, ``asyncio.Semaphore(128)`` around each request, every
   answer validated into ``Answer``, rows written as JSONL: the machine's own ceiling, measured in
-  the same run. Its client is ``aiohttp`` (run in the Curator venv, which has it) when that venv
-  is there, else ``httpx.AsyncClient`` (``--loop-client``): on this machine httpx 0.29 /
+  the same run. Its client is ``aiohttp`` (run in the Curator venv, which has it, when that venv
+  is there, else here: Chainette's ``http`` extra brings it), else ``httpx.AsyncClient``
+  (``--loop-client``): on this machine httpx 0.29 /
   httpcore 1.0.9 with 128 connections held 16-21 req/s against a server answering every request
   after 1 s (aiohttp: 87-110 req/s), so an httpx loop is no ceiling;
 - **chainette**: ``Chain.run`` on the ``openai`` back-end (``max_concurrency=128``), ledger off
@@ -53,6 +54,14 @@ many requests sent as expected; loop and Curator: their JSONL rows). Goals (issu
   slots each held 0.1 x 2 s = 0.2 s on average allow 640 req/s, and no latency can make the client
   faster than its own zero-latency rate (the end-of-run drain is not in the ideal).
 
+Those two references leave out the schedule itself (the last slow answers drain after the rest:
+2,000 requests whose 213 slow draws share 128 slots take >= 4 s at any CPU speed, <= 500 req/s).
+So every side is also judged against **the bound of its own run** (``latency_bound.py``): the
+stub's latency draws in request order (its fault RNG is seeded), ``--concurrency`` slots, and one
+CPU spending 1 / (that side's rate on ``none`` / ``none3``, same run) per request; for 3 steps the
+dependencies (draft -> pro and con -> final per record), the best of three orders. Goals:
+``tail``: Chainette >= 0.85 of its bound; ``tail3``: Chainette >= 0.8 of its bound.
+
 Printed: a table of req/s per shape and side (median of ``--repeat`` interleaved runs, min-max),
 the goals with MET / MISSED, and a last line of JSON with every figure.
 
@@ -66,6 +75,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import shutil
@@ -83,6 +93,7 @@ from typing import Any
 
 # Only the standard library and pydantic at module level: the Curator side imports this file in
 # its own venv, which has no chainette.
+from latency_bound import best_rate, drawn_latencies
 from pydantic import BaseModel, Field
 
 CURATOR = "bespokelabs-curator==0.1.31"
@@ -90,6 +101,8 @@ CURATOR_VENV = Path(__file__).resolve().parent / ".curator-venv"
 FIXED_GOAL = 0.9  # chainette req/s on "fixed" / (concurrency / latency)
 TAIL_GOAL = 0.85  # chainette req/s on "tail" / chainette req/s on "none"
 CURATOR_GOAL = 1.8  # chainette req/s on "tail" / curator req/s on "tail"
+BOUND_GOALS = {"tail": 0.85, "tail3": 0.8}  # chainette req/s / the schedule bound (latency_bound.py)
+PROBES = {"curator": 1}  # chat requests a side sends before its timed ones (each takes a draw)
 SAMPLING = {"temperature": 0.0, "top_p": 1.0, "max_tokens": 64, "seed": 0}  # what Chainette sends for these
 RESULT = "RESULT "  # prefix of a child's result line (Curator prints its own logs on stdout)
 
@@ -196,13 +209,16 @@ def system_messages() -> dict[str, str]:
     return found
 
 
-def run_chainette(shape: Shape, src: Path, dest: Path, base_url: str, concurrency: int) -> Result:
+def run_chainette(
+    shape: Shape, src: Path, dest: Path, base_url: str, concurrency: int, max_in_flight: int | None = None
+) -> Result:
     from chainette import register_engine
 
     register_engine("bench", backend="openai", model="m", base_url=base_url, max_concurrency=concurrency)
     chain = chainette_chain(shape)
+    options = {} if max_in_flight is None else {"max_in_flight": max_in_flight}
     started = time.perf_counter()
-    result = chain.run(src, output_dir=dest, cache="off")
+    result = chain.run(src, output_dir=dest, cache="off", **options)
     seconds = time.perf_counter() - started
     return {
         "seconds": seconds,
@@ -300,8 +316,6 @@ def run_loop(
 
 
 def run_curator(src: Path, dest: Path, base_url: str, concurrency: int, systems: dict[str, str]) -> Result:
-    import importlib.util
-
     litellm = importlib.util.find_spec("litellm")
     assert litellm is not None and litellm.origin is not None
     # tiktoken would download its encodings; litellm ships them (and points tiktoken there itself
@@ -365,7 +379,7 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "chainette":
         import chainette.runtime.executor  # noqa: F401 - imports stay outside the timed region
 
-        out = run_chainette(shape, src, dest, args.base_url, args.concurrency)
+        out = run_chainette(shape, src, dest, args.base_url, args.concurrency, args.max_in_flight)
     elif args.child == "curator":
         out = run_curator(src, dest, args.base_url, args.concurrency, systems)
     else:
@@ -464,6 +478,8 @@ def measure(side: str, name: str, records: int, work: Path, python: Path, args: 
     cmd += ["--input", str(src), "--output", str(dest), "--base-url", base_url]
     cmd += ["--concurrency", str(args.concurrency), "--systems", str(work / "systems.json")]
     cmd += ["--loop-client", args.loop_client]
+    if args.max_in_flight is not None:
+        cmd += ["--max-in-flight", str(args.max_in_flight)]
     env = dict(os.environ)
     if python != Path(sys.executable):
         env.pop("PYTHONPATH", None)  # the peer sees its own venv only
@@ -534,6 +550,7 @@ def goals(
         if {"chainette", "loop"} <= set(sides):
             mine, loop = sides["chainette"], sides["loop"]
             add(f"{name}: chainette / loop", mine, loop, None, f"{mine:.1f} / {loop:.1f} req/s")
+    found += bound_goals(rates, requests, concurrency)
     if "tail3" in rates and "none3" in rates:
         tail3 = SHAPES["tail3"]
         bound = min(concurrency, requests["tail3"]) / tail3.mean_latency
@@ -542,6 +559,47 @@ def goals(
                 ideal = min(bound, rates["none3"][side])
                 how = f"{rate:.1f} / min({bound:.0f}, none3 {rates['none3'][side]:.1f}) req/s"
                 add(f"tail3: {side} / ideal", rate, ideal, None, how)
+    return found
+
+
+def bound_goals(
+    rates: dict[str, dict[str, float]], requests: dict[str, int], concurrency: int
+) -> list[dict[str, Any]]:
+    """Each side's rate on each latency shape against the schedule bound of its own draws.
+
+    The bound (``latency_bound.best_rate``): the server's latency draws in request order, ``concurrency``
+    slots, one CPU spending 1 / (the side's rate on the zero-latency twin of the shape) per request
+    (0 when the twin did not run for that side: the bound of the latencies alone)."""
+    found: list[dict[str, Any]] = []
+    for name, sides in rates.items():
+        shape = SHAPES[name]
+        if shape.rate_slow == 0:
+            continue
+        twin = "none" if shape.steps == 1 else "none3"
+        sent = requests[name]
+        for side, rate in sides.items():
+            zero = rates.get(twin, {}).get(side)
+            cost = 1 / zero if zero else 0.0
+            drawn = drawn_latencies(sent, shape.rate_slow, shape.slow_seconds, skip=PROBES.get(side, 0))
+            records = sent // shape.requests_per_record
+            bound, policy = best_rate(
+                drawn, records=records, steps=shape.steps, concurrency=concurrency, cost=cost
+            )
+            goal = BOUND_GOALS.get(name) if side == "chainette" else None
+            spent = (
+                f"{1000 * cost:.2f} ms/request ({twin} {zero:.0f} req/s)" if zero else f"no {twin} run: 0 ms"
+            )
+            ratio = rate / bound
+            found.append(
+                {
+                    "goal": f"{name}: {side} / bound",
+                    "ratio": round(ratio, 3),
+                    "target": goal,
+                    "verdict": "" if goal is None else ("MET" if ratio >= goal else "MISSED"),
+                    "how": f"{rate:.1f} / {bound:.1f} req/s; CPU {spent}; {policy}",
+                    "bound": round(bound, 1),
+                }
+            )
     return found
 
 
@@ -567,8 +625,11 @@ def main() -> None:
         "--loop-client",
         choices=["auto", "aiohttp", "httpx"],
         default="auto",
-        help="The hand loop's HTTP client: aiohttp runs in the Curator venv; auto: aiohttp when that "
-        "venv is there, else httpx",
+        help="The hand loop's HTTP client: aiohttp runs in the Curator venv when there, else in this "
+        "interpreter; auto: aiohttp when either has it, else httpx",
+    )
+    parser.add_argument(
+        "--max-in-flight", type=int, help="Chainette's max_in_flight (default: its own default)"
     )
     parser.add_argument("--workdir", help="Where inputs and outputs go (default: a temp dir, removed after)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -606,10 +667,11 @@ def main() -> None:
     )
     peer = curator_python(args.curator_venv) if peer_shapes & set(names) else None
     venv_python = args.curator_venv / "bin" / "python"
+    here_aiohttp = importlib.util.find_spec("aiohttp") is not None  # the [http] extra brings it
     if args.loop_client == "auto":
-        args.loop_client = "aiohttp" if venv_python.exists() else "httpx"
+        args.loop_client = "aiohttp" if venv_python.exists() or here_aiohttp else "httpx"
     if args.loop_client == "aiohttp" and not venv_python.exists():
-        venv_python = curator_python(args.curator_venv)
+        venv_python = Path(sys.executable) if here_aiohttp else curator_python(args.curator_venv)
     loop_python = venv_python if args.loop_client == "aiohttp" else Path(sys.executable)
     print(f"hand loop: asyncio + {args.loop_client} ({loop_python})", flush=True)
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="chainette-latency-"))

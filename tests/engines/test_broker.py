@@ -195,3 +195,45 @@ async def test_parallel_use_of_two_exclusive_engines_completes(tracked: type[Tra
             tg.start_soon(use, "gpu2")
     assert results == ["stop"] * 10 and tracked.peak_exclusive == 1
     await broker.aclose()
+
+
+async def test_calls_that_wait_for_a_start_go_on_together_in_the_order_they_came() -> None:
+    # A run's first records all ask for the engine while it starts. They must reach it in the
+    # order they came and in the same moment: one per loop turn, records read later (that find it
+    # running) got ahead of them at the engine's slots, and the first records went out last.
+    started = anyio.Event()
+    reached: list[tuple[int, int]] = []  # (caller, loop turn it reached generate() in)
+    turns = 0
+
+    class SlowStart(FakeEngine):
+        async def start(self) -> None:
+            await started.wait()
+
+        async def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
+            reached.append((int(requests[0].tag), turns))
+            return await super().generate(requests)
+
+    async def tick() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await anyio.lowlevel.checkpoint()
+
+    async def call(i: int) -> None:
+        handle = await broker.get("slow")
+        await handle.generate([REQUEST.model_copy(update={"tag": str(i)})])
+
+    register_engine("slow", backend="fake")
+    broker = EngineBroker(Counter({"slow": 1}), factory=lambda config: SlowStart())
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(call, i)
+        await anyio.wait_all_tasks_blocked()  # every call came in and waits for the start
+        tg.start_soon(tick)
+        started.set()
+        while len(reached) < 20:
+            await anyio.lowlevel.checkpoint()
+        tg.cancel_scope.cancel()
+    await broker.aclose()
+    assert [i for i, _ in reached] == list(range(20))
+    assert max(t for _, t in reached) - min(t for _, t in reached) <= 1, reached

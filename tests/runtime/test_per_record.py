@@ -157,6 +157,22 @@ def test_the_default_bound_keeps_every_engine_full(run_dir: Path) -> None:
     assert result.metadata["in_flight"]["limit"] == 600  # 2 x the largest max_concurrency (> 256)
 
 
+def test_the_default_bound_grows_with_the_steps_a_record_goes_through(run_dir: Path) -> None:
+    # a record holds its slot through each request in turn: 3 steps need 3 x the records of one
+    register_engine("lat", backend="fake", max_concurrency=128)
+
+    def step(step_id: str, model: type[BaseModel]) -> Step:
+        return Step(id=step_id, input_model=model, output_model=Answer, engine_name="lat", user_prompt="x")
+
+    chain = Chain("c", [step("a", Question), step("b", Answer), step("c", Answer)])
+    result = chain.run([Question(text="q")], output_dir=run_dir / "three")
+    assert result.metadata["in_flight"]["limit"] == 768  # 2 x 128 x 3 steps
+    six = Chain("c", [step("a", Question)] + [step(f"s{i}", Answer) for i in range(5)])
+    assert six.run([Question(text="q")], output_dir=run_dir / "six").metadata["in_flight"]["limit"] == 1024
+    one = Chain("c", [qa()]).run([Question(text="q")], output_dir=run_dir / "one")
+    assert one.metadata["in_flight"]["limit"] == 256  # one step: 2 x 128, as before
+
+
 CHAIN_FILE = """
 import sys
 from pydantic import BaseModel, Field

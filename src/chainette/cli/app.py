@@ -198,7 +198,8 @@ def run(
         None,
         "--max-in-flight",
         min=1,
-        help="Records in flight at once (default: max(256, batch size x workers, 2 x the largest max_concurrency)).",
+        help="Records in flight at once (default: max(256, batch size x workers, 2 x the largest "
+        "max_concurrency x the engine steps, at most 4)).",
     ),
     ordered: bool = typer.Option(
         True,

@@ -74,6 +74,7 @@ class EngineBroker:
         self._last_used: dict[str, float] = {}
         self._changed = anyio.Condition()
         self._locks: dict[str, anyio.Lock] = {}
+        self._starting: dict[str, anyio.Event] = {}
         self._exclusive_start = anyio.Lock()
         self._switching = 0  # tasks waiting to start an exclusive engine: new calls to the running one wait
         self._on_event = on_event or (lambda kind, data: None)
@@ -205,6 +206,25 @@ class EngineBroker:
         return engine
 
     async def _acquire(self, name: str) -> Engine:
+        """Start ``name`` if needed. The calls that come while one starts it wait for that start
+        and then all go on in the same moment, in the order they came: behind the lock they would
+        go one per loop turn, and calls that came later (on the fast path) would get ahead of them
+        at the engine's slots (the first records of a run sent last)."""
+        starting = self._starting.get(name)
+        if starting is None and name not in self._engines:
+            self._starting[name] = anyio.Event()  # claimed before any checkpoint
+            try:
+                return await self._acquire_locked(name)
+            finally:
+                self._starting.pop(name).set()
+        if starting is not None:
+            await starting.wait()
+            engine = self._running(name)
+            if engine is not None:
+                return engine
+        return await self._acquire_locked(name)
+
+    async def _acquire_locked(self, name: str) -> Engine:
         if self._has_idle():
             await self.evict_idle()
         lock = self._locks.setdefault(name, anyio.Lock())

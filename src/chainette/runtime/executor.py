@@ -255,8 +255,16 @@ async def _pipeline(
         meta["in_flight"] = {"limit": limit, "peak": max((f.peak for f in flows), default=0)}
 
 
+IN_FLIGHT_STEPS = 4
+"""The most engine steps the default ``max_in_flight`` scales with."""
+
+
 def in_flight_limit(chain: ChainGraph, opts: RunOptions) -> int:
-    """``opts.max_in_flight``, or the default: enough to keep every engine of the chain full."""
+    """``opts.max_in_flight``, or the default: enough to keep every engine of the chain full.
+
+    A record holds its slot through each of its requests in turn, so a chain of ``k`` steps that
+    send requests needs ``k`` times the records of one step for as many requests to be ready:
+    ``2 × the largest max_concurrency × k`` (``k`` at most ``IN_FLIGHT_STEPS``)."""
     if opts.max_in_flight is not None:
         return opts.max_in_flight
     largest = 0
@@ -264,7 +272,9 @@ def in_flight_limit(chain: ChainGraph, opts: RunOptions) -> int:
         stated = get_engine_config(name).options.get("max_concurrency")
         if isinstance(stated, int) and not isinstance(stated, bool):
             largest = max(largest, stated)
-    return max(256, chain.batch_size * max(1, opts.workers), 2 * largest)
+    steps = sum(1 for node in chain.iter_nodes() if node.engine_name is not None)
+    deep = min(max(1, steps), IN_FLIGHT_STEPS)
+    return max(256, chain.batch_size * max(1, opts.workers), 2 * largest * deep)
 
 
 async def _finish(

@@ -57,7 +57,9 @@ class RunOptions:
     max_in_flight: int | None = None
     """Records in flight at once in a stage (each goes through the nodes on its own and is handed
     on when done). None: ``max(256, batch_size × workers, 2 × the largest max_concurrency among
-    the chain's engines)``. The engines' ``max_concurrency`` and rate limits still bound requests."""
+    the chain's engines × the chain's engine steps (at most 4))``: a record holds its slot through
+    each of its requests in turn. The engines' ``max_concurrency`` and rate limits still bound
+    requests."""
     ordered: bool = True
     """Write ``flattened/`` in input order: a finished record waits for those before it, in a
     window of ``16 × max_in_flight`` finished records (its work never waits, only its row; a full
