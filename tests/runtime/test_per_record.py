@@ -276,3 +276,37 @@ def test_in_input_order_memory_stays_flat_when_records_finish_faster_than_rows_a
     # their branch forks; a chunk of 64 read ahead and in each stream's buffer
     window = limit * (1 + REORDER)
     assert max(records) <= 3 * window + 64 * 6, records
+
+
+@pytest.mark.timeout(60)
+def test_branches_that_wait_still_run_together_where_sync_ones_share_a_task(run_dir: Path) -> None:
+    # each branch of the record waits for the other to have started: run one after the other
+    # (as sync-only branches now are, with no task each), the first would wait for ever
+    started: dict[int, dict[str, anyio.Event]] = {}
+
+    def events(s: Scored) -> dict[str, anyio.Event]:
+        return started.setdefault(s.score, {"a": anyio.Event(), "b": anyio.Event()})
+
+    async def a(s: Scored) -> Scored:
+        events(s)["a"].set()
+        await events(s)["b"].wait()
+        return s
+
+    async def b(s: Scored) -> Scored:
+        events(s)["b"].set()
+        await events(s)["a"].wait()
+        return s
+
+    def same(s: Scored) -> Scored:
+        return s
+
+    chain = Chain(
+        "c",
+        [
+            [Branch("x", [apply(a)]).join("ja"), Branch("y", [apply(b)]).join("jb")],
+            [Branch("p", [apply(same, id="p1")]).join("jp"), Branch("q", [apply(same, id="q1")]).join("jq")],
+        ],
+    )
+    result = chain.run([Scored(score=i) for i in range(50)], output_dir=run_dir)
+    assert result.counts["records_out"] == 50 and result.counts["failures"] == 0
+    assert {r["ja.score"] - r["jq.score"] for r in read_jsonl(run_dir / "flattened")} == {0}
