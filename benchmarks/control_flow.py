@@ -11,7 +11,10 @@ PenguiFlow side runs in that interpreter and reports its figures as JSON.
 Section ``routing`` (router + join). Records ``{"id", "score", "text"}``; ``pick`` sends each to
 one of three routes by ``score`` (``low`` < 34 <= ``mid`` < 67 <= ``high``); every node is a no-op
 (the value goes on unchanged); after the route each record is forked to two no-op nodes
-(``left``, ``right``) and the two results are joined back into one record.
+(``left``, ``right``) and the two results are joined back into one record. Chainette also runs on
+a tenth of the records, and its peak RSS at N must stay within 1.2x of that (memory flat in the
+number of records: until 2026-12-07 every finished record's task queued on the in-order
+hand-on's lock, 331 MiB at 50,000 records against 85 MiB at 5,000).
 
     ==========================  =========================================  ============================
     step                        Chainette (public API)                     PenguiFlow 2.0.0
@@ -46,11 +49,11 @@ compared with Chainette's) with no framework at all.
 Section ``map_collect`` (map / collect). Parents ``{"id", "items": [10 ints]}``; ``Map("m",
 apply(double), over="items")`` spawns one child per item, doubles it, and collects the ten
 results back under ``m``; the hand loop does the same per parent. No PenguiFlow side (the issue
-compares this construct with the hand loop); instead Chainette also runs on a tenth of the
-records, and its peak RSS at N must stay within 1.2x of that (memory flat in the number of
-parents).
+compares this construct with the hand loop); Chainette also runs on a tenth of the records, as in
+``routing`` (memory flat in the number of parents).
 
-Printed: records/s per side, chainette/penguiflow (goal >= 1), chainette/loop, peak RSS per side,
+Printed: records/s per side, chainette/penguiflow (goal >= 1), chainette/loop, peak RSS per side, the
+MEMORY GOAL line of each section with a smaller run (peak RSS at N / at N/10, goal <= 1.2),
 and a last line of JSON with every figure.
 
     python benchmarks/control_flow.py                            # 100,000 records
@@ -370,6 +373,7 @@ SECTIONS: dict[str, Section] = {
         chainette=routing_chainette,
         penguiflow=routing_penguiflow,
         verify=routing_verify,
+        rss_scale=10,  # records finish faster than they are handed on in order: memory must stay flat
     ),
     "map_collect": Section(
         title=f"Map: each parent's list of {CHILDREN} items spawned into children, one apply each, collected",
@@ -528,7 +532,7 @@ def run_section(name: str, args: argparse.Namespace, work: Path, peer: Path | No
             f"{chain['records_per_s']:,.0f} / {peer_rps:,.0f} records/s = {vs_peer:.2f} (goal >= {GOAL})"
         )
     print("\n".join(checks))
-    rss_ratio = None
+    rss_ratio = small_rss = None
     if section.rss_scale:
         small_n = max(1, n // section.rss_scale)
         small_src = work / "in-small.jsonl"
@@ -546,7 +550,8 @@ def run_section(name: str, args: argparse.Namespace, work: Path, peer: Path | No
                 for _ in range(args.repeat)
             ]
         )
-        rss_ratio = chain["peak_rss_mib"] / small["peak_rss_mib"]
+        small_rss = small["peak_rss_mib"]
+        rss_ratio = chain["peak_rss_mib"] / small_rss
         print(
             f"MEMORY GOAL {'MET' if rss_ratio <= RSS_GOAL else 'MISSED'}: chainette peak RSS at {n:,} records / "
             f"at {small_n:,} = {chain['peak_rss_mib']:.1f} / {small['peak_rss_mib']:.1f} MiB = {rss_ratio:.2f} "
@@ -561,6 +566,7 @@ def run_section(name: str, args: argparse.Namespace, work: Path, peer: Path | No
         "chainette_vs_loop": round(vs_loop, 4),
         "chainette_vs_penguiflow": None if vs_peer is None else round(vs_peer, 4),
         "correct": all(line.startswith("CORRECT") for line in checks),
+        "peak_rss_mib_tenth": None if small_rss is None else round(small_rss, 1),
         "peak_rss_ratio_vs_tenth": None if rss_ratio is None else round(rss_ratio, 3),
     }
 

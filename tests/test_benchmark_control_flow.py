@@ -44,13 +44,16 @@ def test_the_routing_section_runs_and_reports_every_figure_as_json(tmp_path: Pat
     assert all(v > 0 for v in [*routing["records_per_s"].values(), *routing["peak_rss_mib"].values()])
     assert routing["chainette_vs_loop"] > 0 and routing["chainette_vs_penguiflow"] is None
     assert "CORRECT: chainette: 300 flattened rows (expected 300); 300 compared" in out
+    # memory flat in the number of records: Chainette also runs on a tenth of them, RSS compared
+    assert routing["peak_rss_mib_tenth"] > 0 and routing["peak_rss_ratio_vs_tenth"] > 0
+    assert out.count("MEMORY GOAL") == 2 and "at 300 records / at 30 =" in out
 
 
 def test_the_map_collect_section_compares_rows_and_memory(tmp_path: Path) -> None:
     out, summary = run_script("--records", "200", "--sections", "map_collect", "--workdir", str(tmp_path))
     section = summary["sections"]["map_collect"]
     assert section["correct"] is True and section["chainette_vs_penguiflow"] is None
-    assert section["peak_rss_ratio_vs_tenth"] > 0
+    assert section["peak_rss_mib_tenth"] > 0 and section["peak_rss_ratio_vs_tenth"] > 0
     assert "CORRECT: chainette: 200 rows (expected 200), 200 compared with the loop's, 0 differ" in out
     assert "MEMORY GOAL" in out and "at 20 =" in out
 

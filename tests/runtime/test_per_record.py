@@ -3,12 +3,14 @@ records in flight, and is written when it is done (``runtime/stages.py``, ``runt
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,10 +26,11 @@ from tests.helpers import (
     read_jsonl,
 )
 
-from chainette import Chain, ChatRequest, Loop, Step, apply, register_engine
+from chainette import Branch, Chain, ChatRequest, Loop, Router, Step, apply, register_engine
 from chainette.engines import registry
 from chainette.engines.fake import FakeEngine
 from chainette.runtime.records import Record
+from chainette.runtime.stages import REORDER
 
 
 def slow_if(word: str, seconds: float) -> Any:
@@ -239,3 +242,87 @@ def test_sigkill_with_answers_out_of_order_then_resume_is_exact(tmp_path: Path) 
     )
     key = lambda rows: sorted(rows, key=lambda r: r["_index"])  # noqa: E731
     assert key(flat) == key(read_jsonl(reference.path / "flattened"))
+
+
+class Scored(BaseModel):
+    score: int
+
+
+def test_in_input_order_memory_stays_flat_when_records_finish_faster_than_rows_are_handed_on(
+    run_dir: Path,
+) -> None:
+    # a router then two branches joined back, no-op functions (the routing section of
+    # benchmarks/control_flow.py): records finish at once, in order, one after another. Each
+    # finished record's task queued on the in-order hand-on's lock once, so the tasks alive (each
+    # holding its record) grew with the input, past the window that bounds records in flight.
+    tasks: list[int] = []
+    records: list[int] = []
+    calls = 0
+
+    def census(s: Scored) -> Scored:
+        nonlocal calls
+        calls += 1
+        if calls % 400 == 0:
+            alive = Counter(type(o) for o in gc.get_objects())  # (this may run on a thread)
+            tasks.append(alive[asyncio.Task])
+            records.append(alive[Record])
+        return s
+
+    def same(s: Scored) -> Scored:
+        return s
+
+    route = Router(
+        "route",
+        {"low": apply(same, id="low"), "high": apply(same, id="high")},
+        by=lambda s: "low" if s.score < 50 else "high",
+    )
+    chain = Chain(
+        "c", [route, [Branch("left", [apply(census)]).join("l"), Branch("right", [apply(same)]).join("r")]]
+    )
+    n, limit = 8000, 32
+    result = chain.run([Scored(score=i % 100) for i in range(n)], output_dir=run_dir, max_in_flight=limit)
+    assert result.counts["records_out"] == n and [
+        r["_index"] for r in read_jsonl(run_dir / "flattened")
+    ] == list(range(n))
+    assert len(tasks) == n // 400
+    # the tasks alive: a record in flight and its two branches each, the run's own few; a
+    # finished record's task has ended, whether or not its row was handed on yet
+    assert max(tasks) <= 3 * limit + 16, tasks
+    # the records alive: in flight or finished and waiting for their turn (the window), with
+    # their branch forks; a chunk of 64 read ahead and in each stream's buffer
+    window = limit * (1 + REORDER)
+    assert max(records) <= 3 * window + 64 * 6, records
+
+
+@pytest.mark.timeout(60)
+def test_branches_that_wait_still_run_together_where_sync_ones_share_a_task(run_dir: Path) -> None:
+    # each branch of the record waits for the other to have started: run one after the other
+    # (as sync-only branches now are, with no task each), the first would wait for ever
+    started: dict[int, dict[str, anyio.Event]] = {}
+
+    def events(s: Scored) -> dict[str, anyio.Event]:
+        return started.setdefault(s.score, {"a": anyio.Event(), "b": anyio.Event()})
+
+    async def a(s: Scored) -> Scored:
+        events(s)["a"].set()
+        await events(s)["b"].wait()
+        return s
+
+    async def b(s: Scored) -> Scored:
+        events(s)["b"].set()
+        await events(s)["a"].wait()
+        return s
+
+    def same(s: Scored) -> Scored:
+        return s
+
+    chain = Chain(
+        "c",
+        [
+            [Branch("x", [apply(a)]).join("ja"), Branch("y", [apply(b)]).join("jb")],
+            [Branch("p", [apply(same, id="p1")]).join("jp"), Branch("q", [apply(same, id="q1")]).join("jq")],
+        ],
+    )
+    result = chain.run([Scored(score=i) for i in range(50)], output_dir=run_dir)
+    assert result.counts["records_out"] == 50 and result.counts["failures"] == 0
+    assert {r["ja.score"] - r["jq.score"] for r in read_jsonl(run_dir / "flattened")} == {0}

@@ -107,13 +107,36 @@ async def run_sequence(nodes: Sequence[Node], chunk: list[Record], ctx: RunConte
 async def run_concurrently(
     jobs: Mapping[str, tuple[Sequence[Node], list[Record], RunContext]],
 ) -> dict[str, list[Record]]:
-    """Run each named node sequence over its records, all at once; what comes out, by name."""
-    results: dict[str, list[Record]] = {}
+    """Run each named node sequence over its records, all at once; what comes out, by name.
+
+    A sequence with no records gives none (no task); when only one has records, or every node
+    of those that have runs inline on the loop (:func:`_never_waits`), they run one after the
+    other on this task, which is what their tasks would do: a task each cost more than such a
+    branch's work (a routed record takes one route of three; a parallel group of ``apply``
+    branches)."""
+    results: dict[str, list[Record]] = {name: [] for name, (_, records, _) in jobs.items() if not records}
+    busy = {name: job for name, job in jobs.items() if job[1]}
+    if len(busy) <= 1 or all(_never_waits(n, c) for nodes, _, c in busy.values() for n in nodes):
+        for name, (nodes, records, ctx) in busy.items():
+            results[name] = await run_sequence(nodes, records, ctx)
+        return results
 
     async def one(name: str, nodes: Sequence[Node], records: list[Record], ctx: RunContext) -> None:
         results[name] = await run_sequence(nodes, records, ctx)
 
     async with anyio.create_task_group() as tg:
-        for name, (nodes, records, ctx) in jobs.items():
+        for name, (nodes, records, ctx) in busy.items():
             tg.start_soon(one, name, nodes, records, ctx)
     return results
+
+
+def _never_waits(node: Node, ctx: RunContext) -> bool:
+    """A sync function run inline (not moved to a thread for being slow, no timeout or retry to
+    wait on, no node observer): it returns without ever giving the loop a turn."""
+    policy = node.policy
+    return (
+        node.fusable
+        and node.id not in ctx.threaded
+        and ctx.observe_nodes is None
+        and (policy is None or (policy.timeout_s is None and not policy.retries))
+    )

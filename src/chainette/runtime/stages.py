@@ -209,12 +209,11 @@ async def _per_record(
         return
 
     turn = 0  # the next position to hand on
-    lock = anyio.Lock()
-
+    handing = False  # a task is handing on the run of finished records from ``turn``
     done: dict[int, tuple[Chunk, _HeldRows]] = {}
 
     async def ordered(record: Record, position: int) -> None:
-        nonlocal turn
+        nonlocal turn, handing
         outputs: Chunk = []
         mark = passed.start()
         held = _HeldRows(ctx.writer)  # its step rows too wait for their turn
@@ -226,13 +225,22 @@ async def _per_record(
             flow.done()  # the next record may start working; this one waits in the window
         done[position] = (outputs, held)
         await passed.passed(mark, len(items))
-        async with lock:  # whoever completes the head hands on the run of finished records
+        # Whoever finds no one handing on takes the turn and hands on the run of finished records
+        # from the head, taking up those that finish while it waits on the stream; every other
+        # task ends here. (Not a lock: its queue of waiters, one finished task each, grew with the
+        # number of records whenever records finished faster than the head was handed on.)
+        if handing:
+            return
+        handing = True
+        try:
             while turn in done:
                 ready, rows = done.pop(turn)
                 turn += 1
                 rows.release()
                 await _hand_on(ready, ctx, send)
                 flow.handed_on()
+        finally:
+            handing = False
 
     position = 0
     async with anyio.create_task_group() as tg:
