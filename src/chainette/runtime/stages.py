@@ -24,11 +24,12 @@ slow as the slowest record in a window of ``max_in_flight``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
+import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..graph.chain import ChainGraph
@@ -61,14 +62,17 @@ class Flow:
     _slots: anyio.Semaphore | None = field(default=None, repr=False)
     _window: anyio.Semaphore | None = field(default=None, repr=False)
 
-    async def enter(self) -> None:
+    async def enter(self, *, window: bool = True, slot: bool = True) -> None:
         """Take a slot (and, ordered, a place in the window); without yielding when one is free,
         so the records of a chunk start in the same moment (their identical requests are sent
-        once, their engine calls gathered)."""
-        if self.ordered:
+        once, their engine calls gathered). A record settled in its chunk (``stages._ahead``)
+        takes no slot; one that then waits takes its slot after its place (``window=False``)."""
+        if self.ordered and window:
             if self._window is None:
                 self._window = anyio.Semaphore(self.limit * (1 + REORDER))
             await _take(self._window)
+        if not slot:
+            return
         if self._slots is None:
             self._slots = anyio.Semaphore(self.limit)
         await _take(self._slots)
@@ -189,59 +193,193 @@ async def _per_record(
     passed: _Passed,
 ) -> None:
     """Each record its own task, started once it holds a slot; handed on as soon as it is done
-    (or, ``flow.ordered``, once those that came in before it have been)."""
+    (or, ``flow.ordered``, once those that came in before it have been). What needs no waiting
+    is done first, chunk by chunk (:func:`_ahead`): only the records left waiting get tasks."""
+    fast = ctx.observe_nodes is None  # an observer times every node per record: no fast path
+
+    async def one(
+        chunk: Chunk, at: int, finish: Finish | None, ctx: RunContext, collect: Chunk | None
+    ) -> None:
+        """``chunk`` (one record's) through ``items[at:]``; with ``finish``, first that."""
+        mark = passed.start()
+        try:
+            if at:
+                await passed.passed(mark, at)
+            if finish is not None:
+                chunk = await finish()
+                at += 1
+                await passed.passed(mark, at)
+            await _push(
+                items,
+                ctx,
+                chunk,
+                at,
+                None if collect is not None else send,
+                collect=collect,
+                passed=(passed, mark),
+            )
+        finally:
+            flow.done()
+        await passed.passed(mark, len(items))
+
     if not flow.ordered:
-
-        async def one(record: Record) -> None:
-            mark = passed.start()
-            try:
-                await _push(items, ctx, [record], 0, send, passed=(passed, mark))
-            finally:
-                flow.done()
-            await passed.passed(mark, len(items))
-
         async with anyio.create_task_group() as tg:
             async for chunk in receive:
+                at = 0
+                if fast:
+                    chunk, at, later = await _ahead(items, ctx, chunk)
+                    for i, record, finish in later:
+                        await flow.enter()
+                        tg.start_soon(one, [record], i, finish, ctx, None)
+                    if at == len(items):
+                        if chunk:
+                            await _hand_on(chunk, ctx, send)
+                        continue
                 for record in chunk:
                     await flow.enter()
-                    tg.start_soon(one, record)
+                    tg.start_soon(one, [record], at, None, ctx, None)
             await passed.end_of_input()
         return
 
     turn = 0  # the next position to hand on
     lock = anyio.Lock()
-
     done: dict[int, tuple[Chunk, _HeldRows]] = {}
 
-    async def ordered(record: Record, position: int) -> None:
+    async def drain() -> None:
+        """Hand on the run of finished records that starts at ``turn`` (whoever completes the head)."""
         nonlocal turn
-        outputs: Chunk = []
-        mark = passed.start()
-        held = _HeldRows(ctx.writer)  # its step rows too wait for their turn
-        try:
-            await _push(
-                items, replace(ctx, writer=held), [record], 0, None, collect=outputs, passed=(passed, mark)
-            )
-        finally:
-            flow.done()  # the next record may start working; this one waits in the window
-        done[position] = (outputs, held)
-        await passed.passed(mark, len(items))
-        async with lock:  # whoever completes the head hands on the run of finished records
+        async with lock:
             while turn in done:
-                ready, rows = done.pop(turn)
-                turn += 1
-                rows.release()
+                ready: Chunk = []
+                count = 0
+                while turn in done:
+                    outputs, rows = done.pop(turn)
+                    turn += 1
+                    rows.release()
+                    ready.extend(outputs)
+                    count += 1
                 await _hand_on(ready, ctx, send)
-                flow.handed_on()
+                for _ in range(count):
+                    flow.handed_on()
+
+    async def ordered(
+        position: int, chunk: Chunk, at: int, finish: Finish | None, held: _HeldRows, own: RunContext
+    ) -> None:
+        outputs: Chunk = []
+        await one(chunk, at, finish, own, outputs)  # its slot is given back; it waits in the window
+        done[position] = (outputs, held)
+        await drain()
 
     position = 0
     async with anyio.create_task_group() as tg:
         async for chunk in receive:
+            if fast and len({record.index for record in chunk}) == len(chunk):
+                await _ordered_chunk(items, ctx, chunk, position, flow, done, tg, ordered)
+                position += len(chunk)
+                await drain()
+                continue
             for record in chunk:
                 await flow.enter()
-                tg.start_soon(ordered, record, position)
+                held = _HeldRows(ctx.writer)  # its step rows too wait for their turn
+                tg.start_soon(ordered, position, [record], 0, None, held, replace(ctx, writer=held))
                 position += 1
         await passed.end_of_input()
+
+
+Finish = Callable[[], Awaitable[Chunk]]
+
+
+async def _ahead(
+    items: list[Node], ctx: RunContext, chunk: Chunk
+) -> tuple[Chunk, int, list[tuple[int, Record, Finish]]]:
+    """Run the stage's first items over the whole ``chunk`` while nothing in them waits: sync
+    ``apply`` nodes, and kinds with a fast path (``Runner.settle``: a step settles the records
+    the ledger answers). Returns what went through ``items[:at]``, ``at``, and the records left
+    waiting at an item (``(item index, record, what finishes it there)``)."""
+    later: list[tuple[int, Record, Finish]] = []
+    at = 0
+    while at < len(items) and chunk:
+        item = items[at]
+        if item.streams:
+            break
+        runner = runner_for(item)
+        if item.fusable:
+            chunk = await runner.run(item, chunk, ctx)
+        elif runner.settle is not None:
+            settled = await runner.settle(item, chunk, ctx)
+            if settled is None:
+                break
+            chunk, waiting = settled
+            later.extend((at, record, finish) for record, finish in waiting)
+        else:
+            break
+        at += 1
+    return chunk, at, later
+
+
+async def _ordered_chunk(
+    items: list[Node],
+    ctx: RunContext,
+    chunk: Chunk,
+    base: int,
+    flow: Flow,
+    done: dict[int, tuple[Chunk, _HeldRows]],
+    tg: anyio.abc.TaskGroup,
+    ordered: Callable[[int, Chunk, int, Finish | None, _HeldRows, RunContext], Coroutine[Any, Any, None]],
+) -> None:
+    """(ordered) :func:`_ahead` over a chunk at positions ``base ...``: each record's rows held
+    for its turn, those done put in ``done``, the others started as their own tasks."""
+    for _ in chunk:
+        await flow.enter(slot=False)  # a place in the window each; a slot only for those that wait
+    held = {record.index: _HeldRows(ctx.writer) for record in chunk}
+    where = {record.index: base + k for k, record in enumerate(chunk)}
+    shared = replace(ctx, writer=_RowsByIndex(ctx.writer, held))
+    out, at, later = await _ahead(items, shared, chunk)
+    by_position: dict[int, Chunk] = {}
+    for record in out:
+        by_position.setdefault(where[record.index], []).append(record)
+    going = {where[record.index] for _, record, _ in later}
+    if at < len(items):
+        going |= by_position.keys()
+    for record in chunk:
+        k = where[record.index]
+        if k not in going:
+            done[k] = (by_position.get(k, []), held[record.index])
+    for i, record, finish in later:
+        await flow.enter(window=False)
+        rows = held[record.index]
+        tg.start_soon(ordered, where[record.index], [record], i, finish, rows, replace(ctx, writer=rows))
+    if at < len(items):
+        for k, records in by_position.items():
+            await flow.enter(window=False)
+            rows = held[records[0].index]
+            tg.start_soon(ordered, k, records, at, None, rows, replace(ctx, writer=rows))
+
+
+class _RowsByIndex:
+    """(ordered, a chunk's fast path) Node rows to the held rows of their record (by ``_index``)."""
+
+    def __init__(self, sink: RecordSink, held: dict[int, _HeldRows]) -> None:
+        self.sink, self.held = sink, held
+
+    def add(self, key: str, row: dict[str, Any]) -> None:
+        rows = self.held.get(row.get("_index", -1))
+        if rows is None:
+            self.sink.add(key, row)
+        else:
+            rows.add(key, row)
+
+    def add_failure(self, row: dict[str, Any]) -> None:
+        self.sink.add_failure(row)
+
+    def add_flattened(self, row: dict[str, Any]) -> None:
+        self.sink.add_flattened(row)
+
+    def open_folder(self, key: str) -> None:
+        self.sink.open_folder(key)
+
+    async def maybe_flush(self) -> None:
+        """Nothing to flush before the records' turns."""
 
 
 class _HeldRows:

@@ -40,7 +40,7 @@ from .._errors import BudgetExceededError, EngineError, RecordError, RenderError
 from ..engines.base import ChatRequest, Completion, Engine, Message, SamplingParams
 from ..graph.nodes import Step
 from ..ledger.keys import after_first, key_of, key_of_rest, key_prefix
-from ..ledger.store import StoredAnswer
+from ..ledger.store import StoredAnswer, StoredFailure
 from .budgets import budget_error, exceeded, time_left
 from .coalesce import coalesces
 from .context import DeltaHandler, RunContext
@@ -99,9 +99,19 @@ async def iter_step(step: Step, chunk: list[Record], ctx: RunContext) -> AsyncIt
 
 async def _run_jobs(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Record]:
     """Every attempt for ``jobs`` (ledger, engine, re-asks); the records that go on."""
-    stats = ctx.node(step.id)
-    pending = jobs
-    first = True
+    return await _finish_jobs(step, jobs, ctx, first=True)
+
+
+async def _finish_jobs(step: Step, jobs: list[_Job], ctx: RunContext, *, first: bool) -> list[Record]:
+    """:func:`_run_jobs` for ``jobs`` at their ``first`` attempt or later."""
+    await _until_decided(step, jobs, ctx, first=first)
+    if ctx.cache.mode == "refresh" and step.on_failure == "stay":
+        await ctx.cache.forget_failures([j.first_key for j in jobs if j.output is not None])
+    return _go_on(step, jobs, ctx)
+
+
+async def _until_decided(step: Step, pending: list[_Job], ctx: RunContext, *, first: bool) -> None:
+    """Attempts (ledger, engine, re-asks, retries) until every job has an output or a failure."""
     retrying = step.policy is not None and step.policy.retries > 0
     while pending:
         later: list[_Job] = []
@@ -118,8 +128,11 @@ async def _run_jobs(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Recor
         if decided.stays:
             await ctx.cache.store_failures(decided.stays)
         pending, first = decided.retry + later, False
-    if ctx.cache.mode == "refresh" and step.on_failure == "stay":
-        await ctx.cache.forget_failures([j.first_key for j in jobs if j.output is not None])
+
+
+def _go_on(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Record]:
+    """The decided ``jobs``' rows written; the records that go on."""
+    stats = ctx.node(step.id)
     out: list[Record] = []
     key, write, add = step.key, step.write, ctx.writer.add
     for job in jobs:
@@ -150,8 +163,11 @@ async def _run_jobs(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Recor
     return out
 
 
-async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool) -> _Round:
-    """One attempt for every pending job: ledger first, then one send per distinct request."""
+async def _attempt(
+    step: Step, pending: list[_Job], ctx: RunContext, first: bool, *, ledger_only: bool = False
+) -> _Round:
+    """One attempt for every pending job: ledger first, then one send per distinct request
+    (``ledger_only``: none; the misses go to ``missed``, unclaimed)."""
     stats = ctx.node(step.id)
     decided = _Round()
     if any(job.record.limited for job in pending):
@@ -182,7 +198,10 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
         if first:
             job.first_key = key
     stay_keys = keys if first and step.on_failure == "stay" else []
-    hits, stayed = await ctx.cache.lookup(keys, stay_keys)
+    hits: dict[str, StoredAnswer] = {}
+    stayed: dict[str, StoredFailure] = {}
+    if not (first and all(job.looked_up for job in pending)):  # (misses already looked up: not again)
+        hits, stayed = await ctx.cache.lookup(keys, stay_keys)
     owned: list[tuple[_Job, ChatRequest, str]] = []
     waiting: list[tuple[_Job, InFlight]] = []
     for job, key in zip(pending, keys, strict=True):
@@ -196,6 +215,9 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
         elif key in hits:
             stats.cache_hits += 1
             _settle(step, job, hits[key], ctx, stats, decided, sent=False)
+        elif ledger_only:
+            job.looked_up = True
+            decided.missed.append(job)
         else:
             slot, mine = ctx.cache.claim(key)
             if mine:
