@@ -23,7 +23,8 @@ from .context import RunContext
 from .dispatch import Later
 from .records import Record
 from .step_io import _Job, render_messages
-from .step_runner import _attempt, _finish_jobs, _go_on
+from .step_outcome import _go_on
+from .step_runner import _attempt, _finish_jobs
 
 __all__ = ["settle_cached"]
 

@@ -36,18 +36,18 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from .._errors import BudgetExceededError, EngineError, RecordError, RenderError
+from .._errors import EngineError, RecordError, RenderError
 from ..engines.base import ChatRequest, Completion, Engine, Message, SamplingParams
 from ..graph.nodes import Step
 from ..ledger.keys import after_first, key_of, key_of_rest, key_prefix
 from ..ledger.store import StoredAnswer, StoredFailure
-from .budgets import budget_error, exceeded, time_left
+from .budgets import budget_error, time_left
 from .coalesce import coalesces
 from .context import DeltaHandler, RunContext
-from .records import Record, dump, node_row, request_salt
+from .records import Record, request_salt
 from .requests import InFlight
 from .step_io import _Job, _Round, parse_output, render_messages
-from .step_outcome import _KINDS, _cut, _engine_failed, _give_up, _settle
+from .step_outcome import _KINDS, _cut, _engine_failed, _give_up, _go_on, _settle, _within_limits
 
 __all__ = ["iter_step", "parse_output", "render_messages", "run_step"]
 
@@ -128,39 +128,6 @@ async def _until_decided(step: Step, pending: list[_Job], ctx: RunContext, *, fi
         if decided.stays:
             await ctx.cache.store_failures(decided.stays)
         pending, first = decided.retry + later, False
-
-
-def _go_on(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Record]:
-    """The decided ``jobs``' rows written; the records that go on."""
-    stats = ctx.node(step.id)
-    out: list[Record] = []
-    key, write, add = step.key, step.write, ctx.writer.add
-    for job in jobs:
-        output = job.output
-        if output is not None:
-            record = job.record.advance(key, output)
-            row = node_row(record)
-            row.update(dump(output))
-            if job.reasoning:
-                row["_reasoning"] = job.reasoning
-        elif (
-            job.failure is not None
-            and step.on_failure == "emit"
-            and not isinstance(job.failure, BudgetExceededError)
-        ):
-            # passed on marked as failed: the value stays the step's input, the step's slot holds the reason
-            record = job.record
-            record.history[key] = {"_error": job.failure.message}
-            row = node_row(record)
-            row["_error"] = job.failure.message
-        else:
-            continue
-        if write:
-            add(step.id, row)
-        out.append(record)
-    stats.records_out += len(out)
-    ctx.progress(step.id)
-    return out
 
 
 async def _attempt(
@@ -250,20 +217,6 @@ async def _attempt(
         _settle(step, job, slot.completion, ctx, stats, decided, sent=False)
     ctx.progress(step.id)
     return decided
-
-
-def _within_limits(step: Step, pending: list[_Job], ctx: RunContext, decided: _Round) -> list[_Job]:
-    """The jobs whose records are within their deadline and token budget; the others fail."""
-    now = time.monotonic()
-    going: list[_Job] = []
-    for job in pending:
-        over = exceeded(job.record, step.id, f"Step {step.id!r}", ctx.record_deadline_s, now)
-        if over is None:
-            going.append(job)
-        else:
-            over.attempts = job.attempts
-            _give_up(step, job, over, ctx, decided, remember=False)
-    return going
 
 
 def _sampling(step: Step, job: _Job) -> SamplingParams:
