@@ -292,10 +292,12 @@ Finish = Callable[[], Awaitable[Chunk]]
 async def _ahead(
     items: list[Node], ctx: RunContext, chunk: Chunk
 ) -> tuple[Chunk, int, list[tuple[int, Record, Finish]]]:
-    """Run the stage's first items over the whole ``chunk`` while nothing in them waits: sync
-    ``apply`` nodes, and kinds with a fast path (``Runner.settle``: a step settles the records
-    the ledger answers). Returns what went through ``items[:at]``, ``at``, and the records left
-    waiting at an item (``(item index, record, what finishes it there)``)."""
+    """Run the stage's first items over the whole ``chunk`` while nothing in them waits: kinds
+    with a fast path (``Runner.settle``: a step settles the records the ledger answers), and,
+    after one, sync ``apply`` nodes that run on the loop (their records were settled together:
+    on their own they would run the same calls back to back). Returns what went through
+    ``items[:at]``, ``at``, and the records left waiting at an item (``(item index, record, what
+    finishes it there)``)."""
     later: list[tuple[int, Record, Finish]] = []
     at = 0
     while at < len(items) and chunk:
@@ -303,7 +305,7 @@ async def _ahead(
         if item.streams:
             break
         runner = runner_for(item)
-        if item.fusable:
+        if item.fusable and at and item.id not in ctx.threaded:
             chunk = await runner.run(item, chunk, ctx)
         elif runner.settle is not None:
             settled = await runner.settle(item, chunk, ctx)
