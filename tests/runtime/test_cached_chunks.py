@@ -97,7 +97,9 @@ def _cached(result: Any, node: str) -> dict[str, Any]:
     """The counters that differ between a sending run and its cached rerun (a stayed failure
     replays without its re-asks)."""
     stats = result.metadata["nodes"][node]
-    return {k: stats[k] for k in stats if "tokens" in k or k in ("requests", "cache_hits", "deduped", "reasks")}
+    return {
+        k: stats[k] for k in stats if "tokens" in k or k in ("requests", "cache_hits", "deduped", "reasks")
+    }
 
 
 def test_cached_records_are_written_before_the_slow_requests_of_their_chunk_finish(tmp_path: Path) -> None:
@@ -142,3 +144,14 @@ def test_a_mixed_chunk_keeps_input_order_in_every_folder_when_ordered(tmp_path: 
         (20, "qa", "engine_error", None),
         (21, "qa", "invalid_output", "not json"),
     ]
+
+
+def test_a_chunk_larger_than_the_reorder_window_goes_through(tmp_path: Path) -> None:
+    # max_in_flight=1: a window of 17 places, chunks of 64; cached and new records mixed
+    register_engine("eng", backend="counting", responder=answer)
+    cached = [f"cached {i}" for i in range(100)]
+    chain(batch_size=64).run(questions(cached), tmp_path / "first")
+    texts = [t if i % 10 else f"new {i}" for i, t in enumerate(cached)]
+    result = chain(batch_size=64).run(questions(texts), tmp_path / "mixed", max_in_flight=1)
+    assert [r["input.text"] for r in result.flattened()] == texts
+    assert [r["_index"] for r in read_jsonl(tmp_path / "mixed" / "qa")] == list(range(100))

@@ -79,6 +79,16 @@ class Flow:
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
 
+    def try_place(self) -> bool:
+        """(ordered) Take a place in the window if one is free now, without waiting."""
+        if self._window is None:
+            self._window = anyio.Semaphore(self.limit * (1 + REORDER))
+        try:
+            self._window.acquire_nowait()
+        except anyio.WouldBlock:
+            return False
+        return True
+
     def done(self) -> None:
         """The record's work is done: its slot goes to the next record."""
         assert self._slots is not None
@@ -274,7 +284,7 @@ async def _per_record(
     async with anyio.create_task_group() as tg:
         async for chunk in receive:
             if fast and len({record.index for record in chunk}) == len(chunk):
-                await _ordered_chunk(items, ctx, chunk, position, flow, done, tg, ordered)
+                await _ordered_chunk(items, ctx, chunk, position, flow, done, tg, ordered, drain)
                 position += len(chunk)
                 await drain()
                 continue
@@ -328,34 +338,37 @@ async def _ordered_chunk(
     done: dict[int, tuple[Chunk, _HeldRows]],
     tg: anyio.abc.TaskGroup,
     ordered: Callable[[int, Chunk, int, Finish | None, _HeldRows, RunContext], Coroutine[Any, Any, None]],
+    drain: Callable[[], Awaitable[None]],
 ) -> None:
     """(ordered) :func:`_ahead` over a chunk at positions ``base ...``: each record's rows held
-    for its turn, those done put in ``done``, the others started as their own tasks."""
-    for _ in chunk:
-        await flow.enter(slot=False)  # a place in the window each; a slot only for those that wait
+    for its turn; then, position by position, each takes its place in the window and is put in
+    ``done`` or started as its own task (from the item it waits at)."""
     held = {record.index: _HeldRows(ctx.writer) for record in chunk}
     where = {record.index: base + k for k, record in enumerate(chunk)}
     shared = replace(ctx, writer=_RowsByIndex(ctx.writer, held))
     out, at, later = await _ahead(items, shared, chunk)
-    by_position: dict[int, Chunk] = {}
+    starts: dict[int, tuple[Chunk, int, Finish | None]] = {
+        where[record.index]: ([record], i, finish) for i, record, finish in later
+    }
+    finished: dict[int, Chunk] = {}
     for record in out:
-        by_position.setdefault(where[record.index], []).append(record)
-    going = {where[record.index] for _, record, _ in later}
-    if at < len(items):
-        going |= by_position.keys()
+        k = where[record.index]
+        if at < len(items):
+            starts.setdefault(k, ([], at, None))[0].append(record)
+        else:
+            finished.setdefault(k, []).append(record)
     for record in chunk:
         k = where[record.index]
-        if k not in going:
-            done[k] = (by_position.get(k, []), held[record.index])
-    for i, record, finish in later:
-        await flow.enter(window=False)
+        if not flow.try_place():  # the window is full: hand on what is done, or wait for it
+            await drain()
+            await flow.enter(slot=False)
         rows = held[record.index]
-        tg.start_soon(ordered, where[record.index], [record], i, finish, rows, replace(ctx, writer=rows))
-    if at < len(items):
-        for k, records in by_position.items():
-            await flow.enter(window=False)
-            rows = held[records[0].index]
-            tg.start_soon(ordered, k, records, at, None, rows, replace(ctx, writer=rows))
+        start = starts.get(k)
+        if start is None:
+            done[k] = (finished.get(k, []), rows)
+            continue
+        await flow.enter(window=False)
+        tg.start_soon(ordered, k, start[0], start[1], start[2], rows, replace(ctx, writer=rows))
 
 
 class _RowsByIndex:
