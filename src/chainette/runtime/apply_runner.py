@@ -140,7 +140,9 @@ def _run_inline(
     out: list[Record] = []
     started, cpu = time.perf_counter(), time.thread_time()
     for record in chunk:
-        if record.limited:  # a deadline or a token budget: checked before the call
+        if (
+            record.deadline is not None or record.budget is not None
+        ):  # record.limited: checked before the call
             over = exceeded(record, node.id, f"apply {node.id!r}", ctx.record_deadline_s)
             if over is not None:
                 ctx.fail(record, over)

@@ -31,12 +31,13 @@ from typing import Any
 import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from pydantic import BaseModel
 
 from ..graph.chain import ChainGraph
 from ..graph.nodes import Node
 from .context import RecordSink, RunContext
 from .dispatch import runner_for
-from .records import Record, dump
+from .records import Record
 
 __all__ = ["Flow", "flatten", "run_stage", "stages"]
 
@@ -473,7 +474,12 @@ def flatten(record: Record) -> dict[str, Any]:
     """One row merging the record's history: ``{"_id", "_index", "<key>.<field>": value, ...}``."""
     row: dict[str, Any] = {"_id": record.id, "_index": record.index}
     for key, value in record.history.items():
-        dumped = dump(value)
+        # records.dump, inlined: this runs per node per row
+        dumped = (
+            value.__pydantic_serializer__.to_python(value, mode="json")
+            if isinstance(value, BaseModel)
+            else value
+        )
         if isinstance(dumped, dict):
             prefix = key + "."
             for name, v in dumped.items():
