@@ -15,6 +15,13 @@ In flight: a stage starts a record only once it holds one of ``max_in_flight`` s
 downstream stops the reading (backpressure) and memory stays flat. A stage of sync ``apply``
 nodes only (no waiting in it) runs chunk by chunk, as reading hands them on: batching pays there.
 
+What needs no waiting is done before any task, chunk by chunk (:func:`_ahead`): a step whose
+answers the ledger holds settles those records of the chunk at once, in one read
+(``Runner.settle``, ``runtime/step_cached.py``), and the sync ``apply`` nodes after it run over
+them; only the records left waiting (a miss, a re-ask) get tasks, from the item where they wait.
+So a cached rerun costs what the chunkwise runner cost, and a cached record still never waits for
+an uncached sibling's request: it is handed on (or written) before those requests are even sent.
+
 Order: rows land in completion order, each with ``_index`` (its input position). A stage that
 feeds a ``take`` or ``shuffle`` hands records on in the order they came in (``take(n)`` is the
 first ``n``, a seeded shuffle the same every run). With ``ordered=True`` every stage does so (a finished record waits,
@@ -35,8 +42,9 @@ from pydantic import BaseModel
 
 from ..graph.chain import ChainGraph
 from ..graph.nodes import Node
-from .context import RecordSink, RunContext
+from .context import RunContext
 from .dispatch import runner_for
+from .held_rows import HeldRows, RowsByIndex
 from .records import Record
 
 __all__ = ["Flow", "flatten", "run_stage", "stages"]
@@ -254,7 +262,7 @@ async def _per_record(
 
     turn = 0  # the next position to hand on
     lock = anyio.Lock()
-    done: dict[int, tuple[Chunk, _HeldRows]] = {}
+    done: dict[int, tuple[Chunk, HeldRows]] = {}
 
     async def drain() -> None:
         """Hand on the run of finished records that starts at ``turn`` (whoever completes the head)."""
@@ -274,7 +282,7 @@ async def _per_record(
                     flow.handed_on()
 
     async def ordered(
-        position: int, chunk: Chunk, at: int, finish: Finish | None, held: _HeldRows, own: RunContext
+        position: int, chunk: Chunk, at: int, finish: Finish | None, held: HeldRows, own: RunContext
     ) -> None:
         outputs: Chunk = []
         await one(chunk, at, finish, own, outputs)  # its slot is given back; it waits in the window
@@ -291,7 +299,7 @@ async def _per_record(
                 continue
             for record in chunk:
                 await flow.enter()
-                held = _HeldRows(ctx.writer)  # its step rows too wait for their turn
+                held = HeldRows(ctx.writer)  # its step rows too wait for their turn
                 tg.start_soon(ordered, position, [record], 0, None, held, replace(ctx, writer=held))
                 position += 1
         await passed.end_of_input()
@@ -336,17 +344,17 @@ async def _ordered_chunk(
     chunk: Chunk,
     base: int,
     flow: Flow,
-    done: dict[int, tuple[Chunk, _HeldRows]],
+    done: dict[int, tuple[Chunk, HeldRows]],
     tg: anyio.abc.TaskGroup,
-    ordered: Callable[[int, Chunk, int, Finish | None, _HeldRows, RunContext], Coroutine[Any, Any, None]],
+    ordered: Callable[[int, Chunk, int, Finish | None, HeldRows, RunContext], Coroutine[Any, Any, None]],
     drain: Callable[[], Awaitable[None]],
 ) -> None:
     """(ordered) :func:`_ahead` over a chunk at positions ``base ...``: each record's rows held
     for its turn; then, position by position, each takes its place in the window and is put in
     ``done`` or started as its own task (from the item it waits at)."""
-    held = {record.index: _HeldRows(ctx.writer) for record in chunk}
+    held = {record.index: HeldRows(ctx.writer) for record in chunk}
     where = {record.index: base + k for k, record in enumerate(chunk)}
-    shared = replace(ctx, writer=_RowsByIndex(ctx.writer, held))
+    shared = replace(ctx, writer=RowsByIndex(ctx.writer, held))
     out, at, later = await _ahead(items, shared, chunk)
     starts: dict[int, tuple[Chunk, int, Finish | None]] = {
         where[record.index]: ([record], i, finish) for i, record, finish in later
@@ -370,61 +378,6 @@ async def _ordered_chunk(
             continue
         await flow.enter(window=False)
         tg.start_soon(ordered, k, start[0], start[1], start[2], rows, replace(ctx, writer=rows))
-
-
-class _RowsByIndex:
-    """(ordered, a chunk's fast path) Node rows to the held rows of their record (by ``_index``)."""
-
-    def __init__(self, sink: RecordSink, held: dict[int, _HeldRows]) -> None:
-        self.sink, self.held = sink, held
-
-    def add(self, key: str, row: dict[str, Any]) -> None:
-        rows = self.held.get(row.get("_index", -1))
-        if rows is None:
-            self.sink.add(key, row)
-        else:
-            rows.add(key, row)
-
-    def add_failure(self, row: dict[str, Any]) -> None:
-        self.sink.add_failure(row)
-
-    def add_flattened(self, row: dict[str, Any]) -> None:
-        self.sink.add_flattened(row)
-
-    def open_folder(self, key: str) -> None:
-        self.sink.open_folder(key)
-
-    async def maybe_flush(self) -> None:
-        """Nothing to flush before the records' turns."""
-
-
-class _HeldRows:
-    """A record's node rows, held until the record's turn to be handed on (``ordered``), so the
-    step folders are in input order too; failures go through at once."""
-
-    def __init__(self, sink: RecordSink) -> None:
-        self.sink = sink
-        self.rows: list[tuple[str, dict[str, Any]]] = []
-
-    def add(self, key: str, row: dict[str, Any]) -> None:
-        self.rows.append((key, row))
-
-    def add_failure(self, row: dict[str, Any]) -> None:
-        self.sink.add_failure(row)
-
-    def add_flattened(self, row: dict[str, Any]) -> None:
-        self.sink.add_flattened(row)
-
-    def open_folder(self, key: str) -> None:
-        self.sink.open_folder(key)
-
-    async def maybe_flush(self) -> None:
-        """Nothing to flush before its turn."""
-
-    def release(self) -> None:
-        for key, row in self.rows:
-            self.sink.add(key, row)
-        self.rows = []
 
 
 async def _push(
