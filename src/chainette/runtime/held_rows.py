@@ -7,7 +7,7 @@ from typing import Any
 
 from .context import RecordSink
 
-__all__ = ["HeldRows", "RowsByIndex"]
+__all__ = ["ChunkRows", "HeldRows"]
 
 
 class HeldRows:
@@ -39,13 +39,33 @@ class HeldRows:
         self.rows = []
 
 
-class RowsByIndex:
-    """(ordered, a chunk's fast path) Node rows to the held rows of their record (by ``_index``)."""
+class ChunkRows:
+    """(ordered, a chunk's fast path) The node rows of a chunk's records, held in the order they
+    came: all together when the whole chunk is done at once (:meth:`whole`), else split by record
+    (``_index``) into each one's held rows (:meth:`split`), where later rows then go directly."""
 
-    def __init__(self, sink: RecordSink, held: dict[int, HeldRows]) -> None:
-        self.sink, self.held = sink, held
+    def __init__(self, sink: RecordSink) -> None:
+        self.sink = sink
+        self.rows: list[tuple[str, dict[str, Any]]] = []
+        self.held: dict[int, HeldRows] | None = None
+
+    def whole(self) -> HeldRows:
+        """Every row, held as one record's (the chunk is handed on as one)."""
+        rows = HeldRows(self.sink)
+        rows.rows = self.rows
+        return rows
+
+    def split(self, held: dict[int, HeldRows]) -> None:
+        """Each row to its record's held rows, from now on too."""
+        self.held = held
+        rows, self.rows = self.rows, []
+        for key, row in rows:
+            self.add(key, row)
 
     def add(self, key: str, row: dict[str, Any]) -> None:
+        if self.held is None:
+            self.rows.append((key, row))
+            return
         rows = self.held.get(row.get("_index", -1))
         if rows is None:
             self.sink.add(key, row)

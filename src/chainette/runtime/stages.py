@@ -44,7 +44,7 @@ from ..graph.chain import ChainGraph
 from ..graph.nodes import Node
 from .context import RunContext
 from .dispatch import runner_for
-from .held_rows import HeldRows, RowsByIndex
+from .held_rows import ChunkRows, HeldRows
 from .records import Record
 
 __all__ = ["Flow", "flatten", "run_stage", "stages"]
@@ -262,7 +262,7 @@ async def _per_record(
 
     turn = 0  # the next position to hand on
     lock = anyio.Lock()
-    done: dict[int, tuple[Chunk, HeldRows]] = {}
+    done: dict[int, tuple[Chunk, HeldRows | None]] = {}
 
     async def drain() -> None:
         """Hand on the run of finished records that starts at ``turn`` (whoever completes the head)."""
@@ -274,7 +274,8 @@ async def _per_record(
                 while turn in done:
                     outputs, rows = done.pop(turn)
                     turn += 1
-                    rows.release()
+                    if rows is not None:
+                        rows.release()
                     ready.extend(outputs)
                     count += 1
                 await _hand_on(ready, ctx, send)
@@ -344,18 +345,27 @@ async def _ordered_chunk(
     chunk: Chunk,
     base: int,
     flow: Flow,
-    done: dict[int, tuple[Chunk, HeldRows]],
+    done: dict[int, tuple[Chunk, HeldRows | None]],
     tg: anyio.abc.TaskGroup,
     ordered: Callable[[int, Chunk, int, Finish | None, HeldRows, RunContext], Coroutine[Any, Any, None]],
     drain: Callable[[], Awaitable[None]],
 ) -> None:
-    """(ordered) :func:`_ahead` over a chunk at positions ``base ...``: each record's rows held
-    for its turn; then, position by position, each takes its place in the window and is put in
-    ``done`` or started as its own task (from the item it waits at)."""
+    """(ordered) :func:`_ahead` over a chunk at positions ``base ...``, its rows held; then,
+    position by position, each takes its place in the window and is put in ``done`` or started
+    as its own task (from the item it waits at). A chunk done whole is handed on as one (its
+    outputs and rows at its first position's turn)."""
+    rows_of = ChunkRows(ctx.writer)
+    out, at, later = await _ahead(items, replace(ctx, writer=rows_of), chunk)
+    if not later and at == len(items):
+        for k in range(base, base + len(chunk)):
+            if not flow.try_place():  # the window is full: hand on what is done, or wait for it
+                await drain()
+                await flow.enter(slot=False)
+            done[k] = (out, rows_of.whole()) if k == base else ([], None)
+        return
     held = {record.index: HeldRows(ctx.writer) for record in chunk}
+    rows_of.split(held)
     where = {record.index: base + k for k, record in enumerate(chunk)}
-    shared = replace(ctx, writer=RowsByIndex(ctx.writer, held))
-    out, at, later = await _ahead(items, shared, chunk)
     starts: dict[int, tuple[Chunk, int, Finish | None]] = {
         where[record.index]: ([record], i, finish) for i, record, finish in later
     }
