@@ -7,7 +7,7 @@ as JSONL. Every measured run happens in a fresh subprocess, so its peak RSS
 (``ru_maxrss``) belongs to that run alone; timings exclude interpreter start-up and imports on
 both sides.
 
-Goals: chain rows/s >= 0.5 x hand loop rows/s, and the chain's peak RSS at N rows within
+Goals: chain rows/s >= 0.85 x hand loop rows/s (issue 24), and the chain's peak RSS at N rows within
 1.2 x its peak RSS at 10k rows (memory flat in the number of rows). With psutil installed the
 N-row runs also print RSS at 25/50/75/100 % of the run, which shows whether memory keeps
 growing or plateaus; at large batch sizes a 10k-row run never fills the pipeline (4 chunks
@@ -39,7 +39,8 @@ import orjson
 from pydantic import BaseModel
 
 SMALL_ROWS = 10_000
-RATIO_GOAL = 0.5
+RATIO_GOAL = 0.85
+"""Issue 24: the chain at least 0.85 of the hand loop's rate (issue 9 asked 0.5, then 0.8)."""
 RSS_GOAL = 1.2
 
 

@@ -123,25 +123,35 @@ def test_cheap_functions_run_on_the_loop_and_slow_ones_move_to_threads(
 
     from chainette.runtime import apply_runner
 
-    threads: dict[str, list[bool]] = {"cheap": [], "slow": []}
+    threads: dict[str, list[bool]] = {"cheap": [], "slow": [], "busy": []}
     main = threading.get_ident()
 
     def cheap(n: Num) -> Num:
         threads["cheap"].append(threading.get_ident() == main)
         return n
 
-    def slow(n: Num) -> Num:
+    def slow(n: Num) -> Num:  # blocks without working: slow by the clock only
         threads["slow"].append(threading.get_ident() == main)
         time.sleep(0.004)
         return n
 
-    monkeypatch.setattr(apply_runner, "INLINE_BUDGET_S", 0.002)  # a 2-record chunk of `slow` takes >= 8 ms
-    result = Chain("c", [apply(cheap), apply(slow)], batch_size=2).run(
+    def busy(n: Num) -> Num:  # slow by its own work (CPU)
+        threads["busy"].append(threading.get_ident() == main)
+        until = time.thread_time() + 0.004
+        while time.thread_time() < until:
+            pass
+        return n
+
+    monkeypatch.setattr(apply_runner, "INLINE_BUDGET_S", 0.002)  # a 2-record chunk of either takes >= 8 ms
+    result = Chain("c", [apply(cheap), apply(slow), apply(busy)], batch_size=2).run(
         [Num(x=i) for i in range(8)], output_dir=run_dir
     )
     assert result.counts["records_out"] == 8
-    # `slow` ran its first chunk on the loop, found it over budget, and used worker threads after that
-    assert threads["slow"][:2] == [True, True] and not any(threads["slow"][2:])
+    # `busy` ran its first chunk on the loop, found its own work over budget, and used worker
+    # threads after that; `slow`, over budget by the clock only (as a preempted loop would be),
+    # moved at its second slow chunk in a row
+    assert threads["busy"][:2] == [True, True] and not any(threads["busy"][2:])
+    assert threads["slow"][:4] == [True] * 4 and not any(threads["slow"][4:])
     monkeypatch.setattr(apply_runner, "INLINE_BUDGET_S", 10.0)
     threads["cheap"].clear()
     Chain("c", [apply(cheap)], batch_size=2).run(

@@ -129,6 +129,8 @@ class RunContext:
     _coalescers: dict[str, Coalescer] = field(default_factory=dict)
     threaded: set[str] = field(default_factory=set)
     """Sync ``apply`` nodes found too slow for the event loop: they run on worker threads."""
+    slow_once: set[str] = field(default_factory=set)
+    """Sync ``apply`` nodes whose last chunk was slow, but not by their own work: one more moves them."""
     state: dict[str, Any] = field(default_factory=dict)
     """Per-node state that lives as long as the run (whole-stream nodes: ``take``, ``shuffle``)."""
     input_stop: list[bool] = field(default_factory=lambda: [False])

@@ -25,6 +25,7 @@ from .context import RunContext
 from .records import Record
 
 __all__ = [
+    "Later",
     "Runner",
     "missing_runners",
     "register_runner",
@@ -37,6 +38,9 @@ __all__ = [
 RunFn = Callable[[Any, list[Record], RunContext], Awaitable[list[Record]]]
 StreamFn = Callable[[Any, list[Record], RunContext], AsyncIterator[list[Record]]]
 FlushFn = Callable[[Any, RunContext], AsyncIterator[list[Record]]]
+Later = tuple[Record, Callable[[], Awaitable[list[Record]]]]
+"""A record a fast path did not settle, and what finishes it at that node (its outputs)."""
+SettleFn = Callable[[Any, list[Record], RunContext], Awaitable[tuple[list[Record], list[Later]] | None]]
 
 
 @dataclass(frozen=True)
@@ -44,21 +48,29 @@ class Runner:
     """How a node kind runs: ``run`` returns the records that go on (a failed record is handed to
     ``ctx.fail``, a filtered one counted: none is dropped silently); ``stream``, for kinds whose
     ``streams`` is true, yields them in passes; ``flush``, for whole-stream kinds, yields what
-    they still hold once their input has ended."""
+    they still hold once their input has ended; ``settle``, the fast path of a kind whose records
+    may need no waiting (a step answered from the ledger), settles those of a chunk at once and
+    returns the others with what finishes each (``runtime/stages.py`` runs those as their own
+    tasks), or None where it does not apply."""
 
     run: RunFn
     stream: StreamFn | None = None
     flush: FlushFn | None = None
+    settle: SettleFn | None = None
 
 
 _RUNNERS: dict[type[Node], Runner] = {}
 
 
 def register_runner(
-    kind: type[Node], run: RunFn, stream: StreamFn | None = None, flush: FlushFn | None = None
+    kind: type[Node],
+    run: RunFn,
+    stream: StreamFn | None = None,
+    flush: FlushFn | None = None,
+    settle: SettleFn | None = None,
 ) -> None:
     """Run nodes of class ``kind`` (and its subclasses, unless they register their own) with ``run``."""
-    _RUNNERS[kind] = Runner(run, stream, flush)
+    _RUNNERS[kind] = Runner(run, stream, flush, settle)
 
 
 def _lookup(node: Node) -> Runner | None:

@@ -25,13 +25,14 @@ from .loop_runner import run_loop
 from .map_runner import run_map
 from .router_runner import run_router
 from .sink_runner import run_show, run_sink
+from .step_cached import settle_cached
 from .step_runner import iter_step, run_step
 from .stream_runner import flush_shuffle, run_shuffle, run_take
 from .subflow_runner import run_subflow
 
 __all__: list[str] = []
 
-register_runner(Step, run_step, iter_step)
+register_runner(Step, run_step, iter_step, settle=settle_cached)
 register_runner(Apply, run_apply)
 register_runner(Branch, run_branch)
 register_runner(Seq, run_seq)

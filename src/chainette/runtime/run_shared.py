@@ -10,7 +10,7 @@ from contextlib import aclosing
 from typing import Any
 
 import anyio
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .._errors import InputError, InvalidInputError
 from ..graph.chain import ChainGraph
@@ -30,13 +30,35 @@ async def read_records(
     """The inputs as chunks of records (never empty); an input that cannot be read or does not fit
     the chain's input model is written to failures here (``node: input``) and counted in."""
     model = chain.input_type  # a model, a union of models, or None
+    # a model class, and no per-record limits: records are made in one pass (``_to_record`` otherwise)
+    plain = (
+        model
+        if isinstance(model, type)
+        and issubclass(model, BaseModel)
+        and opts.record_deadline_s is None
+        and opts.record_token_budget is None
+        else None
+    )
+    validate = plain.__pydantic_validator__.validate_python if plain is not None else None
     reader = iter_input_chunks(inputs, chain.batch_size, strict=opts.strict_inputs, columns=opts.columns)
     async with aclosing(reader):  # a head ``take`` stops early: the file is closed then
         async for items in reader:
             if ctx.input_stop[0]:  # a ``take`` at the head of the chain has all it needs
                 break
             counts["records_in"] += len(items)
-            records = [r for r in (_to_record(item, model, opts, ctx) for item in items) if r is not None]
+            if validate is not None and all(item.error is None for item in items):
+                try:  # the usual chunk: every line read and of the input model, no limits to set
+                    records = [
+                        Record(item.id, item.index, value, {"input": value})
+                        for item in items
+                        for value in (validate(item.value, from_attributes=True),)
+                    ]
+                except ValidationError:  # one does not fit: each on its own, to say which
+                    records = [
+                        r for r in (_to_record(item, model, opts, ctx) for item in items) if r is not None
+                    ]
+            else:
+                records = [r for r in (_to_record(item, model, opts, ctx) for item in items) if r is not None]
             if records:
                 yield records
 

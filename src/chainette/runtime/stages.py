@@ -15,6 +15,13 @@ In flight: a stage starts a record only once it holds one of ``max_in_flight`` s
 downstream stops the reading (backpressure) and memory stays flat. A stage of sync ``apply``
 nodes only (no waiting in it) runs chunk by chunk, as reading hands them on: batching pays there.
 
+What needs no waiting is done before any task, chunk by chunk (:func:`_ahead`): a step whose
+answers the ledger holds settles those records of the chunk at once, in one read
+(``Runner.settle``, ``runtime/step_cached.py``), and the sync ``apply`` nodes after it run over
+them; only the records left waiting (a miss, a re-ask) get tasks, from the item where they wait.
+So a cached rerun costs what the chunkwise runner cost, and a cached record still never waits for
+an uncached sibling's request: it is handed on (or written) before those requests are even sent.
+
 Order: rows land in completion order, each with ``_index`` (its input position). A stage that
 feeds a ``take`` or ``shuffle`` hands records on in the order they came in (``take(n)`` is the
 first ``n``, a seeded shuffle the same every run). With ``ordered=True`` every stage does so (a finished record waits,
@@ -24,18 +31,21 @@ slow as the slowest record in a window of ``max_in_flight``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
+import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from pydantic import BaseModel
 
 from ..graph.chain import ChainGraph
 from ..graph.nodes import Node
-from .context import RecordSink, RunContext
+from .context import RunContext
 from .dispatch import runner_for
-from .records import Record, dump
+from .held_rows import ChunkRows, HeldRows
+from .records import Record
 
 __all__ = ["Flow", "flatten", "run_stage", "stages"]
 
@@ -61,19 +71,32 @@ class Flow:
     _slots: anyio.Semaphore | None = field(default=None, repr=False)
     _window: anyio.Semaphore | None = field(default=None, repr=False)
 
-    async def enter(self) -> None:
+    async def enter(self, *, window: bool = True, slot: bool = True) -> None:
         """Take a slot (and, ordered, a place in the window); without yielding when one is free,
         so the records of a chunk start in the same moment (their identical requests are sent
-        once, their engine calls gathered)."""
-        if self.ordered:
+        once, their engine calls gathered). A record settled in its chunk (``stages._ahead``)
+        takes no slot; one that then waits takes its slot after its place (``window=False``)."""
+        if self.ordered and window:
             if self._window is None:
                 self._window = anyio.Semaphore(self.limit * (1 + REORDER))
             await _take(self._window)
+        if not slot:
+            return
         if self._slots is None:
             self._slots = anyio.Semaphore(self.limit)
         await _take(self._slots)
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
+
+    def try_place(self) -> bool:
+        """(ordered) Take a place in the window if one is free now, without waiting."""
+        if self._window is None:
+            self._window = anyio.Semaphore(self.limit * (1 + REORDER))
+        try:
+            self._window.acquire_nowait()
+        except anyio.WouldBlock:
+            return False
+        return True
 
     def done(self) -> None:
         """The record's work is done: its slot goes to the next record."""
@@ -189,96 +212,191 @@ async def _per_record(
     passed: _Passed,
 ) -> None:
     """Each record its own task, started once it holds a slot; handed on as soon as it is done
-    (or, ``flow.ordered``, once those that came in before it have been)."""
+    (or, ``flow.ordered``, once those that came in before it have been). What needs no waiting
+    is done first, chunk by chunk (:func:`_ahead`): only the records left waiting get tasks."""
+    fast = ctx.observe_nodes is None  # an observer times every node per record: no fast path
+
+    async def one(
+        chunk: Chunk, at: int, finish: Finish | None, ctx: RunContext, collect: Chunk | None
+    ) -> None:
+        """``chunk`` (one record's) through ``items[at:]``; with ``finish``, first that."""
+        mark = passed.start()
+        try:
+            if at:
+                await passed.passed(mark, at)
+            if finish is not None:
+                chunk = await finish()
+                at += 1
+                await passed.passed(mark, at)
+            await _push(
+                items,
+                ctx,
+                chunk,
+                at,
+                None if collect is not None else send,
+                collect=collect,
+                passed=(passed, mark),
+            )
+        finally:
+            flow.done()
+        await passed.passed(mark, len(items))
+
     if not flow.ordered:
-
-        async def one(record: Record) -> None:
-            mark = passed.start()
-            try:
-                await _push(items, ctx, [record], 0, send, passed=(passed, mark))
-            finally:
-                flow.done()
-            await passed.passed(mark, len(items))
-
         async with anyio.create_task_group() as tg:
             async for chunk in receive:
+                at = 0
+                if fast:
+                    chunk, at, later = await _ahead(items, ctx, chunk)
+                    for i, record, finish in later:
+                        await flow.enter()
+                        tg.start_soon(one, [record], i, finish, ctx, None)
+                    if at == len(items):
+                        if chunk:
+                            await _hand_on(chunk, ctx, send)
+                        continue
                 for record in chunk:
                     await flow.enter()
-                    tg.start_soon(one, record)
+                    tg.start_soon(one, [record], at, None, ctx, None)
             await passed.end_of_input()
         return
 
     turn = 0  # the next position to hand on
-    handing = False  # a task is handing on the run of finished records from ``turn``
-    done: dict[int, tuple[Chunk, _HeldRows]] = {}
+    handing = False  # a caller of drain() is handing on the run of finished records from ``turn``
+    done: dict[int, tuple[Chunk, HeldRows | None]] = {}
 
-    async def ordered(record: Record, position: int) -> None:
+    async def drain() -> None:
+        """Hand on the run of finished records that starts at ``turn``. Whoever finds no one
+        handing on takes the turn and hands on from the head, taking up those that finish while it
+        waits on the stream; every other caller returns at once. (Not a lock: its queue of
+        waiters, one finished task each, grew with the number of records whenever records
+        finished faster than the head was handed on.)"""
         nonlocal turn, handing
-        outputs: Chunk = []
-        mark = passed.start()
-        held = _HeldRows(ctx.writer)  # its step rows too wait for their turn
-        try:
-            await _push(
-                items, replace(ctx, writer=held), [record], 0, None, collect=outputs, passed=(passed, mark)
-            )
-        finally:
-            flow.done()  # the next record may start working; this one waits in the window
-        done[position] = (outputs, held)
-        await passed.passed(mark, len(items))
-        # Whoever finds no one handing on takes the turn and hands on the run of finished records
-        # from the head, taking up those that finish while it waits on the stream; every other
-        # task ends here. (Not a lock: its queue of waiters, one finished task each, grew with the
-        # number of records whenever records finished faster than the head was handed on.)
         if handing:
             return
         handing = True
         try:
             while turn in done:
-                ready, rows = done.pop(turn)
-                turn += 1
-                rows.release()
+                ready: Chunk = []
+                count = 0
+                while turn in done:
+                    outputs, rows = done.pop(turn)
+                    turn += 1
+                    if rows is not None:
+                        rows.release()
+                    ready.extend(outputs)
+                    count += 1
                 await _hand_on(ready, ctx, send)
-                flow.handed_on()
+                for _ in range(count):
+                    flow.handed_on()
         finally:
             handing = False
+
+    async def ordered(
+        position: int, chunk: Chunk, at: int, finish: Finish | None, held: HeldRows, own: RunContext
+    ) -> None:
+        outputs: Chunk = []
+        await one(chunk, at, finish, own, outputs)  # its slot is given back; it waits in the window
+        done[position] = (outputs, held)
+        await drain()
 
     position = 0
     async with anyio.create_task_group() as tg:
         async for chunk in receive:
+            if fast and len({record.index for record in chunk}) == len(chunk):
+                await _ordered_chunk(items, ctx, chunk, position, flow, done, tg, ordered, drain)
+                position += len(chunk)
+                await drain()
+                continue
             for record in chunk:
                 await flow.enter()
-                tg.start_soon(ordered, record, position)
+                held = HeldRows(ctx.writer)  # its step rows too wait for their turn
+                tg.start_soon(ordered, position, [record], 0, None, held, replace(ctx, writer=held))
                 position += 1
         await passed.end_of_input()
 
 
-class _HeldRows:
-    """A record's node rows, held until the record's turn to be handed on (``ordered``), so the
-    step folders are in input order too; failures go through at once."""
+Finish = Callable[[], Awaitable[Chunk]]
 
-    def __init__(self, sink: RecordSink) -> None:
-        self.sink = sink
-        self.rows: list[tuple[str, dict[str, Any]]] = []
 
-    def add(self, key: str, row: dict[str, Any]) -> None:
-        self.rows.append((key, row))
+async def _ahead(
+    items: list[Node], ctx: RunContext, chunk: Chunk
+) -> tuple[Chunk, int, list[tuple[int, Record, Finish]]]:
+    """Run the stage's first items over the whole ``chunk`` while nothing in them waits: kinds
+    with a fast path (``Runner.settle``: a step settles the records the ledger answers), and,
+    after one, sync ``apply`` nodes that run on the loop (their records were settled together:
+    on their own they would run the same calls back to back). Returns what went through
+    ``items[:at]``, ``at``, and the records left waiting at an item (``(item index, record, what
+    finishes it there)``)."""
+    later: list[tuple[int, Record, Finish]] = []
+    at = 0
+    while at < len(items) and chunk:
+        item = items[at]
+        if item.streams:
+            break
+        runner = runner_for(item)
+        if item.fusable and at and item.id not in ctx.threaded:
+            chunk = await runner.run(item, chunk, ctx)
+        elif runner.settle is not None:
+            settled = await runner.settle(item, chunk, ctx)
+            if settled is None:
+                break
+            chunk, waiting = settled
+            later.extend((at, record, finish) for record, finish in waiting)
+        else:
+            break
+        at += 1
+    return chunk, at, later
 
-    def add_failure(self, row: dict[str, Any]) -> None:
-        self.sink.add_failure(row)
 
-    def add_flattened(self, row: dict[str, Any]) -> None:
-        self.sink.add_flattened(row)
-
-    def open_folder(self, key: str) -> None:
-        self.sink.open_folder(key)
-
-    async def maybe_flush(self) -> None:
-        """Nothing to flush before its turn."""
-
-    def release(self) -> None:
-        for key, row in self.rows:
-            self.sink.add(key, row)
-        self.rows = []
+async def _ordered_chunk(
+    items: list[Node],
+    ctx: RunContext,
+    chunk: Chunk,
+    base: int,
+    flow: Flow,
+    done: dict[int, tuple[Chunk, HeldRows | None]],
+    tg: anyio.abc.TaskGroup,
+    ordered: Callable[[int, Chunk, int, Finish | None, HeldRows, RunContext], Coroutine[Any, Any, None]],
+    drain: Callable[[], Awaitable[None]],
+) -> None:
+    """(ordered) :func:`_ahead` over a chunk at positions ``base ...``, its rows held; then,
+    position by position, each takes its place in the window and is put in ``done`` or started
+    as its own task (from the item it waits at). A chunk done whole is handed on as one (its
+    outputs and rows at its first position's turn)."""
+    rows_of = ChunkRows(ctx.writer)
+    out, at, later = await _ahead(items, replace(ctx, writer=rows_of), chunk)
+    if not later and at == len(items):
+        for k in range(base, base + len(chunk)):
+            if not flow.try_place():  # the window is full: hand on what is done, or wait for it
+                await drain()
+                await flow.enter(slot=False)
+            done[k] = (out, rows_of.whole()) if k == base else ([], None)
+        return
+    held = {record.index: HeldRows(ctx.writer) for record in chunk}
+    rows_of.split(held)
+    where = {record.index: base + k for k, record in enumerate(chunk)}
+    starts: dict[int, tuple[Chunk, int, Finish | None]] = {
+        where[record.index]: ([record], i, finish) for i, record, finish in later
+    }
+    finished: dict[int, Chunk] = {}
+    for record in out:
+        k = where[record.index]
+        if at < len(items):
+            starts.setdefault(k, ([], at, None))[0].append(record)
+        else:
+            finished.setdefault(k, []).append(record)
+    for record in chunk:
+        k = where[record.index]
+        if not flow.try_place():  # the window is full: hand on what is done, or wait for it
+            await drain()
+            await flow.enter(slot=False)
+        rows = held[record.index]
+        start = starts.get(k)
+        if start is None:
+            done[k] = (finished.get(k, []), rows)
+            continue
+        await flow.enter(window=False)
+        tg.start_soon(ordered, k, start[0], start[1], start[2], rows, replace(ctx, writer=rows))
 
 
 async def _push(
@@ -328,7 +446,12 @@ def flatten(record: Record) -> dict[str, Any]:
     """One row merging the record's history: ``{"_id", "_index", "<key>.<field>": value, ...}``."""
     row: dict[str, Any] = {"_id": record.id, "_index": record.index}
     for key, value in record.history.items():
-        dumped = dump(value)
+        # records.dump, inlined: this runs per node per row
+        dumped = (
+            value.__pydantic_serializer__.to_python(value, mode="json")
+            if isinstance(value, BaseModel)
+            else value
+        )
         if isinstance(dumped, dict):
             prefix = key + "."
             for name, v in dumped.items():

@@ -53,6 +53,8 @@ class _Job:
     """Engine errors so far (a raise, an error answer, a timeout): what the policy's retries count."""
     ready_at: float = 0.0
     """``time.monotonic()`` before which a retry is not sent (its backoff)."""
+    looked_up: bool = False
+    """Its first request was looked up in the ledger already (a miss): not read again."""
 
 
 @dataclass
@@ -61,6 +63,8 @@ class _Round:
 
     retry: list[_Job] = field(default_factory=list)
     stays: list[tuple[str, StoredFailure]] = field(default_factory=list)
+    missed: list[_Job] = field(default_factory=list)
+    """(ledger only) Jobs whose request the ledger does not hold: neither claimed nor sent."""
 
 
 def render_messages(step: Step, record: Record) -> list[Message]:

@@ -1,20 +1,22 @@
 """What a step's attempt decides for a request: an answer settled (counted, accepted or re-asked),
 an engine error retried under the node's policy or given up, a call cut at a timeout or deadline.
-A pure part of ``step_runner.py``: no engine call or ledger read here (a final failure to remember
-is handed back in ``_Round.stays``).
+Then, once every job is decided, the rows written and the records that go on (``_go_on``). A pure
+part of ``step_runner.py``: no engine call or ledger read here (a final failure to remember is
+handed back in ``_Round.stays``).
 """
 
 from __future__ import annotations
 
 import time
 
-from .._errors import EngineError, OutputValidationError, RecordError, RenderError
+from .._errors import BudgetExceededError, EngineError, OutputValidationError, RecordError, RenderError
 from ..engines.base import ChatRequest, Completion
 from ..engines.secrets import scrub_text
 from ..graph.nodes import Step
 from ..ledger.store import StoredAnswer, StoredFailure
-from .budgets import budget_error
+from .budgets import budget_error, exceeded
 from .context import NodeStats, RunContext
+from .records import Record, dump, node_row
 from .step_io import _Job, _judge, _Round
 
 _KINDS: dict[str, type[RecordError]] = {
@@ -145,3 +147,50 @@ def _give_up(
         decided.stays.append(
             (job.first_key, StoredFailure(step.id, error.kind, error.message, error.raw, error.attempts))
         )
+
+
+def _go_on(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Record]:
+    """The decided ``jobs``' rows written; the records that go on."""
+    stats = ctx.node(step.id)
+    out: list[Record] = []
+    key, write, add = step.key, step.write, ctx.writer.add
+    for job in jobs:
+        output = job.output
+        if output is not None:
+            record = job.record.advance(key, output)
+            row = node_row(record)
+            row.update(dump(output))
+            if job.reasoning:
+                row["_reasoning"] = job.reasoning
+        elif (
+            job.failure is not None
+            and step.on_failure == "emit"
+            and not isinstance(job.failure, BudgetExceededError)
+        ):
+            # passed on marked as failed: the value stays the step's input, the step's slot holds the reason
+            record = job.record
+            record.history[key] = {"_error": job.failure.message}
+            row = node_row(record)
+            row["_error"] = job.failure.message
+        else:
+            continue
+        if write:
+            add(step.id, row)
+        out.append(record)
+    stats.records_out += len(out)
+    ctx.progress(step.id)
+    return out
+
+
+def _within_limits(step: Step, pending: list[_Job], ctx: RunContext, decided: _Round) -> list[_Job]:
+    """The jobs whose records are within their deadline and token budget; the others fail."""
+    now = time.monotonic()
+    going: list[_Job] = []
+    for job in pending:
+        over = exceeded(job.record, step.id, f"Step {step.id!r}", ctx.record_deadline_s, now)
+        if over is None:
+            going.append(job)
+        else:
+            over.attempts = job.attempts
+            _give_up(step, job, over, ctx, decided, remember=False)
+    return going

@@ -36,18 +36,18 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from .._errors import BudgetExceededError, EngineError, RecordError, RenderError
+from .._errors import EngineError, RecordError, RenderError
 from ..engines.base import ChatRequest, Completion, Engine, Message, SamplingParams
 from ..graph.nodes import Step
 from ..ledger.keys import after_first, key_of, key_of_rest, key_prefix
-from ..ledger.store import StoredAnswer
-from .budgets import budget_error, exceeded, time_left
+from ..ledger.store import StoredAnswer, StoredFailure
+from .budgets import budget_error, time_left
 from .coalesce import coalesces
 from .context import DeltaHandler, RunContext
-from .records import Record, dump, node_row, request_salt
+from .records import Record, request_salt
 from .requests import InFlight
 from .step_io import _Job, _Round, parse_output, render_messages
-from .step_outcome import _KINDS, _cut, _engine_failed, _give_up, _settle
+from .step_outcome import _KINDS, _cut, _engine_failed, _give_up, _go_on, _settle, _within_limits
 
 __all__ = ["iter_step", "parse_output", "render_messages", "run_step"]
 
@@ -99,9 +99,19 @@ async def iter_step(step: Step, chunk: list[Record], ctx: RunContext) -> AsyncIt
 
 async def _run_jobs(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Record]:
     """Every attempt for ``jobs`` (ledger, engine, re-asks); the records that go on."""
-    stats = ctx.node(step.id)
-    pending = jobs
-    first = True
+    return await _finish_jobs(step, jobs, ctx, first=True)
+
+
+async def _finish_jobs(step: Step, jobs: list[_Job], ctx: RunContext, *, first: bool) -> list[Record]:
+    """:func:`_run_jobs` for ``jobs`` at their ``first`` attempt or later."""
+    await _until_decided(step, jobs, ctx, first=first)
+    if ctx.cache.mode == "refresh" and step.on_failure == "stay":
+        await ctx.cache.forget_failures([j.first_key for j in jobs if j.output is not None])
+    return _go_on(step, jobs, ctx)
+
+
+async def _until_decided(step: Step, pending: list[_Job], ctx: RunContext, *, first: bool) -> None:
+    """Attempts (ledger, engine, re-asks, retries) until every job has an output or a failure."""
     retrying = step.policy is not None and step.policy.retries > 0
     while pending:
         later: list[_Job] = []
@@ -118,40 +128,13 @@ async def _run_jobs(step: Step, jobs: list[_Job], ctx: RunContext) -> list[Recor
         if decided.stays:
             await ctx.cache.store_failures(decided.stays)
         pending, first = decided.retry + later, False
-    if ctx.cache.mode == "refresh" and step.on_failure == "stay":
-        await ctx.cache.forget_failures([j.first_key for j in jobs if j.output is not None])
-    out: list[Record] = []
-    key, write, add = step.key, step.write, ctx.writer.add
-    for job in jobs:
-        output = job.output
-        if output is not None:
-            record = job.record.advance(key, output)
-            row = node_row(record)
-            row.update(dump(output))
-            if job.reasoning:
-                row["_reasoning"] = job.reasoning
-        elif (
-            job.failure is not None
-            and step.on_failure == "emit"
-            and not isinstance(job.failure, BudgetExceededError)
-        ):
-            # passed on marked as failed: the value stays the step's input, the step's slot holds the reason
-            record = job.record
-            record.history[key] = {"_error": job.failure.message}
-            row = node_row(record)
-            row["_error"] = job.failure.message
-        else:
-            continue
-        if write:
-            add(step.id, row)
-        out.append(record)
-    stats.records_out += len(out)
-    ctx.progress(step.id)
-    return out
 
 
-async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool) -> _Round:
-    """One attempt for every pending job: ledger first, then one send per distinct request."""
+async def _attempt(
+    step: Step, pending: list[_Job], ctx: RunContext, first: bool, *, ledger_only: bool = False
+) -> _Round:
+    """One attempt for every pending job: ledger first, then one send per distinct request
+    (``ledger_only``: none; the misses go to ``missed``, unclaimed)."""
     stats = ctx.node(step.id)
     decided = _Round()
     if any(job.record.limited for job in pending):
@@ -182,7 +165,10 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
         if first:
             job.first_key = key
     stay_keys = keys if first and step.on_failure == "stay" else []
-    hits, stayed = await ctx.cache.lookup(keys, stay_keys)
+    hits: dict[str, StoredAnswer] = {}
+    stayed: dict[str, StoredFailure] = {}
+    if not (first and all(job.looked_up for job in pending)):  # (misses already looked up: not again)
+        hits, stayed = await ctx.cache.lookup(keys, stay_keys)
     owned: list[tuple[_Job, ChatRequest, str]] = []
     waiting: list[tuple[_Job, InFlight]] = []
     for job, key in zip(pending, keys, strict=True):
@@ -196,6 +182,9 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
         elif key in hits:
             stats.cache_hits += 1
             _settle(step, job, hits[key], ctx, stats, decided, sent=False)
+        elif ledger_only:
+            job.looked_up = True
+            decided.missed.append(job)
         else:
             slot, mine = ctx.cache.claim(key)
             if mine:
@@ -228,20 +217,6 @@ async def _attempt(step: Step, pending: list[_Job], ctx: RunContext, first: bool
         _settle(step, job, slot.completion, ctx, stats, decided, sent=False)
     ctx.progress(step.id)
     return decided
-
-
-def _within_limits(step: Step, pending: list[_Job], ctx: RunContext, decided: _Round) -> list[_Job]:
-    """The jobs whose records are within their deadline and token budget; the others fail."""
-    now = time.monotonic()
-    going: list[_Job] = []
-    for job in pending:
-        over = exceeded(job.record, step.id, f"Step {step.id!r}", ctx.record_deadline_s, now)
-        if over is None:
-            going.append(job)
-        else:
-            over.attempts = job.attempts
-            _give_up(step, job, over, ctx, decided, remember=False)
-    return going
 
 
 def _sampling(step: Step, job: _Job) -> SamplingParams:
