@@ -106,9 +106,7 @@ def _read_chunk(
                 continue
             if type(value) is not dict and not isinstance(value, dict):
                 where = f"{name} line {lineno}"
-                message = (
-                    f"{where}: expected a JSON object, got {type(value).__name__}. Each line must be one object."
-                )
+                message = f"{where}: expected a JSON object, got {type(value).__name__}. Each line must be one object."
                 if strict:
                     raise InputError(message)
                 append(InputItem(index - 1, rid, value, where, message, line))

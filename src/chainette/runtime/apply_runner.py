@@ -179,46 +179,47 @@ def fused_run(items: Sequence[Any], start: int, ctx: RunContext, runner: Callabl
     if ctx.on_chunk is not None or ctx.observe_nodes is not None:
         return start
     end = start
-    while end < len(items) and _inline(items[end], ctx) and runner(items[end]) is run_apply:
+    cheap = ctx.cheap
+    while (
+        end < len(items)
+        and items[end].id in cheap
+        and _inline(items[end], ctx)
+        and runner(items[end]) is run_apply
+    ):
         end += 1
     return end if end - start >= 2 else start
-
-
-_UNFUSED = "\x00unfused:"
-"""``ctx.slow_once`` key (no node id holds a NUL): the run's last fused pass went over budget."""
 
 
 def run_fused(nodes: Sequence[Apply], chunk: list[Record], ctx: RunContext) -> list[Record]:
     """Consecutive inline ``apply`` nodes in one pass per record: each record goes through all of
     them before the next starts. Outputs, rows, failures and counters are those of running the
     nodes one after the other (:func:`_run_inline`); only the interleaving of different nodes'
-    rows within the chunk differs. A pass over budget (``INLINE_BUDGET_S``) cannot say which node
-    was slow, so the next chunk runs node by node, each timed on its own (and moved to a worker
-    thread as :func:`_timed` decides, which then breaks the run)."""
-    key = _UNFUSED + nodes[0].id
-    if key in ctx.slow_once:
-        ctx.slow_once.discard(key)
-        for node in nodes:
-            chunk = _run_one(node, chunk, ctx)
-        return chunk
+    rows within the chunk differs. Only nodes whose last chunk, timed on its own, was under
+    ``INLINE_BUDGET_S`` are fused (``ctx.cheap``; so each node's first chunk runs alone); a fused
+    pass over budget cannot say which node was slow, so its nodes run alone again, each timed
+    (and moved to a worker thread as :func:`_timed` decides, which then ends the run)."""
     count = len(nodes)
     stats = [ctx.node(node.id) for node in nodes]
     failed_before = [s.failed for s in stats]
     ins, outs = [0] * count, [0] * count
     plan = [
-        (node, node.fn, node.key, node.write, node.input_model, _model_or_none(node.input_model),
-         _model_or_none(node.output_model))
+        (
+            node,
+            node.fn,
+            node.key,
+            node.write,
+            node.input_model,
+            _model_or_none(node.input_model),
+            _model_or_none(node.output_model),
+        )
         for node in nodes
     ]
     out: list[Record] = []
-    started, cpu = time.perf_counter(), time.thread_time()
+    started = time.perf_counter()
     for record in chunk:
         _through(plan, ins, outs, out, ctx, record, 0)
-    if time.perf_counter() - started <= INLINE_BUDGET_S:
-        for node in nodes:
-            ctx.slow_once.discard(node.id)
-    else:
-        ctx.slow_once.add(key)
+    if time.perf_counter() - started > INLINE_BUDGET_S:
+        ctx.cheap.difference_update(node.id for node in nodes)
     for node, s, before, n_in, n_out in zip(nodes, stats, failed_before, ins, outs, strict=True):
         s.records_in += n_in
         s.records_out += n_out
@@ -228,7 +229,13 @@ def run_fused(nodes: Sequence[Apply], chunk: list[Record], ctx: RunContext) -> l
 
 
 def _through(
-    plan: list[Any], ins: list[int], outs: list[int], out: list[Record], ctx: RunContext, record: Record, j: int
+    plan: list[Any],
+    ins: list[int],
+    outs: list[int],
+    out: list[Record],
+    ctx: RunContext,
+    record: Record,
+    j: int,
 ) -> None:
     """``record`` through the fused nodes ``plan[j:]`` (what :func:`_run_inline` does at each),
     counted in ``ins`` / ``outs``; what comes out of the last goes in ``out``. A module function,
@@ -287,7 +294,10 @@ def _timed(node: Apply, ctx: RunContext, started: float, cpu: float) -> None:
     (a blocking call, or a busy machine that took the CPU away mid-chunk once)."""
     if time.perf_counter() - started <= INLINE_BUDGET_S:
         ctx.slow_once.discard(node.id)
-    elif time.thread_time() - cpu > INLINE_BUDGET_S / 2 or node.id in ctx.slow_once:
+        ctx.cheap.add(node.id)
+        return
+    ctx.cheap.discard(node.id)
+    if time.thread_time() - cpu > INLINE_BUDGET_S / 2 or node.id in ctx.slow_once:
         ctx.threaded.add(node.id)
     else:
         ctx.slow_once.add(node.id)
