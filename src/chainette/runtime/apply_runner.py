@@ -190,7 +190,7 @@ def fused_run(items: Sequence[Any], start: int, ctx: RunContext, runner: Callabl
     return end if end - start >= 2 else start
 
 
-def run_fused(nodes: Sequence[Apply], chunk: list[Record], ctx: RunContext) -> list[Record]:
+def run_fused(nodes: Sequence[Any], chunk: list[Record], ctx: RunContext) -> list[Record]:
     """Consecutive inline ``apply`` nodes in one pass per record: each record goes through all of
     them before the next starts. Outputs, rows, failures and counters are those of running the
     nodes one after the other (:func:`_run_inline`); only the interleaving of different nodes'
