@@ -7,7 +7,9 @@ the clock only (a blocking call, or a busy machine that preempted the loop) move
 second in a row. So a slow function blocks the loop at most twice, and one preemption on a loaded
 machine no longer sends a cheap node through a thread hop per chunk for the rest of the run. Measured on 2 cores: a thread hop per chunk for a few-microsecond function cost
 more than the function, because the loop and the thread hand the GIL back and forth.
-Async functions are awaited in order.
+Async functions are awaited in order. Consecutive inline nodes (each under budget on its last
+chunk run alone) run in one pass per record, :func:`run_fused`: each record goes through all of
+them before the next, with the same outputs, rows, failures and counts.
 
 With a :class:`~chainette.graph.policy.NodePolicy` that sets ``timeout_s`` or ``retries``, each
 record's call goes through :func:`call_with_policy`: bounded by ``anyio.fail_after`` (a sync
