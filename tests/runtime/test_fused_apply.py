@@ -1,4 +1,4 @@
-"""Consecutive sync ``apply`` nodes run in one pass per record (``apply_runner.run_fused``): the
+"""Consecutive sync ``apply`` nodes run in one pass per record (``apply_fused.run_fused``): the
 same rows, failures, ``_index`` and per-node files and counts as node by node."""
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from pydantic import BaseModel
 
 from ..graph.chain import ChainGraph
 from ..graph.nodes import Node
-from .apply_runner import fused_run, run_fused
+from .apply_fused import fused_run, run_fused
 from .context import RunContext
 from .dispatch import runner_for
 from .held_rows import ChunkRows, HeldRows
