@@ -5,10 +5,11 @@ wraps the class with ``ray.remote``). It registers the engine definitions the dr
 the run's ledger file (the same SQLite file as every other worker and the driver: WAL, one
 committed transaction per answer) and keeps its own broker, so its engines start on the first
 chunk that needs them and stay up until :meth:`ChainWorker.close`. Each chunk runs through the
-chain's top-level nodes with the runners a local run uses (``dispatch.run_node``, as a served
-trace does), into a sink that only collects: the rows, failures and flattened rows come back to
-the driver in one :class:`ChunkResult`, with the chunk's own node counters, and nothing reaches
-the run folder until the driver has that whole result.
+chain's items as a local per-record stage runs (``stages.run_records``: what needs no waiting
+chunk by chunk, every other record its own task, so none waits for a sibling), into a sink that
+only collects: the rows, failures and flattened rows come back to the driver in one
+:class:`ChunkResult`, with the chunk's own node counters, and nothing reaches the run folder until
+the driver has that whole result (a record done early still waits for its chunk there).
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from ..engines.broker import EngineBroker
 from ..engines.registry import EngineConfig, register_config
 from ..graph.chain import ChainGraph
 from .context import RunContext
-from .dispatch import run_node
 from .records import Record, coerce
 from .requests import CacheMode, RequestCache
-from .stages import flatten
+from .stages import run_records
 
 __all__ = ["ChainWorker", "ChunkResult", "ChunkSink", "RecordIn"]
 
@@ -120,7 +120,9 @@ class ChainWorker:
         return os.getpid()
 
     async def run_chunk(self, records: list[RecordIn]) -> ChunkResult:
-        """Run the chain's nodes over ``records``; everything they produced, in one result."""
+        """Run the chain's nodes over ``records``, each record on its own (none waits for a
+        sibling: its loop passes, deadline and requests are its own); everything they produced,
+        in one result."""
         base = self._context()
         result = ChunkResult(worker=os.getpid())
         ctx = replace(base, writer=ChunkSink(result), stats={})  # limiters, broker, ledger: shared
@@ -131,11 +133,7 @@ class ChainWorker:
             value = coerce(model, dumped)
             deadline = None if left is None else now + left
             chunk.append(Record(rid, index, value, {"input": value}, deadline=deadline, budget=budget))
-        for node in self.chain.items:
-            if not chunk:
-                break
-            chunk = await run_node(node, chunk, ctx)
-        result.flattened = [flatten(record) for record in chunk]
+        await run_records(self.chain.items, ctx, chunk)  # each record on its own; flattened by the sink
         result.stats = {node_id: stats.as_dict() for node_id, stats in ctx.stats.items()}
         result.engines = dict(base.broker.described)
         return result
