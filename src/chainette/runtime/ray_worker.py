@@ -24,7 +24,7 @@ from typing import Any
 from ..engines.broker import EngineBroker
 from ..engines.registry import EngineConfig, register_config
 from ..graph.chain import ChainGraph
-from .context import RunContext
+from .context import NodeStats, RunContext
 from .records import Record, coerce
 from .requests import CacheMode, RequestCache
 from .stages import run_records
@@ -47,8 +47,9 @@ class ChunkResult:
     flattened: list[dict[str, Any]] = field(default_factory=list)
     folders: list[str] = field(default_factory=list)
     """Folders a runner opened that the run's layout may not have (a map's, a loop's)."""
-    stats: dict[str, dict[str, int]] = field(default_factory=dict)
-    """This chunk's :class:`~chainette.runtime.context.NodeStats` by node id (counts: they add up)."""
+    stats: dict[str, NodeStats] = field(default_factory=dict)
+    """This chunk's :class:`~chainette.runtime.context.NodeStats` by node id (a loop's are
+    ``LoopStats``: the driver keeps the kind); counts, and counts by key: they add up."""
     engines: dict[str, dict[str, Any]] = field(default_factory=dict)
     """What the worker's started engines say about themselves (``metadata.json``'s ``engines``)."""
     worker: int = 0
@@ -134,7 +135,7 @@ class ChainWorker:
             deadline = None if left is None else now + left
             chunk.append(Record(rid, index, value, {"input": value}, deadline=deadline, budget=budget))
         await run_records(self.chain.items, ctx, chunk)  # each record on its own; flattened by the sink
-        result.stats = {node_id: stats.as_dict() for node_id, stats in ctx.stats.items()}
+        result.stats = ctx.stats
         result.engines = dict(base.broker.described)
         return result
 
