@@ -330,6 +330,8 @@ def test_on_ray_a_loops_passes_and_stop_reasons_do_not_depend_on_batch_size_unde
         )
         rows = read_jsonl(tmp_path / str(batch_size) / "flattened")
         assert result.counts["records_out"] == 4 and result.metadata["executor"] == "ray"
+        # the loop's own counters came back from the workers and added up (a LoopStats)
+        assert result.metadata["nodes"]["l"]["stop_reasons"] == {"deadline": 1, "until": 3}
         return {r["input.text"]: (r["l.iterations"], r["l.stop_reason"]) for r in rows}
 
     one, many = outcome(1), outcome(16)
