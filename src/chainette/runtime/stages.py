@@ -211,8 +211,12 @@ async def run_records(items: list[Node], ctx: RunContext, chunk: Chunk) -> None:
     """``chunk``'s records through ``items`` as :func:`run_stage` runs a per-record stage (what
     needs no waiting chunk by chunk, every other record its own task, all of them in flight),
     each output flattened into ``ctx.writer`` as soon as its record is done. The engines are not
-    told the items are done: a Ray worker (``runtime/ray_worker.py``) runs chunk after chunk."""
+    told the items are done: a Ray worker (``runtime/ray_worker.py``) runs chunk after chunk.
+    Items that never wait (sync ``apply`` only) run over the chunk as one, as such a stage does."""
     if not chunk:
+        return
+    if not per_record(items):
+        await _push(items, ctx, chunk, 0, None)
         return
     send, receive = anyio.create_memory_object_stream[Chunk](1)
     with send:
