@@ -326,3 +326,32 @@ def test_branches_that_wait_still_run_together_where_sync_ones_share_a_task(run_
     result = chain.run([Scored(score=i) for i in range(50)], output_dir=run_dir)
     assert result.counts["records_out"] == 50 and result.counts["failures"] == 0
     assert {r["ja.score"] - r["jq.score"] for r in read_jsonl(run_dir / "flattened")} == {0}
+
+
+def test_run_records_runs_each_record_on_its_own_and_keeps_the_engines_for_the_next_chunk() -> None:
+    """What a Ray worker runs per chunk (``stages.run_records``): a fast record is flattened before
+    a slow sibling, and the engines stay up after the chunk (the worker runs more chunks)."""
+    from chainette.engines.broker import EngineBroker
+    from chainette.runtime.context import RunContext
+    from chainette.runtime.ray_worker import ChunkResult, ChunkSink
+    from chainette.runtime.stages import run_records
+
+    register_engine("lat", backend="fake", latency=slow_if("slow", 0.3), max_batch_size=1)
+    chain = Chain("c", [qa()])
+    result = ChunkResult()
+
+    async def main() -> list[str]:
+        broker = EngineBroker(Counter({"lat": 1}), idle_timeout=None)
+        ctx = RunContext(ChunkSink(result), broker, lambda kind, data: None)
+        for k, texts in enumerate((["slow 0", "fast 1"], ["fast 2"])):
+            chunk = [
+                Record(f"r{k}{i}", i, Question(text=t), {"input": Question(text=t)})
+                for i, t in enumerate(texts)
+            ]
+            await run_records(chain.items, ctx, chunk)
+            assert broker.running == ["lat"]  # not released after a chunk
+        await broker.aclose()
+        return [row["input.text"] for row in result.flattened]
+
+    assert anyio.run(main) == ["fast 1", "slow 0", "fast 2"]
+    assert len(result.rows) == 3 and not result.failures

@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
+from pydantic import BaseModel
 from tests.helpers import (
     Answer,
     Question,
@@ -33,7 +34,16 @@ from tests.helpers import (
 )
 from typer.testing import CliRunner
 
-from chainette import Chain, ChainDefinitionError, MissingDependencyError, RecordView, apply, register_engine
+from chainette import (
+    Chain,
+    ChainDefinitionError,
+    Loop,
+    MissingDependencyError,
+    RecordView,
+    Step,
+    apply,
+    register_engine,
+)
 from chainette.cli import app
 from chainette.engines.fake import example_for_schema
 from chainette.engines.stub_server import Faults, StubServer
@@ -282,6 +292,51 @@ def test_a_driver_joins_an_existing_cluster_by_address(ray_cluster: Any, tmp_pat
     assert counts["records_out"] == 5
     assert still_connected is False  # the run disconnected from the cluster it joined...
     assert ray_cluster.cluster_resources()["CPU"] == 2  # ...which is still up
+
+
+class Text(BaseModel):
+    text: str
+
+
+def slow_pass(request: Any) -> float:
+    """The fake engine's latency: 1 s for a pass of the record "slow", none for the others."""
+    return 1.0 if "slow" in request.messages[-1]["content"] else 0.0
+
+
+def grow(request: Any) -> dict[str, str]:
+    return {"text": request.messages[-1]["content"] + "+"}
+
+
+def three_passes(text: Text) -> bool:
+    return text.text.count("+") >= 3
+
+
+@pytest.mark.timeout(RAY_TIMEOUT)
+def test_on_ray_a_loops_passes_and_stop_reasons_do_not_depend_on_batch_size_under_a_deadline(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    """In a worker each record of a chunk goes through the chain on its own: with the node-by-node
+    lockstep, the fast records of "slow"'s chunk waited for its passes and hit the deadline too."""
+    register_engine("echo", backend="fake", latency=slow_pass, max_batch_size=1, responder=grow)
+    texts = ["slow", "a", "b", "c"]
+
+    def outcome(batch_size: int) -> dict[str, tuple[int, str]]:
+        step = Step(
+            id="grow", input_model=Text, output_model=Text, engine_name="echo", user_prompt="{{ text }}"
+        )
+        loop = Loop("l", step, until=three_passes, deadline_s=1.5, max_iterations=10)
+        result = Chain("c", [loop], batch_size=batch_size).run(
+            [Text(text=t) for t in texts], tmp_path / str(batch_size), cache="off", executor="ray", replicas=1
+        )
+        rows = read_jsonl(tmp_path / str(batch_size) / "flattened")
+        assert result.counts["records_out"] == 4 and result.metadata["executor"] == "ray"
+        # the loop's own counters came back from the workers and added up (a LoopStats)
+        assert result.metadata["nodes"]["l"]["stop_reasons"] == {"deadline": 1, "until": 3}
+        return {r["input.text"]: (r["l.iterations"], r["l.stop_reason"]) for r in rows}
+
+    one, many = outcome(1), outcome(16)
+    assert one == many
+    assert many == {"slow": (2, "deadline"), "a": (3, "until"), "b": (3, "until"), "c": (3, "until")}
 
 
 def test_a_function_that_cannot_be_pickled_is_refused_naming_its_node(tmp_path: Path) -> None:

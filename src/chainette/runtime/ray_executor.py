@@ -42,7 +42,7 @@ import anyio
 from .._errors import ChainDefinitionError, ExecutorError, MissingDependencyError
 from ..engines.registry import get_engine_config
 from ..graph.chain import ChainGraph
-from .context import RunContext
+from .context import NodeStats, RunContext
 from .options import RunOptions
 from .ray_worker import ChainWorker, ChunkResult, RecordIn
 from .records import Record, dump
@@ -337,13 +337,26 @@ def _write(result: ChunkResult, ctx: RunContext) -> None:
         ctx.on_event("record_failed", {"node": row["node"], "record": row["_id"], "message": row["message"]})
     for row in result.flattened:
         writer.add_flattened(row)
-    for node_id, counters in result.stats.items():
-        stats = ctx.node(node_id)
-        for name, value in counters.items():
-            setattr(stats, name, getattr(stats, name) + value)
+    for node_id, theirs in result.stats.items():
+        _add_stats(ctx, node_id, theirs)
         ctx.progress(node_id)
     for name, described in result.engines.items():
         ctx.broker.described.setdefault(name, described)
+
+
+def _add_stats(ctx: RunContext, node_id: str, theirs: NodeStats) -> None:
+    """A chunk's counters of ``node_id`` added to the run's, of the chunk's kind (a loop's
+    ``LoopStats``: its ``stop_reasons`` added key by key, its ``passes``)."""
+    ours = ctx.stats.get(node_id)
+    if ours is None or (type(ours) is not type(theirs) and isinstance(theirs, type(ours))):
+        ours = ctx.stats[node_id] = type(theirs)(**(vars(ours) if ours is not None else {}))
+    for name, value in vars(theirs).items():
+        if isinstance(value, dict):
+            counts = getattr(ours, name)
+            for key, count in value.items():
+                counts[key] = counts.get(key, 0) + count
+        else:
+            setattr(ours, name, getattr(ours, name) + value)
 
 
 async def _close_workers(ray: Any, actors: list[Any], down: set[int]) -> None:

@@ -5,10 +5,11 @@ wraps the class with ``ray.remote``). It registers the engine definitions the dr
 the run's ledger file (the same SQLite file as every other worker and the driver: WAL, one
 committed transaction per answer) and keeps its own broker, so its engines start on the first
 chunk that needs them and stay up until :meth:`ChainWorker.close`. Each chunk runs through the
-chain's top-level nodes with the runners a local run uses (``dispatch.run_node``, as a served
-trace does), into a sink that only collects: the rows, failures and flattened rows come back to
-the driver in one :class:`ChunkResult`, with the chunk's own node counters, and nothing reaches
-the run folder until the driver has that whole result.
+chain's items as a local per-record stage runs (``stages.run_records``: what needs no waiting
+chunk by chunk, every other record its own task, so none waits for a sibling), into a sink that
+only collects: the rows, failures and flattened rows come back to the driver in one
+:class:`ChunkResult`, with the chunk's own node counters, and nothing reaches the run folder until
+the driver has that whole result (a record done early still waits for its chunk there).
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ from typing import Any
 from ..engines.broker import EngineBroker
 from ..engines.registry import EngineConfig, register_config
 from ..graph.chain import ChainGraph
-from .context import RunContext
-from .dispatch import run_node
+from .context import NodeStats, RunContext
 from .records import Record, coerce
 from .requests import CacheMode, RequestCache
-from .stages import flatten
+from .stages import run_records
 
 __all__ = ["ChainWorker", "ChunkResult", "ChunkSink", "RecordIn"]
 
@@ -47,8 +47,9 @@ class ChunkResult:
     flattened: list[dict[str, Any]] = field(default_factory=list)
     folders: list[str] = field(default_factory=list)
     """Folders a runner opened that the run's layout may not have (a map's, a loop's)."""
-    stats: dict[str, dict[str, int]] = field(default_factory=dict)
-    """This chunk's :class:`~chainette.runtime.context.NodeStats` by node id (counts: they add up)."""
+    stats: dict[str, NodeStats] = field(default_factory=dict)
+    """This chunk's :class:`~chainette.runtime.context.NodeStats` by node id (a loop's are
+    ``LoopStats``: the driver keeps the kind); counts, and counts by key: they add up."""
     engines: dict[str, dict[str, Any]] = field(default_factory=dict)
     """What the worker's started engines say about themselves (``metadata.json``'s ``engines``)."""
     worker: int = 0
@@ -120,7 +121,9 @@ class ChainWorker:
         return os.getpid()
 
     async def run_chunk(self, records: list[RecordIn]) -> ChunkResult:
-        """Run the chain's nodes over ``records``; everything they produced, in one result."""
+        """Run the chain's nodes over ``records``, each record on its own (none waits for a
+        sibling: its loop passes, deadline and requests are its own); everything they produced,
+        in one result."""
         base = self._context()
         result = ChunkResult(worker=os.getpid())
         ctx = replace(base, writer=ChunkSink(result), stats={})  # limiters, broker, ledger: shared
@@ -131,12 +134,8 @@ class ChainWorker:
             value = coerce(model, dumped)
             deadline = None if left is None else now + left
             chunk.append(Record(rid, index, value, {"input": value}, deadline=deadline, budget=budget))
-        for node in self.chain.items:
-            if not chunk:
-                break
-            chunk = await run_node(node, chunk, ctx)
-        result.flattened = [flatten(record) for record in chunk]
-        result.stats = {node_id: stats.as_dict() for node_id, stats in ctx.stats.items()}
+        await run_records(self.chain.items, ctx, chunk)  # each record on its own; flattened by the sink
+        result.stats = ctx.stats
         result.engines = dict(base.broker.described)
         return result
 
