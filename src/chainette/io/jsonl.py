@@ -79,38 +79,41 @@ def _read_chunk(
     handle: Any, name: str, batch_size: int, strict: bool, state: dict[str, int]
 ) -> list[InputItem]:
     chunk: list[InputItem] = []
-    while len(chunk) < batch_size:
-        line = handle.readline()
-        if not line:
-            break
-        state["lineno"] += 1
-        content = line.strip()
-        if not content:
-            continue
-        index = state["index"]
-        state["index"] += 1
-        where = f"{name} line {state['lineno']}"
-        rid = record_id(index, content)
-        try:
-            value = orjson.loads(content)
-        except orjson.JSONDecodeError as exc:
-            message = (
-                _not_utf8(line, where, name)
-                or f"{where}: not valid JSON ({exc}). Fix or remove the line, then run again."
-            )
-            if strict:
-                raise InputError(message) from None
-            chunk.append(InputItem(index, rid, None, where, message, line))
-            continue
-        if not isinstance(value, dict):
-            message = (
-                f"{where}: expected a JSON object, got {type(value).__name__}. Each line must be one object."
-            )
-            if strict:
-                raise InputError(message)
-            chunk.append(InputItem(index, rid, value, where, message, line))
-            continue
-        chunk.append(InputItem(index, rid, value, where, source=line))
+    append, readline, loads = chunk.append, handle.readline, orjson.loads
+    index, lineno = state["index"], state["lineno"]  # kept in locals: this runs per line
+    try:
+        while len(chunk) < batch_size:
+            line = readline()
+            if not line:
+                break
+            lineno += 1
+            content = line.strip()
+            if not content:
+                continue
+            rid = record_id(index, content)
+            index += 1
+            try:
+                value = loads(content)
+            except orjson.JSONDecodeError as exc:
+                where = f"{name} line {lineno}"
+                message = (
+                    _not_utf8(line, where, name)
+                    or f"{where}: not valid JSON ({exc}). Fix or remove the line, then run again."
+                )
+                if strict:
+                    raise InputError(message) from None
+                append(InputItem(index - 1, rid, None, where, message, line))
+                continue
+            if type(value) is not dict and not isinstance(value, dict):
+                where = f"{name} line {lineno}"
+                message = f"{where}: expected a JSON object, got {type(value).__name__}. Each line must be one object."
+                if strict:
+                    raise InputError(message)
+                append(InputItem(index - 1, rid, value, where, message, line))
+                continue
+            append(InputItem(index - 1, rid, value, f"{name} line {lineno}", None, line))
+    finally:
+        state["index"], state["lineno"] = index, lineno
     return chunk
 
 

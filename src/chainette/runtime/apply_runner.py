@@ -7,7 +7,9 @@ the clock only (a blocking call, or a busy machine that preempted the loop) move
 second in a row. So a slow function blocks the loop at most twice, and one preemption on a loaded
 machine no longer sends a cheap node through a thread hop per chunk for the rest of the run. Measured on 2 cores: a thread hop per chunk for a few-microsecond function cost
 more than the function, because the loop and the thread hand the GIL back and forth.
-Async functions are awaited in order.
+Async functions are awaited in order. Consecutive inline nodes (each under budget on its last
+chunk run alone) run in one pass per record, each record goes through all of
+them before the next, with the same outputs, rows, failures and counts (``apply_fused.py``).
 
 With a :class:`~chainette.graph.policy.NodePolicy` that sets ``timeout_s`` or ``retries``, each
 record's call goes through :func:`call_with_policy`: bounded by ``anyio.fail_after`` (a sync
@@ -58,6 +60,8 @@ class _Raised:
 
 
 async def run_apply(node: Apply, chunk: list[Record], ctx: RunContext) -> list[Record]:
+    if ctx.on_chunk is None and _inline(node, ctx):
+        return _run_one(node, chunk, ctx)
     stats = ctx.node(node.id)
     stats.records_in += len(chunk)
     failed_before = stats.failed
@@ -66,18 +70,6 @@ async def run_apply(node: Apply, chunk: list[Record], ctx: RunContext) -> list[R
     policy = node.policy
     declared_in = node.input_model if policy is None or policy.validates_input else None
     in_model = _model_or_none(declared_in)
-    if (
-        policy is None
-        and not node.is_async
-        and not node.wants_record
-        and ctx.on_chunk is None
-        and node.id not in ctx.threaded
-    ):
-        went = _run_inline(node, chunk, ctx, in_model)
-        stats.records_out += len(went)
-        stats.done += len(chunk) - (stats.failed - failed_before)
-        ctx.progress(node.id)
-        return went
     for record in chunk:
         if record.limited:  # a deadline or a token budget: checked before the call
             over = exceeded(record, node.id, f"apply {node.id!r}", ctx.record_deadline_s)
@@ -169,13 +161,40 @@ def _run_inline(
     return out
 
 
+def _inline(node: Any, ctx: RunContext) -> bool:
+    """Whether ``node`` is an ``apply`` that :func:`_run_inline` runs (a sync function on the loop,
+    no policy, no record view, nobody listening for chunks)."""
+    return (
+        isinstance(node, Apply)
+        and node.policy is None
+        and not node.is_async
+        and not node.wants_record
+        and node.id not in ctx.threaded
+    )
+
+
+def _run_one(node: Apply, chunk: list[Record], ctx: RunContext) -> list[Record]:
+    """What :func:`run_apply` does for an inline node, without the coroutine."""
+    stats = ctx.node(node.id)
+    stats.records_in += len(chunk)
+    failed_before = stats.failed
+    went = _run_inline(node, chunk, ctx, _model_or_none(node.input_model))
+    stats.records_out += len(went)
+    stats.done += len(chunk) - (stats.failed - failed_before)
+    ctx.progress(node.id)
+    return went
+
+
 def _timed(node: Apply, ctx: RunContext, started: float, cpu: float) -> None:
     """Move the node to a worker thread when its chunk held the loop past ``INLINE_BUDGET_S``:
     at once when that time was the loop's own work (CPU), else at the second such chunk in a row
     (a blocking call, or a busy machine that took the CPU away mid-chunk once)."""
     if time.perf_counter() - started <= INLINE_BUDGET_S:
         ctx.slow_once.discard(node.id)
-    elif time.thread_time() - cpu > INLINE_BUDGET_S / 2 or node.id in ctx.slow_once:
+        ctx.cheap.add(node.id)
+        return
+    ctx.cheap.discard(node.id)
+    if time.thread_time() - cpu > INLINE_BUDGET_S / 2 or node.id in ctx.slow_once:
         ctx.threaded.add(node.id)
     else:
         ctx.slow_once.add(node.id)

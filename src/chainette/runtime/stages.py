@@ -42,6 +42,7 @@ from pydantic import BaseModel
 
 from ..graph.chain import ChainGraph
 from ..graph.nodes import Node
+from .apply_fused import fused_run, run_fused
 from .context import RunContext
 from .dispatch import runner_for
 from .held_rows import ChunkRows, HeldRows
@@ -433,10 +434,17 @@ async def _push(
 ) -> None:
     """Run ``items[start:]`` over ``chunk`` and hand the result on (or write it, or, given
     ``collect``, keep it there)."""
-    for i in range(start, len(items)):
-        if not chunk:
-            break
+    i = start
+    while i < len(items) and chunk:
+        end = fused_run(items, i, ctx, _run_of)
+        if end > i:  # sync applies on the loop, one pass per record through all of them
+            chunk = run_fused(items[i:end], chunk, ctx)
+            i = end
+            if passed is not None:
+                await passed[0].passed(passed[1], i)
+            continue
         item = items[i]
+        i += 1
         runner = runner_for(item)
         observe = ctx.observe_nodes  # a traced run: every node timed, its passes gathered
         if observe is not None:
@@ -444,15 +452,19 @@ async def _push(
             continue
         if item.streams and runner.stream is not None:  # many outputs per record: a pass at a time
             async for part in runner.stream(item, chunk, ctx):
-                await _push(items, ctx, part, i + 1, send, collect=collect)
+                await _push(items, ctx, part, i, send, collect=collect)
             return
         chunk = await runner.run(item, chunk, ctx)
         if passed is not None:
-            await passed[0].passed(passed[1], i + 1)
+            await passed[0].passed(passed[1], i)
     if collect is not None:
         collect.extend(chunk)
     else:
         await _hand_on(chunk, ctx, send)
+
+
+def _run_of(node: Node) -> Any:
+    return runner_for(node).run
 
 
 async def _hand_on(chunk: Chunk, ctx: RunContext, send: MemoryObjectSendStream[Chunk] | None) -> None:
