@@ -16,18 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .._errors import ApplyError
 from . import apply_runner
-from .apply_runner import (
-    _coerce,
-    _inline,
-    _model_or_none,
-    _outputs,
-    _Raised,
-    _write,
-    run_apply,
-)
-from .budgets import exceeded
+from .apply_runner import _inline, plan_of, run_apply, through
 from .context import RunContext
 from .records import Record
 
@@ -55,9 +45,9 @@ def fused_run(items: Sequence[Any], start: int, ctx: RunContext, runner: Callabl
 
 def run_fused(nodes: Sequence[Any], chunk: list[Record], ctx: RunContext) -> list[Record]:
     """Consecutive inline ``apply`` nodes in one pass per record: each record goes through all of
-    them before the next starts. Outputs, rows, failures and counters are those of running the
-    nodes one after the other (:func:`_run_inline`); only the interleaving of different nodes'
-    rows within the chunk differs. Only nodes whose last chunk, timed on its own, was under
+    them before the next starts (``apply_runner.through``, the pass a lone inline node runs too).
+    Outputs, rows, failures and counters are those of running the nodes one after the other; only
+    the interleaving of different nodes' rows within the chunk differs. Only nodes whose last chunk, timed on its own, was under
     ``INLINE_BUDGET_S`` are fused (``ctx.cheap``; so each node's first chunk runs alone); a fused
     pass over budget cannot say which node was slow, so its nodes run alone again, each timed
     (and moved to a worker thread as :func:`_timed` decides, which then ends the run)."""
@@ -65,22 +55,11 @@ def run_fused(nodes: Sequence[Any], chunk: list[Record], ctx: RunContext) -> lis
     stats = [ctx.node(node.id) for node in nodes]
     failed_before = [s.failed for s in stats]
     change = [0] * count  # outputs minus inputs at each node (records dropped, or fanned out)
-    plan = [
-        (
-            node,
-            node.fn,
-            node.key,
-            node.write,
-            node.input_model,
-            _model_or_none(node.input_model),
-            _model_or_none(node.output_model),
-        )
-        for node in nodes
-    ]
+    plan = [plan_of(node) for node in nodes]
     out: list[Record] = []
     started = time.perf_counter()
     for record in chunk:
-        _through(plan, change, out, ctx, record, 0)
+        through(plan, change, out, ctx, record, 0)
     if time.perf_counter() - started > apply_runner.INLINE_BUDGET_S:  # read here: tests change it
         ctx.cheap.difference_update(node.id for node in nodes)
     n_in = len(chunk)
@@ -91,50 +70,3 @@ def run_fused(nodes: Sequence[Any], chunk: list[Record], ctx: RunContext) -> lis
         n_in += delta
         ctx.progress(node.id)
     return out
-
-
-def _through(
-    plan: list[Any],
-    change: list[int],
-    out: list[Record],
-    ctx: RunContext,
-    record: Record,
-    j: int,
-) -> None:
-    """``record`` through the fused nodes ``plan[j:]`` (what :func:`_run_inline` does at each),
-    each record dropped or fanned out counted in ``change``; what comes out of the last goes in ``out``. A module function,
-    not a closure: a closure calling itself is a reference cycle, which kept every chunk's records
-    alive until the cyclic collector ran (5x the collections, 0.7 s per 200k records)."""
-    count = len(plan)
-    while j < count:
-        node, fn, key, write, declared_in, in_model, out_model = plan[j]
-        if record.deadline is not None or record.budget is not None:  # record.limited
-            over = exceeded(record, node.id, f"apply {node.id!r}", ctx.record_deadline_s)
-            if over is not None:
-                ctx.fail(record, over)
-                change[j] -= 1
-                return
-        value = record.value
-        if in_model is None or not isinstance(value, in_model):
-            value = _coerce(node, record, declared_in, value, "input")
-            if isinstance(value, ApplyError):
-                ctx.fail(record, value)
-                change[j] -= 1
-                return
-        try:
-            result = fn(value)
-        except Exception as exc:
-            result = _Raised(exc)
-        if out_model is not None and isinstance(result, out_model):
-            record.history[key] = result  # record.advance, inline
-            record.value = result
-            if write:
-                _write(node, record, ctx)
-            j += 1
-            continue
-        went = _outputs(node, record, result, ctx, node.output_model)
-        change[j] += len(went) - 1
-        for child in went:  # none (filtered, failed), one, or a fan-out's children
-            _through(plan, change, out, ctx, child, j + 1)
-        return
-    out.append(record)

@@ -127,24 +127,65 @@ def _run_inline(
 ) -> list[Record]:
     """The usual case in one pass per record: a sync function on the loop, no policy, no record
     view, nobody listening for chunks (what the general path does, without its three lists)."""
-    fn, key, write = node.fn, node.key, node.write
-    declared_in, out_model = node.input_model, _model_or_none(node.output_model)
+    plan = [plan_of(node, in_model)]
+    change = [0]
     out: list[Record] = []
     started, cpu = time.perf_counter(), time.thread_time()
     for record in chunk:
-        if (
-            record.deadline is not None or record.budget is not None
-        ):  # record.limited: checked before the call
+        through(plan, change, out, ctx, record, 0)
+    _timed(node, ctx, started, cpu)
+    return out
+
+
+Plan = tuple[Apply, Any, str, bool, Any, type[BaseModel] | None, type[BaseModel] | None]
+"""What :func:`through` needs of an inline node: the node, its function, key, write flag,
+declared input model, and its input and output models as classes (or None)."""
+
+
+def plan_of(node: Apply, in_model: type[BaseModel] | None = None) -> Plan:
+    """``node`` as :func:`through` runs it (``in_model``: its input model's class, if known)."""
+    if in_model is None:
+        in_model = _model_or_none(node.input_model)
+    return (
+        node,
+        node.fn,
+        node.key,
+        node.write,
+        node.input_model,
+        in_model,
+        _model_or_none(node.output_model),
+    )
+
+
+def through(
+    plan: list[Plan],
+    change: list[int],
+    out: list[Record],
+    ctx: RunContext,
+    record: Record,
+    j: int,
+) -> None:
+    """``record`` through the inline nodes ``plan[j:]``, one after the other: limits checked,
+    input coerced, the function called, the output written; each record dropped or fanned out at
+    a node counted in ``change``; what comes out of the last goes in ``out``. A module function,
+    not a closure: a closure calling itself is a reference cycle, which kept every chunk's records
+    alive until the cyclic collector ran (5x the collections, 0.7 s per 200k records)."""
+    count = len(plan)
+    while j < count:
+        node, fn, key, write, declared_in, in_model, out_model = plan[j]
+        if record.deadline is not None or record.budget is not None:  # record.limited
             over = exceeded(record, node.id, f"apply {node.id!r}", ctx.record_deadline_s)
             if over is not None:
                 ctx.fail(record, over)
-                continue
+                change[j] -= 1
+                return
         value = record.value
         if in_model is None or not isinstance(value, in_model):
             value = _coerce(node, record, declared_in, value, "input")
             if isinstance(value, ApplyError):
                 ctx.fail(record, value)
-                continue
+                change[j] -= 1
+                return
         try:
             result = fn(value)
         except Exception as exc:
@@ -154,11 +195,14 @@ def _run_inline(
             record.value = result
             if write:
                 _write(node, record, ctx)
-            out.append(record)
-        else:
-            out.extend(_outputs(node, record, result, ctx, node.output_model))
-    _timed(node, ctx, started, cpu)
-    return out
+            j += 1
+            continue
+        went = _outputs(node, record, result, ctx, node.output_model)
+        change[j] += len(went) - 1
+        for child in went:  # none (filtered, failed), one, or a fan-out's children
+            through(plan, change, out, ctx, child, j + 1)
+        return
+    out.append(record)
 
 
 def _inline(node: Any, ctx: RunContext) -> bool:
