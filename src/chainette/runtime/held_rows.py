@@ -39,14 +39,14 @@ class HeldRows:
         self.rows = []
 
 
-class ChunkRows:
+class ChunkRows(HeldRows):
     """(ordered, a chunk's fast path) The node rows of a chunk's records, held in the order they
     came: all together when the whole chunk is done at once (:meth:`whole`), else split by record
-    (``_index``) into each one's held rows (:meth:`split`), where later rows then go directly."""
+    (``_index``) into each one's held rows (:meth:`split`), where later rows then go directly;
+    failures, flattened rows and folders go through as a record's held rows send them."""
 
     def __init__(self, sink: RecordSink) -> None:
-        self.sink = sink
-        self.rows: list[tuple[str, dict[str, Any]]] = []
+        super().__init__(sink)
         self.held: dict[int, HeldRows] | None = None
 
     def whole(self) -> HeldRows:
@@ -71,15 +71,3 @@ class ChunkRows:
             self.sink.add(key, row)
         else:
             rows.add(key, row)
-
-    def add_failure(self, row: dict[str, Any]) -> None:
-        self.sink.add_failure(row)
-
-    def add_flattened(self, row: dict[str, Any]) -> None:
-        self.sink.add_flattened(row)
-
-    def open_folder(self, key: str) -> None:
-        self.sink.open_folder(key)
-
-    async def maybe_flush(self) -> None:
-        """Nothing to flush before the records' turns."""
