@@ -92,10 +92,10 @@ def _read_chunk(
                 continue
             rid = record_id(index, content)
             index += 1
+            where = f"{name} line {lineno}"
             try:
                 value = loads(content)
             except orjson.JSONDecodeError as exc:
-                where = f"{name} line {lineno}"
                 message = (
                     _not_utf8(line, where, name)
                     or f"{where}: not valid JSON ({exc}). Fix or remove the line, then run again."
@@ -104,14 +104,13 @@ def _read_chunk(
                     raise InputError(message) from None
                 append(InputItem(index - 1, rid, None, where, message, line))
                 continue
-            if type(value) is not dict and not isinstance(value, dict):
-                where = f"{name} line {lineno}"
+            if not isinstance(value, dict):
                 message = f"{where}: expected a JSON object, got {type(value).__name__}. Each line must be one object."
                 if strict:
                     raise InputError(message)
                 append(InputItem(index - 1, rid, value, where, message, line))
                 continue
-            append(InputItem(index - 1, rid, value, f"{name} line {lineno}", None, line))
+            append(InputItem(index - 1, rid, value, where, None, line))
     finally:
         state["index"], state["lineno"] = index, lineno
     return chunk
