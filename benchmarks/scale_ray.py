@@ -1,11 +1,13 @@
 """The Ray executor against the local one: one chain, one stub server with a fixed latency per request.
 
     .venv/bin/python benchmarks/scale_ray.py [--records 1000] [--latency 0.1] [--replicas 2] [--rounds 2]
+    .venv/bin/python benchmarks/scale_ray.py --latency 2 --slow-rate 0.1   # 10 % of requests 2 s late
 
 Section (b) of ``benchmarks/scale.py`` (which calls :func:`main_section`), runnable on its own.
 A one-step chain (``Question → Answer`` on an ``openai`` engine) runs over the same records on
 Chainette's stub OpenAI-compatible server, started in its own process on 127.0.0.1 and answering
-every request after ``--latency`` seconds, with the ledger off so both sides send every request:
+every request after ``--latency`` seconds (with ``--slow-rate r``: a share ``r`` of them, the
+rest at once: a tail), with the ledger off so both sides send every request:
 
 - **local**: ``executor="local"``, ``workers = replicas × workers`` chunks in flight;
 - **ray**: ``executor="ray"`` with ``--replicas`` actors and ``--workers`` chunks each, the same
@@ -37,6 +39,7 @@ from http_client import Answer, Question, free_port  # the same one-step shape a
 DEFAULTS: dict[str, Any] = {
     "ray_records": 1000,
     "ray_latency": 0.1,
+    "ray_slow_rate": 1.0,
     "ray_replicas": 2,
     "ray_workers": 4,
     "ray_batch_size": 16,
@@ -46,13 +49,13 @@ DEFAULTS: dict[str, Any] = {
 pass a namespace without them: these are used then)."""
 
 
-def start_stub(latency: float) -> tuple[subprocess.Popen[bytes], str]:
-    """The stub server in its own process, every answer ``latency`` seconds late."""
+def start_stub(latency: float, rate: float = 1.0) -> tuple[subprocess.Popen[bytes], str]:
+    """The stub server in its own process, a share ``rate`` of its answers ``latency`` seconds late."""
     port = free_port()
     code = (
         "import asyncio\n"
         "from chainette.engines.stub_server import Faults, StubServer\n"
-        f"server = StubServer(port={port}, faults=Faults(rate_slow=1.0, slow_seconds={latency!r}))\n"
+        f"server = StubServer(port={port}, faults=Faults(rate_slow={rate!r}, slow_seconds={latency!r}))\n"
         "asyncio.run(server.serve_forever())\n"
     )
     proc = subprocess.Popen(
@@ -104,9 +107,11 @@ def main_section(args: argparse.Namespace) -> dict[str, float]:
     chain = _chain(opt["ray_batch_size"])
     records = [Question(text=f"question {i}") for i in range(n)]
     in_flight = replicas * workers * opt["ray_batch_size"]
-    proc, base_url = start_stub(opt["ray_latency"])
+    rate = opt["ray_slow_rate"]
+    proc, base_url = start_stub(opt["ray_latency"], rate)
+    late = f"stub latency {opt['ray_latency']} s" + (f" for {rate:.0%} of requests" if rate < 1 else "")
     print(
-        f"(b) Ray executor against local: {n} records, one step, stub latency {opt['ray_latency']} s, "
+        f"(b) Ray executor against local: {n} records, one step, {late}, "
         f"{replicas} replicas × {workers} chunks × {opt['ray_batch_size']} records (≤ {in_flight} requests in flight)"
     )
     local_rps: list[float] = []
@@ -130,7 +135,7 @@ def main_section(args: argparse.Namespace) -> dict[str, float]:
         proc.kill()
         proc.wait()
     local, on_ray = statistics.median(local_rps), statistics.median(ray_rps)
-    ideal = in_flight / opt["ray_latency"]
+    ideal = in_flight / (opt["ray_latency"] * rate)  # in flight over the mean latency
     print(f"    ray.init (local instance, once): {ray_init:.1f} s")
     print(
         f"    local: {local:8.1f} req/s   ray: {on_ray:8.1f} req/s   (latency-bound ideal {ideal:.0f} req/s)"
@@ -143,6 +148,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """This section's options (``scale.py`` may add them to its own parser)."""
     parser.add_argument("--records", dest="ray_records", type=int, default=DEFAULTS["ray_records"])
     parser.add_argument("--latency", dest="ray_latency", type=float, default=DEFAULTS["ray_latency"])
+    parser.add_argument(
+        "--slow-rate",
+        dest="ray_slow_rate",
+        type=float,
+        default=DEFAULTS["ray_slow_rate"],
+        help="Share of requests that are --latency late (the rest answered at once)",
+    )
     parser.add_argument("--replicas", dest="ray_replicas", type=int, default=DEFAULTS["ray_replicas"])
     parser.add_argument("--workers", dest="ray_workers", type=int, default=DEFAULTS["ray_workers"])
     parser.add_argument("--batch-size", dest="ray_batch_size", type=int, default=DEFAULTS["ray_batch_size"])

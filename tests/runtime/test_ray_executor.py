@@ -5,6 +5,7 @@ One local Ray instance (2 CPUs) serves the module's Ray runs; it is shut down at
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -337,6 +338,80 @@ def test_on_ray_a_loops_passes_and_stop_reasons_do_not_depend_on_batch_size_unde
     one, many = outcome(1), outcome(16)
     assert one == many
     assert many == {"slow": (2, "deadline"), "a": (3, "until"), "b": (3, "until"), "c": (3, "until")}
+
+
+def slow_answer(pid_file: str, seconds: float, request: Any) -> float:
+    """The fake engine's latency: ``seconds`` for the record "slow" (its worker's process id noted
+    in ``pid_file``), none for the others."""
+    if "slow" not in request.messages[-1]["content"]:
+        return 0.0
+    Path(pid_file).write_text(str(os.getpid()))
+    return seconds
+
+
+@pytest.mark.timeout(RAY_TIMEOUT)
+def test_on_ray_a_fast_record_is_written_before_a_slow_one_of_its_chunk_finishes(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    """A worker hands each record back as soon as it is done: the driver writes the nine fast
+    records of a chunk (and counts them) while the slow one is still waiting for its answer."""
+    latency = functools.partial(slow_answer, str(tmp_path / "pid"), 2.0)
+    register_engine("lat", backend="fake", latency=latency, max_batch_size=1)
+    texts = ["slow one", *(f"fast {i}" for i in range(9))]
+    done: list[int] = []
+
+    def note(kind: str, data: dict[str, Any]) -> None:
+        if kind == "node_progress" and data["node"] == "qa":
+            done.append(data["done"])
+
+    result = Chain("c", [qa_step("lat")], batch_size=64).run(
+        [Question(text=t) for t in texts], tmp_path / "run", executor="ray", replicas=1, on_event=note
+    )
+    rows = read_jsonl(tmp_path / "run" / "flattened")
+    assert len(by_id(rows)) == 10 and result.counts["failures"] == 0
+    assert rows[-1]["input.text"] == "slow one" and rows[-1]["_index"] == 0  # one chunk: it came last
+    # the driver counted the nine fast ones before the slow one came back (a whole chunk: [10])
+    assert 9 in done and done[-1] == 10
+    assert result.metadata["nodes"]["qa"]["records_out"] == 10
+
+
+@pytest.mark.timeout(RAY_TIMEOUT)
+def test_a_worker_lost_mid_chunk_is_sent_again_only_what_it_had_not_handed_back(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    """The worker running a chunk of 8 is killed once it has handed back 7 records (the 8th waits
+    3 s for its answer): only the 8th is sent again. The 7 are written once and not asked again,
+    not even of the ledger (sending the whole chunk again took their answers from it)."""
+    pid_file = tmp_path / "pid"
+    latency = functools.partial(slow_answer, str(pid_file), 3.0)
+    register_engine("lat", backend="fake", latency=latency, max_batch_size=1)
+    texts = [*(f"fast {i}" for i in range(7)), "slow one"]
+    killed: list[int] = []
+
+    def kill_once_seven_are_back(kind: str, data: dict[str, Any]) -> None:
+        if kind == "node_progress" and data["node"] == "qa" and data["done"] == 7 and not killed:
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    result = Chain("c", [qa_step("lat")], batch_size=8).run(
+        [Question(text=t) for t in texts],
+        tmp_path / "run",
+        ledger=tmp_path / "ledger.sqlite",
+        executor="ray",
+        replicas=2,
+        workers=1,
+        on_event=kill_once_seven_are_back,
+    )
+    assert killed
+    meta = result.metadata
+    assert meta["status"] == "completed" and meta["ray"]["chunks_retried"] == 1
+    assert (
+        len(by_id(read_jsonl(result.path / "flattened"))) == 8 == len(by_id(read_jsonl(result.path / "qa")))
+    )
+    assert read_jsonl(result.path / "failures.jsonl") == []
+    assert meta["cache"]["hits"] == 0 and meta["cache"]["sent"] == 8  # the slow one's second try only
+    assert meta["nodes"]["qa"]["records_out"] == 8
 
 
 def test_a_function_that_cannot_be_pickled_is_refused_naming_its_node(tmp_path: Path) -> None:

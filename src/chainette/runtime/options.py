@@ -51,7 +51,8 @@ class RunOptions:
     workers: int = 4
     """Kept for compatibility: no longer the unit of waiting (records move on one by one, see
     ``runtime/stages.py``). Locally it only sizes the default ``max_in_flight`` (at least
-    ``batch_size × workers``); with ``executor="ray"``, chunks in flight per actor."""
+    ``batch_size × workers``); with ``executor="ray"``, ``batch_size × workers`` records in
+    flight per actor."""
     buffer: int = 4
     """Chunks buffered between two stages (backpressure bound)."""
     max_in_flight: int | None = None

@@ -8,16 +8,20 @@ the middle differs (:func:`run_on_ray` instead of the local stages). The driver 
 2. starts ``replicas`` actors (:class:`~chainette.runtime.ray_worker.ChainWorker`): each gets the
    chain (pickled once, ``ray.put``), the engine definitions registered here and the ledger's
    path, and holds its own engines for the length of the run;
-3. hands each chunk to an actor with a free slot (at most ``workers`` chunks per actor, so at
-   most ``replicas × workers`` are out: a slow cluster makes the reading wait), and when a
-   chunk's result comes back, whole, writes its rows through the run's one ``RunWriter`` and adds
-   its node counters to the run's, which ``metadata.json`` reports as for a local run.
+3. hands each chunk to the actor with the most room (at most ``workers × batch_size`` records in
+   flight per actor, so ``replicas × workers × batch_size`` in all: a slow cluster makes the
+   reading wait); the actor hands back each record as soon as it is done (a Ray streaming
+   generator, :meth:`~chainette.runtime.ray_worker.ChainWorker.run_chunk`), and the driver writes
+   its rows through the run's one ``RunWriter``, adds its node counters to the run's (which
+   ``metadata.json`` reports as for a local run) and gives its room back: a record never waits
+   for its siblings, neither to be written nor to let the next chunk in.
 
 The actors are spread over the cluster's nodes. A killed worker (its process, or its whole node)
-loses nothing and duplicates nothing: the driver sends its chunks again to actors that answer,
-while Ray restarts it where there is room (``max_restarts``; its slots come back once it answers);
-rows are written only from a result that arrived whole, and the answers the dead worker had
-already received are in the ledger, so the second try gets them from it. A chunk lost more than
+loses nothing and duplicates nothing: the driver sends the records of its chunks that it had not
+handed back to actors that answer, while Ray restarts it where there is room (``max_restarts``;
+its room comes back once it answers); rows are written only from a record's result that arrived
+whole, and the answers the dead worker had already received are in the ledger, so the second try
+gets them from it. A chunk lost more than
 ``MAX_RESTARTS`` times, or every actor lost for ``REVIVE_TIMEOUT_S``, stops the run with
 :class:`ExecutorError`, and ``--resume`` continues it.
 
@@ -42,9 +46,9 @@ import anyio
 from .._errors import ChainDefinitionError, ExecutorError, MissingDependencyError
 from ..engines.registry import get_engine_config
 from ..graph.chain import ChainGraph
-from .context import NodeStats, RunContext
+from .context import RunContext
 from .options import RunOptions
-from .ray_worker import ChainWorker, ChunkResult, RecordIn
+from .ray_worker import ChainWorker, ChunkResult, RecordIn, add_stats
 from .records import Record, dump
 from .run_shared import first_error as _first_error
 from .run_shared import read_records
@@ -59,8 +63,9 @@ __all__ = [
 ]
 
 MAX_RESTARTS = 3
-"""Times an actor is restarted after its process (or its node) died, and times a chunk is sent
-again after its actor was lost (a chunk is only ever written once: from the try that returned)."""
+"""Times an actor is restarted after its process (or its node) died, and times a chunk's records
+not handed back yet are sent again after its actor was lost (a record is only ever written once:
+from the try that handed it back)."""
 OBJECT_STORE_BYTES = 256 * 1024 * 1024
 """The object store of a local Ray instance: chunks and their results are small."""
 REVIVE_TIMEOUT_S = 120.0
@@ -182,32 +187,41 @@ async def _stream(
     actors: list[Any],
     seen: dict[str, Any],
 ) -> None:
-    """Read, send each chunk to a free slot, write each result as it comes back; a chunk whose
-    actor was lost goes to another slot (see :class:`_Pool`)."""
+    """Read, send each chunk to the actor with room for it, write each record's result as it
+    comes back; the records a lost actor had not handed back go to another (see :class:`_Pool`)."""
 
     async def one(pool: _Pool, slot: int, records: list[Record]) -> None:
+        left = {record.id: record for record in records}
         for attempt in range(MAX_RESTARTS + 1):
             try:
-                result = await _call(ray, actors[slot].run_chunk.remote(_records_in(records)), records)
+                parts = (
+                    actors[slot]
+                    .run_chunk.options(num_returns="streaming")
+                    .remote(_records_in(list(left.values())))
+                )
+                async for ref in parts:
+                    part = await _call(ray, ref)
+                    for rid in part.done:
+                        del left[rid]
+                    pool.give_back(slot, len(part.done))
+                    seen["pids"].add(part.worker)
+                    _write(part, ctx)
+                    await ctx.writer.maybe_flush()
             except ray.exceptions.RayActorError as exc:
-                pool.lost(slot)
+                pool.lost(slot, len(left))
                 if attempt == MAX_RESTARTS:
-                    raise _lost(records, exc) from exc
+                    raise _lost(list(left.values()), exc) from exc
                 pool.retried += 1
-                slot = await pool.take()
+                slot = await pool.take(len(left))
             else:
-                break
-        pool.give_back(slot)
-        seen["pids"].add(result.worker)
-        _write(result, ctx)
-        await ctx.writer.maybe_flush()
+                return
 
     async with anyio.create_task_group() as keeper:  # the watchers of lost actors
-        pool = _Pool(ray, actors, max(1, opts.workers), keeper)
+        pool = _Pool(ray, actors, max(1, opts.workers) * chain.batch_size, keeper)
         try:
             async with anyio.create_task_group() as tg:
                 async for records in read_records(chain, inputs, opts, ctx, counts):
-                    slot = await pool.take()  # backpressure: wait for a chunk to come back
+                    slot = await pool.take(len(records))  # backpressure: wait for records to come back
                     tg.start_soon(one, pool, slot, records)
         finally:
             seen["down"], seen["retried"] = pool.down(), pool.retried
@@ -215,8 +229,8 @@ async def _stream(
             await pool.aclose()
 
 
-async def _call(ray: Any, ref: Any, records: list[Record]) -> ChunkResult:
-    """The chunk's result; a worker's error raised as itself (a lost worker: ``RayActorError``)."""
+async def _call(ray: Any, ref: Any) -> ChunkResult:
+    """A part of the chunk's result; a worker's error raised as itself (a lost worker: ``RayActorError``)."""
     try:
         result: ChunkResult = await ref
     except ray.exceptions.RayTaskError as exc:
@@ -232,44 +246,57 @@ def _lost(records: list[Record], exc: BaseException) -> ExecutorError:
         f"The Ray workers running records {records[0].id}..{records[-1].id} (inputs "
         f"{records[0].index}..{records[-1].index}) were lost {MAX_RESTARTS + 1} times (a process or "
         f"a node died): {exc}. "
-        "The run folder holds every chunk that finished; rerun with resume=True (--resume): "
+        "The run folder holds every record that finished; rerun with resume=True (--resume): "
         "answers already in the ledger are not sent again."
     )
 
 
 class _Pool:
-    """The actors' slots (``workers`` per actor). A chunk takes a free slot and gives it back with
-    its result. A chunk whose actor is lost (its process or its node died: ``RayActorError``) parks
-    that slot and goes to another free one; the lost actor's slots come back once it answers
-    again (Ray restarts it where there is room, ``max_restarts``). If no actor answers for
-    ``REVIVE_TIMEOUT_S`` while all are lost, the run stops with :class:`ExecutorError`."""
+    """The actors' room: ``per_actor`` records in flight on each. A chunk goes to the actor with
+    the most room once it has room for the whole chunk; each record handed back gives its room
+    back. The records of a chunk whose actor is lost (its process or its node died:
+    ``RayActorError``) park their room on that actor and go to another; the lost actor's room
+    comes back once it answers again (Ray restarts it where there is room, ``max_restarts``). If no
+    actor answers for ``REVIVE_TIMEOUT_S`` while all are lost, the run stops with
+    :class:`ExecutorError`."""
 
     def __init__(self, ray: Any, actors: list[Any], per_actor: int, tg: Any) -> None:
         self.ray = ray
         self.actors = actors
         self.tg = tg
+        self.room = [per_actor] * len(actors)
+        """Actor index → records it may still take."""
         self.parked: dict[int, int] = {}
-        """Actor index → its slots waiting for it to answer again."""
+        """Actor index → room of the records it lost, given back once it answers again."""
         self.gone: set[int] = set()
         """Actors that will not come back (their restarts spent)."""
         self.retried = 0
-        """Chunks sent again because their actor was lost."""
+        """Chunks sent again (their records not handed back) because their actor was lost."""
         self._all_lost_since: float | None = None
-        self._send, self._free = anyio.create_memory_object_stream[int](len(actors) * per_actor)
-        for _ in range(per_actor):
-            for i in range(len(actors)):
-                self._send.send_nowait(i)
+        self._changed = anyio.Event()
 
-    async def take(self) -> int:
-        return await self._free.receive()
+    async def take(self, n: int) -> int:
+        """An actor with room for ``n`` records (the one with the most), its room taken."""
+        while True:
+            up = [i for i in range(len(self.actors)) if i not in self.parked and i not in self.gone]
+            best = max(up, key=self.room.__getitem__, default=None)
+            if best is not None and self.room[best] >= n:
+                self.room[best] -= n
+                return best
+            if self._changed.is_set():
+                self._changed = anyio.Event()
+            await self._changed.wait()
 
-    def give_back(self, slot: int) -> None:
-        self._send.send_nowait(slot)
+    def give_back(self, slot: int, n: int) -> None:
+        self.room[slot] += n
+        self._changed.set()
 
-    def lost(self, slot: int) -> None:
-        """``slot``'s actor did not answer: park the slot until it does (one watcher per actor)."""
-        self.parked[slot] = self.parked.get(slot, 0) + 1
-        if self.parked[slot] == 1:
+    def lost(self, slot: int, n: int) -> None:
+        """``slot``'s actor did not answer: park the room of its ``n`` records until it does (one
+        watcher per actor)."""
+        first = slot not in self.parked
+        self.parked[slot] = self.parked.get(slot, 0) + n
+        if first:
             self.tg.start_soon(self._revive, slot)
 
     def down(self) -> set[int]:
@@ -287,11 +314,11 @@ class _Pool:
                 except exceptions.RayActorError:  # dead for good
                     self.gone.add(i)
                     del self.parked[i]
+                    self._changed.set()
                     self._check_any_left()
                     return
                 else:
-                    for _ in range(self.parked.pop(i)):
-                        self._send.send_nowait(i)
+                    self.give_back(i, self.parked.pop(i))
                     self._all_lost_since = None
                     return
             self._check_any_left()
@@ -307,14 +334,13 @@ class _Pool:
             raise ExecutorError(
                 f"Every Ray worker of the run was lost ({len(self.actors)} actors) and none came back "
                 f"within {REVIVE_TIMEOUT_S:.0f} s (restarted {MAX_RESTARTS} times at most, where the "
-                "cluster has room for them). The run folder holds every chunk that finished; rerun "
+                "cluster has room for them). The run folder holds every record that finished; rerun "
                 "with resume=True (--resume) once the cluster has room: answers already in the "
                 "ledger are not sent again."
             )
 
     async def aclose(self) -> None:
-        await self._send.aclose()
-        await self._free.aclose()
+        self._changed.set()
 
 
 def _records_in(records: list[Record]) -> list[RecordIn]:
@@ -326,7 +352,7 @@ def _records_in(records: list[Record]) -> list[RecordIn]:
 
 
 def _write(result: ChunkResult, ctx: RunContext) -> None:
-    """One chunk's rows into the run folder, its counters into the run's (then progress events)."""
+    """Some records' rows into the run folder, its counters into the run's (then progress events)."""
     writer = ctx.writer
     for key in result.folders:
         writer.open_folder(key)
@@ -338,25 +364,10 @@ def _write(result: ChunkResult, ctx: RunContext) -> None:
     for row in result.flattened:
         writer.add_flattened(row)
     for node_id, theirs in result.stats.items():
-        _add_stats(ctx, node_id, theirs)
+        add_stats(ctx.stats, node_id, theirs)
         ctx.progress(node_id)
     for name, described in result.engines.items():
         ctx.broker.described.setdefault(name, described)
-
-
-def _add_stats(ctx: RunContext, node_id: str, theirs: NodeStats) -> None:
-    """A chunk's counters of ``node_id`` added to the run's, of the chunk's kind (a loop's
-    ``LoopStats``: its ``stop_reasons`` added key by key, its ``passes``)."""
-    ours = ctx.stats.get(node_id)
-    if ours is None or (type(ours) is not type(theirs) and isinstance(theirs, type(ours))):
-        ours = ctx.stats[node_id] = type(theirs)(**(vars(ours) if ours is not None else {}))
-    for name, value in vars(theirs).items():
-        if isinstance(value, dict):
-            counts = getattr(ours, name)
-            for key, count in value.items():
-                counts[key] = counts.get(key, 0) + count
-        else:
-            setattr(ours, name, getattr(ours, name) + value)
 
 
 async def _close_workers(ray: Any, actors: list[Any], down: set[int]) -> None:

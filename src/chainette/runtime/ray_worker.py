@@ -1,22 +1,28 @@
-"""One worker of the Ray executor: the chain's engines, and the chain run over one chunk at a time.
+"""One worker of the Ray executor: the chain's engines, and the chain run over the records it is sent.
 
 A :class:`ChainWorker` is what each Ray actor holds (this module never imports Ray: the driver
 wraps the class with ``ray.remote``). It registers the engine definitions the driver sent, opens
 the run's ledger file (the same SQLite file as every other worker and the driver: WAL, one
 committed transaction per answer) and keeps its own broker, so its engines start on the first
-chunk that needs them and stay up until :meth:`ChainWorker.close`. Each chunk runs through the
-chain's items as a local per-record stage runs (``stages.run_records``: what needs no waiting
-chunk by chunk, every other record its own task, so none waits for a sibling), into a sink that
-only collects: the rows, failures and flattened rows come back to the driver in one
-:class:`ChunkResult`, with the chunk's own node counters, and nothing reaches the run folder until
-the driver has that whole result (a record done early still waits for its chunk there).
+chunk that needs them and stay up until :meth:`ChainWorker.close`.
+
+:meth:`ChainWorker.run_chunk` is a generator (a Ray streaming generator on the driver's side):
+each record of the chunk runs through the chain's items on its own (``stages.run_records`` over
+a chunk of one, its own task, so none waits for a sibling), into a sink that only collects that
+record's rows, failures and flattened rows, with that record's node counters. A record's
+:class:`ChunkResult` is handed back as soon as it is done (those done while the driver was busy
+reading the last, merged into one), naming the records it holds in ``done``: the driver writes it
+then, and a lost worker's chunk is sent again only for the records it had not handed back. A chain
+of sync ``apply`` nodes only (nothing waits) runs over the chunk as one and hands it back whole.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,9 +33,9 @@ from ..graph.chain import ChainGraph
 from .context import NodeStats, RunContext
 from .records import Record, coerce
 from .requests import CacheMode, RequestCache
-from .stages import run_records
+from .stages import per_record, run_records
 
-__all__ = ["ChainWorker", "ChunkResult", "ChunkSink", "RecordIn"]
+__all__ = ["ChainWorker", "ChunkResult", "ChunkSink", "RecordIn", "add_stats"]
 
 RecordIn = tuple[str, int, Any, float | None, int | None]
 """A record as the driver sends it: ``(id, index, input value dumped, seconds left before its
@@ -39,7 +45,8 @@ means nothing on another machine."""
 
 @dataclass
 class ChunkResult:
-    """What one chunk produced, handed back whole (the driver writes it, or nothing of it)."""
+    """What some records of a chunk produced, handed back whole once they are done (the driver
+    writes it, or nothing of it)."""
 
     rows: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     """``(folder, row)`` for every node output row, in the order the runners wrote them."""
@@ -54,6 +61,33 @@ class ChunkResult:
     """What the worker's started engines say about themselves (``metadata.json``'s ``engines``)."""
     worker: int = 0
     """The process id of the worker that ran the chunk."""
+    done: list[str] = field(default_factory=list)
+    """The ids of the records (as sent) whose every row is in this result."""
+
+    def merge(self, other: ChunkResult) -> None:
+        """Add ``other``'s rows, failures, folders, counters and records to this result."""
+        self.rows.extend(other.rows)
+        self.failures.extend(other.failures)
+        self.flattened.extend(other.flattened)
+        self.folders.extend(key for key in other.folders if key not in self.folders)
+        for node_id, theirs in other.stats.items():
+            add_stats(self.stats, node_id, theirs)
+        self.done.extend(other.done)
+
+
+def add_stats(into: dict[str, NodeStats], node_id: str, theirs: NodeStats) -> None:
+    """``theirs`` (counters of ``node_id``) added to ``into``'s, of their kind (a loop's
+    ``LoopStats``: its ``stop_reasons`` added key by key, its ``passes``)."""
+    ours = into.get(node_id)
+    if ours is None or (type(ours) is not type(theirs) and isinstance(theirs, type(ours))):
+        ours = into[node_id] = type(theirs)(**(vars(ours) if ours is not None else {}))
+    for name, value in vars(theirs).items():
+        if isinstance(value, dict):
+            counts = getattr(ours, name)
+            for key, count in value.items():
+                counts[key] = counts.get(key, 0) + count
+        else:
+            setattr(ours, name, getattr(ours, name) + value)
 
 
 class ChunkSink:
@@ -120,13 +154,11 @@ class ChainWorker:
         """This worker's process id (a test kills it)."""
         return os.getpid()
 
-    async def run_chunk(self, records: list[RecordIn]) -> ChunkResult:
+    async def run_chunk(self, records: list[RecordIn]) -> AsyncIterator[ChunkResult]:
         """Run the chain's nodes over ``records``, each record on its own (none waits for a
-        sibling: its loop passes, deadline and requests are its own); everything they produced,
-        in one result."""
+        sibling: its loop passes, deadline and requests are its own); hand back each record's
+        rows as soon as it is done (those done since the last hand-back, merged into one)."""
         base = self._context()
-        result = ChunkResult(worker=os.getpid())
-        ctx = replace(base, writer=ChunkSink(result), stats={})  # limiters, broker, ledger: shared
         model = self.chain.input_type
         now = time.monotonic()
         chunk = []
@@ -134,7 +166,39 @@ class ChainWorker:
             value = coerce(model, dumped)
             deadline = None if left is None else now + left
             chunk.append(Record(rid, index, value, {"input": value}, deadline=deadline, budget=budget))
-        await run_records(self.chain.items, ctx, chunk)  # each record on its own; flattened by the sink
+        if not per_record(self.chain.items):  # sync applies only: nothing waits, the chunk as one
+            yield await self._run(base, chunk)
+            return
+        # asyncio, not a task group: a generator must not yield inside a cancel scope (Ray runs
+        # an actor's methods on its asyncio loop)
+        finished: asyncio.Queue[ChunkResult | BaseException] = asyncio.Queue()
+
+        async def one(record: Record) -> None:
+            try:
+                finished.put_nowait(await self._run(base, [record]))
+            except BaseException as exc:  # the run stops: the driver raises it
+                finished.put_nowait(exc)
+                raise
+
+        tasks = [asyncio.ensure_future(one(record)) for record in chunk]
+        try:
+            left = len(tasks)
+            while left:
+                part = await _take(finished)
+                left -= 1
+                while not finished.empty():  # what else is done: one hand-back
+                    part.merge(await _take(finished))
+                    left -= 1
+                yield part
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, base: RunContext, chunk: list[Record]) -> ChunkResult:
+        result = ChunkResult(worker=os.getpid(), done=[record.id for record in chunk])
+        ctx = replace(base, writer=ChunkSink(result), stats={})  # limiters, broker, ledger: shared
+        await run_records(self.chain.items, ctx, chunk)  # flattened by the sink
         result.stats = ctx.stats
         result.engines = dict(base.broker.described)
         return result
@@ -145,6 +209,13 @@ class ChainWorker:
             await self._ctx.broker.aclose()
             self._ctx.cache.close()
             self._ctx = None
+
+
+async def _take(finished: asyncio.Queue[ChunkResult | BaseException]) -> ChunkResult:
+    got = await finished.get()
+    if isinstance(got, BaseException):
+        raise got
+    return got
 
 
 def _ignore_event(kind: str, data: dict[str, Any]) -> None:
