@@ -61,6 +61,10 @@ stub's latency draws in request order (its fault RNG is seeded), ``--concurrency
 CPU spending 1 / (that side's rate on ``none`` / ``none3``, same run) per request; for 3 steps the
 dependencies (draft -> pro and con -> final per record), the best of three orders. Goals:
 ``tail``: Chainette >= 0.85 of its bound; ``tail3``: Chainette >= 0.8 of its bound.
+Beside the Curator goal, its ceilings on the same run: ``tail: loop / curator`` (a client with
+the hand loop's CPU cost) and ``tail: zero-CPU bound / curator`` (the schedule bound at no CPU
+cost over Curator: no client exceeds it on these draws; about 500 / 276 = 1.81 on the 2-core
+machine, so 1.8 asks for 0.99 of a client that costs nothing).
 
 Printed: a table of req/s per shape and side (median of ``--repeat`` interleaved runs, min-max),
 the goals with MET / MISSED, and a last line of JSON with every figure.
@@ -546,6 +550,18 @@ def goals(
     if "tail" in rates and {"chainette", "curator"} <= set(rates["tail"]):
         mine, peer = rates["tail"]["chainette"], rates["tail"]["curator"]
         add("tail: chainette / curator", mine, peer, CURATOR_GOAL, f"{mine:.1f} / {peer:.1f} req/s")
+        # the ceilings of that ratio on this run: a client with the hand loop's CPU cost, and one
+        # with none at all (the schedule bound of the draws alone: the slow answers' drain)
+        if "loop" in rates["tail"]:
+            loop = rates["tail"]["loop"]
+            add("tail: loop / curator", loop, peer, None, f"{loop:.1f} / {peer:.1f} req/s")
+        tail = SHAPES["tail"]
+        drawn = drawn_latencies(
+            requests["tail"], tail.rate_slow, tail.slow_seconds, skip=PROBES.get("chainette", 0)
+        )
+        free, _ = best_rate(drawn, records=requests["tail"], steps=1, concurrency=concurrency)
+        how = f"{free:.1f} / {peer:.1f} req/s: no client exceeds this ratio on these draws"
+        add("tail: zero-CPU bound / curator", free, peer, None, how)
     for name, sides in rates.items():  # the hand loop is the machine's own ceiling, measured alongside
         if {"chainette", "loop"} <= set(sides):
             mine, loop = sides["chainette"], sides["loop"]

@@ -71,6 +71,13 @@ def test_goals_are_judged_against_the_ideal_the_same_run_and_the_peer() -> None:
     assert judged["tail: chainette / its none"]["ratio"] == pytest.approx(250 / 300, abs=1e-3)
     assert judged["tail: chainette / its none"]["verdict"] == "MISSED"  # 0.833 < 0.85
     assert judged["tail: chainette / curator"]["verdict"] == "MISSED"  # 1.67 < 1.8
+    # the ratio's ceiling on these draws: a client spending no CPU at all (the schedule bound)
+    free = bench.best_rate(bench.drawn_latencies(2000, 0.1, 2.0), records=2000, steps=1, concurrency=128)[0]
+    assert judged["tail: zero-CPU bound / curator"]["ratio"] == pytest.approx(free / 150, abs=1e-3)
+    assert "tail: loop / curator" not in judged  # no hand loop on the tail in this run
+    with_loop = {**rates, "tail": {**rates["tail"], "loop": 270.0}}
+    judged = {g["goal"]: g for g in bench.goals(with_loop, sent, 128)}
+    assert judged["tail: loop / curator"]["ratio"] == pytest.approx(1.8)
     # the 3-step ideal: 128 slots / (0.1 x 2 s) = 640 req/s, bounded by the zero-latency 300
     assert judged["tail3: chainette / ideal"]["ratio"] == pytest.approx(0.5)
     # fewer requests than slots: all in flight at once, so 20 requests / 1 s is the ideal
