@@ -328,30 +328,30 @@ def test_branches_that_wait_still_run_together_where_sync_ones_share_a_task(run_
     assert {r["ja.score"] - r["jq.score"] for r in read_jsonl(run_dir / "flattened")} == {0}
 
 
-def test_run_records_runs_each_record_on_its_own_and_keeps_the_engines_for_the_next_chunk() -> None:
-    """What a Ray worker runs per chunk (``stages.run_records``): a fast record is flattened before
-    a slow sibling, and the engines stay up after the chunk (the worker runs more chunks)."""
-    from chainette.engines.broker import EngineBroker
-    from chainette.runtime.context import RunContext
-    from chainette.runtime.ray_worker import ChunkResult, ChunkSink
-    from chainette.runtime.stages import run_records
+def test_a_ray_worker_hands_each_record_back_when_done_and_keeps_the_engines_for_the_next_chunk() -> None:
+    """What a Ray actor runs (``ChainWorker.run_chunk``, here in this process): each record of a
+    chunk on its own, handed back as soon as it is done (a fast record in an earlier part than its
+    slow sibling, with its own rows and counters), and the engines stay up after the chunk (the
+    worker runs more chunks)."""
+    from chainette.engines.registry import get_engine_config
+    from chainette.runtime.ray_worker import ChainWorker
+    from chainette.runtime.records import dump
 
     register_engine("lat", backend="fake", latency=slow_if("slow", 0.3), max_batch_size=1)
     chain = Chain("c", [qa()])
-    result = ChunkResult()
+    worker = ChainWorker(chain, [get_engine_config("lat")], None, "off")
 
-    async def main() -> list[str]:
-        broker = EngineBroker(Counter({"lat": 1}), idle_timeout=None)
-        ctx = RunContext(ChunkSink(result), broker, lambda kind, data: None)
+    async def main() -> list[list[tuple[str, str]]]:
+        parts = []
         for k, texts in enumerate((["slow 0", "fast 1"], ["fast 2"])):
-            chunk = [
-                Record(f"r{k}{i}", i, Question(text=t), {"input": Question(text=t)})
-                for i, t in enumerate(texts)
-            ]
-            await run_records(chain.items, ctx, chunk)
-            assert broker.running == ["lat"]  # not released after a chunk
-        await broker.aclose()
-        return [row["input.text"] for row in result.flattened]
+            sent = [(f"r{k}{i}", i, dump(Question(text=t)), None, None) for i, t in enumerate(texts)]
+            async for part in worker.run_chunk(sent):
+                assert [row["_id"] for row in part.flattened] == part.done
+                assert len(part.rows) == len(part.done) and not part.failures
+                assert part.stats["qa"].records_out == len(part.done)
+                parts.append([(row["_id"], row["input.text"]) for row in part.flattened])
+            assert worker._ctx is not None and worker._ctx.broker.running == ["lat"]  # kept up
+        await worker.close()
+        return parts
 
-    assert anyio.run(main) == ["fast 1", "slow 0", "fast 2"]
-    assert len(result.rows) == 3 and not result.failures
+    assert anyio.run(main) == [[("r01", "fast 1")], [("r00", "slow 0")], [("r10", "fast 2")]]

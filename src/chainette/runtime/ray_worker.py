@@ -7,8 +7,8 @@ committed transaction per answer) and keeps its own broker, so its engines start
 chunk that needs them and stay up until :meth:`ChainWorker.close`.
 
 :meth:`ChainWorker.run_chunk` is a generator (a Ray streaming generator on the driver's side):
-each record of the chunk runs through the chain's items on its own (``stages.run_records`` over
-a chunk of one, its own task, so none waits for a sibling), into a sink that only collects that
+each record of the chunk runs through the chain's items on its own (``stages.run_alone``: as a
+per-record stage's task runs it, in a task of its own, so none waits for a sibling), into a sink that only collects that
 record's rows, failures and flattened rows, with that record's node counters. A record's
 :class:`ChunkResult` is handed back as soon as it is done (those done while the driver was busy
 reading the last, merged into one), naming the records it holds in ``done``: the driver writes it
@@ -33,7 +33,7 @@ from ..graph.chain import ChainGraph
 from .context import NodeStats, RunContext
 from .records import Record, coerce
 from .requests import CacheMode, RequestCache
-from .stages import per_record, run_records
+from .stages import per_record, run_alone
 
 __all__ = ["ChainWorker", "ChunkResult", "ChunkSink", "RecordIn", "add_stats"]
 
@@ -73,6 +73,7 @@ class ChunkResult:
         for node_id, theirs in other.stats.items():
             add_stats(self.stats, node_id, theirs)
         self.done.extend(other.done)
+        self.engines.update(other.engines)  # a later record may have started another engine
 
 
 def add_stats(into: dict[str, NodeStats], node_id: str, theirs: NodeStats) -> None:
@@ -198,7 +199,7 @@ class ChainWorker:
     async def _run(self, base: RunContext, chunk: list[Record]) -> ChunkResult:
         result = ChunkResult(worker=os.getpid(), done=[record.id for record in chunk])
         ctx = replace(base, writer=ChunkSink(result), stats={})  # limiters, broker, ledger: shared
-        await run_records(self.chain.items, ctx, chunk)  # flattened by the sink
+        await run_alone(self.chain.items, ctx, chunk)  # flattened by the sink
         result.stats = ctx.stats
         result.engines = dict(base.broker.described)
         return result

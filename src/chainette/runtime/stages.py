@@ -48,7 +48,7 @@ from .dispatch import runner_for
 from .held_rows import ChunkRows, HeldRows
 from .records import Record
 
-__all__ = ["Flow", "flatten", "run_records", "run_stage", "stages"]
+__all__ = ["Flow", "flatten", "run_alone", "run_stage", "stages"]
 
 Chunk = list[Record]
 
@@ -122,10 +122,8 @@ class _Passed:
     """Which items of a per-record stage every record is done with, so that an engine no later
     item uses is released as soon as the last record has passed the items that use it."""
 
-    def __init__(self, items: list[Node], ctx: RunContext, *, release: bool = True) -> None:
+    def __init__(self, items: list[Node], ctx: RunContext) -> None:
         self.items, self.ctx = items, ctx
-        self.releases = release
-        """False: the engines are not told (a Ray worker runs more chunks over the same items)."""
         self.before = [0] * len(items)
         """Records in flight that have not passed item ``i`` yet."""
         self.ended = False
@@ -149,8 +147,6 @@ class _Passed:
         await self.release()
 
     async def release(self) -> None:
-        if not self.releases:
-            return
         while self.ended and self.released < len(self.items) and self.before[self.released] == 0:
             item = self.items[self.released]
             self.released += 1
@@ -208,22 +204,12 @@ async def run_stage(
             await ctx.broker.node_done(node.engine_name)
 
 
-async def run_records(items: list[Node], ctx: RunContext, chunk: Chunk) -> None:
-    """``chunk``'s records through ``items`` as :func:`run_stage` runs a per-record stage (what
-    needs no waiting chunk by chunk, every other record its own task, all of them in flight),
-    each output flattened into ``ctx.writer`` as soon as its record is done. The engines are not
-    told the items are done: a Ray worker (``runtime/ray_worker.py``) runs chunk after chunk.
-    Items that never wait (sync ``apply`` only) run over the chunk as one, as such a stage does."""
-    if not chunk:
-        return
-    if not per_record(items):
-        await _push(items, ctx, chunk, 0, None)
-        return
-    send, receive = anyio.create_memory_object_stream[Chunk](1)
-    with send:
-        await send.send(chunk)
-    with receive:
-        await _per_record(items, ctx, receive, None, Flow(len(chunk)), _Passed(items, ctx, release=False))
+async def run_alone(items: list[Node], ctx: RunContext, chunk: Chunk) -> None:
+    """``chunk`` through ``items`` and written to ``ctx.writer`` with no stage around it: a Ray
+    worker's unit (one record, as a per-record stage's task runs it, with its own sink and
+    counters; or, for sync ``apply`` nodes only, the whole chunk). No engine is told the items
+    are done: the worker runs more records over the same engines."""
+    await _push(items, ctx, chunk, 0, None)
 
 
 async def _per_record(
