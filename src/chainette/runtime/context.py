@@ -133,7 +133,7 @@ class RunContext:
     """Sync ``apply`` nodes whose last chunk was slow, but not by their own work: one more moves them."""
     cheap: set[str] = field(default_factory=set)
     """Sync ``apply`` nodes whose last chunk, timed on its own, was under budget: consecutive ones
-    run in one pass per record (``apply_runner.run_fused``)."""
+    run in one pass per record (``apply_fused.run_fused``)."""
     state: dict[str, Any] = field(default_factory=dict)
     """Per-node state that lives as long as the run (whole-stream nodes: ``take``, ``shuffle``)."""
     input_stop: list[bool] = field(default_factory=lambda: [False])

@@ -21,9 +21,8 @@ loses nothing and duplicates nothing: the driver sends the records of its chunks
 handed back to actors that answer, while Ray restarts it where there is room (``max_restarts``;
 its room comes back once it answers); rows are written only from a record's result that arrived
 whole, and the answers the dead worker had already received are in the ledger, so the second try
-gets them from it. A chunk lost more than
-``MAX_RESTARTS`` times, or every actor lost for ``REVIVE_TIMEOUT_S``, stops the run with
-:class:`ExecutorError`, and ``--resume`` continues it.
+gets them from it. A chunk lost more than ``MAX_RESTARTS`` times, or every actor lost for
+``REVIVE_TIMEOUT_S``, stops the run with :class:`ExecutorError`, and ``--resume`` continues it.
 
 Ray is imported here only, and this module only when a run asks for ``executor="ray"``.
 """

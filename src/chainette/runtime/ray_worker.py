@@ -8,8 +8,9 @@ chunk that needs them and stay up until :meth:`ChainWorker.close`.
 
 :meth:`ChainWorker.run_chunk` is a generator (a Ray streaming generator on the driver's side):
 each record of the chunk runs through the chain's items on its own (``stages.run_alone``: as a
-per-record stage's task runs it, in a task of its own, so none waits for a sibling), into a sink that only collects that
-record's rows, failures and flattened rows, with that record's node counters. A record's
+per-record stage's task runs it, in a task of its own, so none waits for a sibling), into a sink
+that only collects that record's rows, failures and flattened rows, with that record's node
+counters. A record's
 :class:`ChunkResult` is handed back as soon as it is done (those done while the driver was busy
 reading the last, merged into one), naming the records it holds in ``done``: the driver writes it
 then, and a lost worker's chunk is sent again only for the records it had not handed back. A chain
@@ -73,7 +74,6 @@ class ChunkResult:
         for node_id, theirs in other.stats.items():
             add_stats(self.stats, node_id, theirs)
         self.done.extend(other.done)
-        self.engines.update(other.engines)  # a later record may have started another engine
 
 
 def add_stats(into: dict[str, NodeStats], node_id: str, theirs: NodeStats) -> None:
@@ -168,7 +168,7 @@ class ChainWorker:
             deadline = None if left is None else now + left
             chunk.append(Record(rid, index, value, {"input": value}, deadline=deadline, budget=budget))
         if not per_record(self.chain.items):  # sync applies only: nothing waits, the chunk as one
-            yield await self._run(base, chunk)
+            yield _described(await self._run(base, chunk), base)
             return
         # asyncio, not a task group: a generator must not yield inside a cancel scope (Ray runs
         # an actor's methods on its asyncio loop)
@@ -190,7 +190,7 @@ class ChainWorker:
                 while not finished.empty():  # what else is done: one hand-back
                     part.merge(await _take(finished))
                     left -= 1
-                yield part
+                yield _described(part, base)
         finally:
             for task in tasks:
                 task.cancel()
@@ -201,7 +201,6 @@ class ChainWorker:
         ctx = replace(base, writer=ChunkSink(result), stats={})  # limiters, broker, ledger: shared
         await run_alone(self.chain.items, ctx, chunk)  # flattened by the sink
         result.stats = ctx.stats
-        result.engines = dict(base.broker.described)
         return result
 
     async def close(self) -> None:
@@ -210,6 +209,12 @@ class ChainWorker:
             await self._ctx.broker.aclose()
             self._ctx.cache.close()
             self._ctx = None
+
+
+def _described(part: ChunkResult, base: RunContext) -> ChunkResult:
+    """``part`` with what the worker's started engines say about themselves, as it is handed back."""
+    part.engines = dict(base.broker.described)
+    return part
 
 
 async def _take(finished: asyncio.Queue[ChunkResult | BaseException]) -> ChunkResult:
