@@ -376,6 +376,25 @@ def test_on_ray_a_fast_record_is_written_before_a_slow_one_of_its_chunk_finishes
 
 
 @pytest.mark.timeout(RAY_TIMEOUT)
+def test_on_ray_the_next_chunk_goes_out_once_a_chunks_worth_of_records_came_back(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    """An actor's room is counted in records (``workers × batch_size``), given back record by
+    record: two chunks of 4 each holding one slow record (2 s) fill the actor's room of 8, and the
+    third chunk goes out once 6 fast records came back, not once a whole chunk did, so its records
+    are written before either slow one."""
+    latency = functools.partial(slow_answer, str(tmp_path / "pid"), 2.0)
+    register_engine("lat", backend="fake", latency=latency, max_batch_size=1)
+    texts = [f"slow {i}" if i in (0, 4) else f"fast {i}" for i in range(12)]
+    Chain("c", [qa_step("lat")], batch_size=4).run(
+        [Question(text=t) for t in texts], tmp_path / "run", executor="ray", replicas=1, workers=2
+    )
+    order = [row["_index"] for row in read_jsonl(tmp_path / "run" / "flattened")]
+    assert sorted(order) == list(range(12))
+    assert max(order.index(i) for i in range(8, 12)) < min(order.index(0), order.index(4))
+
+
+@pytest.mark.timeout(RAY_TIMEOUT)
 def test_a_worker_lost_mid_chunk_is_sent_again_only_what_it_had_not_handed_back(
     ray_cluster: Any, tmp_path: Path
 ) -> None:
